@@ -1,0 +1,456 @@
+"""Typed, validated stack configuration (pure: no Pulumi, no cloud SDK).
+
+`parse_config` turns the raw stack configuration (a mapping of key -> value, as `pulumi.Config` or a
+`Pulumi.<stack>.yaml` file gives it) into an `OverlayConfig`, or raises `ConfigError` listing every problem
+found, each naming the key, the bad value and the fix. Nothing is half-accepted: either the whole config is
+valid, or the program stops before any resource is registered.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Final, Literal, cast
+
+PROJECT: Final = "multicloud-overlay"
+
+Platform = Literal["aws", "azure", "gcp", "oci", "alicloud", "vsphere"]
+Protocol = Literal["vxlan", "geneve"]
+Topology = Literal["hub-and-spoke", "point-to-point"]
+
+PLATFORMS: Final[tuple[Platform, ...]] = ("aws", "azure", "gcp", "oci", "alicloud", "vsphere")
+PROTOCOLS: Final[tuple[Protocol, ...]] = ("vxlan", "geneve")
+TOPOLOGIES: Final[tuple[Topology, ...]] = ("hub-and-spoke", "point-to-point")
+
+# Underlay MTU of the internet path a tunnel crosses, per platform, when the site does not set one.
+# Tunnels run between public addresses, so the platforms' larger internal MTUs (AWS 9001, OCI 9000) do not
+# apply. GCP VPCs default to 1460; Azure is kept conservative (VXLAN across Azure is reported to lose
+# packets above ~1400).
+DEFAULT_UNDERLAY_MTU: Final[Mapping[Platform, int]] = {
+    "aws": 1500,
+    "azure": 1400,
+    "gcp": 1460,
+    "oci": 1500,
+    "alicloud": 1500,
+    "vsphere": 1500,
+}
+
+# Settings every site of a platform must give, besides `platform` and `siteId`.
+REQUIRED_SITE_KEYS: Final[Mapping[Platform, tuple[str, ...]]] = {
+    "aws": ("region",),
+    "azure": ("region",),
+    "gcp": ("region", "zone", "project"),
+    "oci": ("region", "compartmentId"),
+    "alicloud": ("region",),
+    "vsphere": (
+        "publicIp",
+        "datacenter",
+        "cluster",
+        "datastore",
+        "template",
+        "wanNetwork",
+        "lanNetwork",
+        "mgmtNetwork",
+        "mgmtCidr",
+    ),
+}
+# Settings a site may give (in addition to the required ones).
+OPTIONAL_SITE_KEYS: Final[tuple[str, ...]] = (
+    "zone",
+    "vpcCidr",
+    "wanCidr",
+    "lanCidr",
+    "underlayMtu",
+    "routerSize",
+    "clientSize",
+    "image",
+    "wanGateway",
+    "mgmtGateway",
+    "dnsServers",
+)
+SITE_KEYS: Final = frozenset(
+    ("platform", "siteId", *OPTIONAL_SITE_KEYS, *{k for keys in REQUIRED_SITE_KEYS.values() for k in keys})
+)
+
+# Address layout: every site owns one block of SITE_BLOCK addresses (a /24 of a /16: 10.250.<siteId>.x) of the overlay IPv4 prefix, chosen by its
+# siteId (never by its position in the config), so adding, removing or re-ordering sites, changing the hub or
+# the protocol never moves an address. Offsets inside a block:
+SITE_BLOCK: Final = 256
+ROUTER_HOST: Final = 1
+CLIENT_HOST: Final = 2
+FIRST_CONTAINER_HOST: Final = 10
+MAX_CONTAINERS: Final = 50  # each is a process and a veth pair on a small router VM
+MAX_SITE_ID: Final = 999  # router-to-router VNIs are vni + 1000*low + high (see plan.tunnel_vni)
+VNI_MAX: Final = 16_777_215
+
+# Defaults of the top-level keys. Pulumi.yaml declares the same defaults; tests/test_project_files.py keeps
+# the two equal.
+DEFAULTS: Final[Mapping[str, Any]] = {
+    "protocol": "vxlan",
+    "topology": "hub-and-spoke",
+    "overlayIpv4": "10.250.0.0/16",
+    "overlayIpv6": "fd00:6f76:6c00::/64",
+    "vni": 4000,
+    "mtu": 0,
+    "containersPerRouter": 3,
+    "containerImage": "docker.io/library/busybox:1.36",
+    "connectivityCheck": True,
+}
+REQUIRED_KEYS: Final = ("hub", "sites", "adminCidr", "sshPublicKey")
+TOP_KEYS: Final = frozenset((*REQUIRED_KEYS, *DEFAULTS))
+
+_NAME_RE: Final = re.compile(r"^[a-z][a-z0-9]{0,11}$")
+
+
+class ConfigError(ValueError):
+    """Every problem of one stack config, raised together before any resource exists."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        lines = "\n".join(f"  - {p}" for p in problems)
+        super().__init__(f"the stack config has {len(problems)} problem(s):\n{lines}")
+
+
+@dataclass(frozen=True)
+class SiteConfig:
+    """One site: one cloud region (or one vSphere datacentre) with a router and a client."""
+
+    name: str
+    """Site name, lower-case letters and digits, at most 12 (used in resource and interface names)."""
+    platform: Platform
+    site_id: int
+    """Stable 1..999 number of the site: selects its overlay address block and its VNIs."""
+    region: str | None
+    vpc_cidr: ipaddress.IPv4Network
+    wan_cidr: ipaddress.IPv4Network
+    lan_cidr: ipaddress.IPv4Network
+    underlay_mtu: int
+    """MTU of the internet path from this site's router (the tunnel underlay)."""
+    settings: Mapping[str, Any] = field(default_factory=dict)
+    """Every other platform setting as given (zone, project, compartmentId, vSphere names, sizes, image)."""
+
+    def setting(self, key: str) -> str | None:
+        value = self.settings.get(key)
+        return None if value is None else str(value)
+
+    def require(self, key: str) -> str:
+        value = self.setting(key)
+        if value is None:  # parse_config already refused such a site; this guards direct construction
+            raise KeyError(f"sites.{self.name}.{key} is not set")
+        return value
+
+
+@dataclass(frozen=True)
+class OverlayConfig:
+    """The whole validated stack config."""
+
+    hub: str
+    protocol: Protocol
+    topology: Topology
+    sites: tuple[SiteConfig, ...]
+    overlay_ipv4: ipaddress.IPv4Network
+    overlay_ipv6: ipaddress.IPv6Network
+    vni: int
+    """Base VNI; each tunnel uses its own VNI derived from it (see plan.tunnel_vni)."""
+    mtu: int
+    """Overlay MTU requested by the user, 0 = automatic (smallest underlay MTU minus encapsulation)."""
+    containers_per_router: int
+    container_image: str
+    admin_cidr: ipaddress.IPv4Network | ipaddress.IPv6Network
+    ssh_public_key: str
+    connectivity_check: bool
+
+    def site(self, name: str) -> SiteConfig:
+        for s in self.sites:
+            if s.name == name:
+                return s
+        raise KeyError(name)
+
+
+def _closest(word: str, choices: frozenset[str] | tuple[str, ...]) -> str:
+    import difflib
+
+    match = difflib.get_close_matches(word, list(choices), n=1)
+    return f" (did you mean '{match[0]}'?)" if match else ""
+
+
+class _Collector:
+    """Collects problems; parsing goes on after a problem so that all of them are reported at once."""
+
+    def __init__(self) -> None:
+        self.problems: list[str] = []
+
+    def add(self, key: str, value: object, fix: str) -> None:
+        self.problems.append(f"{key} = {value!r}: {fix}")
+
+    def integer(self, key: str, value: object, lo: int, hi: int) -> int | None:
+        if isinstance(value, bool):
+            self.add(key, value, f"set a whole number from {lo} to {hi}")
+            return None
+        try:
+            number = int(str(value).strip()) if isinstance(value, str) else int(cast(int, value))
+        except (TypeError, ValueError):
+            self.add(key, value, f"set a whole number from {lo} to {hi}")
+            return None
+        if isinstance(value, float) and value != number:
+            self.add(key, value, f"set a whole number from {lo} to {hi}")
+            return None
+        if not lo <= number <= hi:
+            self.add(key, value, f"out of range: set a whole number from {lo} to {hi}")
+            return None
+        return number
+
+    def boolean(self, key: str, value: object) -> bool | None:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false"):
+            return value.lower() == "true"
+        self.add(key, value, "set true or false")
+        return None
+
+    def choice(self, key: str, value: object, choices: tuple[str, ...]) -> str | None:
+        if isinstance(value, str) and value in choices:
+            return value
+        hint = _closest(value, choices) if isinstance(value, str) else ""
+        self.add(key, value, f"unknown value{hint}: use one of {', '.join(choices)}")
+        return None
+
+    def network(
+        self, key: str, value: object, version: int, fix: str
+    ) -> ipaddress.IPv4Network | ipaddress.IPv6Network | None:
+        try:
+            net = ipaddress.ip_network(str(value), strict=True)
+        except ValueError:
+            try:
+                loose = ipaddress.ip_network(str(value), strict=False)
+                self.add(key, value, f"host bits are set: write the network as {loose}")
+            except ValueError:
+                self.add(key, value, f"not a CIDR prefix: {fix}")
+            return None
+        if version and net.version != version:
+            self.add(key, value, f"expected an IPv{version} prefix: {fix}")
+            return None
+        return net
+
+    def v4(self, key: str, value: object, fix: str) -> ipaddress.IPv4Network | None:
+        net = self.network(key, value, 4, fix)
+        return net if isinstance(net, ipaddress.IPv4Network) else None
+
+
+def parse_config(raw: Mapping[str, Any]) -> OverlayConfig:
+    """Validate the raw stack config; raise ConfigError listing every problem."""
+    c = _Collector()
+    for key in sorted(set(raw) - TOP_KEYS):
+        c.add(key, raw[key], f"unknown key{_closest(key, TOP_KEYS)}: remove it (known keys: {', '.join(sorted(TOP_KEYS))})")
+    for key in REQUIRED_KEYS:
+        if raw.get(key) in (None, ""):
+            c.problems.append(f"{key} is not set: run `pulumi config set {key} <value>` (see README, config reference)")
+
+    def get(key: str) -> Any:
+        value = raw.get(key)
+        return DEFAULTS[key] if value is None else value
+
+    protocol = c.choice("protocol", get("protocol"), PROTOCOLS)
+    topology = c.choice("topology", get("topology"), TOPOLOGIES)
+    vni = c.integer("vni", get("vni"), 1, VNI_MAX)
+    if vni is not None and vni + 1000 * MAX_SITE_ID + MAX_SITE_ID > VNI_MAX:
+        c.add("vni", vni, f"too large: tunnels use VNIs up to vni + {1000 * MAX_SITE_ID + MAX_SITE_ID}; set at most {VNI_MAX - 1000 * MAX_SITE_ID - MAX_SITE_ID}")
+        vni = None
+    mtu = c.integer("mtu", get("mtu"), 0, 9000)
+    if mtu is not None and 0 < mtu < 1280:
+        c.add("mtu", mtu, "below 1280, the IPv6 minimum: set 0 (automatic) or 1280..9000")
+        mtu = None
+    containers = c.integer("containersPerRouter", get("containersPerRouter"), 0, MAX_CONTAINERS)
+    image = get("containerImage")
+    if not isinstance(image, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._/:@-]*", image):
+        c.add("containerImage", image, "set a container image reference such as docker.io/library/busybox:1.36")
+        image = None
+    check = c.boolean("connectivityCheck", get("connectivityCheck"))
+
+    v4 = c.v4("overlayIpv4", get("overlayIpv4"), "set an IPv4 prefix such as 10.250.0.0/16")
+    v6net = c.network("overlayIpv6", get("overlayIpv6"), 6, "set an IPv6 /64 such as fd00:6f76:6c00::/64")
+    v6 = v6net if isinstance(v6net, ipaddress.IPv6Network) else None
+    if v6 is not None and v6.prefixlen != 64:
+        c.add("overlayIpv6", str(v6), "the IPv6 overlay must be exactly a /64 (one LAN segment): use a /64 such as fd00:6f76:6c00::/64")
+        v6 = None
+
+    admin: ipaddress.IPv4Network | ipaddress.IPv6Network | None = None
+    if raw.get("adminCidr") not in (None, ""):
+        admin = c.network("adminCidr", raw["adminCidr"], 0, "set the address range you administer from, e.g. 198.51.100.7/32")
+        if admin is not None and admin.prefixlen == 0:
+            c.add("adminCidr", str(admin), "would open SSH to the whole internet: set your own address, e.g. 198.51.100.7/32")
+            admin = None
+
+    ssh_key = raw.get("sshPublicKey")
+    if ssh_key not in (None, "") and (
+        not isinstance(ssh_key, str)
+        or not re.match(r"^(ssh-(ed25519|rsa)|ecdsa-sha2-nistp(256|384|521)) [A-Za-z0-9+/=]+( .*)?$", ssh_key.strip())
+    ):
+        c.add("sshPublicKey", ssh_key, "not an OpenSSH public key: paste one line such as 'ssh-ed25519 AAAA... you@host'")
+
+    sites = _parse_sites(c, raw.get("sites"))
+
+    # Cross-key checks.
+    hub = raw.get("hub")
+    names = [s.name for s in sites]
+    if hub not in (None, "") and sites and hub not in names:
+        c.add("hub", hub, f"not among the sites{_closest(str(hub), tuple(names))}: set one of {', '.join(names)}")
+    if topology == "point-to-point" and sites and len(sites) != 2:
+        c.add("topology", topology, f"point-to-point joins exactly two sites, the config has {len(sites)}: use hub-and-spoke or keep two sites")
+    if v4 is not None and sites:
+        blocks = v4.num_addresses // SITE_BLOCK
+        top = max(s.site_id for s in sites)
+        if blocks <= top:
+            need = 32 - (SITE_BLOCK * (top + 1) - 1).bit_length()
+            c.add("overlayIpv4", str(v4), f"too small for siteId {top} ({SITE_BLOCK} addresses per site): use a /{need} or larger, or lower the siteIds")
+    for s in sites:
+        for label, net in (("vpcCidr", s.vpc_cidr), ("wanCidr", s.wan_cidr), ("lanCidr", s.lan_cidr)):
+            if v4 is not None and net.overlaps(v4):
+                c.add("overlayIpv4", str(v4), f"overlaps sites.{s.name}.{label} {net}: choose an overlay prefix outside every site's underlay")
+        mgmt = s.setting("mgmtCidr")
+        if v4 is not None and mgmt:
+            try:
+                if ipaddress.ip_network(mgmt, strict=False).overlaps(v4):
+                    c.add("overlayIpv4", str(v4), f"overlaps sites.{s.name}.mgmtCidr {mgmt}: choose an overlay prefix outside every site's underlay")
+            except ValueError:
+                pass
+    for i, a in enumerate(sites):
+        for b in sites[i + 1 :]:
+            if a.site_id == b.site_id:
+                c.add(f"sites.{b.name}.siteId", b.site_id, f"already used by site {a.name}: give every site its own siteId")
+            if a.vpc_cidr.overlaps(b.vpc_cidr) and a.platform != b.platform:
+                pass  # separate clouds may reuse private ranges: the overlay never routes them
+    if sites and protocol is not None:
+        from components.plan import encapsulation_overhead  # pure module; imported late to avoid a cycle
+
+        overhead = encapsulation_overhead(protocol, 4)
+        path = min(s.underlay_mtu for s in sites)
+        auto = path - overhead
+        narrowest = min(sites, key=lambda s: s.underlay_mtu).name
+        if mtu == 0 and auto < 1280:
+            c.add("mtu", "0 (automatic)", f"the overlay MTU would be {auto} ({narrowest} underlay {path} - {overhead} {protocol} overhead), below 1280: raise sites.{narrowest}.underlayMtu")
+        elif mtu and mtu > auto:
+            c.add("mtu", mtu, f"exceeds the path: {narrowest} underlay {path} - {overhead} {protocol} overhead = {auto}; set 0 (automatic) or at most {auto}")
+
+    if c.problems:
+        raise ConfigError(c.problems)
+    assert protocol and topology and v4 and v6 and admin and vni is not None and mtu is not None
+    assert containers is not None and image is not None and check is not None and isinstance(hub, str)
+    return OverlayConfig(
+        hub=hub,
+        protocol=cast(Protocol, protocol),
+        topology=cast(Topology, topology),
+        sites=tuple(sorted(sites, key=lambda s: s.site_id)),
+        overlay_ipv4=v4,
+        overlay_ipv6=v6,
+        vni=vni,
+        mtu=mtu,
+        containers_per_router=containers,
+        container_image=image,
+        admin_cidr=admin,
+        ssh_public_key=cast(str, ssh_key).strip(),
+        connectivity_check=check,
+    )
+
+
+def _parse_sites(c: _Collector, raw_sites: object) -> list[SiteConfig]:
+    if raw_sites in (None, ""):
+        return []  # reported as a missing required key
+    if isinstance(raw_sites, list):
+        c.add("sites", "<list>", "sites is a map of site name -> settings, not a list (see Pulumi.dev.yaml)")
+        return []
+    if not isinstance(raw_sites, Mapping) or not raw_sites:
+        c.add("sites", raw_sites, "set a map of site name -> settings with at least two sites (see Pulumi.dev.yaml)")
+        return []
+    sites_map = cast(Mapping[str, Any], raw_sites)
+    if len(sites_map) < 2:
+        c.add("sites", list(sites_map), "an overlay joins at least two sites: add another")
+    seen: dict[str, str] = {}
+    out: list[SiteConfig] = []
+    for name, body in sites_map.items():
+        key = f"sites.{name}"
+        if not isinstance(name, str) or not _NAME_RE.match(name):
+            c.add(key, name, "site names are 1-12 lower-case letters or digits, starting with a letter (they become resource and interface names)")
+            continue
+        if name.lower() in seen:
+            c.add(key, name, f"duplicate site name (also '{seen[name.lower()]}'): give each site its own name")
+            continue
+        seen[name.lower()] = name
+        if not isinstance(body, Mapping):
+            c.add(key, body, "set a map with at least platform and siteId")
+            continue
+        site = _parse_site(c, name, cast(Mapping[str, Any], body))
+        if site is not None:
+            out.append(site)
+    return out
+
+
+def _parse_site(c: _Collector, name: str, body: Mapping[str, Any]) -> SiteConfig | None:
+    key = f"sites.{name}"
+    before = len(c.problems)
+    for k in sorted(set(body) - SITE_KEYS):
+        c.add(f"{key}.{k}", body[k], f"unknown site setting{_closest(k, SITE_KEYS)}: remove it")
+    platform = None
+    if body.get("platform") is None:
+        c.problems.append(f"{key}.platform is not set: set one of {', '.join(PLATFORMS)}")
+    else:
+        platform = c.choice(f"{key}.platform", body.get("platform"), PLATFORMS)
+    site_id = None
+    if body.get("siteId") is None:
+        c.problems.append(f"{key}.siteId is not set: give the site a stable number from 1 to {MAX_SITE_ID} (it selects its overlay addresses)")
+    else:
+        site_id = c.integer(f"{key}.siteId", body.get("siteId"), 1, MAX_SITE_ID)
+    if platform is not None:
+        for req in REQUIRED_SITE_KEYS[cast(Platform, platform)]:
+            if body.get(req) in (None, ""):
+                c.problems.append(f"{key}.{req} is not set: a {platform} site needs it (run `pulumi config set --path {key}.{req} <value>`)")
+    sid = site_id if site_id is not None else 0
+    nets: dict[str, ipaddress.IPv4Network | None] = {}
+    defaults = {
+        "vpcCidr": f"10.{sid % 256}.0.0/16",
+        "wanCidr": f"10.{sid % 256}.1.0/24",
+        "lanCidr": f"10.{sid % 256}.2.0/24",
+    }
+    for k, default in defaults.items():
+        nets[k] = c.v4(f"{key}.{k}", body.get(k, default), "set a private IPv4 prefix such as 10.1.1.0/24")
+    vpc, wan, lan = nets["vpcCidr"], nets["wanCidr"], nets["lanCidr"]
+    for k, net in (("wanCidr", wan), ("lanCidr", lan)):
+        if net is None:
+            continue
+        if net.prefixlen > 27:
+            c.add(f"{key}.{k}", str(net), "too small: the plan places hosts at .10 and .20, use a /27 or larger")
+        if vpc is not None and not net.subnet_of(vpc):
+            c.add(f"{key}.{k}", str(net), f"not inside sites.{name}.vpcCidr {vpc}: pick a subnet of it")
+    if wan is not None and lan is not None and wan.overlaps(lan):
+        c.add(f"{key}.lanCidr", str(lan), f"overlaps sites.{name}.wanCidr {wan}: WAN and LAN need separate subnets")
+    if platform == "vsphere" and body.get("mgmtCidr") not in (None, ""):
+        mgmt = c.v4(f"{key}.mgmtCidr", body.get("mgmtCidr"), "set the management port group's IPv4 prefix")
+        if mgmt is not None and mgmt.prefixlen > 27:
+            c.add(f"{key}.mgmtCidr", str(mgmt), "too small: the plan places hosts at .10 and .20, use a /27 or larger")
+    if platform == "vsphere" and body.get("publicIp") not in (None, ""):
+        try:
+            public = ipaddress.ip_address(str(body["publicIp"]))
+            if public.version != 4:
+                raise ValueError
+        except ValueError:
+            c.add(f"{key}.publicIp", body["publicIp"], "set the IPv4 address the datacentre edge NATs to the router")
+    mtu_default = DEFAULT_UNDERLAY_MTU[cast(Platform, platform)] if platform else 1500
+    underlay_mtu = c.integer(f"{key}.underlayMtu", body.get("underlayMtu", mtu_default), 1280, 9216)
+    if len(c.problems) != before or platform is None or site_id is None or underlay_mtu is None:
+        return None
+    assert vpc and wan and lan
+    settings = {k: v for k, v in body.items() if k not in ("platform", "siteId", "vpcCidr", "wanCidr", "lanCidr", "underlayMtu", "region")}
+    region = body.get("region")
+    return SiteConfig(
+        name=name,
+        platform=cast(Platform, platform),
+        site_id=site_id,
+        region=None if region is None else str(region),
+        vpc_cidr=vpc,
+        wan_cidr=wan,
+        lan_cidr=lan,
+        underlay_mtu=underlay_mtu,
+        settings=settings,
+    )

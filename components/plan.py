@@ -1,0 +1,355 @@
+"""The overlay plan: one pure function from a validated config to every fact the overlay needs.
+
+Who is hub, which tunnels exist with which VNIs, every node's and container's overlay address and MAC, every
+underlay private address, the overlay MTU: computed here once. Renderers, the Pulumi components and the lab read
+the plan; none of them recomputes any of it. No Pulumi or cloud SDK import.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Final, Literal
+
+from components.config import (
+    CLIENT_HOST,
+    FIRST_CONTAINER_HOST,
+    ROUTER_HOST,
+    SITE_BLOCK,
+    OverlayConfig,
+    Platform,
+    Protocol,
+    SiteConfig,
+)
+
+Kind = Literal["router", "client"]
+Role = Literal["hub", "spoke", "peer", "client"]
+Via = Literal["internet", "lan"]
+
+BRIDGE: Final = "br-overlay"
+TUNNEL_PORT: Final[Mapping[Protocol, int]] = {"vxlan": 4789, "geneve": 6081}
+# Outer IP + UDP + VXLAN/GENEVE header + inner Ethernet header. GENEVE carries no options here, so its
+# overhead equals VXLAN's: 20 (IPv4) or 40 (IPv6) + 8 (UDP) + 8 (tunnel header) + 14 (inner Ethernet).
+GENEVE_OPTIONS_BYTES: Final = 0
+
+
+def encapsulation_overhead(protocol: Protocol, family: int) -> int:
+    """Bytes a tunnel adds to each overlay frame for the given protocol and underlay IP family."""
+    outer_ip = {4: 20, 6: 40}[family]
+    extra = GENEVE_OPTIONS_BYTES if protocol == "geneve" else 0
+    return outer_ip + 8 + 8 + 14 + extra
+
+
+def tunnel_vni(base: int, site_a: int, site_b: int | None = None) -> int:
+    """VNI of one tunnel.
+
+    Linux demultiplexes received VXLAN by (UDP port, VNI) alone, so two VXLAN devices of one node cannot share a
+    VNI: every tunnel of a node gets its own. A router-client tunnel of site s uses base + s; a router-router
+    tunnel between sites a and b uses base + 1000*min(a, b) + max(a, b) (site ids are 1..999). Both ends of a
+    tunnel compute the same VNI, and no VNI depends on who is hub.
+    """
+    if site_b is None:
+        return base + site_a
+    low, high = sorted((site_a, site_b))
+    return base + 1000 * low + high
+
+
+def overlay_mac(site_id: int, host: int) -> str:
+    """Stable locally administered unicast MAC for overlay host `host` of site `site_id`."""
+    return f"02:6f:{site_id >> 8:02x}:{site_id & 0xFF:02x}:00:{host:02x}"
+
+
+@dataclass(frozen=True)
+class Container:
+    name: str
+    """Container name (unique across the overlay, e.g. aws-c1); also its network namespace handle."""
+    link: str
+    """Host-side veth name on the router's bridge."""
+    ipv4: str
+    """Overlay address with prefix length, e.g. 10.250.1.10/16."""
+    ipv6: str
+    mac: str
+
+
+@dataclass(frozen=True)
+class Tunnel:
+    name: str
+    """Tunnel device name on this node (ovl-r<siteId> to a router, ovl-c<siteId> to a client)."""
+    peer: str
+    """Name of the node at the other end."""
+    peer_site: str
+    vni: int
+    via: Via
+    """internet: to the peer router's public address (NAT 1:1); lan: to a node on the same site LAN."""
+    local: str
+    """Private underlay address the tunnel binds."""
+    remote: str | None
+    """Peer's underlay address for via=lan; None for via=internet (the peer's public address is known
+    only once reserved: see node_config)."""
+
+
+@dataclass(frozen=True)
+class Node:
+    name: str
+    site: str
+    platform: Platform
+    kind: Kind
+    role: Role
+    ipv4: str
+    ipv6: str
+    mac: str
+    wan_ip: str | None
+    """Router only: private address on the WAN subnet (NIC 0)."""
+    lan_ip: str
+    """Private address on the LAN subnet (router NIC 1, client NIC 0)."""
+    lan_prefix: int
+    mgmt_ip: str | None
+    """vSphere client only: address on the management port group."""
+    tunnels: tuple[Tunnel, ...]
+    containers: tuple[Container, ...]
+
+    @property
+    def overlay_ipv4(self) -> str:
+        return self.ipv4.split("/")[0]
+
+    @property
+    def overlay_ipv6(self) -> str:
+        return self.ipv6.split("/")[0]
+
+
+@dataclass(frozen=True)
+class Plan:
+    config: OverlayConfig
+    hub: str
+    nodes: tuple[Node, ...]
+    mtu: int
+    """Overlay MTU of every bridge, tunnel, container and client interface."""
+    path_mtu: int
+    """Smallest underlay MTU of the sites."""
+    overhead: int
+    port: int
+    """UDP port of the chosen protocol."""
+
+    @property
+    def protocol(self) -> Protocol:
+        return self.config.protocol
+
+    def node(self, name: str) -> Node:
+        for n in self.nodes:
+            if n.name == name:
+                return n
+        raise KeyError(name)
+
+    def router(self, site: str) -> Node:
+        return self.node(router_name(site))
+
+    def client(self, site: str) -> Node:
+        return self.node(client_name(site))
+
+    def routers(self) -> tuple[Node, ...]:
+        return tuple(n for n in self.nodes if n.kind == "router")
+
+    def peer_sites(self, site: str) -> tuple[str, ...]:
+        """Sites whose routers this site's router tunnels with across the internet."""
+        return tuple(t.peer_site for t in self.router(site).tunnels if t.via == "internet")
+
+    def overlay_addresses(self) -> list[tuple[str, str, str]]:
+        """(owner, ipv4, ipv6) of every node and container."""
+        out = [(n.name, n.overlay_ipv4, n.overlay_ipv6) for n in self.nodes]
+        for n in self.nodes:
+            out += [(c.name, c.ipv4.split("/")[0], c.ipv6.split("/")[0]) for c in n.containers]
+        return out
+
+    def tunnel_map(self) -> dict[str, list[str]]:
+        """node name -> names of the nodes it tunnels to."""
+        return {n.name: [t.peer for t in n.tunnels] for n in self.nodes}
+
+
+def router_name(site: str) -> str:
+    return f"{site}-router"
+
+
+def client_name(site: str) -> str:
+    return f"{site}-client"
+
+
+def _host(net: ipaddress.IPv4Network, offset: int) -> str:
+    return str(net.network_address + offset)
+
+
+def _overlay(cfg: OverlayConfig, site: SiteConfig, host: int) -> tuple[str, str]:
+    v4 = cfg.overlay_ipv4.network_address + SITE_BLOCK * site.site_id + host
+    v6 = cfg.overlay_ipv6.network_address + (site.site_id << 16) + host
+    return f"{v4}/{cfg.overlay_ipv4.prefixlen}", f"{v6}/{cfg.overlay_ipv6.prefixlen}"
+
+
+def build_plan(cfg: OverlayConfig) -> Plan:
+    """Roles, tunnels, VNIs, addresses and MTU for every node of the overlay."""
+    overhead = encapsulation_overhead(cfg.protocol, 4)
+    path_mtu = min(s.underlay_mtu for s in cfg.sites)
+    mtu = cfg.mtu or path_mtu - overhead
+    by_name = {s.name: s for s in cfg.sites}
+    hub = by_name[cfg.hub]
+    nodes: list[Node] = []
+    for site in cfg.sites:
+        wan_ip = _host(site.wan_cidr, 10)
+        router_lan = _host(site.lan_cidr, 10)
+        client_lan = _host(site.lan_cidr, 20)
+        if cfg.topology == "point-to-point":
+            role: Role = "peer"
+            peers = [s for s in cfg.sites if s.name != site.name]
+        elif site.name == hub.name:
+            role = "hub"
+            peers = [s for s in cfg.sites if s.name != hub.name]
+        else:
+            role = "spoke"
+            peers = [hub]
+        tunnels = [
+            Tunnel(
+                name=f"ovl-r{p.site_id}",
+                peer=router_name(p.name),
+                peer_site=p.name,
+                vni=tunnel_vni(cfg.vni, site.site_id, p.site_id),
+                via="internet",
+                local=wan_ip,
+                remote=None,
+            )
+            for p in peers
+        ]
+        tunnels.append(
+            Tunnel(
+                name=f"ovl-c{site.site_id}",
+                peer=client_name(site.name),
+                peer_site=site.name,
+                vni=tunnel_vni(cfg.vni, site.site_id),
+                via="lan",
+                local=router_lan,
+                remote=client_lan,
+            )
+        )
+        containers = []
+        for i in range(1, cfg.containers_per_router + 1):
+            v4, v6 = _overlay(cfg, site, FIRST_CONTAINER_HOST + i - 1)
+            containers.append(
+                Container(
+                    name=f"{site.name}-c{i}",
+                    link=f"ovl-k{i}",
+                    ipv4=v4,
+                    ipv6=v6,
+                    mac=overlay_mac(site.site_id, FIRST_CONTAINER_HOST + i - 1),
+                )
+            )
+        r4, r6 = _overlay(cfg, site, ROUTER_HOST)
+        nodes.append(
+            Node(
+                name=router_name(site.name),
+                site=site.name,
+                platform=site.platform,
+                kind="router",
+                role=role,
+                ipv4=r4,
+                ipv6=r6,
+                mac=overlay_mac(site.site_id, ROUTER_HOST),
+                wan_ip=wan_ip,
+                lan_ip=router_lan,
+                lan_prefix=site.lan_cidr.prefixlen,
+                mgmt_ip=None,
+                tunnels=tuple(tunnels),
+                containers=tuple(containers),
+            )
+        )
+        c4, c6 = _overlay(cfg, site, CLIENT_HOST)
+        mgmt = site.setting("mgmtCidr")
+        nodes.append(
+            Node(
+                name=client_name(site.name),
+                site=site.name,
+                platform=site.platform,
+                kind="client",
+                role="client",
+                ipv4=c4,
+                ipv6=c6,
+                mac=overlay_mac(site.site_id, CLIENT_HOST),
+                wan_ip=None,
+                lan_ip=client_lan,
+                lan_prefix=site.lan_cidr.prefixlen,
+                mgmt_ip=_host(ipaddress.IPv4Network(mgmt), 20) if mgmt else None,
+                tunnels=(
+                    Tunnel(
+                        name=f"ovl-r{site.site_id}",
+                        peer=router_name(site.name),
+                        peer_site=site.name,
+                        vni=tunnel_vni(cfg.vni, site.site_id),
+                        via="lan",
+                        local=client_lan,
+                        remote=router_lan,
+                    ),
+                ),
+                containers=(),
+            )
+        )
+    return Plan(
+        config=cfg,
+        hub=hub.name,
+        nodes=tuple(nodes),
+        mtu=mtu,
+        path_mtu=path_mtu,
+        overhead=overhead,
+        port=TUNNEL_PORT[cfg.protocol],
+    )
+
+
+# Platforms whose Ubuntu image leaves the router's LAN NIC unconfigured (secondary VNIC/ENI attached after
+# launch): the node script must give it its planned address.
+CONFIGURE_LAN_NIC: Final[frozenset[Platform]] = frozenset({"aws", "oci", "alicloud"})
+# Platforms whose Ubuntu image rejects inbound tunnel traffic and forwarding in iptables.
+OPEN_HOST_FIREWALL: Final[frozenset[Platform]] = frozenset({"oci"})
+
+
+def node_config(plan: Plan, node_name: str, public_ips: Mapping[str, str]) -> dict[str, Any]:
+    """The JSON document the node script applies on one node.
+
+    `public_ips` maps site name -> the router's public IPv4 (reserved before any VM exists, so this function
+    can run for every node without a dependency cycle). Pure: same inputs, same document.
+    """
+    node = plan.node(node_name)
+    tunnels = []
+    for t in node.tunnels:
+        remote = t.remote if t.via == "lan" else public_ips[t.peer_site]
+        tunnels.append({"name": t.name, "peer": t.peer, "vni": t.vni, "local": t.local, "remote": remote})
+    cfg = plan.config
+    doc: dict[str, Any] = {
+        "version": 1,
+        "node": node.name,
+        "site": node.site,
+        "kind": node.kind,
+        "role": node.role,
+        "protocol": cfg.protocol,
+        "port": plan.port,
+        "mtu": plan.mtu,
+        "bridge": {"name": BRIDGE, "mac": node.mac, "ipv4": node.ipv4, "ipv6": node.ipv6},
+        "lan": {
+            "address": f"{node.lan_ip}/{node.lan_prefix}",
+            "configure": node.kind == "router" and node.platform in CONFIGURE_LAN_NIC,
+        },
+        "forwarding": node.kind == "router",
+        "open_host_firewall": node.platform in OPEN_HOST_FIREWALL,
+        "tunnels": tunnels,
+        "containers": {
+            "runtime": "docker",
+            "image": cfg.container_image,
+            "items": [
+                {"name": c.name, "link": c.link, "ipv4": c.ipv4, "ipv6": c.ipv6, "mac": c.mac}
+                for c in node.containers
+            ],
+        },
+    }
+    return doc
+
+
+def config_digest(doc: Mapping[str, Any]) -> str:
+    """Stable digest of a node config (what a re-apply is triggered by)."""
+    return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
