@@ -469,7 +469,7 @@ class Lock:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="overlay-node", description=__doc__.splitlines()[1])
+    parser = argparse.ArgumentParser(prog="overlay-node", description="converge this machine to its multicloud-overlay node config")
     sub = parser.add_subparsers(dest="command", required=True)
     ap = sub.add_parser("apply", help="converge this node to the config")
     ap.add_argument("--config", required=True)

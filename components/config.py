@@ -325,7 +325,7 @@ def parse_config(raw: Mapping[str, Any]) -> OverlayConfig:
     if sites and protocol is not None:
         from components.plan import encapsulation_overhead  # pure module; imported late to avoid a cycle
 
-        overhead = encapsulation_overhead(protocol, 4)
+        overhead = encapsulation_overhead(cast(Protocol, protocol), 4)
         path = min(s.underlay_mtu for s in sites)
         auto = path - overhead
         narrowest = min(sites, key=lambda s: s.underlay_mtu).name

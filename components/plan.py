@@ -309,11 +309,14 @@ CONFIGURE_LAN_NIC: Final[frozenset[Platform]] = frozenset({"aws", "oci", "aliclo
 OPEN_HOST_FIREWALL: Final[frozenset[Platform]] = frozenset({"oci"})
 
 
-def node_config(plan: Plan, node_name: str, public_ips: Mapping[str, str]) -> dict[str, Any]:
+def node_config(
+    plan: Plan, node_name: str, public_ips: Mapping[str, str], container_runtime: Literal["docker", "netns"] = "docker"
+) -> dict[str, Any]:
     """The JSON document the node script applies on one node.
 
     `public_ips` maps site name -> the router's public IPv4 (reserved before any VM exists, so this function
-    can run for every node without a dependency cycle). Pure: same inputs, same document.
+    can run for every node without a dependency cycle). `container_runtime` is docker on every VM; the lab's
+    kernel VM (no Docker) uses plain network namespaces. Pure: same inputs, same document.
     """
     node = plan.node(node_name)
     tunnels = []
@@ -339,7 +342,7 @@ def node_config(plan: Plan, node_name: str, public_ips: Mapping[str, str]) -> di
         "open_host_firewall": node.platform in OPEN_HOST_FIREWALL,
         "tunnels": tunnels,
         "containers": {
-            "runtime": "docker",
+            "runtime": container_runtime,
             "image": cfg.container_image,
             "items": [
                 {"name": c.name, "link": c.link, "ipv4": c.ipv4, "ipv6": c.ipv6, "mac": c.mac}

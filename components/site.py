@@ -1,0 +1,150 @@
+"""Site, OverlayRouter and OverlayClient: translate the plan into a platform's resources, nothing else."""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from typing import Any
+
+import pulumi
+
+from cloudinit.render import render_user_data
+from components.clouds import platform_site
+from components.clouds.base import SSH_USER, NodeResources, NodeSpec, PlatformSite, ResolvedRule, SiteContext
+from components.config import SiteConfig
+from components.plan import Node, Plan, node_config
+from components.security import IngressRule, PeerRouter, client_rules, router_rules
+
+
+def render_node_user_data(plan: Plan, node_name: str, public_ips: dict[str, str]) -> str:
+    """Apply callback: the node's #cloud-config once every router's public address is known."""
+    return render_user_data(node_config(plan, node_name, public_ips))
+
+
+def peer_cidr(ip: str) -> str:
+    return f"{ip}/32"
+
+
+def resolve_rules(rules: list[IngressRule], public_ips: dict[str, pulumi.Output[str]]) -> list[ResolvedRule]:
+    return [
+        ResolvedRule(r, public_ips[r.source.site].apply(peer_cidr) if isinstance(r.source, PeerRouter) else r.source)
+        for r in rules
+    ]
+
+
+@dataclass
+class OverlayNodeArgs:
+    platform: PlatformSite
+    """The site's platform wiring (components/clouds)."""
+    node: Node
+    """The node's plan."""
+    user_data: pulumi.Output[str]
+    """Rendered #cloud-config payload."""
+    rules: list[ResolvedRule]
+    """Ingress rules of the node."""
+
+
+class _OverlayNode(pulumi.ComponentResource):
+    """A VM of the overlay and everything that belongs to it alone (NICs, rules, addresses)."""
+
+    kind = ""
+
+    def __init__(self, name: str, args: OverlayNodeArgs, opts: pulumi.ResourceOptions | None = None) -> None:
+        super().__init__(f"multicloud-overlay:index:{type(self).__name__}", name, None, opts)
+        spec = NodeSpec(node=args.node, user_data=args.user_data, rules=args.rules, parent=self)
+        res: NodeResources = self._build(args.platform, spec)
+        node = args.node
+        self.machine = res.machine
+        self.management_ip = res.management_ip
+        self.private_ips = res.private_ips
+        self.summary: pulumi.Output[dict[str, Any]] = pulumi.Output.all(res.management_ip, res.private_ips).apply(
+            functools.partial(node_summary, node)
+        )
+        self.register_outputs({"managementIp": res.management_ip, "privateIps": res.private_ips, "summary": self.summary})
+
+    def _build(self, platform: PlatformSite, spec: NodeSpec) -> NodeResources:
+        raise NotImplementedError
+
+
+def node_summary(node: Node, resolved: list[Any]) -> dict[str, Any]:
+    """What a user needs about a node after `pulumi up` (stack output `nodes`)."""
+    management_ip, private_ips = resolved
+    return {
+        "platform": node.platform,
+        "site": node.site,
+        "role": node.role,
+        "managementIp": management_ip,
+        "privateIps": private_ips,
+        "overlayIpv4": node.overlay_ipv4,
+        "overlayIpv6": node.overlay_ipv6,
+        "ssh": f"ssh {SSH_USER}@{management_ip}",
+        "tunnels": [t.peer for t in node.tunnels],
+    }
+
+
+class OverlayRouter(_OverlayNode):
+    """A site's router: two NICs (WAN with the reserved public address, LAN), forwarding, tunnels, containers."""
+
+    def _build(self, platform: PlatformSite, spec: NodeSpec) -> NodeResources:
+        return platform.router(spec)
+
+
+class OverlayClient(_OverlayNode):
+    """A site's client: one NIC on the LAN (vSphere: management + LAN), one tunnel to its router."""
+
+    def _build(self, platform: PlatformSite, spec: NodeSpec) -> NodeResources:
+        return platform.client(spec)
+
+
+@dataclass
+class SiteArgs:
+    site: SiteConfig
+    """The site's validated config."""
+    plan: Plan
+    """The whole overlay's plan (the site reads its own nodes from it)."""
+    ssh_public_key: str
+    """Installed for the `ubuntu` user on the site's VMs."""
+
+
+class Site(pulumi.ComponentResource):
+    """One site: network, reserved public address, router and client on one platform.
+
+    Built in two steps so that every site's public address exists before any payload is rendered:
+    `Site(...)` creates the network and reserves the address; `deploy(public_ips)` builds the VMs.
+    """
+
+    def __init__(self, name: str, args: SiteArgs, opts: pulumi.ResourceOptions | None = None) -> None:
+        super().__init__("multicloud-overlay:index:Site", name, None, opts)
+        self.args = args
+        self.platform = platform_site(SiteContext(site=args.site, plan=args.plan, parent=self, ssh_public_key=args.ssh_public_key))
+        self.public_ip: pulumi.Output[str] = self.platform.prepare()
+        self.router: OverlayRouter | None = None
+        self.client: OverlayClient | None = None
+
+    def deploy(self, public_ips: dict[str, pulumi.Output[str]]) -> None:
+        plan, site = self.args.plan, self.args.site.name
+        ips = pulumi.Output.all(**public_ips)
+        nodes: list[_OverlayNode] = []
+        for node, cls, rules in (
+            (plan.router(site), OverlayRouter, router_rules(plan, site)),
+            (plan.client(site), OverlayClient, client_rules(plan, site)),
+        ):
+            user_data = ips.apply(functools.partial(render_node_user_data, plan, node.name))
+            nodes.append(
+                cls(
+                    node.name,
+                    OverlayNodeArgs(self.platform, node, user_data, resolve_rules(rules, public_ips)),
+                    pulumi.ResourceOptions(parent=self),
+                )
+            )
+        router, client = nodes
+        assert isinstance(router, OverlayRouter) and isinstance(client, OverlayClient)
+        self.router, self.client = router, client
+        self.register_outputs(
+            {
+                "publicIp": self.public_ip,
+                "router": router.summary,
+                "client": client.summary,
+                "tunnelPeers": list(plan.peer_sites(site)),
+            }
+        )

@@ -1,0 +1,160 @@
+"""Run the Pulumi program (__main__.py) under pulumi.runtime.set_mocks and record every registration.
+
+    run = run_program(raw_config)          # raw stack config: key -> value, as in Pulumi.<stack>.yaml
+    run.resources                          # every resource: type, name, inputs, parent URN, custom
+    run.outputs                            # the stack's exports, resolved
+    run.of_type("aws:ec2/instance:Instance")
+
+Invokes (image lookups, availability zones, ...) are answered by `ProgramMocks.call` with realistic shapes.
+"""
+
+from __future__ import annotations
+
+import json
+import runpy
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pulumi
+from pulumi.runtime import mocks as pulumi_mocks
+from pulumi.runtime.stack import run_pulumi_func
+from pulumi.runtime.sync_await import _sync_await
+
+from tests import mockdata
+
+ROOT = Path(__file__).resolve().parent.parent
+PROJECT = "multicloud-overlay"
+
+# Invoke token -> canned result, and resource type -> extra output properties (what the cloud would compute,
+# e.g. a reserved address), one module per platform under tests/mockdata/.
+INVOKES: dict[str, dict[str, Any]] = {}
+RESOURCE_OUTPUTS: dict[str, Callable[[pulumi.runtime.MockResourceArgs], dict[str, Any]]] = {}
+for _platform in mockdata.PLATFORMS:
+    INVOKES.update(_platform.INVOKES)
+    RESOURCE_OUTPUTS.update(_platform.RESOURCE_OUTPUTS)
+
+
+@dataclass(frozen=True)
+class Registered:
+    type: str
+    name: str
+    inputs: dict[str, Any]
+    parent: str
+    custom: bool
+    provider: str
+    urn: str
+
+
+@dataclass
+class ProgramRun:
+    resources: list[Registered] = field(default_factory=list)
+    outputs: dict[str, Any] = field(default_factory=dict)
+    invokes: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    logs: list[str] = field(default_factory=list)
+
+    def of_type(self, typ: str) -> list[Registered]:
+        return [r for r in self.resources if r.type == typ]
+
+    def named(self, name: str) -> Registered:
+        found = [r for r in self.resources if r.name == name]
+        assert len(found) == 1, f"{len(found)} resources named {name}"
+        return found[0]
+
+    def children_of(self, urn: str) -> list[Registered]:
+        return [r for r in self.resources if r.parent == urn]
+
+    def descendants_of(self, urn: str) -> list[Registered]:
+        out: list[Registered] = []
+        todo = [urn]
+        while todo:
+            parent = todo.pop()
+            kids = self.children_of(parent)
+            out += kids
+            todo += [k.urn for k in kids]
+        return out
+
+
+class ProgramMocks(pulumi.runtime.Mocks):
+    """Echo inputs as outputs, give every resource a stable id, and plausible values for a few outputs."""
+
+    def __init__(self, run: ProgramRun) -> None:
+        self.run = run
+        self.counter = 0
+
+    def new_resource(self, args: pulumi.runtime.MockResourceArgs) -> tuple[str | None, dict[str, Any]]:
+        self.counter += 1
+        state = dict(args.inputs)
+        hook = RESOURCE_OUTPUTS.get(args.typ)
+        if hook is not None:
+            state.update(hook(args))
+        return f"{args.name}-id", state
+
+    def call(self, args: pulumi.runtime.MockCallArgs) -> tuple[dict[str, Any], list[tuple[str, str]] | None]:
+        self.run.invokes.append((args.token, dict(args.args)))
+        result = INVOKES.get(args.token)
+        if result is None:
+            return {}, None
+        return dict(result), None
+
+
+class RecordingMonitor(pulumi_mocks.MockMonitor):
+    def __init__(self, mocks: ProgramMocks, run: ProgramRun) -> None:
+        super().__init__(mocks)
+        self.run = run
+
+    def RegisterResource(self, request: Any) -> Any:
+        response = super().RegisterResource(request)
+        if request.type != "pulumi:pulumi:Stack":
+            from pulumi.runtime import rpc
+            from pulumi.runtime.sync_await import _ensure_event_loop
+
+            _ensure_event_loop()
+            self.run.resources.append(
+                Registered(
+                    type=request.type,
+                    name=request.name,
+                    inputs=rpc.deserialize_properties(request.object),
+                    parent=request.parent,
+                    custom=bool(request.custom),
+                    provider=request.provider,
+                    urn=response.urn,
+                )
+            )
+        return response
+
+
+def _config_value(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def run_program(raw: Mapping[str, Any], stack: str = "test") -> ProgramRun:
+    """Run __main__.py with the given raw stack config; return every registration and the resolved exports."""
+    run = ProgramRun()
+    mocks = ProgramMocks(run)
+    pulumi.runtime.set_mocks(mocks, project=PROJECT, stack=stack, preview=False, monitor=RecordingMonitor(mocks, run))
+    pulumi.runtime.set_all_config({f"{PROJECT}:{k}": _config_value(v) for k, v in raw.items()})
+    exported: dict[str, Any] = {}
+    real_export = pulumi.export
+
+    def capture(name: str, value: Any) -> None:
+        exported[name] = value
+
+    pulumi.export = capture  # type: ignore[assignment]
+    try:
+
+        def program() -> None:
+            runpy.run_path(str(ROOT / "__main__.py"), run_name="__main__")
+
+        _sync_await(run_pulumi_func(program))
+        for name, value in exported.items():
+            run.outputs[name] = _resolve(value)
+    finally:
+        pulumi.export = real_export
+    return run
+
+
+def _resolve(value: Any) -> Any:
+    output = pulumi.Output.from_input(value)
+    return _sync_await(output.future())
