@@ -129,9 +129,11 @@ def _config_value(value: Any) -> str:
     return value if isinstance(value, str) else json.dumps(value)
 
 
-def run_program(raw: Mapping[str, Any], stack: str = "test") -> ProgramRun:
-    """Run __main__.py with the given raw stack config; return every registration and the resolved exports."""
-    run = ProgramRun()
+def run_program(raw: Mapping[str, Any], stack: str = "test", into: ProgramRun | None = None) -> ProgramRun:
+    """Run __main__.py with the given raw stack config; return every registration and the resolved exports.
+
+    `into` receives the registrations even when the program raises (to prove nothing was registered)."""
+    run = into if into is not None else ProgramRun()
     mocks = ProgramMocks(run)
     pulumi.runtime.set_mocks(mocks, project=PROJECT, stack=stack, preview=False, monitor=RecordingMonitor(mocks, run))
     pulumi.runtime.set_all_config({f"{PROJECT}:{k}": _config_value(v) for k, v in raw.items()})

@@ -1,0 +1,30 @@
+# One entry point for humans and CI. Everything runs as root (network namespaces, Docker, qemu).
+PY := .venv/bin/python
+STACK ?= dev
+
+.PHONY: test setup lint unit lab lab-down
+
+## test: install what is missing, then lint, type-check and run every test (unit, mocks, lab, VM)
+test: setup lint
+	$(PY) -m pytest
+
+## setup: Debian packages and the pinned virtualenv (idempotent)
+setup:
+	bash scripts/setup.sh
+
+lint:
+	$(PY) -m ruff check .
+	$(PY) -m pyright
+
+## unit: the tests that need neither root nor namespaces
+unit:
+	$(PY) -m pytest -m "not root"
+
+## lab: bring up the stack's overlay on this machine and print the connectivity matrix
+lab: setup
+	$(PY) -m lab up --stack $(STACK)
+	$(PY) -m lab check
+
+## lab-down: remove everything the lab made
+lab-down:
+	$(PY) -m lab down

@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Install everything the tests and the lab need on a fresh Debian machine (idempotent; run as root).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+APT_PACKAGES=(
+  iproute2 iptables iputils-ping procps kmod util-linux   # node script and lab namespaces
+  docker.io                                              # router containers in the lab
+  qemu-system-x86 busybox-static cpio                    # GENEVE lab in a Debian-kernel VM
+  cloud-init                                             # `cloud-init schema` validates every payload
+  python3 tcpdump iperf3                                 # VM userland, captures, benchmarks
+)
+
+if [ "$(id -u)" -ne 0 ]; then
+  echo "setup: needs root to install Debian packages (run: sudo make test)" >&2
+  exit 1
+fi
+
+missing=()
+for p in "${APT_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+  echo "setup: installing Debian packages: ${missing[*]}"
+  apt-get update -q
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
+else
+  echo "setup: Debian packages present"
+fi
+
+stamp=.venv/.requirements.sha256
+want=$(cat requirements.txt requirements-dev.txt | sha256sum | cut -d' ' -f1)
+if [ ! -x .venv/bin/python ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+  echo "setup: creating .venv with the pinned Python packages (about 90 s)"
+  python3 -m venv .venv
+  .venv/bin/pip install -q --upgrade pip
+  .venv/bin/pip install -q -r requirements-dev.txt
+  echo "$want" > "$stamp"
+else
+  echo "setup: .venv up to date"
+fi

@@ -1,0 +1,219 @@
+"""The node script: refuses bad configs without touching anything; in namespaces (root), converges two nodes
+from their rendered payloads into a working VXLAN overlay, idempotently, and in place on config changes."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cloudinit import overlay_node
+from cloudinit.render import read_payload, render_user_data, unit_exec_start
+from components.config import parse_config
+from components.plan import Plan, build_plan, node_config
+from tests.harness import ROOT
+from tests.test_plan import config_of
+
+SCRIPT = ROOT / "cloudinit" / "overlay_node.py"
+
+
+def good_doc() -> dict[str, Any]:
+    plan = build_plan(parse_config(config_of({"a": ("aws", 1), "b": ("gcp", 2)}, "a")))
+    return node_config(plan, "a-router", {"a": "198.51.100.1", "b": "198.51.100.2"})
+
+
+# ---------------------------------------------------------------- validation (no root)
+
+
+def test_good_config_validates() -> None:
+    assert overlay_node.validate(good_doc()) == []
+
+
+@pytest.mark.parametrize(
+    ("damage", "expected"),
+    [
+        (lambda d: d.pop("tunnels"), "tunnels: missing"),
+        (lambda d: d.update(mtu=900), "mtu: 900"),
+        (lambda d: d.update(protocol="gre"), "protocol: 'gre'"),
+        (lambda d: d["bridge"].update(ipv4="10.0.0.1"), "bridge.ipv4"),
+        (lambda d: d["tunnels"][0].update(remote="not-an-ip"), "tunnels[0].remote"),
+        (lambda d: d["tunnels"][1].update(vni=d["tunnels"][0]["vni"]), "share a VNI"),
+        (lambda d: d["containers"]["items"][0].update(link="eth9"), "containers.items[0].link"),
+        (lambda d: d.update(version=2), "version"),
+    ],
+)
+def test_bad_config_is_listed(damage: Any, expected: str) -> None:
+    doc = good_doc()
+    damage(doc)
+    problems = overlay_node.validate(doc)
+    assert any(expected in p for p in problems), problems
+
+
+@pytest.mark.parametrize("content", ['{"version": 1, "node": "a-rou', "", "[]", "\x00\x01garbage"])
+def test_corrupted_config_changes_nothing(tmp_path: Path, content: str) -> None:
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / "applied.json").write_text(json.dumps(good_doc()))
+    bad = tmp_path / "node.json"
+    bad.write_text(content)
+    before = (state / "applied.json").read_text()
+    proc = subprocess.run([sys.executable, str(SCRIPT), "apply", "--config", str(bad), "--state-dir", str(state)],
+                          capture_output=True, text=True)
+    assert proc.returncode == overlay_node.EXIT_REJECTED
+    assert "config rejected, nothing changed" in proc.stderr and "previous config stays" in proc.stderr
+    assert proc.stdout == ""  # not a single step ran
+    assert (state / "applied.json").read_text() == before
+
+
+def test_validate_command(tmp_path: Path) -> None:
+    f = tmp_path / "node.json"
+    f.write_text(json.dumps(good_doc()))
+    proc = subprocess.run([sys.executable, str(SCRIPT), "validate", "--config", str(f)], capture_output=True, text=True)
+    assert proc.returncode == 0 and "valid config for a-router" in proc.stdout
+
+
+# ---------------------------------------------------------------- dataplane in namespaces (root)
+
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to create network namespaces")
+
+
+def sh(*argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(list(argv), capture_output=True, text=True)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{' '.join(argv)}: {proc.stdout}{proc.stderr}")
+    return proc
+
+
+class TwoNodes:
+    """Two router namespaces joined by one underlay link, each configured from its rendered payload."""
+
+    def __init__(self, tmp: Path, tag: str) -> None:
+        self.tmp = tmp
+        self.hub, self.spoke = f"{tag}a", f"{tag}b"
+        self.ns = {self.hub: f"{tag}-ns-a", self.spoke: f"{tag}-ns-b"}
+        self.underlay = {self.hub: "10.1.1.10", self.spoke: "10.2.1.10"}
+        self.handles: list[str] = list(self.ns.values())
+
+    def raw(self, **top: Any) -> dict[str, Any]:
+        raw = config_of({self.hub: ("aws", 1), self.spoke: ("gcp", 2)}, self.hub, **top)
+        raw["sites"][self.spoke]["underlayMtu"] = 1500
+        return raw
+
+    def plan(self, **top: Any) -> Plan:
+        return build_plan(parse_config(self.raw(**top)))
+
+    def build(self) -> None:
+        a, b = self.ns[self.hub], self.ns[self.spoke]
+        sh("ip", "netns", "add", a)
+        sh("ip", "netns", "add", b)
+        sh("ip", "link", "add", "wan0", "netns", a, "type", "veth", "peer", "name", "wan0", "netns", b)
+        for site, ns in self.ns.items():
+            # The LAN NIC is attached but unaddressed, as an AWS router's hot-attached ENI: the payload configures it.
+            lan = f"{ns}-lan"
+            self.handles.append(lan)
+            sh("ip", "netns", "add", lan)
+            sh("ip", "link", "add", "lan0", "netns", ns, "type", "veth", "peer", "name", "eth0", "netns", lan)
+            sh("ip", "-n", ns, "addr", "add", f"{self.underlay[site]}/8", "dev", "wan0")
+            sh("ip", "-n", ns, "link", "set", "wan0", "up")
+            sh("ip", "-n", ns, "link", "set", "lo", "up")
+
+    def apply(self, plan: Plan, site: str) -> str:
+        """Write the node's payload files under its root and run the payload's unit command in its namespace."""
+        root = self.tmp / site
+        payload = render_user_data(node_config(plan, f"{site}-router", self.underlay, container_runtime="netns"))
+        files, _ = read_payload(payload)
+        for f in files:
+            target = root / f.path.lstrip("/")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(f.content)
+            target.chmod(f.mode)
+        argv = [str(root / a.lstrip("/")) if a.startswith(("/etc/", "/var/", "/usr/local/")) else a for a in unit_exec_start(payload)]
+        self.handles = sorted(set(self.handles) | {c.name for n in plan.nodes for c in n.containers})
+        proc = sh("nsenter", f"--net=/run/netns/{self.ns[site]}", "--", sys.executable, *argv)
+        return proc.stdout
+
+    def ping(self, site: str, target: str, size: int = 56, netns: str | None = None) -> bool:
+        ns = netns or self.ns[site]
+        return sh("ip", "netns", "exec", ns, "ping", "-c", "2", "-i", "0.2", "-W", "2", "-M", "do", "-s", str(size), target,
+                  check=False).returncode == 0
+
+    def cleanup(self) -> None:
+        for ns in self.handles:
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+
+
+@pytest.fixture
+def two_nodes(tmp_path: Path) -> Iterator[TwoNodes]:
+    if shutil.which("nsenter") is None or shutil.which("ping") is None:
+        pytest.skip("nsenter and ping are needed (make setup installs util-linux and iputils-ping)")
+    nodes = TwoNodes(tmp_path, f"t{os.getpid() % 10000}")
+    try:
+        nodes.build()
+        yield nodes
+    finally:
+        nodes.cleanup()
+
+
+@needs_root
+@pytest.mark.root
+def test_two_routers_ping_over_vxlan_at_the_overlay_mtu(two_nodes: TwoNodes) -> None:
+    plan = two_nodes.plan(containersPerRouter=1)
+    assert plan.mtu == 1450
+    for site in (two_nodes.hub, two_nodes.spoke):
+        out = two_nodes.apply(plan, site)
+        assert "converged with" in out
+        # AWS routers (the hub here) configure their LAN NIC themselves; GCP's image does it for the spoke.
+        assert ("LAN NIC is lan0" in out) == (site == two_nodes.hub)
+    hub, spoke = plan.router(two_nodes.hub), plan.router(two_nodes.spoke)
+    # Exactly the overlay MTU passes with don't-fragment (ICMP header 8 + IPv4 20 / IPv6 40), one byte more does not.
+    assert two_nodes.ping(two_nodes.hub, spoke.overlay_ipv4, plan.mtu - 28)
+    assert two_nodes.ping(two_nodes.hub, spoke.overlay_ipv6, plan.mtu - 48)
+    assert not two_nodes.ping(two_nodes.hub, spoke.overlay_ipv4, plan.mtu - 27)
+    # Containers on both routers reach each other across the tunnel, both families.
+    far = spoke.containers[0]
+    near = hub.containers[0].name
+    assert two_nodes.ping(two_nodes.hub, far.ipv4.split("/")[0], netns=near)
+    assert two_nodes.ping(two_nodes.hub, far.ipv6.split("/")[0], netns=near)
+    link = json.loads(sh("ip", "-n", two_nodes.ns[two_nodes.hub], "-d", "-j", "link", "show", f"ovl-r{2}").stdout)[0]
+    data = link["linkinfo"]["info_data"]
+    assert link["linkinfo"]["info_kind"] == "vxlan" and data["local"] == "10.1.1.10" and data["remote"] == "10.2.1.10"
+
+
+@needs_root
+@pytest.mark.root
+def test_second_run_changes_nothing_and_changes_converge_in_place(two_nodes: TwoNodes) -> None:
+    plan = two_nodes.plan(containersPerRouter=2)
+    for site in (two_nodes.hub, two_nodes.spoke):
+        two_nodes.apply(plan, site)
+    again = two_nodes.apply(plan, two_nodes.hub)
+    assert "no change" in again and "changed:" not in again
+    c1 = plan.router(two_nodes.hub).containers[0].name
+    inode = os.stat(f"/run/netns/{c1}").st_ino
+
+    # New MTU and one container fewer: converges in place, keeps the remaining container's namespace.
+    smaller = two_nodes.plan(containersPerRouter=1, mtu=1300)
+    out = two_nodes.apply(smaller, two_nodes.hub)
+    assert "mtu 1300" in out and f"removed namespace {plan.router(two_nodes.hub).containers[1].name}" in out
+    assert os.stat(f"/run/netns/{c1}").st_ino == inode
+    assert not os.path.exists(f"/run/netns/{plan.router(two_nodes.hub).containers[1].name}")
+    two_nodes.apply(smaller, two_nodes.spoke)
+    far = smaller.router(two_nodes.spoke)
+    assert two_nodes.ping(two_nodes.hub, far.overlay_ipv4, 1300 - 28)
+    assert not two_nodes.ping(two_nodes.hub, far.overlay_ipv4, 1300 - 27)
+
+    # The hub moves to the other site: roles swap, the one tunnel stays (same VNI both ways), nothing to change.
+    swapped = two_nodes.plan(containersPerRouter=1, mtu=1300)
+    raw = copy.deepcopy(two_nodes.raw(containersPerRouter=1, mtu=1300))
+    raw["hub"] = two_nodes.spoke
+    swapped = build_plan(parse_config(raw))
+    out = two_nodes.apply(swapped, two_nodes.hub)
+    assert "no change" in out
+    assert two_nodes.ping(two_nodes.hub, far.overlay_ipv6, 1300 - 48)

@@ -1,0 +1,222 @@
+"""The pure plan: roles, tunnels, VNIs, addresses, MTU — unit and property tests (no Pulumi)."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import ipaddress
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from components.config import PLATFORMS, parse_config
+from components.plan import Plan, build_plan, encapsulation_overhead, node_config, tunnel_vni
+from components.stackfile import read_stack_file
+from tests.harness import ROOT
+
+DEV = read_stack_file(ROOT / "Pulumi.dev.yaml")
+PLATFORM_SETTINGS: dict[str, dict[str, Any]] = {
+    "aws": {"region": "eu-west-1"},
+    "azure": {"region": "westeurope"},
+    "gcp": {"region": "europe-west1", "zone": "europe-west1-b", "project": "p"},
+    "oci": {"region": "eu-frankfurt-1", "compartmentId": "ocid1.compartment.oc1..x"},
+    "alicloud": {"region": "eu-central-1"},
+    "vsphere": {
+        "publicIp": "203.0.113.60", "datacenter": "dc", "cluster": "c", "datastore": "d", "template": "t",
+        "wanNetwork": "w", "lanNetwork": "l", "mgmtNetwork": "m", "mgmtCidr": "",
+    },
+}
+
+
+def site_body(platform: str, site_id: int) -> dict[str, Any]:
+    body: dict[str, Any] = {"platform": platform, "siteId": site_id, **PLATFORM_SETTINGS[platform]}
+    base = f"10.{site_id % 200}"
+    body.update(vpcCidr=f"{base}.0.0/16", wanCidr=f"{base}.1.0/24", lanCidr=f"{base}.2.0/24")
+    if platform == "vsphere":
+        body["mgmtCidr"] = f"{base}.3.0/24"
+    return body
+
+
+def config_of(sites: dict[str, tuple[str, int]], hub: str, **top: Any) -> dict[str, Any]:
+    raw = copy.deepcopy(DEV)
+    raw["sites"] = {name: site_body(p, i) for name, (p, i) in sites.items()}
+    raw["hub"] = hub
+    raw.update(top)
+    return raw
+
+
+def plan_of(raw: dict[str, Any]) -> Plan:
+    return build_plan(parse_config(raw))
+
+
+DEV_PLAN = plan_of(copy.deepcopy(DEV))
+
+
+def addresses(plan: Plan) -> dict[str, tuple[str, str]]:
+    return {owner: (v4, v6) for owner, v4, v6 in plan.overlay_addresses()}
+
+
+# ---------------------------------------------------------------- examples
+
+
+def test_dev_plan_roles_and_tunnels() -> None:
+    plan = DEV_PLAN
+    hub = plan.router("aws")
+    assert hub.role == "hub"
+    assert sorted(t.peer for t in hub.tunnels) == sorted(
+        ["aws-client", "azure-router", "gcp-router", "oci-router", "alicloud-router", "vsphere-router"]
+    )
+    for site in ("azure", "gcp", "oci", "alicloud", "vsphere"):
+        spoke = plan.router(site)
+        assert spoke.role == "spoke"
+        assert [t.peer for t in spoke.tunnels] == ["aws-router", f"{site}-client"]
+        client = plan.client(site)
+        assert [t.peer for t in client.tunnels] == [f"{site}-router"] and client.tunnels[0].via == "lan"
+    assert len(plan.nodes) == 12 and sum(len(n.containers) for n in plan.nodes) == 18
+
+
+def test_dev_plan_addresses_are_readable_per_site() -> None:
+    r = DEV_PLAN.router("gcp")
+    assert (r.ipv4, r.ipv6) == ("10.250.3.1/16", "fd00:6f76:6c00::3:1/64")
+    assert DEV_PLAN.client("gcp").ipv4 == "10.250.3.2/16"
+    assert [c.ipv4 for c in r.containers] == ["10.250.3.10/16", "10.250.3.11/16", "10.250.3.12/16"]
+    assert r.wan_ip == "10.3.1.10" and r.lan_ip == "10.3.2.10" and DEV_PLAN.client("gcp").lan_ip == "10.3.2.20"
+
+
+def test_mtu_is_smallest_underlay_minus_overhead() -> None:
+    # Azure's conservative 1400 is the narrowest path of the dev stack.
+    assert DEV_PLAN.path_mtu == 1400 and DEV_PLAN.overhead == 50 and DEV_PLAN.mtu == 1350
+    raw = copy.deepcopy(DEV)
+    del raw["sites"]["azure"]
+    assert plan_of(raw).mtu == 1460 - 50  # GCP next
+    raw["sites"]["gcp"]["underlayMtu"] = 1500
+    assert plan_of(raw).mtu == 1450
+    raw["mtu"] = 1300
+    assert plan_of(raw).mtu == 1300
+
+
+def test_encapsulation_overhead() -> None:
+    assert encapsulation_overhead("vxlan", 4) == 50
+    assert encapsulation_overhead("vxlan", 6) == 70
+    assert encapsulation_overhead("geneve", 4) == 50
+    assert encapsulation_overhead("geneve", 6) == 70
+
+
+def test_vni_per_tunnel_is_symmetric_and_hub_independent() -> None:
+    assert tunnel_vni(4000, 3, 1) == tunnel_vni(4000, 1, 3) == 4000 + 1003
+    assert tunnel_vni(4000, 3) == 4003
+    swapped = plan_of({**copy.deepcopy(DEV), "hub": "gcp"})
+    # The aws<->gcp tunnel exists under both hubs with the same VNI.
+    assert {t.vni for t in DEV_PLAN.router("aws").tunnels if t.peer == "gcp-router"} == {
+        t.vni for t in swapped.router("gcp").tunnels if t.peer == "aws-router"
+    }
+
+
+def test_point_to_point_peers_each_other() -> None:
+    raw = config_of({"aws": ("aws", 1), "gcp": ("gcp", 3)}, "aws", topology="point-to-point")
+    plan = plan_of(raw)
+    assert plan.router("aws").role == "peer" and plan.router("gcp").role == "peer"
+    assert plan.peer_sites("aws") == ("gcp",) and plan.peer_sites("gcp") == ("aws",)
+
+
+def test_node_config_uses_public_addresses_for_internet_tunnels_only() -> None:
+    ips = {s.name: f"198.51.100.{s.site_id}" for s in DEV_PLAN.config.sites}
+    doc = node_config(DEV_PLAN, "gcp-router", ips)
+    by_peer = {t["peer"]: t for t in doc["tunnels"]}
+    assert by_peer["aws-router"]["remote"] == "198.51.100.1" and by_peer["aws-router"]["local"] == "10.3.1.10"
+    assert by_peer["gcp-client"]["remote"] == "10.3.2.20" and by_peer["gcp-client"]["local"] == "10.3.2.10"
+    assert doc["mtu"] == 1350 and doc["port"] == 4789 and doc["forwarding"] is True
+    client = node_config(DEV_PLAN, "gcp-client", ips)
+    assert client["forwarding"] is False and client["containers"]["items"] == []
+    assert node_config(DEV_PLAN, "oci-router", ips)["open_host_firewall"] is True
+    assert node_config(DEV_PLAN, "oci-router", ips)["lan"]["configure"] is True
+    assert node_config(DEV_PLAN, "gcp-router", ips)["lan"]["configure"] is False
+
+
+# ---------------------------------------------------------------- properties
+
+site_names = st.lists(st.from_regex(r"[a-z][a-z0-9]{0,7}", fullmatch=True), min_size=2, max_size=9, unique=True)
+
+
+@st.composite
+def overlays(draw: st.DrawFn) -> tuple[dict[str, tuple[str, int]], str]:
+    names = draw(site_names)
+    ids = draw(st.lists(st.integers(1, 199), min_size=len(names), max_size=len(names), unique=True))
+    platforms = draw(st.lists(st.sampled_from(PLATFORMS), min_size=len(names), max_size=len(names)))
+    sites = {n: (p, i) for n, p, i in zip(names, platforms, ids, strict=True)}
+    return sites, draw(st.sampled_from(names))
+
+
+@settings(max_examples=60, deadline=None)
+@given(overlays(), st.integers(0, 6))
+def test_addresses_unique_inside_prefixes_never_network_or_broadcast(overlay: tuple[dict[str, tuple[str, int]], str], containers: int) -> None:
+    sites, hub = overlay
+    plan = plan_of(config_of(sites, hub, containersPerRouter=containers))
+    v4net, v6net = plan.config.overlay_ipv4, plan.config.overlay_ipv6
+    owners = plan.overlay_addresses()
+    assert len(owners) == 2 * len(sites) * 1 + containers * len(sites)
+    v4s = [ipaddress.ip_address(v4) for _, v4, _ in owners]
+    v6s = [ipaddress.ip_address(v6) for _, _, v6 in owners]
+    assert len(set(v4s)) == len(v4s) and len(set(v6s)) == len(v6s)
+    for a in v4s:
+        assert a in v4net and a not in (v4net.network_address, v4net.broadcast_address)
+    for a in v6s:
+        assert a in v6net and a != v6net.network_address
+    macs = [n.mac for n in plan.nodes] + [c.mac for n in plan.nodes for c in n.containers]
+    assert len(set(macs)) == len(macs)
+    assert all(int(m.split(":")[0], 16) & 0b11 == 0b10 for m in macs)  # locally administered unicast
+
+
+@settings(max_examples=60, deadline=None)
+@given(overlays(), st.data())
+def test_addresses_stable_under_hub_swap_and_protocol_switch(overlay: tuple[dict[str, tuple[str, int]], str], data: st.DataObject) -> None:
+    sites, hub = overlay
+    base = plan_of(config_of(sites, hub))
+    other_hub = data.draw(st.sampled_from(sorted(sites)))
+    swapped = plan_of(config_of(sites, other_hub, protocol="geneve"))
+    assert addresses(base) == addresses(swapped)
+    assert {n.name: (n.wan_ip, n.lan_ip, n.mac) for n in base.nodes} == {n.name: (n.wan_ip, n.lan_ip, n.mac) for n in swapped.nodes}
+
+
+@settings(max_examples=60, deadline=None)
+@given(overlays(), st.integers(200, 250))
+def test_addresses_stable_when_a_site_is_added_or_removed(overlay: tuple[dict[str, tuple[str, int]], str], new_id: int) -> None:
+    sites, hub = overlay
+    base = addresses(plan_of(config_of(sites, hub)))
+    grown = addresses(plan_of(config_of({**sites, "zzznew": ("aws", new_id)}, hub)))
+    assert {k: v for k, v in grown.items() if not k.startswith("zzznew-")} == base
+    removable = [s for s in sites if s != hub]
+    if len(sites) > 2:
+        gone = removable[0]
+        shrunk = addresses(plan_of(config_of({k: v for k, v in sites.items() if k != gone}, hub)))
+        assert shrunk == {k: v for k, v in base.items() if not k.startswith(f"{gone}-")}
+
+
+@settings(max_examples=60, deadline=None)
+@given(overlays())
+def test_tunnels_pair_up_with_one_vni_per_node_tunnel(overlay: tuple[dict[str, tuple[str, int]], str]) -> None:
+    sites, hub = overlay
+    plan = plan_of(config_of(sites, hub))
+    ends: dict[frozenset[str], set[int]] = {}
+    for node in plan.nodes:
+        vnis = [t.vni for t in node.tunnels]
+        assert len(set(vnis)) == len(vnis), f"{node.name} reuses a VNI"
+        names = [t.name for t in node.tunnels]
+        assert len(set(names)) == len(names) and all(len(n) <= 15 for n in names)
+        for t in node.tunnels:
+            ends.setdefault(frozenset((node.name, t.peer)), set()).add(t.vni)
+    # Every tunnel is configured at both ends, with the same VNI.
+    for pair, vnis in ends.items():
+        a, b = sorted(pair)
+        assert b in [t.peer for t in plan.node(a).tunnels] and a in [t.peer for t in plan.node(b).tunnels]
+        assert len(vnis) == 1
+    spokes = [s for s in sites if s != hub]
+    assert sorted(plan.peer_sites(hub)) == sorted(spokes)
+    assert all(plan.peer_sites(s) == (hub,) for s in spokes)
+
+
+def test_plan_is_a_pure_function_of_the_config() -> None:
+    again = plan_of(copy.deepcopy(DEV))
+    assert again == DEV_PLAN
+    assert dataclasses.replace(DEV_PLAN) == DEV_PLAN
