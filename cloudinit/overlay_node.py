@@ -451,6 +451,30 @@ def apply(doc: Dict[str, Any], r: Runner, previous: Optional[Dict[str, Any]] = N
     return r.changes
 
 
+def ping(target: str) -> bool:
+    argv = ["ping", "-c", "1", "-W", "2", target]
+    if ipaddress.ip_address(target).version == 6 and shutil.which("ping6") and not shutil.which("ping"):
+        argv[0] = "ping6"
+    return subprocess.run(argv, capture_output=True).returncode == 0
+
+
+def check(targets: Sequence[str], as_json: bool) -> int:
+    """Ping every target (a few at a time, each retried once) and report; exit 1 if any stays unreachable."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    for t in targets:
+        ipaddress.ip_address(t)  # refuse garbage before sending anything
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        results = dict(zip(targets, pool.map(lambda t: ping(t) or ping(t), targets)))
+    failed = sorted(t for t, ok in results.items() if not ok)
+    if as_json:
+        print(json.dumps({"reachable": sum(results.values()), "total": len(results), "unreachable": failed, "results": results}))
+    else:
+        for t, ok in results.items():
+            print(f"{'ok  ' if ok else 'FAIL'} {t}")
+    return 1 if failed else 0
+
+
 class Lock:
     """One apply at a time: the boot unit and a remote re-apply may start together."""
 
@@ -476,7 +500,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--state-dir", default="/var/lib/multicloud-overlay")
     vp = sub.add_parser("validate", help="check a config without changing anything")
     vp.add_argument("--config", required=True)
+    cp = sub.add_parser("check", help="ping overlay addresses from this node (exit 1 if any is unreachable)")
+    cp.add_argument("--json", action="store_true", help="print the results as one JSON object")
+    cp.add_argument("targets", nargs="+")
     args = parser.parse_args(argv)
+    if args.command == "check":
+        return check(args.targets, args.json)
 
     def log(line: str) -> None:
         print(line, flush=True)

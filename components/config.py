@@ -99,7 +99,9 @@ DEFAULTS: Final[Mapping[str, Any]] = {
     "connectivityCheck": True,
 }
 REQUIRED_KEYS: Final = ("hub", "sites", "adminCidr", "sshPublicKey")
-TOP_KEYS: Final = frozenset((*REQUIRED_KEYS, *DEFAULTS))
+# Secret: the program reads its value with pulumi.Config.require_secret; here only its presence is checked.
+PRIVATE_KEY: Final = "sshPrivateKey"
+TOP_KEYS: Final = frozenset((*REQUIRED_KEYS, *DEFAULTS, PRIVATE_KEY))
 
 _NAME_RE: Final = re.compile(r"^[a-z][a-z0-9]{0,11}$")
 
@@ -239,9 +241,17 @@ class _Collector:
         return net if isinstance(net, ipaddress.IPv4Network) else None
 
 
-def parse_config(raw: Mapping[str, Any]) -> OverlayConfig:
-    """Validate the raw stack config; raise ConfigError listing every problem."""
+def parse_config(raw: Mapping[str, Any], require_private_key: bool = False) -> OverlayConfig:
+    """Validate the raw stack config; raise ConfigError listing every problem.
+
+    `require_private_key`: the Pulumi program pushes later config changes over SSH and needs the secret
+    sshPrivateKey; the lab does not."""
     c = _Collector()
+    if require_private_key and raw.get(PRIVATE_KEY) in (None, ""):
+        c.problems.append(
+            f"{PRIVATE_KEY} is not set: in-place config pushes (hub swap, protocol switch) log in over SSH; "
+            f"run `pulumi config set --secret {PRIVATE_KEY} < ~/.ssh/id_ed25519` (the key of sshPublicKey)"
+        )
     for key in sorted(set(raw) - TOP_KEYS):
         c.add(key, raw[key], f"unknown key{_closest(key, TOP_KEYS)}: remove it (known keys: {', '.join(sorted(TOP_KEYS))})")
     for key in REQUIRED_KEYS:

@@ -5,10 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 from components.plan import Plan
+from components.push import ConnectivityCheck
 from components.site import Site
 
 
-def stack_outputs(plan: Plan, sites: dict[str, Site]) -> dict[str, Any]:
+def stack_outputs(plan: Plan, sites: dict[str, Site], checks: dict[str, ConnectivityCheck]) -> dict[str, Any]:
     nodes: dict[str, Any] = {}
     for name, site in sites.items():
         assert site.router is not None and site.client is not None, "Site.deploy() runs before exports"
@@ -27,4 +28,5 @@ def stack_outputs(plan: Plan, sites: dict[str, Site]) -> dict[str, Any]:
         "nodes": nodes,
         "tunnels": plan.tunnel_map(),
         "containers": containers,
+        "connectivity": {router: check.result for router, check in checks.items()},
     }

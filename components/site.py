@@ -7,18 +7,30 @@ from dataclasses import dataclass
 from typing import Any
 
 import pulumi
+import pulumi_tls as tls
 
-from cloudinit.render import render_user_data
+from cloudinit.render import SshHostKey, render_user_data
 from components.clouds import platform_site
 from components.clouds.base import SSH_USER, NodeResources, NodeSpec, PlatformSite, ResolvedRule, SiteContext
 from components.config import SiteConfig
 from components.plan import Node, Plan, node_config
+from components.push import NodeConfigPush, NodeConfigPushArgs
 from components.security import IngressRule, PeerRouter, client_rules, router_rules
 
 
-def render_node_user_data(plan: Plan, node_name: str, public_ips: dict[str, str]) -> str:
-    """Apply callback: the node's #cloud-config once every router's public address is known."""
-    return render_user_data(node_config(plan, node_name, public_ips))
+def node_doc(plan: Plan, node_name: str, public_ips: dict[str, str]) -> dict[str, Any]:
+    """Apply callback: the node's config once every router's public address is known."""
+    return node_config(plan, node_name, public_ips)
+
+
+def render_node_user_data(values: list[Any]) -> str:
+    """Apply callback: the node's #cloud-config from its config and its generated SSH host key."""
+    doc, private_key, public_key = values
+    return render_user_data(doc, SshHostKey(private_key, public_key))
+
+
+def strip_key(key: str) -> str:
+    return key.strip()
 
 
 def peer_cidr(ip: str) -> str:
@@ -120,8 +132,11 @@ class Site(pulumi.ComponentResource):
         self.public_ip: pulumi.Output[str] = self.platform.prepare()
         self.router: OverlayRouter | None = None
         self.client: OverlayClient | None = None
+        self.pushes: dict[str, NodeConfigPush] = {}
+        self.host_keys: dict[str, pulumi.Output[str]] = {}
 
-    def deploy(self, public_ips: dict[str, pulumi.Output[str]]) -> None:
+    def deploy(self, public_ips: dict[str, pulumi.Output[str]], private_key: pulumi.Output[str]) -> None:
+        """Build the router and the client, and the in-place push of each one's config."""
         plan, site = self.args.plan, self.args.site.name
         ips = pulumi.Output.all(**public_ips)
         nodes: list[_OverlayNode] = []
@@ -129,14 +144,23 @@ class Site(pulumi.ComponentResource):
             (plan.router(site), OverlayRouter, router_rules(plan, site)),
             (plan.client(site), OverlayClient, client_rules(plan, site)),
         ):
-            user_data = ips.apply(functools.partial(render_node_user_data, plan, node.name))
-            nodes.append(
-                cls(
-                    node.name,
-                    OverlayNodeArgs(self.platform, node, user_data, resolve_rules(rules, public_ips)),
-                    pulumi.ResourceOptions(parent=self),
-                )
+            host_key = tls.PrivateKey(f"{node.name}-host-key", algorithm="ED25519", opts=pulumi.ResourceOptions(parent=self))
+            doc: pulumi.Output[dict[str, Any]] = ips.apply(functools.partial(node_doc, plan, node.name))
+            user_data = pulumi.Output.all(doc, host_key.private_key_openssh, host_key.public_key_openssh).apply(render_node_user_data)
+            vm = cls(
+                node.name,
+                OverlayNodeArgs(self.platform, node, user_data, resolve_rules(rules, public_ips)),
+                pulumi.ResourceOptions(parent=self),
             )
+            self.host_keys[node.name] = host_key.public_key_openssh.apply(strip_key)
+            self.pushes[node.name] = NodeConfigPush(
+                f"{node.name}-config",
+                NodeConfigPushArgs(
+                    host=vm.management_ip, doc=doc, private_key=private_key, host_key=self.host_keys[node.name], machine=vm.machine
+                ),
+                pulumi.ResourceOptions(parent=vm),
+            )
+            nodes.append(vm)
         router, client = nodes
         assert isinstance(router, OverlayRouter) and isinstance(client, OverlayClient)
         self.router, self.client = router, client

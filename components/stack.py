@@ -8,7 +8,9 @@ from typing import Any
 import pulumi
 from pulumi.runtime import config as runtime_config
 
-from components.config import PROJECT, TOP_KEYS
+from components.config import PRIVATE_KEY, PROJECT, TOP_KEYS
+
+SECRET_SET = "[secret]"
 
 
 def read_pulumi_config() -> dict[str, Any]:
@@ -18,6 +20,11 @@ def read_pulumi_config() -> dict[str, Any]:
     cfg = pulumi.Config(PROJECT)
     raw: dict[str, Any] = {}
     for key in sorted(keys | TOP_KEYS):
+        if key == PRIVATE_KEY:
+            # Only its presence: the value stays a secret Output (read_private_key).
+            if f"{PROJECT}:{key}" in runtime_config.CONFIG.get() or f"{PROJECT}:{key}" in runtime_config.get_config_env():
+                raw[key] = SECRET_SET
+            continue
         value = cfg.get(key)
         if value is None:
             continue
@@ -29,3 +36,8 @@ def read_pulumi_config() -> dict[str, Any]:
         else:
             raw[key] = value
     return raw
+
+
+def read_private_key() -> pulumi.Output[str]:
+    """The SSH private key for in-place pushes, as a secret Output (never a plain string in the program)."""
+    return pulumi.Config(PROJECT).require_secret(PRIVATE_KEY)

@@ -31,6 +31,12 @@ PROJECT = "multicloud-overlay"
 # e.g. a reserved address), one module per platform under tests/mockdata/.
 INVOKES: dict[str, dict[str, Any]] = {}
 RESOURCE_OUTPUTS: dict[str, Callable[[pulumi.runtime.MockResourceArgs], dict[str, Any]]] = {}
+# Platform-independent resources computed by their providers.
+RESOURCE_OUTPUTS["tls:index/privateKey:PrivateKey"] = lambda args: {
+    "privateKeyOpenssh": f"-----BEGIN OPENSSH PRIVATE KEY-----\nmock-{args.name}\n-----END OPENSSH PRIVATE KEY-----\n",
+    "publicKeyOpenssh": f"ssh-ed25519 AAAAmock{sum(args.name.encode())}\n",
+}
+RESOURCE_OUTPUTS["command:remote:Command"] = lambda args: {"stdout": "", "stderr": ""}
 for _platform in mockdata.PLATFORMS:
     INVOKES.update(_platform.INVOKES)
     RESOURCE_OUTPUTS.update(_platform.RESOURCE_OUTPUTS)
@@ -45,6 +51,8 @@ class Registered:
     custom: bool
     provider: str
     urn: str
+    ignore_changes: tuple[str, ...] = ()
+    depends_on: tuple[str, ...] = ()
 
 
 @dataclass
@@ -120,6 +128,8 @@ class RecordingMonitor(pulumi_mocks.MockMonitor):
                     custom=bool(request.custom),
                     provider=request.provider,
                     urn=response.urn,
+                    ignore_changes=tuple(request.ignoreChanges),
+                    depends_on=tuple(request.dependencies),
                 )
             )
         return response
@@ -129,14 +139,26 @@ def _config_value(value: Any) -> str:
     return value if isinstance(value, str) else json.dumps(value)
 
 
-def run_program(raw: Mapping[str, Any], stack: str = "test", into: ProgramRun | None = None) -> ProgramRun:
+# Stands for the secret `pulumi config set --secret sshPrivateKey` value (not a real key).
+TEST_PRIVATE_KEY = "-----BEGIN OPENSSH PRIVATE KEY-----\ntest-only-not-a-key\n-----END OPENSSH PRIVATE KEY-----\n"
+
+
+def run_program(
+    raw: Mapping[str, Any], stack: str = "test", into: ProgramRun | None = None, private_key: str | None = TEST_PRIVATE_KEY
+) -> ProgramRun:
     """Run __main__.py with the given raw stack config; return every registration and the resolved exports.
 
-    `into` receives the registrations even when the program raises (to prove nothing was registered)."""
+    `into` receives the registrations even when the program raises (to prove nothing was registered).
+    `private_key` is set as the secret sshPrivateKey unless None."""
     run = into if into is not None else ProgramRun()
     mocks = ProgramMocks(run)
     pulumi.runtime.set_mocks(mocks, project=PROJECT, stack=stack, preview=False, monitor=RecordingMonitor(mocks, run))
-    pulumi.runtime.set_all_config({f"{PROJECT}:{k}": _config_value(v) for k, v in raw.items()})
+    config = {f"{PROJECT}:{k}": _config_value(v) for k, v in raw.items()}
+    secret_keys = []
+    if private_key is not None:
+        config[f"{PROJECT}:sshPrivateKey"] = private_key
+        secret_keys.append(f"{PROJECT}:sshPrivateKey")
+    pulumi.runtime.set_all_config(config, secret_keys)
     exported: dict[str, Any] = {}
     real_export = pulumi.export
 

@@ -1,0 +1,165 @@
+"""Hub swaps and protocol switches change the overlay in place: no VM (or any other cloud resource) is updated
+or replaced except by adding/removing peer rules; only the nodes whose config changed get their push re-run."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import copy
+import functools
+import gzip
+import json
+from typing import Any
+
+import pytest
+
+from components.config import parse_config
+from components.plan import Plan, build_plan, config_digest, node_config
+from components.push import DIGEST_ENV
+from components.stackfile import read_stack_file
+from tests.harness import ROOT, ProgramRun, Registered, run_program
+
+DEV = read_stack_file(ROOT / "Pulumi.dev.yaml")
+SITES = list(DEV["sites"])
+COMMAND = "command:remote:Command"
+USER_DATA = "<user-data>"
+
+
+def is_user_data(value: str) -> bool:
+    if value.startswith("#cloud-config"):
+        return True
+    try:
+        raw = base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        return False
+    if raw[:2] == b"\x1f\x8b":
+        raw = gzip.decompress(raw)
+    return raw.startswith(b"#cloud-config")
+
+
+def mask_user_data(value: Any) -> Any:
+    """The inputs with every user-data payload (plain, base64 or gzip) replaced by a marker."""
+    if isinstance(value, dict):
+        return {k: mask_user_data(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [mask_user_data(v) for v in value]
+    if isinstance(value, str) and len(value) > 64 and is_user_data(value):
+        return USER_DATA
+    return value
+
+
+def carries_user_data(r: Registered) -> bool:
+    return USER_DATA in json.dumps(mask_user_data(r.inputs))
+
+
+@functools.cache
+def run_with(hub: str, protocol: str = "vxlan") -> ProgramRun:
+    raw = copy.deepcopy(DEV)
+    raw.update(hub=hub, protocol=protocol)
+    return run_program(raw)
+
+
+@functools.cache
+def plan_with(hub: str, protocol: str = "vxlan") -> Plan:
+    raw = copy.deepcopy(DEV)
+    raw.update(hub=hub, protocol=protocol)
+    return build_plan(parse_config(raw))
+
+
+def cloud_resources(run: ProgramRun) -> dict[tuple[str, str], Registered]:
+    return {(r.type, r.name): r for r in run.resources if r.custom and r.type != COMMAND and not r.type.startswith("pulumi:providers:")}
+
+
+def push_digests(run: ProgramRun) -> dict[str, str]:
+    return {r.name.removesuffix("-config-apply"): r.inputs["environment"][DIGEST_ENV] for r in run.of_type(COMMAND) if r.name.endswith("-config-apply")}
+
+
+CHANGES = [(hub, protocol) for hub in SITES for protocol in ("vxlan", "geneve") if (hub, protocol) != (DEV["hub"], "vxlan")]
+
+
+def test_every_vm_carries_its_payload_and_ignores_later_changes() -> None:
+    run = run_with(DEV["hub"])
+    vms = [r for r in cloud_resources(run).values() if carries_user_data(r)]
+    assert sorted(r.name for r in vms) == sorted(f"{s}-{role}" for s in SITES for role in ("router", "client")) or len(vms) == 12
+    for vm in vms:
+        assert vm.ignore_changes, f"{vm.type} {vm.name} does not ignore user-data changes"
+
+
+@pytest.mark.parametrize(("hub", "protocol"), CHANGES, ids=[f"{h}-{p}" for h, p in CHANGES])
+def test_change_touches_no_vm_and_reruns_only_changed_nodes(hub: str, protocol: str) -> None:
+    before, after = run_with(DEV["hub"]), run_with(hub, protocol)
+    old, new = cloud_resources(before), cloud_resources(after)
+    # Every resource present in both is identical, user-data aside (VMs ignore it): no update, no replacement.
+    for key in old.keys() & new.keys():
+        assert mask_user_data(old[key].inputs) == mask_user_data(new[key].inputs), f"{key} would change"
+    # Resources only come or go as peer-scoped rules; never a VM, NIC, address or network.
+    for key in old.keys() ^ new.keys():
+        assert "tunnel-from" in key[1] or "icmp-from" in key[1] or "from-" in key[1], f"{key} added or removed"
+    assert {k for k, r in old.items() if carries_user_data(r)} == {k for k, r in new.items() if carries_user_data(r)}
+
+    # Exactly the nodes whose config differs get a new digest, i.e. a re-run of their push.
+    p_old, p_new = plan_with(DEV["hub"]), plan_with(hub, protocol)
+    ips_old, ips_new = before.outputs["publicIps"], after.outputs["publicIps"]
+    assert ips_old == ips_new
+    expected = {
+        n.name for n in p_old.nodes if config_digest(node_config(p_old, n.name, ips_old)) != config_digest(node_config(p_new, n.name, ips_new))
+    }
+    d_old, d_new = push_digests(before), push_digests(after)
+    assert set(d_old) == {n.name for n in p_old.nodes}
+    assert {n for n in d_old if d_old[n] != d_new[n]} == expected
+    if protocol == "vxlan":
+        # A hub swap re-runs the old hub, the new hub and every spoke (their one tunnel moves); clients keep theirs.
+        assert expected == {f"{s}-router" for s in SITES}
+    else:
+        assert expected == {n.name for n in p_old.nodes}
+
+
+def test_push_sends_the_node_config_and_pins_the_host_key() -> None:
+    run = run_with(DEV["hub"])
+    plan = plan_with(DEV["hub"])
+    ips = run.outputs["publicIps"]
+    for r in run.of_type(COMMAND):
+        conn = r.inputs["connection"]
+        assert conn["user"] == "ubuntu" and conn["hostKey"].startswith("ssh-ed25519 ") and conn["privateKey"]
+        if r.name.endswith("-config-apply"):
+            node = r.name.removesuffix("-config-apply")
+            assert json.loads(r.inputs["stdin"]) == node_config(plan, node, ips)
+            assert r.inputs["create"] == r.inputs["update"]  # a config change runs update in place, no replacement
+            assert "overlay-node validate" in r.inputs["create"] and "overlay-node apply" in r.inputs["create"]
+
+
+def test_connectivity_check_covers_every_address_from_every_router() -> None:
+    run = run_with(DEV["hub"])
+    plan = plan_with(DEV["hub"])
+    checks = [r for r in run.of_type(COMMAND) if r.name.endswith("-connectivity-ping")]
+    assert sorted(r.name for r in checks) == sorted(f"{s}-router-connectivity-ping" for s in SITES)
+    addresses = {a for _, v4, v6 in plan.overlay_addresses() for a in (v4, v6)}
+    assert len(addresses) == 2 * (12 + 18)
+    pushes = {r.urn for r in run.of_type(COMMAND) if r.name.endswith("-config-apply")}
+    for r in checks:
+        words = set(r.inputs["create"].split())
+        assert addresses <= words
+        assert pushes <= set(r.depends_on), "the check must wait for every push"
+
+
+def test_connectivity_check_can_be_turned_off() -> None:
+    raw = copy.deepcopy(DEV)
+    raw["connectivityCheck"] = False
+    run = run_program(raw)
+    assert not [r for r in run.of_type(COMMAND) if r.name.endswith("-connectivity-ping")]
+    assert run.outputs["connectivity"] == {}
+
+
+def test_program_needs_the_private_key_before_any_resource() -> None:
+    run = ProgramRun()
+    with pytest.raises(Exception, match="sshPrivateKey is not set"):
+        run_program(copy.deepcopy(DEV), into=run, private_key=None)
+    assert run.resources == []
+
+
+def test_private_key_never_appears_in_plain_outputs() -> None:
+    from tests.harness import TEST_PRIVATE_KEY
+
+    run = run_with(DEV["hub"])
+    assert "test-only-not-a-key" in TEST_PRIVATE_KEY
+    assert "test-only-not-a-key" not in json.dumps(run.outputs, default=str)
