@@ -20,7 +20,8 @@ import shutil
 import subprocess
 import sys
 import time
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 OWN_PREFIXES = ("ovl-r", "ovl-c", "ovl-k")
 CONTAINER_LABEL = "multicloud-overlay.node"
@@ -40,10 +41,10 @@ class Runner:
 
     def __init__(self, log: Callable[[str], None]) -> None:
         self.log = log
-        self.changes: List[str] = []
+        self.changes: list[str] = []
         self.ip = next((p for p in ("/sbin/ip", "/usr/sbin/ip", "/bin/ip", "/usr/bin/ip") if os.path.exists(p)), "ip")
 
-    def run(self, argv: Sequence[str], check: bool = True, stdin: Optional[str] = None) -> subprocess.CompletedProcess:
+    def run(self, argv: Sequence[str], check: bool = True, stdin: str | None = None) -> subprocess.CompletedProcess:
         argv = [self.ip if argv[0] == "ip" else argv[0], *argv[1:]]
         proc = subprocess.run(list(argv), input=stdin, capture_output=True, text=True)
         if check and proc.returncode != 0:
@@ -61,6 +62,7 @@ class Runner:
 
 
 # --------------------------------------------------------------------------- config validation
+
 
 def _iface(value: Any, version: int) -> bool:
     try:
@@ -81,13 +83,13 @@ def _name(value: Any) -> bool:
     return isinstance(value, str) and 0 < len(value) <= 15 and all(c.isalnum() or c in "-_." for c in value)
 
 
-def validate(doc: Any) -> List[str]:
+def validate(doc: Any) -> list[str]:
     """Every reason this document cannot be applied (empty when it can)."""
     if not isinstance(doc, dict):
         return ["the config is not a JSON object"]
-    problems: List[str] = []
+    problems: list[str] = []
 
-    def need(key: str, ok: Callable[[Any], bool], what: str, where: Optional[Dict[str, Any]] = None, path: str = "") -> None:
+    def need(key: str, ok: Callable[[Any], bool], what: str, where: dict[str, Any] | None = None, path: str = "") -> None:
         src = doc if where is None else where
         if key not in src:
             problems.append(f"{path}{key}: missing ({what})")
@@ -158,7 +160,7 @@ def validate(doc: Any) -> List[str]:
     return problems
 
 
-def load(path: str) -> Dict[str, Any]:
+def load(path: str) -> dict[str, Any]:
     try:
         with open(path, encoding="utf-8") as f:
             text = f.read()
@@ -176,6 +178,7 @@ def load(path: str) -> Dict[str, Any]:
 
 # --------------------------------------------------------------------------- convergence steps
 
+
 def _sysctl(r: Runner, key: str, value: str) -> None:
     path = "/proc/sys/" + key.replace(".", "/")
     try:
@@ -190,13 +193,13 @@ def _sysctl(r: Runner, key: str, value: str) -> None:
     r.log(f"  changed: sysctl {key}={value}")
 
 
-def links(r: Runner) -> Dict[str, Dict[str, Any]]:
+def links(r: Runner) -> dict[str, dict[str, Any]]:
     return {link["ifname"]: link for link in r.json(["ip", "-d", "-j", "link", "show"])}
 
 
-def addresses(r: Runner, dev: str, netns: Optional[str] = None) -> List[str]:
+def addresses(r: Runner, dev: str, netns: str | None = None) -> list[str]:
     argv = ["ip"] + (["-n", netns] if netns else []) + ["-j", "addr", "show", "dev", dev]
-    out: List[str] = []
+    out: list[str] = []
     for link in r.json(argv):
         for a in link.get("addr_info", []):
             if a.get("scope") == "global":
@@ -204,34 +207,36 @@ def addresses(r: Runner, dev: str, netns: Optional[str] = None) -> List[str]:
     return out
 
 
-def ensure_addresses(r: Runner, dev: str, wanted: Sequence[str], netns: Optional[str] = None) -> None:
+def ensure_addresses(r: Runner, dev: str, wanted: Sequence[str], netns: str | None = None) -> None:
     """Exactly the wanted global addresses on dev (IPv6 without duplicate address detection)."""
     pre = ["ip"] + (["-n", netns] if netns else [])
     have = {str(ipaddress.ip_interface(a)) for a in addresses(r, dev, netns)}
     want = {str(ipaddress.ip_interface(a)) for a in wanted}
     where = f"{netns}:{dev}" if netns else dev
     for a in sorted(have - want):
-        r.change(f"removed stale address {a} from {where}", pre + ["addr", "del", a, "dev", dev])
+        r.change(f"removed stale address {a} from {where}", [*pre, "addr", "del", a, "dev", dev])
     for a in sorted(want - have):
         extra = ["nodad"] if ipaddress.ip_interface(a).version == 6 else []
-        r.change(f"added {a} to {where}", pre + ["addr", "add", a, "dev", dev, *extra])
+        r.change(f"added {a} to {where}", [*pre, "addr", "add", a, "dev", dev, *extra])
 
 
-def ensure_link_state(r: Runner, link: Dict[str, Any], mtu: int, master: Optional[str], mac: Optional[str] = None, netns: Optional[str] = None) -> None:
+def ensure_link_state(
+    r: Runner, link: dict[str, Any], mtu: int, master: str | None, mac: str | None = None, netns: str | None = None
+) -> None:
     pre = ["ip"] + (["-n", netns] if netns else [])
     name = link["ifname"]
     where = f"{netns}:{name}" if netns else name
     if mac and link.get("address", "").lower() != mac.lower():
-        r.change(f"set {where} address {mac}", pre + ["link", "set", name, "address", mac])
+        r.change(f"set {where} address {mac}", [*pre, "link", "set", name, "address", mac])
     if link.get("mtu") != mtu:
-        r.change(f"set {where} mtu {mtu}", pre + ["link", "set", name, "mtu", str(mtu)])
+        r.change(f"set {where} mtu {mtu}", [*pre, "link", "set", name, "mtu", str(mtu)])
     if master is not None and link.get("master") != master:
-        r.change(f"attached {where} to {master}", pre + ["link", "set", name, "master", master])
+        r.change(f"attached {where} to {master}", [*pre, "link", "set", name, "master", master])
     if "UP" not in link.get("flags", []):
-        r.change(f"set {where} up", pre + ["link", "set", name, "up"])
+        r.change(f"set {where} up", [*pre, "link", "set", name, "up"])
 
 
-def step_sysctls(r: Runner, doc: Dict[str, Any]) -> None:
+def step_sysctls(r: Runner, doc: dict[str, Any]) -> None:
     if not doc["forwarding"]:
         return
     # IPv6 forwarding makes the kernel ignore router advertisements on interfaces with accept_ra=1, which would
@@ -254,7 +259,7 @@ def step_sysctls(r: Runner, doc: Dict[str, Any]) -> None:
     _sysctl(r, "net.ipv4.conf.default.rp_filter", "2")
 
 
-def step_host_firewall(r: Runner, doc: Dict[str, Any]) -> None:
+def step_host_firewall(r: Runner, doc: dict[str, Any]) -> None:
     """Open the tunnel port and bridged forwarding where the image's iptables rules reject them (OCI)."""
     if not doc["open_host_firewall"]:
         return
@@ -271,7 +276,7 @@ def step_host_firewall(r: Runner, doc: Dict[str, Any]) -> None:
             r.change(f"{tool}: accept {' '.join(rule)}", [tool, "-w", "-I", rule[0], "1", *rule[1:]])
 
 
-def step_lan(r: Runner, doc: Dict[str, Any]) -> None:
+def step_lan(r: Runner, doc: dict[str, Any]) -> None:
     """Give the LAN NIC its planned address where the platform's image does not (secondary VNIC/ENI)."""
     if not doc["lan"]["configure"]:
         return
@@ -297,7 +302,7 @@ def step_lan(r: Runner, doc: Dict[str, Any]) -> None:
     r.change(f"added {want} to LAN NIC {name}", ["ip", "addr", "add", want, "dev", name])
 
 
-def step_bridge(r: Runner, doc: Dict[str, Any]) -> None:
+def step_bridge(r: Runner, doc: dict[str, Any]) -> None:
     br = doc["bridge"]
     existing = links(r).get(br["name"])
     if existing is not None and existing.get("linkinfo", {}).get("info_kind") != "bridge":
@@ -310,7 +315,7 @@ def step_bridge(r: Runner, doc: Dict[str, Any]) -> None:
     ensure_addresses(r, br["name"], [br["ipv4"], br["ipv6"]])
 
 
-def _tunnel_matches(link: Dict[str, Any], t: Dict[str, Any], doc: Dict[str, Any]) -> bool:
+def _tunnel_matches(link: dict[str, Any], t: dict[str, Any], doc: dict[str, Any]) -> bool:
     info = link.get("linkinfo", {})
     data = info.get("info_data", {})
     if info.get("info_kind") != doc["protocol"] or data.get("id") != t["vni"] or data.get("port") != doc["port"]:
@@ -320,7 +325,7 @@ def _tunnel_matches(link: Dict[str, Any], t: Dict[str, Any], doc: Dict[str, Any]
     return doc["protocol"] != "vxlan" or data.get("local") == t["local"]
 
 
-def step_tunnels(r: Runner, doc: Dict[str, Any]) -> None:
+def step_tunnels(r: Runner, doc: dict[str, Any]) -> None:
     current = links(r)
     wanted = {t["name"]: t for t in doc["tunnels"]}
     # Stale tunnels first: a VNI freed by one may be needed by another.
@@ -363,7 +368,7 @@ def _netns_of(r: Runner, name: str, pid: int) -> bool:
     return name in out
 
 
-def container_netns(r: Runner, doc: Dict[str, Any], c: Dict[str, Any], node: str) -> bool:
+def container_netns(r: Runner, doc: dict[str, Any], c: dict[str, Any], node: str) -> bool:
     """Make sure the container runs and `ip netns` knows its namespace as c['name']; True if it was (re)made."""
     name, image = c["name"], doc["containers"]["image"]
     if doc["containers"]["runtime"] == "netns":
@@ -380,8 +385,24 @@ def container_netns(r: Runner, doc: Dict[str, Any], c: Dict[str, Any], node: str
     if state is None:
         r.change(
             f"started container {name} ({image})",
-            ["docker", "run", "-d", "--name", name, "--hostname", name, "--network", "none",
-             "--restart", "unless-stopped", "--label", f"{CONTAINER_LABEL}={node}", image, "sleep", "2147483647"],
+            [
+                "docker",
+                "run",
+                "-d",
+                "--name",
+                name,
+                "--hostname",
+                name,
+                "--network",
+                "none",
+                "--restart",
+                "unless-stopped",
+                "--label",
+                f"{CONTAINER_LABEL}={node}",
+                image,
+                "sleep",
+                "2147483647",
+            ],
         )
         remade = True
     elif not state["State"]["Running"]:
@@ -396,7 +417,7 @@ def container_netns(r: Runner, doc: Dict[str, Any], c: Dict[str, Any], node: str
     return remade
 
 
-def step_containers(r: Runner, doc: Dict[str, Any], previous: Optional[Dict[str, Any]]) -> None:
+def step_containers(r: Runner, doc: dict[str, Any], previous: dict[str, Any] | None) -> None:
     spec = doc["containers"]
     items = spec["items"]
     wanted = {c["name"] for c in items}
@@ -426,8 +447,10 @@ def step_containers(r: Runner, doc: Dict[str, Any], previous: Optional[Dict[str,
                 r.change(f"removed dangling link {c['link']}", ["ip", "link", "del", c["link"]])
             if "eth0" in inner:
                 r.change(f"removed dangling {ns}:eth0", ["ip", "-n", ns, "link", "del", "eth0"])
-            r.change(f"wired {ns} to the bridge via {c['link']}",
-                     ["ip", "link", "add", c["link"], "type", "veth", "peer", "name", "eth0", "netns", ns])
+            r.change(
+                f"wired {ns} to the bridge via {c['link']}",
+                ["ip", "link", "add", c["link"], "type", "veth", "peer", "name", "eth0", "netns", ns],
+            )
             inner = {link["ifname"]: link for link in r.json(["ip", "-n", ns, "-d", "-j", "link", "show"])}
             host = links(r)[c["link"]]
         ensure_link_state(r, host, doc["mtu"], doc["bridge"]["name"])
@@ -441,7 +464,8 @@ def step_containers(r: Runner, doc: Dict[str, Any], previous: Optional[Dict[str,
 
 # --------------------------------------------------------------------------- entry points
 
-def apply(doc: Dict[str, Any], r: Runner, previous: Optional[Dict[str, Any]] = None) -> List[str]:
+
+def apply(doc: dict[str, Any], r: Runner, previous: dict[str, Any] | None = None) -> list[str]:
     step_sysctls(r, doc)
     step_host_firewall(r, doc)
     step_lan(r, doc)
@@ -465,7 +489,7 @@ def check(targets: Sequence[str], as_json: bool) -> int:
     for t in targets:
         ipaddress.ip_address(t)  # refuse garbage before sending anything
     with ThreadPoolExecutor(max_workers=8) as pool:
-        results = dict(zip(targets, pool.map(lambda t: ping(t) or ping(t), targets)))
+        results = dict(zip(targets, pool.map(lambda t: ping(t) or ping(t), targets), strict=False))
     failed = sorted(t for t, ok in results.items() if not ok)
     if as_json:
         print(json.dumps({"reachable": sum(results.values()), "total": len(results), "unreachable": failed, "results": results}))
@@ -482,7 +506,7 @@ class Lock:
         self.path = path
         self.fd = -1
 
-    def __enter__(self) -> "Lock":
+    def __enter__(self) -> Lock:
         self.fd = os.open(self.path, os.O_CREAT | os.O_RDWR, 0o600)
         fcntl.flock(self.fd, fcntl.LOCK_EX)
         return self
@@ -492,7 +516,7 @@ class Lock:
         os.close(self.fd)
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="overlay-node", description="converge this machine to its multicloud-overlay node config")
     sub = parser.add_subparsers(dest="command", required=True)
     ap = sub.add_parser("apply", help="converge this node to the config")

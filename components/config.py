@@ -70,9 +70,7 @@ OPTIONAL_SITE_KEYS: Final[tuple[str, ...]] = (
     "mgmtGateway",
     "dnsServers",
 )
-SITE_KEYS: Final = frozenset(
-    ("platform", "siteId", *OPTIONAL_SITE_KEYS, *{k for keys in REQUIRED_SITE_KEYS.values() for k in keys})
-)
+SITE_KEYS: Final = frozenset(("platform", "siteId", *OPTIONAL_SITE_KEYS, *{k for keys in REQUIRED_SITE_KEYS.values() for k in keys}))
 
 # Address layout: every site owns one block of SITE_BLOCK addresses (a /24 of a /16: 10.250.<siteId>.x) of the overlay IPv4 prefix, chosen by its
 # siteId (never by its position in the config), so adding, removing or re-ordering sites, changing the hub or
@@ -219,9 +217,7 @@ class _Collector:
         self.add(key, value, f"unknown value{hint}: use one of {', '.join(choices)}")
         return None
 
-    def network(
-        self, key: str, value: object, version: int, fix: str
-    ) -> ipaddress.IPv4Network | ipaddress.IPv6Network | None:
+    def network(self, key: str, value: object, version: int, fix: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network | None:
         try:
             net = ipaddress.ip_network(str(value), strict=True)
         except ValueError:
@@ -266,7 +262,11 @@ def parse_config(raw: Mapping[str, Any], require_private_key: bool = False) -> O
     topology = c.choice("topology", get("topology"), TOPOLOGIES)
     vni = c.integer("vni", get("vni"), 1, VNI_MAX)
     if vni is not None and vni + 1000 * MAX_SITE_ID + MAX_SITE_ID > VNI_MAX:
-        c.add("vni", vni, f"too large: tunnels use VNIs up to vni + {1000 * MAX_SITE_ID + MAX_SITE_ID}; set at most {VNI_MAX - 1000 * MAX_SITE_ID - MAX_SITE_ID}")
+        c.add(
+            "vni",
+            vni,
+            f"too large: tunnels use VNIs up to vni + {1000 * MAX_SITE_ID + MAX_SITE_ID}; set at most {VNI_MAX - 1000 * MAX_SITE_ID - MAX_SITE_ID}",
+        )
         vni = None
     mtu = c.integer("mtu", get("mtu"), 0, 9000)
     if mtu is not None and 0 < mtu < 1280:
@@ -308,22 +308,36 @@ def parse_config(raw: Mapping[str, Any], require_private_key: bool = False) -> O
     if hub not in (None, "") and sites and hub not in names:
         c.add("hub", hub, f"not among the sites{_closest(str(hub), tuple(names))}: set one of {', '.join(names)}")
     if topology == "point-to-point" and sites and len(sites) != 2:
-        c.add("topology", topology, f"point-to-point joins exactly two sites, the config has {len(sites)}: use hub-and-spoke or keep two sites")
+        c.add(
+            "topology",
+            topology,
+            f"point-to-point joins exactly two sites, the config has {len(sites)}: use hub-and-spoke or keep two sites",
+        )
     if v4 is not None and sites:
         blocks = v4.num_addresses // SITE_BLOCK
         top = max(s.site_id for s in sites)
         if blocks <= top:
             need = 32 - (SITE_BLOCK * (top + 1) - 1).bit_length()
-            c.add("overlayIpv4", str(v4), f"too small for siteId {top} ({SITE_BLOCK} addresses per site): use a /{need} or larger, or lower the siteIds")
+            c.add(
+                "overlayIpv4",
+                str(v4),
+                f"too small for siteId {top} ({SITE_BLOCK} addresses per site): use a /{need} or larger, or lower the siteIds",
+            )
     for s in sites:
         for label, net in (("vpcCidr", s.vpc_cidr), ("wanCidr", s.wan_cidr), ("lanCidr", s.lan_cidr)):
             if v4 is not None and net.overlaps(v4):
-                c.add("overlayIpv4", str(v4), f"overlaps sites.{s.name}.{label} {net}: choose an overlay prefix outside every site's underlay")
+                c.add(
+                    "overlayIpv4", str(v4), f"overlaps sites.{s.name}.{label} {net}: choose an overlay prefix outside every site's underlay"
+                )
         mgmt = s.setting("mgmtCidr")
         if v4 is not None and mgmt:
             try:
                 if ipaddress.ip_network(mgmt, strict=False).overlaps(v4):
-                    c.add("overlayIpv4", str(v4), f"overlaps sites.{s.name}.mgmtCidr {mgmt}: choose an overlay prefix outside every site's underlay")
+                    c.add(
+                        "overlayIpv4",
+                        str(v4),
+                        f"overlaps sites.{s.name}.mgmtCidr {mgmt}: choose an overlay prefix outside every site's underlay",
+                    )
             except ValueError:
                 pass
     for i, a in enumerate(sites):
@@ -340,9 +354,17 @@ def parse_config(raw: Mapping[str, Any], require_private_key: bool = False) -> O
         auto = path - overhead
         narrowest = min(sites, key=lambda s: s.underlay_mtu).name
         if mtu == 0 and auto < 1280:
-            c.add("mtu", "0 (automatic)", f"the overlay MTU would be {auto} ({narrowest} underlay {path} - {overhead} {protocol} overhead), below 1280: raise sites.{narrowest}.underlayMtu")
+            c.add(
+                "mtu",
+                "0 (automatic)",
+                f"the overlay MTU would be {auto} ({narrowest} underlay {path} - {overhead} {protocol} overhead), below 1280: raise sites.{narrowest}.underlayMtu",
+            )
         elif mtu and mtu > auto:
-            c.add("mtu", mtu, f"exceeds the path: {narrowest} underlay {path} - {overhead} {protocol} overhead = {auto}; set 0 (automatic) or at most {auto}")
+            c.add(
+                "mtu",
+                mtu,
+                f"exceeds the path: {narrowest} underlay {path} - {overhead} {protocol} overhead = {auto}; set 0 (automatic) or at most {auto}",
+            )
 
     if c.problems:
         raise ConfigError(c.problems)
@@ -382,7 +404,11 @@ def _parse_sites(c: _Collector, raw_sites: object) -> list[SiteConfig]:
     for name, body in sites_map.items():
         key = f"sites.{name}"
         if not isinstance(name, str) or not _NAME_RE.match(name):
-            c.add(key, name, "site names are 1-12 lower-case letters or digits, starting with a letter (they become resource and interface names)")
+            c.add(
+                key,
+                name,
+                "site names are 1-12 lower-case letters or digits, starting with a letter (they become resource and interface names)",
+            )
             continue
         if name.lower() in seen:
             c.add(key, name, f"duplicate site name (also '{seen[name.lower()]}'): give each site its own name")
@@ -409,13 +435,17 @@ def _parse_site(c: _Collector, name: str, body: Mapping[str, Any]) -> SiteConfig
         platform = c.choice(f"{key}.platform", body.get("platform"), PLATFORMS)
     site_id = None
     if body.get("siteId") is None:
-        c.problems.append(f"{key}.siteId is not set: give the site a stable number from 1 to {MAX_SITE_ID} (it selects its overlay addresses)")
+        c.problems.append(
+            f"{key}.siteId is not set: give the site a stable number from 1 to {MAX_SITE_ID} (it selects its overlay addresses)"
+        )
     else:
         site_id = c.integer(f"{key}.siteId", body.get("siteId"), 1, MAX_SITE_ID)
     if platform is not None:
         for req in REQUIRED_SITE_KEYS[cast(Platform, platform)]:
             if body.get(req) in (None, ""):
-                c.problems.append(f"{key}.{req} is not set: a {platform} site needs it (run `pulumi config set --path {key}.{req} <value>`)")
+                c.problems.append(
+                    f"{key}.{req} is not set: a {platform} site needs it (run `pulumi config set --path {key}.{req} <value>`)"
+                )
     sid = site_id if site_id is not None else 0
     nets: dict[str, ipaddress.IPv4Network | None] = {}
     defaults = {

@@ -16,9 +16,7 @@ def stack_outputs(plan: Plan, sites: dict[str, Site], checks: dict[str, Connecti
         nodes[plan.router(name).name] = site.router.summary
         nodes[plan.client(name).name] = site.client.summary
     containers = {
-        c.name: {"router": n.name, "ipv4": c.ipv4.split("/")[0], "ipv6": c.ipv6.split("/")[0]}
-        for n in plan.routers()
-        for c in n.containers
+        c.name: {"router": n.name, "ipv4": c.ipv4.split("/")[0], "ipv6": c.ipv6.split("/")[0]} for n in plan.routers() for c in n.containers
     }
     return {
         "hub": plan.hub,

@@ -344,10 +344,7 @@ def node_config(
         "containers": {
             "runtime": container_runtime,
             "image": cfg.container_image,
-            "items": [
-                {"name": c.name, "link": c.link, "ipv4": c.ipv4, "ipv6": c.ipv6, "mac": c.mac}
-                for c in node.containers
-            ],
+            "items": [{"name": c.name, "link": c.link, "ipv4": c.ipv4, "ipv6": c.ipv6, "mac": c.mac} for c in node.containers],
         },
     }
     return doc

@@ -51,10 +51,10 @@ def router_rules(plan: Plan, site: str) -> list[IngressRule]:
     lan = str(plan.config.site(site).lan_cidr)
     rules: list[IngressRule] = []
     for peer in plan.peer_sites(site):
-        rules.append(IngressRule(f"tunnel-from-{peer}", "udp", plan.port, PeerRouter(peer), 4,
-                                 f"{plan.protocol} from {router_name(peer)}"))
-        rules.append(IngressRule(f"icmp-from-{peer}", "icmp", None, PeerRouter(peer), 4,
-                                 f"ping and path-MTU errors from {router_name(peer)}"))
+        rules.append(IngressRule(f"tunnel-from-{peer}", "udp", plan.port, PeerRouter(peer), 4, f"{plan.protocol} from {router_name(peer)}"))
+        rules.append(
+            IngressRule(f"icmp-from-{peer}", "icmp", None, PeerRouter(peer), 4, f"ping and path-MTU errors from {router_name(peer)}")
+        )
     rules.append(IngressRule("tunnel-from-lan", "udp", plan.port, lan, 4, f"{plan.protocol} from the site's client"))
     rules.append(IngressRule("icmp-from-lan", "icmp", None, lan, 4, "ping and path-MTU errors from the site LAN"))
     return rules + _admin_rules(plan)

@@ -38,10 +38,7 @@ def peer_cidr(ip: str) -> str:
 
 
 def resolve_rules(rules: list[IngressRule], public_ips: dict[str, pulumi.Output[str]]) -> list[ResolvedRule]:
-    return [
-        ResolvedRule(r, public_ips[r.source.site].apply(peer_cidr) if isinstance(r.source, PeerRouter) else r.source)
-        for r in rules
-    ]
+    return [ResolvedRule(r, public_ips[r.source.site].apply(peer_cidr) if isinstance(r.source, PeerRouter) else r.source) for r in rules]
 
 
 @dataclass

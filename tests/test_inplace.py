@@ -71,7 +71,11 @@ def cloud_resources(run: ProgramRun) -> dict[tuple[str, str], Registered]:
 
 
 def push_digests(run: ProgramRun) -> dict[str, str]:
-    return {r.name.removesuffix("-config-apply"): r.inputs["environment"][DIGEST_ENV] for r in run.of_type(COMMAND) if r.name.endswith("-config-apply")}
+    return {
+        r.name.removesuffix("-config-apply"): r.inputs["environment"][DIGEST_ENV]
+        for r in run.of_type(COMMAND)
+        if r.name.endswith("-config-apply")
+    }
 
 
 CHANGES = [(hub, protocol) for hub in SITES for protocol in ("vxlan", "geneve") if (hub, protocol) != (DEV["hub"], "vxlan")]
@@ -102,7 +106,9 @@ def test_change_touches_no_vm_and_reruns_only_changed_nodes(hub: str, protocol: 
     ips_old, ips_new = before.outputs["publicIps"], after.outputs["publicIps"]
     assert ips_old == ips_new
     expected = {
-        n.name for n in p_old.nodes if config_digest(node_config(p_old, n.name, ips_old)) != config_digest(node_config(p_new, n.name, ips_new))
+        n.name
+        for n in p_old.nodes
+        if config_digest(node_config(p_old, n.name, ips_old)) != config_digest(node_config(p_new, n.name, ips_new))
     }
     d_old, d_new = push_digests(before), push_digests(after)
     assert set(d_old) == {n.name for n in p_old.nodes}

@@ -65,8 +65,9 @@ def test_corrupted_config_changes_nothing(tmp_path: Path, content: str) -> None:
     bad = tmp_path / "node.json"
     bad.write_text(content)
     before = (state / "applied.json").read_text()
-    proc = subprocess.run([sys.executable, str(SCRIPT), "apply", "--config", str(bad), "--state-dir", str(state)],
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), "apply", "--config", str(bad), "--state-dir", str(state)], capture_output=True, text=True
+    )
     assert proc.returncode == overlay_node.EXIT_REJECTED
     assert "config rejected, nothing changed" in proc.stderr and "previous config stays" in proc.stderr
     assert proc.stdout == ""  # not a single step ran
@@ -142,8 +143,12 @@ class TwoNodes:
 
     def ping(self, site: str, target: str, size: int = 56, netns: str | None = None) -> bool:
         ns = netns or self.ns[site]
-        return sh("ip", "netns", "exec", ns, "ping", "-c", "2", "-i", "0.2", "-W", "2", "-M", "do", "-s", str(size), target,
-                  check=False).returncode == 0
+        return (
+            sh(
+                "ip", "netns", "exec", ns, "ping", "-c", "2", "-i", "0.2", "-W", "2", "-M", "do", "-s", str(size), target, check=False
+            ).returncode
+            == 0
+        )
 
     def cleanup(self) -> None:
         for ns in self.handles:

@@ -121,7 +121,10 @@ def test_vsphere_metadata_static_addresses() -> None:
     text = render_vsphere_metadata(
         "vsphere-router",
         "vsphere-router-1",
-        [StaticNic("wan0", "00:50:56:00:06:01", "10.6.1.10/24", "10.6.1.1", ("9.9.9.9",)), StaticNic("lan0", "00:50:56:00:06:02", "10.6.2.10/24")],
+        [
+            StaticNic("wan0", "00:50:56:00:06:01", "10.6.1.10/24", "10.6.1.1", ("9.9.9.9",)),
+            StaticNic("lan0", "00:50:56:00:06:02", "10.6.2.10/24"),
+        ],
     )
     meta = yaml.safe_load(text)
     assert meta["instance-id"] == "vsphere-router-1" and meta["local-hostname"] == "vsphere-router"

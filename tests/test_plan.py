@@ -23,8 +23,15 @@ PLATFORM_SETTINGS: dict[str, dict[str, Any]] = {
     "oci": {"region": "eu-frankfurt-1", "compartmentId": "ocid1.compartment.oc1..x"},
     "alicloud": {"region": "eu-central-1"},
     "vsphere": {
-        "publicIp": "203.0.113.60", "datacenter": "dc", "cluster": "c", "datastore": "d", "template": "t",
-        "wanNetwork": "w", "lanNetwork": "l", "mgmtNetwork": "m", "mgmtCidr": "",
+        "publicIp": "203.0.113.60",
+        "datacenter": "dc",
+        "cluster": "c",
+        "datastore": "d",
+        "template": "t",
+        "wanNetwork": "w",
+        "lanNetwork": "l",
+        "mgmtNetwork": "m",
+        "mgmtCidr": "",
     },
 }
 
@@ -150,7 +157,9 @@ def overlays(draw: st.DrawFn) -> tuple[dict[str, tuple[str, int]], str]:
 
 @settings(max_examples=60, deadline=None)
 @given(overlays(), st.integers(0, 6))
-def test_addresses_unique_inside_prefixes_never_network_or_broadcast(overlay: tuple[dict[str, tuple[str, int]], str], containers: int) -> None:
+def test_addresses_unique_inside_prefixes_never_network_or_broadcast(
+    overlay: tuple[dict[str, tuple[str, int]], str], containers: int
+) -> None:
     sites, hub = overlay
     plan = plan_of(config_of(sites, hub, containersPerRouter=containers))
     v4net, v6net = plan.config.overlay_ipv4, plan.config.overlay_ipv6

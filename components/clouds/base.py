@@ -104,4 +104,3 @@ class PlatformSite(abc.ABC):
     @abc.abstractmethod
     def client(self, spec: NodeSpec) -> NodeResources:
         """Client VM: one NIC on LAN (vSphere: management + LAN), reachable for management."""
-

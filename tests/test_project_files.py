@@ -1,0 +1,52 @@
+"""Project files agree with the code: Pulumi.yaml declares what config.py reads, with the same defaults; the
+README documents every key and its test command is what CI runs."""
+
+from __future__ import annotations
+
+import re
+
+import yaml
+
+from components.config import DEFAULTS, PRIVATE_KEY, REQUIRED_KEYS, REQUIRED_SITE_KEYS, SITE_KEYS, TOP_KEYS
+from tests.harness import ROOT
+
+PROJECT = yaml.safe_load((ROOT / "Pulumi.yaml").read_text())
+README = (ROOT / "README.md").read_text()
+PULUMI_TYPES = {bool: "boolean", int: "integer", str: "string"}
+
+
+def test_pulumi_yaml_declares_every_scalar_key_with_type_description_and_default() -> None:
+    declared = PROJECT["config"]
+    # `sites` is an object: Pulumi's project schema types only string/integer/boolean/array values.
+    assert set(declared) == TOP_KEYS - {"sites"}
+    for key, spec in declared.items():
+        assert spec["description"], key
+        if key in DEFAULTS:
+            assert spec["default"] == DEFAULTS[key], key
+            assert spec["type"] == PULUMI_TYPES[type(DEFAULTS[key])], key
+        else:
+            assert key in (*REQUIRED_KEYS, PRIVATE_KEY) and "default" not in spec and "Required" in spec["description"], key
+    assert declared[PRIVATE_KEY]["secret"] is True
+
+
+def test_readme_config_reference_lists_every_key_and_site_setting() -> None:
+    for key in TOP_KEYS:
+        assert f"| `{key}`" in README, f"README config reference lacks {key}"
+    for key in SITE_KEYS:
+        assert f"`{key}`" in README, f"README site settings lack {key}"
+    for platform, keys in REQUIRED_SITE_KEYS.items():
+        rows = [line for line in README.splitlines() if line.startswith(f"| {platform} ")]
+        assert any(all(f"`{key}`" in row for key in keys) for row in rows), f"README lacks the required settings of {platform}"
+
+
+def test_ci_runs_the_readme_test_command() -> None:
+    ci = (ROOT / ".ci" / "run").read_text()
+    command = re.search(r"^make [a-z-]+$", ci, re.M)
+    assert command is not None
+    assert f"sudo {command.group(0)}" in README
+
+
+def test_makefile_targets_named_in_readme_exist() -> None:
+    makefile = (ROOT / "Makefile").read_text()
+    for target in re.findall(r"sudo make ([a-z-]+)", README):
+        assert re.search(rf"^{target}:", makefile, re.M), target
