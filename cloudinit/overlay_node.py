@@ -506,9 +506,16 @@ class Lock:
         self.path = path
         self.fd = -1
 
-    def __enter__(self) -> Lock:
+    def acquire(self, log: Callable[[str], None]) -> Lock:
         self.fd = os.open(self.path, os.O_CREAT | os.O_RDWR, 0o600)
-        fcntl.flock(self.fd, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log("overlay-node: another run is applying a config; waiting for it to finish")
+            fcntl.flock(self.fd, fcntl.LOCK_EX)
+        return self
+
+    def __enter__(self) -> Lock:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -544,7 +551,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     os.makedirs(args.state_dir, exist_ok=True)
     applied_path = os.path.join(args.state_dir, "applied.json")
-    with Lock(os.path.join(args.state_dir, "lock")):
+    with Lock(os.path.join(args.state_dir, "lock")).acquire(log):
         previous = None
         try:
             with open(applied_path, encoding="utf-8") as f:
@@ -560,6 +567,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             changes = apply(doc, r, previous)
         except CommandFailed as e:
             print(f"overlay-node: failed: {e}", file=sys.stderr)
+            if previous is not None and previous != doc:
+                # Never leave the node half-way between two configs: converge back to the last one that applied.
+                log("overlay-node: rolling back to the previous config")
+                try:
+                    apply(previous, Runner(log), doc)
+                    log("overlay-node: rolled back: the node runs its previous config")
+                except CommandFailed as again:
+                    print(f"overlay-node: rollback failed too: {again}", file=sys.stderr)
             return 1
         tmp = applied_path + ".tmp"
         with open(tmp, "w", encoding="utf-8") as f:
