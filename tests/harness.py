@@ -99,12 +99,12 @@ class ProgramMocks(pulumi.runtime.Mocks):
             state.update(hook(args))
         return f"{args.name}-id", state
 
-    def call(self, args: pulumi.runtime.MockCallArgs) -> tuple[dict[str, Any], list[tuple[str, str]] | None]:
+    def call(self, args: pulumi.runtime.MockCallArgs) -> tuple[dict[str, Any], list[tuple[str, str]]]:
         self.run.invokes.append((args.token, dict(args.args)))
         result = INVOKES.get(args.token)
         if result is None:
-            return {}, None
-        return dict(result), None
+            return {}, []
+        return dict(result), []
 
 
 class RecordingMonitor(pulumi_mocks.MockMonitor):

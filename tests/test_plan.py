@@ -10,47 +10,17 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from bench.configs import stack_with_sites
 from components.config import PLATFORMS, parse_config
 from components.plan import Plan, build_plan, encapsulation_overhead, node_config, tunnel_vni
 from components.stackfile import read_stack_file
 from tests.harness import ROOT
 
 DEV = read_stack_file(ROOT / "Pulumi.dev.yaml")
-PLATFORM_SETTINGS: dict[str, dict[str, Any]] = {
-    "aws": {"region": "eu-west-1"},
-    "azure": {"region": "westeurope"},
-    "gcp": {"region": "europe-west1", "zone": "europe-west1-b", "project": "p"},
-    "oci": {"region": "eu-frankfurt-1", "compartmentId": "ocid1.compartment.oc1..x"},
-    "alicloud": {"region": "eu-central-1"},
-    "vsphere": {
-        "publicIp": "203.0.113.60",
-        "datacenter": "dc",
-        "cluster": "c",
-        "datastore": "d",
-        "template": "t",
-        "wanNetwork": "w",
-        "lanNetwork": "l",
-        "mgmtNetwork": "m",
-        "mgmtCidr": "",
-    },
-}
-
-
-def site_body(platform: str, site_id: int) -> dict[str, Any]:
-    body: dict[str, Any] = {"platform": platform, "siteId": site_id, **PLATFORM_SETTINGS[platform]}
-    base = f"10.{site_id % 200}"
-    body.update(vpcCidr=f"{base}.0.0/16", wanCidr=f"{base}.1.0/24", lanCidr=f"{base}.2.0/24")
-    if platform == "vsphere":
-        body["mgmtCidr"] = f"{base}.3.0/24"
-    return body
 
 
 def config_of(sites: dict[str, tuple[str, int]], hub: str, **top: Any) -> dict[str, Any]:
-    raw = copy.deepcopy(DEV)
-    raw["sites"] = {name: site_body(p, i) for name, (p, i) in sites.items()}
-    raw["hub"] = hub
-    raw.update(top)
-    return raw
+    return stack_with_sites(sites, hub, str(ROOT / "Pulumi.dev.yaml"), **top)
 
 
 def plan_of(raw: dict[str, Any]) -> Plan:

@@ -1,0 +1,481 @@
+"""Alibaba Cloud (pulumi_alicloud): VPC with dual-stack vSwitches, security groups, EIPs, multi-ENI ECS instances.
+
+Building blocks, each usable on its own:
+- `AlicloudNetwork`: VPC (IPv6 enabled) with a WAN and a LAN vSwitch in one zone, optional IPv6 gateway.
+- `AlicloudSecurityPolicy`: one security group and one rule per ingress rule (nic_type intranet, as a VPC needs).
+- `AlicloudPublicAddress`: a reserved elastic IP (EIP).
+- `AlicloudMachine`: an ECS instance (primary ENI on one vSwitch), an optional secondary ENI attached after launch
+  and an optional EIP binding.
+
+`AlicloudSite` wires them for an overlay site. Platform facts it relies on:
+- `ecs.SecurityGroupRule.nic_type` defaults to `internet`, which a VPC security group refuses: always `intranet`.
+- `vpc.Switch.ipv6_cidr_block_mask` is the index of the vSwitch's /64 inside the VPC's IPv6 block (0..255 for a
+  /56), not a prefix length.
+- Ubuntu does not configure a secondary ENI attached after launch: the node payload gives the LAN NIC its planned
+  address (plan.node_config sets lan.configure for Alibaba routers).
+- Instances and ENIs have a source/destination check (`source_dest_check`; the ENI's is off by default): set off
+  explicitly on the router's primary and secondary ENI. The OS still has to forward (the payload sets the sysctls).
+- `NodeResources.machine` is the `AlicloudMachine` component, so a later step that depends on it (the in-place config
+  push over SSH) waits for the instance, the LAN ENI attachment and the EIP binding alike.
+- `ecs.Instance.user_data`: base64 is the documented, recommended encoding; at most 16 KB before encoding in the
+  older documentation (32 KB in the current one). A change reboots the instance, so user data (and the image) are
+  in ignore_changes: later config is pushed in place.
+"""
+
+from __future__ import annotations
+
+import base64
+from dataclasses import dataclass, field
+
+import pulumi
+import pulumi_alicloud as alicloud
+
+from components.clouds.base import NodeResources, NodeSpec, PlatformSite, ResolvedRule, SiteContext
+from components.security import IngressRule, is_open_to_world
+
+TOKEN = "multicloud-overlay:alicloud"
+# 2 vCPU / 8 GiB, up to 2 ENIs (primary + one secondary): enough for a router's WAN and LAN NIC.
+DEFAULT_INSTANCE_TYPE = "ecs.g6.large"
+UBUNTU_NAME_REGEX = "^ubuntu_24_04"
+UBUNTU_OWNERS = "system"
+EIP_BANDWIDTH_MBPS = "100"
+SYSTEM_DISK_CATEGORY = "cloud_essd"
+# Index of each vSwitch's /64 inside the VPC's IPv6 /56 (Switch.ipv6_cidr_block_mask).
+WAN_IPV6_INDEX = 1
+LAN_IPV6_INDEX = 2
+ANY_PORT = "-1/-1"
+# ECS user data limit before base64 encoding (current ECS documentation; older pages said 16 KB).
+USER_DATA_LIMIT = 32 * 1024
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Pure helpers (apply callbacks and argument mapping), testable without mocks.
+
+
+def encode_user_data(user_data: str) -> str:
+    """Base64 of the #cloud-config, the encoding Alibaba documents for ecs.Instance user data."""
+    data = user_data.encode()
+    if len(data) > USER_DATA_LIMIT:
+        raise ValueError(f"user data of {len(data)} bytes exceeds the ECS limit of {USER_DATA_LIMIT} bytes before encoding")
+    return base64.b64encode(data).decode()
+
+
+def port_range(rule: IngressRule) -> str:
+    """Alibaba's port range: "4789/4789" for udp/tcp, "-1/-1" for ICMP (all types)."""
+    return f"{rule.port}/{rule.port}" if rule.protocol in ("udp", "tcp") and rule.port is not None else ANY_PORT
+
+
+def first_image_id(result: alicloud.ecs.GetImagesResult) -> str:
+    if not result.images:
+        raise ValueError(f"no Alibaba image matches name_regex {UBUNTU_NAME_REGEX!r} (owners {UBUNTU_OWNERS})")
+    return result.images[0].id
+
+
+def first_zone_id(result: alicloud.GetZonesResult) -> str:
+    if not result.zones:
+        raise ValueError("no Alibaba zone offers vSwitches and the requested instance type in this region")
+    return result.zones[0].id
+
+
+def refuse_world(source: str) -> str:
+    if is_open_to_world(source):
+        raise ValueError(f"refusing an ingress rule open to the whole internet ({source})")
+    return source
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Network
+
+
+@dataclass
+class AlicloudNetworkArgs:
+    cidr_block: str
+    """IPv4 CIDR of the VPC."""
+    wan_cidr: str
+    """IPv4 CIDR of the WAN vSwitch (inside cidr_block)."""
+    lan_cidr: str
+    """IPv4 CIDR of the LAN vSwitch (inside cidr_block)."""
+    zone_id: pulumi.Input[str]
+    """Zone of both vSwitches (an ENI and its instance must share a zone)."""
+    wan_ipv6_index: int = WAN_IPV6_INDEX
+    """Index of the WAN vSwitch's IPv6 /64 in the VPC's /56 (0..255)."""
+    lan_ipv6_index: int = LAN_IPV6_INDEX
+    """Index of the LAN vSwitch's IPv6 /64 in the VPC's /56 (0..255)."""
+    ipv6_gateway: bool = False
+    """Create an IPv6 gateway. Public IPv6 also needs an Ipv6InternetBandwidth per address (paid); the overlay
+    runs over IPv4 between EIPs and needs neither."""
+
+
+class AlicloudNetwork(pulumi.ComponentResource):
+    """A VPC with IPv6 enabled and a dual-stack WAN and LAN vSwitch in one zone."""
+
+    def __init__(self, name: str, args: AlicloudNetworkArgs, opts: pulumi.ResourceOptions | None = None) -> None:
+        super().__init__(f"{TOKEN}:AlicloudNetwork", name, None, opts)
+        child = pulumi.ResourceOptions(parent=self)
+        self.vpc = alicloud.vpc.Network(f"{name}-vpc", vpc_name=name, cidr_block=args.cidr_block, enable_ipv6=True, opts=child)
+        self.wan = self._switch(f"{name}-wan", args.wan_cidr, args.wan_ipv6_index, args.zone_id, child)
+        self.lan = self._switch(f"{name}-lan", args.lan_cidr, args.lan_ipv6_index, args.zone_id, child)
+        self.ipv6_gateway = (
+            alicloud.vpc.Ipv6Gateway(f"{name}-ipv6-gateway", vpc_id=self.vpc.id, ipv6_gateway_name=name, opts=child)
+            if args.ipv6_gateway
+            else None
+        )
+        self.vpc_id: pulumi.Output[str] = self.vpc.id
+        self.wan_switch_id: pulumi.Output[str] = self.wan.id
+        self.lan_switch_id: pulumi.Output[str] = self.lan.id
+        self.zone_id: pulumi.Output[str] = pulumi.Output.from_input(args.zone_id)
+        self.register_outputs(
+            {"vpcId": self.vpc_id, "wanSwitchId": self.wan_switch_id, "lanSwitchId": self.lan_switch_id, "zoneId": self.zone_id}
+        )
+
+    def _switch(
+        self, name: str, cidr: str, ipv6_index: int, zone_id: pulumi.Input[str], opts: pulumi.ResourceOptions
+    ) -> alicloud.vpc.Switch:
+        return alicloud.vpc.Switch(
+            name,
+            vswitch_name=name,
+            vpc_id=self.vpc.id,
+            cidr_block=cidr,
+            zone_id=zone_id,
+            enable_ipv6=True,
+            ipv6_cidr_block_mask=ipv6_index,
+            opts=opts,
+        )
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Security policy
+
+
+@dataclass
+class AlicloudSecurityPolicyArgs:
+    vpc_id: pulumi.Input[str]
+    """VPC of the security group."""
+    rules: list[ResolvedRule]
+    """Ingress rules, each with a resolved source CIDR; nothing else is admitted inbound (egress stays open)."""
+    description: str = "multicloud-overlay node ingress"
+    """Description of the security group."""
+
+
+class AlicloudSecurityPolicy(pulumi.ComponentResource):
+    """A security group with exactly the given ingress rules, one rule resource each, named after the rule."""
+
+    def __init__(self, name: str, args: AlicloudSecurityPolicyArgs, opts: pulumi.ResourceOptions | None = None) -> None:
+        super().__init__(f"{TOKEN}:AlicloudSecurityPolicy", name, None, opts)
+        child = pulumi.ResourceOptions(parent=self)
+        self.group = alicloud.ecs.SecurityGroup(
+            f"{name}-sg",
+            security_group_name=name,
+            vpc_id=args.vpc_id,
+            description=args.description,
+            # Members of the group do not admit each other implicitly: only the rules below admit anything.
+            inner_access_policy="Drop",
+            opts=child,
+        )
+        self.rules: dict[str, alicloud.ecs.SecurityGroupRule] = {}
+        for resolved in args.rules:
+            rule = resolved.rule
+            source = pulumi.Output.from_input(resolved.source).apply(refuse_world)
+            self.rules[rule.name] = alicloud.ecs.SecurityGroupRule(
+                f"{name}-{rule.name}",
+                security_group_id=self.group.id,
+                type="ingress",
+                nic_type="intranet",
+                policy="accept",
+                ip_protocol=rule.protocol,
+                port_range=port_range(rule),
+                cidr_ip=source if rule.family == 4 else None,
+                ipv6_cidr_ip=source if rule.family == 6 else None,
+                description=rule.description,
+                opts=child,
+            )
+        self.security_group_id: pulumi.Output[str] = self.group.id
+        self.register_outputs({"securityGroupId": self.security_group_id, "rules": sorted(self.rules)})
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Public address
+
+
+@dataclass
+class AlicloudPublicAddressArgs:
+    bandwidth: str = EIP_BANDWIDTH_MBPS
+    """Bandwidth cap of the EIP in Mbit/s (1..200 for pay-by-traffic)."""
+    internet_charge_type: str = "PayByTraffic"
+    """PayByTraffic or PayByBandwidth."""
+    payment_type: str = "PayAsYouGo"
+    """PayAsYouGo or Subscription."""
+
+
+class AlicloudPublicAddress(pulumi.ComponentResource):
+    """A reserved public IPv4 (EIP) that outlives the instances it is bound to."""
+
+    def __init__(self, name: str, args: AlicloudPublicAddressArgs | None = None, opts: pulumi.ResourceOptions | None = None) -> None:
+        super().__init__(f"{TOKEN}:AlicloudPublicAddress", name, None, opts)
+        args = args or AlicloudPublicAddressArgs()
+        self.eip = alicloud.ecs.EipAddress(
+            f"{name}-eip",
+            address_name=name,
+            bandwidth=args.bandwidth,
+            internet_charge_type=args.internet_charge_type,
+            payment_type=args.payment_type,
+            opts=pulumi.ResourceOptions(parent=self),
+        )
+        self.ip_address: pulumi.Output[str] = self.eip.ip_address
+        self.allocation_id: pulumi.Output[str] = self.eip.id
+        self.register_outputs({"ipAddress": self.ip_address, "allocationId": self.allocation_id})
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Machine
+
+
+@dataclass
+class SecondaryNic:
+    """An ENI created apart from the instance and attached after launch (the OS does not configure it)."""
+
+    vswitch_id: pulumi.Input[str]
+    """vSwitch of the ENI (same zone as the instance)."""
+    private_ip: str
+    """Primary private IPv4 of the ENI."""
+    security_group_ids: list[pulumi.Input[str]]
+    """Security groups of the ENI."""
+    role: str = "lan"
+    """Role in resource names (f"{machine}-{role}")."""
+
+
+@dataclass
+class AlicloudMachineArgs:
+    image_id: pulumi.Input[str]
+    """ECS image id (e.g. from ecs.get_images)."""
+    instance_type: str
+    """ECS instance type; with a secondary NIC it must allow 2+ ENIs."""
+    vswitch_id: pulumi.Input[str]
+    """vSwitch of the primary ENI."""
+    private_ip: str
+    """Primary private IPv4 (inside the vSwitch)."""
+    security_group_ids: list[pulumi.Input[str]]
+    """Security groups of the primary ENI."""
+    user_data: pulumi.Input[str]
+    """Plain-text user data (#cloud-config); sent base64-encoded. Ignored after creation."""
+    host_name: str | None = None
+    """Instance name and OS host name (default: the component name)."""
+    key_pair_name: pulumi.Input[str] | None = None
+    """ECS key pair installed for the image's login user."""
+    secondary_nic: SecondaryNic | None = None
+    """Second ENI to attach after launch (None: one NIC)."""
+    eip_allocation_id: pulumi.Input[str] | None = None
+    """EIP to bind to the instance (its primary ENI), NAT mode."""
+    forwarding: bool = False
+    """Turn the ENIs' source/destination check off (a router)."""
+    system_disk_category: str = SYSTEM_DISK_CATEGORY
+    """System disk category."""
+    ignore_changes: list[str] = field(default_factory=lambda: ["userData", "imageId"])
+    """Instance properties never updated after creation (a change would reboot or rebuild the VM)."""
+
+
+class AlicloudMachine(pulumi.ComponentResource):
+    """An ECS instance, optionally with a secondary ENI and a bound EIP."""
+
+    user_data_property = "userData"
+
+    def __init__(self, name: str, args: AlicloudMachineArgs, opts: pulumi.ResourceOptions | None = None) -> None:
+        super().__init__(f"{TOKEN}:AlicloudMachine", name, None, opts)
+        child = pulumi.ResourceOptions(parent=self)
+        self.instance = alicloud.ecs.Instance(
+            f"{name}-instance",
+            instance_name=args.host_name or name,
+            host_name=args.host_name or name,
+            image_id=args.image_id,
+            instance_type=args.instance_type,
+            vswitch_id=args.vswitch_id,
+            private_ip=args.private_ip,
+            security_groups=args.security_group_ids,
+            source_dest_check=False if args.forwarding else None,
+            # No fixed public IP: the public address is an EIP bound below.
+            internet_max_bandwidth_out=0,
+            system_disk_category=args.system_disk_category,
+            key_name=args.key_pair_name,
+            user_data=pulumi.Output.from_input(args.user_data).apply(encode_user_data),
+            opts=pulumi.ResourceOptions(parent=self, ignore_changes=list(args.ignore_changes)),
+        )
+        self.secondary_nic: alicloud.ecs.EcsNetworkInterface | None = None
+        self.secondary_attachment: alicloud.ecs.EcsNetworkInterfaceAttachment | None = None
+        nic = args.secondary_nic
+        if nic is not None:
+            self.secondary_nic = alicloud.ecs.EcsNetworkInterface(
+                f"{name}-{nic.role}",
+                network_interface_name=f"{name}-{nic.role}",
+                vswitch_id=nic.vswitch_id,
+                primary_ip_address=nic.private_ip,
+                security_group_ids=nic.security_group_ids,
+                source_dest_check=False if args.forwarding else None,
+                opts=child,
+            )
+            self.secondary_attachment = alicloud.ecs.EcsNetworkInterfaceAttachment(
+                f"{name}-{nic.role}-attachment",
+                instance_id=self.instance.id,
+                network_interface_id=self.secondary_nic.id,
+                opts=child,
+            )
+        self.eip_association = (
+            alicloud.ecs.EipAssociation(
+                f"{name}-eip-binding",
+                allocation_id=args.eip_allocation_id,
+                instance_id=self.instance.id,
+                instance_type="EcsInstance",
+                opts=child,
+            )
+            if args.eip_allocation_id is not None
+            else None
+        )
+        self.instance_id: pulumi.Output[str] = self.instance.id
+        self.private_ip: pulumi.Output[str] = self.instance.private_ip
+        self.secondary_ip: pulumi.Output[str] | None = self.secondary_nic.primary_ip_address if self.secondary_nic else None
+        self.register_outputs({"instanceId": self.instance_id, "privateIp": self.private_ip, "secondaryIp": self.secondary_ip})
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Overlay site
+
+
+class AlicloudSite(PlatformSite):
+    """One overlay site in one Alibaba Cloud region."""
+
+    user_data_property = AlicloudMachine.user_data_property
+
+    def __init__(self, ctx: SiteContext) -> None:
+        super().__init__(ctx)
+        site = ctx.site
+        if not site.region:
+            raise ValueError(f"sites.{site.name}.region is not set")
+        self._provider = alicloud.Provider(f"{self.name}-provider", region=site.region, opts=pulumi.ResourceOptions(parent=ctx.parent))
+        self.router_type = site.setting("routerSize") or DEFAULT_INSTANCE_TYPE
+        self.client_type = site.setting("clientSize") or DEFAULT_INSTANCE_TYPE
+        self._image_id: pulumi.Output[str] | None = None
+        self.network: AlicloudNetwork | None = None
+        self.router_address: AlicloudPublicAddress | None = None
+        self.key_pair: alicloud.ecs.EcsKeyPair | None = None
+
+    @property
+    def provider(self) -> pulumi.ProviderResource:
+        return self._provider
+
+    def _zone_id(self) -> pulumi.Input[str]:
+        zone = self.ctx.site.setting("zone")
+        if zone:
+            return zone
+        return alicloud.get_zones_output(
+            available_resource_creation="VSwitch",
+            available_instance_type=self.router_type,
+            opts=pulumi.InvokeOutputOptions(provider=self.provider, parent=self.ctx.parent),
+        ).apply(first_zone_id)
+
+    @property
+    def image_id(self) -> pulumi.Output[str]:
+        if self._image_id is None:
+            image = self.ctx.site.setting("image")
+            self._image_id = (
+                pulumi.Output.from_input(image)
+                if image
+                else alicloud.ecs.get_images_output(
+                    name_regex=UBUNTU_NAME_REGEX,
+                    owners=UBUNTU_OWNERS,
+                    most_recent=True,
+                    architecture="x86_64",
+                    os_type="linux",
+                    opts=pulumi.InvokeOutputOptions(provider=self.provider, parent=self.ctx.parent),
+                ).apply(first_image_id)
+            )
+        return self._image_id
+
+    def prepare(self) -> pulumi.Output[str]:
+        site = self.ctx.site
+        self.network = AlicloudNetwork(
+            f"{self.name}-network",
+            AlicloudNetworkArgs(
+                cidr_block=str(site.vpc_cidr), wan_cidr=str(site.wan_cidr), lan_cidr=str(site.lan_cidr), zone_id=self._zone_id()
+            ),
+            self.child_opts(),
+        )
+        self.key_pair = alicloud.ecs.EcsKeyPair(
+            f"{self.name}-ssh-key",
+            key_pair_name=f"{pulumi.get_project()}-{pulumi.get_stack()}-{self.name}",
+            public_key=self.ctx.ssh_public_key,
+            opts=self.child_opts(),
+        )
+        router = self.ctx.plan.router(self.name)
+        self.router_address = AlicloudPublicAddress(f"{router.name}-public", AlicloudPublicAddressArgs(), self.child_opts())
+        return self.router_address.ip_address
+
+    def _require_prepared(self) -> tuple[AlicloudNetwork, AlicloudPublicAddress, alicloud.ecs.EcsKeyPair]:
+        if self.network is None or self.router_address is None or self.key_pair is None:
+            raise RuntimeError("prepare() must run before router()/client()")
+        return self.network, self.router_address, self.key_pair
+
+    def _policy(self, spec: NodeSpec, network: AlicloudNetwork) -> AlicloudSecurityPolicy:
+        return AlicloudSecurityPolicy(
+            f"{spec.node.name}-fw",
+            AlicloudSecurityPolicyArgs(vpc_id=network.vpc_id, rules=spec.rules, description=f"ingress of {spec.node.name}"),
+            self.child_opts(spec.parent),
+        )
+
+    def router(self, spec: NodeSpec) -> NodeResources:
+        network, address, key_pair = self._require_prepared()
+        node = spec.node
+        if node.wan_ip is None:
+            raise ValueError(f"{node.name} has no planned WAN address")
+        policy = self._policy(spec, network)
+        machine = AlicloudMachine(
+            f"{node.name}-vm",
+            AlicloudMachineArgs(
+                image_id=self.image_id,
+                instance_type=self.router_type,
+                vswitch_id=network.wan_switch_id,
+                private_ip=node.wan_ip,
+                security_group_ids=[policy.security_group_id],
+                user_data=spec.user_data,
+                host_name=node.name,
+                key_pair_name=key_pair.key_pair_name,
+                secondary_nic=SecondaryNic(
+                    vswitch_id=network.lan_switch_id, private_ip=node.lan_ip, security_group_ids=[policy.security_group_id]
+                ),
+                eip_allocation_id=address.allocation_id,
+                forwarding=True,
+            ),
+            self.child_opts(spec.parent),
+        )
+        assert machine.secondary_ip is not None
+        return NodeResources(
+            management_ip=address.ip_address,
+            private_ips={"wan": machine.private_ip, "lan": machine.secondary_ip},
+            machine=machine,
+            extra={"instanceId": machine.instance_id},
+        )
+
+    def client(self, spec: NodeSpec) -> NodeResources:
+        network, _, key_pair = self._require_prepared()
+        node = spec.node
+        policy = self._policy(spec, network)
+        address = AlicloudPublicAddress(f"{node.name}-public", AlicloudPublicAddressArgs(), self.child_opts(spec.parent))
+        machine = AlicloudMachine(
+            f"{node.name}-vm",
+            AlicloudMachineArgs(
+                image_id=self.image_id,
+                instance_type=self.client_type,
+                vswitch_id=network.lan_switch_id,
+                private_ip=node.lan_ip,
+                security_group_ids=[policy.security_group_id],
+                user_data=spec.user_data,
+                host_name=node.name,
+                key_pair_name=key_pair.key_pair_name,
+                eip_allocation_id=address.allocation_id,
+            ),
+            self.child_opts(spec.parent),
+        )
+        return NodeResources(
+            management_ip=address.ip_address,
+            private_ips={"lan": machine.private_ip},
+            machine=machine,
+            extra={"instanceId": machine.instance_id},
+        )

@@ -1,0 +1,417 @@
+"""Alibaba Cloud sites under Pulumi mocks: NICs, EIPs, security rules, user data, names, providers."""
+
+from __future__ import annotations
+
+import base64
+import copy
+import ipaddress
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from cloudinit.render import payload_node_config
+from components.clouds import alicloud as ali
+from components.clouds.base import ResolvedRule
+from components.config import parse_config
+from components.plan import build_plan, node_config
+from components.security import IngressRule, is_open_to_world
+from tests.harness import ProgramRun, Registered, run_program
+from tests.mockdata import alicloud as ali_mock
+
+ROOT = Path(__file__).resolve().parent.parent
+INSTANCE = "alicloud:ecs/instance:Instance"
+ENI = "alicloud:ecs/ecsNetworkInterface:EcsNetworkInterface"
+ENI_ATTACHMENT = "alicloud:ecs/ecsNetworkInterfaceAttachment:EcsNetworkInterfaceAttachment"
+EIP = "alicloud:ecs/eipAddress:EipAddress"
+EIP_ASSOCIATION = "alicloud:ecs/eipAssociation:EipAssociation"
+RULE = "alicloud:ecs/securityGroupRule:SecurityGroupRule"
+PROVIDER = "pulumi:providers:alicloud"
+SITES = {"alia": "eu-central-1", "alib": "ap-southeast-1", "alic": "us-west-1"}
+# Documented limit of ECS user data before base64 encoding: 16 KB in older ECS pages, 32 KB in the current ones.
+OLD_USER_DATA_LIMIT = 16 * 1024
+
+
+def alicloud_config(sites: list[str] | None = None, hub: str = "alia", **top: Any) -> dict[str, Any]:
+    """Pulumi.dev.yaml with only Alibaba sites (the other top-level keys kept)."""
+    doc = yaml.safe_load((ROOT / "Pulumi.dev.yaml").read_text())["config"]
+    raw: dict[str, Any] = {key.split(":", 1)[1]: value for key, value in doc.items()}
+    names = sites or list(SITES)
+    raw["sites"] = {
+        name: {
+            "platform": "alicloud",
+            "siteId": i,
+            "region": SITES[name],
+            "vpcCidr": f"10.{20 + i}.0.0/16",
+            "wanCidr": f"10.{20 + i}.1.0/24",
+            "lanCidr": f"10.{20 + i}.2.0/24",
+        }
+        for i, name in enumerate(sorted(SITES), 1)
+        if name in names
+    }
+    raw["hub"] = hub
+    raw.update(top)
+    return raw
+
+
+_RUNS: dict[str, ProgramRun] = {}
+
+
+def run_for(raw: dict[str, Any]) -> ProgramRun:
+    key = yaml.safe_dump(raw, sort_keys=True)
+    if key not in _RUNS:
+        _RUNS[key] = run_program(copy.deepcopy(raw))
+    return _RUNS[key]
+
+
+@pytest.fixture(scope="module")
+def run() -> ProgramRun:
+    return run_for(alicloud_config())
+
+
+def site_resources(run: ProgramRun, site: str) -> list[Registered]:
+    return run.descendants_of(run.named(site).urn)
+
+
+def rules_of(run: ProgramRun, node: str) -> dict[str, dict[str, Any]]:
+    prefix = f"{node}-fw-"
+    return {r.name.removeprefix(prefix): r.inputs for r in run.of_type(RULE) if r.name.startswith(prefix)}
+
+
+def rule_source(inputs: dict[str, Any]) -> str:
+    return inputs.get("cidrIp") or inputs["ipv6CidrIp"]
+
+
+def decoded_user_data(instance: Registered) -> str:
+    return base64.b64decode(instance.inputs["userData"]).decode()
+
+
+# --- NICs and addresses -------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("site", sorted(SITES))
+def test_router_has_primary_eni_on_wan_and_attached_secondary_on_lan(run: ProgramRun, site: str) -> None:
+    plan = build_plan(parse_config(alicloud_config()))
+    node = plan.router(site)
+    instance = run.named(f"{site}-router-vm-instance")
+    assert instance.inputs["vswitchId"] == f"{site}-network-wan-id"
+    assert instance.inputs["privateIp"] == node.wan_ip
+    assert instance.inputs["sourceDestCheck"] is False
+    assert instance.inputs["internetMaxBandwidthOut"] == 0  # no fixed public IP besides the EIP
+    assert instance.inputs["instanceType"] == ali.DEFAULT_INSTANCE_TYPE
+    eni = run.named(f"{site}-router-vm-lan")
+    assert eni.type == ENI
+    assert eni.inputs["vswitchId"] == f"{site}-network-lan-id"
+    assert eni.inputs["primaryIpAddress"] == node.lan_ip
+    assert eni.inputs["sourceDestCheck"] is False
+    assert eni.inputs["securityGroupIds"] == [f"{site}-router-fw-sg-id"]
+    attachment = run.named(f"{site}-router-vm-lan-attachment")
+    assert attachment.type == ENI_ATTACHMENT
+    assert attachment.inputs == {"instanceId": f"{site}-router-vm-instance-id", "networkInterfaceId": f"{site}-router-vm-lan-id"}
+    assert [r.name for r in run.of_type(ENI) if r.name.startswith(f"{site}-")] == [f"{site}-router-vm-lan"]
+
+
+@pytest.mark.parametrize("site", sorted(SITES))
+def test_client_has_one_nic_on_lan(run: ProgramRun, site: str) -> None:
+    plan = build_plan(parse_config(alicloud_config()))
+    instance = run.named(f"{site}-client-vm-instance")
+    assert instance.inputs["vswitchId"] == f"{site}-network-lan-id"
+    assert instance.inputs["privateIp"] == plan.client(site).lan_ip
+    assert "sourceDestCheck" not in instance.inputs
+
+
+def test_network_is_dual_stack_with_ipv6_subnet_indexes(run: ProgramRun) -> None:
+    for site in SITES:
+        vpc = run.named(f"{site}-network-vpc")
+        assert vpc.inputs["enableIpv6"] is True
+        wan, lan = run.named(f"{site}-network-wan"), run.named(f"{site}-network-lan")
+        for switch in (wan, lan):
+            assert switch.inputs["enableIpv6"] is True
+            assert switch.inputs["vpcId"] == f"{site}-network-vpc-id"
+            assert switch.inputs["zoneId"] == ali_mock.ZONE_ID
+            assert 0 <= switch.inputs["ipv6CidrBlockMask"] <= 255  # an index into the VPC's /56, not a prefix length
+        assert wan.inputs["ipv6CidrBlockMask"] != lan.inputs["ipv6CidrBlockMask"]
+
+
+@pytest.mark.parametrize("role", ["router", "client"])
+def test_public_addresses_are_reserved_eips_bound_to_the_instance(run: ProgramRun, role: str) -> None:
+    for site in SITES:
+        eip = run.named(f"{site}-{role}-public-eip")
+        assert eip.type == EIP
+        binding = run.named(f"{site}-{role}-vm-eip-binding")
+        assert binding.type == EIP_ASSOCIATION
+        assert binding.inputs == {
+            "allocationId": f"{site}-{role}-public-eip-id",
+            "instanceId": f"{site}-{role}-vm-instance-id",
+            "instanceType": "EcsInstance",
+        }
+    assert run.outputs["publicIps"] == {s: ali_mock.eip_address(f"{s}-router-public-eip") for s in SITES}
+    nodes = run.outputs["nodes"]
+    for site in SITES:
+        assert nodes[f"{site}-{role}"]["managementIp"] == ali_mock.eip_address(f"{site}-{role}-public-eip")
+
+
+def test_router_public_ips_are_distinct_documentation_addresses(run: ProgramRun) -> None:
+    ips = [ipaddress.ip_address(ip) for ip in run.outputs["publicIps"].values()]
+    assert len(set(ips)) == len(ips)
+    docs = [ipaddress.ip_network("203.0.113.0/24"), ipaddress.ip_network("198.51.100.0/24")]
+    assert all(any(ip in net for net in docs) for ip in ips)
+
+
+# --- security rules -----------------------------------------------------------------------------------------------
+
+
+def test_every_rule_is_scoped_ingress_on_intranet(run: ProgramRun) -> None:
+    rules = run.of_type(RULE)
+    assert rules
+    for rule in rules:
+        inputs = rule.inputs
+        assert not is_open_to_world(rule_source(inputs)), rule.name
+        assert ("cidrIp" in inputs) != ("ipv6CidrIp" in inputs), rule.name
+        assert inputs["nicType"] == "intranet", rule.name
+        assert inputs["type"] == "ingress", rule.name
+        assert inputs["policy"] == "accept", rule.name
+        assert inputs["ipProtocol"] in ("udp", "tcp", "icmp", "icmpv6"), rule.name
+        if inputs["ipProtocol"] in ("icmp", "icmpv6"):
+            assert inputs["portRange"] == "-1/-1", rule.name
+
+
+def expected_router_sources(raw: dict[str, Any], public_ips: dict[str, str], site: str) -> dict[str, set[str]]:
+    """protocol/port -> sources a router must admit, and nothing else."""
+    cfg = parse_config(raw)
+    plan = build_plan(cfg)
+    peers = {f"{public_ips[p]}/32" for p in plan.peer_sites(site)}
+    lan = str(cfg.site(site).lan_cidr)
+    admin = str(cfg.admin_cidr)
+    return {
+        f"udp/{plan.port}/{plan.port}": peers | {lan},
+        "icmp/-1/-1": peers | {lan, admin},
+        "tcp/22/22": {admin},
+    }
+
+
+def admitted(rules: dict[str, dict[str, Any]]) -> dict[str, set[str]]:
+    out: dict[str, set[str]] = {}
+    for inputs in rules.values():
+        out.setdefault(f"{inputs['ipProtocol']}/{inputs['portRange']}", set()).add(rule_source(inputs))
+    return out
+
+
+@pytest.mark.parametrize("hub", sorted(SITES))
+def test_router_rules_admit_exactly_the_peers_of_each_hub(hub: str) -> None:
+    raw = alicloud_config(hub=hub)
+    run = run_for(raw)
+    public_ips = run.outputs["publicIps"]
+    for site in SITES:
+        assert admitted(rules_of(run, f"{site}-router")) == expected_router_sources(raw, public_ips, site), (hub, site)
+        peers = {p for p in SITES if p != site} if site == hub else {hub}
+        assert {n for n in rules_of(run, f"{site}-router") if n.startswith("tunnel-from-")} == {f"tunnel-from-{p}" for p in peers} | {
+            "tunnel-from-lan"
+        }
+
+
+def test_geneve_opens_6081_only() -> None:
+    raw = alicloud_config(protocol="geneve")
+    run = run_for(raw)
+    for site in SITES:
+        assert admitted(rules_of(run, f"{site}-router")) == expected_router_sources(raw, run.outputs["publicIps"], site)
+    ports = {r.inputs["portRange"] for r in run.of_type(RULE) if r.inputs["ipProtocol"] == "udp"}
+    assert ports == {"6081/6081"}
+
+
+def test_client_rules_admit_its_router_and_the_admin_only(run: ProgramRun) -> None:
+    cfg = parse_config(alicloud_config())
+    plan = build_plan(cfg)
+    admin = str(cfg.admin_cidr)
+    for site in SITES:
+        router_lan = f"{plan.router(site).lan_ip}/32"
+        assert admitted(rules_of(run, f"{site}-client")) == {
+            "udp/4789/4789": {router_lan},
+            "icmp/-1/-1": {router_lan, admin},
+            "tcp/22/22": {admin},
+        }
+
+
+def test_ssh_only_from_admin_cidr(run: ProgramRun) -> None:
+    admin = str(parse_config(alicloud_config()).admin_cidr)
+    ssh = [r for r in run.of_type(RULE) if r.inputs["ipProtocol"] == "tcp"]
+    assert len(ssh) == 2 * len(SITES)
+    assert all(r.inputs["portRange"] == "22/22" and rule_source(r.inputs) == admin for r in ssh)
+
+
+def test_ipv6_admin_cidr_becomes_ipv6_rules() -> None:
+    run = run_for(alicloud_config(adminCidr="2001:db8:7::/48"))
+    admin_rules = [r for r in run.of_type(RULE) if r.name.endswith("-admin")]
+    assert admin_rules
+    for rule in admin_rules:
+        assert rule.inputs["ipv6CidrIp"] == "2001:db8:7::/48" and "cidrIp" not in rule.inputs
+    assert {r.inputs["ipProtocol"] for r in admin_rules} == {"tcp", "icmpv6"}
+
+
+def test_security_group_admits_nothing_implicitly(run: ProgramRun) -> None:
+    groups = run.of_type("alicloud:ecs/securityGroup:SecurityGroup")
+    assert len(groups) == 2 * len(SITES)
+    for group in groups:
+        assert group.inputs["innerAccessPolicy"] == "Drop"
+        assert group.inputs["vpcId"] == f"{group.name.split('-')[0]}-network-vpc-id"
+
+
+# --- user data ----------------------------------------------------------------------------------------------------
+
+
+def test_user_data_decodes_to_the_node_config(run: ProgramRun) -> None:
+    plan = build_plan(parse_config(alicloud_config()))
+    public_ips = run.outputs["publicIps"]
+    for site in SITES:
+        for node in (plan.router(site), plan.client(site)):
+            user_data = decoded_user_data(run.named(f"{node.name}-vm-instance"))
+            assert user_data.startswith("#cloud-config\n")
+            assert payload_node_config(user_data) == node_config(plan, node.name, public_ips)
+    router_doc = payload_node_config(decoded_user_data(run.named("alia-router-vm-instance")))
+    assert router_doc["lan"]["configure"] is True  # the secondary ENI is configured by the payload
+
+
+def test_user_data_fits_the_documented_size_limit(run: ProgramRun) -> None:
+    """The default stack's payloads (~12-13 KB) fit even the older 16 KB limit."""
+    for instance in run.of_type(INSTANCE):
+        size = len(decoded_user_data(instance).encode())
+        assert size <= OLD_USER_DATA_LIMIT, f"{instance.name}: {size} bytes of user data"
+
+
+def test_user_data_with_most_containers_fits_the_current_limit_only() -> None:
+    """With 50 containers a router's payload (~22 KB) exceeds the older 16 KB limit but fits the current 32 KB."""
+    run = run_for(alicloud_config(containersPerRouter=50))
+    sizes = {r.name: len(decoded_user_data(r).encode()) for r in run.of_type(INSTANCE)}
+    assert max(sizes.values()) <= ali.USER_DATA_LIMIT
+    assert sizes["alia-router-vm-instance"] > OLD_USER_DATA_LIMIT
+
+
+def test_oversized_user_data_is_refused() -> None:
+    with pytest.raises(ValueError, match="exceeds the ECS limit"):
+        ali.encode_user_data("#cloud-config\n" + "x" * ali.USER_DATA_LIMIT)
+
+
+def test_instances_ignore_user_data_and_image_changes(run: ProgramRun) -> None:
+    instances = run.of_type(INSTANCE)
+    assert len(instances) == 2 * len(SITES)
+    for instance in instances:
+        assert ali.AlicloudSite.user_data_property in instance.ignore_changes
+        assert "imageId" in instance.ignore_changes
+
+
+def test_config_push_waits_for_the_lan_eni_and_the_eip_binding(run: ProgramRun) -> None:
+    for site in SITES:
+        for role, parts in (("router", ("instance", "lan-attachment", "eip-binding")), ("client", ("instance", "eip-binding"))):
+            pushes = [r for r in run.of_type("command:remote:Command") if r.name.startswith(f"{site}-{role}-config")]
+            assert pushes
+            for push in pushes:
+                for part in parts:
+                    assert run.named(f"{site}-{role}-vm-{part}").urn in push.depends_on, (push.name, part)
+
+
+# --- names, providers, components ---------------------------------------------------------------------------------
+
+
+def test_adding_a_site_renames_nothing() -> None:
+    two = {r.urn for r in run_for(alicloud_config(["alia", "alib"])).resources}
+    three = {r.urn for r in run_for(alicloud_config()).resources}
+    assert two <= three
+    assert all("alic" in urn.rsplit("::", 1)[1] for urn in three - two)
+
+
+def test_every_custom_resource_of_a_site_uses_its_own_provider(run: ProgramRun) -> None:
+    providers = {r.name: r for r in run.of_type(PROVIDER)}
+    assert set(providers) == {f"{s}-provider" for s in SITES}
+    for site, region in SITES.items():
+        provider = providers[f"{site}-provider"]
+        assert provider.inputs["region"] == region
+        assert provider.parent == run.named(site).urn
+        custom = [r for r in site_resources(run, site) if r.custom and r.type.startswith("alicloud:")]
+        assert len(custom) >= 20
+        for resource in custom:
+            assert resource.provider.startswith(provider.urn + "::"), resource.name
+
+
+def test_building_blocks_are_components_with_prefixed_children(run: ProgramRun) -> None:
+    components = [r for r in run.resources if r.type.startswith("multicloud-overlay:alicloud:")]
+    assert {r.type.rsplit(":", 1)[1] for r in components} == {
+        "AlicloudNetwork",
+        "AlicloudSecurityPolicy",
+        "AlicloudPublicAddress",
+        "AlicloudMachine",
+    }
+    for component in components:
+        children = run.children_of(component.urn)
+        assert children, component.name
+        assert all(child.name.startswith(f"{component.name}-") for child in children), component.name
+
+
+def resource_counts(run: ProgramRun, site: str) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for r in site_resources(run, site):
+        if r.type.startswith("alicloud:") or r.type == PROVIDER:
+            counts[r.type] = counts.get(r.type, 0) + 1
+    return counts
+
+
+def test_resources_per_spoke_site(run: ProgramRun) -> None:
+    assert resource_counts(run, "alib") == {
+        PROVIDER: 1,
+        "alicloud:vpc/network:Network": 1,
+        "alicloud:vpc/switch:Switch": 2,
+        "alicloud:ecs/ecsKeyPair:EcsKeyPair": 1,
+        "alicloud:ecs/securityGroup:SecurityGroup": 2,
+        RULE: 6 + 4,  # router: tunnel+icmp from the hub and the LAN, ssh+icmp admin; client: 4
+        EIP: 2,
+        EIP_ASSOCIATION: 2,
+        INSTANCE: 2,
+        ENI: 1,
+        ENI_ATTACHMENT: 1,
+    }
+
+
+def test_invokes_look_up_ubuntu_and_a_zone_for_the_router_type(run: ProgramRun) -> None:
+    images = [args for token, args in run.invokes if token == "alicloud:ecs/getImages:getImages"]
+    zones = [args for token, args in run.invokes if token == "alicloud:index/getZones:getZones"]
+    assert len(images) == len(zones) == len(SITES)
+    assert all(a["nameRegex"] == "^ubuntu_24_04" and a["owners"] == "system" for a in images)
+    assert all(a == {"availableResourceCreation": "VSwitch", "availableInstanceType": ali.DEFAULT_INSTANCE_TYPE} for a in zones)
+    assert {r.inputs["imageId"] for r in run.of_type(INSTANCE)} == {ali_mock.UBUNTU_IMAGE_ID}
+
+
+def test_site_settings_override_zone_image_and_sizes() -> None:
+    raw = alicloud_config(["alia", "alib"])
+    raw["sites"]["alia"].update(zone="eu-central-1b", image="m-custom-ubuntu", routerSize="ecs.g7.large", clientSize="ecs.c6.large")
+    run = run_for(raw)
+    assert run.named("alia-network-wan").inputs["zoneId"] == "eu-central-1b"
+    assert run.named("alia-router-vm-instance").inputs["imageId"] == "m-custom-ubuntu"
+    assert run.named("alia-router-vm-instance").inputs["instanceType"] == "ecs.g7.large"
+    assert run.named("alia-client-vm-instance").inputs["instanceType"] == "ecs.c6.large"
+    assert len([t for t, _ in run.invokes if t.startswith("alicloud:")]) == 2  # alib's image and zone only
+
+
+# --- pure helpers -------------------------------------------------------------------------------------------------
+
+
+def test_port_range() -> None:
+    assert ali.port_range(IngressRule("t", "udp", 4789, "10.0.0.0/24", 4, "")) == "4789/4789"
+    assert ali.port_range(IngressRule("s", "tcp", 22, "10.0.0.0/24", 4, "")) == "22/22"
+    assert ali.port_range(IngressRule("i", "icmp", None, "10.0.0.0/24", 4, "")) == "-1/-1"
+    assert ali.port_range(IngressRule("i6", "icmpv6", None, "2001:db8::/32", 6, "")) == "-1/-1"
+
+
+def test_encode_user_data_round_trips() -> None:
+    text = "#cloud-config\npackages: [iproute2]\n"
+    assert base64.b64decode(ali.encode_user_data(text)).decode() == text
+
+
+@pytest.mark.parametrize("source", ["0.0.0.0/0", "::/0", "0.0.0.0/0.0.0.0"])
+def test_refuse_world(source: str) -> None:
+    with pytest.raises(ValueError, match="whole internet"):
+        ali.refuse_world(source)
+
+
+def test_resolved_rule_sources_pass_through() -> None:
+    rule = ResolvedRule(IngressRule("ssh-admin", "tcp", 22, "198.51.100.7/32", 4, ""), "198.51.100.7/32")
+    assert ali.refuse_world(str(rule.source)) == "198.51.100.7/32"
