@@ -25,7 +25,8 @@ UNIT_NAME: Final = "multicloud-overlay.service"
 UNIT_PATH: Final = f"/etc/systemd/system/{UNIT_NAME}"
 DOCKER_DAEMON: Final = "/etc/docker/daemon.json"
 APPLY_COMMAND: Final = (NODE_SCRIPT, "apply", "--config", NODE_CONFIG, "--state-dir", STATE_DIR)
-# Cloud user-data limits are as low as 16 KiB (AWS): the node script travels gzip-compressed.
+# Cloud user-data limits are as low as 16 KiB (AWS): the node script and its config travel gzip-compressed
+# (cloud-init writes them decompressed).
 USER_DATA_LIMIT: Final = 16 * 1024
 
 _SCRIPT_SOURCE: Final = Path(__file__).with_name("overlay_node.py")
@@ -77,7 +78,12 @@ def render_user_data(doc: Mapping[str, Any], host_key: SshHostKey | None = None)
     packages = ["iproute2", "iptables"] + (["docker.io"] if kind == "router" else [])
     files: list[dict[str, Any]] = [
         {"path": NODE_SCRIPT, "permissions": "0755", "encoding": "gz+b64", "content": _gz_b64(node_script())},
-        {"path": NODE_CONFIG, "permissions": "0644", "content": json.dumps(doc, indent=1, sort_keys=True) + "\n"},
+        {
+            "path": NODE_CONFIG,
+            "permissions": "0644",
+            "encoding": "gz+b64",
+            "content": _gz_b64(json.dumps(doc, indent=1, sort_keys=True) + "\n"),
+        },
         {"path": UNIT_PATH, "permissions": "0644", "content": unit_text(kind)},
     ]
     if kind == "router":

@@ -30,6 +30,8 @@ PROJECT = "multicloud-overlay"
 # Invoke token -> canned result, and resource type -> extra output properties (what the cloud would compute,
 # e.g. a reserved address), one module per platform under tests/mockdata/.
 INVOKES: dict[str, dict[str, Any]] = {}
+# Invoke token -> function of the invoke's arguments (answers that depend on them, e.g. one id per port group).
+CALLS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {}
 RESOURCE_OUTPUTS: dict[str, Callable[[pulumi.runtime.MockResourceArgs], dict[str, Any]]] = {}
 # Platform-independent resources computed by their providers.
 RESOURCE_OUTPUTS["tls:index/privateKey:PrivateKey"] = lambda args: {
@@ -39,6 +41,7 @@ RESOURCE_OUTPUTS["tls:index/privateKey:PrivateKey"] = lambda args: {
 RESOURCE_OUTPUTS["command:remote:Command"] = lambda args: {"stdout": "", "stderr": ""}
 for _platform in mockdata.PLATFORMS:
     INVOKES.update(_platform.INVOKES)
+    CALLS.update(getattr(_platform, "CALLS", {}))
     RESOURCE_OUTPUTS.update(_platform.RESOURCE_OUTPUTS)
 
 
@@ -60,6 +63,10 @@ class ProgramRun:
     resources: list[Registered] = field(default_factory=list)
     outputs: dict[str, Any] = field(default_factory=dict)
     invokes: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    invoke_providers: list[tuple[str, str]] = field(default_factory=list)
+    """(token, provider reference) of every invoke."""
+    component_outputs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """URN -> outputs a component registered with register_outputs."""
     logs: list[str] = field(default_factory=list)
 
     def of_type(self, typ: str) -> list[Registered]:
@@ -101,6 +108,10 @@ class ProgramMocks(pulumi.runtime.Mocks):
 
     def call(self, args: pulumi.runtime.MockCallArgs) -> tuple[dict[str, Any], list[tuple[str, str]]]:
         self.run.invokes.append((args.token, dict(args.args)))
+        self.run.invoke_providers.append((args.token, args.provider))
+        answer = CALLS.get(args.token)
+        if answer is not None:
+            return dict(answer(dict(args.args))), []
         result = INVOKES.get(args.token)
         if result is None:
             return {}, []
@@ -133,6 +144,15 @@ class RecordingMonitor(pulumi_mocks.MockMonitor):
                 )
             )
         return response
+
+
+    def RegisterResourceOutputs(self, request: Any) -> Any:
+        from pulumi.runtime import rpc
+        from pulumi.runtime.sync_await import _ensure_event_loop
+
+        _ensure_event_loop()
+        self.run.component_outputs[request.urn] = rpc.deserialize_properties(request.outputs)
+        return super().RegisterResourceOutputs(request)
 
 
 def _config_value(value: Any) -> str:

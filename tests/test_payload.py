@@ -132,3 +132,11 @@ def test_vsphere_metadata_static_addresses() -> None:
     assert eth["wan0"]["match"] == {"macaddress": "00:50:56:00:06:01"} and eth["wan0"]["addresses"] == ["10.6.1.10/24"]
     assert eth["wan0"]["routes"] == [{"to": "default", "via": "10.6.1.1"}]
     assert "routes" not in eth["lan0"]
+
+
+def test_largest_payload_fits_every_cloud() -> None:
+    raw = copy.deepcopy(DEV)
+    raw["containersPerRouter"] = 50
+    plan = build_plan(parse_config(raw))
+    sizes = [len(render_user_data(node_config(plan, n.name, public_ips(plan))).encode()) for n in plan.nodes]
+    assert max(sizes) < USER_DATA_LIMIT, max(sizes)
