@@ -69,6 +69,9 @@ OPTIONAL_SITE_KEYS: Final[tuple[str, ...]] = (
     "wanGateway",
     "mgmtGateway",
     "dnsServers",
+    "server",
+    "user",
+    "resourceGroup",
 )
 SITE_KEYS: Final = frozenset(("platform", "siteId", *OPTIONAL_SITE_KEYS, *{k for keys in REQUIRED_SITE_KEYS.values() for k in keys}))
 

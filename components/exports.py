@@ -23,6 +23,7 @@ def stack_outputs(plan: Plan, sites: dict[str, Site], checks: dict[str, Connecti
         "protocol": plan.protocol,
         "overlayMtu": plan.mtu,
         "publicIps": {name: site.public_ip for name, site in sites.items()},
+        "sites": {name: site.outputs for name, site in sites.items()},
         "nodes": nodes,
         "tunnels": plan.tunnel_map(),
         "containers": containers,

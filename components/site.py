@@ -161,11 +161,10 @@ class Site(pulumi.ComponentResource):
         router, client = nodes
         assert isinstance(router, OverlayRouter) and isinstance(client, OverlayClient)
         self.router, self.client = router, client
-        self.register_outputs(
-            {
-                "publicIp": self.public_ip,
-                "router": router.summary,
-                "client": client.summary,
-                "tunnelPeers": list(plan.peer_sites(site)),
-            }
-        )
+        self.outputs: dict[str, Any] = {
+            "platform": self.args.site.platform,
+            "publicIp": self.public_ip,
+            "tunnelPeers": list(plan.peer_sites(site)),
+            **self.platform.site_outputs(),
+        }
+        self.register_outputs({**self.outputs, "router": router.summary, "client": client.summary})

@@ -39,6 +39,7 @@ RESOURCE_OUTPUTS["tls:index/privateKey:PrivateKey"] = lambda args: {
     "publicKeyOpenssh": f"ssh-ed25519 AAAAmock{sum(args.name.encode())}\n",
 }
 RESOURCE_OUTPUTS["command:remote:Command"] = lambda args: {"stdout": "", "stderr": ""}
+RESOURCE_OUTPUTS["command:local:Command"] = lambda args: {"stdout": "", "stderr": ""}
 for _platform in mockdata.PLATFORMS:
     INVOKES.update(_platform.INVOKES)
     CALLS.update(getattr(_platform, "CALLS", {}))
@@ -72,8 +73,8 @@ class ProgramRun:
     def of_type(self, typ: str) -> list[Registered]:
         return [r for r in self.resources if r.type == typ]
 
-    def named(self, name: str) -> Registered:
-        found = [r for r in self.resources if r.name == name]
+    def named(self, name: str, type: str | None = None) -> Registered:
+        found = [r for r in self.resources if r.name == name and (type is None or r.type == type)]
         assert len(found) == 1, f"{len(found)} resources named {name}"
         return found[0]
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass, field
+from typing import Any
 
 import pulumi
 
@@ -66,7 +67,8 @@ class NodeResources:
     private_ips: dict[str, pulumi.Input[str]]
     """NIC role (wan, lan, mgmt) -> private IPv4."""
     machine: pulumi.Resource
-    """The VM resource (for depends_on of later steps)."""
+    """What later steps (the config push) must wait for: the VM, or a component holding the VM and the
+    resources it needs to be reachable (NIC attachment, address association)."""
     extra: dict[str, pulumi.Input[str]] = field(default_factory=dict)
     """Platform-specific outputs worth exporting (instance id, ...)."""
 
@@ -104,3 +106,7 @@ class PlatformSite(abc.ABC):
     @abc.abstractmethod
     def client(self, spec: NodeSpec) -> NodeResources:
         """Client VM: one NIC on LAN (vSphere: management + LAN), reachable for management."""
+
+    def site_outputs(self) -> dict[str, pulumi.Input[Any]]:
+        """Platform-specific facts a user needs after `pulumi up` (e.g. the rules a datacentre edge must apply)."""
+        return {}

@@ -466,6 +466,11 @@ class VsphereSite(PlatformSite):
     def provider(self) -> pulumi.ProviderResource:
         return self._provider
 
+    def site_outputs(self) -> dict[str, pulumi.Input[Any]]:
+        if self.edge is None:
+            return {}
+        return {"edgeRules": self.edge.rules, "edgeSnat": self.edge.snat}
+
     def prepare(self) -> pulumi.Output[str]:
         site = self.ctx.site
         self.inventory = VsphereInventory(

@@ -1,0 +1,476 @@
+"""AWS sites under Pulumi mocks: two-NIC routers with static addresses and no source/dest check, reserved Elastic IPs
+on the WAN ENI, least-privilege security groups, payloads equal to the plan, stable names, one provider per site."""
+
+from __future__ import annotations
+
+import copy
+import functools
+import ipaddress
+from collections.abc import Callable
+from typing import Any
+
+import pulumi
+import pytest
+from pulumi.runtime.stack import run_pulumi_func
+from pulumi.runtime.sync_await import _sync_await
+
+from cloudinit.render import payload_node_config
+from components.clouds.aws import (
+    AwsMachine,
+    AwsMachineArgs,
+    AwsNetwork,
+    AwsNetworkArgs,
+    AwsNicArgs,
+    AwsPublicAddress,
+    AwsPublicAddressArgs,
+    AwsSecurityPolicy,
+    AwsSecurityPolicyArgs,
+    AwsSite,
+    ipv6_subnet,
+    rule_match,
+    scoped_cidr,
+)
+from components.clouds.base import ResolvedRule
+from components.config import parse_config
+from components.plan import Plan, build_plan, node_config
+from components.security import IngressRule, is_open_to_world
+from components.stackfile import read_stack_file
+from tests import harness
+from tests.harness import ROOT, ProgramRun, Registered, run_program
+from tests.mockdata import aws as aws_mock
+
+DEV = read_stack_file(ROOT / "Pulumi.dev.yaml")
+SITES: dict[str, dict[str, Any]] = {
+    "awsa": {"platform": "aws", "siteId": 1, "region": "eu-west-1", "zone": "eu-west-1b"},
+    "awsb": {"platform": "aws", "siteId": 2, "region": "us-east-1"},
+    "awsc": {"platform": "aws", "siteId": 3, "region": "ap-southeast-2", "image": "ami-0fedcba9876543210", "routerSize": "c5.large"},
+}
+EXTRA_SITE = {"awsd": {"platform": "aws", "siteId": 4, "region": "eu-central-1"}}
+ADMIN = str(DEV["adminCidr"])
+
+ENI = "aws:ec2/networkInterface:NetworkInterface"
+INSTANCE = "aws:ec2/instance:Instance"
+ATTACHMENT = "aws:ec2/networkInterfaceAttachment:NetworkInterfaceAttachment"
+EIP = "aws:ec2/eip:Eip"
+EIP_ASSOCIATION = "aws:ec2/eipAssociation:EipAssociation"
+SUBNET = "aws:ec2/subnet:Subnet"
+VPC = "aws:ec2/vpc:Vpc"
+INGRESS = "aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule"
+EGRESS = "aws:vpc/securityGroupEgressRule:SecurityGroupEgressRule"
+SECURITY_GROUP = "aws:ec2/securityGroup:SecurityGroup"
+PROVIDER = "pulumi:providers:aws"
+
+
+def aws_config(hub: str = "awsa", protocol: str = "vxlan", extra: bool = False) -> dict[str, Any]:
+    raw = copy.deepcopy(DEV)
+    raw["sites"] = copy.deepcopy({**SITES, **(EXTRA_SITE if extra else {})})
+    raw.update(hub=hub, protocol=protocol)
+    return raw
+
+
+@functools.cache
+def run_aws(hub: str = "awsa", protocol: str = "vxlan", extra: bool = False) -> ProgramRun:
+    return run_program(aws_config(hub, protocol, extra))
+
+
+def plan_of(hub: str = "awsa", protocol: str = "vxlan", extra: bool = False) -> Plan:
+    return build_plan(parse_config(aws_config(hub, protocol, extra)))
+
+
+def component(run: ProgramRun, typ: str, name: str) -> Registered:
+    found = [r for r in run.resources if r.type == typ and r.name == name]
+    assert len(found) == 1, f"{len(found)} {typ} named {name}"
+    return found[0]
+
+
+def site_resources(run: ProgramRun, site: str) -> list[Registered]:
+    return run.descendants_of(component(run, "multicloud-overlay:index:Site", site).urn)
+
+
+def node_resources(run: ProgramRun, site: str, kind: str, typ: str) -> list[Registered]:
+    cls = {"router": "OverlayRouter", "client": "OverlayClient"}[kind]
+    node = component(run, f"multicloud-overlay:index:{cls}", f"{site}-{kind}")
+    return [r for r in run.descendants_of(node.urn) if r.type == typ]
+
+
+def one(items: list[Registered]) -> Registered:
+    assert len(items) == 1, [r.name for r in items]
+    return items[0]
+
+
+def rid(r: Registered) -> str:
+    """The id the mocks give a resource."""
+    return f"{r.name}-id"
+
+
+def public_ips(run: ProgramRun) -> dict[str, str]:
+    return dict(run.outputs["publicIps"])
+
+
+def rule_source(r: Registered) -> str:
+    v4, v6 = r.inputs.get("cidrIpv4"), r.inputs.get("cidrIpv6")
+    assert (v4 is None) != (v6 is None), f"{r.name}: exactly one CIDR per rule, got {v4!r} / {v6!r}"
+    return str(v4 if v4 is not None else v6)
+
+
+def ports(r: Registered) -> tuple[int, int]:
+    return int(r.inputs["fromPort"]), int(r.inputs["toPort"])
+
+
+# --- NICs and addresses ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("site", list(SITES))
+def test_router_has_wan_and_lan_enis_without_source_dest_check(site: str) -> None:
+    run, plan = run_aws(), plan_of()
+    node = plan.router(site)
+    enis = {r.name: r for r in node_resources(run, site, "router", ENI)}
+    assert set(enis) == {f"{site}-router-vm-wan", f"{site}-router-vm-lan"}
+    wan, lan = enis[f"{site}-router-vm-wan"], enis[f"{site}-router-vm-lan"]
+    assert wan.inputs["subnetId"] == f"{site}-network-wan-id"
+    assert lan.inputs["subnetId"] == f"{site}-network-lan-id"
+    assert wan.inputs["privateIps"] == [node.wan_ip]
+    assert lan.inputs["privateIps"] == [node.lan_ip]
+    assert wan.inputs["sourceDestCheck"] is False and lan.inputs["sourceDestCheck"] is False
+    assert wan.inputs["ipv6AddressCount"] == 1 and lan.inputs["ipv6AddressCount"] == 1
+
+    instance = one(node_resources(run, site, "router", INSTANCE))
+    assert instance.inputs["primaryNetworkInterface"] == {"networkInterfaceId": rid(wan)}
+    assert "networkInterfaces" not in instance.inputs  # deprecated in pulumi-aws 7
+    assert "secondaryNetworkInterfaces" not in instance.inputs  # another EC2 feature, not the second NIC
+    attachment = one(node_resources(run, site, "router", ATTACHMENT))
+    assert attachment.inputs == {"instanceId": rid(instance), "networkInterfaceId": rid(lan), "deviceIndex": 1}
+
+
+@pytest.mark.parametrize("site", list(SITES))
+def test_client_has_one_eni_on_the_lan_with_a_public_address(site: str) -> None:
+    run, plan = run_aws(), plan_of()
+    eni = one(node_resources(run, site, "client", ENI))
+    assert eni.inputs["subnetId"] == f"{site}-network-lan-id"
+    assert eni.inputs["privateIps"] == [plan.client(site).lan_ip]
+    instance = one(node_resources(run, site, "client", INSTANCE))
+    assert instance.inputs["primaryNetworkInterface"] == {"networkInterfaceId": rid(eni)}
+    assert node_resources(run, site, "client", ATTACHMENT) == []
+    eip = one(node_resources(run, site, "client", EIP))
+    association = one(node_resources(run, site, "client", EIP_ASSOCIATION))
+    assert association.inputs == {"allocationId": f"eipalloc-{eip.name}", "networkInterfaceId": rid(eni)}
+    summary = run.outputs["nodes"][f"{site}-client"]
+    assert summary["managementIp"] == aws_mock.public_ip(eip.name)
+    assert summary["privateIps"] == {"lan": plan.client(site).lan_ip}
+
+
+@pytest.mark.parametrize("site", list(SITES))
+def test_router_public_address_is_a_reserved_eip_on_the_wan_eni(site: str) -> None:
+    run = run_aws()
+    site_eips = [r for r in site_resources(run, site) if r.type == EIP]
+    eip = one([r for r in site_eips if r.name == f"{site}-router-address-eip"])
+    assert eip.inputs["domain"] == "vpc"
+    # Reserved by the Site before any VM: not a child of the router component.
+    assert eip not in node_resources(run, site, "router", EIP)
+    association = one(node_resources(run, site, "router", EIP_ASSOCIATION))
+    assert association.inputs == {"allocationId": f"eipalloc-{eip.name}", "networkInterfaceId": f"{site}-router-vm-wan-id"}
+    assert public_ips(run)[site] == aws_mock.public_ip(eip.name)
+    summary = run.outputs["nodes"][f"{site}-router"]
+    assert summary["managementIp"] == public_ips(run)[site]
+    plan = plan_of()
+    assert summary["privateIps"] == {"wan": plan.router(site).wan_ip, "lan": plan.router(site).lan_ip}
+
+
+def test_mocked_public_addresses_are_distinct() -> None:
+    run = run_aws(extra=True)
+    addresses = [aws_mock.public_ip(r.name) for r in run.of_type(EIP)]
+    assert len(set(addresses)) == len(addresses) == 8
+
+
+@pytest.mark.parametrize("site", list(SITES))
+def test_subnets_share_one_zone_and_carve_ipv6_from_the_vpc(site: str) -> None:
+    run = run_aws()
+    vpc = one([r for r in site_resources(run, site) if r.type == VPC])
+    assert vpc.inputs["assignGeneratedIpv6CidrBlock"] is True
+    block = ipaddress.IPv6Network(aws_mock._vpc(pulumi.runtime.MockResourceArgs(VPC, vpc.name, {}, "", "", None))["ipv6CidrBlock"])
+    subnets = {r.name: r for r in site_resources(run, site) if r.type == SUBNET}
+    assert set(subnets) == {f"{site}-network-wan", f"{site}-network-lan"}
+    zones = {s.inputs["availabilityZone"] for s in subnets.values()}
+    expected_zone = SITES[site].get("zone", aws_mock.ZONES[0])
+    assert zones == {expected_zone}
+    v6 = [ipaddress.IPv6Network(s.inputs["ipv6CidrBlock"]) for s in subnets.values()]
+    assert all(n.prefixlen == 64 and n.subnet_of(block) for n in v6) and v6[0] != v6[1]
+    assert all(s.inputs["assignIpv6AddressOnCreation"] is True for s in subnets.values())
+
+
+# --- security rules -------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("protocol", ["vxlan", "geneve"])
+def test_every_ingress_rule_is_scoped(protocol: str) -> None:
+    run, plan = run_aws(protocol=protocol), plan_of(protocol=protocol)
+    port = {"vxlan": 4789, "geneve": 6081}[protocol]
+    ips = public_ips(run)
+    rules = run.of_type(INGRESS)
+    assert rules
+    for site in SITES:
+        router_rules = node_resources(run, site, "router", INGRESS)
+        client_rules = node_resources(run, site, "client", INGRESS)
+        peers = {f"{ips[p]}/32" for p in plan.peer_sites(site)}
+        lan = str(plan.config.site(site).lan_cidr)
+        router_lan = f"{plan.router(site).lan_ip}/32"
+        for r, allowed_tunnel in [(r, peers | {lan}) for r in router_rules] + [(r, {router_lan}) for r in client_rules]:
+            source = rule_source(r)
+            assert not is_open_to_world(source), f"{r.name} admits {source}"
+            protocol_ = r.inputs["ipProtocol"]
+            if protocol_ == "udp":
+                assert ports(r) == (port, port) and source in allowed_tunnel, f"{r.name}: {source}"
+            elif protocol_ == "tcp":
+                assert ports(r) == (22, 22) and source == ADMIN, f"{r.name}: {source}"
+            else:
+                assert protocol_ in ("icmp", "icmpv6") and ports(r) == (-1, -1), r.name
+                assert source in allowed_tunnel | {ADMIN}, f"{r.name}: {source}"
+    assert {r.name for r in rules} == {r.name for s in SITES for k in ("router", "client") for r in node_resources(run, s, k, INGRESS)}
+
+
+@pytest.mark.parametrize("hub", list(SITES))
+def test_rules_admit_exactly_the_expected_peers(hub: str) -> None:
+    run, plan = run_aws(hub=hub), plan_of(hub=hub)
+    ips = public_ips(run)
+    for site in SITES:
+        expected_peers = [s for s in SITES if s != site] if site == hub else [hub]
+        assert sorted(plan.peer_sites(site)) == sorted(expected_peers)
+        lan = str(plan.config.site(site).lan_cidr)
+        rules = node_resources(run, site, "router", INGRESS)
+        tunnel = {rule_source(r) for r in rules if r.inputs["ipProtocol"] == "udp"}
+        assert tunnel == {f"{ips[p]}/32" for p in expected_peers} | {lan}
+        names = {r.name for r in rules}
+        assert {n for n in names if "-from-aws" in n} == {
+            f"{site}-router-policy-in-{kind}-from-{p}" for p in expected_peers for kind in ("tunnel", "icmp")
+        }
+        assert {rule_source(r) for r in rules if r.inputs["ipProtocol"] == "tcp"} == {ADMIN}
+        client = node_resources(run, site, "client", INGRESS)
+        assert {rule_source(r) for r in client if r.inputs["ipProtocol"] == "udp"} == {f"{plan.router(site).lan_ip}/32"}
+
+
+@pytest.mark.parametrize("site", list(SITES))
+def test_security_groups_have_open_egress_and_no_inline_rules(site: str) -> None:
+    run = run_aws()
+    groups = [r for r in site_resources(run, site) if r.type == SECURITY_GROUP]
+    assert {g.name for g in groups} == {f"{site}-router-policy-group", f"{site}-client-policy-group"}
+    for group in groups:
+        assert "ingress" not in group.inputs and "egress" not in group.inputs
+        egress = [r for r in run.of_type(EGRESS) if r.inputs["securityGroupId"] == rid(group)]
+        found = {(r.inputs.get("cidrIpv4"), r.inputs.get("cidrIpv6"), r.inputs["ipProtocol"]) for r in egress}
+        assert len(egress) == 2 and found == {("0.0.0.0/0", None, "-1"), (None, "::/0", "-1")}
+    for eni in (r for r in site_resources(run, site) if r.type == ENI):
+        kind = "router" if "-router-" in eni.name else "client"
+        assert eni.inputs["securityGroups"] == [f"{site}-{kind}-policy-group-id"]
+
+
+# --- payload and lifecycle ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("protocol", ["vxlan", "geneve"])
+def test_user_data_is_the_rendered_payload_of_the_node(protocol: str) -> None:
+    run, plan = run_aws(protocol=protocol), plan_of(protocol=protocol)
+    ips = public_ips(run)
+    for site in SITES:
+        for kind in ("router", "client"):
+            instance = one(node_resources(run, site, kind, INSTANCE))
+            user_data = instance.inputs["userData"]
+            assert user_data.startswith("#cloud-config\n")  # plain text: the provider encodes it
+            assert "userDataBase64" not in instance.inputs
+            assert payload_node_config(user_data) == node_config(plan, f"{site}-{kind}", ips)
+
+
+def test_instances_ignore_user_data_changes() -> None:
+    run = run_aws()
+    instances = run.of_type(INSTANCE)
+    assert len(instances) == 2 * len(SITES)
+    for instance in instances:
+        assert AwsSite.user_data_property in instance.ignore_changes
+        # Neither a newer Ubuntu image nor a new SSH key replaces a running node.
+        assert set(instance.ignore_changes) == {"userData", "ami", "keyName"}
+        assert instance.inputs["userDataReplaceOnChange"] is False
+    assert AwsSite.user_data_property == "userData"
+
+
+@pytest.mark.parametrize("site", list(SITES))
+def test_instances_and_addresses_wait_for_the_internet_path(site: str) -> None:
+    run = run_aws()
+    path = {
+        r.urn
+        for r in site_resources(run, site)
+        if r.type in ("aws:ec2/internetGateway:InternetGateway", "aws:ec2/routeTableAssociation:RouteTableAssociation")
+    }
+    assert len(path) == 3
+    for kind in ("router", "client"):
+        for typ in (INSTANCE, EIP_ASSOCIATION):
+            r = one(node_resources(run, site, kind, typ))
+            assert path <= set(r.depends_on), r.name
+
+
+def test_image_and_size_follow_site_settings() -> None:
+    run = run_aws()
+    for site in SITES:
+        for kind in ("router", "client"):
+            instance = one(node_resources(run, site, kind, INSTANCE))
+            assert instance.inputs["ami"] == SITES[site].get("image", aws_mock.UBUNTU_AMI)
+            assert instance.inputs["instanceType"] == SITES[site].get(f"{kind}Size", "t3.small")
+            assert instance.inputs["keyName"] == f"{site}-ssh-key-0a1b2c3"
+            assert instance.inputs["metadataOptions"] == {"httpTokens": "required"}
+    lookups = [args for token, args in run.invokes if token == "aws:ec2/getAmi:getAmi"]
+    assert len(lookups) == 2  # awsa and awsb; awsc names its image
+    for args in lookups:
+        assert args["owners"] == ["099720109477"] and args["mostRecent"] is True
+        assert {"name": "name", "values": ["ubuntu/images/hvm-ssd-gp3/ubuntu-noble-24.04-amd64-server-*"]} in args["filters"]
+    key = one([r for r in site_resources(run, "awsa") if r.type == "aws:ec2/keyPair:KeyPair"])
+    assert key.inputs["publicKey"] == DEV["sshPublicKey"]
+
+
+# --- names and providers --------------------------------------------------------------------------------------
+
+
+def test_adding_a_site_renames_nothing() -> None:
+    before, after = run_aws(), run_aws(extra=True)
+    for site in SITES:
+        old = {(r.type, r.name) for r in site_resources(before, site)}
+        new = {(r.type, r.name) for r in site_resources(after, site)}
+        assert old <= new, sorted(old - new)
+        # Only the hub gains rules, and only for the new peer.
+        assert all(name.endswith("-from-awsd") for _, name in new - old), sorted(new - old)
+    assert len({(r.type, r.name) for r in after.resources}) == len(after.resources)
+
+
+def test_swapping_the_hub_only_adds_and_removes_peer_rules() -> None:
+    runs = {hub: run_aws(hub=hub) for hub in SITES}
+    names = {hub: {(r.type, r.name) for r in run.resources} for hub, run in runs.items()}
+    for a in SITES:
+        for b in SITES:
+            changed = names[a] ^ names[b]
+            assert all(typ == INGRESS for typ, _ in changed), sorted(changed)
+
+
+@pytest.mark.parametrize("site", list(SITES))
+def test_every_resource_of_a_site_uses_its_own_provider(site: str) -> None:
+    run = run_aws()
+    provider = component(run, PROVIDER, f"{site}-aws")
+    assert provider.inputs["region"] == SITES[site]["region"]
+    custom = [r for r in site_resources(run, site) if r.custom and r.type.startswith("aws:")]
+    assert len(custom) > 20
+    for r in custom:
+        assert r.provider == f"{provider.urn}::{rid(provider)}", f"{r.name}: {r.provider}"
+    assert len(run.of_type(PROVIDER)) == len(SITES)
+
+
+def test_invokes_use_the_site_provider() -> None:
+    run = run_aws()
+    calls = run.invoke_providers
+    refs = {site: f"{component(run, PROVIDER, f'{site}-aws').urn}::{site}-aws-id" for site in SITES}
+    by_token: dict[str, list[str]] = {}
+    for token, provider in calls:
+        by_token.setdefault(token, []).append(provider)
+    # awsc names its image; awsa names its zone.
+    assert sorted(by_token["aws:ec2/getAmi:getAmi"]) == sorted([refs["awsa"], refs["awsb"]])
+    assert sorted(by_token["aws:index/getAvailabilityZones:getAvailabilityZones"]) == sorted([refs["awsb"], refs["awsc"]])
+
+
+def test_components_follow_the_house_style() -> None:
+    run = run_aws()
+    blocks = [r for r in run.resources if r.type.startswith("multicloud-overlay:aws:")]
+    assert {r.type for r in blocks} == {
+        f"multicloud-overlay:aws:{n}" for n in ("AwsNetwork", "AwsSecurityPolicy", "AwsPublicAddress", "AwsMachine")
+    }
+    for block in blocks:
+        children = run.children_of(block.urn)
+        assert children, block.name
+        assert all(c.name.startswith(f"{block.name}-") for c in children), (block.name, [c.name for c in children])
+    registered = run.component_outputs
+    assert all(registered.get(b.urn) for b in blocks), [b.name for b in blocks if not registered.get(b.urn)]
+
+
+# --- pure helpers and standalone building blocks --------------------------------------------------------------
+
+
+def test_ipv6_subnet_carves_64s_from_a_56() -> None:
+    assert ipv6_subnet("2600:1f18:abcd:ef00::/56", 0) == "2600:1f18:abcd:ef00::/64"
+    assert ipv6_subnet("2600:1f18:abcd:ef00::/56", 2) == "2600:1f18:abcd:ef02::/64"
+    assert ipv6_subnet("2600:1f18:abcd:ef00::/56", 255) == "2600:1f18:abcd:efff::/64"
+    with pytest.raises(ValueError):
+        ipv6_subnet("2600:1f18:abcd:ef00::/56", 256)
+
+
+@pytest.mark.parametrize("cidr", ["0.0.0.0/0", "::/0"])
+def test_scoped_cidr_refuses_the_whole_internet(cidr: str) -> None:
+    with pytest.raises(ValueError, match="whole internet"):
+        scoped_cidr(cidr)
+    assert scoped_cidr("203.0.113.5/32") == "203.0.113.5/32"
+
+
+def test_rule_match_maps_icmp_to_all_types() -> None:
+    icmp6 = ResolvedRule(IngressRule("icmp6", "icmpv6", None, "2001:db8::/64", 6, "ping"), "2001:db8::/64")
+    assert (rule_match(icmp6).ip_protocol, rule_match(icmp6).from_port, rule_match(icmp6).to_port) == ("icmpv6", -1, -1)
+    udp = ResolvedRule(IngressRule("t", "udp", 6081, "10.0.0.0/24", 4, "tunnel"), "10.0.0.0/24")
+    assert (rule_match(udp).ip_protocol, rule_match(udp).from_port, rule_match(udp).to_port) == ("udp", 6081, 6081)
+
+
+@pytest.mark.parametrize(
+    ("build", "bad"),
+    [
+        (AwsNetworkArgs, {"vpc_cidr": "10.9.0.0/16", "wan_cidr": "10.9.1.0/24", "lan_cidrr": "10.9.2.0/24", "availability_zone": "z"}),
+        (AwsSecurityPolicyArgs, {"vpc_id": "vpc-1", "rule": []}),
+        (AwsPublicAddressArgs, {"descripton": "x"}),
+        (AwsNicArgs, {"role": "wan", "subnet_id": "s", "private_ip": "10.0.0.1", "security_group_ids": [], "source_dst_check": False}),
+        (AwsMachineArgs, {"nics": [], "ami": "ami-1", "user_data": "#cloud-config\n", "instance_typ": "t3.small"}),
+    ],
+)
+def test_args_reject_misspelled_properties(build: Callable[..., object], bad: dict[str, Any]) -> None:
+    with pytest.raises(TypeError, match="unexpected keyword argument"):
+        build(**bad)
+
+
+def run_standalone(body: Callable[[], None]) -> ProgramRun:
+    """Run `body` as a Pulumi program under the harness mocks (no overlay, no __main__)."""
+    run = ProgramRun()
+    mocks = harness.ProgramMocks(run)
+    pulumi.runtime.set_mocks(mocks, project="standalone", stack="test", preview=False, monitor=harness.RecordingMonitor(mocks, run))
+
+    def program() -> None:
+        body()
+
+    _sync_await(run_pulumi_func(program))
+    return run
+
+
+def test_building_blocks_work_without_the_overlay() -> None:
+    def body() -> None:
+        network = AwsNetwork("lab", AwsNetworkArgs("10.9.0.0/16", "10.9.1.0/24", "10.9.2.0/24", availability_zone="eu-west-1a"))
+        ssh = ResolvedRule(IngressRule("ssh", "tcp", 22, "192.0.2.1/32", 4, "ssh"), "192.0.2.1/32")
+        policy = AwsSecurityPolicy("fw", AwsSecurityPolicyArgs(vpc_id=network.vpc_id, rules=[ssh]))
+        address = AwsPublicAddress("gw-ip", AwsPublicAddressArgs())
+        AwsMachine(
+            "gw",
+            AwsMachineArgs(
+                nics=[
+                    AwsNicArgs("outside", network.wan_subnet_id, "10.9.1.5", [policy.group_id], source_dest_check=False),
+                    AwsNicArgs("inside", network.lan_subnet_id, "10.9.2.5", [policy.group_id], source_dest_check=False),
+                    AwsNicArgs("spare", network.lan_subnet_id, "10.9.2.6", [policy.group_id]),
+                ],
+                ami="ami-1",
+                user_data="#cloud-config\n",
+                public_allocation_id=address.allocation_id,
+                internet_path=network.internet_path,
+            ),
+        )
+
+    run = run_standalone(body)
+    attachments = sorted((r.name, r.inputs["deviceIndex"]) for r in run.of_type(ATTACHMENT))
+    assert attachments == [("gw-inside-attachment", 1), ("gw-spare-attachment", 2)]
+    assert one(run.of_type(INSTANCE)).inputs["primaryNetworkInterface"] == {"networkInterfaceId": "gw-outside-id"}
+    assert one(run.of_type(EIP_ASSOCIATION)).inputs["networkInterfaceId"] == "gw-outside-id"
+    assert [r.name for r in run.of_type(INGRESS)] == ["fw-in-ssh"]
+
+
+def test_a_rule_open_to_the_world_fails_the_program() -> None:
+    def body() -> None:
+        world = ResolvedRule(IngressRule("ssh", "tcp", 22, "0.0.0.0/0", 4, "ssh"), "0.0.0.0/0")
+        AwsSecurityPolicy("fw", AwsSecurityPolicyArgs(vpc_id="vpc-1", rules=[world]))
+
+    with pytest.raises(Exception, match="whole internet"):
+        run_standalone(body)

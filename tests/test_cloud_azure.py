@@ -1,0 +1,496 @@
+"""Azure under mocks: NICs, forwarding, reserved addresses, scoped NSG rules, payloads, stable names and priorities,
+explicit providers; and the building blocks on their own."""
+
+from __future__ import annotations
+
+import base64
+import copy
+import functools
+import ipaddress
+import itertools
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+import pulumi
+import pytest
+from pulumi.runtime.stack import run_pulumi_func
+from pulumi.runtime.sync_await import _sync_await
+
+from cloudinit.render import payload_node_config
+from components.clouds import azure
+from components.config import parse_config
+from components.plan import Plan, build_plan, node_config
+from components.security import is_open_to_world
+from components.stackfile import read_stack_file
+from tests.harness import PROJECT, ROOT, ProgramMocks, ProgramRun, RecordingMonitor, Registered, run_program
+from tests.mockdata.azure import public_ip_for
+
+DEV = read_stack_file(ROOT / "Pulumi.dev.yaml")
+SITES = ("azurea", "azureb", "azurec")
+REGIONS = {"azurea": "westeurope", "azureb": "northeurope", "azurec": "eastus", "azured": "westus2"}
+ADMIN = str(DEV["adminCidr"])
+
+VM = "azure-native:compute:VirtualMachine"
+NIC = "azure-native:network:NetworkInterface"
+PIP = "azure-native:network:PublicIPAddress"
+NSG = "azure-native:network:NetworkSecurityGroup"
+RULE = "azure-native:network:SecurityRule"
+SUBNET = "azure-native:network:Subnet"
+VNET = "azure-native:network:VirtualNetwork"
+PROVIDER = "pulumi:providers:azure-native"
+
+
+def site_body(name: str, site_id: int, **extra: Any) -> dict[str, Any]:
+    return {
+        "platform": "azure",
+        "siteId": site_id,
+        "region": REGIONS[name],
+        "vpcCidr": f"10.{site_id}.0.0/16",
+        "wanCidr": f"10.{site_id}.1.0/24",
+        "lanCidr": f"10.{site_id}.2.0/24",
+        **extra,
+    }
+
+
+def azure_config(sites: tuple[str, ...] = SITES, hub: str = "azurea", protocol: str = "vxlan", **site_extra: Any) -> dict[str, Any]:
+    """Pulumi.dev.yaml with only Azure sites (the other top-level keys kept)."""
+    raw = copy.deepcopy(DEV)
+    raw["sites"] = {name: site_body(name, i + 1, **site_extra) for i, name in enumerate(sites)}
+    raw.update(hub=hub, protocol=protocol)
+    return raw
+
+
+def run_with(sites: tuple[str, ...] = SITES, hub: str = "azurea", protocol: str = "vxlan") -> ProgramRun:
+    return _run(sites, hub, protocol)
+
+
+def plan_with(sites: tuple[str, ...] = SITES, hub: str = "azurea", protocol: str = "vxlan") -> Plan:
+    return _plan(sites, hub, protocol)
+
+
+@functools.cache
+def _run(sites: tuple[str, ...], hub: str, protocol: str) -> ProgramRun:
+    return run_program(azure_config(sites, hub, protocol))
+
+
+@functools.cache
+def _plan(sites: tuple[str, ...], hub: str, protocol: str) -> Plan:
+    return build_plan(parse_config(azure_config(sites, hub, protocol)))
+
+
+def by_key(run: ProgramRun) -> dict[tuple[str, str], Registered]:
+    return {(r.type, r.name): r for r in run.resources}
+
+
+def one(run: ProgramRun, typ: str, name: str) -> Registered:
+    """The resource of type `typ` named `name` (components of other types may share the name)."""
+    found = [r for r in run.of_type(typ) if r.name == name]
+    assert len(found) == 1, f"{len(found)} {typ} named {name}"
+    return found[0]
+
+
+def site_urn(run: ProgramRun, site: str) -> str:
+    return next(r.urn for r in run.of_type("multicloud-overlay:index:Site") if r.name == site)
+
+
+def nsg_rules_of(run: ProgramRun, node: str) -> list[Registered]:
+    policy = next(r for r in run.of_type("multicloud-overlay:azure:AzureSecurityPolicy") if r.name == node)
+    return [r for r in run.children_of(policy.urn) if r.type == RULE]
+
+
+def rule_sources(rules: list[Registered], protocol: str, port: int | None) -> set[str]:
+    return {
+        r.inputs["sourceAddressPrefix"]
+        for r in rules
+        if r.inputs["protocol"] == protocol and r.inputs["destinationPortRange"] == (str(port) if port else "*")
+    }
+
+
+# ------------------------------------------------------------------------------------------------ machines
+
+
+@pytest.mark.parametrize("site", SITES)
+def test_router_has_two_forwarding_nics_exactly_one_primary(site: str) -> None:
+    run, plan = run_with(), plan_with()
+    node = plan.router(site)
+    vm = one(run, VM, f"{site}-router-vm")
+    refs = vm.inputs["networkProfile"]["networkInterfaces"]
+    wan, lan = one(run, NIC, f"{site}-router-wan"), one(run, NIC, f"{site}-router-lan")
+    assert [r["id"] for r in refs] == [f"{wan.name}-id", f"{lan.name}-id"]
+    assert [bool(r.get("primary")) for r in refs] == [True, False]
+    for nic, subnet, ip in ((wan, f"{site}-wan", node.wan_ip), (lan, f"{site}-lan", node.lan_ip)):
+        assert nic.inputs["enableIPForwarding"] is True
+        v4, v6 = nic.inputs["ipConfigurations"]
+        assert v4["primary"] is True and v4["privateIPAddressVersion"] == "IPv4"
+        assert v4["privateIPAllocationMethod"] == "Static" and v4["privateIPAddress"] == ip
+        assert v6["privateIPAddressVersion"] == "IPv6" and not v6.get("primary")
+        assert v4["subnet"]["id"] == v6["subnet"]["id"] == f"{subnet}-id"
+    # Both NICs in the one VNet of the site.
+    assert {one(run, SUBNET, f"{site}-{role}").inputs["virtualNetworkName"] for role in ("wan", "lan")} == {f"{site}-vnet"}
+    assert vm.inputs["hardwareProfile"]["vmSize"] == azure.DEFAULT_ROUTER_SIZE
+    assert vm.inputs["storageProfile"]["imageReference"] == {
+        "publisher": "Canonical",
+        "offer": "ubuntu-24_04-lts",
+        "sku": "server",
+        "version": "latest",
+    }
+    linux = vm.inputs["osProfile"]["linuxConfiguration"]
+    assert vm.inputs["osProfile"]["adminUsername"] == "ubuntu"
+    assert linux["disablePasswordAuthentication"] is True
+    assert linux["ssh"]["publicKeys"] == [{"path": "/home/ubuntu/.ssh/authorized_keys", "keyData": DEV["sshPublicKey"].strip()}]
+
+
+@pytest.mark.parametrize("site", SITES)
+def test_client_has_one_lan_nic_with_a_static_management_address(site: str) -> None:
+    run, plan = run_with(), plan_with()
+    vm = one(run, VM, f"{site}-client-vm")
+    nic = one(run, NIC, f"{site}-client-lan")
+    assert vm.inputs["networkProfile"]["networkInterfaces"] == [{"id": f"{nic.name}-id", "primary": True, "deleteOption": "Delete"}]
+    v4 = nic.inputs["ipConfigurations"][0]
+    assert v4["privateIPAddress"] == plan.client(site).lan_ip and v4["subnet"]["id"] == f"{site}-lan-id"
+    assert v4["publicIPAddress"]["id"] == f"{site}-client-mgmt-ip-id"
+    assert not nic.inputs.get("enableIPForwarding")
+    mgmt = one(run, PIP, f"{site}-client-mgmt-ip")
+    assert mgmt.inputs["publicIPAllocationMethod"] == "Static" and mgmt.inputs["sku"]["name"] == "Standard"
+    summary = run.outputs["nodes"][f"{site}-client"]
+    assert summary["managementIp"] == public_ip_for(mgmt.name)
+    assert summary["privateIps"] == {"lan": plan.client(site).lan_ip}
+
+
+@pytest.mark.parametrize("site", SITES)
+def test_router_public_address_is_reserved_and_on_the_wan_nic(site: str) -> None:
+    run = run_with()
+    pip = one(run, PIP, f"{site}-router-wan-ip")
+    assert pip.inputs["sku"]["name"] == "Standard"
+    assert pip.inputs["publicIPAllocationMethod"] == "Static"
+    assert pip.inputs["publicIPAddressVersion"] == "IPv4"
+    wan_v4 = one(run, NIC, f"{site}-router-wan").inputs["ipConfigurations"][0]
+    assert wan_v4["publicIPAddress"]["id"] == f"{pip.name}-id"
+    assert all("publicIPAddress" not in c for c in one(run, NIC, f"{site}-router-lan").inputs["ipConfigurations"])
+    assert run.outputs["publicIps"][site] == public_ip_for(pip.name)
+    assert run.outputs["nodes"][f"{site}-router"]["managementIp"] == public_ip_for(pip.name)
+    # Reserved in prepare(), before and outside any VM.
+    assert pip.parent != one(run, VM, f"{site}-router-vm").parent
+
+
+def test_mocked_public_addresses_are_distinct() -> None:
+    ips = run_with().outputs["publicIps"]
+    assert len(set(ips.values())) == len(SITES)
+
+
+def test_resources_per_site() -> None:
+    run = run_with()
+    counts = Counter(r.type for r in run.resources if r.type.startswith("azure-native:") or r.type == PROVIDER)
+    per_site = {t: n / len(SITES) for t, n in counts.items()}
+    assert per_site == {
+        PROVIDER: 1,
+        "azure-native:resources:ResourceGroup": 1,
+        VNET: 1,
+        SUBNET: 2,
+        PIP: 2,
+        NSG: 2,
+        NIC: 3,
+        VM: 2,
+        # Router: 2 per peer + 4 (LAN tunnel, LAN ICMP, SSH, admin ICMP); client: 4. Hub has 2 peers, spokes 1.
+        RULE: (2 * 2 + 4 + 2 * (2 * 1 + 4) + 3 * 4) / 3,
+    }
+
+
+# ------------------------------------------------------------------------------------------------ security
+
+
+@pytest.mark.parametrize("protocol", ["vxlan", "geneve"])
+def test_every_nsg_rule_is_scoped(protocol: str) -> None:
+    run, plan = run_with(protocol=protocol), plan_with(protocol=protocol)
+    port = {"vxlan": 4789, "geneve": 6081}[protocol]
+    assert plan.port == port
+    rules = run.of_type(RULE)
+    assert rules
+    for r in rules:
+        inputs = r.inputs
+        assert inputs["direction"] == "Inbound" and inputs["access"] == "Allow"
+        source = inputs["sourceAddressPrefix"]
+        assert not is_open_to_world(source), f"{r.name} admits {source}"
+        assert source not in ("*", "Internet", "Any") and ipaddress.ip_network(source).prefixlen > 0
+        assert "sourceAddressPrefixes" not in inputs
+        assert inputs["protocol"] in ("Udp", "Tcp", "Icmp")
+        if inputs["protocol"] == "Tcp":
+            assert (inputs["destinationPortRange"], source) == ("22", ADMIN), f"{r.name}: TCP only for SSH from adminCidr"
+        if inputs["protocol"] == "Udp":
+            assert inputs["destinationPortRange"] == str(port)
+    ips = run.outputs["publicIps"]
+    for site in SITES:
+        router_rules = nsg_rules_of(run, f"{site}-router")
+        peers = {f"{ips[p]}/32" for p in plan.peer_sites(site)}
+        assert rule_sources(router_rules, "Udp", port) == peers | {str(plan.config.site(site).lan_cidr)}
+        assert all(ipaddress.ip_network(p).prefixlen == 32 for p in peers)
+        assert rule_sources(router_rules, "Tcp", 22) == {ADMIN}
+        client_rules = nsg_rules_of(run, f"{site}-client")
+        assert rule_sources(client_rules, "Udp", port) == {f"{plan.router(site).lan_ip}/32"}
+        assert rule_sources(client_rules, "Tcp", 22) == {ADMIN}
+
+
+def test_every_nic_carries_its_nodes_nsg() -> None:
+    run = run_with()
+    for site in SITES:
+        for node, roles in ((f"{site}-router", ("wan", "lan")), (f"{site}-client", ("lan",))):
+            for role in roles:
+                assert one(run, NIC, f"{node}-{role}").inputs["networkSecurityGroup"] == {"id": f"{node}-nsg-id"}
+            assert all(r.inputs["networkSecurityGroupName"] == f"{node}-nsg" for r in nsg_rules_of(run, node))
+    # NSGs are on the NICs, not on the subnets.
+    assert all("networkSecurityGroup" not in s.inputs for s in run.of_type(SUBNET))
+
+
+@pytest.mark.parametrize("hub", SITES)
+def test_hub_rules_admit_exactly_the_expected_peers(hub: str) -> None:
+    run, plan = run_with(hub=hub), plan_with(hub=hub)
+    ips = run.outputs["publicIps"]
+    for site in SITES:
+        expected_peers = [s for s in SITES if s != site] if site == hub else [hub]
+        assert sorted(plan.peer_sites(site)) == sorted(expected_peers)
+        rules = nsg_rules_of(run, f"{site}-router")
+        assert rule_sources(rules, "Udp", plan.port) == {f"{ips[p]}/32" for p in expected_peers} | {str(plan.config.site(site).lan_cidr)}
+        assert rule_sources(rules, "Icmp", None) == {f"{ips[p]}/32" for p in expected_peers} | {str(plan.config.site(site).lan_cidr), ADMIN}
+        names = {r.inputs["securityRuleName"] for r in rules}
+        assert names == {f"{kind}-from-{p}" for p in expected_peers for kind in ("tunnel", "icmp")} | {
+            "tunnel-from-lan",
+            "icmp-from-lan",
+            "ssh-admin",
+            "icmp-admin",
+        }
+
+
+def test_priorities_are_unique_per_nsg() -> None:
+    for hub in SITES:
+        run = run_with(hub=hub)
+        for policy in run.of_type("multicloud-overlay:azure:AzureSecurityPolicy"):
+            priorities = [r.inputs["priority"] for r in nsg_rules_of(run, policy.name)]
+            assert len(priorities) == len(set(priorities))
+            assert all(azure.PRIORITY_MIN <= p <= azure.PRIORITY_MAX for p in priorities)
+
+
+@pytest.mark.parametrize(("old_hub", "new_hub"), list(itertools.permutations(SITES, 2)))
+def test_hub_swap_keeps_names_and_priorities_of_unchanged_rules(old_hub: str, new_hub: str) -> None:
+    before, after = by_key(run_with(hub=old_hub)), by_key(run_with(hub=new_hub))
+    common = [k for k in before.keys() & after.keys() if k[0] == RULE]
+    assert len(common) >= 3 * 4 * 2
+    for key in common:
+        for prop in ("priority", "securityRuleName", "sourceAddressPrefix", "protocol", "destinationPortRange"):
+            assert before[key].inputs[prop] == after[key].inputs[prop], f"{key} {prop} changed"
+    # Only peer rules come and go.
+    for key in before.keys() ^ after.keys():
+        assert key[0] == RULE and ("-tunnel-from-azure" in key[1] or "-icmp-from-azure" in key[1]), key
+
+
+def test_adding_a_site_renames_nothing() -> None:
+    three, four = run_with(), run_with((*SITES, "azured"))
+    old, new = by_key(three), by_key(four)
+    missing = old.keys() - new.keys()
+    assert not missing
+    for key, r in old.items():
+        assert new[key].parent == r.parent and new[key].urn == r.urn
+        if key[0] == RULE:
+            assert new[key].inputs["priority"] == r.inputs["priority"]
+    added = new.keys() - old.keys()
+    assert all(k[1].startswith("azured") or "-from-azured" in k[1] for k in added), added
+
+
+# ------------------------------------------------------------------------------------------------ payload, provider
+
+
+@pytest.mark.parametrize("hub", SITES)
+def test_custom_data_decodes_to_the_rendered_payload(hub: str) -> None:
+    run, plan = run_with(hub=hub), plan_with(hub=hub)
+    public_ips = {site: public_ip_for(f"{site}-router-wan-ip") for site in SITES}
+    assert run.outputs["publicIps"] == public_ips
+    for node in plan.nodes:
+        vm = one(run, VM, f"{node.name}-vm")
+        user_data = base64.b64decode(vm.inputs["osProfile"]["customData"]).decode()
+        assert user_data.startswith("#cloud-config\n")
+        assert payload_node_config(user_data) == node_config(plan, node.name, public_ips)
+        assert len(user_data.encode()) <= 65535  # Azure's custom data limit (decoded)
+        assert vm.inputs["osProfile"]["computerName"] == node.name
+
+
+def test_vms_ignore_custom_data_changes() -> None:
+    run = run_with()
+    assert azure.AzureSite.user_data_property == "osProfile.customData"
+    vms = run.of_type(VM)
+    assert len(vms) == 2 * len(SITES)
+    for vm in vms:
+        assert vm.ignore_changes == ("osProfile.customData",)
+
+
+@pytest.mark.parametrize("site", SITES)
+def test_every_resource_of_a_site_uses_its_own_provider(site: str) -> None:
+    run = run_with()
+    provider = one(run, PROVIDER, f"{site}-azure")
+    assert provider.type == PROVIDER and provider.inputs["location"] == REGIONS[site]
+    azure_resources = [r for r in run.descendants_of(site_urn(run, site)) if r.custom and r.type.startswith("azure-native:")]
+    assert len(azure_resources) >= 20
+    for r in azure_resources:
+        assert r.provider.rsplit("::", 1)[0] == provider.urn, f"{r.type} {r.name} uses {r.provider}"
+        if "location" in r.inputs:
+            assert r.inputs["location"] == REGIONS[site]
+    # No Azure resource outside a site.
+    all_site = {r.urn for s in SITES for r in run.descendants_of(site_urn(run, s))}
+    assert {r.urn for r in run.resources if r.type.startswith("azure-native:")} <= all_site
+
+
+def test_ula_prefixes_are_stable_and_per_site() -> None:
+    run = run_with()
+    for i, site in enumerate(SITES, start=1):
+        vnet = one(run, VNET, f"{site}-vnet")
+        ula = azure.ula_prefix(i)
+        assert vnet.inputs["addressSpace"]["addressPrefixes"] == [f"10.{i}.0.0/16", str(ula)]
+        assert one(run, SUBNET, f"{site}-wan").inputs["addressPrefixes"] == [f"10.{i}.1.0/24", str(azure.ula_subnet(ula, 1))]
+        assert one(run, SUBNET, f"{site}-lan").inputs["addressPrefixes"] == [f"10.{i}.2.0/24", str(azure.ula_subnet(ula, 2))]
+        assert "subnets" not in vnet.inputs  # subnets are Subnet resources only
+    assert str(azure.ula_prefix(1)) == "fd6f:766c:1::/48"
+    assert str(azure.ula_subnet(azure.ula_prefix(999), 2)) == "fd6f:766c:3e7:2::/64"
+
+
+def test_size_and_image_settings_override_the_defaults() -> None:
+    raw = azure_config(
+        routerSize="Standard_D2s_v5", clientSize="Standard_B1s", image="Canonical:ubuntu-24_04-lts:server-gen1:24.04.202411030"
+    )
+    run = run_program(raw)
+    router, client = one(run, VM, "azurea-router-vm"), one(run, VM, "azurea-client-vm")
+    assert router.inputs["hardwareProfile"]["vmSize"] == "Standard_D2s_v5"
+    assert client.inputs["hardwareProfile"]["vmSize"] == "Standard_B1s"
+    assert router.inputs["storageProfile"]["imageReference"]["sku"] == "server-gen1"
+    assert router.inputs["storageProfile"]["imageReference"]["version"] == "24.04.202411030"
+
+
+# ------------------------------------------------------------------------------------------------ pure helpers
+
+
+def test_priorities_do_not_depend_on_list_order() -> None:
+    names = ["ssh-admin", "icmp-admin", "tunnel-from-lan", "icmp-from-lan", "x", "y", "z"]
+    reference = azure.assign_priorities(dict.fromkeys(names))
+    for perm in itertools.islice(itertools.permutations(names), 200):
+        assert azure.assign_priorities(dict.fromkeys(perm)) == reference
+
+
+def test_priority_collisions_are_resolved_by_name_not_position() -> None:
+    span = range(100, 104)
+    a, b = next(
+        (x, y)
+        for x, y in itertools.combinations((f"rule{i}" for i in range(50)), 2)
+        if azure.hashed_priority(x, span) == azure.hashed_priority(y, span)
+    )
+    one = azure.assign_priorities({a: None, b: None}, span)
+    two = azure.assign_priorities({b: None, a: None}, span)
+    assert one == two and len(set(one.values())) == 2
+    assert azure.assign_priorities({"peer": 1003, "other": None})["peer"] == 1003
+    with pytest.raises(ValueError, match="both ask"):
+        azure.assign_priorities({"a": 1001, "b": 1001})
+    with pytest.raises(ValueError, match="outside"):
+        azure.assign_priorities({"a": 99})
+
+
+def test_peer_rules_take_priorities_from_the_peer_site_id() -> None:
+    plan = plan_with(hub="azureb")
+    run = run_with(hub="azureb")
+    rules = {r.inputs["securityRuleName"]: r.inputs["priority"] for r in nsg_rules_of(run, "azureb-router")}
+    ids = {s.name: s.site_id for s in plan.config.sites}
+    assert rules["tunnel-from-azurea"] == 1000 + ids["azurea"]
+    assert rules["tunnel-from-azurec"] == 1000 + ids["azurec"]
+    assert rules["icmp-from-azurec"] == 3000 + ids["azurec"]
+    assert all(p < 1000 for n, p in rules.items() if "-from-azure" not in n)
+
+
+@pytest.mark.parametrize("source", ["0.0.0.0/0", "::/0", "*", "Internet", "any", "VirtualNetwork", "not-a-cidr"])
+def test_open_or_unscoped_sources_are_refused(source: str) -> None:
+    with pytest.raises(ValueError, match="refusing"):
+        azure.scoped_source(source)
+
+
+def test_image_urn_parsing() -> None:
+    assert azure.AzureImage.parse(azure.DEFAULT_IMAGE) == azure.AzureImage("Canonical", "ubuntu-24_04-lts", "server", "latest")
+    assert azure.AzureImage.parse("a:b:c").version == "latest"
+    with pytest.raises(ValueError):
+        azure.AzureImage.parse("Canonical:ubuntu")
+
+
+def test_protocol_mapping() -> None:
+    assert azure.NSG_PROTOCOL == {"udp": "Udp", "tcp": "Tcp", "icmp": "Icmp", "icmpv6": "Icmp"}
+
+
+# ------------------------------------------------------------------------------------------------ standalone blocks
+
+
+def run_standalone(program: Callable[[], None]) -> ProgramRun:
+    """Run `program` (not the overlay) under the same mocks and recorder as the harness."""
+    run = ProgramRun()
+    mocks = ProgramMocks(run)
+    pulumi.runtime.set_mocks(mocks, project=PROJECT, stack="standalone", preview=False, monitor=RecordingMonitor(mocks, run))
+    _sync_await(run_pulumi_func(program))
+    return run
+
+
+def test_a_multi_nic_vm_with_a_security_policy_on_its_own() -> None:
+    def program() -> None:
+        net = azure.AzureNetwork(
+            "lab",
+            azure.AzureNetworkArgs(
+                location="westeurope",
+                address_prefixes=["10.9.0.0/16", "fd12:3456:789a::/48"],
+                subnets={"wan": ["10.9.1.0/24", "fd12:3456:789a:1::/64"], "lan": ["10.9.2.0/24", "fd12:3456:789a:2::/64"]},
+            ),
+        )
+        ip = azure.AzurePublicAddress("lab-vm-wan", azure.AzurePublicAddressArgs(net.resource_group_name, "westeurope"))
+        policy = azure.AzureSecurityPolicy(
+            "lab-vm",
+            azure.AzureSecurityPolicyArgs(
+                net.resource_group_name,
+                "westeurope",
+                [azure.NsgRule("ssh-admin", "Tcp", "198.51.100.7/32", port=22), azure.NsgRule("ping", "Icmp", "198.51.100.7/32")],
+            ),
+        )
+        azure.AzureMachine(
+            "lab-vm",
+            azure.AzureMachineArgs(
+                net.resource_group_name,
+                "westeurope",
+                nics=[
+                    azure.AzureNicArgs(
+                        "wan", net.subnet_ids["wan"], "10.9.1.10", public_ip_id=ip.id, security_group_id=policy.id, ip_forwarding=True
+                    ),
+                    azure.AzureNicArgs("lan", net.subnet_ids["lan"], security_group_id=policy.id, ip_forwarding=True),
+                ],
+                ssh_public_key=DEV["sshPublicKey"],
+                user_data="#cloud-config\n{}\n",
+            ),
+        )
+
+    run = run_standalone(program)
+    assert Counter(r.type for r in run.resources if r.custom) == {
+        "azure-native:resources:ResourceGroup": 1,
+        VNET: 1,
+        SUBNET: 2,
+        PIP: 1,
+        NSG: 1,
+        RULE: 2,
+        NIC: 2,
+        VM: 1,
+    }
+    vm = one(run, VM, "lab-vm-vm")
+    assert [bool(n.get("primary")) for n in vm.inputs["networkProfile"]["networkInterfaces"]] == [True, False]
+    assert base64.b64decode(vm.inputs["osProfile"]["customData"]).decode() == "#cloud-config\n{}\n"
+    assert vm.ignore_changes == ("osProfile.customData",)
+    lan = one(run, NIC, "lab-vm-lan").inputs["ipConfigurations"][0]
+    assert lan["privateIPAllocationMethod"] == "Dynamic" and "privateIPAddress" not in lan
+    assert {r.name for r in run.resources if not r.custom} == {"lab", "lab-vm-wan", "lab-vm"}
+    assert all(r.parent.endswith(("::lab", "::lab-vm", "::lab-vm-wan")) for r in run.resources if r.custom)
+
+
+def test_a_policy_refuses_an_open_source_before_registering_anything() -> None:
+    def program() -> None:
+        azure.AzureSecurityPolicy(
+            "open", azure.AzureSecurityPolicyArgs("rg", "westeurope", [azure.NsgRule("ssh", "Tcp", "0.0.0.0/0", port=22)])
+        )
+
+    with pytest.raises(Exception, match="refusing"):
+        run_standalone(program)

@@ -1,0 +1,407 @@
+"""OCI sites under Pulumi mocks: VNICs, the reserved public IP chain, NSG rules, user data, names, providers."""
+
+from __future__ import annotations
+
+import base64
+import copy
+import ipaddress
+from collections import Counter
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+import yaml
+
+from cloudinit.render import payload_node_config
+from components.clouds import oci as oci_site
+from components.config import parse_config
+from components.plan import Plan, build_plan, node_config
+from components.security import is_open_to_world
+from tests.harness import ProgramRun, Registered, run_program
+from tests.mockdata import oci as oci_mock
+
+ROOT = Path(__file__).resolve().parent.parent
+INSTANCE = "oci:Core/instance:Instance"
+VNIC_ATTACHMENT = "oci:Core/vnicAttachment:VnicAttachment"
+PUBLIC_IP = "oci:Core/publicIp:PublicIp"
+NSG_RULE = "oci:Core/networkSecurityGroupSecurityRule:NetworkSecurityGroupSecurityRule"
+DEFAULT_LIST = "oci:Core/defaultSecurityList:DefaultSecurityList"
+SUBNET = "oci:Core/subnet:Subnet"
+VCN = "oci:Core/vcn:Vcn"
+PROVIDER = "pulumi:providers:oci"
+ASSIGN = "command:local:Command"
+GET_PRIVATE_IPS = "oci:Core/getPrivateIps:getPrivateIps"
+SITES = {"ocia": "eu-frankfurt-1", "ocib": "uk-london-1", "ocic": "us-ashburn-1", "ocid": "ap-tokyo-1"}
+COMPARTMENT = "ocid1.compartment.oc1..aaaaaaaaexampleexampleexample"
+PROTOCOL_NUMBER = {"udp": "17", "tcp": "6", "icmp": "1", "icmpv6": "58"}
+
+
+def oci_config(sites: tuple[str, ...] = ("ocia", "ocib", "ocic"), hub: str = "ocia", **top: Any) -> dict[str, Any]:
+    """Pulumi.dev.yaml with only OCI sites (the other top-level keys kept); siteIds 1.. in SITES order."""
+    doc = yaml.safe_load((ROOT / "Pulumi.dev.yaml").read_text())["config"]
+    raw: dict[str, Any] = {key.split(":", 1)[1]: value for key, value in doc.items()}
+    raw["sites"] = {
+        name: {
+            "platform": "oci",
+            "siteId": i,
+            "region": region,
+            "compartmentId": COMPARTMENT,
+            "vpcCidr": f"10.{i}.0.0/16",
+            "wanCidr": f"10.{i}.1.0/24",
+            "lanCidr": f"10.{i}.2.0/24",
+        }
+        for i, (name, region) in enumerate(SITES.items(), 1)
+        if name in sites
+    }
+    raw["hub"] = hub
+    raw.update(top)
+    return raw
+
+
+_RUNS: dict[str, ProgramRun] = {}
+
+
+def run_for(raw: dict[str, Any]) -> ProgramRun:
+    key = yaml.safe_dump(raw, sort_keys=True)
+    if key not in _RUNS:
+        _RUNS[key] = run_program(copy.deepcopy(raw))
+    return _RUNS[key]
+
+
+def plan_for(raw: dict[str, Any]) -> Plan:
+    return build_plan(parse_config(raw))
+
+
+@pytest.fixture(scope="module")
+def raw() -> dict[str, Any]:
+    return oci_config()
+
+
+@pytest.fixture(scope="module")
+def run(raw: dict[str, Any]) -> ProgramRun:
+    return run_for(raw)
+
+
+@pytest.fixture(scope="module")
+def plan(raw: dict[str, Any]) -> Plan:
+    return plan_for(raw)
+
+
+def site_resources(run: ProgramRun, site: str) -> list[Registered]:
+    [component] = [r for r in run.of_type("multicloud-overlay:index:Site") if r.name == site]
+    return run.descendants_of(component.urn)
+
+
+def nsg_rules(run: ProgramRun, node: str) -> dict[str, dict[str, Any]]:
+    """rule name -> inputs of the NSG rules of a node's policy."""
+    prefix = f"{node}-policy-"
+    return {r.name.removeprefix(prefix): r.inputs for r in run.of_type(NSG_RULE) if r.name.startswith(prefix)}
+
+
+def port_of(rule: dict[str, Any]) -> int | None:
+    options = rule.get("udpOptions") or rule.get("tcpOptions")
+    if not options:
+        return None
+    ports = options["destinationPortRange"]
+    assert ports["min"] == ports["max"]
+    return int(ports["min"])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# NICs
+
+
+@pytest.mark.parametrize("site", ["ocia", "ocib", "ocic"])
+def test_router_has_wan_primary_vnic_and_lan_vnic_attachment_both_forwarding(run: ProgramRun, plan: Plan, site: str) -> None:
+    node = plan.router(site)
+    instance = run.named(f"{node.name}-vm-instance")
+    primary = instance.inputs["createVnicDetails"]
+    assert primary["subnetId"] == f"{site}-net-wan-id"
+    assert primary["privateIp"] == node.wan_ip
+    assert primary["skipSourceDestCheck"] is True
+    assert primary["assignPublicIp"] == "false"  # a string in the SDK; the reserved address is assigned instead
+    assert primary["nsgIds"] == [f"{node.name}-policy-nsg-id"]
+
+    [attachment] = [a for a in run.of_type(VNIC_ATTACHMENT) if a.inputs["instanceId"] == instance.name + "-id"]
+    secondary = attachment.inputs["createVnicDetails"]
+    assert secondary["subnetId"] == f"{site}-net-lan-id"
+    assert secondary["privateIp"] == node.lan_ip
+    assert secondary["skipSourceDestCheck"] is True
+    assert secondary["assignPublicIp"] == "false"
+    assert secondary["nsgIds"] == [f"{node.name}-policy-nsg-id"]
+
+
+@pytest.mark.parametrize("site", ["ocia", "ocib", "ocic"])
+def test_client_has_one_lan_vnic_with_a_management_address(run: ProgramRun, plan: Plan, site: str) -> None:
+    node = plan.client(site)
+    instance = run.named(f"{node.name}-vm-instance")
+    vnic = instance.inputs["createVnicDetails"]
+    assert vnic["subnetId"] == f"{site}-net-lan-id"
+    assert vnic["privateIp"] == node.lan_ip
+    assert vnic["assignPublicIp"] == "true"
+    assert not vnic.get("skipSourceDestCheck")
+    assert not [a for a in run.of_type(VNIC_ATTACHMENT) if a.inputs["instanceId"] == instance.name + "-id"]
+    summary = run.outputs["nodes"][node.name]
+    assert summary["managementIp"] == oci_mock.public_address(instance.name)
+    assert summary["privateIps"] == {"lan": node.lan_ip}
+
+
+def test_router_shape_allows_two_vnics_and_image_and_domain_come_from_lookups(run: ProgramRun, plan: Plan) -> None:
+    for site in ("ocia", "ocib", "ocic"):
+        router = run.named(f"{plan.router(site).name}-vm-instance").inputs
+        assert router["shape"] == "VM.Standard.E4.Flex"
+        assert router["shapeConfig"]["ocpus"] >= 2
+        assert router["sourceDetails"] == {"sourceType": "image", "sourceId": "ocid1.image.oc1.eu-frankfurt-1.aaaaaaaaubuntu2404amd64"}
+        assert router["availabilityDomain"] == "Uocm:EU-FRANKFURT-1-AD-1"
+        assert router["compartmentId"] == COMPARTMENT
+    images = [args for token, args in run.invokes if token == "oci:Core/getImages:getImages"]
+    assert images and all(a["operatingSystem"] == "Canonical Ubuntu" and a["operatingSystemVersion"] == "24.04" for a in images)
+    assert all(a["shape"] == "VM.Standard.E4.Flex" for a in images)
+
+
+def test_site_settings_override_image_zone_and_sizes() -> None:
+    raw = oci_config(("ocia", "ocib"))
+    raw["sites"]["ocia"].update(
+        image="ocid1.image.oc1..custom", zone="Uocm:EU-FRANKFURT-1-AD-3", routerSize="VM.Standard3.Flex", clientSize="VM.Standard2.1"
+    )
+    run = run_for(raw)
+    router = run.named("ocia-router-vm-instance").inputs
+    client = run.named("ocia-client-vm-instance").inputs
+    assert router["shape"] == "VM.Standard3.Flex" and router["shapeConfig"]["ocpus"] >= 2
+    assert client["shape"] == "VM.Standard2.1" and "shapeConfig" not in client  # fixed shapes take no shape config
+    for inputs in (router, client):
+        assert inputs["sourceDetails"]["sourceId"] == "ocid1.image.oc1..custom"
+        assert inputs["availabilityDomain"] == "Uocm:EU-FRANKFURT-1-AD-3"
+    # ocib still looks its image and domain up.
+    assert run.named("ocib-router-vm-instance").inputs["availabilityDomain"] == "Uocm:EU-FRANKFURT-1-AD-1"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Reserved public IP chain
+
+
+@pytest.mark.parametrize("site", ["ocia", "ocib", "ocic"])
+def test_public_address_is_reserved_before_any_vm_and_assigned_to_the_router_primary_private_ip(
+    run: ProgramRun, plan: Plan, site: str
+) -> None:
+    node = plan.router(site)
+    assert node.wan_ip is not None
+    [public_ip] = [r for r in run.of_type(PUBLIC_IP) if r.name == f"{site}-router-wan-ip"]
+    assert public_ip.inputs["lifetime"] == "RESERVED"
+    assert "privateIpId" not in public_ip.inputs  # reserved unassigned in prepare(): no dependency on any VM
+    assert "privateIpId" in public_ip.ignore_changes  # the later assignment is not undone by an update/refresh
+    # Reserved by the site itself (prepare), not by the router component.
+    site_urn = next(r.urn for r in run.of_type("multicloud-overlay:index:Site") if r.name == site)
+    assert run.named(f"{site}-router-wan").parent == site_urn
+    assert run.outputs["publicIps"][site] == oci_mock.public_address(public_ip.name)
+
+    # After launch: the primary private IP of the WAN VNIC is looked up by the instance's private address ...
+    lookups = [args for token, args in run.invokes if token == GET_PRIVATE_IPS and args.get("subnetId") == f"{site}-net-wan-id"]
+    assert lookups == [{"ipAddress": node.wan_ip, "subnetId": f"{site}-net-wan-id"}]
+    # ... and the reserved address is assigned to it.
+    assign = run.named(f"{node.name}-wan-ip-assign").inputs
+    expected = oci_site.assign_command(SITES[site], f"{public_ip.name}-id", oci_mock.private_ip_ocid(node.wan_ip))
+    assert assign["create"] == expected
+    assert f"--public-ip-id {public_ip.name}-id" in expected and f"--region {SITES[site]}" in expected
+    assert assign["triggers"] == [f"{public_ip.name}-id", oci_mock.private_ip_ocid(node.wan_ip)]
+    summary = run.outputs["nodes"][node.name]
+    assert summary["managementIp"] == run.outputs["publicIps"][site]
+    assert summary["privateIps"] == {"wan": node.wan_ip, "lan": node.lan_ip}
+
+
+def test_mocked_public_addresses_are_distinct_documentation_addresses(run: ProgramRun) -> None:
+    ips = [r.name for r in run.of_type(PUBLIC_IP)] + [f"{r.name}" for r in run.of_type(INSTANCE) if "client" in r.name]
+    addresses = [oci_mock.public_address(name) for name in ips]
+    assert len(set(addresses)) == len(addresses)
+    docs = [ipaddress.ip_network("203.0.113.0/24"), ipaddress.ip_network("198.51.100.0/24")]
+    assert all(any(ipaddress.ip_address(a) in net for net in docs) for a in addresses)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Security
+
+
+def test_no_rule_admits_the_whole_internet_and_default_lists_admit_nothing(run: ProgramRun) -> None:
+    ingress = [r for r in run.of_type(NSG_RULE) if r.inputs["direction"] == "INGRESS"]
+    assert ingress
+    for rule in ingress:
+        assert rule.inputs["sourceType"] == "CIDR_BLOCK"
+        assert not is_open_to_world(rule.inputs["source"]), rule.name
+        assert not rule.inputs.get("stateless")
+    lists = run.of_type(DEFAULT_LIST)
+    assert len(lists) == 3
+    for seclist in lists:
+        assert not seclist.inputs.get("ingressSecurityRules")
+        assert seclist.inputs["manageDefaultResourceId"].startswith("ocid1.securitylist.oc1..default-")
+    # Every subnet uses the taken-over default list and nothing else.
+    for subnet in run.of_type(SUBNET):
+        site = subnet.name.split("-")[0]
+        assert subnet.inputs["securityListIds"] == [f"{site}-net-default-seclist-id"]
+    # Egress is open on every NSG (both families).
+    egress = [r for r in run.of_type(NSG_RULE) if r.inputs["direction"] == "EGRESS"]
+    assert len(egress) == 2 * 6 and {r.inputs["destination"] for r in egress} == {"0.0.0.0/0", "::/0"}
+
+
+def expected_router_sources(plan: Plan, site: str, public_ips: dict[str, str]) -> set[str]:
+    return {f"{public_ips[peer]}/32" for peer in plan.peer_sites(site)} | {str(plan.config.site(site).lan_cidr)}
+
+
+@pytest.mark.parametrize("protocol", ["vxlan", "geneve"])
+@pytest.mark.parametrize("hub", ["ocia", "ocib", "ocic"])
+def test_tunnel_port_admits_exactly_the_peer_routers_and_the_lan(hub: str, protocol: str) -> None:
+    raw = oci_config(hub=hub, protocol=protocol)
+    run, plan = run_for(raw), plan_for(raw)
+    port = {"vxlan": 4789, "geneve": 6081}[protocol]
+    public_ips: dict[str, str] = run.outputs["publicIps"]
+    for site in ("ocia", "ocib", "ocic"):
+        router = plan.router(site).name
+        rules = nsg_rules(run, router)
+        tunnel = {r["source"] for r in rules.values() if r["direction"] == "INGRESS" and r["protocol"] == "17"}
+        assert {port_of(r) for r in rules.values() if r["protocol"] == "17"} == {port}
+        assert tunnel == expected_router_sources(plan, site, public_ips)
+        peers = {"ocia", "ocib", "ocic"} - {site} if site == hub else {hub}
+        assert {n for n in rules if n.startswith("tunnel-from-")} == {f"tunnel-from-{p}" for p in peers} | {"tunnel-from-lan"}
+        # The client: its router's LAN address only.
+        client_rules = nsg_rules(run, plan.client(site).name)
+        client_tunnel = {r["source"] for r in client_rules.values() if r["protocol"] == "17"}
+        assert client_tunnel == {f"{plan.router(site).lan_ip}/32"}
+
+
+def test_ssh_only_from_the_admin_range_and_protocol_numbers(run: ProgramRun, plan: Plan) -> None:
+    admin = str(plan.config.admin_cidr)
+    for node in plan.nodes:
+        rules = nsg_rules(run, node.name)
+        ssh = [r for r in rules.values() if r["protocol"] == "6"]
+        assert ssh and all(r["source"] == admin and port_of(r) == 22 for r in ssh)
+        assert {r["protocol"] for n, r in rules.items() if n.startswith("egress-")} == {"all"}
+        assert {r["protocol"] for n, r in rules.items() if not n.startswith("egress-")} <= set(PROTOCOL_NUMBER.values())
+        for r in rules.values():
+            if r["protocol"] == "1":
+                assert port_of(r) is None and "icmpOptions" not in r  # every ICMP type, incl. fragmentation needed
+
+
+def test_security_policy_refuses_world_sources() -> None:
+    assert oci_site.refuse_world("198.51.100.7/32", "ssh-admin") == "198.51.100.7/32"
+    for world in ("0.0.0.0/0", "::/0"):
+        with pytest.raises(ValueError, match="ssh-admin"):
+            oci_site.refuse_world(world, "ssh-admin")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# User data
+
+
+@pytest.mark.parametrize("protocol", ["vxlan", "geneve"])
+def test_user_data_is_the_base64_payload_of_each_node(protocol: str) -> None:
+    raw = oci_config(protocol=protocol)
+    run, plan = run_for(raw), plan_for(raw)
+    public_ips: dict[str, str] = run.outputs["publicIps"]
+    for node in plan.nodes:
+        instance = run.named(f"{node.name}-vm-instance")
+        metadata = instance.inputs["metadata"]
+        assert metadata["ssh_authorized_keys"] == plan.config.ssh_public_key
+        user_data = base64.b64decode(metadata["user_data"]).decode()
+        doc = payload_node_config(user_data)
+        assert doc == node_config(plan, node.name, public_ips)
+        assert doc["open_host_firewall"] is True
+        assert doc["lan"]["configure"] is (node.kind == "router")
+        assert doc["forwarding"] is (node.kind == "router")
+
+
+def test_instances_ignore_user_data_changes(run: ProgramRun) -> None:
+    instances = run.of_type(INSTANCE)
+    assert len(instances) == 6
+    for instance in instances:
+        assert oci_site.OciSite.user_data_property in instance.ignore_changes
+    assert oci_site.OciSite.user_data_property == "metadata.user_data"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Names, providers, counts
+
+
+def test_adding_a_site_renames_nothing() -> None:
+    three = run_for(oci_config(("ocia", "ocib", "ocic")))
+    four = run_for(oci_config(("ocia", "ocib", "ocic", "ocid")))
+    before = {(r.type, r.name) for r in three.resources}
+    after = {(r.type, r.name) for r in four.resources}
+    assert before <= after
+    added = {name for _, name in after - before}
+    assert all(name.startswith("ocid") or name.endswith("tunnel-from-ocid") or name.endswith("icmp-from-ocid") for name in added), added
+    # Spokes keep exactly their resources.
+    for site in ("ocib", "ocic"):
+        assert {r.name for r in site_resources(three, site)} == {r.name for r in site_resources(four, site)}
+
+
+@pytest.mark.parametrize("site", ["ocia", "ocib", "ocic"])
+def test_every_oci_resource_of_a_site_uses_its_explicit_provider(run: ProgramRun, site: str) -> None:
+    [provider] = [r for r in run.of_type(PROVIDER) if r.name == f"{site}-provider"]
+    assert provider.inputs["region"] == SITES[site]
+    custom = [r for r in site_resources(run, site) if r.custom and r.type.startswith("oci:")]
+    assert len(custom) > 10
+    for resource in custom:
+        assert resource.provider.startswith(provider.urn + "::"), (resource.name, resource.provider)
+
+
+def test_resources_per_site(run: ProgramRun) -> None:
+    counts = Counter(r.type for r in site_resources(run, "ocib") if r.custom and r.type.startswith("oci:"))
+    # Spoke (one peer): router rules = tunnel+icmp from the hub, tunnel+icmp from the LAN, ssh+icmp admin (6);
+    # client rules = tunnel+icmp from its router, ssh+icmp admin (4); 2 egress rules per NSG.
+    assert counts == {
+        VCN: 1,
+        "oci:Core/internetGateway:InternetGateway": 1,
+        "oci:Core/routeTable:RouteTable": 1,
+        DEFAULT_LIST: 1,
+        SUBNET: 2,
+        PUBLIC_IP: 1,
+        "oci:Core/networkSecurityGroup:NetworkSecurityGroup": 2,
+        NSG_RULE: 6 + 4 + 2 * 2,
+        INSTANCE: 2,
+        VNIC_ATTACHMENT: 1,
+    }
+    assert len([r for r in site_resources(run, "ocib") if r.type == ASSIGN]) == 1
+
+
+def test_network_is_dual_stack_with_routes_for_both_families(run: ProgramRun) -> None:
+    for site in ("ocia", "ocib", "ocic"):
+        vcn = run.named(f"{site}-net-vcn")
+        assert vcn.inputs["isIpv6enabled"] is True
+        assert vcn.inputs["cidrBlocks"] == [f"10.{list(SITES).index(site) + 1}.0.0/16"]
+        v6 = ipaddress.IPv6Network(oci_mock.vcn_ipv6(vcn.name))
+        wan = ipaddress.IPv6Network(run.named(f"{site}-net-wan").inputs["ipv6cidrBlocks"][0])
+        lan = ipaddress.IPv6Network(run.named(f"{site}-net-lan").inputs["ipv6cidrBlocks"][0])
+        assert wan.prefixlen == lan.prefixlen == 64 and wan.subnet_of(v6) and lan.subnet_of(v6) and wan != lan
+        routes = run.named(f"{site}-net-routes").inputs["routeRules"]
+        assert {r["destination"] for r in routes} == {"0.0.0.0/0", "::/0"}
+        assert all(r["networkEntityId"] == f"{site}-net-igw-id" for r in routes)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Pure helpers
+
+
+def test_subnet_ipv6_carves_64s_from_the_vcn_56() -> None:
+    assert oci_site.subnet_ipv6(["2603:c020:4000:ab00::/56"], 1) == ["2603:c020:4000:ab01::/64"]
+    assert oci_site.subnet_ipv6(["2603:c020:4000:ab00::/56"], 255) == ["2603:c020:4000:abff::/64"]
+    with pytest.raises(ValueError):
+        oci_site.subnet_ipv6(["2603:c020:4000:ab00::/56"], 256)
+    with pytest.raises(ValueError):
+        oci_site.subnet_ipv6([], 1)
+
+
+def test_primary_private_ip_id_picks_the_primary_with_that_address() -> None:
+    ips = [
+        SimpleNamespace(id="secondary", ip_address="10.1.1.10", is_primary=False),
+        SimpleNamespace(id="other", ip_address="10.1.1.11", is_primary=True),
+        SimpleNamespace(id="primary", ip_address="10.1.1.10", is_primary=True),
+    ]
+    assert oci_site.primary_private_ip_id(ips, "10.1.1.10") == "primary"
+    with pytest.raises(ValueError):
+        oci_site.primary_private_ip_id(ips[:2], "10.1.1.10")
+
+
+def test_assign_command_quotes_its_arguments() -> None:
+    cmd = oci_site.assign_command("eu-frankfurt-1", "ocid1.publicip.oc1..a", "ocid1.privateip.oc1..b; rm -rf /")
+    assert cmd.startswith("oci network public-ip update --region eu-frankfurt-1 --public-ip-id ocid1.publicip.oc1..a ")
+    assert "'ocid1.privateip.oc1..b; rm -rf /'" in cmd
