@@ -23,7 +23,7 @@ import ipaddress
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Final, Literal
+from typing import Any, Final, Literal
 
 import pulumi
 import pulumi_gcp as gcp
@@ -414,9 +414,10 @@ class GcpSite(PlatformSite):
             raise KeyError(f"sites.{site.name}.region is not set")
         self.region: str = site.region
         self.zone: str = site.require("zone")
+        self.project: str = site.require("project")
         self._provider = gcp.Provider(
             f"{site.name}-gcp",
-            project=site.require("project"),
+            project=self.project,
             region=self.region,
             zone=self.zone,
             opts=pulumi.ResourceOptions(parent=ctx.parent),
@@ -429,6 +430,9 @@ class GcpSite(PlatformSite):
     @property
     def provider(self) -> pulumi.ProviderResource:
         return self._provider
+
+    def site_outputs(self) -> dict[str, pulumi.Input[Any]]:
+        return {"project": self.project, "region": self.region, "zone": self.zone}
 
     def prepare(self) -> pulumi.Output[str]:
         site = self.ctx.site
@@ -495,7 +499,8 @@ class GcpSite(PlatformSite):
                 ssh_public_key=self.ctx.ssh_public_key,
                 can_ip_forward=True,
                 tags=[node_tag(node.name)],
-                # Nothing that a hub swap or a protocol switch changes (an instance description is immutable).
+                # Nothing a hub swap or a protocol switch changes (the role is not here): an instance's description
+                # is not documented as updatable in place.
                 description=f"overlay router of site {site.name}",
             ),
             self.child_opts(spec.parent, depends_on=firewalls),
