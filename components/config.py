@@ -37,6 +37,9 @@ DEFAULT_UNDERLAY_MTU: Final[Mapping[Platform, int]] = {
     "vsphere": 1500,
 }
 
+# Underlay MTUs a platform accepts, where narrower than the generic 1280..9216 (GCP VPC networks: 1300..8896).
+UNDERLAY_MTU_RANGE: Final[Mapping[Platform, tuple[int, int]]] = {"gcp": (1300, 8896)}
+
 # Settings every site of a platform must give, besides `platform` and `siteId`.
 REQUIRED_SITE_KEYS: Final[Mapping[Platform, tuple[str, ...]]] = {
     "aws": ("region",),
@@ -480,7 +483,8 @@ def _parse_site(c: _Collector, name: str, body: Mapping[str, Any]) -> SiteConfig
         except ValueError:
             c.add(f"{key}.publicIp", body["publicIp"], "set the IPv4 address the datacentre edge NATs to the router")
     mtu_default = DEFAULT_UNDERLAY_MTU[cast(Platform, platform)] if platform else 1500
-    underlay_mtu = c.integer(f"{key}.underlayMtu", body.get("underlayMtu", mtu_default), 1280, 9216)
+    lo, hi = UNDERLAY_MTU_RANGE.get(cast(Platform, platform), (1280, 9216)) if platform else (1280, 9216)
+    underlay_mtu = c.integer(f"{key}.underlayMtu", body.get("underlayMtu", mtu_default), lo, hi)
     if len(c.problems) != before or platform is None or site_id is None or underlay_mtu is None:
         return None
     assert vpc and wan and lan

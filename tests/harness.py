@@ -11,6 +11,7 @@ Invokes (image lookups, availability zones, ...) are answered by `ProgramMocks.c
 from __future__ import annotations
 
 import json
+import logging
 import runpy
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -69,6 +70,9 @@ class ProgramRun:
     component_outputs: dict[str, dict[str, Any]] = field(default_factory=dict)
     """URN -> outputs a component registered with register_outputs."""
     logs: list[str] = field(default_factory=list)
+    """Every message the program logged through the engine (pulumi.log, warnings)."""
+    secret_outputs: set[str] = field(default_factory=set)
+    """Names of the stack exports that are secret."""
 
     def of_type(self, typ: str) -> list[Registered]:
         return [r for r in self.resources if r.type == typ]
@@ -173,7 +177,11 @@ def run_program(
     `private_key` is set as the secret sshPrivateKey unless None."""
     run = into if into is not None else ProgramRun()
     mocks = ProgramMocks(run)
-    pulumi.runtime.set_mocks(mocks, project=PROJECT, stack=stack, preview=False, monitor=RecordingMonitor(mocks, run))
+    logger = logging.getLogger(f"multicloud-overlay.test.{id(run)}")
+    logger.setLevel(logging.DEBUG)
+    logger.addHandler(_ListHandler(run.logs))
+    logger.propagate = False
+    pulumi.runtime.set_mocks(mocks, project=PROJECT, stack=stack, preview=False, monitor=RecordingMonitor(mocks, run), logger=logger)
     config = {f"{PROJECT}:{k}": _config_value(v) for k, v in raw.items()}
     secret_keys = []
     if private_key is not None:
@@ -195,9 +203,20 @@ def run_program(
         _sync_await(run_pulumi_func(program))
         for name, value in exported.items():
             run.outputs[name] = _resolve(value)
+            if _sync_await(pulumi.Output.from_input(value).is_secret()):
+                run.secret_outputs.add(name)
     finally:
         pulumi.export = real_export
     return run
+
+
+class _ListHandler(logging.Handler):
+    def __init__(self, sink: list[str]) -> None:
+        super().__init__()
+        self.sink = sink
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.sink.append(record.getMessage())
 
 
 def _resolve(value: Any) -> Any:

@@ -142,7 +142,8 @@ BAD: list[tuple[str, Callable[[dict[str, Any]], None], tuple[str, ...]]] = [
     ("lan-too-small", with_site("aws", "lanCidr", "10.1.2.0/28"), ("sites.aws.lanCidr", "/27 or larger")),
     ("wan-lan-overlap", with_site("aws", "lanCidr", "10.1.1.0/25"), ("sites.aws.lanCidr", "overlaps sites.aws.wanCidr")),
     ("site-cidr-garbage", with_site("azure", "vpcCidr", "ten-two"), ("sites.azure.vpcCidr", "not a CIDR")),
-    ("underlay-mtu-low", with_site("gcp", "underlayMtu", 1000), ("sites.gcp.underlayMtu = 1000", "1280 to 9216")),
+    ("underlay-mtu-low", with_site("aws", "underlayMtu", 1000), ("sites.aws.underlayMtu = 1000", "1280 to 9216")),
+    ("gcp-underlay-mtu-range", with_site("gcp", "underlayMtu", 1290), ("sites.gcp.underlayMtu = 1290", "1300 to 8896")),
     ("site-unknown-setting", with_site("aws", "regoin", "eu-west-1"), ("sites.aws.regoin", "did you mean 'region'")),
     ("site-not-map", with_top("sites", {"aws": "eu-west-1", "gcp": {"platform": "gcp"}}), ("sites.aws", "platform and siteId")),
 ]

@@ -179,9 +179,23 @@ def test_program_needs_the_private_key_before_any_resource() -> None:
     assert run.resources == []
 
 
-def test_private_key_never_appears_in_plain_outputs() -> None:
+def test_secrets_never_appear_in_plain_outputs_or_logs() -> None:
+    """The SSH private key (config secret) and every generated host private key stay secrets."""
     from tests.harness import TEST_PRIVATE_KEY
 
     run = run_with(DEV["hub"])
+    secrets = ["test-only-not-a-key"] + [f"mock-{s}-{role}-host-key" for s in SITES for role in ("router", "client")]
     assert "test-only-not-a-key" in TEST_PRIVATE_KEY
-    assert "test-only-not-a-key" not in json.dumps(run.outputs, default=str)
+    # The secrets do travel where they must: the pushes' connections and (host keys) the user-data.
+    assert "test-only-not-a-key" in json.dumps([r.inputs for r in run.of_type(COMMAND)])
+    assert any("mock-aws-router-host-key" in json.dumps(r.inputs) for r in run.resources)
+    for name, value in run.outputs.items():
+        if name in run.secret_outputs:
+            continue
+        text = json.dumps(value, default=str)
+        for secret in secrets:
+            assert secret not in text, f"{secret} leaks into stack output {name}"
+    assert run.logs is not None
+    for line in run.logs:
+        for secret in secrets:
+            assert secret not in line, f"{secret} leaks into a log line"
