@@ -43,9 +43,12 @@ class Runner:
         self.log = log
         self.changes: list[str] = []
         self.ip = next((p for p in ("/sbin/ip", "/usr/sbin/ip", "/bin/ip", "/usr/bin/ip") if os.path.exists(p)), "ip")
+        self.bridge = next(
+            (p for p in ("/sbin/bridge", "/usr/sbin/bridge", "/bin/bridge", "/usr/bin/bridge") if os.path.exists(p)), "bridge"
+        )
 
     def run(self, argv: Sequence[str], check: bool = True, stdin: str | None = None) -> subprocess.CompletedProcess:
-        argv = [self.ip if argv[0] == "ip" else argv[0], *argv[1:]]
+        argv = [{"ip": self.ip, "bridge": self.bridge}.get(argv[0], argv[0]), *argv[1:]]
         proc = subprocess.run(list(argv), input=stdin, capture_output=True, text=True)
         if check and proc.returncode != 0:
             raise CommandFailed(f"{' '.join(argv)}: exit {proc.returncode}: {proc.stderr.strip()}")
@@ -77,6 +80,11 @@ def _addr(value: Any) -> bool:
         return True
     except ValueError:
         return False
+
+
+def _mac(value: Any) -> bool:
+    parts = str(value).split(":")
+    return len(parts) == 6 and all(len(p) == 2 and all(c in "0123456789abcdefABCDEF" for c in p) for p in parts)
 
 
 def _name(value: Any) -> bool:
@@ -137,6 +145,14 @@ def validate(doc: Any) -> list[str]:
         vnis = [t.get("vni") for t in tunnels if isinstance(t, dict)]
         if len(set(vnis)) != len(vnis):
             problems.append("tunnels: two tunnels share a VNI (the kernel demultiplexes VXLAN by VNI)")
+    fdb = doc.get("fdb", [])
+    if not isinstance(fdb, list):
+        problems.append("fdb: not a list")
+    else:
+        ports = {t.get("name") for t in tunnels if isinstance(t, dict)} if isinstance(tunnels, list) else set()
+        for i, e in enumerate(fdb):
+            if not isinstance(e, dict) or not _mac(e.get("mac")) or e.get("port") not in ports:
+                problems.append(f"fdb[{i}]: {e!r} is not a MAC on one of this node's tunnels")
     containers = doc.get("containers")
     if not isinstance(containers, dict):
         problems.append("containers: missing or not an object")
@@ -326,6 +342,7 @@ def _tunnel_matches(link: dict[str, Any], t: dict[str, Any], doc: dict[str, Any]
 
 
 def step_tunnels(r: Runner, doc: dict[str, Any]) -> None:
+    before = len(r.changes)
     current = links(r)
     wanted = {t["name"]: t for t in doc["tunnels"]}
     # Stale tunnels first: a VNI freed by one may be needed by another.
@@ -344,6 +361,31 @@ def step_tunnels(r: Runner, doc: dict[str, Any]) -> None:
     current = links(r)
     for name in sorted(wanted):
         ensure_link_state(r, current[name], doc["mtu"], doc["bridge"]["name"])
+    if any(c.startswith(("removed tunnel", "removed outdated tunnel", "created ")) for c in r.changes[before:]):
+        # The tunnels changed (e.g. a new hub): MACs learned on a tunnel that kept its peer may now sit behind
+        # another one, and would stay wrong until they age out (300 s) if their owner is quiet. Relearn now.
+        r.change(
+            f"flushed the MAC table of {doc['bridge']['name']}", ["ip", "link", "set", doc["bridge"]["name"], "type", "bridge", "fdb_flush"]
+        )
+
+
+def step_fdb(r: Runner, doc: dict[str, Any]) -> None:
+    """Exactly the planned static, sticky MAC entries on the bridge's tunnel ports."""
+    bridge = doc["bridge"]["name"]
+    want = {e["mac"].lower(): e["port"] for e in doc.get("fdb", [])}
+    have: dict[str, str] = {}
+    for e in r.json(["bridge", "-j", "fdb", "show", "br", bridge]):
+        port = e.get("ifname") or e.get("dev", "")
+        if e.get("state") == "static" and "sticky" in e.get("flags", []) and port.startswith(("ovl-r", "ovl-c")):
+            have[e["mac"].lower()] = port
+    for mac in sorted(set(have) - set(want)):
+        r.change(f"removed MAC entry {mac}", ["bridge", "fdb", "del", mac, "dev", have[mac], "master"])
+    changed = [mac for mac in sorted(want) if have.get(mac) != want[mac]]
+    if changed:
+        batch = "".join(f"fdb replace {mac} dev {want[mac]} master static sticky\n" for mac in changed)
+        r.run(["bridge", "-batch", "-"], stdin=batch)
+        r.changes.append(f"set {len(changed)} MAC entries")
+        r.log(f"  changed: pinned {len(changed)} planned MAC(s) to their tunnels")
 
 
 def _docker(r: Runner, argv: Sequence[str], check: bool = True) -> subprocess.CompletedProcess:
@@ -477,6 +519,7 @@ def apply(doc: dict[str, Any], r: Runner, previous: dict[str, Any] | None = None
     step_bridge(r, doc)
     step_tunnels(r, doc)
     step_containers(r, doc, previous)
+    step_fdb(r, doc)
     return r.changes
 
 

@@ -341,6 +341,7 @@ def node_config(
         "forwarding": node.kind == "router",
         "open_host_firewall": node.platform in OPEN_HOST_FIREWALL,
         "tunnels": tunnels,
+        "fdb": mac_table(plan, node),
         "containers": {
             "runtime": container_runtime,
             "image": cfg.container_image,
@@ -348,6 +349,32 @@ def node_config(
         },
     }
     return doc
+
+
+def mac_table(plan: Plan, node: Node) -> list[dict[str, str]]:
+    """Static bridge entries of a router: every planned MAC of another site -> the tunnel toward it.
+
+    Every overlay MAC is planned, so no router has to learn where one lives. Learning alone goes wrong on a hub
+    swap: while the nodes converge one by one, the new hub hears a spoke's frames through the old hub and learns
+    them on that tunnel, and a quiet host stays unreachable until the entry ages out (300 s). The entries are
+    "sticky": traffic can never move them. Clients have a single tunnel and need none.
+    """
+    if node.kind != "router":
+        return []
+    ports = {t.peer_site: t.name for t in node.tunnels if t.via == "internet"}
+    client_port = next(t.name for t in node.tunnels if t.via == "lan")
+    out: list[dict[str, str]] = []
+    for other in plan.nodes:
+        if other.site == node.site:
+            if other.kind == "client":
+                out.append({"mac": other.mac, "port": client_port})
+            continue
+        port = ports.get(other.site) or ports.get(plan.hub)
+        if port is None:
+            continue  # not reachable from this router in this topology
+        out.append({"mac": other.mac, "port": port})
+        out += [{"mac": c.mac, "port": port} for c in other.containers]
+    return out
 
 
 def config_digest(doc: Mapping[str, Any]) -> str:

@@ -199,3 +199,20 @@ def test_plan_is_a_pure_function_of_the_config() -> None:
     again = plan_of(copy.deepcopy(DEV))
     assert again == DEV_PLAN
     assert dataclasses.replace(DEV_PLAN) == DEV_PLAN
+
+
+def test_mac_table_pins_every_remote_mac_to_its_tunnel() -> None:
+    from components.plan import mac_table
+
+    hub, spoke = DEV_PLAN.router("aws"), DEV_PLAN.router("gcp")
+    hub_table = {e["mac"]: e["port"] for e in mac_table(DEV_PLAN, hub)}
+    spoke_table = {e["mac"]: e["port"] for e in mac_table(DEV_PLAN, spoke)}
+    gcp_macs = [DEV_PLAN.router("gcp").mac, DEV_PLAN.client("gcp").mac] + [c.mac for c in DEV_PLAN.router("gcp").containers]
+    assert all(hub_table[m] == "ovl-r3" for m in gcp_macs)
+    assert hub_table[DEV_PLAN.client("aws").mac] == "ovl-c1"
+    assert hub.mac not in hub_table and all(c.mac not in hub_table for c in hub.containers)
+    # A spoke sends everything remote to the hub, and its own client down its client tunnel.
+    assert {p for m, p in spoke_table.items() if m != DEV_PLAN.client("gcp").mac} == {"ovl-r1"}
+    assert spoke_table[DEV_PLAN.client("gcp").mac] == "ovl-c3"
+    assert len(hub_table) == len(spoke_table) == 30 - 1 - 3  # every endpoint but the router and its containers
+    assert mac_table(DEV_PLAN, DEV_PLAN.client("gcp")) == []

@@ -1,0 +1,295 @@
+"""check: every node and container pings every other over IPv4 and IPv6, MTU probes on a spoke-to-spoke path,
+and proof that spoke-to-spoke traffic crosses the hub."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from components.plan import Plan
+from lab.report import PingResult, Probe, matrix_text, summary, write
+from lab.shell import Shell
+from lab.state import STATE_DIR, LabError, LabState, docker_host, load
+from lab.topology import Layout, build_layout
+
+ATTEMPTS = 3
+SOURCES_IN_PARALLEL = 6
+BURST = 100
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    name: str
+    kind: str
+    """router, client or container"""
+    site: str
+    ipv4: str
+    ipv6: str
+    router: str | None = None
+    """The router a container runs on."""
+
+
+def endpoints(plan: Plan) -> list[Endpoint]:
+    out = []
+    for n in plan.nodes:
+        out.append(Endpoint(n.name, n.kind, n.site, n.overlay_ipv4, n.overlay_ipv6))
+    for n in plan.routers():
+        for c in n.containers:
+            out.append(Endpoint(c.name, "container", n.site, c.ipv4.split("/")[0], c.ipv6.split("/")[0], router=n.name))
+    return out
+
+
+def ping_script(targets: Sequence[str], attempts: int = ATTEMPTS, wait: int = 1) -> str:
+    """POSIX sh (busybox too): ping every target at once, each up to `attempts` times; print 'target attempts ok'."""
+    quoted = " ".join(shlex.quote(t) for t in targets)
+    return (
+        f"for t in {quoted}; do ( n=0; ok=0; while [ $n -lt {attempts} ]; do n=$((n+1)); "
+        f'if ping -c 1 -W {wait} $t >/dev/null 2>&1; then ok=1; break; fi; done; echo "$t $n $ok" ) & done; wait'
+    )
+
+
+def parse_ping_lines(text: str) -> dict[str, tuple[int, bool]]:
+    out = {}
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) == 3 and parts[2] in ("0", "1"):
+            out[parts[0]] = (int(parts[1]), parts[2] == "1")
+    return out
+
+
+class Lab:
+    """A running lab as seen from a new process."""
+
+    def __init__(self, state_dir: Path = STATE_DIR) -> None:
+        st = load(state_dir)
+        if st is None:
+            raise LabError("no lab is up: run `python -m lab up` first")
+        if st.phase != "up":
+            raise LabError(f"the lab is {st.phase} (an up did not finish): run `python -m lab down`, then `up` again")
+        self.state: LabState = st
+        self.state_dir = state_dir
+        self.plan = st.plan()
+        self.layout: Layout = build_layout(self.plan, st.prefix)
+        self.sh = Shell(state_dir / "commands.log")
+
+    def exec_argv(self, ep: Endpoint, argv: Sequence[str]) -> tuple[list[str], dict[str, str] | None]:
+        """How to run a command on an endpoint: nodes in their namespace, containers via `docker exec`."""
+        if ep.kind != "container":
+            return ["nsenter", f"--net=/run/netns/{self.layout.vm(ep.name).ns}", "--", *argv], None
+        if self.state.containers == "docker":
+            assert ep.router is not None
+            return ["docker", "exec", ep.name, *argv], {"DOCKER_HOST": docker_host(ep.router, self.state_dir)}
+        return ["nsenter", f"--net=/run/netns/{ep.name}", "--", *argv], None
+
+    def run_on(self, ep: Endpoint, argv: Sequence[str], check: bool = False, timeout: float = 120):
+        full, env = self.exec_argv(ep, argv)
+        return self.sh.run(full, check=check, env=env, timeout=timeout)
+
+    def node_ns(self, node: str) -> str:
+        return self.layout.vm(node).ns
+
+
+def ping_matrix(lab: Lab, eps: Sequence[Endpoint]) -> list[PingResult]:
+    """Every source pings all its targets at once, a few sources at a time. Pairs that fail get a second, calmer
+    pass (one source at a time, longer wait): a slow machine (the kernel VM runs under TCG) or cold neighbour
+    caches must not look like a broken overlay, while a real black hole fails both passes."""
+
+    def from_source(src: Endpoint, targets: dict[str, tuple[str, int]], wait: int, done: int = 0) -> list[PingResult]:
+        proc = lab.run_on(src, ["sh", "-c", ping_script(list(targets), ATTEMPTS, wait)], timeout=120 + 30 * wait)
+        got = parse_ping_lines(proc.stdout)
+        return [
+            PingResult(src.name, name, fam, t, got.get(t, (0, False))[1], done + got.get(t, (ATTEMPTS, False))[0])
+            for t, (name, fam) in targets.items()
+        ]
+
+    def all_targets(src: Endpoint) -> dict[str, tuple[str, int]]:
+        targets: dict[str, tuple[str, int]] = {}
+        for dst in eps:
+            if dst.name != src.name:
+                targets[dst.ipv4] = (dst.name, 4)
+                targets[dst.ipv6] = (dst.name, 6)
+        return targets
+
+    with ThreadPoolExecutor(max_workers=SOURCES_IN_PARALLEL) as pool:
+        results = [r for rs in pool.map(lambda e: from_source(e, all_targets(e), 1), eps) for r in rs]
+    failed = [r for r in results if not r.ok]
+    if not failed:
+        return results
+    by_src = {e.name: e for e in eps}
+    retry: dict[str, dict[str, tuple[str, int]]] = {}
+    for r in failed:
+        retry.setdefault(r.src, {})[r.target] = (r.dst, r.family)
+    second = {(r.src, r.target): r for src, targets in retry.items() for r in from_source(by_src[src], targets, 2, ATTEMPTS)}
+    return [second.get((r.src, r.target), r) for r in results]
+
+
+def spoke_pair(plan: Plan) -> tuple[str, str]:
+    """Two sites whose traffic crosses the internet (via the hub if there is one), narrowest underlay first."""
+    cfg = plan.config
+    candidates = [s for s in cfg.sites if s.name != plan.hub] if cfg.topology == "hub-and-spoke" else list(cfg.sites)
+    if len(candidates) < 2:
+        candidates = list(cfg.sites)
+    ordered = sorted(candidates, key=lambda s: (s.underlay_mtu, s.site_id))
+    return ordered[0].name, ordered[1].name
+
+
+def mtu_probes(lab: Lab) -> list[Probe]:
+    plan = lab.plan
+    a, b = spoke_pair(plan)
+    src, dst = plan.client(a), plan.client(b)
+    ns = lab.node_ns(src.name)
+    probes = []
+    for fam, target, header in ((4, dst.overlay_ipv4, 28), (6, dst.overlay_ipv6, 48)):
+        for size, expect in ((plan.mtu, True), (plan.mtu + 1, False)):
+            payload = size - header
+            argv = [
+                "nsenter",
+                f"--net=/run/netns/{ns}",
+                "--",
+                "ping",
+                "-M",
+                "do",
+                "-c",
+                "3",
+                "-i",
+                "0.2",
+                "-W",
+                "1",
+                "-s",
+                str(payload),
+                target,
+            ]
+            proc = lab.sh.run(argv, check=False, timeout=30)
+            answered = proc.returncode == 0
+            last = (proc.stdout + proc.stderr).strip().splitlines()
+            detail = (
+                f"{src.name} -> {dst.name} IPv{fam}: {size}-byte packet with don't-fragment "
+                f"{'answered' if answered else 'not answered'} (expected {'answer' if expect else 'no answer'}; overlay MTU {plan.mtu})"
+                + ("" if answered == expect else f": {last[-1] if last else ''}")
+            )
+            probes.append(
+                Probe(
+                    "mtu",
+                    f"DF {size} bytes IPv{fam} {src.name} -> {dst.name}",
+                    answered == expect,
+                    detail,
+                    {"size": size, "family": fam, "answered": answered, "expected": expect},
+                )
+            )
+    return probes
+
+
+def tunnel_counters(lab: Lab, node: str, devs: Sequence[str]) -> dict[str, tuple[int, int]]:
+    proc = lab.sh.run(["ip", "-n", lab.node_ns(node), "-s", "-j", "link", "show"], timeout=20)
+    out = {}
+    for link in json.loads(proc.stdout):
+        if link["ifname"] in devs:
+            stats = link.get("stats64", link.get("stats", {}))
+            out[link["ifname"]] = (int(stats["rx"]["packets"]), int(stats["tx"]["packets"]))
+    return out
+
+
+def hub_transit(lab: Lab) -> list[Probe]:
+    plan = lab.plan
+    if plan.config.topology != "hub-and-spoke":
+        return []
+    a, b = spoke_pair(plan)
+    hub = plan.router(plan.hub)
+    dev = {s: f"ovl-r{plan.config.site(s).site_id}" for s in (a, b)}
+    before = tunnel_counters(lab, hub.name, list(dev.values()))
+    src, dst = plan.client(a), plan.client(b)
+    argv = [
+        "nsenter",
+        f"--net=/run/netns/{lab.node_ns(src.name)}",
+        "--",
+        "ping",
+        "-q",
+        "-c",
+        str(BURST),
+        "-i",
+        "0.005",
+        "-W",
+        "1",
+        dst.overlay_ipv4,
+    ]
+    proc = lab.sh.run(argv, check=False, timeout=60)
+    after = tunnel_counters(lab, hub.name, list(dev.values()))
+    delta = {d: (after[d][0] - before[d][0], after[d][1] - before[d][1]) for d in dev.values() if d in before and d in after}
+    da, db = delta.get(dev[a], (0, 0)), delta.get(dev[b], (0, 0))
+    ok = proc.returncode == 0 and min(da[0], da[1], db[0], db[1]) >= BURST
+    detail = (
+        f"{BURST}-ping burst {src.name} -> {dst.name}: hub {hub.name} {dev[a]} ({a}) rx +{da[0]} tx +{da[1]}, "
+        f"{dev[b]} ({b}) rx +{db[0]} tx +{db[1]} (each must rise by >= {BURST})"
+    )
+    return [
+        Probe(
+            "hub-transit",
+            f"spoke {a} -> spoke {b} crosses hub {plan.hub}",
+            ok,
+            detail,
+            {"hub": plan.hub, "spokes": [a, b], "delta": {k: {"rx": v[0], "tx": v[1]} for k, v in delta.items()}},
+        )
+    ]
+
+
+@dataclass
+class CheckResult:
+    names: list[str]
+    results: list[PingResult]
+    probes: list[Probe]
+    seconds: float
+    files: list[Path]
+
+    @property
+    def ok(self) -> bool:
+        return bool(summary(self.results, self.probes)["ok"])
+
+
+def check(results_dir: Path, state_dir: Path = STATE_DIR, stem: str = "check", out=print) -> CheckResult:
+    lab = Lab(state_dir)
+    eps = endpoints(lab.plan)
+    started = time.monotonic()
+    out(
+        f"check: {len(eps)} endpoints x {len(eps) - 1} x 2 families = {len(eps) * (len(eps) - 1) * 2} pings "
+        f"(hub {lab.plan.hub}, {lab.plan.protocol}, {lab.plan.config.topology})"
+    )
+    results = ping_matrix(lab, eps)
+    probes = mtu_probes(lab) + hub_transit(lab)
+    took = time.monotonic() - started
+    names = [e.name for e in eps]
+    extra = {
+        "stack": lab.state.stack,
+        "hub": lab.plan.hub,
+        "protocol": lab.plan.protocol,
+        "topology": lab.plan.config.topology,
+        "mtu": lab.plan.mtu,
+        "seconds": round(took, 2),
+        "time": time.time(),
+    }
+    files = write(results_dir, stem, names, results, probes, extra, took)
+    return CheckResult(names, results, probes, took, files)
+
+
+def run_check(results_dir: Path, stem: str = "check") -> int:
+    from lab.lifecycle import require_root
+
+    require_root("check")
+    res = check(results_dir, stem=stem)
+    print(matrix_text(res.names, res.results))
+    for p in res.probes:
+        print(f"{'PASS' if p.ok else 'FAIL'} {p.suite}: {p.detail}")
+    s = summary(res.results, res.probes)
+    failed = [r for r in res.results if not r.ok]
+    for r in failed[:20]:
+        print(f"FAIL {r.src} -> {r.dst} IPv{r.family} ({r.target})", file=sys.stderr)
+    print(
+        f"\n{s['passed']}/{s['pairs']} pings passed, {s['probes_passed']}/{s['probes']} probes passed in {res.seconds:.1f} s; "
+        f"results: {', '.join(str(f) for f in res.files)}"
+    )
+    return 0 if res.ok else 1

@@ -1,0 +1,148 @@
+"""python -m lab up|check|swap|down|status (and vm, when lab/vm.py provides it)."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from components.config import PROTOCOLS, TOPOLOGIES, ConfigError
+from lab.state import REPO, STATE_DIR, LabError
+
+DEFAULT_RESULTS = REPO / "lab-results"
+
+
+def _sites(value: str) -> list[str]:
+    sites = [s.strip() for s in value.split(",") if s.strip()]
+    if len(sites) < 2:
+        raise argparse.ArgumentTypeError("give at least two sites, comma-separated (e.g. aws,gcp)")
+    return sites
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    from lab import lifecycle
+
+    overrides: dict[str, Any] = {"hub": args.hub, "protocol": args.protocol, "topology": args.topology}
+    res = lifecycle.up(args.stack, args.sites, overrides, runtime=args.containers, force=args.force)
+    print()
+    print(lifecycle.summary_table(res.plan, res.layout, res.applies))
+    print(f"\nbring-up: {res.seconds:.1f} s; next: python -m lab check")
+    if args.check:
+        from lab.check import run_check
+
+        return run_check(args.results)
+    return 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from lab.check import run_check
+
+    return run_check(args.results)
+
+
+def cmd_swap(args: argparse.Namespace) -> int:
+    from lab.swap import run_swap
+
+    if args.hub is None and args.protocol is None:
+        raise LabError("swap: give --hub SITE and/or --protocol PROTOCOL")
+    return run_swap(hub=args.hub, protocol=args.protocol, results=args.results, fdb_fix=args.remove_stale_fdb)
+
+
+def cmd_down(args: argparse.Namespace) -> int:
+    from lab import lifecycle
+
+    lifecycle.down()
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from lab import lifecycle
+
+    return lifecycle.status()
+
+
+def register_vm(sub: Any) -> None:
+    """The kernel-VM lab (lab/vm.py) adds its own `vm` subcommand when present."""
+    try:
+        vm = importlib.import_module("lab.vm")
+    except ModuleNotFoundError as e:
+        if e.name != "lab.vm":
+            raise
+        return
+    register = getattr(vm, "register", None)
+    if callable(register):
+        register(sub)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m lab",
+        description="Run the stack's overlay locally: one network namespace per VM built from its cloud-init payload, "
+        "emulated clouds (private subnets, 1:1 NAT, internet), Docker containers on the routers. Needs root.",
+    )
+    sub = p.add_subparsers(dest="command", required=True, metavar="{up,check,swap,down,status,vm}")
+
+    def results(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument(
+            "--results", type=Path, default=DEFAULT_RESULTS, help=f"where check/swap write JSON and JUnit (default {DEFAULT_RESULTS})"
+        )
+
+    up = sub.add_parser("up", help="build the lab from the stack config")
+    up.add_argument("--stack", default="dev", help="stack name: reads Pulumi.NAME.yaml (default dev)")
+    up.add_argument("--sites", type=_sites, help="use only these sites, comma-separated (e.g. aws,gcp)")
+    up.add_argument("--hub", help="override the hub site")
+    up.add_argument("--protocol", choices=PROTOCOLS, help="override the tunnel protocol")
+    up.add_argument("--topology", choices=TOPOLOGIES, help="override the topology")
+    up.add_argument(
+        "--containers", choices=("docker", "netns"), default="docker", help="router containers: real Docker (default) or plain namespaces"
+    )
+    up.add_argument("--force", action="store_true", help="tear down an existing lab first")
+    up.add_argument("--check", action="store_true", help="run `check` after bring-up")
+    results(up)
+    up.set_defaults(func=cmd_up)
+
+    ck = sub.add_parser("check", help="all-pairs ping matrix (IPv4+IPv6), MTU probes, hub transit proof")
+    results(ck)
+    ck.set_defaults(func=cmd_check)
+
+    sw = sub.add_parser("swap", help="re-render every node config and re-apply it in place, measuring convergence")
+    sw.add_argument("--hub", help="new hub site")
+    sw.add_argument("--protocol", choices=PROTOCOLS, help="new tunnel protocol")
+    sw.add_argument(
+        "--remove-stale-fdb",
+        action="store_true",
+        help="also remove MAC entries left pointing down the wrong tunnel (the node script flushes on tunnel changes; this reports any)",
+    )
+    results(sw)
+    sw.set_defaults(func=cmd_swap)
+
+    dn = sub.add_parser("down", help="remove everything the lab made")
+    dn.set_defaults(func=cmd_down)
+    st = sub.add_parser("status", help="what the lab is and whether it is all there")
+    st.set_defaults(func=cmd_status)
+    register_vm(sub)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    started = time.monotonic()
+    try:
+        return int(args.func(args) or 0)
+    except (LabError, ConfigError) as e:
+        print(f"lab {args.command}: {e}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:  # output piped into `head` and the like
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    except KeyboardInterrupt:
+        print(
+            f"lab {args.command}: interrupted after {time.monotonic() - started:.1f} s; "
+            f"`python -m lab down` removes what exists (state in {STATE_DIR})",
+            file=sys.stderr,
+        )
+        return 130

@@ -1,0 +1,498 @@
+"""up, down and status of the lab."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from components.plan import Plan
+from lab import nodes, underlay
+from lab.shell import CommandError, Shell
+from lab.state import CGROUP_PREFIX, STATE_DIR, LabError, LabState, docker_host, load, load_raw, node_dir, node_root, save
+from lab.topology import PREFIX, Layout, build_layout, container_names
+
+Out = Callable[[str], None]
+
+# tool -> Debian package
+TOOLS = {
+    "ip": "iproute2",
+    "iptables": "iptables",
+    "nsenter": "util-linux",
+    "ping": "iputils-ping",
+    "sysctl": "procps",
+    "python3": "python3",
+}
+DOCKER_TOOLS = {"docker": "docker.io", "dockerd": "docker.io", "unshare": "util-linux"}
+
+
+def require_root(what: str) -> None:
+    if os.geteuid() != 0:
+        raise LabError(
+            f"`lab {what}` needs root (network namespaces, Docker, iptables): run it with sudo, e.g. sudo .venv/bin/python -m lab {what}"
+        )
+
+
+def missing_tools(runtime: str) -> list[str]:
+    wanted = dict(TOOLS)
+    if runtime == "docker":
+        wanted.update(DOCKER_TOOLS)
+    missing = [f"{tool} ({pkg})" for tool, pkg in wanted.items() if shutil.which(tool) is None]
+    if runtime == "docker" and not os.path.exists(nodes.BUSYBOX):
+        missing.append(f"{nodes.BUSYBOX} (busybox-static)")
+    return missing
+
+
+def check_tools(runtime: str) -> None:
+    missing = missing_tools(runtime)
+    if missing:
+        pkgs = sorted({m.split("(")[1].rstrip(")") for m in missing})
+        raise LabError(f"missing: {', '.join(missing)}; install with: apt-get install -y {' '.join(pkgs)}")
+
+
+def geneve_supported(sh: Shell) -> bool:
+    """Probe the host kernel: can a GENEVE device be made (in a throw-away namespace)?"""
+    probe = f"{PREFIX}probe-{os.getpid()}"
+    sh.run(["ip", "netns", "add", probe])
+    try:
+        return sh.ok(["ip", "-n", probe, "link", "add", "g0", "type", "geneve", "id", "1", "remote", "192.0.2.1"])
+    finally:
+        sh.run(["ip", "netns", "delete", probe], check=False)
+
+
+GENEVE_MESSAGE = (
+    "GENEVE is not available on this host kernel (`ip link add ... type geneve` fails: no geneve module). "
+    "Run the GENEVE overlay in the kernel VM instead: python -m lab vm --help"
+)
+
+
+# One kernel carries every VM of the lab, and its IPv4/IPv6 neighbour tables are shared by all namespaces with
+# limits (gc_thresh*) set only in the host namespace: 30 overlay endpoints resolving each other overflow the
+# default 1024 entries, after which new neighbours fail (sendto: EINVAL). Each cloud VM has its own table, so the
+# lab raises the shared limits while it runs and restores them at down.
+NEIGH_LIMITS = {
+    f"/proc/sys/net/{fam}/neigh/default/gc_thresh{n}": value for fam in ("ipv4", "ipv6") for n, value in ((2, "8192"), (3, "16384"))
+}
+
+
+def neighbour_limit_changes() -> dict[str, list[str]]:
+    """/proc/sys path -> [current, wanted] for every shared limit below what the lab needs."""
+    changes = {}
+    for path, value in NEIGH_LIMITS.items():
+        try:
+            with open(path, encoding="ascii") as f:
+                before = f.read().strip()
+            if int(before) < int(value):
+                changes[path] = [before, value]
+        except (OSError, ValueError):
+            continue
+    return changes
+
+
+def write_host_sysctls(changes: dict[str, list[str]]) -> None:
+    for path, (_, value) in changes.items():
+        with open(path, "w", encoding="ascii") as f:
+            f.write(value)
+
+
+def restore_host_sysctls(st: LabState | None) -> None:
+    if st is None:
+        return
+    for path, (before, ours) in st.host_sysctls.items():
+        try:
+            with open(path, encoding="ascii") as f:
+                if f.read().strip() != ours:
+                    continue  # changed by someone else since: theirs now
+            with open(path, "w", encoding="ascii") as f:
+                f.write(before)
+        except OSError:
+            continue
+
+
+def lab_exists(state_dir: Path, prefix: str = PREFIX) -> list[str]:
+    found = []
+    if (state_dir / "lab.json").exists():
+        found.append(str(state_dir / "lab.json"))
+    if os.path.isdir("/run/netns"):
+        found += [f"/run/netns/{n}" for n in sorted(os.listdir("/run/netns")) if n.startswith(prefix)]
+    return found
+
+
+class Progress:
+    def __init__(self, out: Out) -> None:
+        self.out = out
+        self.started = time.monotonic()
+        self._lock = threading.Lock()
+
+    def __call__(self, msg: str) -> None:
+        with self._lock:
+            self.out(f"[{time.monotonic() - self.started:6.1f}s] {msg}")
+
+
+@dataclass
+class UpResult:
+    plan: Plan
+    layout: Layout
+    applies: dict[str, nodes.ApplyResult] = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+def up(
+    stack: str,
+    sites: list[str] | None,
+    overrides: dict[str, Any],
+    runtime: nodes.Runtime = "docker",
+    force: bool = False,
+    state_dir: Path = STATE_DIR,
+    out: Out = print,
+) -> UpResult:
+    require_root("up")
+    check_tools(runtime)
+    progress = Progress(out)
+    st = LabState(
+        stack=stack,
+        sites=list(sites or []),
+        overrides={k: v for k, v in overrides.items() if v is not None},
+        containers=runtime,
+        prefix=PREFIX,
+    )
+    plan = st.plan()  # config errors before anything exists
+    if sites and not overrides.get("hub") and plan.config.topology == "hub-and-spoke":
+        configured = load_raw(stack, None, {}).get("hub")
+        if configured not in sites:
+            progress(f"the stack's hub {configured} is not among --sites: using {plan.hub} (set one with --hub)")
+    sh = Shell(state_dir / "commands.log")
+    if plan.protocol == "geneve" and not geneve_supported(Shell()):
+        raise LabError(GENEVE_MESSAGE)
+    existing = lab_exists(state_dir)
+    if existing:
+        if not force:
+            raise LabError(
+                f"a lab already exists ({', '.join(existing[:3])}{' ...' if len(existing) > 3 else ''}): "
+                "run `python -m lab down` first, or `python -m lab up --force` to replace it"
+            )
+        progress("a lab exists: tearing it down first (--force)")
+        down(state_dir=state_dir, out=out)
+    layout = build_layout(plan)
+    st.namespaces = layout.namespaces()
+    st.container_netns = container_names(plan)
+    st.routers = [n.name for n in plan.routers()]
+    st.public_ips = dict(layout.public_ips)
+    st.created = time.time()
+    lock = threading.Lock()
+    st.host_sysctls = neighbour_limit_changes()
+    # Every name and host setting is on record before the first one is made: down works after an interrupt.
+    save(st, state_dir)
+    write_host_sysctls(st.host_sysctls)
+    result = UpResult(plan, layout)
+    progress(
+        f"stack {stack}: {len(plan.config.sites)} sites, hub {plan.hub}, {plan.protocol}, {plan.config.topology}, "
+        f"overlay MTU {plan.mtu}, {len(plan.nodes)} VMs, {len(st.container_netns)} containers ({runtime})"
+    )
+
+    tar = nodes.build_image_tar(state_dir) if runtime == "docker" and st.container_netns else None
+    underlay.build_internet(sh, layout)
+    payloads = {n.name: nodes.user_data(plan, n.name, dict(layout.public_ips), runtime) for n in plan.nodes}
+
+    def site_job(site: str) -> None:
+        edge = next(e for e in layout.edges if e.site == site)
+        underlay.build_edge(sh, layout, edge)
+        router, client = plan.router(site), plan.client(site)
+        for node in (router, client):
+            underlay.build_vm(sh, layout, layout.vm(node.name))
+            nodes.write_payload(payloads[node.name], node_root(node.name, state_dir))
+        progress(f"{site}: edge {edge.public_ip} <-> {edge.router_wan_ip}, VMs {router.name} + {client.name} ready")
+        pid = None
+        if runtime == "docker":
+            pid = nodes.start_dockerd(layout.vm(router.name).ns, router.name, state_dir)
+            with lock:
+                st.dockerd[router.name] = pid
+                save(st, state_dir)
+        r = nodes.apply(sh, layout.vm(client.name).ns, client.name, payloads[client.name], state_dir, False, runtime)
+        result.applies[client.name] = r
+        progress(f"{client.name}: payload applied ({r.changes} changes, {r.seconds:.1f} s)" if r.ok else f"{client.name}: payload FAILED")
+        if pid is not None:
+            nodes.wait_dockerd(sh, router.name, state_dir, pid)
+            if tar is not None and router.containers:
+                nodes.import_image(sh, router.name, state_dir, tar)
+        r = nodes.apply(sh, layout.vm(router.name).ns, router.name, payloads[router.name], state_dir, True, runtime)
+        result.applies[router.name] = r
+        progress(
+            f"{router.name}: payload applied as {router.role} ({r.changes} changes, {r.seconds:.1f} s)"
+            if r.ok
+            else f"{router.name}: payload FAILED"
+        )
+
+    with ThreadPoolExecutor(max_workers=len(plan.config.sites)) as pool:
+        futures = [pool.submit(site_job, s.name) for s in plan.config.sites]
+        errors = []
+        for f in futures:
+            try:
+                f.result()
+            except (CommandError, RuntimeError, OSError) as e:
+                errors.append(str(e))
+    failed = [r for r in result.applies.values() if not r.ok]
+    if errors or failed:
+        detail = errors + [f"{r.node}: {r.output.strip().splitlines()[-1] if r.output.strip() else 'no output'}" for r in failed]
+        raise LabError("up failed (the lab is half-built: run `python -m lab down`):\n  " + "\n  ".join(detail))
+    st.phase = "up"
+    save(st, state_dir)
+    result.seconds = time.monotonic() - progress.started
+    progress(f"lab up in {result.seconds:.1f} s")
+    return result
+
+
+def summary_table(plan: Plan, layout: Layout, applies: dict[str, nodes.ApplyResult] | None = None) -> str:
+    rows = [("node", "role", "platform", "public", "wan", "lan", "overlay ipv4", "overlay ipv6", "tunnels", "containers", "apply")]
+    for n in plan.nodes:
+        edge = next(e for e in layout.edges if e.site == n.site)
+        a = (applies or {}).get(n.name)
+        rows.append(
+            (
+                n.name,
+                n.role,
+                n.platform,
+                edge.public_ip if n.kind == "router" else "-",
+                n.wan_ip or "-",
+                n.lan_ip,
+                n.ipv4,
+                n.ipv6,
+                ",".join(t.name for t in n.tunnels),
+                str(len(n.containers)) if n.kind == "router" else "-",
+                "-" if a is None else (f"{a.changes} chg {a.seconds:.1f}s" if a.ok else "FAILED"),
+            )
+        )
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- down
+
+
+def _ns_inode(path: str) -> int | None:
+    try:
+        return os.stat(path).st_ino
+    except OSError:
+        return None
+
+
+def _pids_in_netns(inodes: set[int]) -> list[int]:
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            if os.stat(f"/proc/{entry}/ns/net").st_ino in inodes:
+                pids.append(int(entry))
+        except OSError:
+            continue
+    return pids
+
+
+def _pids_mentioning(text: str) -> list[int]:
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                if text.encode() in f.read():
+                    pids.append(int(entry))
+        except OSError:
+            continue
+    return pids
+
+
+DOCKER_PROCESSES = frozenset({"dockerd", "containerd", "containerd-shim", "containerd-shim-runc-v2", "runc", "docker-init", "docker-proxy"})
+
+
+def _comm(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/comm", encoding="utf-8", errors="replace") as f:
+            return f.read().strip()
+    except OSError:
+        return ""
+
+
+def _wait_gone(pids: list[int], timeout: float) -> list[int]:
+    deadline = time.monotonic() + timeout
+    alive = pids
+    while alive and time.monotonic() < deadline:
+        time.sleep(0.1)
+        alive = [p for p in alive if os.path.exists(f"/proc/{p}") and not _zombie(p)]
+    return alive
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return False
+
+
+def _kill(pids: list[int], sig: int) -> None:
+    for p in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(p, sig)
+
+
+def _lab_mounts(state_dir: Path, netns_names: set[str]) -> list[str]:
+    points = []
+    try:
+        with open("/proc/self/mountinfo", encoding="utf-8") as f:
+            for line in f:
+                point = line.split()[4]
+                if point.startswith(str(state_dir)) or (point.startswith("/run/netns/") and point[11:] in netns_names):
+                    points.append(point)
+    except OSError:
+        pass
+    return points
+
+
+def _lab_cgroups() -> list[Path]:
+    found = []
+    base = Path("/sys/fs/cgroup")
+    if not base.is_dir():
+        return found
+    for controller in base.iterdir():
+        if controller.is_dir():
+            found += [p for p in controller.glob(f"{CGROUP_PREFIX}*") if p.is_dir()]
+    return found
+
+
+def _rmdir_tree(path: Path) -> None:
+    for child in sorted((p for p in path.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True):
+        with contextlib.suppress(OSError):
+            child.rmdir()
+    with contextlib.suppress(OSError):
+        path.rmdir()
+
+
+def _names(st: LabState | None, prefix: str) -> tuple[set[str], set[str]]:
+    """(lab namespaces, container namespace handles) on record and on disk."""
+    lab_ns = set(st.namespaces) if st else set()
+    containers = set(st.container_netns) if st else set()
+    if os.path.isdir("/run/netns"):
+        lab_ns |= {n for n in os.listdir("/run/netns") if n.startswith(prefix)}
+    return lab_ns, containers
+
+
+def down(state_dir: Path = STATE_DIR, out: Out = print) -> float:
+    """Remove everything the lab made; safe to run twice, and after an interrupted up. Returns seconds."""
+    require_root("down")
+    started = time.monotonic()
+    st = load(state_dir)
+    prefix = st.prefix if st else PREFIX
+    lab_ns, containers = _names(st, prefix)
+    sh = Shell()
+    # 0. Whatever runs in a lab namespace besides Docker (a node script of an interrupted up, pings) stops first,
+    #    so that nothing creates containers or namespaces while they are being removed.
+    lab_inodes = {i for n in lab_ns if (i := _ns_inode(f"/run/netns/{n}")) is not None}
+    workers = [p for p in _pids_in_netns(lab_inodes) if _comm(p) not in DOCKER_PROCESSES and p != os.getpid()]
+    if workers:
+        _kill(workers, signal.SIGKILL)
+        _wait_gone(workers, 5)
+    # 1. Containers, then each router's dockerd (and the containerd it started), gracefully.
+    routers = set(st.dockerd) if st else set()
+    nodes_dir = state_dir / "nodes"
+    if nodes_dir.is_dir():
+        routers |= {d.name for d in nodes_dir.iterdir() if (d / "docker.pid").exists() or (d / "docker.sock").exists()}
+
+    def stop_docker(router: str) -> None:
+        env = {"DOCKER_HOST": docker_host(router, state_dir)}
+        sock = node_dir(router, state_dir) / "docker.sock"
+        if sock.exists():
+            ids = sh.run(["docker", "ps", "-aq"], check=False, env=env, timeout=20).stdout.split()
+            if ids:
+                sh.run(["docker", "rm", "-f", *ids], check=False, env=env, timeout=60)
+        pids = set(_pids_mentioning(str(node_dir(router, state_dir)) + "/"))
+        if st and router in st.dockerd:
+            pids.add(st.dockerd[router])
+        pids = {p for p in pids if os.path.exists(f"/proc/{p}")}
+        _kill(sorted(pids), signal.SIGTERM)
+        _kill(_wait_gone(sorted(pids), 15), signal.SIGKILL)
+
+    with ThreadPoolExecutor(max_workers=max(1, len(routers))) as pool:
+        list(pool.map(stop_docker, sorted(routers)))
+    # 2. Anything still running in a lab namespace or from the state dir (pings, shims, containers).
+    inodes = {i for n in lab_ns | containers if (i := _ns_inode(f"/run/netns/{n}")) is not None}
+    stray = sorted((set(_pids_in_netns(inodes)) | set(_pids_mentioning(str(state_dir) + "/"))) - {os.getpid()})
+    if stray:
+        _kill(stray, signal.SIGTERM)
+        _kill(_wait_gone(stray, 5), signal.SIGKILL)
+        _wait_gone(stray, 5)
+    # 3. Namespaces (their links, addresses, routes and iptables rules go with them) and handles.
+    for n in sorted(containers) + sorted(lab_ns):
+        if os.path.exists(f"/run/netns/{n}"):
+            sh.run(["ip", "netns", "delete", n], check=False)
+    for point in reversed(_lab_mounts(state_dir, lab_ns | containers)):
+        sh.run(["umount", "-l", point], check=False)
+    for n in containers | lab_ns:
+        with contextlib.suppress(OSError):
+            os.unlink(f"/run/netns/{n}")
+    # 4. Host settings, cgroups of the lab's containers, then files.
+    restore_host_sysctls(st)
+    for cg in _lab_cgroups():
+        _rmdir_tree(cg)
+    shutil.rmtree(state_dir, ignore_errors=True)
+    took = time.monotonic() - started
+    out(f"lab down in {took:.1f} s ({len(lab_ns)} namespaces, {len(containers)} container handles, {len(routers)} dockerd)")
+    return took
+
+
+def leftovers(state_dir: Path = STATE_DIR, prefix: str = PREFIX, containers: list[str] | None = None) -> list[str]:
+    """Everything of a lab that still exists (empty after a clean down)."""
+    found = []
+    names = set(containers or [])
+    if os.path.isdir("/run/netns"):
+        found += [f"netns {n}" for n in sorted(os.listdir("/run/netns")) if n.startswith(prefix) or n in names]
+    if state_dir.exists():
+        found.append(f"state dir {state_dir}")
+    found += [
+        f"mount {p}"
+        for p in _lab_mounts(
+            state_dir, names | {n for n in os.listdir("/run/netns") if n.startswith(prefix)} if os.path.isdir("/run/netns") else names
+        )
+    ]
+    found += [f"process {p}" for p in _pids_mentioning(str(state_dir) + "/")]
+    found += [f"cgroup {c}" for c in _lab_cgroups()]
+    return found
+
+
+# --------------------------------------------------------------------------- status
+
+
+def status(state_dir: Path = STATE_DIR, out: Out = print) -> int:
+    st = load(state_dir)
+    if st is None:
+        left = lab_exists(state_dir)
+        out("no lab" + (f" (but leftovers: {', '.join(left)}; run `python -m lab down`)" if left else ""))
+        return 1 if left else 0
+    plan = st.plan()
+    layout = build_layout(plan, st.prefix)
+    out(
+        f"lab {st.phase}: stack {st.stack}, hub {plan.hub}, {plan.protocol}, {plan.config.topology}, overlay MTU {plan.mtu}, "
+        f"containers {st.containers}, up since {time.strftime('%H:%M:%S', time.localtime(st.created))}"
+    )
+    missing = [n for n in st.namespaces if not os.path.exists(f"/run/netns/{n}")]
+    out(
+        f"namespaces: {len(st.namespaces) - len(missing)}/{len(st.namespaces)} present"
+        + (f" (missing: {', '.join(missing)})" if missing else "")
+    )
+    handles = [n for n in st.container_netns if os.path.exists(f"/run/netns/{n}")]
+    out(f"container handles: {len(handles)}/{len(st.container_netns)}")
+    for router, pid in sorted(st.dockerd.items()):
+        out(f"dockerd {router}: pid {pid} {'running' if os.path.exists(f'/proc/{pid}') else 'GONE'}")
+    out(summary_table(plan, layout))
+    return 0 if st.phase == "up" and not missing else 1

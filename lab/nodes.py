@@ -1,0 +1,194 @@
+"""VMs from their payloads: write the cloud-init files under a per-node root, start Docker where the payload
+installs it, and run the payload's unit command in the node's namespace (the node script does the rest)."""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import subprocess
+import tarfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from cloudinit.render import DOCKER_DAEMON, NODE_CONFIG, read_payload, render_user_data, unit_exec_start
+from components.plan import Plan, node_config
+from lab.shell import SYSTEM_PATH, Shell
+from lab.state import CGROUP_PREFIX, LAB_IMAGE, docker_host, node_dir, node_root
+from lab.topology import map_argv, map_path
+
+Runtime = Literal["docker", "netns"]
+BUSYBOX = "/bin/busybox"
+
+
+def user_data(plan: Plan, node: str, public_ips: dict[str, str], runtime: Runtime) -> str:
+    """The node's cloud-init payload, rendered exactly as the Pulumi program renders it."""
+    return render_user_data(node_config(plan, node, public_ips, container_runtime=runtime))
+
+
+def write_payload(payload: str, root: Path, only: tuple[str, ...] = ()) -> list[Path]:
+    """Write the payload's files (modes preserved) under root; `only` limits it to those payload paths."""
+    files, _ = read_payload(payload)
+    written = []
+    for f in files:
+        if only and f.path not in only:
+            continue
+        dest = Path(map_path(f.path, root))
+        if dest == Path(f.path):
+            raise ValueError(f"payload file {f.path} is outside the paths the lab maps into a node root")
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dest.with_name(dest.name + ".lab-tmp")
+        tmp.write_bytes(f.content)
+        os.chmod(tmp, f.mode)
+        os.replace(tmp, dest)
+        written.append(dest)
+    return written
+
+
+def write_node_config(payload: str, root: Path) -> None:
+    """What an in-place push installs: the new node config only."""
+    write_payload(payload, root, only=(NODE_CONFIG,))
+
+
+@dataclass
+class ApplyResult:
+    node: str
+    ok: bool
+    seconds: float
+    changes: int
+    output: str
+
+
+def apply(sh: Shell, ns: str, node: str, payload: str, state_dir: Path, is_router: bool, runtime: Runtime) -> ApplyResult:
+    """Run the unit's ExecStart in the node's namespace, paths under /etc, /var, /usr/local in the node root."""
+    root = node_root(node, state_dir)
+    argv = map_argv(unit_exec_start(payload), root)
+    env = {"PATH": SYSTEM_PATH}
+    if is_router and runtime == "docker":
+        env["DOCKER_HOST"] = docker_host(node, state_dir)
+    started = time.monotonic()
+    proc = sh.ns(ns, argv, check=False, env=env, timeout=300)
+    took = time.monotonic() - started
+    output = proc.stdout + proc.stderr
+    log = root / "var/log/overlay-node.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("a", encoding="utf-8") as f:
+        f.write(output)
+    changes = sum(1 for line in proc.stdout.splitlines() if line.strip().startswith("changed:"))
+    return ApplyResult(node, proc.returncode == 0, took, changes, output)
+
+
+# --------------------------------------------------------------------------- Docker per router
+
+
+def build_image_tar(state_dir: Path) -> Path:
+    """A root filesystem of busybox-static with its applets (sh, sleep, ping, ip, ...) as a tar for `docker import`."""
+    out = state_dir / "image" / "busybox-rootfs.tar"
+    if out.exists():
+        return out
+    if not os.path.exists(BUSYBOX):
+        raise FileNotFoundError(BUSYBOX)
+    applets = subprocess.run([BUSYBOX, "--list"], capture_output=True, text=True, check=True).stdout.split()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".tmp")
+    with tarfile.open(tmp, "w") as tar:
+        for d in ("bin", "dev", "etc", "proc", "sys", "tmp", "root", "run"):
+            info = tarfile.TarInfo(d)
+            info.type = tarfile.DIRTYPE
+            info.mode = 0o1777 if d == "tmp" else 0o755
+            tar.addfile(info)
+        tar.add(BUSYBOX, arcname="bin/busybox")
+        for applet in applets:
+            if applet == "busybox" or "/" in applet:
+                continue
+            info = tarfile.TarInfo(f"bin/{applet}")
+            info.type = tarfile.SYMTYPE
+            info.linkname = "busybox"
+            tar.addfile(info)
+        for name, text in (
+            ("etc/passwd", "root:x:0:0:root:/root:/bin/sh\n"),
+            ("etc/group", "root:x:0:\n"),
+            ("etc/hosts", "127.0.0.1 localhost\n::1 localhost\n"),
+        ):
+            data = text.encode()
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            info.mode = 0o644
+            tar.addfile(info, io.BytesIO(data))
+    os.replace(tmp, out)
+    return out
+
+
+def start_dockerd(ns: str, router: str, state_dir: Path) -> int:
+    """A Docker daemon in the router's namespace, configured by the payload's daemon.json; returns its pid.
+
+    It runs in a private mount namespace so its mounts (container shm, sandbox handles) vanish with it.
+    """
+    d = node_dir(router, state_dir)
+    root = node_root(router, state_dir)
+    config = Path(map_path(DOCKER_DAEMON, root))
+    log = (d / "dockerd.log").open("ab")
+    argv = [
+        "nsenter",
+        f"--net=/run/netns/{ns}",
+        "--",
+        "unshare",
+        "--mount",
+        "--propagation",
+        "private",
+        "--",
+        "dockerd",
+        "--config-file",
+        str(config),
+        "--data-root",
+        map_path("/var/lib/docker", root),
+        "--exec-root",
+        str(d / "run-docker"),
+        "--pidfile",
+        str(d / "docker.pid"),
+        "-H",
+        docker_host(router, state_dir),
+        "--storage-driver",
+        "vfs",
+        "--cgroup-parent",
+        f"{CGROUP_PREFIX}{router}",
+    ]
+    proc = subprocess.Popen(
+        argv,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+        env={**os.environ, "PATH": SYSTEM_PATH},
+    )
+    log.close()
+    return proc.pid
+
+
+def wait_dockerd(sh: Shell, router: str, state_dir: Path, pid: int, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    env = {"DOCKER_HOST": docker_host(router, state_dir)}
+    while True:
+        if sh.run(["docker", "version", "--format", "{{.Server.Version}}"], check=False, env=env, timeout=20).returncode == 0:
+            return
+        if not os.path.exists(f"/proc/{pid}"):
+            tail = (node_dir(router, state_dir) / "dockerd.log").read_text(errors="replace").strip().splitlines()[-3:]
+            raise RuntimeError(f"dockerd of {router} exited: {' | '.join(tail)}")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"dockerd of {router} did not answer within {timeout:.0f} s")
+        time.sleep(0.2)
+
+
+def import_image(sh: Shell, router: str, state_dir: Path, tar: Path) -> None:
+    env = {"DOCKER_HOST": docker_host(router, state_dir)}
+    sh.run(["docker", "import", "--change", f"ENV PATH={SYSTEM_PATH}", str(tar), LAB_IMAGE], env=env, timeout=120)
+
+
+def docker_env(router: str, state_dir: Path) -> dict[str, str]:
+    return {"DOCKER_HOST": docker_host(router, state_dir)}
+
+
+def remove_node_dirs(state_dir: Path) -> None:
+    shutil.rmtree(state_dir / "nodes", ignore_errors=True)

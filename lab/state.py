@@ -1,0 +1,114 @@
+"""What the lab is: the stack and overrides it was built from, and every name it made (kept in a state dir so
+that check, swap, status and down work from a new process, and down works after an interrupted up)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+from components.config import parse_config
+from components.plan import Plan, build_plan
+from components.stackfile import read_stack_file
+
+REPO: Final = Path(__file__).resolve().parent.parent
+STATE_DIR: Final = Path(os.environ.get("MCO_LAB_STATE_DIR", "/run/multicloud-overlay-lab"))
+# The payload's container image name is a parameter the lab sets: an image imported from busybox-static.
+LAB_IMAGE: Final = "mco-lab/busybox:latest"
+CGROUP_PREFIX: Final = "mco-lab-"
+
+
+class LabError(RuntimeError):
+    """A problem the user can fix; printed without a traceback."""
+
+
+def stack_path(stack: str) -> Path:
+    return REPO / f"Pulumi.{stack}.yaml"
+
+
+def load_raw(stack: str, sites: list[str] | None, overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """The stack's raw config with the lab's overrides (site subset, hub, protocol, topology)."""
+    path = stack_path(stack)
+    if not path.exists():
+        raise LabError(f"no stack file {path} (use --stack NAME for Pulumi.NAME.yaml)")
+    raw = read_stack_file(path)
+    if sites:
+        known = dict(raw.get("sites") or {})
+        unknown = [s for s in sites if s not in known]
+        if unknown:
+            raise LabError(f"--sites: {', '.join(unknown)} not in {path.name} (sites: {', '.join(known)})")
+        raw["sites"] = {s: known[s] for s in sites}
+        if "hub" not in overrides and raw.get("hub") not in sites:
+            raw["hub"] = sites[0]
+    raw.update({k: v for k, v in overrides.items() if v is not None})
+    return raw
+
+
+def lab_plan(raw: Mapping[str, Any]) -> Plan:
+    """The plan the clouds would get, with the lab's container image (the one change the lab makes)."""
+    cfg = parse_config(raw)
+    return build_plan(dataclasses.replace(cfg, container_image=LAB_IMAGE))
+
+
+@dataclass
+class LabState:
+    stack: str
+    sites: list[str]
+    overrides: dict[str, Any]
+    containers: str
+    """docker or netns"""
+    prefix: str
+    phase: str = "building"
+    """building while up runs, up when complete."""
+    namespaces: list[str] = field(default_factory=list)
+    container_netns: list[str] = field(default_factory=list)
+    routers: list[str] = field(default_factory=list)
+    public_ips: dict[str, str] = field(default_factory=dict)
+    dockerd: dict[str, int] = field(default_factory=dict)
+    """router node -> dockerd pid"""
+    created: float = 0.0
+    host_sysctls: dict[str, list[str]] = field(default_factory=dict)
+    """/proc/sys path -> [value before up, value the lab set]; down restores what is still the lab's value."""
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+    def raw(self) -> dict[str, Any]:
+        return load_raw(self.stack, self.sites or None, self.overrides)
+
+    def plan(self) -> Plan:
+        return lab_plan(self.raw())
+
+
+def state_file(state_dir: Path = STATE_DIR) -> Path:
+    return state_dir / "lab.json"
+
+
+def node_dir(node: str, state_dir: Path = STATE_DIR) -> Path:
+    return state_dir / "nodes" / node
+
+
+def node_root(node: str, state_dir: Path = STATE_DIR) -> Path:
+    return node_dir(node, state_dir) / "root"
+
+
+def docker_host(router: str, state_dir: Path = STATE_DIR) -> str:
+    return f"unix://{node_dir(router, state_dir) / 'docker.sock'}"
+
+
+def save(state: LabState, state_dir: Path = STATE_DIR) -> None:
+    state_dir.mkdir(parents=True, exist_ok=True)
+    tmp = state_file(state_dir).with_suffix(".tmp")
+    tmp.write_text(json.dumps(dataclasses.asdict(state), indent=1, sort_keys=True) + "\n", encoding="utf-8")
+    os.replace(tmp, state_file(state_dir))
+
+
+def load(state_dir: Path = STATE_DIR) -> LabState | None:
+    try:
+        doc = json.loads(state_file(state_dir).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    names = {f.name for f in dataclasses.fields(LabState)}
+    return LabState(**{k: v for k, v in doc.items() if k in names})

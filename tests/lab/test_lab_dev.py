@@ -1,0 +1,148 @@
+"""The dev stack (six sites, VXLAN, hub-and-spoke, 18 Docker containers) brought up once for this module:
+full matrix, MTU probes, hub transit, two hub swaps in place, GENEVE refused on this kernel, and a clean down."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+import xml.etree.ElementTree as ET
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from lab.state import STATE_DIR, load
+from tests.lab.conftest import assert_clean, host_baseline, lab
+
+pytestmark = [pytest.mark.root, pytest.mark.slow]
+
+FIGURES: dict[str, object] = {}
+
+
+@pytest.fixture(scope="module")
+def dev_lab() -> Iterator[dict[str, object]]:
+    from lab.lifecycle import lab_exists
+
+    existing = lab_exists(STATE_DIR)
+    if existing:
+        pytest.fail(f"a lab is already up ({', '.join(existing[:3])}): run `python -m lab down` before the lab tests")
+    baseline = host_baseline()
+    started = time.monotonic()
+    proc = lab("up")
+    FIGURES["up_seconds"] = round(time.monotonic() - started, 1)
+    if proc.returncode != 0:
+        lab("down")
+        pytest.fail(f"lab up failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    yield baseline
+    lab("down")
+
+
+def run_check(results: Path) -> dict:
+    started = time.monotonic()
+    proc = lab("check", "--results", str(results))
+    doc = json.loads((results / "check.json").read_text())
+    doc["wall"] = time.monotonic() - started
+    assert proc.returncode == 0, f"check failed: {doc['summary']}; first failures: {doc['failures'][:10]}\n{proc.stderr[-2000:]}"
+    return doc
+
+
+def test_up_reports_every_node(dev_lab: dict[str, object]) -> None:
+    st = load()
+    assert st is not None and st.phase == "up"
+    assert len(st.namespaces) == 1 + 6 + 12
+    assert len(st.container_netns) == 18
+    assert st.public_ips["vsphere"] == "203.0.113.60"  # its configured publicIp
+
+
+def test_nodes_are_built_like_cloud_vms(dev_lab: dict[str, object]) -> None:
+    def ns(node: str, *argv: str) -> str:
+        return subprocess.run(["nsenter", f"--net=/run/netns/mco-{node}", "--", *argv], capture_output=True, text=True, check=True).stdout
+
+    # The AWS router's hot-attached LAN NIC came unaddressed; the payload gave it its address.
+    log = (STATE_DIR / "nodes/aws-router/root/var/log/overlay-node.log").read_text()
+    assert "added 10.1.2.10/24 to LAN NIC eth1" in log
+    # Azure's LAN NIC is configured by the platform (DHCP): the payload left it alone.
+    assert "LAN NIC" not in (STATE_DIR / "nodes/azure-router/root/var/log/overlay-node.log").read_text()
+    # The OCI image's REJECT rules are there, and the payload opened the tunnel port and bridged forwarding above them.
+    rules = ns("oci-router", "iptables", "-S")
+    assert rules.index("--dport 4789 -j ACCEPT") < rules.index("-A INPUT -j REJECT")
+    assert rules.index("-i br-overlay -o br-overlay -j ACCEPT") < rules.index("-A FORWARD -j REJECT")
+    # Tunnels bind the private WAN address and send to the peer's public address.
+    link = json.loads(ns("azure-router", "ip", "-d", "-j", "link", "show", "ovl-r1"))[0]["linkinfo"]["info_data"]
+    assert (link["local"], link["remote"]) == ("10.2.1.10", "198.51.100.11")
+    # Azure's internet link carries its 1400-byte underlay MTU.
+    inet = json.loads(subprocess.run(["ip", "-n", "mco-azure-edge", "-j", "link", "show", "inet"], capture_output=True, text=True).stdout)
+    assert inet[0]["mtu"] == 1400
+    # Real Docker containers, labelled by the node script, run on every router.
+    ps = subprocess.run(
+        ["docker", "ps", "--filter", "label=multicloud-overlay.node=gcp-router", "--format", "{{.Names}} {{.Image}}"],
+        env={"DOCKER_HOST": f"unix://{STATE_DIR}/nodes/gcp-router/docker.sock", "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"},
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split("\n")
+    assert sorted(x for x in ps if x) == [f"gcp-c{i} mco-lab/busybox:latest" for i in (1, 2, 3)]
+
+
+def test_full_matrix_mtu_and_hub_transit(dev_lab: dict[str, object], tmp_path: Path) -> None:
+    doc = run_check(tmp_path)
+    FIGURES["check_seconds"] = round(doc["seconds"], 1)
+    assert doc["summary"]["pairs"] == 30 * 29 * 2
+    assert doc["summary"]["passed"] == doc["summary"]["pairs"]
+    mtu = {(p["data"]["family"], p["data"]["size"]): p for p in doc["probes"] if p["suite"] == "mtu"}
+    assert doc["mtu"] == 1350
+    for fam in (4, 6):
+        assert mtu[(fam, 1350)]["ok"] and mtu[(fam, 1350)]["data"]["answered"]
+        assert mtu[(fam, 1351)]["ok"] and not mtu[(fam, 1351)]["data"]["answered"]
+    (hub,) = [p for p in doc["probes"] if p["suite"] == "hub-transit"]
+    assert hub["ok"], hub["detail"]
+    assert len(hub["data"]["delta"]) == 2 and all(min(d["rx"], d["tx"]) >= 100 for d in hub["data"]["delta"].values())
+    junit = ET.parse(tmp_path / "check.xml").getroot()
+    assert junit.get("tests") == str(1740 + 5) and junit.get("failures") == "0"
+
+
+@pytest.mark.parametrize("hub", ["gcp", "oci"])
+def test_hub_swap_in_place(dev_lab: dict[str, object], tmp_path: Path, hub: str) -> None:
+    proc = lab("swap", "--hub", hub, "--results", str(tmp_path))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    doc = json.loads((tmp_path / f"swap-{hub}-vxlan.json").read_text())
+    assert doc["after"]["hub"] == hub
+    assert doc["rebuilt"] == []
+    assert doc["fdb_fix"] is False and doc["stale_fdb_removed"] == [], "the node script must leave no MAC behind a dead-end tunnel"
+    assert doc["snapshot_before"]["netns"] == doc["snapshot_after"]["netns"]
+    assert doc["snapshot_before"]["containers"] == doc["snapshot_after"]["containers"]
+    assert len(doc["snapshot_after"]["containers"]) == 18
+    ping = doc["ping"]
+    assert ping["converged"], ping
+    FIGURES[f"swap_{hub}"] = {k: ping[k] for k in ("lost", "sent", "outage_ms", "converged_after_s")}
+    print(f"swap to {hub}: {ping}")
+    check = run_check(tmp_path)
+    assert check["hub"] == hub
+    (transit,) = [p for p in check["probes"] if p["suite"] == "hub-transit"]
+    assert transit["data"]["hub"] == hub
+
+
+def test_geneve_refused_on_this_kernel(dev_lab: dict[str, object]) -> None:
+    proc = lab("swap", "--protocol", "geneve")
+    assert proc.returncode == 2
+    assert "GENEVE is not available on this host kernel" in proc.stderr and "python -m lab vm" in proc.stderr
+    st = load()
+    assert st is not None and st.plan().protocol == "vxlan"
+
+
+def test_up_refuses_an_existing_lab(dev_lab: dict[str, object]) -> None:
+    proc = lab("up")
+    assert proc.returncode == 2 and "already exists" in proc.stderr
+    assert lab("status").returncode == 0
+
+
+def test_down_leaves_nothing(dev_lab: dict[str, object]) -> None:
+    st = load()
+    assert st is not None
+    started = time.monotonic()
+    proc = lab("down")
+    FIGURES["down_seconds"] = round(time.monotonic() - started, 1)
+    assert proc.returncode == 0, proc.stderr
+    assert_clean(dev_lab, st.container_netns)
+    print(f"lab figures: {FIGURES}")

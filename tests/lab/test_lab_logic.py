@@ -1,0 +1,366 @@
+"""Pure lab logic: path mapping, underlay addressing, payload files, results (no root needed)."""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import json
+import os
+import stat
+import xml.etree.ElementTree as ET
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cloudinit.render import NODE_CONFIG, NODE_SCRIPT, UNIT_PATH, render_user_data, unit_exec_start
+from components.config import parse_config
+from components.plan import build_plan, node_config, overlay_mac
+from components.stackfile import read_stack_file
+from lab import cli, nodes, underlay
+from lab.check import endpoints, parse_ping_lines, ping_script, spoke_pair
+from lab.report import PingResult, Probe, cell, matrix_text, summary, to_json, to_junit
+from lab.state import LAB_IMAGE, LabError, lab_plan, load_raw
+from lab.swap import disruption, mac_site, parse_ping_log, probe_pair, stale_fdb
+from lab.topology import build_layout, container_names, map_argv, map_path, public_addresses, transit_pair
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def raw() -> dict[str, Any]:
+    return read_stack_file(REPO / "Pulumi.dev.yaml")
+
+
+@pytest.fixture(scope="module")
+def plan(raw: dict[str, Any]):
+    return lab_plan(raw)
+
+
+# --------------------------------------------------------------------------- path mapping
+
+
+@pytest.mark.parametrize(
+    ("path", "mapped"),
+    [
+        ("/etc/multicloud-overlay/node.json", "/r/n/etc/multicloud-overlay/node.json"),
+        ("/var/lib/multicloud-overlay", "/r/n/var/lib/multicloud-overlay"),
+        ("/usr/local/sbin/overlay-node", "/r/n/usr/local/sbin/overlay-node"),
+        ("/etc", "/r/n/etc"),
+        ("/usr/bin/python3", "/usr/bin/python3"),
+        ("/etcetera/x", "/etcetera/x"),
+        ("/run/netns/aws-c1", "/run/netns/aws-c1"),
+        ("/usr/localx", "/usr/localx"),
+    ],
+)
+def test_map_path(path: str, mapped: str) -> None:
+    assert map_path(path, "/r/n/") == mapped
+    assert map_path(path, Path("/r/n")) == mapped
+
+
+def test_unit_command_runs_from_the_node_root(plan) -> None:
+    payload = render_user_data(node_config(plan, "aws-router", public_addresses(plan.config)))
+    argv = map_argv(unit_exec_start(payload), "/root-of/aws-router")
+    assert argv[0] == "/root-of/aws-router" + NODE_SCRIPT
+    assert all(not a.startswith(("/etc", "/var", "/usr/local")) for a in argv)
+    assert argv[1] == "apply"
+    assert map_argv(["x", "--config=/etc/a.json", "-v"], "/R") == ["x", "--config=/R/etc/a.json", "-v"]
+
+
+def test_payload_files_keep_their_modes(plan, tmp_path: Path) -> None:
+    payload = nodes.user_data(plan, "oci-router", public_addresses(plan.config), "docker")
+    written = nodes.write_payload(payload, tmp_path)
+    script = tmp_path / NODE_SCRIPT.lstrip("/")
+    assert script in written
+    assert stat.S_IMODE(os.stat(script).st_mode) == 0o755
+    assert stat.S_IMODE(os.stat(tmp_path / UNIT_PATH.lstrip("/")).st_mode) == 0o644
+    doc = json.loads((tmp_path / NODE_CONFIG.lstrip("/")).read_text())
+    assert doc["containers"]["image"] == LAB_IMAGE and doc["open_host_firewall"] is True
+    assert json.loads((tmp_path / "etc/docker/daemon.json").read_text())["bridge"] == "none"
+    # An in-place push rewrites the node config only.
+    (tmp_path / NODE_CONFIG.lstrip("/")).write_text("{}")
+    script.write_text("changed")
+    nodes.write_node_config(payload, tmp_path)
+    assert json.loads((tmp_path / NODE_CONFIG.lstrip("/")).read_text()) == doc
+    assert script.read_text() == "changed"
+
+
+# --------------------------------------------------------------------------- plan and addresses
+
+
+def test_lab_plan_changes_only_the_container_image(raw: dict[str, Any], plan) -> None:
+    cfg = parse_config(raw)
+    assert plan == build_plan(dataclasses.replace(cfg, container_image=LAB_IMAGE))
+    assert dataclasses.replace(plan.config, container_image=cfg.container_image) == cfg
+
+
+def test_public_addresses(plan) -> None:
+    public = public_addresses(plan.config)
+    assert public["vsphere"] == "203.0.113.60"
+    assert public["aws"] == "198.51.100.11"
+    assert len(set(public.values())) == len(public)
+    docs = [ipaddress.ip_network("198.51.100.0/24"), ipaddress.ip_network("203.0.113.0/24")]
+    assert all(any(ipaddress.ip_address(a) in d for d in docs) for a in public.values())
+    assert "198.51.100.7" not in public.values()  # the admin address
+
+
+def test_public_address_of_a_site_does_not_move_with_other_sites(raw: dict[str, Any]) -> None:
+    full = public_addresses(lab_plan(raw).config)
+    subset = public_addresses(lab_plan(load_raw("dev", ["gcp", "oci"], {})).config)
+    assert subset == {"gcp": full["gcp"], "oci": full["oci"]}
+
+
+def test_transit_links_are_distinct_30s() -> None:
+    pairs = [transit_pair(i) for i in range(1, 1000)]
+    nets = {ipaddress.ip_interface(a).network for a, _ in pairs}
+    assert len(nets) == 999 and all(n.prefixlen == 30 for n in nets)
+    assert all(ipaddress.ip_interface(a).network == ipaddress.ip_interface(b).network for a, b in pairs)
+
+
+def test_layout_emulates_each_platform(plan) -> None:
+    layout = build_layout(plan)
+    assert layout.vm("aws-router").nics[1].address is None  # hot-attached ENI: the payload configures it
+    assert layout.vm("oci-router").nics[1].address is None
+    assert layout.vm("alicloud-router").nics[1].address is None
+    assert layout.vm("azure-router").nics[1].address == "10.2.2.10/24"  # platform DHCP
+    assert layout.vm("aws-router").nics[0].address == "10.1.1.10/24"
+    assert layout.vm("aws-client").nics[0].address == "10.1.2.20/24"
+    assert {v.node for v in layout.vms if v.host_firewall} == {"oci-router", "oci-client"}
+    edges = {e.site: e for e in layout.edges}
+    assert edges["azure"].underlay_mtu == 1400 and edges["gcp"].underlay_mtu == 1460
+    assert edges["vsphere"].wan_gateway == "10.6.1.10/24".replace(".10/", ".1/")
+    assert layout.vm("vsphere-router").default_gateway == "10.6.1.1"
+    assert [n.name for n in layout.vm("vsphere-router").nics] == ["wan0", "lan0"]  # named by guestinfo metadata
+    client = layout.vm("vsphere-client")
+    assert [(n.name, n.segment, n.address) for n in client.nics] == [
+        ("mgmt0", "br-mgmt", "10.6.3.20/24"),
+        ("lan0", "br-lan", "10.6.2.20/24"),
+    ]
+    assert client.default_gateway == "10.6.3.1" and edges["vsphere"].mgmt_gateway == "10.6.3.1/24"
+    assert edges["aws"].mgmt_gateway is None
+    assert edges["aws"].router_wan_ip == "10.1.1.10"
+    assert all(len(e.internet_port) <= 15 for e in edges.values())
+    assert len(layout.namespaces()) == len(set(layout.namespaces())) == 19
+    assert all(n.startswith("mco-") for n in layout.namespaces())
+    assert container_names(plan)[:3] == ["aws-c1", "aws-c2", "aws-c3"]
+
+
+def test_site_subset_and_overrides(raw: dict[str, Any]) -> None:
+    r = load_raw("dev", ["gcp", "oci"], {})
+    assert list(r["sites"]) == ["gcp", "oci"] and r["hub"] == "gcp"
+    r = load_raw("dev", ["aws", "gcp"], {"topology": "point-to-point", "hub": None})
+    assert r["hub"] == "aws" and r["topology"] == "point-to-point"
+    with pytest.raises(LabError, match="nowhere"):
+        load_raw("dev", ["aws", "nowhere"], {})
+    with pytest.raises(LabError, match="no stack file"):
+        load_raw("nosuchstack", None, {})
+
+
+# --------------------------------------------------------------------------- underlay commands (fake shell)
+
+
+class FakeShell:
+    def __init__(self) -> None:
+        self.commands: list[str] = []
+
+    def run(self, argv, check=True, input=None, env=None, timeout=None):
+        self.commands.append(" ".join(argv) + (f" <<{input!r}" if input else ""))
+
+    def ns(self, netns, argv, **kw):
+        self.run(["nsenter", f"--net=/run/netns/{netns}", "--", *argv])
+
+    def batch(self, netns, commands):
+        self.run(["ip", "-n", str(netns), "-batch", "-"], input="\n".join(commands))
+
+
+def test_edge_does_one_to_one_nat_at_the_site_mtu(plan) -> None:
+    layout = build_layout(plan)
+    sh = FakeShell()
+    edge = next(e for e in layout.edges if e.site == "azure")
+    underlay.build_edge(sh, layout, edge)  # type: ignore[arg-type]
+    text = "\n".join(sh.commands)
+    assert "mtu 1400 type veth" in text and text.count("mtu 1400") == 2
+    assert "-j DNAT --to-destination 10.2.1.10" in text and "-d 198.51.100.12" in text
+    assert "-s 10.2.1.10 -j SNAT --to-source 198.51.100.12" in text
+    assert "route add 198.51.100.12/32 via" in text
+
+
+def test_oci_vm_gets_the_image_firewall(plan) -> None:
+    layout = build_layout(plan)
+    sh = FakeShell()
+    underlay.build_vm(sh, layout, layout.vm("oci-router"))  # type: ignore[arg-type]
+    text = "\n".join(sh.commands)
+    assert "iptables -w -A INPUT -j REJECT" in text and "iptables -w -A FORWARD -j REJECT" in text
+    assert "addr add" in text and "10.4.2.10" not in text  # LAN NIC up, unaddressed
+
+
+# --------------------------------------------------------------------------- check and results
+
+
+def test_endpoints_are_every_node_and_container(plan) -> None:
+    eps = endpoints(plan)
+    assert len(eps) == 30
+    assert [(e.name, e.ipv4, e.ipv6) for e in eps] == plan.overlay_addresses()
+    assert {e.router for e in eps if e.kind == "container"} == {n.name for n in plan.routers()}
+
+
+def test_spoke_pair_avoids_the_hub_and_prefers_the_narrowest_underlay(plan) -> None:
+    assert spoke_pair(plan) == ("azure", "gcp")
+    gcp_hub = lab_plan(load_raw("dev", None, {"hub": "azure"}))
+    assert "azure" not in spoke_pair(gcp_hub)
+
+
+def test_ping_script_output_round_trip() -> None:
+    script = ping_script(["10.0.0.1", "fd00::1"], attempts=2)
+    assert "10.0.0.1 fd00::1" in script and "-lt 2" in script
+    assert parse_ping_lines("10.0.0.1 1 1\nfd00::1 2 0\ngarbage\n") == {"10.0.0.1": (1, True), "fd00::1": (2, False)}
+
+
+def test_matrix_text_and_summary() -> None:
+    results = [
+        PingResult("a", "b", 4, "1", True),
+        PingResult("a", "b", 6, "2", True),
+        PingResult("b", "a", 4, "3", True),
+        PingResult("b", "a", 6, "4", False),
+    ]
+    text = matrix_text(["a", "b"], results)
+    rows = text.splitlines()
+    assert rows[1].endswith("· +") and rows[2].endswith("4 ·")
+    assert (cell(True, True), cell(False, True), cell(False, False), cell(None, None)) == ("+", "6", "x", " ")
+    s = summary(results, [Probe("mtu", "x", True, "")])
+    assert (s["pairs"], s["passed"], s["failed"], s["ok"]) == (4, 3, 1, False)
+    doc = json.loads(to_json(["a", "b"], results, [], {"hub": "a"}))
+    assert doc["hub"] == "a" and len(doc["failures"]) == 1 and doc["failures"][0]["dst"] == "a"
+
+
+def test_junit_counts_and_failures() -> None:
+    results = [PingResult("a", "b", 4, "10.0.0.2", True), PingResult("a", "b", 6, "fd00::2", False, 3)]
+    probes = [Probe("mtu", "DF 1350", True, "answered"), Probe("hub-transit", "via hub", False, "counters flat")]
+    root = ET.fromstring(to_junit(results, probes, 1.5))
+    assert root.get("tests") == "4" and root.get("failures") == "2"
+    suites = {s.get("name"): s for s in root.iter("testsuite")}
+    assert set(suites) == {"matrix", "mtu", "hub-transit"}
+    failed = [c.get("name") for c in root.iter("testcase") if c.find("failure") is not None]
+    assert failed == ["a -> b IPv6", "via hub"]
+
+
+# --------------------------------------------------------------------------- swap
+
+
+PING_LOG = """PING 10.250.4.2 (10.250.4.2) 56(84) bytes of data.
+[1000.000] 64 bytes from 10.250.4.2: icmp_seq=1 ttl=64 time=0.2 ms
+[1000.010] 64 bytes from 10.250.4.2: icmp_seq=2 ttl=64 time=0.2 ms
+[1000.020] no answer yet for icmp_seq=3
+[1000.030] no answer yet for icmp_seq=4
+[1000.045] 64 bytes from 10.250.4.2: icmp_seq=5 ttl=64 time=0.2 ms
+[1000.050] 64 bytes from 10.250.4.2: icmp_seq=6 ttl=64 time=0.2 ms
+[1000.050] 64 bytes from 10.250.4.2: icmp_seq=6 ttl=64 time=0.2 ms (DUP!)
+
+--- 10.250.4.2 ping statistics ---
+7 packets transmitted, 4 received, 42% packet loss, time 60ms
+"""
+
+
+def test_ping_log_disruption() -> None:
+    log = parse_ping_log(PING_LOG)
+    assert sorted(log.replies) == [1, 2, 5, 6] and (log.transmitted, log.received) == (7, 4)
+    d = disruption(log, 0.01, apply_started=1000.005)
+    assert d["lost"] == 2 and d["lost_seqs"] == [3, 4]  # seq 7, unanswered when ping stopped, is not a loss
+    assert d["outage_ms"] == pytest.approx(35.0) and d["converged_after_s"] == pytest.approx(0.04)
+    assert disruption(parse_ping_log(""))["converged"] is False
+
+
+def test_stale_fdb_entries_after_a_hub_change(raw: dict[str, Any]) -> None:
+    new = lab_plan(load_raw("dev", None, {"hub": "gcp"}))
+    azure_client = overlay_mac(2, 2)
+    assert mac_site(azure_client) == 2 and mac_site("0e:8c:03:03:8c:86") is None
+    entries = [
+        {"mac": azure_client, "ifname": "ovl-r1", "master": "br-overlay", "state": ""},  # learned via the old hub
+        {"mac": azure_client, "ifname": "ovl-r2", "master": "br-overlay", "state": ""},  # right tunnel
+        {"mac": overlay_mac(1, 1), "ifname": "ovl-r1", "master": "br-overlay", "state": ""},  # old hub itself
+        {"mac": azure_client, "ifname": "ovl-r1", "flags": ["self"], "state": ""},  # VXLAN's own table
+        {"mac": "0e:8c:03:03:8c:86", "ifname": "ovl-r1", "master": "br-overlay", "state": ""},
+    ]
+    assert stale_fdb(new, "gcp-router", entries) == [{"node": "gcp-router", "mac": azure_client, "dev": "ovl-r1", "expected": "ovl-r2"}]
+    # A spoke reaches everything through its one tunnel to the hub: nothing there is stale.
+    assert stale_fdb(new, "oci-router", [{"mac": azure_client, "ifname": "ovl-r3", "master": "br-overlay", "state": ""}]) == []
+
+
+def test_swap_probe_pair_is_spoke_before_and_after(plan) -> None:
+    new = lab_plan(load_raw("dev", None, {"hub": "gcp"}))
+    a, b = probe_pair(plan, new)
+    assert {a, b}.isdisjoint({"aws", "gcp"}) and a != b
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def test_cli_arguments() -> None:
+    p = cli.parser()
+    args = p.parse_args(["up", "--sites", "aws,gcp", "--topology", "point-to-point", "--containers", "netns"])
+    assert args.sites == ["aws", "gcp"] and args.containers == "netns" and args.stack == "dev"
+    assert args.results == cli.DEFAULT_RESULTS
+    with pytest.raises(SystemExit):
+        p.parse_args(["up", "--sites", "aws"])
+    with pytest.raises(SystemExit):
+        p.parse_args(["swap", "--protocol", "ipsec"])
+
+
+def test_cli_works_without_the_vm_module(monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib
+
+    def missing(name: str):
+        raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+
+    monkeypatch.setattr(importlib, "import_module", missing)
+    p = cli.parser()
+    assert p.parse_args(["down"]).command == "down"
+
+
+def test_cli_needs_root_and_says_so(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    assert cli.main(["down"]) == 2
+    assert "needs root" in capsys.readouterr().err
+
+
+def test_missing_tools_name_their_package(monkeypatch: pytest.MonkeyPatch) -> None:
+    import shutil
+
+    from lab import lifecycle
+
+    monkeypatch.setattr(shutil, "which", lambda tool: None if tool in ("dockerd", "nsenter") else f"/usr/bin/{tool}")
+    with pytest.raises(LabError) as e:
+        lifecycle.check_tools("docker")
+    assert "apt-get install -y docker.io util-linux" in str(e.value)
+    monkeypatch.setattr(shutil, "which", lambda tool: f"/usr/bin/{tool}")
+    lifecycle.check_tools("netns")
+
+
+def test_matrix_retries_failures_calmly_and_keeps_real_failures(plan) -> None:
+    import subprocess
+
+    from lab.check import ATTEMPTS, ping_matrix
+
+    eps = endpoints(plan)[:3]  # aws-router, aws-client, azure-router
+    dead = eps[2].ipv6  # never answers
+    slow = eps[1].ipv4  # answers only in the calm pass
+    calls: list[tuple[str, str]] = []
+
+    class FakeLab:
+        def run_on(self, ep, argv, check=False, timeout=120):
+            script = argv[-1]
+            targets = script.split("for t in ", 1)[1].split("; do", 1)[0].split()
+            calm = "-W 2" in script
+            calls.append((ep.name, "calm" if calm else "first"))
+            lines = [f"{t} {ATTEMPTS} {0 if t == dead or (t == slow and not calm) else 1}" for t in targets]
+            return subprocess.CompletedProcess(argv, 0, "\n".join(lines), "")
+
+    results = ping_matrix(FakeLab(), eps)  # type: ignore[arg-type]
+    assert len(results) == 3 * 2 * 2
+    bad = [(r.src, r.dst, r.family, r.attempts) for r in results if not r.ok]
+    assert bad == [(eps[0].name, eps[2].name, 6, 2 * ATTEMPTS), (eps[1].name, eps[2].name, 6, 2 * ATTEMPTS)]
+    healed = [r for r in results if r.target == slow]
+    assert all(r.ok and r.attempts == 2 * ATTEMPTS for r in healed)
+    # Only sources with a failed pair get the calm pass, and only for those pairs.
+    assert sorted(c[0] for c in calls if c[1] == "calm") == sorted(e.name for e in eps)
+    assert len([c for c in calls if c[1] == "first"]) == 3
