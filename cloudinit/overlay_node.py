@@ -49,7 +49,10 @@ class Runner:
 
     def run(self, argv: Sequence[str], check: bool = True, stdin: str | None = None) -> subprocess.CompletedProcess:
         argv = [{"ip": self.ip, "bridge": self.bridge}.get(argv[0], argv[0]), *argv[1:]]
-        proc = subprocess.run(list(argv), input=stdin, capture_output=True, text=True)
+        try:
+            proc = subprocess.run(list(argv), input=stdin, capture_output=True, text=True)
+        except FileNotFoundError:
+            raise CommandFailed(f"{argv[0]} is not installed (it comes with iproute2, docker.io or iptables)") from None
         if check and proc.returncode != 0:
             raise CommandFailed(f"{' '.join(argv)}: exit {proc.returncode}: {proc.stderr.strip()}")
         return proc
