@@ -1,0 +1,91 @@
+"""One table-driven test over every registered platform, in the six-platform dev stack, with each site as hub:
+every site gets its provider, a reserved public address, a two-NIC router and a client whose user-data is the
+planned payload, and no rule of any platform admits the whole internet."""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import json
+from typing import Any
+
+import pytest
+
+from cloudinit.render import payload_node_config
+from components.clouds import REGISTRY
+from components.plan import node_config
+from tests.harness import ProgramRun, Registered
+from tests.test_inplace import DEV, SITES, is_rule, is_user_data, plan_with, run_with
+
+PLATFORMS = sorted(REGISTRY)
+
+
+def site_component(run: ProgramRun, site: str) -> Registered:
+    return run.named(site, "multicloud-overlay:index:Site")
+
+
+def user_data_strings(value: Any) -> list[str]:
+    if isinstance(value, dict):
+        if "4dabf18193072939515e22adb298388d" in value:  # a secret's envelope
+            return user_data_strings(value.get("value"))
+        return [s for v in value.values() for s in user_data_strings(v)]
+    if isinstance(value, list):
+        return [s for v in value for s in user_data_strings(v)]
+    if isinstance(value, str) and len(value) > 64 and is_user_data(value):
+        return [value]
+    return []
+
+
+def decode(value: str) -> str:
+    if value.startswith("#cloud-config"):
+        return value
+    raw = base64.b64decode(value)
+    return (gzip.decompress(raw) if raw[:2] == b"\x1f\x8b" else raw).decode()
+
+
+def test_every_platform_is_registered_and_in_the_dev_stack() -> None:
+    assert PLATFORMS == sorted(["aws", "azure", "gcp", "oci", "alicloud", "vsphere"])
+    assert sorted(s["platform"] for s in DEV["sites"].values()) == PLATFORMS
+
+
+@pytest.mark.parametrize("hub", SITES)
+def test_every_site_is_complete_whoever_is_hub(hub: str) -> None:
+    run, plan = run_with(hub), plan_with(hub)
+    ips = run.outputs["publicIps"]
+    for site in SITES:
+        platform = DEV["sites"][site]["platform"]
+        component = site_component(run, site)
+        below = run.descendants_of(component.urn)
+        providers = [r for r in below if r.type.startswith("pulumi:providers:")]
+        assert providers, f"{site}: no explicit provider"
+        # Every cloud resource of the site uses one of the site's own providers (pulumi-command/tls are local).
+        own = {f"{p.urn}::{p.name}-id" for p in providers}
+        for r in below:
+            if r.custom and not r.type.startswith(("pulumi:providers:", "command:", "tls:")):
+                assert r.provider in own, f"{site}: {r.type} {r.name} uses {r.provider}"
+        # The router and the client carry their own planned payload.
+        for node in (plan.router(site), plan.client(site)):
+            vm_component = run.named(node.name, f"multicloud-overlay:index:{'OverlayRouter' if node.kind == 'router' else 'OverlayClient'}")
+            payloads = [s for r in run.descendants_of(vm_component.urn) if r.custom for s in user_data_strings(r.inputs)]
+            assert len(payloads) == 1, f"{node.name}: {len(payloads)} payloads"
+            assert payload_node_config(decode(payloads[0])) == node_config(plan, node.name, ips), node.name
+        # The router's public address is known before any VM (it is in every peer's payload) and is the one exported.
+        assert ips[site] and ips[site] == run.outputs["sites"][site]["publicIp"]
+        assert run.outputs["sites"][site]["tunnelPeers"] == list(plan.peer_sites(site))
+        assert run.outputs["nodes"][f"{site}-router"]["role"] == ("hub" if site == hub else "spoke")
+        package = {"azure": "azure-native"}.get(platform, platform)
+        assert package in {r.type.split(":")[0] for r in below if r.custom}, f"{site}: no {package} resource"
+
+
+@pytest.mark.parametrize("hub", SITES)
+def test_no_rule_of_any_platform_admits_the_whole_internet(hub: str) -> None:
+    run = run_with(hub)
+    rules = [r for r in run.resources if r.custom and is_rule(r.name)]
+    assert len(rules) > 6 * 8
+    for r in rules:
+        text = json.dumps(r.inputs)
+        assert '"0.0.0.0/0"' not in text and '"::/0"' not in text, f"{r.type} {r.name}: {text}"
+    edges = [run.outputs["sites"][s].get("edgeRules") for s in SITES if DEV["sites"][s]["platform"] == "vsphere"]
+    assert edges and all(e for e in edges)
+    for edge in edges:
+        assert all(rule["source"] not in ("0.0.0.0/0", "::/0") for rule in edge)
