@@ -44,7 +44,7 @@ def decode(value: str) -> str:
 
 
 def test_every_platform_is_registered_and_in_the_dev_stack() -> None:
-    assert PLATFORMS == sorted(["aws", "azure", "gcp", "oci", "alicloud", "vsphere"])
+    assert sorted(["aws", "azure", "gcp", "oci", "alicloud", "vsphere"]) == PLATFORMS
     assert sorted(s["platform"] for s in DEV["sites"].values()) == PLATFORMS
 
 
