@@ -150,7 +150,6 @@ class RecordingMonitor(pulumi_mocks.MockMonitor):
             )
         return response
 
-
     def RegisterResourceOutputs(self, request: Any) -> Any:
         from pulumi.runtime import rpc
         from pulumi.runtime.sync_await import _ensure_event_loop
@@ -217,6 +216,17 @@ class _ListHandler(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         self.sink.append(record.getMessage())
+
+
+_CACHED: dict[str, ProgramRun] = {}
+
+
+def run_cached(raw: Mapping[str, Any]) -> ProgramRun:
+    """run_program once per distinct config (tests that assert different things about one run share it)."""
+    key = json.dumps(raw, sort_keys=True, default=str)
+    if key not in _CACHED:
+        _CACHED[key] = run_program(json.loads(key))
+    return _CACHED[key]
 
 
 def _resolve(value: Any) -> Any:

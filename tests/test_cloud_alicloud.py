@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import copy
 import ipaddress
 from pathlib import Path
 from typing import Any
@@ -17,7 +16,7 @@ from components.clouds.base import ResolvedRule
 from components.config import parse_config
 from components.plan import build_plan, node_config
 from components.security import IngressRule, is_open_to_world
-from tests.harness import ProgramRun, Registered, run_program
+from tests.harness import ProgramRun, Registered, run_cached
 from tests.mockdata import alicloud as ali_mock
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -55,14 +54,8 @@ def alicloud_config(sites: list[str] | None = None, hub: str = "alia", **top: An
     return raw
 
 
-_RUNS: dict[str, ProgramRun] = {}
-
-
 def run_for(raw: dict[str, Any]) -> ProgramRun:
-    key = yaml.safe_dump(raw, sort_keys=True)
-    if key not in _RUNS:
-        _RUNS[key] = run_program(copy.deepcopy(raw))
-    return _RUNS[key]
+    return run_cached(raw)
 
 
 @pytest.fixture(scope="module")

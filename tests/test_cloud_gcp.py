@@ -11,7 +11,6 @@ from typing import Any
 
 import pulumi
 import pytest
-import yaml
 from pulumi.runtime.stack import run_pulumi_func
 from pulumi.runtime.sync_await import _sync_await
 
@@ -23,7 +22,7 @@ from components.plan import TUNNEL_PORT, Plan, build_plan, node_config
 from components.security import IngressRule, PeerRouter, is_open_to_world
 from components.stackfile import read_stack_file
 from tests import harness
-from tests.harness import ROOT, ProgramRun, Registered, run_program
+from tests.harness import ROOT, ProgramRun, Registered, run_cached
 from tests.mockdata import gcp as gcp_mock
 
 NETWORK = "gcp:compute/network:Network"
@@ -60,14 +59,8 @@ def gcp_config(sites: dict[str, tuple[str, str]] | None = None, hub: str = "gcpa
     return raw
 
 
-_RUNS: dict[str, ProgramRun] = {}
-
-
 def run_for(raw: dict[str, Any]) -> ProgramRun:
-    key = yaml.safe_dump(raw, sort_keys=True)
-    if key not in _RUNS:
-        _RUNS[key] = run_program(copy.deepcopy(raw))
-    return _RUNS[key]
+    return run_cached(raw)
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import copy
 import ipaddress
 from collections import Counter
 from pathlib import Path
@@ -18,7 +17,7 @@ from components.clouds import oci as oci_site
 from components.config import parse_config
 from components.plan import Plan, build_plan, node_config
 from components.security import is_open_to_world
-from tests.harness import ProgramRun, Registered, run_program
+from tests.harness import ProgramRun, Registered, run_cached
 from tests.mockdata import oci as oci_mock
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -59,14 +58,8 @@ def oci_config(sites: tuple[str, ...] = ("ocia", "ocib", "ocic"), hub: str = "oc
     return raw
 
 
-_RUNS: dict[str, ProgramRun] = {}
-
-
 def run_for(raw: dict[str, Any]) -> ProgramRun:
-    key = yaml.safe_dump(raw, sort_keys=True)
-    if key not in _RUNS:
-        _RUNS[key] = run_program(copy.deepcopy(raw))
-    return _RUNS[key]
+    return run_cached(raw)
 
 
 def plan_for(raw: dict[str, Any]) -> Plan:
