@@ -346,12 +346,12 @@ def parse_config(raw: Mapping[str, Any], require_private_key: bool = False) -> O
                     )
             except ValueError:
                 pass
+    # Sites may reuse each other's private ranges: tunnels run between public addresses and the overlay never
+    # routes an underlay prefix.
     for i, a in enumerate(sites):
         for b in sites[i + 1 :]:
             if a.site_id == b.site_id:
                 c.add(f"sites.{b.name}.siteId", b.site_id, f"already used by site {a.name}: give every site its own siteId")
-            if a.vpc_cidr.overlaps(b.vpc_cidr) and a.platform != b.platform:
-                pass  # separate clouds may reuse private ranges: the overlay never routes them
     if sites and protocol is not None:
         from components.plan import encapsulation_overhead  # pure module; imported late to avoid a cycle
 
