@@ -75,7 +75,7 @@ class SshHostKey:
 def render_user_data(doc: Mapping[str, Any], host_key: SshHostKey | None = None) -> str:
     """The `#cloud-config` user-data of one node, from its node config (see plan.node_config)."""
     kind = doc["kind"]
-    packages = ["iproute2", "iptables"] + (["docker.io"] if kind == "router" else [])
+    packages = ["iproute2", "iptables", "iputils-ping"] + (["docker.io"] if kind == "router" else [])
     files: list[dict[str, Any]] = [
         {"path": NODE_SCRIPT, "permissions": "0755", "encoding": "gz+b64", "content": _gz_b64(node_script())},
         {
