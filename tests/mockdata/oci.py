@@ -103,12 +103,18 @@ INVOKES: dict[str, dict[str, Any]] = {
             {"compartmentId": "ocid1.tenancy.oc1..example", "id": "ocid1.availabilitydomain.oc1..ad3", "name": "Uocm:EU-FRANKFURT-1-AD-3"},
         ],
     },
-    # The API filters by ip_address + subnet_id; a fixed mock answer lists every known router WAN address instead.
-    "oci:Core/getPrivateIps:getPrivateIps": {
-        "id": "CorePrivateIpsDataSource-0",
-        "privateIps": [_private_ip(ip) for ip in KNOWN_ROUTER_WAN_IPS],
-    },
 }
+
+
+def _get_private_ips(args: dict[str, Any]) -> dict[str, Any]:
+    """The API filters by ip_address + subnet_id: answer with that address as a primary private IP."""
+    wanted = args.get("ipAddress")
+    ips = [wanted] if isinstance(wanted, str) and wanted else list(KNOWN_ROUTER_WAN_IPS)
+    return {"id": "CorePrivateIpsDataSource-0", "privateIps": [_private_ip(ip) for ip in ips]}
+
+
+# Invoke token -> function of the invoke's arguments.
+CALLS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {"oci:Core/getPrivateIps:getPrivateIps": _get_private_ips}
 
 
 def public_address(name: str) -> str:
