@@ -197,8 +197,8 @@ def tunnel_counters(lab: Lab, node: str, devs: Sequence[str]) -> dict[str, tuple
 
 def hub_transit(lab: Lab) -> list[Probe]:
     plan = lab.plan
-    if plan.config.topology != "hub-and-spoke":
-        return []
+    if plan.config.topology != "hub-and-spoke" or len(plan.config.sites) < 3:
+        return []  # no spoke-to-spoke path: point-to-point, or a hub with a single spoke
     a, b = spoke_pair(plan)
     hub = plan.router(plan.hub)
     dev = {s: f"ovl-r{plan.config.site(s).site_id}" for s in (a, b)}

@@ -1,0 +1,462 @@
+"""Dataplane cost of the overlay in the lab: TCP throughput (iperf3) and ping RTT, overlay against underlay.
+
+Brings up the dev stack with VXLAN (`python -m lab up --stack dev --protocol vxlan`), then measures, for the hub
+and the two spokes the lab's own check uses (narrowest underlay first):
+
+    underlay  hub router WAN   -> spoke router's public address    (through NAT and the emulated internet)
+    underlay  spoke router WAN -> other spoke's public address     (the direct internet path between the spokes)
+    overlay   hub router       -> spoke router     IPv4 / IPv6     (one tunnel)
+    overlay   spoke client     -> other spoke's client  IPv4 / IPv6 (two tunnels, bridged through the hub)
+    overlay   spoke container  -> other spoke's container IPv4 / IPv6 (Docker containers, same path plus veths)
+
+Every case runs once per repetition, cases interleaved (A B C … A B C …), after one discarded warm-up pass;
+the report gives medians and, per overlay case, the overlay/underlay ratio next to the packet-size reference
+
+    reference = (overlay_mtu - inner IP header (20|40) - TCP 20 - timestamps 12)
+              / (underlay path MTU - IPv4 20 - TCP 20 - timestamps 12)
+
+where the underlay path MTU is the smallest MTU on the measured path (VM NICs 1500, each site's internet link its
+underlay MTU). All links are veths in one kernel, so the ratio measures encapsulation CPU cost and packet size on
+this machine's cores, not a cloud's network.
+
+    sudo .venv/bin/python -m bench.dataplane [--repeat 5] [--seconds 4]
+
+Writes bench/results/dataplane.json and .png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from bench.labrun import RESULTS, fmt, in_netns, lab, machine, median, require_no_lab, require_root, stamp, which_or_exit, write_json
+
+NAME = "dataplane"
+PORT = 5201
+IPV4_HEADER, IPV6_HEADER, TCP_HEADER, TCP_TIMESTAMPS = 20, 40, 20, 12
+REFERENCE_FORMULA = (
+    "reference = (overlay_mtu - inner_ip_header - 20 - 12) / (underlay_path_mtu - 20 - 20 - 12); "
+    "inner_ip_header 20 (IPv4) or 40 (IPv6), 20 TCP header, 12 TCP timestamp option; "
+    "underlay_path_mtu = min(VM NIC MTU, underlay MTU of every site on the path)"
+)
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    layer: str
+    """underlay or overlay"""
+    src_ns: str
+    dst_ns: str
+    dst: str
+    family: int
+    path: str
+    """What the packets cross, in words."""
+    path_mtu: int
+    """Smallest MTU the packets meet (overlay: the overlay MTU)."""
+    baseline: str | None = None
+    """The underlay case an overlay case is compared with."""
+    tunnels: int = 0
+    """VXLAN/GENEVE encapsulations a packet goes through on the way."""
+
+
+def tcp_payload(mtu: int, family: int) -> int:
+    return mtu - (IPV4_HEADER if family == 4 else IPV6_HEADER) - TCP_HEADER - TCP_TIMESTAMPS
+
+
+def reference_ratio(overlay: Case, underlay: Case) -> float:
+    return tcp_payload(overlay.path_mtu, overlay.family) / tcp_payload(underlay.path_mtu, underlay.family)
+
+
+def build_cases(hub_spoke: str | None = None, spokes: tuple[str, str] | None = None) -> list[Case]:
+    """The measured paths of the running lab, read through the lab's own plan and layout."""
+    from lab.check import Lab, spoke_pair
+    from lab.topology import NIC_MTU
+
+    lab_ = Lab()
+    plan, layout = lab_.plan, lab_.layout
+    hub = plan.hub
+    a, b = spokes or spoke_pair(plan)
+    s = hub_spoke or a
+    edges = {e.site: e for e in layout.edges}
+
+    def underlay_mtu(*sites: str) -> int:
+        return min([NIC_MTU, *(edges[x].underlay_mtu for x in sites)])
+
+    hr, sr = plan.router(hub), plan.router(s)
+    ar, br_ = plan.router(a), plan.router(b)
+    ac, bc = plan.client(a), plan.client(b)
+    actr, bctr = ar.containers[0], br_.containers[0]
+    ns = lab_.node_ns
+    u_hs = f"underlay {hub}->{s}"
+    u_ss = f"underlay {a}->{b}"
+    mtu = plan.mtu
+    cases = [
+        Case(
+            u_hs,
+            "underlay",
+            ns(hr.name),
+            ns(sr.name),
+            edges[s].public_ip,
+            4,
+            f"{hr.name} WAN -> {s} public {edges[s].public_ip} (NAT, internet)",
+            underlay_mtu(hub, s),
+        ),
+        Case(
+            u_ss,
+            "underlay",
+            ns(ar.name),
+            ns(br_.name),
+            edges[b].public_ip,
+            4,
+            f"{ar.name} WAN -> {b} public {edges[b].public_ip} (NAT, internet)",
+            underlay_mtu(a, b),
+        ),
+    ]
+    for fam in (4, 6):
+        cases.append(
+            Case(
+                f"overlay {hub}->{s} routers v{fam}",
+                "overlay",
+                ns(hr.name),
+                ns(sr.name),
+                sr.overlay_ipv4 if fam == 4 else sr.overlay_ipv6,
+                fam,
+                f"{hr.name} -> {sr.name} (hub -> spoke, one tunnel)",
+                mtu,
+                u_hs,
+                1,
+            )
+        )
+    for fam in (4, 6):
+        cases.append(
+            Case(
+                f"overlay {a}->{hub}->{b} clients v{fam}",
+                "overlay",
+                ns(ac.name),
+                ns(bc.name),
+                bc.overlay_ipv4 if fam == 4 else bc.overlay_ipv6,
+                fam,
+                f"{ac.name} =lan=> {ar.name} => {hr.name} => {br_.name} =lan=> {bc.name} (spoke -> hub -> spoke; each client "
+                "reaches its router through its own LAN tunnel: 4 tunnels)",
+                mtu,
+                u_ss,
+                4,
+            )
+        )
+    for fam in (4, 6):
+        cases.append(
+            Case(
+                f"overlay {a}->{hub}->{b} containers v{fam}",
+                "overlay",
+                actr.name,
+                bctr.name,
+                (bctr.ipv4 if fam == 4 else bctr.ipv6).split("/")[0],
+                fam,
+                f"container {actr.name} -> {bctr.name} (Docker on {ar.name} / {br_.name}, via hub {hr.name}: 2 tunnels)",
+                mtu,
+                u_ss,
+                2,
+            )
+        )
+    return cases
+
+
+# --------------------------------------------------------------------------- measurements
+
+_RTT = re.compile(r"time=([0-9.]+) ms")
+
+
+def ping(case: Case, count: int, interval: float) -> dict[str, Any]:
+    argv = in_netns(case.src_ns, ["ping", "-n", "-c", str(count), "-i", str(interval), "-W", "1", case.dst])
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=60 + count * interval * 2, check=False)
+    rtts = [float(m.group(1)) for m in _RTT.finditer(proc.stdout)]
+    return {
+        "sent": count,
+        "answered": len(rtts),
+        "rtt_median_ms": statistics.median(rtts) if rtts else None,
+        "rtt_min_ms": min(rtts) if rtts else None,
+        "rtt_p90_ms": sorted(rtts)[int(0.9 * (len(rtts) - 1))] if rtts else None,
+    }
+
+
+def iperf(case: Case, seconds: int, omit: int = 1) -> dict[str, Any]:
+    argv = in_netns(case.src_ns, ["iperf3", "-c", case.dst, "-p", str(PORT), "-t", str(seconds), "-O", str(omit), "-J"])
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + omit + 60, check=False)
+    try:
+        doc = json.loads(proc.stdout)
+    except ValueError:
+        return {"ok": False, "error": (proc.stderr or proc.stdout).strip()[-300:]}
+    if "error" in doc or "end" not in doc:
+        return {"ok": False, "error": str(doc.get("error", "no result"))}
+    end = doc["end"]
+    return {
+        "ok": True,
+        "gbit_s": end["sum_received"]["bits_per_second"] / 1e9,
+        "retransmits": end.get("sum_sent", {}).get("retransmits"),
+        "tcp_mss_default": doc.get("start", {}).get("tcp_mss_default"),
+        "cpu_sender_pct": end.get("cpu_utilization_percent", {}).get("host_total"),
+        "cpu_receiver_pct": end.get("cpu_utilization_percent", {}).get("remote_total"),
+    }
+
+
+def tx_counters(ns: str) -> dict[str, tuple[int, int]]:
+    """link -> (tx packets, tx bytes) in a namespace; a veth counts a GSO super-packet as one packet."""
+    proc = subprocess.run(["ip", "-n", ns, "-s", "-j", "link", "show"], capture_output=True, text=True, check=False)
+    out = {}
+    for link in json.loads(proc.stdout or "[]"):
+        stats = link.get("stats64", link.get("stats", {})).get("tx", {})
+        if link.get("ifname") != "lo" and stats:
+            out[link["ifname"]] = (int(stats["packets"]), int(stats["bytes"]))
+    return out
+
+
+def sender_nic(before: dict[str, tuple[int, int]], after: dict[str, tuple[int, int]]) -> dict[str, Any]:
+    """The sender's busiest link during a run and the average size of what it transmitted per packet (skb): near
+    the MTU when packets are segmented before they leave, tens of kB when GSO super-packets travel whole."""
+    deltas = {k: (after[k][0] - v[0], after[k][1] - v[1]) for k, v in before.items() if k in after}
+    if not deltas:
+        return {}
+    nic, (packets, octets) = max(deltas.items(), key=lambda kv: kv[1][1])
+    return {"sender_nic": nic, "sender_bytes_per_tx_packet": round(octets / packets) if packets else None}
+
+
+def route_mtu(case: Case) -> str:
+    """What the kernel of the sender knows about the path after the runs (a learned PMTU shows as `mtu N`)."""
+    proc = subprocess.run(["ip", "netns", "exec", case.src_ns, "ip", "route", "get", case.dst], capture_output=True, text=True, check=False)
+    return " ".join(proc.stdout.split())
+
+
+class Servers:
+    """One iperf3 server per destination namespace, stopped by pid."""
+
+    def __init__(self, namespaces: Sequence[str]) -> None:
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        for ns in dict.fromkeys(namespaces):
+            self.procs[ns] = subprocess.Popen(
+                in_netns(ns, ["iperf3", "-s", "-p", str(PORT)]),
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        time.sleep(1.0)
+        dead = [ns for ns, p in self.procs.items() if p.poll() is not None]
+        if dead:
+            self.stop()
+            raise RuntimeError(f"iperf3 server did not start in {', '.join(dead)}")
+
+    def stop(self) -> None:
+        for p in self.procs.values():
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for p in self.procs.values():
+            try:
+                p.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+
+
+def measure(cases: list[Case], repeat: int, seconds: int, pings: int) -> dict[str, list[dict[str, Any]]]:
+    samples: dict[str, list[dict[str, Any]]] = {c.name: [] for c in cases}
+    servers = Servers([c.dst_ns for c in cases])
+    try:
+        print("warm-up pass (discarded): neighbours, FDB, path MTU", flush=True)
+        for c in cases:
+            ping(c, 5, 0.05)
+            w = iperf(c, 1, omit=0)
+            if not w.get("ok"):
+                print(f"  {c.name}: iperf3 failed: {w.get('error')}", flush=True)
+        for rep in range(repeat):
+            for c in cases:
+                p = ping(c, pings, 0.01)
+                before = tx_counters(c.src_ns)
+                t = iperf(c, seconds)
+                nic = sender_nic(before, tx_counters(c.src_ns))
+                samples[c.name].append({"rep": rep, **p, **t, **nic})
+                print(
+                    f"[{rep + 1}/{repeat}] {c.name:<38} {fmt(t.get('gbit_s'), '6.2f')} Gbit/s  "
+                    f"rtt {fmt(p['rtt_median_ms'], '.3f')} ms  retr {t.get('retransmits', '-')}"
+                    + ("" if t.get("ok") else f"  FAILED: {t.get('error')}"),
+                    flush=True,
+                )
+    finally:
+        servers.stop()
+    return samples
+
+
+def summarise(cases: list[Case], samples: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    by_name = {c.name: c for c in cases}
+    rows = []
+    for c in cases:
+        s = samples[c.name]
+        row: dict[str, Any] = {
+            **asdict(c),
+            "runs": len(s),
+            "failed_runs": sum(1 for x in s if not x.get("ok")),
+            "gbit_s_median": median([x.get("gbit_s") for x in s]),
+            "gbit_s_min": min((x["gbit_s"] for x in s if x.get("ok")), default=None),
+            "gbit_s_max": max((x["gbit_s"] for x in s if x.get("ok")), default=None),
+            "rtt_ms_median": median([x.get("rtt_median_ms") for x in s]),
+            "retransmits_median": median([x.get("retransmits") for x in s]),
+            "tcp_payload_per_packet": tcp_payload(c.path_mtu, c.family),
+            "sender_nic": s[0].get("sender_nic") if s else None,
+            "sender_bytes_per_tx_packet_median": median([x.get("sender_bytes_per_tx_packet") for x in s]),
+        }
+        if c.baseline:
+            base = by_name[c.baseline]
+            bs = samples[base.name]
+            # Ratios of each repetition's pair (measured back to back), then their median: robust to drifts in load.
+            pairs = [(x["gbit_s"], y["gbit_s"]) for x, y in zip(s, bs, strict=False) if x.get("ok") and y.get("ok") and y["gbit_s"] > 0]
+            ratio = statistics.median(o / u for o, u in pairs) if pairs else None
+            ref = reference_ratio(c, base)
+            rtt_pairs = [
+                (x["rtt_median_ms"], y["rtt_median_ms"])
+                for x, y in zip(s, bs, strict=False)
+                if x.get("rtt_median_ms") and y.get("rtt_median_ms")
+            ]
+            row.update(
+                baseline=base.name,
+                ratio=ratio,
+                reference=ref,
+                reference_detail=(
+                    f"({c.path_mtu} - {IPV4_HEADER if c.family == 4 else IPV6_HEADER} - 20 - 12) / ({base.path_mtu} - 20 - 20 - 12) "
+                    f"= {tcp_payload(c.path_mtu, c.family)} / {tcp_payload(base.path_mtu, base.family)}"
+                ),
+                ratio_of_reference=(ratio / ref) if ratio is not None else None,
+                rtt_ratio=statistics.median(o / u for o, u in rtt_pairs) if rtt_pairs else None,
+            )
+        rows.append(row)
+    return rows
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    head = f"{'case':<40} {'tun':>3} {'Gbit/s':>7} {'RTT ms':>7} {'ratio':>6} {'ref':>6} {'of ref':>7} {'RTT x':>6} {'B/skb':>7}"
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        lines.append(
+            f"{r['name']:<40} {r['tunnels']:>3} {fmt(r['gbit_s_median'], '7.2f')} {fmt(r['rtt_ms_median'], '7.3f')} "
+            f"{fmt(r.get('ratio'), '6.2f')} {fmt(r.get('reference'), '6.3f')} {fmt(r.get('ratio_of_reference'), '7.0%')} "
+            f"{fmt(r.get('rtt_ratio'), '6.2f')} {fmt(r.get('sender_bytes_per_tx_packet_median'), '7.0f')}"
+        )
+    return "\n".join(lines)
+
+
+def chart(rows: list[dict[str, Any]], title: str, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (a, b) = plt.subplots(1, 2, figsize=(13, 5))
+    names = [r["name"] for r in rows]
+    ys = list(range(len(rows)))
+    colours = ["tab:gray" if r["layer"] == "underlay" else "tab:blue" for r in rows]
+    a.barh(ys, [r["gbit_s_median"] or 0 for r in rows], color=colours)
+    for y, r in zip(ys, rows, strict=True):
+        if r.get("ratio") is not None:
+            a.text(
+                (r["gbit_s_median"] or 0) * 1.01,
+                y,
+                f" {r['ratio']:.2f}x underlay (ref {r['reference']:.2f})",
+                va="center",
+                fontsize=8,
+            )
+    a.set_yticks(ys, names, fontsize=8)
+    a.invert_yaxis()
+    a.set_xlabel("TCP throughput, Gbit/s (median)")
+    a.set_title("iperf3 throughput")
+    b.barh(ys, [r["rtt_ms_median"] or 0 for r in rows], color=colours)
+    b.set_yticks(ys, [""] * len(ys))
+    b.invert_yaxis()
+    b.set_xlabel("ping RTT, ms (median of per-run medians)")
+    b.set_title("RTT")
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--repeat", type=int, default=5, help="repetitions of every case (default 5)")
+    parser.add_argument("--seconds", type=int, default=4, help="iperf3 seconds per run, after 1 s omitted (default 4)")
+    parser.add_argument("--pings", type=int, default=50, help="pings per run at 10 ms (default 50)")
+    parser.add_argument("--spokes", help="the two spokes to measure, comma-separated (default: the lab check's pair)")
+    parser.add_argument(
+        "--use-running-lab", action="store_true", help="measure a lab that is already up (dev, VXLAN) and leave it up afterwards"
+    )
+    args = parser.parse_args(argv)
+    require_root()
+    which_or_exit("iperf3", "iperf3")
+    log = RESULTS / NAME / "lab.log"
+    started_lab = False
+    started = time.monotonic()
+    try:
+        if not args.use_running_lab:
+            require_no_lab()
+            print("lab up --stack dev --protocol vxlan ...", flush=True)
+            started_lab = True
+            up = lab(["up", "--stack", "dev", "--protocol", "vxlan"], log=log)
+            if not up.ok:
+                print(up.output[-3000:], file=sys.stderr)
+                return 1
+            print(f"lab up in {up.seconds:.1f} s", flush=True)
+        pair = args.spokes.split(",") if args.spokes else []
+        cases = build_cases(spokes=(pair[0], pair[1]) if len(pair) == 2 else None)
+        for c in cases:
+            print(f"  {c.name}: {c.path} (path MTU {c.path_mtu})", flush=True)
+        samples = measure(cases, args.repeat, args.seconds, args.pings)
+        routes = {c.name: route_mtu(c) for c in cases}
+    finally:
+        if started_lab:
+            down = lab(["down"], log=log)
+            print(f"lab down ({'ok' if down.ok else 'FAILED: ' + down.output[-500:]})", flush=True)
+    rows = summarise(cases, samples)
+    report = {
+        "benchmark": NAME,
+        "date": stamp(),
+        "machine": machine(),
+        "stack": "dev",
+        "protocol": "vxlan",
+        "repeat": args.repeat,
+        "iperf_seconds": args.seconds,
+        "pings_per_run": args.pings,
+        "reference_formula": REFERENCE_FORMULA,
+        "note": (
+            "All lab links are veth pairs in one kernel on this machine: throughput is bound by CPU (iperf3 client, server "
+            "and every namespace's forwarding share the cores), so an overlay/underlay ratio measures encapsulation CPU "
+            "cost plus packet size, not a cloud network. 'ratio' is the median over repetitions of overlay/underlay measured "
+            "back to back; 'reference' is the payload-per-packet share; 'ratio_of_reference' = ratio / reference."
+        ),
+        "rows": rows,
+        "routes_after": routes,
+        "samples": samples,
+        "wall_seconds": round(time.monotonic() - started, 1),
+    }
+    path = write_json(NAME, report)
+    m = report["machine"]
+    chart(
+        rows,
+        f"{NAME} {report['date']} {m['host']} ({m['cpus']} CPUs, {m['kernel']}); VXLAN, overlay MTU {cases[-1].path_mtu}",
+        RESULTS / f"{NAME}.png",
+    )
+    print()
+    print(table(rows))
+    print(f"\nreference: {REFERENCE_FORMULA}")
+    print(f"took {report['wall_seconds']} s; wrote {path} and {NAME}.png")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,223 @@
+"""What the lab benchmarks share: running `python -m lab` verbs as separate processes (timed, logged), making sure
+they never touch a lab they did not start, commands inside lab namespaces, and the machine description.
+
+Stack files outside the repository root: `python -m lab up --stack NAME` reads Pulumi.NAME.yaml from the root only.
+For generated stacks this module is also a thin entry point that resolves NAME from a directory first and then
+runs the lab's own CLI unchanged:
+
+    .venv/bin/python -m bench.labrun --stack-dir bench/results/stacks -- up --stack scale12
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results"
+STACKS = RESULTS / "stacks"
+
+
+@dataclass
+class LabRun:
+    argv: list[str]
+    rc: int
+    seconds: float
+    output: str
+
+    @property
+    def ok(self) -> bool:
+        return self.rc == 0
+
+
+def lab_argv(args: Sequence[str], stack_dir: Path | None = None) -> list[str]:
+    """The command line of one lab verb: the lab's CLI, through this module when stacks live elsewhere."""
+    if stack_dir is None:
+        return [sys.executable, "-m", "lab", *args]
+    return [sys.executable, "-m", "bench.labrun", "--stack-dir", str(stack_dir), "--", *args]
+
+
+def lab(args: Sequence[str], log: Path | None = None, stack_dir: Path | None = None, timeout: float = 1800, echo: bool = False) -> LabRun:
+    """Run one lab verb in its own process; wall time, exit code and output (appended to `log`)."""
+    argv = lab_argv(args, stack_dir)
+    started = time.monotonic()
+    lines: list[str] = []
+    proc = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        lines.append(line)
+        if echo:
+            print(f"    | {line.rstrip()}", flush=True)
+    rc = proc.wait(timeout=timeout)
+    took = time.monotonic() - started
+    output = "".join(lines)
+    if log is not None:
+        log.parent.mkdir(parents=True, exist_ok=True)
+        with log.open("a", encoding="utf-8") as f:
+            f.write(f"$ {' '.join(args)}  # exit {rc}, {took:.1f} s\n{output}\n")
+    return LabRun(list(args), rc, took, output)
+
+
+def lab_is_absent() -> tuple[bool, str]:
+    """(True, ...) only when `lab status` reports no lab and no leftovers: the benchmarks never replace a lab."""
+    st = lab(["status"])
+    text = st.output.strip()
+    return st.rc == 0 and text.lower().startswith("no lab") and "leftovers" not in text, text
+
+
+def require_no_lab() -> None:
+    absent, text = lab_is_absent()
+    if not absent:
+        raise SystemExit(
+            f"a lab exists (`python -m lab status`: {text.splitlines()[0] if text else '?'}): this benchmark brings up its own "
+            "lab and never tears down one it did not start; wait for it to be downed, then run again"
+        )
+
+
+def require_root() -> None:
+    if os.geteuid() != 0:
+        raise SystemExit("needs root (the lab builds network namespaces): run with sudo .venv/bin/python -m bench.<name>")
+
+
+def seconds_reported(output: str, pattern: str) -> float | None:
+    """A duration the lab prints itself, e.g. 'lab up in 42.1 s'."""
+    m = re.search(pattern + r"\s+([0-9.]+)\s*s", output)
+    return float(m.group(1)) if m else None
+
+
+def in_netns(ns: str, argv: Sequence[str]) -> list[str]:
+    """A command in a named namespace (/run/netns/NAME): lab VMs, edges, and container handles alike."""
+    return ["ip", "netns", "exec", ns, *argv]
+
+
+def machine() -> dict[str, Any]:
+    cpu = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "host": platform.node(),
+        "kernel": platform.release(),
+        "arch": platform.machine(),
+        "cpus": os.cpu_count(),
+        "cpu_model": cpu,
+        "mem_total_mib": round(meminfo().get("MemTotal", 0) / 1024),
+        "python": platform.python_version(),
+    }
+
+
+def stamp() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def meminfo() -> dict[str, int]:
+    """/proc/meminfo in KiB."""
+    out = {}
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        key, _, rest = line.partition(":")
+        parts = rest.split()
+        if parts:
+            out[key] = int(parts[0])
+    return out
+
+
+def median(values: Sequence[float | None]) -> float | None:
+    vals = [v for v in values if v is not None]
+    return statistics.median(vals) if vals else None
+
+
+def write_json(name: str, report: dict[str, Any]) -> Path:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{name}.json"
+    path.write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
+    return path
+
+
+def fmt(value: float | None, spec: str = ".1f") -> str:
+    """format(value, spec), or a dash as wide as the spec asks for."""
+    if value is None:
+        width = re.match(r"\d*", spec)
+        return "-".rjust(int(width.group(0)) if width and width.group(0) else 1)
+    return format(value, spec)
+
+
+# --------------------------------------------------------------------------- stack files outside the root
+
+
+def write_stack_file(raw: dict[str, Any], name: str, directory: Path = STACKS) -> Path:
+    """A raw config (keys without the project prefix) as Pulumi.<name>.yaml in `directory`."""
+    from components.config import PROJECT
+
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"Pulumi.{name}.yaml"
+    doc = {"config": {f"{PROJECT}:{k}": v for k, v in raw.items()}}
+    path.write_text(yaml.safe_dump(doc, sort_keys=False), encoding="utf-8")
+    return path
+
+
+def run_lab_cli(stack_dir: Path, args: list[str]) -> int:
+    """The lab's CLI with Pulumi.<name>.yaml looked up in `stack_dir` first, then in the repository root."""
+    import lab.state
+    from lab.cli import main as lab_main
+
+    at_root = lab.state.stack_path
+
+    def resolve(stack: str) -> Path:
+        candidate = stack_dir / f"Pulumi.{stack}.yaml"
+        return candidate if candidate.exists() else at_root(stack)
+
+    setattr(lab.state, "stack_path", resolve)  # noqa: B010 - lab.state resolves stack files through this name
+    return lab_main(args)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if len(args) < 3 or args[0] != "--stack-dir" or "--" not in args:
+        print("usage: python -m bench.labrun --stack-dir DIR -- LAB-ARGS...", file=sys.stderr)
+        return 2
+    sep = args.index("--")
+    return run_lab_cli(Path(args[1]).resolve(), args[sep + 1 :])
+
+
+def proc_pss_rss(pid: int) -> tuple[int, int]:
+    """(Pss, Rss) of a process in KiB (0, 0 once it is gone)."""
+    try:
+        text = Path(f"/proc/{pid}/smaps_rollup").read_text()
+    except OSError:
+        return 0, 0
+    vals = {}
+    for line in text.splitlines():
+        key, _, rest = line.partition(":")
+        parts = rest.split()
+        if key in ("Pss", "Rss") and parts:
+            vals[key] = int(parts[0])
+    return vals.get("Pss", 0), vals.get("Rss", 0)
+
+
+def which_or_exit(tool: str, package: str) -> str:
+    path = shutil.which(tool)
+    if path is None:
+        raise SystemExit(f"{tool} is not installed: apt-get install -y {package}")
+    return path
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,230 @@
+"""How fast the overlay converges when the hub moves, per new hub site, in the lab.
+
+Brings up the dev stack with VXLAN, then walks the hub round the sites: each swap is
+`python -m lab swap --hub X --results DIR` (the lab re-applies every node in place while a client pings another
+client every 10 ms across the overlay; its JSON gives lost pings, the outage and when traffic flowed again after the
+re-apply started), followed by a full `python -m lab check` recorded as pass/fail. A round visits every site once and
+ends back at the stack's hub; rounds alternate direction so that each site is reached from different previous hubs
+(swaps are interleaved across sites, not repeated back to back). The report gives medians per new hub.
+
+    sudo .venv/bin/python -m bench.swap_convergence [--rounds 3]
+
+Writes bench/results/swap_convergence.json and .png (per-swap lab outputs under bench/results/swap_convergence/).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from bench.labrun import RESULTS, fmt, lab, machine, median, require_no_lab, require_root, stamp, write_json
+
+NAME = "swap_convergence"
+
+
+def hub_walk(sites: list[str], start: str, rounds: int) -> list[str]:
+    """New hubs in order: each round visits every other site once and returns to `start`; odd rounds go backwards."""
+    others = [s for s in sites if s != start]
+    walk: list[str] = []
+    for r in range(rounds):
+        order = others if r % 2 == 0 else list(reversed(others))
+        walk += [*order, start]
+    return walk
+
+
+def read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def one_swap(i: int, rnd: int, old: str, new: str, protocol: str, out_dir: Path, log: Path) -> dict[str, Any]:
+    d = out_dir / f"{i:02d}-r{rnd + 1}-{old}-to-{new}"
+    shutil.rmtree(d, ignore_errors=True)
+    sw = lab(["swap", "--hub", new, "--results", str(d)], log=log)
+    doc = read_json(d / f"swap-{new}-{protocol}.json") or {}
+    ping = doc.get("ping", {})
+    ck = lab(["check", "--results", str(d)], log=log)
+    check_doc = read_json(d / "check.json") or {}
+    summary = check_doc.get("summary", {})
+    return {
+        "index": i,
+        "round": rnd + 1,
+        "from": old,
+        "to": new,
+        "swap_ok": sw.ok,
+        "swap_wall_s": round(sw.seconds, 2),
+        "apply_seconds": doc.get("apply_seconds"),
+        "lost": ping.get("lost"),
+        "sent": ping.get("sent"),
+        "outage_ms": ping.get("outage_ms"),
+        "max_gap_ms": ping.get("max_gap_ms"),
+        "converged_after_s": ping.get("converged_after_s"),
+        "converged": ping.get("converged"),
+        "probe_path": ping.get("path"),
+        "rebuilt": doc.get("rebuilt"),
+        "stale_fdb": len(doc.get("stale_fdb_removed") or []),
+        "applied": bool(doc.get("applies")) and all(a.get("ok") for a in doc["applies"]),
+        "check_pass": ck.ok,
+        "check_wall_s": round(ck.seconds, 2),
+        "check_summary": summary,
+        "results_dir": str(d.relative_to(RESULTS)),
+    }
+
+
+def summarise(sites: list[str], swaps: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    rows = []
+    for s in sites:
+        xs = [x for x in swaps if x["to"] == s]
+        if not xs:
+            continue
+        rows.append(
+            {
+                "new_hub": s,
+                "swaps": len(xs),
+                "from": [x["from"] for x in xs],
+                "lost_median": median([x["lost"] for x in xs]),
+                "outage_ms_median": median([x["outage_ms"] for x in xs]),
+                "outage_ms_max": max((x["outage_ms"] for x in xs if x["outage_ms"] is not None), default=None),
+                "converged_after_s_median": median([x["converged_after_s"] for x in xs]),
+                "apply_seconds_median": median([x["apply_seconds"] for x in xs]),
+                "swap_ok": sum(1 for x in xs if x["swap_ok"]),
+                "check_pass": sum(1 for x in xs if x["check_pass"]),
+                "check_wall_s_median": median([x["check_wall_s"] for x in xs]),
+            }
+        )
+    return rows
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    head = f"{'new hub':<10} {'n':>2} {'lost':>5} {'outage ms':>9} {'max ms':>7} {'flow after s':>12} {'apply s':>7} {'swap ok':>7} {'check':>6}"
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        lines.append(
+            f"{r['new_hub']:<10} {r['swaps']:>2} {fmt(r['lost_median'], '5.0f')} {fmt(r['outage_ms_median'], '9.0f')} "
+            f"{fmt(r['outage_ms_max'], '7.0f')} {fmt(r['converged_after_s_median'], '12.2f')} {fmt(r['apply_seconds_median'], '7.2f')} "
+            f"{r['swap_ok']:>4}/{r['swaps']:<2} {r['check_pass']:>3}/{r['swaps']:<2}"
+        )
+    return "\n".join(lines)
+
+
+def chart(rows: list[dict[str, Any]], swaps: list[dict[str, Any]], title: str, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
+    sites = [r["new_hub"] for r in rows]
+    pos = {s: i for i, s in enumerate(sites)}
+    for ax, key, label in ((a, "outage_ms", "outage (ms, 10 ms pings)"), (b, "converged_after_s", "traffic flowing again after (s)")):
+        xs = [pos[x["to"]] for x in swaps if x.get(key) is not None]
+        ys = [x[key] for x in swaps if x.get(key) is not None]
+        ax.scatter(xs, ys, alpha=0.5, label="each swap")
+        ax.plot(range(len(sites)), [r[f"{key}_median"] or 0 for r in rows], "D", color="black", label="median")
+        ax.set_xticks(range(len(sites)), sites)
+        ax.set_xlabel("new hub")
+        ax.set_ylabel(label)
+        ax.legend(fontsize=8)
+    fails = [x for x in swaps if not x["check_pass"]]
+    a.set_title(f"check after swap: {len(swaps) - len(fails)}/{len(swaps)} pass", fontsize=9)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def report(
+    args: argparse.Namespace, sites: list[str], initial: dict[str, Any], swaps: list[dict[str, Any]], started: float
+) -> dict[str, Any]:
+    planned = len(hub_walk(sites, initial["hub"], args.rounds)) if sites and initial.get("hub") else None
+    return {
+        "benchmark": NAME,
+        "date": stamp(),
+        "machine": machine(),
+        "stack": args.stack,
+        "protocol": args.protocol,
+        "rounds": args.rounds,
+        "complete": planned is not None and len(swaps) == planned,
+        "swaps_planned": planned,
+        "initial": initial,
+        "method": (
+            "per swap: `python -m lab swap --hub X --results DIR` (10 ms ping between two clients that are spokes before "
+            "and after; outage_ms = time between the last reply before the first loss and the first reply after the last "
+            "loss; converged_after_s = first reply after the last loss minus the start of the re-apply), then "
+            "`python -m lab check --results DIR` (all-pairs IPv4+IPv6 ping, MTU probes, hub transit) as pass/fail"
+        ),
+        "rows": summarise(sites, swaps),
+        "swaps": swaps,
+        "wall_seconds": round(time.monotonic() - started, 1),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--rounds", type=int, default=3, help="swaps per site (default 3)")
+    parser.add_argument("--stack", default="dev")
+    parser.add_argument("--protocol", default="vxlan", choices=("vxlan", "geneve"))
+    args = parser.parse_args(argv)
+    require_root()
+    require_no_lab()
+    out_dir = RESULTS / NAME
+    log = out_dir / "lab.log"
+    started = time.monotonic()
+    swaps: list[dict[str, Any]] = []
+    initial: dict[str, Any] = {}
+    sites: list[str] = []
+    try:
+        print(f"lab up --stack {args.stack} --protocol {args.protocol} ...", flush=True)
+        up = lab(["up", "--stack", args.stack, "--protocol", args.protocol], log=log)
+        if not up.ok:
+            print(up.output[-3000:], file=sys.stderr)
+            return 1
+        from lab.check import Lab
+
+        plan = Lab().plan
+        sites = [s.name for s in plan.config.sites]
+        hub = plan.hub
+        ck = lab(["check", "--results", str(out_dir / "00-initial")], log=log)
+        initial = {"hub": hub, "up_s": round(up.seconds, 1), "check_pass": ck.ok, "check_wall_s": round(ck.seconds, 1)}
+        print(f"lab up in {up.seconds:.1f} s, hub {hub}; initial check {'PASS' if ck.ok else 'FAIL'} ({ck.seconds:.1f} s)", flush=True)
+        walk = hub_walk(sites, hub, args.rounds)
+        per_round = len(walk) // max(1, args.rounds)
+        for i, new in enumerate(walk, 1):
+            x = one_swap(i, (i - 1) // per_round, hub, new, args.protocol, out_dir, log)
+            swaps.append(x)
+            write_json(NAME, report(args, sites, initial, swaps, started))  # partial results survive an interruption
+            print(
+                f"[{i}/{len(walk)}] {hub:>8} -> {new:<8} lost {fmt(x['lost'], '.0f'):>4}  outage {fmt(x['outage_ms'], '.0f'):>5} ms  "
+                f"flowing after {fmt(x['converged_after_s'], '.2f')} s  apply {fmt(x['apply_seconds'], '.2f')} s  "
+                f"swap {'ok' if x['swap_ok'] else 'FAILED'}  check {'PASS' if x['check_pass'] else 'FAIL'} ({x['check_wall_s']:.0f} s)",
+                flush=True,
+            )
+            if x["applied"]:
+                hub = new
+            else:
+                print("swap failed to apply: stopping (see the lab log)", file=sys.stderr)
+                break
+    finally:
+        down = lab(["down"], log=log)
+        print(f"lab down ({'ok' if down.ok else 'FAILED: ' + down.output[-500:]})", flush=True)
+    doc = report(args, sites, initial, swaps, started)
+    path = write_json(NAME, doc)
+    m = doc["machine"]
+    if doc["rows"]:
+        title = f"{NAME} {doc['date']} {m['host']} ({m['cpus']} CPUs); {args.stack}, {args.protocol}"
+        chart(doc["rows"], swaps, title + ("" if doc["complete"] else " (PARTIAL)"), RESULTS / f"{NAME}.png")
+    print()
+    print(table(doc["rows"]))
+    print(f"\ntook {doc['wall_seconds']} s ({'complete' if doc['complete'] else 'PARTIAL'}); wrote {path} and {NAME}.png")
+    return 0 if doc["complete"] and all(x["swap_ok"] and x["check_pass"] for x in swaps) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
