@@ -132,7 +132,7 @@ STDLIB_SKIP: Final = frozenset(
 DYNLOAD_SKIP: Final = re.compile(
     r"^(_test|xx|_ctypes_test|_curses|_dbm|_gdbm|_sqlite3|_ssl|_hashlib|readline|nis|_crypt|ossaudiodev|audioop|_tkinter|_codecs_)"
 )
-PROJECT_PARTS: Final = ("components", "cloudinit", "lab")
+PROJECT_PARTS: Final = ("components", "cloudinit", "lab", "bench")
 
 Out = Callable[[str], None]
 
