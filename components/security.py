@@ -70,6 +70,14 @@ def client_rules(plan: Plan, site: str) -> list[IngressRule]:
     ]
 
 
+def scoped_source(source: str, rule: str = "") -> str:
+    """`source`, unless it would admit the whole internet (every platform's rules go through this)."""
+    if is_open_to_world(source):
+        named = f"ingress rule {rule}: " if rule else ""
+        raise ValueError(f"{named}refusing source {source!r}: it would admit the whole internet; name the peer or range instead")
+    return source
+
+
 def is_open_to_world(source: str) -> bool:
     """True for 0.0.0.0/0, ::/0 and their spellings (tests assert no rule is)."""
     try:

@@ -20,6 +20,7 @@ from typing import Any
 
 import pulumi
 from pulumi.runtime import mocks as pulumi_mocks
+from pulumi.runtime import rpc
 from pulumi.runtime.stack import run_pulumi_func
 from pulumi.runtime.sync_await import _sync_await
 
@@ -131,7 +132,6 @@ class RecordingMonitor(pulumi_mocks.MockMonitor):
     def RegisterResource(self, request: Any) -> Any:
         response = super().RegisterResource(request)
         if request.type != "pulumi:pulumi:Stack":
-            from pulumi.runtime import rpc
             from pulumi.runtime.sync_await import _ensure_event_loop
 
             _ensure_event_loop()
@@ -151,7 +151,6 @@ class RecordingMonitor(pulumi_mocks.MockMonitor):
         return response
 
     def RegisterResourceOutputs(self, request: Any) -> Any:
-        from pulumi.runtime import rpc
         from pulumi.runtime.sync_await import _ensure_event_loop
 
         _ensure_event_loop()
@@ -216,6 +215,13 @@ class _ListHandler(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         self.sink.append(record.getMessage())
+
+
+def unsecret(value: Any) -> Any:
+    """A registered input that holds a secret arrives wrapped in Pulumi's secret envelope: its plain value."""
+    if isinstance(value, dict) and rpc._special_sig_key in value:  # pyright: ignore[reportPrivateUsage]
+        return value["value"]
+    return value
 
 
 _CACHED: dict[str, ProgramRun] = {}

@@ -15,7 +15,7 @@ from components.clouds import alicloud as ali
 from components.clouds.base import ResolvedRule
 from components.config import parse_config
 from components.plan import build_plan, node_config
-from components.security import IngressRule, is_open_to_world
+from components.security import IngressRule, is_open_to_world, scoped_source
 from tests.harness import ProgramRun, Registered, run_cached
 from tests.mockdata import alicloud as ali_mock
 
@@ -401,9 +401,9 @@ def test_encode_user_data_round_trips() -> None:
 @pytest.mark.parametrize("source", ["0.0.0.0/0", "::/0", "0.0.0.0/0.0.0.0"])
 def test_refuse_world(source: str) -> None:
     with pytest.raises(ValueError, match="whole internet"):
-        ali.refuse_world(source)
+        scoped_source(source)
 
 
 def test_resolved_rule_sources_pass_through() -> None:
     rule = ResolvedRule(IngressRule("ssh-admin", "tcp", 22, "198.51.100.7/32", 4, ""), "198.51.100.7/32")
-    assert ali.refuse_world(str(rule.source)) == "198.51.100.7/32"
+    assert scoped_source(str(rule.source)) == "198.51.100.7/32"

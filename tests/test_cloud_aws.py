@@ -28,12 +28,11 @@ from components.clouds.aws import (
     AwsSite,
     ipv6_subnet,
     rule_match,
-    scoped_cidr,
 )
 from components.clouds.base import ResolvedRule
 from components.config import parse_config
 from components.plan import Plan, build_plan, node_config
-from components.security import IngressRule, is_open_to_world
+from components.security import IngressRule, is_open_to_world, scoped_source
 from components.stackfile import read_stack_file
 from tests import harness
 from tests.harness import ROOT, ProgramRun, Registered, run_program
@@ -399,8 +398,8 @@ def test_ipv6_subnet_carves_64s_from_a_56() -> None:
 @pytest.mark.parametrize("cidr", ["0.0.0.0/0", "::/0"])
 def test_scoped_cidr_refuses_the_whole_internet(cidr: str) -> None:
     with pytest.raises(ValueError, match="whole internet"):
-        scoped_cidr(cidr)
-    assert scoped_cidr("203.0.113.5/32") == "203.0.113.5/32"
+        scoped_source(cidr)
+    assert scoped_source("203.0.113.5/32") == "203.0.113.5/32"
 
 
 def test_rule_match_maps_icmp_to_all_types() -> None:

@@ -16,7 +16,7 @@ from cloudinit.render import payload_node_config
 from components.clouds import oci as oci_site
 from components.config import parse_config
 from components.plan import Plan, build_plan, node_config
-from components.security import is_open_to_world
+from components.security import is_open_to_world, scoped_source
 from tests.harness import ProgramRun, Registered, run_cached
 from tests.mockdata import oci as oci_mock
 
@@ -275,10 +275,10 @@ def test_ssh_only_from_the_admin_range_and_protocol_numbers(run: ProgramRun, pla
 
 
 def test_security_policy_refuses_world_sources() -> None:
-    assert oci_site.refuse_world("198.51.100.7/32", "ssh-admin") == "198.51.100.7/32"
+    assert scoped_source("198.51.100.7/32", "ssh-admin") == "198.51.100.7/32"
     for world in ("0.0.0.0/0", "::/0"):
         with pytest.raises(ValueError, match="ssh-admin"):
-            oci_site.refuse_world(world, "ssh-admin")
+            scoped_source(world, "ssh-admin")
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -22,7 +22,7 @@ from components.config import parse_config
 from components.plan import Plan, build_plan, node_config
 from components.security import IngressRule, PeerRouter, is_open_to_world
 from components.stackfile import read_stack_file
-from tests.harness import ROOT, ProgramRun, Registered, run_program
+from tests.harness import ROOT, ProgramRun, Registered, run_program, unsecret
 from tests.mockdata import vsphere as mock
 
 DEV = read_stack_file(ROOT / "Pulumi.dev.yaml")
@@ -108,12 +108,6 @@ def observed(hub: str = "vspa", names: tuple[str, ...] = SITE_NAMES) -> Observed
 @pytest.fixture(scope="module")
 def base() -> Observed:
     return observed()
-
-
-def unsecret(value: Any) -> Any:
-    if isinstance(value, dict) and SECRET_SIG in value:
-        return cast(dict[str, Any], value)["value"]
-    return value
 
 
 def extra_config(r: Registered) -> dict[str, str]:

@@ -17,7 +17,7 @@ from components.config import parse_config
 from components.plan import Plan, build_plan, config_digest, node_config
 from components.push import DIGEST_ENV
 from components.stackfile import read_stack_file
-from tests.harness import ROOT, ProgramRun, Registered, run_program
+from tests.harness import ROOT, ProgramRun, Registered, run_program, unsecret
 
 DEV = read_stack_file(ROOT / "Pulumi.dev.yaml")
 SITES = list(DEV["sites"])
@@ -83,13 +83,6 @@ RULE_NAMES = ("tunnel-from-", "icmp-from-", "ssh-admin", "icmp-admin")
 
 def is_rule(name: str) -> bool:
     return any(part in name for part in RULE_NAMES)
-
-
-def unsecret(value: Any) -> Any:
-    """Inputs holding a secret arrive wrapped in Pulumi's secret envelope."""
-    if isinstance(value, dict) and "4dabf18193072939515e22adb298388d" in value:
-        return value["value"]
-    return value
 
 
 CHANGES = [(hub, protocol) for hub in SITES for protocol in ("vxlan", "geneve") if (hub, protocol) != (DEV["hub"], "vxlan")]

@@ -31,7 +31,7 @@ import pulumi
 import pulumi_alicloud as alicloud
 
 from components.clouds.base import NodeResources, NodeSpec, PlatformSite, ResolvedRule, SiteContext
-from components.security import IngressRule, is_open_to_world
+from components.security import IngressRule, scoped_source
 
 TOKEN = "multicloud-overlay:alicloud"
 # 2 vCPU / 8 GiB, up to 2 ENIs (primary + one secondary): enough for a router's WAN and LAN NIC.
@@ -75,12 +75,6 @@ def first_zone_id(result: alicloud.GetZonesResult) -> str:
     if not result.zones:
         raise ValueError("no Alibaba zone offers vSwitches and the requested instance type in this region")
     return result.zones[0].id
-
-
-def refuse_world(source: str) -> str:
-    if is_open_to_world(source):
-        raise ValueError(f"refusing an ingress rule open to the whole internet ({source})")
-    return source
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -175,7 +169,7 @@ class AlicloudSecurityPolicy(pulumi.ComponentResource):
         self.rules: dict[str, alicloud.ecs.SecurityGroupRule] = {}
         for resolved in args.rules:
             rule = resolved.rule
-            source = pulumi.Output.from_input(resolved.source).apply(refuse_world)
+            source = pulumi.Output.from_input(resolved.source).apply(scoped_source)
             self.rules[rule.name] = alicloud.ecs.SecurityGroupRule(
                 f"{name}-{rule.name}",
                 security_group_id=self.group.id,

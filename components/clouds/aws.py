@@ -23,7 +23,7 @@ import pulumi
 import pulumi_aws as aws
 
 from components.clouds.base import NodeResources, NodeSpec, PlatformSite, ResolvedRule, SiteContext
-from components.security import is_open_to_world
+from components.security import scoped_source
 
 # Canonical's AWS account and the name pattern of its Ubuntu 24.04 (noble) amd64 server images.
 CANONICAL_OWNER = "099720109477"
@@ -47,13 +47,6 @@ def ipv6_subnet(vpc_block: str, index: int) -> str:
     if not 0 <= index < count:
         raise ValueError(f"subnet index {index} outside the {count} /64s of {vpc_block}")
     return str(ipaddress.IPv6Network((int(net.network_address) + (index << 64), 64)))
-
-
-def scoped_cidr(cidr: str) -> str:
-    """The source CIDR of an ingress rule, refused when it is the whole internet (0.0.0.0/0, ::/0)."""
-    if is_open_to_world(cidr):
-        raise ValueError(f"ingress from {cidr!r} would admit the whole internet: name the peer or range instead")
-    return cidr
 
 
 @dataclass(frozen=True)
@@ -195,7 +188,7 @@ class AwsSecurityPolicy(pulumi.ComponentResource):
         self.ingress: dict[str, aws.vpc.SecurityGroupIngressRule] = {}
         for rule in args.rules:
             match = rule_match(rule)
-            source = pulumi.Output.from_input(rule.source).apply(scoped_cidr)
+            source = pulumi.Output.from_input(rule.source).apply(scoped_source)
             self.ingress[rule.rule.name] = aws.vpc.SecurityGroupIngressRule(
                 f"{name}-in-{rule.rule.name}",
                 security_group_id=self.group.id,

@@ -39,9 +39,10 @@ import pulumi
 import pulumi_azure_native as azure_native
 from pulumi_azure_native import compute, network, resources
 
+from components import security
 from components.clouds.base import SSH_USER, NodeResources, NodeSpec, PlatformSite, ResolvedRule, SiteContext
 from components.plan import Node
-from components.security import IngressRule, PeerRouter, is_open_to_world
+from components.security import IngressRule, PeerRouter
 
 TOKEN: Final = "multicloud-overlay:azure"
 
@@ -121,8 +122,7 @@ def assign_priorities(preferred: Mapping[str, int | None], span: range = HASHED_
 
 def scoped_source(source: str) -> str:
     """The rule's source prefix, refused when it would admit the whole internet (0.0.0.0/0, ::/0, *, Internet)."""
-    if is_open_to_world(source):
-        raise ValueError(f"refusing an inbound rule from {source!r}: give an explicit address range")
+    security.scoped_source(source)
     try:
         ipaddress.ip_network(source, strict=False)
     except ValueError:

@@ -30,7 +30,7 @@ import pulumi_gcp as gcp
 from pulumi_gcp import compute
 
 from components.clouds.base import SSH_USER, NodeResources, NodeSpec, PlatformSite, ResolvedRule, SiteContext
-from components.security import RuleProtocol
+from components.security import RuleProtocol, scoped_source
 
 # Machine types: shared-core e2 types (2 vCPUs or fewer) take at most 2 NICs; above that, one NIC per vCPU, up to 8.
 DEFAULT_ROUTER_MACHINE_TYPE: Final = "e2-small"
@@ -93,8 +93,7 @@ def checked_source(source: str, family: int, rule: str = "") -> str:
         net = ipaddress.ip_network(source, strict=False)
     except ValueError:
         raise ValueError(f"firewall rule {rule}: source {source!r} is not a CIDR prefix") from None
-    if net.prefixlen == 0:
-        raise ValueError(f"firewall rule {rule}: source {source} admits the whole internet")
+    scoped_source(source, rule)
     if net.version != family:
         raise ValueError(f"firewall rule {rule}: source {source} is IPv{net.version}, the rule is IPv{family}")
     return source

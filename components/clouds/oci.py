@@ -39,7 +39,7 @@ import pulumi_command as command
 import pulumi_oci as oci
 
 from components.clouds.base import NodeResources, NodeSpec, PlatformSite, ResolvedRule, SiteContext
-from components.security import IngressRule, RuleProtocol, is_open_to_world
+from components.security import IngressRule, RuleProtocol, scoped_source
 
 PKG: Final = "multicloud-overlay:oci"
 DEFAULT_SHAPE: Final = "VM.Standard.E4.Flex"
@@ -99,13 +99,6 @@ def first_availability_domain(domains: Sequence[Any] | None, what: str) -> str:
 def encode_user_data(text: str) -> str:
     """OCI metadata.user_data is base64 of the #cloud-config text."""
     return base64.b64encode(text.encode()).decode()
-
-
-def refuse_world(source: str, rule_name: str) -> str:
-    """The rule's source, unless it admits the whole internet."""
-    if is_open_to_world(source):
-        raise ValueError(f"rule {rule_name} would admit {source}: every ingress rule must name its peers")
-    return source
 
 
 def is_flex(shape: str) -> bool:
@@ -247,7 +240,7 @@ class OciSecurityPolicy(pulumi.ComponentResource):
             rule = resolved.rule
             if rule.name in self.rules:
                 raise ValueError(f"two ingress rules are named {rule.name}")
-            source = pulumi.Output.from_input(resolved.source).apply(lambda s, n=rule.name: refuse_world(s, n))
+            source = pulumi.Output.from_input(resolved.source).apply(lambda s, n=rule.name: scoped_source(s, n))
             self.rules[rule.name] = self._ingress(name, rule, source)
         self.egress = [
             oci.core.NetworkSecurityGroupSecurityRule(

@@ -32,7 +32,7 @@ from cloudinit.render import StaticNic, render_vsphere_metadata
 from components.clouds.base import NodeResources, NodeSpec, PlatformSite, ResolvedRule, SiteContext
 from components.config import CLIENT_HOST, MAX_SITE_ID, ROUTER_HOST, SiteConfig
 from components.plan import Node
-from components.security import IngressRule, is_open_to_world
+from components.security import IngressRule, scoped_source
 
 TOKEN: Final = "multicloud-overlay:vsphere"
 
@@ -212,8 +212,7 @@ def edge_rules(
     """
     out: list[dict[str, Any]] = []
     for rule, source in zip(rules, sources, strict=True):
-        if is_open_to_world(source):
-            raise ValueError(f"rule {rule.name}: source {source} would open the router to the whole internet")
+        scoped_source(source, rule.name)
         if is_internal(source, internal):
             continue
         entry: dict[str, Any] = {"name": rule.name, "protocol": rule.protocol}
