@@ -1,9 +1,10 @@
-"""multicloud-overlay: config -> plan -> one Site per site -> in-place pushes and checks -> exports. Wiring only."""
+"""multicloud-overlay: config -> plan -> one Site per site (+ tunnel keys) -> in-place pushes and checks -> exports. Wiring only."""
 
 import pulumi
 
 from components.config import ConfigError, parse_config
 from components.exports import stack_outputs
+from components.keys import TunnelKeys, TunnelKeysArgs
 from components.plan import build_plan
 from components.push import connectivity_checks
 from components.site import Site, SiteArgs
@@ -18,8 +19,9 @@ plan = build_plan(config)
 private_key = read_private_key()
 sites = {s.name: Site(s.name, SiteArgs(site=s, plan=plan, ssh_public_key=config.ssh_public_key)) for s in config.sites}
 public_ips = {name: site.public_ip for name, site in sites.items()}
+tunnel_keys = TunnelKeys("ipsec", TunnelKeysArgs(plan)) if plan.encrypted else None
 for site in sites.values():
-    site.deploy(public_ips, private_key)
+    site.deploy(public_ips, private_key, tunnel_keys)
 checks = connectivity_checks(plan, sites, private_key) if config.connectivity_check else {}
 
 for key, value in stack_outputs(plan, sites, checks).items():

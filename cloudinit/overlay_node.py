@@ -148,6 +148,7 @@ def validate(doc: Any) -> list[str]:
         vnis = [t.get("vni") for t in tunnels if isinstance(t, dict)]
         if len(set(vnis)) != len(vnis):
             problems.append("tunnels: two tunnels share a VNI (the kernel demultiplexes VXLAN by VNI)")
+        problems += _validate_ipsec(doc, [t for t in tunnels if isinstance(t, dict)])
     fdb = doc.get("fdb", [])
     if not isinstance(fdb, list):
         problems.append("fdb: not a list")
@@ -176,6 +177,53 @@ def validate(doc: Any) -> list[str]:
                 need("ipv4", lambda v: _iface(v, 4), "an IPv4 address/prefix", c, p)
                 need("ipv6", lambda v: _iface(v, 6), "an IPv6 address/prefix", c, p)
                 need("mac", lambda v: isinstance(v, str) and len(v.split(":")) == 6, "a MAC address", c, p)
+    return problems
+
+
+ESP_ALGORITHMS = {"rfc4106(gcm(aes))": 36}
+"""Algorithm -> key bytes (AES-256 key + 4-byte salt)."""
+NATT_PORT = 4500
+SPI_BASE = 0x40000000
+SPI_SPAN = 1 << 26
+"""This project's SPIs (and reqids) are SPI_BASE + 2 * VNI (+1); anything else in the kernel is not ours."""
+
+
+def _spi(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and SPI_BASE <= value < SPI_BASE + SPI_SPAN
+
+
+def _validate_ipsec(doc: dict[str, Any], tunnels: list[dict[str, Any]]) -> list[str]:
+    ipsec = doc.get("ipsec")
+    problems: list[str] = []
+    if ipsec is None:
+        problems += [f"tunnels[{i}].esp: keys given but ipsec is not set" for i, t in enumerate(tunnels) if "esp" in t]
+        return problems
+    if not isinstance(ipsec, dict):
+        return ["ipsec: not an object"]
+    alg = ipsec.get("algorithm")
+    if alg not in ESP_ALGORITHMS:
+        problems.append(f"ipsec.algorithm: {alg!r} is not one of {', '.join(ESP_ALGORITHMS)}")
+    if not isinstance(ipsec.get("natt_port"), int) or not 0 < ipsec["natt_port"] < 65536:
+        problems.append(f"ipsec.natt_port: {ipsec.get('natt_port')!r} is not a UDP port")
+    if ipsec.get("icv_bits") not in (64, 96, 128):
+        problems.append(f"ipsec.icv_bits: {ipsec.get('icv_bits')!r} is not 64, 96 or 128")
+    key_hex = 2 * ESP_ALGORITHMS.get(str(alg), 36)
+    for i, t in enumerate(tunnels):
+        if not str(t.get("name", "")).startswith("ovl-r") or doc.get("kind") != "router":
+            continue
+        esp = t.get("esp")
+        if not isinstance(esp, dict):
+            problems.append(f"tunnels[{i}].esp: missing (ipsec is set: every router-to-router tunnel needs its keys)")
+            continue
+        for key in ("spi_out", "spi_in"):
+            if not _spi(esp.get(key)):
+                problems.append(f"tunnels[{i}].esp.{key}: {esp.get(key)!r} is not an SPI of this overlay")
+        for key in ("key_out", "key_in"):
+            v = esp.get(key)
+            if not isinstance(v, str) or len(v) != key_hex or any(c not in "0123456789abcdef" for c in v):
+                problems.append(f"tunnels[{i}].esp.{key}: not {key_hex} lower-case hex digits")
+        if esp.get("spi_out") == esp.get("spi_in"):
+            problems.append(f"tunnels[{i}].esp: spi_out equals spi_in")
     return problems
 
 
@@ -285,6 +333,7 @@ def step_host_firewall(r: Runner, doc: dict[str, Any]) -> None:
     bridge = doc["bridge"]["name"]
     rules = [
         ("iptables", ["INPUT", "-p", "udp", "--dport", str(doc["port"]), "-j", "ACCEPT"]),
+        *([("iptables", ["INPUT", "-p", "udp", "--dport", str(doc["ipsec"]["natt_port"]), "-j", "ACCEPT"])] if doc.get("ipsec") else []),
         ("iptables", ["FORWARD", "-i", bridge, "-o", bridge, "-j", "ACCEPT"]),
         ("ip6tables", ["FORWARD", "-i", bridge, "-o", bridge, "-j", "ACCEPT"]),
     ]
@@ -319,6 +368,202 @@ def step_lan(r: Runner, doc: dict[str, Any]) -> None:
     r.log(f"  LAN NIC is {name}")
     ensure_link_state(r, all_links[name], all_links[name].get("mtu", 1500), None)
     r.change(f"added {want} to LAN NIC {name}", ["ip", "addr", "add", want, "dev", name])
+
+
+# --------------------------------------------------------------------------- IPsec (kernel XFRM, static keys)
+
+
+def _xfrm_blocks(text: str) -> list[str]:
+    """`ip xfrm state|policy list` output split into one block per entry."""
+    blocks: list[str] = []
+    for line in text.splitlines():
+        if line and not line[0].isspace():
+            blocks.append(line)
+        elif blocks:
+            blocks[-1] += "\n" + line
+    return blocks
+
+
+def xfrm_states(r: Runner) -> dict[tuple[str, str, int], str]:
+    """This project's SAs in the kernel: (src, dst, spi) -> the block as `ip xfrm state` prints it."""
+    out: dict[tuple[str, str, int], str] = {}
+    for block in _xfrm_blocks(r.run(["ip", "xfrm", "state", "list"]).stdout):
+        head = block.split()
+        try:
+            src, dst = head[head.index("src") + 1], head[head.index("dst") + 1]
+            spi = int(head[head.index("spi") + 1], 16)
+        except (ValueError, IndexError):
+            continue
+        if "esp" in head and SPI_BASE <= spi < SPI_BASE + SPI_SPAN:
+            out[(src, dst, spi)] = block
+    return out
+
+
+def xfrm_policies(r: Runner) -> dict[tuple[str, str, str, str], int]:
+    """This project's policies: (src selector, dst selector, dport, dir) -> the reqid of their template."""
+    out: dict[tuple[str, str, str, str], int] = {}
+    for block in _xfrm_blocks(r.run(["ip", "xfrm", "policy", "list"]).stdout):
+        w = block.split()
+        try:
+            key = (w[w.index("src") + 1], w[w.index("dst") + 1], w[w.index("dport") + 1], w[w.index("dir") + 1])
+            reqid = int(w[w.index("reqid") + 1])
+        except (ValueError, IndexError):
+            continue
+        if SPI_BASE <= reqid < SPI_BASE + SPI_SPAN:
+            out[key] = reqid
+    return out
+
+
+def _wanted_sas(doc: dict[str, Any]) -> tuple[dict[tuple[str, str, int], str], dict[tuple[str, str, str, str], int]]:
+    states: dict[tuple[str, str, int], str] = {}
+    policies: dict[tuple[str, str, str, str], int] = {}
+    if not doc.get("ipsec"):
+        return states, policies
+    port = str(doc["port"])
+    for t in doc["tunnels"]:
+        esp = t.get("esp")
+        if not esp:
+            continue
+        local, remote = t["local"], t["remote"]
+        states[(local, remote, esp["spi_out"])] = esp["key_out"]
+        states[(remote, local, esp["spi_in"])] = esp["key_in"]
+        policies[(f"{local}/32", f"{remote}/32", port, "out")] = esp["spi_out"]
+        policies[(f"{remote}/32", f"{local}/32", port, "in")] = esp["spi_in"]
+    return states, policies
+
+
+def natt_listening(port: int) -> bool:
+    """True when a UDP socket of this network namespace is bound to `port` (the NAT-T socket)."""
+    try:
+        with open("/proc/net/udp", encoding="ascii") as f:
+            rows = f.read().splitlines()[1:]
+    except OSError:
+        return False
+    return any(row.split()[1].endswith(f":{port:04X}") for row in rows if len(row.split()) > 1)
+
+
+def ensure_natt_socket(r: Runner, port: int, state_dir: str) -> None:
+    """ESP in UDP reaches the kernel's decapsulation only through a UDP socket marked UDP_ENCAP_ESPINUDP.
+
+    An IKE daemon would hold it; with static keys, `overlay-node natt-listen` does (a transient systemd unit
+    with Restart=always on a VM, a detached process where there is no systemd, e.g. in the lab).
+    """
+    if natt_listening(port):
+        return
+    argv = [sys.executable, os.path.abspath(__file__), "natt-listen", "--port", str(port)]
+    if os.path.isdir("/run/systemd/system") and shutil.which("systemd-run"):
+        r.run(["systemctl", "reset-failed", "overlay-natt.service"], check=False)
+        r.change(
+            f"started the NAT-T socket on UDP {port} (overlay-natt.service)",
+            ["systemd-run", "--unit", "overlay-natt", "--collect", "-p", "Restart=always", *argv],
+        )
+    else:
+        with open(os.path.join(state_dir, "natt.log"), "ab") as log:
+            child = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True, close_fds=True)
+        with open(os.path.join(state_dir, "natt.pid"), "w", encoding="ascii") as f:
+            f.write(f"{child.pid}\n")
+        r.changes.append(f"started the NAT-T socket on UDP {port}")
+        r.log(f"  changed: started the NAT-T socket on UDP {port}")
+    deadline = time.monotonic() + 10
+    while not natt_listening(port):
+        if time.monotonic() > deadline:
+            raise CommandFailed(f"the NAT-T socket on UDP {port} did not come up (see {state_dir}/natt.log)")
+        time.sleep(0.05)
+
+
+def stop_natt_socket(r: Runner, port: int, state_dir: str) -> None:
+    """Encryption turned off: the NAT-T socket goes too."""
+    if not natt_listening(port):
+        return
+    if os.path.isdir("/run/systemd/system") and shutil.which("systemctl"):
+        r.run(["systemctl", "stop", "overlay-natt.service"], check=False)
+    pid_file = os.path.join(state_dir, "natt.pid")
+    try:
+        with open(pid_file, encoding="ascii") as f:
+            pid = int(f.read().strip())
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            if b"natt-listen" in f.read():
+                os.kill(pid, 15)
+        os.unlink(pid_file)
+    except (OSError, ValueError):
+        pass
+    deadline = time.monotonic() + 5
+    while natt_listening(port) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    r.changes.append(f"stopped the NAT-T socket on UDP {port}")
+    r.log(f"  changed: stopped the NAT-T socket on UDP {port}")
+
+
+def natt_listen(port: int) -> int:
+    """Hold a UDP socket on `port` with ESP-in-UDP decapsulation on; drain what is not ESP (keepalives)."""
+    import socket
+
+    udp_encap, udp_encap_espinudp = 100, 2  # linux/udp.h
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind(("0.0.0.0", port))
+    s.setsockopt(socket.IPPROTO_UDP, udp_encap, udp_encap_espinudp)
+    while True:
+        s.recv(65535)
+
+
+def step_ipsec(r: Runner, doc: dict[str, Any], state_dir: str) -> None:
+    """Exactly the planned ESP security associations and policies of this router's internet tunnels.
+
+    Transport mode: the tunnel's own UDP datagrams (VXLAN/GENEVE port, between the router's private WAN
+    address and the peer's public one, as each side sees them through the 1:1 NATs) are encrypted; the "in"
+    policies make the kernel drop any such datagram from a peer that did not arrive inside ESP. SAs are keyed
+    statically from the per-pair secret, so there is no replay window (a rebooted peer restarts its sequence
+    numbers) and no rekeying; SPIs and reqids are derived from the tunnel's VNI.
+    """
+    want_states, want_policies = _wanted_sas(doc)
+    have_policies = xfrm_policies(r)
+    have_states = xfrm_states(r)
+    # Policies first out, SAs last out: no window where a policy requires an SA that does not exist yet.
+    for key, reqid in sorted(have_policies.items()):
+        if want_policies.get(key) != reqid:
+            src, dst, dport, direction = key
+            r.change(
+                f"removed IPsec policy {direction} {src} -> {dst}",
+                ["ip", "xfrm", "policy", "delete", "src", src, "dst", dst, "proto", "udp", "dport", dport, "dir", direction],
+            )
+    if doc.get("ipsec"):
+        ipsec = doc["ipsec"]
+        natt = str(ipsec["natt_port"])
+        for (src, dst, spi), key in sorted(want_states.items()):
+            block = have_states.get((src, dst, spi))
+            if block is not None and f"0x{key}" in block and "espinudp" in block:
+                continue
+            if block is not None:
+                r.run(["ip", "xfrm", "state", "delete", "src", src, "dst", dst, "proto", "esp", "spi", hex(spi)])
+            argv = ["ip", "xfrm", "state", "add", "src", src, "dst", dst, "proto", "esp", "spi", hex(spi), "reqid", str(spi)]
+            argv += ["mode", "transport", "replay-window", "0", "aead", ipsec["algorithm"], f"0x{key}", str(ipsec["icv_bits"])]
+            argv += ["encap", "espinudp", natt, natt, "0.0.0.0"]
+            try:
+                r.change(f"installed ESP SA {src} -> {dst} spi {hex(spi)}", argv)
+            except CommandFailed as e:
+                if "Protocol not supported" in str(e) or "No such file" in str(e):
+                    raise CommandFailed("this kernel cannot do ESP (no esp4 module / CONFIG_INET_ESP): encryption ipsec needs it") from None
+                raise
+        for (src, dst, dport, direction), reqid in sorted(want_policies.items()):
+            if have_policies.get((src, dst, dport, direction)) == reqid:
+                continue
+            r.change(
+                f"installed IPsec policy {direction} {src} -> {dst} udp {dport}",
+                [
+                    "ip", "xfrm", "policy", "update", "src", src, "dst", dst, "proto", "udp", "dport", dport, "dir", direction,
+                    "tmpl", "src", src.split("/")[0], "dst", dst.split("/")[0], "proto", "esp", "reqid", str(reqid), "mode", "transport",
+                ],
+            )  # fmt: skip
+        ensure_natt_socket(r, int(natt), state_dir)
+    for (src, dst, spi), _ in sorted(have_states.items()):
+        if (src, dst, spi) not in want_states:
+            r.change(
+                f"removed ESP SA {src} -> {dst} spi {hex(spi)}",
+                ["ip", "xfrm", "state", "delete", "src", src, "dst", dst, "proto", "esp", "spi", hex(spi)],
+            )
+    if not doc.get("ipsec") and doc["kind"] == "router":
+        stop_natt_socket(r, NATT_PORT, state_dir)
 
 
 def step_bridge(r: Runner, doc: dict[str, Any]) -> None:
@@ -515,10 +760,13 @@ def step_containers(r: Runner, doc: dict[str, Any], previous: dict[str, Any] | N
 # --------------------------------------------------------------------------- entry points
 
 
-def apply(doc: dict[str, Any], r: Runner, previous: dict[str, Any] | None = None) -> list[str]:
+def apply(
+    doc: dict[str, Any], r: Runner, previous: dict[str, Any] | None = None, state_dir: str = "/var/lib/multicloud-overlay"
+) -> list[str]:
     step_sysctls(r, doc)
     step_host_firewall(r, doc)
     step_lan(r, doc)
+    step_ipsec(r, doc, state_dir)
     step_bridge(r, doc)
     step_tunnels(r, doc)
     step_containers(r, doc, previous)
@@ -585,9 +833,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     cp = sub.add_parser("check", help="ping overlay addresses from this node (exit 1 if any is unreachable)")
     cp.add_argument("--json", action="store_true", help="print the results as one JSON object")
     cp.add_argument("targets", nargs="+")
+    np_ = sub.add_parser("natt-listen", help="hold the UDP socket that hands ESP-in-UDP to the kernel (started by apply)")
+    np_.add_argument("--port", type=int, default=4500)
     args = parser.parse_args(argv)
     if args.command == "check":
         return check(args.targets, args.json)
+    if args.command == "natt-listen":
+        return natt_listen(args.port)
 
     def log(line: str) -> None:
         print(line, flush=True)
@@ -615,20 +867,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         log(f"overlay-node: applying {doc['protocol']} config of {doc['node']} ({doc['role'] if 'role' in doc else doc['kind']})")
         started = time.monotonic()
         try:
-            changes = apply(doc, r, previous)
+            changes = apply(doc, r, previous, args.state_dir)
         except CommandFailed as e:
             print(f"overlay-node: failed: {e}", file=sys.stderr)
             if previous is not None and previous != doc:
                 # Never leave the node half-way between two configs: converge back to the last one that applied.
                 log("overlay-node: rolling back to the previous config")
                 try:
-                    apply(previous, Runner(log), doc)
+                    apply(previous, Runner(log), doc, args.state_dir)
                     log("overlay-node: rolled back: the node runs its previous config")
                 except CommandFailed as again:
                     print(f"overlay-node: rollback failed too: {again}", file=sys.stderr)
             return 1
         tmp = applied_path + ".tmp"
-        with open(tmp, "w", encoding="utf-8") as f:
+        with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w", encoding="utf-8") as f:
             json.dump(doc, f, indent=1, sort_keys=True)
         os.replace(tmp, applied_path)
         took = time.monotonic() - started

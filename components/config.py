@@ -19,10 +19,12 @@ PROJECT: Final = "multicloud-overlay"
 Platform = Literal["aws", "azure", "gcp", "oci", "alicloud", "vsphere"]
 Protocol = Literal["vxlan", "geneve"]
 Topology = Literal["hub-and-spoke", "point-to-point"]
+Encryption = Literal["none", "ipsec"]
 
 PLATFORMS: Final[tuple[Platform, ...]] = ("aws", "azure", "gcp", "oci", "alicloud", "vsphere")
 PROTOCOLS: Final[tuple[Protocol, ...]] = ("vxlan", "geneve")
 TOPOLOGIES: Final[tuple[Topology, ...]] = ("hub-and-spoke", "point-to-point")
+ENCRYPTIONS: Final[tuple[Encryption, ...]] = ("none", "ipsec")
 
 # Underlay MTU of the internet path a tunnel crosses, per platform, when the site does not set one.
 # Tunnels run between public addresses, so the platforms' larger internal MTUs (AWS 9001, OCI 9000) do not
@@ -94,6 +96,7 @@ VNI_MAX: Final = 16_777_215
 DEFAULTS: Final[Mapping[str, Any]] = {
     "protocol": "vxlan",
     "topology": "hub-and-spoke",
+    "encryption": "none",
     "overlayIpv4": "10.250.0.0/16",
     "overlayIpv6": "fd00:6f76:6c00::/64",
     "vni": 4000,
@@ -155,6 +158,8 @@ class OverlayConfig:
     hub: str
     protocol: Protocol
     topology: Topology
+    encryption: Encryption
+    """ipsec: router-to-router tunnels travel inside ESP (UDP 4500, NAT traversal) with per-pair keys."""
     sites: tuple[SiteConfig, ...]
     overlay_ipv4: ipaddress.IPv4Network
     overlay_ipv6: ipaddress.IPv6Network
@@ -266,6 +271,7 @@ def parse_config(raw: Mapping[str, Any], require_private_key: bool = False) -> O
 
     protocol = c.choice("protocol", get("protocol"), PROTOCOLS)
     topology = c.choice("topology", get("topology"), TOPOLOGIES)
+    encryption = c.choice("encryption", get("encryption"), ENCRYPTIONS)
     vni = c.integer("vni", get("vni"), 1, VNI_MAX)
     if vni is not None and vni + 1000 * MAX_SITE_ID + MAX_SITE_ID > VNI_MAX:
         c.add(
@@ -352,10 +358,11 @@ def parse_config(raw: Mapping[str, Any], require_private_key: bool = False) -> O
         for b in sites[i + 1 :]:
             if a.site_id == b.site_id:
                 c.add(f"sites.{b.name}.siteId", b.site_id, f"already used by site {a.name}: give every site its own siteId")
-    if sites and protocol is not None:
+    if sites and protocol is not None and encryption is not None:
         from components.plan import encapsulation_overhead  # pure module; imported late to avoid a cycle
 
-        overhead = encapsulation_overhead(cast(Protocol, protocol), 4)
+        overhead = encapsulation_overhead(cast(Protocol, protocol), 4, cast(Encryption, encryption))
+        label = f"{protocol}+ipsec" if encryption == "ipsec" else protocol
         path = min(s.underlay_mtu for s in sites)
         auto = path - overhead
         narrowest = min(sites, key=lambda s: s.underlay_mtu).name
@@ -363,23 +370,24 @@ def parse_config(raw: Mapping[str, Any], require_private_key: bool = False) -> O
             c.add(
                 "mtu",
                 "0 (automatic)",
-                f"the overlay MTU would be {auto} ({narrowest} underlay {path} - {overhead} {protocol} overhead), below 1280: raise sites.{narrowest}.underlayMtu",
+                f"the overlay MTU would be {auto} ({narrowest} underlay {path} - {overhead} {label} overhead), below 1280: raise sites.{narrowest}.underlayMtu",
             )
         elif mtu and mtu > auto:
             c.add(
                 "mtu",
                 mtu,
-                f"exceeds the path: {narrowest} underlay {path} - {overhead} {protocol} overhead = {auto}; set 0 (automatic) or at most {auto}",
+                f"exceeds the path: {narrowest} underlay {path} - {overhead} {label} overhead = {auto}; set 0 (automatic) or at most {auto}",
             )
 
     if c.problems:
         raise ConfigError(c.problems)
-    assert protocol and topology and v4 and v6 and admin and vni is not None and mtu is not None
+    assert protocol and topology and encryption and v4 and v6 and admin and vni is not None and mtu is not None
     assert containers is not None and image is not None and check is not None and isinstance(hub, str)
     return OverlayConfig(
         hub=hub,
         protocol=cast(Protocol, protocol),
         topology=cast(Topology, topology),
+        encryption=cast(Encryption, encryption),
         sites=tuple(sorted(sites, key=lambda s: s.site_id)),
         overlay_ipv4=v4,
         overlay_ipv6=v6,

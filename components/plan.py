@@ -19,6 +19,7 @@ from components.config import (
     FIRST_CONTAINER_HOST,
     ROUTER_HOST,
     SITE_BLOCK,
+    Encryption,
     OverlayConfig,
     Platform,
     Protocol,
@@ -35,12 +36,39 @@ TUNNEL_PORT: Final[Mapping[Protocol, int]] = {"vxlan": 4789, "geneve": 6081}
 # overhead equals VXLAN's: 20 (IPv4) or 40 (IPv6) + 8 (UDP) + 8 (tunnel header) + 14 (inner Ethernet).
 GENEVE_OPTIONS_BYTES: Final = 0
 
+# IPsec (encryption: ipsec): ESP in transport mode, carried in UDP 4500 (NAT traversal, RFC 3948) because every
+# router sits behind its platform's 1:1 NAT, which passes UDP everywhere and ESP (IP protocol 50) not everywhere.
+# AES-256-GCM with a 16-byte ICV (RFC 4106): 36 bytes of key material per direction (32 key + 4 salt).
+NATT_PORT: Final = 4500
+ESP_ALGORITHM: Final = "rfc4106(gcm(aes))"
+ESP_ICV_BITS: Final = 128
+ESP_KEY_BYTES: Final = 36
+PAIR_KEY_BYTES: Final = 2 * ESP_KEY_BYTES
+"""One random secret per router pair: the first half keys the lower site id's direction, the second the other."""
+# UDP encapsulation 8 + ESP header (SPI, sequence) 8 + GCM IV 8 + padding to 4 bytes (at most 3) + pad length
+# and next header 2 + ICV 16: at most 45 bytes on top of the tunnel's own overhead.
+ESP_NATT_OVERHEAD: Final = 8 + 8 + 8 + 3 + 2 + ESP_ICV_BITS // 8
+SPI_BASE: Final = 0x40000000
+"""Every SPI this project installs is SPI_BASE + 2 * VNI (+1): the node script recognises its own SAs by it."""
 
-def encapsulation_overhead(protocol: Protocol, family: int) -> int:
-    """Bytes a tunnel adds to each overlay frame for the given protocol and underlay IP family."""
+
+def encapsulation_overhead(protocol: Protocol, family: int, encryption: Encryption = "none") -> int:
+    """Bytes a tunnel adds to each overlay frame for the given protocol, underlay IP family and encryption."""
     outer_ip = {4: 20, 6: 40}[family]
     extra = GENEVE_OPTIONS_BYTES if protocol == "geneve" else 0
-    return outer_ip + 8 + 8 + 14 + extra
+    esp = ESP_NATT_OVERHEAD if encryption == "ipsec" else 0
+    return outer_ip + 8 + 8 + 14 + extra + esp
+
+
+def pair_key_name(site_a: str, site_b: str) -> str:
+    """Name of the secret shared by the routers of two sites (order-free)."""
+    low, high = sorted((site_a, site_b))
+    return f"{low}--{high}"
+
+
+def esp_spi(vni: int, from_lower: bool) -> int:
+    """SPI of one direction of a router pair's tunnel (from the lower or the higher site id)."""
+    return SPI_BASE + 2 * vni + (0 if from_lower else 1)
 
 
 def tunnel_vni(base: int, site_a: int, site_b: int | None = None) -> int:
@@ -137,6 +165,22 @@ class Plan:
     def protocol(self) -> Protocol:
         return self.config.protocol
 
+    @property
+    def encrypted(self) -> bool:
+        return self.config.encryption == "ipsec"
+
+    def router_pairs(self) -> tuple[tuple[str, str], ...]:
+        """Every pair of sites whose routers tunnel across the internet, each once (site-id order)."""
+        pairs: list[tuple[str, str]] = []
+        for r in self.routers():
+            for t in r.tunnels:
+                if t.via == "internet" and self.site_id(r.site) < self.site_id(t.peer_site):
+                    pairs.append((r.site, t.peer_site))
+        return tuple(pairs)
+
+    def site_id(self, site: str) -> int:
+        return self.config.site(site).site_id
+
     def node(self, name: str) -> Node:
         for n in self.nodes:
             if n.name == name:
@@ -188,7 +232,7 @@ def _overlay(cfg: OverlayConfig, site: SiteConfig, host: int) -> tuple[str, str]
 
 def build_plan(cfg: OverlayConfig) -> Plan:
     """Roles, tunnels, VNIs, addresses and MTU for every node of the overlay."""
-    overhead = encapsulation_overhead(cfg.protocol, 4)
+    overhead = encapsulation_overhead(cfg.protocol, 4, cfg.encryption)
     path_mtu = min(s.underlay_mtu for s in cfg.sites)
     mtu = cfg.mtu or path_mtu - overhead
     by_name = {s.name: s for s in cfg.sites}
@@ -309,20 +353,33 @@ CONFIGURE_LAN_NIC: Final[frozenset[Platform]] = frozenset({"aws", "oci", "aliclo
 OPEN_HOST_FIREWALL: Final[frozenset[Platform]] = frozenset({"oci"})
 
 
+class MissingTunnelKey(KeyError):
+    pass
+
+
 def node_config(
-    plan: Plan, node_name: str, public_ips: Mapping[str, str], container_runtime: Literal["docker", "netns"] = "docker"
+    plan: Plan,
+    node_name: str,
+    public_ips: Mapping[str, str],
+    container_runtime: Literal["docker", "netns"] = "docker",
+    pair_keys: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """The JSON document the node script applies on one node.
 
     `public_ips` maps site name -> the router's public IPv4 (reserved before any VM exists, so this function
     can run for every node without a dependency cycle). `container_runtime` is docker on every VM; the lab's
-    kernel VM (no Docker) uses plain network namespaces. Pure: same inputs, same document.
+    kernel VM (no Docker) uses plain network namespaces. `pair_keys` (encryption: ipsec) maps
+    pair_key_name(a, b) -> PAIR_KEY_BYTES random bytes as hex, for at least this router's pairs; the document
+    then carries key material and must be handled as a secret. Pure: same inputs, same document.
     """
     node = plan.node(node_name)
     tunnels = []
     for t in node.tunnels:
         remote = t.remote if t.via == "lan" else public_ips[t.peer_site]
-        tunnels.append({"name": t.name, "peer": t.peer, "vni": t.vni, "local": t.local, "remote": remote})
+        entry: dict[str, Any] = {"name": t.name, "peer": t.peer, "vni": t.vni, "local": t.local, "remote": remote}
+        if plan.encrypted and t.via == "internet":
+            entry["esp"] = tunnel_sa(plan, node, t, pair_keys or {})
+        tunnels.append(entry)
     cfg = plan.config
     doc: dict[str, Any] = {
         "version": 1,
@@ -348,7 +405,28 @@ def node_config(
             "items": [{"name": c.name, "link": c.link, "ipv4": c.ipv4, "ipv6": c.ipv6, "mac": c.mac} for c in node.containers],
         },
     }
+    if plan.encrypted and node.kind == "router":
+        doc["ipsec"] = {"natt_port": NATT_PORT, "algorithm": ESP_ALGORITHM, "icv_bits": ESP_ICV_BITS}
     return doc
+
+
+def tunnel_sa(plan: Plan, node: Node, t: Tunnel, pair_keys: Mapping[str, str]) -> dict[str, Any]:
+    """The two security associations (out and in) of one encrypted router tunnel, as the node script installs them."""
+    name = pair_key_name(node.site, t.peer_site)
+    material = pair_keys.get(name)
+    if material is None:
+        raise MissingTunnelKey(f"no IPsec key for the router pair {name}")
+    raw = bytes.fromhex(material)
+    if len(raw) != PAIR_KEY_BYTES:
+        raise ValueError(f"the IPsec key of {name} has {len(raw)} bytes, expected {PAIR_KEY_BYTES}")
+    lower = plan.site_id(node.site) < plan.site_id(t.peer_site)
+    low_key, high_key = raw[:ESP_KEY_BYTES].hex(), raw[ESP_KEY_BYTES:].hex()
+    return {
+        "spi_out": esp_spi(t.vni, lower),
+        "spi_in": esp_spi(t.vni, not lower),
+        "key_out": low_key if lower else high_key,
+        "key_in": high_key if lower else low_key,
+    }
 
 
 def mac_table(plan: Plan, node: Node) -> list[dict[str, str]]:

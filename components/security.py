@@ -11,7 +11,7 @@ import ipaddress
 from dataclasses import dataclass
 from typing import Literal
 
-from components.plan import Plan, router_name
+from components.plan import NATT_PORT, Plan, router_name
 
 RuleProtocol = Literal["udp", "tcp", "icmp", "icmpv6"]
 SSH_PORT = 22
@@ -51,7 +51,14 @@ def router_rules(plan: Plan, site: str) -> list[IngressRule]:
     lan = str(plan.config.site(site).lan_cidr)
     rules: list[IngressRule] = []
     for peer in plan.peer_sites(site):
-        rules.append(IngressRule(f"tunnel-from-{peer}", "udp", plan.port, PeerRouter(peer), 4, f"{plan.protocol} from {router_name(peer)}"))
+        if plan.encrypted:
+            # The tunnel travels inside ESP in UDP (NAT traversal): its own port stays closed to the internet.
+            tunnel = IngressRule(
+                f"tunnel-from-{peer}", "udp", NATT_PORT, PeerRouter(peer), 4, f"IPsec ({plan.protocol} in ESP) from {router_name(peer)}"
+            )
+        else:
+            tunnel = IngressRule(f"tunnel-from-{peer}", "udp", plan.port, PeerRouter(peer), 4, f"{plan.protocol} from {router_name(peer)}")
+        rules.append(tunnel)
         rules.append(
             IngressRule(f"icmp-from-{peer}", "icmp", None, PeerRouter(peer), 4, f"ping and path-MTU errors from {router_name(peer)}")
         )

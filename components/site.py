@@ -13,14 +13,16 @@ from cloudinit.render import SshHostKey, render_user_data
 from components.clouds import platform_site
 from components.clouds.base import SSH_USER, NodeResources, NodeSpec, PlatformSite, ResolvedRule, SiteContext
 from components.config import SiteConfig
+from components.keys import TunnelKeys
 from components.plan import Node, Plan, node_config
 from components.push import NodeConfigPush, NodeConfigPushArgs
 from components.security import IngressRule, PeerRouter, client_rules, router_rules
 
 
-def node_doc(plan: Plan, node_name: str, public_ips: dict[str, str]) -> dict[str, Any]:
-    """Apply callback: the node's config once every router's public address is known."""
-    return node_config(plan, node_name, public_ips)
+def node_doc(plan: Plan, node_name: str, values: list[Any]) -> dict[str, Any]:
+    """Apply callback: the node's config once every router's public address (and its tunnel keys) are known."""
+    public_ips, pair_keys = values
+    return node_config(plan, node_name, public_ips, pair_keys=pair_keys or None)
 
 
 def render_node_user_data(values: list[Any]) -> str:
@@ -132,17 +134,30 @@ class Site(pulumi.ComponentResource):
         self.pushes: dict[str, NodeConfigPush] = {}
         self.host_keys: dict[str, pulumi.Output[str]] = {}
 
-    def deploy(self, public_ips: dict[str, pulumi.Output[str]], private_key: pulumi.Output[str]) -> None:
-        """Build the router and the client, and the in-place push of each one's config."""
+    def deploy(
+        self,
+        public_ips: dict[str, pulumi.Output[str]],
+        private_key: pulumi.Output[str],
+        tunnel_keys: TunnelKeys | None = None,
+    ) -> None:
+        """Build the router and the client, and the in-place push of each one's config.
+
+        `tunnel_keys` (encryption ipsec): the router's config, payload and push then carry its tunnels' keys
+        and are secrets.
+        """
         plan, site = self.args.plan, self.args.site.name
+        if plan.encrypted and tunnel_keys is None:
+            raise ValueError(f"site {site}: encryption ipsec needs the tunnel keys (TunnelKeys)")
         ips = pulumi.Output.all(**public_ips)
+        router_keys = tunnel_keys.for_router(plan, site) if tunnel_keys is not None and plan.encrypted else {}
         nodes: list[_OverlayNode] = []
         for node, cls, rules in (
             (plan.router(site), OverlayRouter, router_rules(plan, site)),
             (plan.client(site), OverlayClient, client_rules(plan, site)),
         ):
             host_key = tls.PrivateKey(f"{node.name}-host-key", algorithm="ED25519", opts=pulumi.ResourceOptions(parent=self))
-            doc: pulumi.Output[dict[str, Any]] = ips.apply(functools.partial(node_doc, plan, node.name))
+            keys = pulumi.Output.all(**router_keys) if node.kind == "router" and router_keys else pulumi.Output.from_input({})
+            doc: pulumi.Output[dict[str, Any]] = pulumi.Output.all(ips, keys).apply(functools.partial(node_doc, plan, node.name))
             user_data = pulumi.Output.all(doc, host_key.private_key_openssh, host_key.public_key_openssh).apply(render_node_user_data)
             vm = cls(
                 node.name,

@@ -68,6 +68,23 @@ def geneve_supported(sh: Shell) -> bool:
         sh.run(["ip", "netns", "delete", probe], check=False)
 
 
+def esp_supported(sh: Shell) -> bool:
+    """Probe the host kernel: can an ESP security association be made (in a throw-away namespace)?"""
+    probe = f"{PREFIX}probe-{os.getpid()}"
+    sh.run(["ip", "netns", "add", probe])
+    try:
+        argv = ["ip", "-n", probe, "xfrm", "state", "add", "src", "192.0.2.1", "dst", "192.0.2.2", "proto", "esp", "spi", "0x4000"]
+        return sh.ok([*argv, "mode", "transport", "aead", "rfc4106(gcm(aes))", "0x" + "00" * 36, "128"])
+    finally:
+        sh.run(["ip", "netns", "delete", probe], check=False)
+
+
+ESP_MESSAGE = (
+    "IPsec is not available on this host kernel (no ESP: CONFIG_INET_ESP is off). "
+    "Run the encrypted overlay in the kernel VM instead: python -m lab vm --encryption ipsec (see python -m lab vm --help)"
+)
+
+
 GENEVE_MESSAGE = (
     "GENEVE is not available on this host kernel (`ip link add ... type geneve` fails: no geneve module). "
     "Run the GENEVE overlay in the kernel VM instead: python -m lab vm --help"
@@ -172,6 +189,9 @@ def up(
     sh = Shell(state_dir / "commands.log")
     if plan.protocol == "geneve" and not geneve_supported(Shell()):
         raise LabError(GENEVE_MESSAGE)
+    if plan.encrypted and not esp_supported(Shell()):
+        raise LabError(ESP_MESSAGE)
+    st.key_seed = os.urandom(32).hex()
     existing = lab_exists(state_dir)
     if existing:
         if not force:
@@ -200,7 +220,8 @@ def up(
 
     tar = nodes.build_image_tar(state_dir) if runtime == "docker" and st.container_netns else None
     underlay.build_internet(sh, layout)
-    payloads = {n.name: nodes.user_data(plan, n.name, dict(layout.public_ips), runtime) for n in plan.nodes}
+    keys = st.pair_keys(plan)
+    payloads = {n.name: nodes.user_data(plan, n.name, dict(layout.public_ips), runtime, keys) for n in plan.nodes}
 
     def site_job(site: str) -> None:
         edge = next(e for e in layout.edges if e.site == site)

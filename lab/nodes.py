@@ -23,9 +23,9 @@ Runtime = Literal["docker", "netns"]
 BUSYBOX = "/bin/busybox"
 
 
-def user_data(plan: Plan, node: str, public_ips: dict[str, str], runtime: Runtime) -> str:
+def user_data(plan: Plan, node: str, public_ips: dict[str, str], runtime: Runtime, pair_keys: dict[str, str] | None = None) -> str:
     """The node's cloud-init payload, rendered exactly as the Pulumi program renders it."""
-    return render_user_data(node_config(plan, node, public_ips, container_runtime=runtime))
+    return render_user_data(node_config(plan, node, public_ips, container_runtime=runtime, pair_keys=pair_keys))
 
 
 def write_payload(payload: str, root: Path, only: tuple[str, ...] = ()) -> list[Path]:

@@ -4,6 +4,7 @@ that check, swap, status and down work from a new process, and down works after 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 from collections.abc import Mapping
@@ -12,7 +13,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from components.config import parse_config
-from components.plan import Plan, build_plan
+from components.plan import PAIR_KEY_BYTES, Plan, build_plan, pair_key_name
 from components.stackfile import read_stack_file
 
 REPO: Final = Path(__file__).resolve().parent.parent
@@ -74,12 +75,34 @@ class LabState:
     host_sysctls: dict[str, list[str]] = field(default_factory=dict)
     """/proc/sys path -> [value before up, value the lab set]; down restores what is still the lab's value."""
     history: list[dict[str, Any]] = field(default_factory=list)
+    key_seed: str = ""
+    """Random per lab (hex): the lab's stand-in for the program's per-pair IPsec secrets (see pair_keys)."""
 
     def raw(self) -> dict[str, Any]:
         return load_raw(self.stack, self.sites or None, self.overrides)
 
     def plan(self) -> Plan:
         return lab_plan(self.raw())
+
+    def pair_keys(self, plan: Plan) -> dict[str, str]:
+        return lab_pair_keys(self.key_seed, plan)
+
+
+def lab_pair_keys(seed_hex: str, plan: Plan) -> dict[str, str]:
+    """One secret per router pair of `plan`, derived from the lab's random seed (stable across swaps).
+
+    On the clouds each pair's secret is a random value the program generates and keeps as a Pulumi secret; the
+    lab derives its own so that a swap to a new hub finds keys for the new pairs without storing each one.
+    """
+    if not plan.encrypted:
+        return {}
+    if not seed_hex:
+        raise LabError("the lab has no key seed (it was built before encryption was supported): rebuild it with `python -m lab up --force`")
+    seed = bytes.fromhex(seed_hex)
+    return {
+        pair_key_name(a, b): hashlib.shake_256(seed + pair_key_name(a, b).encode()).hexdigest(PAIR_KEY_BYTES)
+        for a, b in plan.router_pairs()
+    }
 
 
 def state_file(state_dir: Path = STATE_DIR) -> Path:
@@ -101,6 +124,7 @@ def docker_host(router: str, state_dir: Path = STATE_DIR) -> str:
 def save(state: LabState, state_dir: Path = STATE_DIR) -> None:
     state_dir.mkdir(parents=True, exist_ok=True)
     tmp = state_file(state_dir).with_suffix(".tmp")
+    tmp.touch(mode=0o600)  # it carries the key seed
     tmp.write_text(json.dumps(dataclasses.asdict(state), indent=1, sort_keys=True) + "\n", encoding="utf-8")
     os.replace(tmp, state_file(state_dir))
 

@@ -19,7 +19,7 @@ from typing import Any
 from components.plan import Plan
 from lab import nodes
 from lab.check import Lab
-from lab.lifecycle import GENEVE_MESSAGE, geneve_supported, require_root
+from lab.lifecycle import ESP_MESSAGE, GENEVE_MESSAGE, esp_supported, geneve_supported, require_root
 from lab.report import Probe, to_junit
 from lab.state import STATE_DIR, LabError, docker_host, lab_plan, load_raw, node_root, save
 
@@ -235,17 +235,32 @@ class SwapResult:
 
 
 def swap(
-    hub: str | None, protocol: str | None, results_dir: Path, state_dir: Path = STATE_DIR, out=print, fdb_fix: bool = False
+    hub: str | None,
+    protocol: str | None,
+    results_dir: Path,
+    state_dir: Path = STATE_DIR,
+    out=print,
+    fdb_fix: bool = False,
+    encryption: str | None = None,
 ) -> SwapResult:
     lab = Lab(state_dir)
     old = lab.plan
-    overrides = {**lab.state.overrides, **{k: v for k, v in (("hub", hub), ("protocol", protocol)) if v is not None}}
+    changes = (("hub", hub), ("protocol", protocol), ("encryption", encryption))
+    overrides = {**lab.state.overrides, **{k: v for k, v in changes if v is not None}}
     new = lab_plan(load_raw(lab.state.stack, lab.state.sites or None, overrides))
     if new.protocol == "geneve" and not geneve_supported(lab.sh):
         raise LabError(GENEVE_MESSAGE)
-    before = {"hub": old.hub, "protocol": old.protocol}
-    after = {"hub": new.hub, "protocol": new.protocol}
-    out(f"swap: hub {old.hub} -> {new.hub}, protocol {old.protocol} -> {new.protocol}")
+    if new.encrypted and not esp_supported(lab.sh):
+        raise LabError(ESP_MESSAGE)
+    if new.encrypted and not lab.state.key_seed:
+        lab.state.key_seed = os.urandom(32).hex()
+        save(lab.state, state_dir)
+    before = {"hub": old.hub, "protocol": old.protocol, "encryption": old.config.encryption}
+    after = {"hub": new.hub, "protocol": new.protocol, "encryption": new.config.encryption}
+    out(
+        f"swap: hub {old.hub} -> {new.hub}, protocol {old.protocol} -> {new.protocol}, "
+        f"encryption {old.config.encryption} -> {new.config.encryption}"
+    )
     snap_before = snapshot(lab)
     a, b = probe_pair(old, new)
     src, dst = new.client(a), new.client(b)
@@ -272,7 +287,8 @@ def swap(
         )
     try:
         time.sleep(0.5)
-        payloads = {n.name: nodes.user_data(new, n.name, dict(lab.layout.public_ips), lab.state.containers) for n in new.nodes}  # type: ignore[arg-type]
+        keys = lab.state.pair_keys(new)
+        payloads = {n.name: nodes.user_data(new, n.name, dict(lab.layout.public_ips), lab.state.containers, keys) for n in new.nodes}  # type: ignore[arg-type]
         apply_started = time.time()
         t0 = time.monotonic()
 
@@ -377,9 +393,9 @@ def swap(
     return SwapResult(before, after, applies, apply_seconds, rebuilt, ping, (a, b), files, stale)
 
 
-def run_swap(hub: str | None, protocol: str | None, results: Path, fdb_fix: bool = False) -> int:
+def run_swap(hub: str | None, protocol: str | None, results: Path, fdb_fix: bool = False, encryption: str | None = None) -> int:
     require_root("swap")
-    res = swap(hub, protocol, results, fdb_fix=fdb_fix)
+    res = swap(hub, protocol, results, fdb_fix=fdb_fix, encryption=encryption)
     p = res.ping
     print(f"nothing rebuilt: {'yes' if not res.rebuilt else 'NO: ' + ', '.join(res.rebuilt)}")
     print(

@@ -114,6 +114,9 @@ BOOT_MODULES: Final = (
     "xt_addrtype", "xt_mark", "xt_multiport", "ipt_REJECT", "ip6t_REJECT",
     "ip_tables", "ip6_tables", "iptable_filter", "iptable_nat", "iptable_mangle", "iptable_raw",
     "ip6table_filter", "ip6table_nat", "ip6table_mangle", "ip6table_raw",
+    # encryption: ipsec (ESP in UDP, AES-GCM), which the host kernel lacks too.
+    "xfrm_user", "xfrm_algo", "esp4", "esp6", "gcm", "ghash_generic", "gf128mul", "ctr", "seqiv", "echainiv", "authenc",
+    "sha512_generic", "sha3_generic", "jitterentropy_rng", "drbg",  # seqiv draws its IV salt from the default RNG (stdrng = drbg)
 )  # fmt: skip
 # Also in the image, loaded on demand by the kernel through busybox modprobe (modules.dep/modules.alias).
 EXTRA_MODULE_DIRS: Final = ("kernel/net/netfilter", "kernel/net/ipv4/netfilter", "kernel/net/ipv6/netfilter", "kernel/net/bridge")
@@ -1041,7 +1044,13 @@ def selftest_argv(
 
 
 def lab_argv(
-    stack: str, sites: Sequence[str] | None, protocol: str, hub: str | None, topology: str | None = None, warm_up: bool = False
+    stack: str,
+    sites: Sequence[str] | None,
+    protocol: str,
+    hub: str | None,
+    topology: str | None = None,
+    warm_up: bool = False,
+    encryption: str | None = None,
 ) -> list[str]:
     """The in-VM command of the real lab: up with namespace containers, check, always down; check's exit code.
 
@@ -1056,6 +1065,8 @@ def lab_argv(
         up += ["--hub", hub]
     if topology:
         up += ["--topology", topology]
+    if encryption:
+        up += ["--encryption", encryption]
     warmup = ["python3", "-m", "lab.vm", "warmup", "--results", GUEST_RESULTS]
     check = ["python3", "-m", "lab", "check", "--results", GUEST_RESULTS]
     down = ["python3", "-m", "lab", "down"]
@@ -1093,7 +1104,7 @@ def cmd_vm(args: argparse.Namespace) -> int:
             "vm: router containers are plain network namespaces in the VM (--containers netns): there is no Docker there",
             flush=True,
         )
-        argv = lab_argv(args.stack, args.sites, args.protocol, args.hub, args.topology, warm_up=args.warm_up)
+        argv = lab_argv(args.stack, args.sites, args.protocol, args.hub, args.topology, warm_up=args.warm_up, encryption=args.encryption)
     print(f"vm: running in the VM: {shlex.join(argv)}", flush=True)
     res = run_in_vm(argv, timeout=args.timeout, memory_mb=args.memory, cpus=args.cpus, results_dir=args.results, image=image)
     where = f"; results in {res.results}" if res.results else ""
@@ -1108,7 +1119,7 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
 
     p = subparsers.add_parser(
         "vm",
-        help="run the lab in a Debian cloud-kernel VM (qemu TCG): GENEVE, which this host kernel lacks",
+        help="run the lab in a Debian cloud-kernel VM (qemu TCG): GENEVE and IPsec, which this host kernel lacks",
         description="Boots Debian's cloud kernel under qemu (TCG) with an initramfs of busybox, iproute2, iptables, "
         "python3 and this project, runs `lab up --containers netns`, `lab check` and `lab down` inside, and copies "
         "check's results back. Containers are plain network namespaces in the VM (no Docker there).",
@@ -1118,6 +1129,7 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--protocol", choices=("vxlan", "geneve"), default="geneve", help="tunnel protocol (default geneve)")
     p.add_argument("--hub", help="override the hub site")
     p.add_argument("--topology", choices=("hub-and-spoke", "point-to-point"), help="override the topology")
+    p.add_argument("--encryption", choices=("none", "ipsec"), help="override the encryption (ipsec: ESP, which the host kernel lacks)")
     p.add_argument("--results", type=Path, default=DEFAULT_RESULTS, help=f"where the in-VM results are copied (default {DEFAULT_RESULTS})")
     p.add_argument("--timeout", type=float, default=900, help="kill the VM after this many seconds (default 900)")
     p.add_argument("--memory", type=int, default=1024, help="VM memory in MiB (default 1024)")

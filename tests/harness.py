@@ -10,6 +10,8 @@ Invokes (image lookups, availability zones, ...) are answered by `ProgramMocks.c
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 import logging
 import runpy
@@ -39,6 +41,11 @@ RESOURCE_OUTPUTS: dict[str, Callable[[pulumi.runtime.MockResourceArgs], dict[str
 RESOURCE_OUTPUTS["tls:index/privateKey:PrivateKey"] = lambda args: {
     "privateKeyOpenssh": f"-----BEGIN OPENSSH PRIVATE KEY-----\nmock-{args.name}\n-----END OPENSSH PRIVATE KEY-----\n",
     "publicKeyOpenssh": f"ssh-ed25519 AAAAmock{sum(args.name.encode())}\n",
+}
+# Deterministic per name (cached runs compare), distinct per pair, the length the program asked for.
+RESOURCE_OUTPUTS["random:index/randomBytes:RandomBytes"] = lambda args: {
+    "hex": hashlib.shake_256(f"mock-{args.name}".encode()).hexdigest(int(args.inputs["length"])),
+    "base64": base64.b64encode(hashlib.shake_256(f"mock-{args.name}".encode()).digest(int(args.inputs["length"]))).decode(),
 }
 RESOURCE_OUTPUTS["command:remote:Command"] = lambda args: {"stdout": "", "stderr": ""}
 RESOURCE_OUTPUTS["command:local:Command"] = lambda args: {"stdout": "", "stderr": ""}

@@ -3,8 +3,10 @@ on the WAN ENI, least-privilege security groups, payloads equal to the plan, sta
 
 from __future__ import annotations
 
+import base64
 import copy
 import functools
+import gzip
 import ipaddress
 from collections.abc import Callable
 from typing import Any
@@ -14,7 +16,7 @@ import pytest
 from pulumi.runtime.stack import run_pulumi_func
 from pulumi.runtime.sync_await import _sync_await
 
-from cloudinit.render import payload_node_config
+from cloudinit.render import USER_DATA_LIMIT, payload_node_config
 from components.clouds.aws import (
     AwsMachine,
     AwsMachineArgs,
@@ -272,9 +274,11 @@ def test_user_data_is_the_rendered_payload_of_the_node(protocol: str) -> None:
     for site in SITES:
         for kind in ("router", "client"):
             instance = one(node_resources(run, site, kind, INSTANCE))
-            user_data = instance.inputs["userData"]
-            assert user_data.startswith("#cloud-config\n")  # plain text: the provider encodes it
-            assert "userDataBase64" not in instance.inputs
+            sent = base64.b64decode(harness.unsecret(instance.inputs["userDataBase64"]))
+            assert "userData" not in instance.inputs
+            assert len(sent) <= USER_DATA_LIMIT  # EC2's limit applies to the (gzip-compressed) bytes
+            user_data = gzip.decompress(sent).decode()
+            assert user_data.startswith("#cloud-config\n")
             assert payload_node_config(user_data) == node_config(plan, f"{site}-{kind}", ips)
 
 
@@ -285,9 +289,9 @@ def test_instances_ignore_user_data_changes() -> None:
     for instance in instances:
         assert AwsSite.user_data_property in instance.ignore_changes
         # Neither a newer Ubuntu image nor a new SSH key replaces a running node.
-        assert set(instance.ignore_changes) == {"userData", "ami", "keyName"}
+        assert set(instance.ignore_changes) == {"userDataBase64", "ami", "keyName"}
         assert instance.inputs["userDataReplaceOnChange"] is False
-    assert AwsSite.user_data_property == "userData"
+    assert AwsSite.user_data_property == "userDataBase64"
 
 
 @pytest.mark.parametrize("site", list(SITES))

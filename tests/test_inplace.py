@@ -8,13 +8,14 @@ import binascii
 import copy
 import functools
 import gzip
+import hashlib
 import json
 from typing import Any
 
 import pytest
 
 from components.config import parse_config
-from components.plan import Plan, build_plan, config_digest, node_config
+from components.plan import PAIR_KEY_BYTES, Plan, build_plan, config_digest, node_config, pair_key_name
 from components.push import DIGEST_ENV
 from components.stackfile import read_stack_file
 from tests.harness import ROOT, ProgramRun, Registered, run_program, unsecret
@@ -53,16 +54,16 @@ def carries_user_data(r: Registered) -> bool:
 
 
 @functools.cache
-def run_with(hub: str, protocol: str = "vxlan") -> ProgramRun:
+def run_with(hub: str, protocol: str = "vxlan", encryption: str = "none") -> ProgramRun:
     raw = copy.deepcopy(DEV)
-    raw.update(hub=hub, protocol=protocol)
+    raw.update(hub=hub, protocol=protocol, encryption=encryption)
     return run_program(raw)
 
 
 @functools.cache
-def plan_with(hub: str, protocol: str = "vxlan") -> Plan:
+def plan_with(hub: str, protocol: str = "vxlan", encryption: str = "none") -> Plan:
     raw = copy.deepcopy(DEV)
-    raw.update(hub=hub, protocol=protocol)
+    raw.update(hub=hub, protocol=protocol, encryption=encryption)
     return build_plan(parse_config(raw))
 
 
@@ -173,15 +174,31 @@ def test_program_needs_the_private_key_before_any_resource() -> None:
 
 
 def test_secrets_never_appear_in_plain_outputs_or_logs() -> None:
-    """The SSH private key (config secret) and every generated host private key stay secrets."""
+    """The SSH private key (config secret), every generated host private key and (encryption ipsec) every tunnel
+    key stay secrets: they travel in the payloads and pushes, never in a plain output or a log line."""
+    from cloudinit.render import payload_node_config
     from tests.harness import TEST_PRIVATE_KEY
+    from tests.test_platforms import decode, user_data_strings
 
-    run = run_with(DEV["hub"])
-    secrets = ["test-only-not-a-key"] + [f"mock-{s}-{role}-host-key" for s in SITES for role in ("router", "client")]
+    run = run_with(DEV["hub"], encryption="ipsec")
+    plan = plan_with(DEV["hub"], encryption="ipsec")
+    keys = [hashlib.shake_256(f"mock-ipsec-{pair_key_name(a, b)}".encode()).hexdigest(PAIR_KEY_BYTES) for a, b in plan.router_pairs()]
+    assert len(keys) == len(SITES) - 1  # hub and spoke: one pair per spoke
+    tunnel_keys = [k[:72] for k in keys] + [k[72:] for k in keys]  # each direction's key as the node config has it
+    secrets = ["test-only-not-a-key"] + [f"mock-{s}-{role}-host-key" for s in SITES for role in ("router", "client")] + tunnel_keys
     assert "test-only-not-a-key" in TEST_PRIVATE_KEY
-    # The secrets do travel where they must: the pushes' connections and (host keys) the user-data.
-    assert "test-only-not-a-key" in json.dumps([r.inputs for r in run.of_type(COMMAND)])
-    assert any("mock-aws-router-host-key" in json.dumps(r.inputs) for r in run.resources)
+    # The secrets do travel where they must: the pushes' connections and stdin, and the user-data.
+    pushes = json.dumps([r.inputs for r in run.of_type(COMMAND)])
+    assert "test-only-not-a-key" in pushes
+    assert all(k in pushes for k in tunnel_keys)
+    texts = [decode(unsecret(u)) for r in run.resources for v in r.inputs.values() for u in user_data_strings(v)]
+    payloads = "".join(texts) + "".join(json.dumps(payload_node_config(t)) for t in texts)
+    assert "mock-aws-router-host-key" in payloads and all(k in payloads for k in tunnel_keys)
+    # ... and every input that carries one is a secret in the state.
+    for r in run.resources:
+        for prop, value in r.inputs.items():
+            if any(k in json.dumps(value, default=str) for k in tunnel_keys) and unsecret(value) is value:
+                raise AssertionError(f"{r.name}.{prop} carries a tunnel key in plain text")
     for name, value in run.outputs.items():
         if name in run.secret_outputs:
             continue

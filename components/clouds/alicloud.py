@@ -18,18 +18,18 @@ Building blocks, each usable on its own:
 - `NodeResources.machine` is the `AlicloudMachine` component, so a later step that depends on it (the in-place config
   push over SSH) waits for the instance, the LAN ENI attachment and the EIP binding alike.
 - `ecs.Instance.user_data`: base64 is the documented, recommended encoding; at most 16 KB before encoding in the
-  older documentation (32 KB in the current one). A change reboots the instance, so user data (and the image) are
+  older documentation (32 KB in the current one): the payload goes gzip-compressed (cloud-init decompresses it). A change reboots the instance, so user data (and the image) are
   in ignore_changes: later config is pushed in place.
 """
 
 from __future__ import annotations
 
-import base64
 from dataclasses import dataclass, field
 
 import pulumi
 import pulumi_alicloud as alicloud
 
+from cloudinit.render import compressed_user_data
 from components.clouds.base import NodeResources, NodeSpec, PlatformSite, ResolvedRule, SiteContext
 from components.security import IngressRule, scoped_source
 
@@ -44,8 +44,6 @@ SYSTEM_DISK_CATEGORY = "cloud_essd"
 WAN_IPV6_INDEX = 1
 LAN_IPV6_INDEX = 2
 ANY_PORT = "-1/-1"
-# ECS user data limit before base64 encoding (current ECS documentation; older pages said 16 KB).
-USER_DATA_LIMIT = 32 * 1024
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -53,11 +51,9 @@ USER_DATA_LIMIT = 32 * 1024
 
 
 def encode_user_data(user_data: str) -> str:
-    """Base64 of the #cloud-config, the encoding Alibaba documents for ecs.Instance user data."""
-    data = user_data.encode()
-    if len(data) > USER_DATA_LIMIT:
-        raise ValueError(f"user data of {len(data)} bytes exceeds the ECS limit of {USER_DATA_LIMIT} bytes before encoding")
-    return base64.b64encode(data).decode()
+    """Base64 (the encoding Alibaba documents for ecs.Instance user data) of the gzip-compressed #cloud-config:
+    within the 16 KB of older ECS documentation too; cloud-init decompresses it."""
+    return compressed_user_data(user_data)
 
 
 def port_range(rule: IngressRule) -> str:

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 import pulumi
 import pulumi_aws as aws
 
+from cloudinit.render import compressed_user_data
 from components.clouds.base import NodeResources, NodeSpec, PlatformSite, ResolvedRule, SiteContext
 from components.security import scoped_source
 
@@ -271,8 +272,8 @@ class AwsMachineArgs:
     ami: pulumi.Input[str]
     """Image id."""
     user_data: pulumi.Input[str]
-    """Plain-text user-data (the provider encodes it). Changes are ignored after creation: later config is
-    pushed in place, the instance is never replaced or restarted for it."""
+    """Plain-text user-data; sent gzip-compressed (EC2 takes at most 16 KiB, cloud-init decompresses it). Changes
+    are ignored after creation: later config is pushed in place, the instance is never replaced or restarted for it."""
     instance_type: str = DEFAULT_INSTANCE_TYPE
     """EC2 instance type; it must allow len(nics) ENIs."""
     key_name: pulumi.Input[str] | None = None
@@ -289,7 +290,7 @@ class AwsMachine(pulumi.ComponentResource):
     #: Instance properties whose change would restart or replace a running node, fixed at creation: the user-data
     #: (later config is pushed in place), the image (the lookup finds a newer one every few weeks) and the key
     #: pair (a new sshPublicKey replaces the key pair, and EC2 replaces an instance whose key name changes).
-    IGNORED_CHANGES = ("userData", "ami", "keyName")
+    IGNORED_CHANGES = ("userDataBase64", "ami", "keyName")
 
     def __init__(self, name: str, args: AwsMachineArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("multicloud-overlay:aws:AwsMachine", name, None, opts)
@@ -320,7 +321,7 @@ class AwsMachine(pulumi.ComponentResource):
             instance_type=args.instance_type,
             key_name=args.key_name,
             primary_network_interface=aws.ec2.InstancePrimaryNetworkInterfaceArgs(network_interface_id=primary.id),
-            user_data=args.user_data,
+            user_data_base64=pulumi.Output.from_input(args.user_data).apply(compressed_user_data),
             user_data_replace_on_change=False,
             metadata_options=aws.ec2.InstanceMetadataOptionsArgs(http_tokens="required"),
             tags={"Name": name},
@@ -364,7 +365,7 @@ class AwsMachine(pulumi.ComponentResource):
 class AwsSite(PlatformSite):
     """One overlay site in one AWS region."""
 
-    user_data_property = "userData"
+    user_data_property = "userDataBase64"
 
     def __init__(self, ctx: SiteContext) -> None:
         super().__init__(ctx)
