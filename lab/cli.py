@@ -1,4 +1,4 @@
-"""python -m lab up|check|swap|down|status (and vm, when lab/vm.py provides it)."""
+"""python -m lab up|check|swap|reboot|hub-loss|down|status (and vm, when lab/vm.py provides it)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from components.config import PROTOCOLS, TOPOLOGIES, ConfigError
+from components.config import ENCRYPTIONS, PROTOCOLS, TOPOLOGIES, ConfigError
 from lab.state import REPO, STATE_DIR, LabError
 
 DEFAULT_RESULTS = REPO / "lab-results"
@@ -26,7 +26,7 @@ def _sites(value: str) -> list[str]:
 def cmd_up(args: argparse.Namespace) -> int:
     from lab import lifecycle
 
-    overrides: dict[str, Any] = {"hub": args.hub, "protocol": args.protocol, "topology": args.topology}
+    overrides: dict[str, Any] = {"hub": args.hub, "protocol": args.protocol, "topology": args.topology, "encryption": args.encryption}
     res = lifecycle.up(args.stack, args.sites, overrides, runtime=args.containers, force=args.force)
     print()
     print(lifecycle.summary_table(res.plan, res.layout, res.applies))
@@ -47,9 +47,29 @@ def cmd_check(args: argparse.Namespace) -> int:
 def cmd_swap(args: argparse.Namespace) -> int:
     from lab.swap import run_swap
 
-    if args.hub is None and args.protocol is None:
-        raise LabError("swap: give --hub SITE and/or --protocol PROTOCOL")
-    return run_swap(hub=args.hub, protocol=args.protocol, results=args.results, fdb_fix=args.remove_stale_fdb)
+    if args.hub is None and args.protocol is None and args.encryption is None:
+        raise LabError("swap: give --hub SITE, --protocol PROTOCOL and/or --encryption none|ipsec")
+    return run_swap(hub=args.hub, protocol=args.protocol, results=args.results, fdb_fix=args.remove_stale_fdb, encryption=args.encryption)
+
+
+def cmd_reboot(args: argparse.Namespace) -> int:
+    from lab.faults import run_reboot
+
+    return run_reboot(args.node, args.results, full_check=not args.no_check)
+
+
+def cmd_hub_loss(args: argparse.Namespace) -> int:
+    from lab.faults import run_hub_loss
+
+    if args.down_seconds < 0:
+        raise LabError("hub-loss: --down-seconds must be 0 or more")
+    return run_hub_loss(args.results, args.down_seconds, full_check=not args.no_check)
+
+
+def cmd_capture(args: argparse.Namespace) -> int:
+    from lab.capture import prove
+
+    return 0 if prove(args.results)["passed"] else 1
 
 
 def cmd_down(args: argparse.Namespace) -> int:
@@ -84,11 +104,14 @@ def parser() -> argparse.ArgumentParser:
         description="Run the stack's overlay locally: one network namespace per VM built from its cloud-init payload, "
         "emulated clouds (private subnets, 1:1 NAT, internet), Docker containers on the routers. Needs root.",
     )
-    sub = p.add_subparsers(dest="command", required=True, metavar="{up,check,swap,down,status,vm}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="{up,check,swap,reboot,hub-loss,capture,down,status,vm}")
 
     def results(sp: argparse.ArgumentParser) -> None:
         sp.add_argument(
-            "--results", type=Path, default=DEFAULT_RESULTS, help=f"where check/swap write JSON and JUnit (default {DEFAULT_RESULTS})"
+            "--results",
+            type=Path,
+            default=DEFAULT_RESULTS,
+            help=f"where check/swap/reboot/hub-loss write JSON and JUnit (default {DEFAULT_RESULTS})",
         )
 
     up = sub.add_parser("up", help="build the lab from the stack config")
@@ -97,6 +120,7 @@ def parser() -> argparse.ArgumentParser:
     up.add_argument("--hub", help="override the hub site")
     up.add_argument("--protocol", choices=PROTOCOLS, help="override the tunnel protocol")
     up.add_argument("--topology", choices=TOPOLOGIES, help="override the topology")
+    up.add_argument("--encryption", choices=ENCRYPTIONS, help="override the encryption (ipsec needs ESP in the kernel: see `vm`)")
     up.add_argument(
         "--containers", choices=("docker", "netns"), default="docker", help="router containers: real Docker (default) or plain namespaces"
     )
@@ -112,6 +136,7 @@ def parser() -> argparse.ArgumentParser:
     sw = sub.add_parser("swap", help="re-render every node config and re-apply it in place, measuring convergence")
     sw.add_argument("--hub", help="new hub site")
     sw.add_argument("--protocol", choices=PROTOCOLS, help="new tunnel protocol")
+    sw.add_argument("--encryption", choices=ENCRYPTIONS, help="turn IPsec on or off in place")
     sw.add_argument(
         "--remove-stale-fdb",
         action="store_true",
@@ -119,6 +144,33 @@ def parser() -> argparse.ArgumentParser:
     )
     results(sw)
     sw.set_defaults(func=cmd_swap)
+
+    rb = sub.add_parser(
+        "reboot",
+        help="power a node off (processes, containers, links, addresses, rules; NICs and disk stay) and boot it: "
+        "platform NICs, docker.service, then only the unit's command; time the recovery and run the full check",
+    )
+    rb.add_argument("node", help="node name, e.g. gcp-router, aws-router (the hub), gcp-client")
+    rb.add_argument("--no-check", action="store_true", help="skip the full check matrix after the recovery")
+    results(rb)
+    rb.set_defaults(func=cmd_reboot)
+
+    hl = sub.add_parser(
+        "hub-loss",
+        help="power the hub router off, prove spokes keep site-local traffic and lose cross-site traffic, boot it again "
+        "and time the recovery of cross-site traffic and of the full check",
+    )
+    hl.add_argument("--down-seconds", type=float, default=5.0, help="keep the hub down at least this long (default 5)")
+    hl.add_argument("--no-check", action="store_true", help="skip the full check matrix after the recovery")
+    results(hl)
+    hl.set_defaults(func=cmd_hub_loss)
+
+    cap = sub.add_parser(
+        "capture",
+        help="capture the emulated internet during marked pings: only ESP with encryption ipsec, clear frames without",
+    )
+    results(cap)
+    cap.set_defaults(func=cmd_capture)
 
     dn = sub.add_parser("down", help="remove everything the lab made")
     dn.set_defaults(func=cmd_down)
