@@ -54,7 +54,9 @@ class Runner:
         except FileNotFoundError:
             raise CommandFailed(f"{argv[0]} is not installed (it comes with iproute2, docker.io or iptables)") from None
         if check and proc.returncode != 0:
-            raise CommandFailed(f"{' '.join(argv)}: exit {proc.returncode}: {proc.stderr.strip()}")
+            # Key material (an xfrm SA's 0x... key) never goes into a message: messages reach logs and Pulumi's output.
+            shown = ["0x<key>" if a.startswith("0x") and len(a) > 20 else a for a in argv]
+            raise CommandFailed(f"{' '.join(shown)}: exit {proc.returncode}: {proc.stderr.strip()}")
         return proc
 
     def change(self, what: str, argv: Sequence[str]) -> None:
@@ -542,8 +544,12 @@ def step_ipsec(r: Runner, doc: dict[str, Any], state_dir: str) -> None:
             try:
                 r.change(f"installed ESP SA {src} -> {dst} spi {hex(spi)}", argv)
             except CommandFailed as e:
-                if "Protocol not supported" in str(e) or "No such file" in str(e):
-                    raise CommandFailed("this kernel cannot do ESP (no esp4 module / CONFIG_INET_ESP): encryption ipsec needs it") from None
+                if any(m in str(e) for m in ("Protocol not supported", "algorithm not found", "No such file")):
+                    reason = str(e).rsplit(": ", 1)[-1]
+                    raise CommandFailed(
+                        f"this kernel cannot do ESP with {ipsec['algorithm']} ({reason}): encryption ipsec needs the esp4 module "
+                        "(CONFIG_INET_ESP) and AES-GCM"
+                    ) from None
                 raise
         for (src, dst, dport, direction), reqid in sorted(want_policies.items()):
             if have_policies.get((src, dst, dport, direction)) == reqid:

@@ -142,7 +142,9 @@ def push_command() -> str:
         "sudo cloud-init status --wait >/dev/null 2>&1 || true\n"
         'new=$(mktemp)\ntrap \'rm -f "$new"\' EXIT\ncat > "$new"\n'
         f'sudo {NODE_SCRIPT} validate --config "$new"\n'
-        f'sudo install -D -m 0600 "$new" {NODE_CONFIG}\n'
+        # Atomically: a boot-time run reading the config meanwhile sees the old or the new one, never a part.
+        f'sudo install -D -m 0600 "$new" {NODE_CONFIG}.new\n'
+        f"sudo mv -f {NODE_CONFIG}.new {NODE_CONFIG}\n"
         f"sudo {apply}\n"
     )
 

@@ -4,15 +4,29 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import hashlib
 import ipaddress
 from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bench.configs import stack_with_sites
 from components.config import PLATFORMS, parse_config
-from components.plan import Plan, build_plan, encapsulation_overhead, node_config, tunnel_vni
+from components.plan import (
+    ESP_KEY_BYTES,
+    ESP_NATT_OVERHEAD,
+    PAIR_KEY_BYTES,
+    MissingTunnelKey,
+    Plan,
+    build_plan,
+    encapsulation_overhead,
+    node_config,
+    pair_key_name,
+    tunnel_vni,
+)
+from components.security import PeerRouter, router_rules
 from components.stackfile import read_stack_file
 from tests.harness import ROOT
 
@@ -216,3 +230,87 @@ def test_mac_table_pins_every_remote_mac_to_its_tunnel() -> None:
     assert spoke_table[DEV_PLAN.client("gcp").mac] == "ovl-c3"
     assert len(hub_table) == len(spoke_table) == 30 - 1 - 3  # every endpoint but the router and its containers
     assert mac_table(DEV_PLAN, DEV_PLAN.client("gcp")) == []
+
+
+# ---------------------------------------------------------------- encryption: ipsec
+
+
+def ipsec_plan(hub: str = "aws", topology: str = "hub-and-spoke") -> Plan:
+    raw = copy.deepcopy(DEV)
+    raw.update(encryption="ipsec", hub=hub, topology=topology)
+    if topology == "point-to-point":
+        raw["sites"] = {k: v for k, v in raw["sites"].items() if k in ("aws", "gcp")}
+    return plan_of(raw)
+
+
+def pair_keys(plan: Plan) -> dict[str, str]:
+    return {pair_key_name(a, b): hashlib.shake_256(pair_key_name(a, b).encode()).hexdigest(PAIR_KEY_BYTES) for a, b in plan.router_pairs()}
+
+
+def test_ipsec_costs_the_esp_in_udp_overhead_in_the_mtu() -> None:
+    plan = ipsec_plan()
+    assert ESP_NATT_OVERHEAD == 45  # UDP 8 + SPI/seq 8 + IV 8 + pad <= 3 + trailer 2 + ICV 16
+    assert plan.overhead == encapsulation_overhead("vxlan", 4) + 45
+    assert plan.mtu == DEV_PLAN.mtu - 45 == 1305  # azure's 1400 underlay
+
+
+def test_ipsec_pairs_are_the_router_tunnels_each_once() -> None:
+    for hub in ("aws", "gcp"):
+        plan = ipsec_plan(hub)
+        pairs = plan.router_pairs()
+        assert len(pairs) == len(set(pairs)) == len(plan.config.sites) - 1
+        assert all(hub in pair for pair in pairs)
+        tunnels = {frozenset((r.site, t.peer_site)) for r in plan.routers() for t in r.tunnels if t.via == "internet"}
+        assert {frozenset(p) for p in pairs} == tunnels
+    assert len(ipsec_plan("aws", "point-to-point").router_pairs()) == 1
+
+
+def test_both_ends_of_a_pair_hold_matching_security_associations() -> None:
+    plan = ipsec_plan()
+    keys = pair_keys(plan)
+    ips = {s.name: f"203.0.113.{s.site_id}" for s in plan.config.sites}
+    docs = {r.site: node_config(plan, r.name, ips, pair_keys=keys) for r in plan.routers()}
+    spis: list[int] = []
+    for a, b in plan.router_pairs():
+        ta = next(t for t in docs[a]["tunnels"] if t["peer"] == f"{b}-router")
+        tb = next(t for t in docs[b]["tunnels"] if t["peer"] == f"{a}-router")
+        assert ta["esp"]["spi_out"] == tb["esp"]["spi_in"] and ta["esp"]["key_out"] == tb["esp"]["key_in"]
+        assert ta["esp"]["spi_in"] == tb["esp"]["spi_out"] and ta["esp"]["key_in"] == tb["esp"]["key_out"]
+        assert ta["esp"]["key_out"] != ta["esp"]["key_in"]  # one key per direction
+        assert len(bytes.fromhex(ta["esp"]["key_out"])) == ESP_KEY_BYTES
+        spis += [ta["esp"]["spi_out"], ta["esp"]["spi_in"]]
+    assert len(spis) == len(set(spis))
+    for doc in docs.values():
+        assert doc["ipsec"] == {"natt_port": 4500, "algorithm": "rfc4106(gcm(aes))", "icv_bits": 128}
+        assert all("esp" not in t for t in doc["tunnels"] if t["name"].startswith("ovl-c"))  # the LAN tunnel stays clear
+    client = node_config(plan, "aws-client", ips, pair_keys=keys)
+    assert "ipsec" not in client and all("esp" not in t for t in client["tunnels"])
+
+
+def test_unencrypted_plans_carry_no_key_material() -> None:
+    doc = node_config(DEV_PLAN, "aws-router", {s.name: "203.0.113.1" for s in DEV_PLAN.config.sites})
+    assert "ipsec" not in doc and all("esp" not in t for t in doc["tunnels"])
+    assert DEV_PLAN.router_pairs() and not DEV_PLAN.encrypted
+
+
+def test_missing_or_short_keys_are_refused() -> None:
+    plan = ipsec_plan()
+    ips = {s.name: "203.0.113.1" for s in plan.config.sites}
+    with pytest.raises(MissingTunnelKey, match="aws--azure"):
+        node_config(plan, "aws-router", ips, pair_keys={})
+    short = {k: v[:10] for k, v in pair_keys(plan).items()}
+    with pytest.raises(ValueError, match="expected 72"):
+        node_config(plan, "aws-router", ips, pair_keys=short)
+
+
+def test_ipsec_rules_admit_nat_t_from_peers_instead_of_the_tunnel_port() -> None:
+    plan = ipsec_plan()
+    for site in (s.name for s in plan.config.sites):
+        rules = {r.name: r for r in router_rules(plan, site)}
+        for peer in plan.peer_sites(site):
+            rule = rules[f"tunnel-from-{peer}"]
+            assert (rule.protocol, rule.port, rule.source) == ("udp", 4500, PeerRouter(peer))
+        assert rules["tunnel-from-lan"].port == plan.port  # the site-local tunnel stays clear
+        assert not any(r.port == plan.port and isinstance(r.source, PeerRouter) for r in rules.values())
+    clear = {r.name: r for r in router_rules(DEV_PLAN, "aws")}
+    assert clear["tunnel-from-gcp"].port == 4789
