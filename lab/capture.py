@@ -201,10 +201,31 @@ def prove(results: Path, out: Any = print) -> dict[str, Any]:
     return report
 
 
+def reapply(node: str | None = None) -> int:
+    """Run a node's payload unit command once more (default: the hub router); prints its change count."""
+    from lab import nodes
+    from lab.check import Lab
+
+    lab = Lab()
+    plan = lab.plan
+    name = node or plan.router(plan.hub).name
+    runtime = lab.state.containers
+    payload = nodes.user_data(plan, name, dict(lab.layout.public_ips), runtime, lab.state.pair_keys(plan))  # type: ignore[arg-type]
+    vm = lab.layout.vm(name)
+    res = nodes.apply(lab.sh, vm.ns, name, payload, lab.state_dir, vm.kind == "router", runtime)  # type: ignore[arg-type]
+    print(f"reapply {name}: ok={res.ok} changes={res.changes}", flush=True)
+    return 0 if res.ok else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m lab.capture")
-    p.add_argument("--listen", type=Path, required=True, help="capture until SIGTERM and write the packets here")
+    p.add_argument("--listen", type=Path, help="capture until SIGTERM and write the packets here")
+    p.add_argument("--reapply", metavar="NODE", nargs="?", const="", help="re-run a node's unit command (default: the hub router)")
     args = p.parse_args(argv)
+    if args.reapply is not None:
+        return reapply(args.reapply or None)
+    if args.listen is None:
+        p.error("give --listen FILE or --reapply [NODE]")
     return listen(args.listen)
 
 
