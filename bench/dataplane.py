@@ -407,7 +407,7 @@ def main(argv: list[str] | None = None) -> int:
             require_no_lab()
             print("lab up --stack dev --protocol vxlan ...", flush=True)
             started_lab = True
-            up = lab(["up", "--stack", "dev", "--protocol", "vxlan"], log=log)
+            up = lab(["up", "--stack", "dev", "--protocol", "vxlan", "--encryption", "none"], log=log)
             if not up.ok:
                 print(up.output[-3000:], file=sys.stderr)
                 return 1

@@ -244,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         print(f"lab up --stack {args.stack} ...", flush=True)
-        up = lab(["up", "--stack", args.stack], log=log)
+        up = lab(["up", "--stack", args.stack, "--encryption", "none"], log=log)
         if not up.ok:
             print(up.output[-3000:], file=sys.stderr)
             return 1

@@ -160,7 +160,7 @@ def one(n: int, rep: int, log: Path) -> dict[str, Any]:
     avail_before = meminfo().get("MemAvailable", 0)
     sample: dict[str, Any] = {"sites": n, "rep": rep, "up_args": args}
     try:
-        up = lab(["up", *args], log=log, stack_dir=stack_dir)
+        up = lab(["up", *args, "--encryption", "none"], log=log, stack_dir=stack_dir)
         sample.update(up_ok=up.ok, up_wall_s=round(up.seconds, 2), up_reported_s=seconds_reported(up.output, "lab up in"))
         if not up.ok:
             sample["error"] = up.output.strip().splitlines()[-3:]

@@ -182,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     sites: list[str] = []
     try:
         print(f"lab up --stack {args.stack} --protocol {args.protocol} ...", flush=True)
-        up = lab(["up", "--stack", args.stack, "--protocol", args.protocol], log=log)
+        up = lab(["up", "--stack", args.stack, "--protocol", args.protocol, "--encryption", "none"], log=log)
         if not up.ok:
             print(up.output[-3000:], file=sys.stderr)
             return 1

@@ -96,7 +96,7 @@ VNI_MAX: Final = 16_777_215
 DEFAULTS: Final[Mapping[str, Any]] = {
     "protocol": "vxlan",
     "topology": "hub-and-spoke",
-    "encryption": "none",
+    "encryption": "ipsec",
     "overlayIpv4": "10.250.0.0/16",
     "overlayIpv6": "fd00:6f76:6c00::/64",
     "vni": 4000,

@@ -80,8 +80,10 @@ def esp_supported(sh: Shell) -> bool:
 
 
 ESP_MESSAGE = (
-    "IPsec is not available on this host kernel (no ESP: CONFIG_INET_ESP is off). "
-    "Run the encrypted overlay in the kernel VM instead: python -m lab vm --encryption ipsec (see python -m lab vm --help)"
+    "IPsec is not available on this host kernel (no ESP: CONFIG_INET_ESP is off), and the stack sets encryption ipsec "
+    "(the default). Either run the lab with the router tunnels in clear, everything else as the stack says: "
+    "`python -m lab up --encryption none`; or run the encrypted overlay in the kernel VM: "
+    "`python -m lab vm --encryption ipsec` (see python -m lab vm --help)"
 )
 
 

@@ -26,6 +26,7 @@ from pulumi.runtime import rpc
 from pulumi.runtime.stack import run_pulumi_func
 from pulumi.runtime.sync_await import _sync_await
 
+from components.plan import PAIR_KEY_BYTES, Plan, pair_key_name
 from tests import mockdata
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -42,6 +43,18 @@ RESOURCE_OUTPUTS["tls:index/privateKey:PrivateKey"] = lambda args: {
     "privateKeyOpenssh": f"-----BEGIN OPENSSH PRIVATE KEY-----\nmock-{args.name}\n-----END OPENSSH PRIVATE KEY-----\n",
     "publicKeyOpenssh": f"ssh-ed25519 AAAAmock{sum(args.name.encode())}\n",
 }
+
+
+def mock_pair_keys(plan: Plan) -> dict[str, str]:
+    """The tunnel keys the mocked random provider gives a program run of `plan` (empty when not encrypted)."""
+    if not plan.encrypted:
+        return {}
+    return {
+        pair_key_name(a, b): hashlib.shake_256(f"mock-ipsec-{pair_key_name(a, b)}".encode()).hexdigest(PAIR_KEY_BYTES)
+        for a, b in plan.router_pairs()
+    }
+
+
 # Deterministic per name (cached runs compare), distinct per pair, the length the program asked for.
 RESOURCE_OUTPUTS["random:index/randomBytes:RandomBytes"] = lambda args: {
     "hex": hashlib.shake_256(f"mock-{args.name}".encode()).hexdigest(int(args.inputs["length"])),

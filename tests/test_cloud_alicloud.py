@@ -19,7 +19,7 @@ from components.config import parse_config
 from components.plan import build_plan, node_config
 from components.security import IngressRule, is_open_to_world, scoped_source
 from tests import harness
-from tests.harness import ProgramRun, Registered, run_cached
+from tests.harness import ProgramRun, Registered, mock_pair_keys, run_cached
 from tests.mockdata import alicloud as ali_mock
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -53,6 +53,9 @@ def alicloud_config(sites: list[str] | None = None, hub: str = "alia", **top: An
         if name in names
     }
     raw["hub"] = hub
+    top.setdefault(
+        "encryption", "none"
+    )  # clear tunnels: this module checks the platform in detail; tests/test_platforms.py covers ipsec (the default) everywhere
     raw.update(top)
     return raw
 
@@ -268,7 +271,7 @@ def test_user_data_decodes_to_the_node_config(run: ProgramRun) -> None:
         for node in (plan.router(site), plan.client(site)):
             user_data = decoded_user_data(run.named(f"{node.name}-vm-instance"))
             assert user_data.startswith("#cloud-config\n")
-            assert payload_node_config(user_data) == node_config(plan, node.name, public_ips)
+            assert payload_node_config(user_data) == node_config(plan, node.name, public_ips, pair_keys=mock_pair_keys(plan))
     router_doc = payload_node_config(decoded_user_data(run.named("alia-router-vm-instance")))
     assert router_doc["lan"]["configure"] is True  # the secondary ENI is configured by the payload
 

@@ -37,7 +37,7 @@ from components.plan import Plan, build_plan, node_config
 from components.security import IngressRule, is_open_to_world, scoped_source
 from components.stackfile import read_stack_file
 from tests import harness
-from tests.harness import ROOT, ProgramRun, Registered, run_program
+from tests.harness import ROOT, ProgramRun, Registered, mock_pair_keys, run_program
 from tests.mockdata import aws as aws_mock
 
 DEV = read_stack_file(ROOT / "Pulumi.dev.yaml")
@@ -65,7 +65,9 @@ PROVIDER = "pulumi:providers:aws"
 def aws_config(hub: str = "awsa", protocol: str = "vxlan", extra: bool = False) -> dict[str, Any]:
     raw = copy.deepcopy(DEV)
     raw["sites"] = copy.deepcopy({**SITES, **(EXTRA_SITE if extra else {})})
-    raw.update(hub=hub, protocol=protocol)
+    raw.update(
+        hub=hub, protocol=protocol, encryption="none"
+    )  # clear tunnels: this module checks the platform in detail; tests/test_platforms.py covers ipsec (the default) everywhere
     return raw
 
 
@@ -279,7 +281,7 @@ def test_user_data_is_the_rendered_payload_of_the_node(protocol: str) -> None:
             assert len(sent) <= USER_DATA_LIMIT  # EC2's limit applies to the (gzip-compressed) bytes
             user_data = gzip.decompress(sent).decode()
             assert user_data.startswith("#cloud-config\n")
-            assert payload_node_config(user_data) == node_config(plan, f"{site}-{kind}", ips)
+            assert payload_node_config(user_data) == node_config(plan, f"{site}-{kind}", ips, pair_keys=mock_pair_keys(plan))
 
 
 def test_instances_ignore_user_data_changes() -> None:

@@ -23,7 +23,7 @@ from components.config import parse_config
 from components.plan import Plan, build_plan, node_config
 from components.security import is_open_to_world
 from components.stackfile import read_stack_file
-from tests.harness import PROJECT, ROOT, ProgramMocks, ProgramRun, RecordingMonitor, Registered, run_program
+from tests.harness import PROJECT, ROOT, ProgramMocks, ProgramRun, RecordingMonitor, Registered, mock_pair_keys, run_program
 from tests.mockdata.azure import public_ip_for
 
 DEV = read_stack_file(ROOT / "Pulumi.dev.yaml")
@@ -57,7 +57,9 @@ def azure_config(sites: tuple[str, ...] = SITES, hub: str = "azurea", protocol: 
     """Pulumi.dev.yaml with only Azure sites (the other top-level keys kept)."""
     raw = copy.deepcopy(DEV)
     raw["sites"] = {name: site_body(name, i + 1, **site_extra) for i, name in enumerate(sites)}
-    raw.update(hub=hub, protocol=protocol)
+    raw.update(
+        hub=hub, protocol=protocol, encryption="none"
+    )  # clear tunnels: this module checks the platform in detail; tests/test_platforms.py covers ipsec (the default) everywhere
     return raw
 
 
@@ -308,7 +310,7 @@ def test_custom_data_decodes_to_the_rendered_payload(hub: str) -> None:
         vm = one(run, VM, f"{node.name}-vm")
         user_data = base64.b64decode(vm.inputs["osProfile"]["customData"]).decode()
         assert user_data.startswith("#cloud-config\n")
-        assert payload_node_config(user_data) == node_config(plan, node.name, public_ips)
+        assert payload_node_config(user_data) == node_config(plan, node.name, public_ips, pair_keys=mock_pair_keys(plan))
         assert len(user_data.encode()) <= 65535  # Azure's custom data limit (decoded)
         assert vm.inputs["osProfile"]["computerName"] == node.name
 

@@ -22,7 +22,7 @@ from components.plan import TUNNEL_PORT, Plan, build_plan, node_config
 from components.security import IngressRule, PeerRouter, is_open_to_world
 from components.stackfile import read_stack_file
 from tests import harness
-from tests.harness import ROOT, ProgramRun, Registered, run_cached
+from tests.harness import ROOT, ProgramRun, Registered, mock_pair_keys, run_cached
 from tests.mockdata import gcp as gcp_mock
 
 NETWORK = "gcp:compute/network:Network"
@@ -55,6 +55,9 @@ def gcp_config(sites: dict[str, tuple[str, str]] | None = None, hub: str = "gcpa
         for i, (name, (region, zone)) in enumerate(chosen.items(), 1)
     }
     raw["hub"] = hub
+    top.setdefault(
+        "encryption", "none"
+    )  # clear tunnels: this module checks the platform in detail; tests/test_platforms.py covers ipsec (the default) everywhere
     raw.update(top)
     return raw
 
@@ -229,7 +232,7 @@ def test_user_data_is_each_nodes_rendered_payload(run: ProgramRun) -> None:
     ips = public_ips(run)
     for node in plan.nodes:
         metadata = one(run, INSTANCE, f"{node.name}-vm").inputs["metadata"]
-        assert payload_node_config(metadata["user-data"]) == node_config(plan, node.name, ips)
+        assert payload_node_config(metadata["user-data"]) == node_config(plan, node.name, ips, pair_keys=mock_pair_keys(plan))
         assert metadata["ssh-keys"] == f"ubuntu:{plan.config.ssh_public_key}"
 
 

@@ -22,7 +22,7 @@ from components.config import parse_config
 from components.plan import Plan, build_plan, node_config
 from components.security import IngressRule, PeerRouter, is_open_to_world
 from components.stackfile import read_stack_file
-from tests.harness import ROOT, ProgramRun, Registered, run_program, unsecret
+from tests.harness import ROOT, ProgramRun, Registered, mock_pair_keys, run_program, unsecret
 from tests.mockdata import vsphere as mock
 
 DEV = read_stack_file(ROOT / "Pulumi.dev.yaml")
@@ -59,7 +59,9 @@ def raw_config(hub: str = "vspa", names: tuple[str, ...] = SITE_NAMES) -> dict[s
     sites = {name: vsphere_site(name, i) for i, name in enumerate(names, 1)}
     # One site with explicit gateways, DNS and sizes; the others use the defaults.
     sites["vspa"].update(wanGateway="10.11.1.254", mgmtGateway="10.11.3.254", dnsServers="10.11.3.53, 10.11.3.54", routerSize="4x8192")
-    raw.update(hub=hub, sites=sites)
+    raw.update(
+        hub=hub, sites=sites, encryption="none"
+    )  # clear tunnels: this module checks the platform in detail; tests/test_platforms.py covers ipsec (the default) everywhere
     return raw
 
 
@@ -260,7 +262,7 @@ def test_guestinfo_user_data_is_the_nodes_payload(base: Observed) -> None:
             assert extra["guestinfo.metadata.encoding"] == "base64"
             assert set(extra) == {"guestinfo.userdata", "guestinfo.userdata.encoding", "guestinfo.metadata", "guestinfo.metadata.encoding"}
             user_data = decode(extra["guestinfo.userdata"])
-            assert payload_node_config(user_data) == node_config(base.plan, node, base.public_ips)
+            assert payload_node_config(user_data) == node_config(base.plan, node, base.public_ips, pair_keys=mock_pair_keys(base.plan))
             assert len(extra["guestinfo.userdata"]) < 64 * 1024
 
 

@@ -111,7 +111,7 @@ BAD: list[tuple[str, Callable[[dict[str, Any]], None], tuple[str, ...]]] = [
     ("ssh-key-missing", without_top("sshPublicKey"), ("sshPublicKey is not set",)),
     ("ssh-key-private", with_top("sshPublicKey", "-----BEGIN OPENSSH PRIVATE KEY-----"), ("sshPublicKey", "not an OpenSSH public key")),
     ("mtu-below-1280", with_top("mtu", 1200), ("mtu = 1200", "below 1280")),
-    ("mtu-above-path", with_top("mtu", 1400), ("mtu = 1400", "exceeds the path", "at most 1350")),
+    ("mtu-above-path", with_top("mtu", 1400), ("mtu = 1400", "exceeds the path", "95 vxlan+ipsec overhead", "at most 1305")),
     ("mtu-auto-below-1280", with_site("azure", "underlayMtu", 1300), ("mtu", "below 1280", "sites.azure.underlayMtu")),
     ("check-not-bool", with_top("connectivityCheck", "maybe"), ("connectivityCheck = 'maybe'", "true or false")),
     ("unknown-top-key", with_top("protocl", "geneve"), ("protocl", "unknown key", "did you mean 'protocol'")),

@@ -18,7 +18,7 @@ from components.config import parse_config
 from components.plan import PAIR_KEY_BYTES, Plan, build_plan, config_digest, node_config, pair_key_name
 from components.push import DIGEST_ENV
 from components.stackfile import read_stack_file
-from tests.harness import ROOT, ProgramRun, Registered, run_program, unsecret
+from tests.harness import ROOT, ProgramRun, Registered, mock_pair_keys, run_program, unsecret
 
 DEV = read_stack_file(ROOT / "Pulumi.dev.yaml")
 SITES = list(DEV["sites"])
@@ -54,16 +54,17 @@ def carries_user_data(r: Registered) -> bool:
 
 
 @functools.cache
-def run_with(hub: str, protocol: str = "vxlan", encryption: str = "none") -> ProgramRun:
+def run_with(hub: str, protocol: str = "vxlan", encryption: str | None = None) -> ProgramRun:
+    """The dev stack with another hub/protocol (encryption: the stack's, i.e. the default ipsec, unless given)."""
     raw = copy.deepcopy(DEV)
-    raw.update(hub=hub, protocol=protocol, encryption=encryption)
+    raw.update(hub=hub, protocol=protocol, **({"encryption": encryption} if encryption else {}))
     return run_program(raw)
 
 
 @functools.cache
-def plan_with(hub: str, protocol: str = "vxlan", encryption: str = "none") -> Plan:
+def plan_with(hub: str, protocol: str = "vxlan", encryption: str | None = None) -> Plan:
     raw = copy.deepcopy(DEV)
-    raw.update(hub=hub, protocol=protocol, encryption=encryption)
+    raw.update(hub=hub, protocol=protocol, **({"encryption": encryption} if encryption else {}))
     return build_plan(parse_config(raw))
 
 
@@ -73,7 +74,7 @@ def cloud_resources(run: ProgramRun) -> dict[tuple[str, str], Registered]:
 
 def push_digests(run: ProgramRun) -> dict[str, str]:
     return {
-        r.name.removesuffix("-config-apply"): r.inputs["environment"][DIGEST_ENV]
+        r.name.removesuffix("-config-apply"): unsecret(r.inputs["environment"])[DIGEST_ENV]
         for r in run.of_type(COMMAND)
         if r.name.endswith("-config-apply")
     }
@@ -106,9 +107,11 @@ def test_change_touches_no_vm_and_reruns_only_changed_nodes(hub: str, protocol: 
     for key in old.keys() & new.keys():
         if not is_rule(key[1]):
             assert mask_user_data(old[key].inputs) == mask_user_data(new[key].inputs), f"{key} would change"
-    # Resources only come or go as peer-scoped rules.
+    # Resources only come or go as peer-scoped rules and (encryption ipsec) the keys of router pairs.
     for key in old.keys() ^ new.keys():
-        assert is_rule(key[1]), f"{key} added or removed"
+        assert is_rule(key[1]) or key[0] == "random:index/randomBytes:RandomBytes", f"{key} added or removed"
+    new_pairs = {pair_key_name(a, b) for a, b in plan_with(hub, protocol).router_pairs()}
+    assert {k[1] for k in new if k[0] == "random:index/randomBytes:RandomBytes"} == {f"ipsec-{p}" for p in new_pairs}
     assert {k for k, r in old.items() if carries_user_data(r)} == {k for k, r in new.items() if carries_user_data(r)}
 
     # Exactly the nodes whose config differs get a new digest, i.e. a re-run of their push.
@@ -118,7 +121,8 @@ def test_change_touches_no_vm_and_reruns_only_changed_nodes(hub: str, protocol: 
     expected = {
         n.name
         for n in p_old.nodes
-        if config_digest(node_config(p_old, n.name, ips_old)) != config_digest(node_config(p_new, n.name, ips_new))
+        if config_digest(node_config(p_old, n.name, ips_old, pair_keys=mock_pair_keys(p_old)))
+        != config_digest(node_config(p_new, n.name, ips_new, pair_keys=mock_pair_keys(p_new)))
     }
     d_old, d_new = push_digests(before), push_digests(after)
     assert set(d_old) == {n.name for n in p_old.nodes}
@@ -139,7 +143,7 @@ def test_push_sends_the_node_config_and_pins_the_host_key() -> None:
         assert conn["user"] == "ubuntu" and conn["hostKey"].startswith("ssh-ed25519 ") and conn["privateKey"]
         if r.name.endswith("-config-apply"):
             node = r.name.removesuffix("-config-apply")
-            assert json.loads(r.inputs["stdin"]) == node_config(plan, node, ips)
+            assert json.loads(unsecret(r.inputs["stdin"])) == node_config(plan, node, ips, pair_keys=mock_pair_keys(plan))
             assert r.inputs["create"] == r.inputs["update"]  # a config change runs update in place, no replacement
             assert "overlay-node validate" in r.inputs["create"] and "overlay-node apply" in r.inputs["create"]
 

@@ -35,7 +35,7 @@ from cloudinit.render import (
 from components.config import parse_config
 from components.plan import PAIR_KEY_BYTES, Plan, build_plan, node_config, pair_key_name
 from components.stackfile import read_stack_file
-from tests.harness import ROOT
+from tests.harness import ROOT, mock_pair_keys
 
 DEV = read_stack_file(ROOT / "Pulumi.dev.yaml")
 
@@ -55,7 +55,9 @@ def all_payloads() -> list[tuple[str, str, str]]:
     for protocol in ("vxlan", "geneve"):
         plan = plan_for(protocol)
         for node in plan.nodes:
-            out.append((protocol, node.name, render_user_data(node_config(plan, node.name, public_ips(plan)))))
+            out.append(
+                (protocol, node.name, render_user_data(node_config(plan, node.name, public_ips(plan), pair_keys=mock_pair_keys(plan))))
+            )
     return out
 
 
@@ -87,7 +89,7 @@ def test_payload_carries_plan_script_and_unit(protocol: str, node: str, text: st
     assert len(text.encode()) < PLAIN_USER_DATA_LIMIT, f"{node} payload is {len(text.encode())} bytes"
     assert len(gzip.compress(text.encode())) < USER_DATA_LIMIT, f"{node} payload is {len(gzip.compress(text.encode()))} bytes compressed"
     plan = plan_for(protocol)
-    assert payload_node_config(text) == node_config(plan, node, public_ips(plan))
+    assert payload_node_config(text) == node_config(plan, node, public_ips(plan), pair_keys=mock_pair_keys(plan))
     files, runcmd = read_payload(text)
     by_path = {f.path: f for f in files}
     assert by_path[NODE_SCRIPT].content.decode() == node_script() and by_path[NODE_SCRIPT].mode == 0o755
@@ -106,8 +108,8 @@ def test_payload_carries_plan_script_and_unit(protocol: str, node: str, text: st
 
 def test_payload_is_deterministic() -> None:
     plan = plan_for("vxlan")
-    a = render_user_data(node_config(plan, "aws-router", public_ips(plan)))
-    b = render_user_data(node_config(plan, "aws-router", public_ips(plan)))
+    a = render_user_data(node_config(plan, "aws-router", public_ips(plan), pair_keys=mock_pair_keys(plan)))
+    b = render_user_data(node_config(plan, "aws-router", public_ips(plan), pair_keys=mock_pair_keys(plan)))
     assert a == b
 
 
@@ -117,8 +119,8 @@ def test_only_node_config_changes_on_hub_swap() -> None:
     raw["hub"] = "gcp"
     swapped = build_plan(parse_config(raw))
     for node in ("aws-router", "gcp-router", "azure-router"):
-        before, _ = read_payload(render_user_data(node_config(plan, node, public_ips(plan))))
-        after, _ = read_payload(render_user_data(node_config(swapped, node, public_ips(swapped))))
+        before, _ = read_payload(render_user_data(node_config(plan, node, public_ips(plan), pair_keys=mock_pair_keys(plan))))
+        after, _ = read_payload(render_user_data(node_config(swapped, node, public_ips(swapped), pair_keys=mock_pair_keys(swapped))))
         changed = {f.path for f, g in zip(before, after, strict=True) if f != g}
         assert changed == {NODE_CONFIG}
 

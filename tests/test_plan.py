@@ -28,7 +28,7 @@ from components.plan import (
 )
 from components.security import PeerRouter, router_rules
 from components.stackfile import read_stack_file
-from tests.harness import ROOT
+from tests.harness import ROOT, mock_pair_keys
 
 DEV = read_stack_file(ROOT / "Pulumi.dev.yaml")
 
@@ -76,9 +76,11 @@ def test_dev_plan_addresses_are_readable_per_site() -> None:
 
 
 def test_mtu_is_smallest_underlay_minus_overhead() -> None:
-    # Azure's conservative 1400 is the narrowest path of the dev stack.
-    assert DEV_PLAN.path_mtu == 1400 and DEV_PLAN.overhead == 50 and DEV_PLAN.mtu == 1350
+    # Azure's conservative 1400 is the narrowest path of the dev stack; IPsec (the default) costs 45 more bytes.
+    assert DEV_PLAN.path_mtu == 1400 and DEV_PLAN.overhead == 50 + 45 and DEV_PLAN.mtu == 1305
     raw = copy.deepcopy(DEV)
+    raw["encryption"] = "none"
+    assert plan_of(raw).overhead == 50 and plan_of(raw).mtu == 1350
     del raw["sites"]["azure"]
     assert plan_of(raw).mtu == 1460 - 50  # GCP next
     raw["sites"]["gcp"]["underlayMtu"] = 1500
@@ -113,16 +115,16 @@ def test_point_to_point_peers_each_other() -> None:
 
 def test_node_config_uses_public_addresses_for_internet_tunnels_only() -> None:
     ips = {s.name: f"198.51.100.{s.site_id}" for s in DEV_PLAN.config.sites}
-    doc = node_config(DEV_PLAN, "gcp-router", ips)
+    doc = node_config(DEV_PLAN, "gcp-router", ips, pair_keys=mock_pair_keys(DEV_PLAN))
     by_peer = {t["peer"]: t for t in doc["tunnels"]}
     assert by_peer["aws-router"]["remote"] == "198.51.100.1" and by_peer["aws-router"]["local"] == "10.3.1.10"
     assert by_peer["gcp-client"]["remote"] == "10.3.2.20" and by_peer["gcp-client"]["local"] == "10.3.2.10"
-    assert doc["mtu"] == 1350 and doc["port"] == 4789 and doc["forwarding"] is True
-    client = node_config(DEV_PLAN, "gcp-client", ips)
+    assert doc["mtu"] == 1305 and doc["port"] == 4789 and doc["forwarding"] is True
+    client = node_config(DEV_PLAN, "gcp-client", ips, pair_keys=mock_pair_keys(DEV_PLAN))
     assert client["forwarding"] is False and client["containers"]["items"] == []
-    assert node_config(DEV_PLAN, "oci-router", ips)["open_host_firewall"] is True
-    assert node_config(DEV_PLAN, "oci-router", ips)["lan"]["configure"] is True
-    assert node_config(DEV_PLAN, "gcp-router", ips)["lan"]["configure"] is False
+    assert node_config(DEV_PLAN, "oci-router", ips, pair_keys=mock_pair_keys(DEV_PLAN))["open_host_firewall"] is True
+    assert node_config(DEV_PLAN, "oci-router", ips, pair_keys=mock_pair_keys(DEV_PLAN))["lan"]["configure"] is True
+    assert node_config(DEV_PLAN, "gcp-router", ips, pair_keys=mock_pair_keys(DEV_PLAN))["lan"]["configure"] is False
 
 
 # ---------------------------------------------------------------- properties
@@ -251,7 +253,7 @@ def test_ipsec_costs_the_esp_in_udp_overhead_in_the_mtu() -> None:
     plan = ipsec_plan()
     assert ESP_NATT_OVERHEAD == 45  # UDP 8 + SPI/seq 8 + IV 8 + pad <= 3 + trailer 2 + ICV 16
     assert plan.overhead == encapsulation_overhead("vxlan", 4) + 45
-    assert plan.mtu == DEV_PLAN.mtu - 45 == 1305  # azure's 1400 underlay
+    assert plan.mtu == 1400 - 50 - 45 == 1305  # azure's 1400 underlay
 
 
 def test_ipsec_pairs_are_the_router_tunnels_each_once() -> None:
@@ -288,9 +290,13 @@ def test_both_ends_of_a_pair_hold_matching_security_associations() -> None:
 
 
 def test_unencrypted_plans_carry_no_key_material() -> None:
-    doc = node_config(DEV_PLAN, "aws-router", {s.name: "203.0.113.1" for s in DEV_PLAN.config.sites})
+    raw = copy.deepcopy(DEV)
+    raw["encryption"] = "none"
+    clear = plan_of(raw)
+    doc = node_config(clear, "aws-router", {s.name: "203.0.113.1" for s in clear.config.sites})
     assert "ipsec" not in doc and all("esp" not in t for t in doc["tunnels"])
-    assert DEV_PLAN.router_pairs() and not DEV_PLAN.encrypted
+    assert clear.router_pairs() and not clear.encrypted and clear.mtu == DEV_PLAN.mtu + 45
+    assert DEV_PLAN.encrypted  # the default
 
 
 def test_missing_or_short_keys_are_refused() -> None:
@@ -312,5 +318,7 @@ def test_ipsec_rules_admit_nat_t_from_peers_instead_of_the_tunnel_port() -> None
             assert (rule.protocol, rule.port, rule.source) == ("udp", 4500, PeerRouter(peer))
         assert rules["tunnel-from-lan"].port == plan.port  # the site-local tunnel stays clear
         assert not any(r.port == plan.port and isinstance(r.source, PeerRouter) for r in rules.values())
-    clear = {r.name: r for r in router_rules(DEV_PLAN, "aws")}
+    raw = copy.deepcopy(DEV)
+    raw["encryption"] = "none"
+    clear = {r.name: r for r in router_rules(plan_of(raw), "aws")}
     assert clear["tunnel-from-gcp"].port == 4789

@@ -14,7 +14,7 @@ import pytest
 from cloudinit.render import payload_node_config
 from components.clouds import REGISTRY
 from components.plan import node_config
-from tests.harness import ProgramRun, Registered, unsecret
+from tests.harness import ProgramRun, Registered, mock_pair_keys, unsecret
 from tests.test_inplace import DEV, SITES, is_rule, is_user_data, plan_with, run_with
 
 PLATFORMS = sorted(REGISTRY)
@@ -68,7 +68,7 @@ def test_every_site_is_complete_whoever_is_hub(hub: str) -> None:
             vm_component = run.named(node.name, f"multicloud-overlay:index:{'OverlayRouter' if node.kind == 'router' else 'OverlayClient'}")
             payloads = [s for r in run.descendants_of(vm_component.urn) if r.custom for s in user_data_strings(r.inputs)]
             assert len(payloads) == 1, f"{node.name}: {len(payloads)} payloads"
-            assert payload_node_config(decode(payloads[0])) == node_config(plan, node.name, ips), node.name
+            assert payload_node_config(decode(payloads[0])) == node_config(plan, node.name, ips, pair_keys=mock_pair_keys(plan)), node.name
         # The router's public address is known before any VM (it is in every peer's payload) and is the one exported.
         assert ips[site] and ips[site] == run.outputs["sites"][site]["publicIp"]
         assert run.outputs["sites"][site]["tunnelPeers"] == list(plan.peer_sites(site))
@@ -89,3 +89,25 @@ def test_no_rule_of_any_platform_admits_the_whole_internet(hub: str) -> None:
     assert edges and all(e for e in edges)
     for edge in edges:
         assert all(rule["source"] not in ("0.0.0.0/0", "::/0") for rule in edge)
+
+
+@pytest.mark.parametrize("encryption", ["ipsec", "none"])
+def test_peer_tunnel_rules_follow_the_encryption_on_every_platform(encryption: str) -> None:
+    """With ipsec (the default) every platform admits a peer router on UDP 4500 (ESP in UDP) and no longer on the
+    tunnel port; in clear, on the tunnel port only. The site-local client tunnel stays on the tunnel port."""
+    run = run_with("aws", encryption=encryption)
+    want, never = ("4500", "4789") if encryption == "ipsec" else ("4789", "4500")
+    peer_rules = [r for r in run.resources if r.custom and any(r.name.split("-tunnel-from-")[-1].startswith(s) for s in SITES)]
+    peer_rules = [r for r in peer_rules if "-tunnel-from-" in r.name]
+    assert {r.name.split("-")[0] for r in peer_rules} == set(SITES) - {"vsphere"}  # vSphere's are edge rules (below)
+    for r in peer_rules:
+        text = json.dumps(unsecret(r.inputs), default=str)
+        assert want in text and never not in text, f"{r.type} {r.name}: {text}"
+    lan_rules = [
+        r for r in run.resources if r.custom and r.name.endswith(("-tunnel-from-lan", "-tunnel-from-router", "-tunnel-from-lan-4789"))
+    ]
+    assert lan_rules and all("4789" in json.dumps(r.inputs) for r in lan_rules)
+    edge = {rule["name"]: rule for rule in run.outputs["sites"]["vsphere"]["edgeRules"]}
+    assert edge["tunnel-from-aws"]["port"] == int(want)
+    keys = run.of_type("random:index/randomBytes:RandomBytes")
+    assert len(keys) == (len(SITES) - 1 if encryption == "ipsec" else 0)

@@ -24,6 +24,11 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(skip)
 
 
+# The stack encrypts router tunnels (encryption ipsec, the default) but this host kernel has no ESP: the host lab
+# runs them in clear, as a user would (`lab up --encryption none`); tests/lab/test_vm_ipsec.py runs IPsec.
+CLEAR = ("--encryption", "none")
+
+
 def lab(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
     """Run the lab CLI as a user would (a new process each time)."""
     return subprocess.run([sys.executable, "-m", "lab", *args], cwd=REPO, capture_output=True, text=True, timeout=timeout)

@@ -25,7 +25,7 @@ from lab.faults import (
 )
 from lab.state import STATE_DIR, lab_plan, load_raw
 from lab.swap import PingLog
-from tests.lab.conftest import assert_clean, host_baseline, lab
+from tests.lab.conftest import CLEAR, assert_clean, host_baseline, lab
 
 SITES = ("aws", "gcp", "azure")
 CONTAINERS = [f"{s}-c{i}" for s in SITES for i in (1, 2, 3)]
@@ -105,7 +105,7 @@ def lab3() -> Iterator[dict[str, object]]:
     if existing:
         pytest.fail(f"a lab is already up ({', '.join(existing[:3])}): run `python -m lab down` before the lab tests")
     baseline = host_baseline()
-    proc = lab("up", "--sites", ",".join(SITES))
+    proc = lab("up", *CLEAR, "--sites", ",".join(SITES))
     if proc.returncode != 0:
         lab("down")
         pytest.fail(f"lab up failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from lab.state import STATE_DIR, load
-from tests.lab.conftest import assert_clean, host_baseline, lab
+from tests.lab.conftest import CLEAR, assert_clean, host_baseline, lab
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 
@@ -29,7 +29,7 @@ def dev_lab() -> Iterator[dict[str, object]]:
         pytest.fail(f"a lab is already up ({', '.join(existing[:3])}): run `python -m lab down` before the lab tests")
     baseline = host_baseline()
     started = time.monotonic()
-    proc = lab("up")
+    proc = lab("up", *CLEAR)
     FIGURES["up_seconds"] = round(time.monotonic() - started, 1)
     if proc.returncode != 0:
         lab("down")
@@ -132,7 +132,7 @@ def test_geneve_refused_on_this_kernel(dev_lab: dict[str, object]) -> None:
 
 
 def test_up_refuses_an_existing_lab(dev_lab: dict[str, object]) -> None:
-    proc = lab("up")
+    proc = lab("up", *CLEAR)
     assert proc.returncode == 2 and "already exists" in proc.stderr
     assert lab("status").returncode == 0
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from lab.state import load
-from tests.lab.conftest import REPO, assert_clean, lab
+from tests.lab.conftest import CLEAR, REPO, assert_clean, lab
 
 pytestmark = pytest.mark.root
 P2P_CONTAINERS = [f"{s}-c{i}" for s in ("aws", "gcp") for i in (1, 2, 3)]
@@ -22,7 +22,7 @@ DEV_CONTAINERS = [f"{s}-c{i}" for s in ("aws", "azure", "gcp", "oci", "alicloud"
 @pytest.mark.slow
 def test_point_to_point_two_sites(no_lab: dict[str, object], tmp_path: Path) -> None:
     try:
-        proc = lab("up", "--sites", "aws,gcp", "--topology", "point-to-point")
+        proc = lab("up", *CLEAR, "--sites", "aws,gcp", "--topology", "point-to-point")
         assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
         st = load()
         assert st is not None
@@ -42,7 +42,9 @@ def test_point_to_point_two_sites(no_lab: dict[str, object], tmp_path: Path) -> 
 @pytest.mark.slow
 @pytest.mark.parametrize("after", [2.0, 6.0])
 def test_interrupted_up_then_down_leaves_nothing(no_lab: dict[str, object], after: float) -> None:
-    up = subprocess.Popen([sys.executable, "-m", "lab", "up"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    up = subprocess.Popen(
+        [sys.executable, "-m", "lab", "up", *CLEAR], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
     time.sleep(after)
     up.send_signal(signal.SIGKILL)
     out, _ = up.communicate(timeout=30)
@@ -50,6 +52,14 @@ def test_interrupted_up_then_down_leaves_nothing(no_lab: dict[str, object], afte
     assert up.returncode == -signal.SIGKILL, f"up finished before it could be interrupted:\n{out}"
     proc = lab("down")
     assert proc.returncode == 0, proc.stderr
+    assert_clean(no_lab, DEV_CONTAINERS)
+
+
+def test_up_ipsec_refused_early_on_a_kernel_without_esp(no_lab: dict[str, object]) -> None:
+    proc = lab("up")  # the dev stack: encryption ipsec by default
+    assert proc.returncode == 2
+    assert "IPsec is not available on this host kernel" in proc.stderr
+    assert "--encryption none" in proc.stderr and "python -m lab vm --encryption ipsec" in proc.stderr
     assert_clean(no_lab, DEV_CONTAINERS)
 
 

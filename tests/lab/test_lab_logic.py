@@ -23,6 +23,7 @@ from lab.report import PingResult, Probe, cell, matrix_text, summary, to_json, t
 from lab.state import LAB_IMAGE, LabError, lab_plan, load_raw
 from lab.swap import disruption, mac_site, parse_ping_log, probe_pair, stale_fdb
 from lab.topology import build_layout, container_names, map_argv, map_path, public_addresses, transit_pair
+from tests.harness import mock_pair_keys
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -59,7 +60,7 @@ def test_map_path(path: str, mapped: str) -> None:
 
 
 def test_unit_command_runs_from_the_node_root(plan) -> None:
-    payload = render_user_data(node_config(plan, "aws-router", public_addresses(plan.config)))
+    payload = render_user_data(node_config(plan, "aws-router", public_addresses(plan.config), pair_keys=mock_pair_keys(plan)))
     argv = map_argv(unit_exec_start(payload), "/root-of/aws-router")
     assert argv[0] == "/root-of/aws-router" + NODE_SCRIPT
     assert all(not a.startswith(("/etc", "/var", "/usr/local")) for a in argv)
@@ -68,7 +69,7 @@ def test_unit_command_runs_from_the_node_root(plan) -> None:
 
 
 def test_payload_files_keep_their_modes(plan, tmp_path: Path) -> None:
-    payload = nodes.user_data(plan, "oci-router", public_addresses(plan.config), "docker")
+    payload = nodes.user_data(plan, "oci-router", public_addresses(plan.config), "docker", mock_pair_keys(plan))
     written = nodes.write_payload(payload, tmp_path)
     script = tmp_path / NODE_SCRIPT.lstrip("/")
     assert script in written
