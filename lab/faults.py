@@ -36,6 +36,7 @@ from lab.shell import Shell
 from lab.state import STATE_DIR, LabError, node_dir, node_root, save
 from lab.swap import PingLog, parse_ping_log
 from lab.topology import OCI_IMAGE_IPTABLES, PREFIX, VmSpec
+from lab.underlay import IMAGE_SYSCTLS
 
 Out = Callable[[str], None]
 
@@ -228,7 +229,7 @@ def _probe_defaults(sh: Shell) -> dict[str, str]:
     try:
         keys = list(NODE_SYSCTLS) + sorted(set(NIC_SYSCTL_DEFAULTS.values()))
         proc = sh.ns(probe, ["sysctl", "-n", *keys])
-        return dict(zip(keys, proc.stdout.split(), strict=True))
+        return {**dict(zip(keys, proc.stdout.split(), strict=True)), **IMAGE_SYSCTLS}
     finally:
         sh.run(["ip", "netns", "delete", probe], check=False)
 

@@ -79,9 +79,15 @@ def build_edge(sh: Shell, layout: Layout, edge: EdgeSpec) -> None:
         sh.ns(ns, ["iptables", "-w", "-t", "nat", "-A", *rule])
 
 
+# What a cloud image boots with for the settings the node script must change itself. A new namespace copies the
+# host's IPv4 forwarding (on wherever Docker runs), which would let a lab router forward without its payload.
+IMAGE_SYSCTLS = {"net.ipv4.ip_forward": "0", "net.ipv6.conf.all.forwarding": "0"}
+
+
 def build_vm(sh: Shell, layout: Layout, vm: VmSpec) -> None:
     """A VM as its platform hands it over: NICs up, addressed where DHCP/metadata would address them."""
     add_namespace(sh, vm.ns)
+    sh.ns(vm.ns, ["sysctl", "-qw", *(f"{k}={v}" for k, v in IMAGE_SYSCTLS.items())])
     edge = next(e for e in layout.edges if e.site == vm.site)
     for nic in vm.nics:
         sh.run(
