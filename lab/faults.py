@@ -370,7 +370,8 @@ def payload(lab: Lab, node: str) -> str:
     from cloudinit.render import UNIT_PATH, unit_exec_start
     from lab.topology import map_path
 
-    text = nodes.user_data(lab.plan, node, dict(lab.layout.public_ips), lab.state.containers)  # type: ignore[arg-type]
+    keys = lab.state.pair_keys(lab.plan)
+    text = nodes.user_data(lab.plan, node, dict(lab.layout.public_ips), lab.state.containers, keys)  # type: ignore[arg-type]
     unit = Path(map_path(UNIT_PATH, node_root(node, lab.state_dir)))
     try:
         lines = unit.read_text(encoding="utf-8").splitlines()

@@ -4,7 +4,8 @@
    internet sees the marked pings in clear VXLAN datagrams (so the capture can see what it looks for);
 2. `lab swap --encryption ipsec` turns IPsec on in place; the full check matrix passes (v4+v6, DF at the smaller
    MTU); the capture sees only ESP in UDP 4500 between routers, no clear frame, no marker, no fragment; the hub's
-   unit command run again changes nothing;
+   unit command run again changes nothing; the hub rebooted (its SAs, policies and NAT-T socket gone, its
+   sequence numbers starting over) comes back from its unit command alone and the matrix passes again;
 3. `lab swap --protocol geneve`: the same with GENEVE inside ESP.
 """
 
@@ -43,6 +44,7 @@ def script() -> str:
         f"{lab} check --results {r}/ipsec-vxlan",
         f"{lab} capture --results {r}",
         "python3 -m lab.capture --reapply",
+        f"{lab} reboot aws-router --results {r}",
         f"{lab} swap --protocol geneve --results {r}",
         f"{lab} check --results {r}/ipsec-geneve",
         f"{lab} capture --results {r}",
@@ -77,4 +79,7 @@ def test_ipsec_lab_encrypts_every_router_tunnel_for_vxlan_and_geneve(tmp_path: P
     m = re.search(r"reapply aws-router: ok=True changes=(\d+)", log)
     assert m is not None and int(m.group(1)) == 0, f"second run of the hub's unit command changed something:\n{log[-3000:]}"
     assert "nothing rebuilt: yes" in log
+    reboot = json.loads((tmp_path / "reboot-aws-router.json").read_text())
+    assert reboot["boot_command"]["ok"] and reboot["check"]["ok"], json.dumps(reboot)[:2000]
+    assert reboot["power_off"]["killed"] >= 1  # the NAT-T socket holder went down with the node
     assert res.exit_code == 0, f"exit {res.exit_code}: {shlex.quote(log[-3000:])}"
