@@ -474,21 +474,25 @@ def ensure_natt_socket(r: Runner, port: int, state_dir: str) -> None:
 
 
 def stop_natt_socket(r: Runner, port: int, state_dir: str) -> None:
-    """Encryption turned off: the NAT-T socket goes too."""
-    if not natt_listening(port):
-        return
-    if os.path.isdir("/run/systemd/system") and shutil.which("systemctl"):
+    """Encryption turned off: our NAT-T socket holder goes too (a socket on the port that is not ours stays)."""
+    stopped = False
+    systemd = os.path.isdir("/run/systemd/system") and shutil.which("systemctl") is not None
+    if systemd and r.run(["systemctl", "is-active", "--quiet", "overlay-natt.service"], check=False).returncode == 0:
         r.run(["systemctl", "stop", "overlay-natt.service"], check=False)
+        stopped = True
     pid_file = os.path.join(state_dir, "natt.pid")
     try:
         with open(pid_file, encoding="ascii") as f:
             pid = int(f.read().strip())
+        os.unlink(pid_file)
         with open(f"/proc/{pid}/cmdline", "rb") as f:
             if b"natt-listen" in f.read():
                 os.kill(pid, 15)
-        os.unlink(pid_file)
+                stopped = True
     except (OSError, ValueError):
         pass
+    if not stopped:
+        return
     deadline = time.monotonic() + 5
     while natt_listening(port) and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -519,6 +523,8 @@ def step_ipsec(r: Runner, doc: dict[str, Any], state_dir: str) -> None:
     numbers) and no rekeying; SPIs and reqids are derived from the tunnel's VNI.
     """
     want_states, want_policies = _wanted_sas(doc)
+    if not doc.get("ipsec") and r.run(["ip", "xfrm", "policy", "list"], check=False).returncode != 0:
+        return  # a kernel without XFRM: nothing of ours can be there, and clear tunnels need none
     have_policies = xfrm_policies(r)
     have_states = xfrm_states(r)
     # Policies first out, SAs last out: no window where a policy requires an SA that does not exist yet.

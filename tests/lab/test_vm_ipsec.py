@@ -6,7 +6,8 @@
    MTU); the capture sees only ESP in UDP 4500 between routers, no clear frame, no marker, no fragment; the hub's
    unit command run again changes nothing; the hub rebooted (its SAs, policies and NAT-T socket gone, its
    sequence numbers starting over) comes back from its unit command alone and the matrix passes again;
-3. `lab swap --protocol geneve`: the same with GENEVE inside ESP.
+3. `lab swap --protocol geneve`: the same with GENEVE inside ESP;
+4. `lab swap --encryption none`: back to clear GENEVE in place, no SA, policy or NAT-T socket left.
 """
 
 from __future__ import annotations
@@ -48,6 +49,11 @@ def script() -> str:
         f"{lab} swap --protocol geneve --results {r}",
         f"{lab} check --results {r}/ipsec-geneve",
         f"{lab} capture --results {r}",
+        f"{lab} swap --encryption none --results {r}",
+        f"{lab} capture --results {r}",
+        # Left on the hub after turning IPsec off: SAs, policies, sockets on UDP 4500 (0x1194); all must be 0.
+        "echo leftovers $(ip -n mco-aws-router xfrm state list | grep -c ^src) $(ip -n mco-aws-router xfrm policy list | grep -c ^src)"
+        " $(ip netns exec mco-aws-router cat /proc/net/udp | grep -c ':1194 ')",
     ]
     # Every step runs even after a failure (the report shows all of them); the exit code is the first failure's.
     body = "; ".join(f"{s} || rc=${{rc:-$?}}" for s in steps)
@@ -79,6 +85,9 @@ def test_ipsec_lab_encrypts_every_router_tunnel_for_vxlan_and_geneve(tmp_path: P
     m = re.search(r"reapply aws-router: ok=True changes=(\d+)", log)
     assert m is not None and int(m.group(1)) == 0, f"second run of the hub's unit command changed something:\n{log[-3000:]}"
     assert "nothing rebuilt: yes" in log
+    back = json.loads((tmp_path / "capture-none-geneve.json").read_text())
+    assert back["passed"] and back["esp"] == 0 and back["clear_tunnel"] > 0, back["verdict"]
+    assert "leftovers 0 0 0" in log, f"SAs, policies or the NAT-T socket left after turning IPsec off:\n{log[-2000:]}"
     reboot = json.loads((tmp_path / "reboot-aws-router.json").read_text())
     assert reboot["boot_command"]["ok"] and reboot["check"]["ok"], json.dumps(reboot)[:2000]
     assert reboot["power_off"]["killed"] >= 1  # the NAT-T socket holder went down with the node
