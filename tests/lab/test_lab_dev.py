@@ -123,6 +123,16 @@ def test_hub_swap_in_place(dev_lab: dict[str, object], tmp_path: Path, hub: str)
     assert transit["data"]["hub"] == hub
 
 
+def test_capture_sees_the_clear_overlay_on_the_internet(dev_lab: dict[str, object], tmp_path: Path) -> None:
+    """The host lab runs the tunnels in clear (no ESP here): the capture on the emulated internet sees the marked
+    pings inside VXLAN datagrams, and nothing else of the overlay (the kernel-VM test proves the encrypted case)."""
+    proc = lab("capture", "--results", str(tmp_path))
+    doc = json.loads((tmp_path / "capture-none-vxlan.json").read_text())
+    assert proc.returncode == 0 and doc["passed"], doc["verdict"]
+    assert doc["clear_tunnel"] > 0 and doc["marker"] > 0 and doc["esp"] == 0 and doc["fragments"] == 0
+    assert all(doc["pings"].values()) and doc["mtu"] == 1350
+
+
 def test_geneve_refused_on_this_kernel(dev_lab: dict[str, object]) -> None:
     proc = lab("swap", "--protocol", "geneve")
     assert proc.returncode == 2
