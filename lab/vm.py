@@ -120,6 +120,11 @@ BOOT_MODULES: Final = (
 )  # fmt: skip
 # Also in the image, loaded on demand by the kernel through busybox modprobe (modules.dep/modules.alias).
 EXTRA_MODULE_DIRS: Final = ("kernel/net/netfilter", "kernel/net/ipv4/netfilter", "kernel/net/ipv6/netfilter", "kernel/net/bridge")
+# AES-NI and carry-less multiply drivers, for a guest given those CPU features (AES_NI_CPU): loaded with modprobe.
+CPU_CRYPTO_MODULES: Final = ("aesni_intel", "ghash_clmulni_intel")
+DEFAULT_CPU: Final = "qemu64,+rdrand"
+AES_NI_CPU: Final = "qemu64,+rdrand,+aes,+pclmulqdq,+ssse3,+sse4.1,+sse4.2"
+"""TCG emulates AES-NI and PCLMULQDQ: the kernel's AES-GCM then runs its aesni driver instead of generic C."""
 EXTRA_MODULE_SKIP: Final = re.compile(
     r"^(ip_vs|ip_set|nf_conntrack_(h323|sip|pptp|amanda|ftp|irc|netbios|snmp|sane|tftp|broadcast)|nf_nat_(h323|sip|pptp|amanda|ftp|irc|snmp|tftp)|ebt|ebtable|nf_tables_|xt_bpf|xt_set)"
 )
@@ -318,7 +323,7 @@ def select_modules(moddir: Path) -> tuple[list[Module], list[str]]:
     extra = [
         name
         for name, rel in sorted(index.items())
-        if rel.startswith(EXTRA_MODULE_DIRS) and not EXTRA_MODULE_SKIP.match(name) and name not in wanted
+        if ((rel.startswith(EXTRA_MODULE_DIRS) and not EXTRA_MODULE_SKIP.match(name)) or name in CPU_CRYPTO_MODULES) and name not in wanted
     ]
     infos: dict[str, Module] = {}
 
@@ -647,13 +652,13 @@ def _run_archive(spec: dict[str, Any]) -> bytes:
     return gzip.compress(c.finish(), mtime=0)
 
 
-def qemu_argv(image: VmImage, initrd: Path, memory_mb: int, cpus: int) -> list[str]:
+def qemu_argv(image: VmImage, initrd: Path, memory_mb: int, cpus: int, cpu: str = DEFAULT_CPU) -> list[str]:
     # TCG, not KVM: a KVM guest hangs on these machines (see LAB-NOTES). CPU qemu64 plus RDRAND: the kernel
     # trusts RDRAND, so its random pool is ready at once (without it, python's first os.urandom waited ~2 s);
     # `-cpu max` was slower and twice ended in soft lockups in the guest's packet path. Two vCPUs: the lab
     # in the VM took 46 s with -smp 2 against 114 s with -smp 1 on a 2-CPU host.
     return [
-        "qemu-system-x86_64", "-accel", "tcg", "-cpu", "qemu64,+rdrand", "-m", str(memory_mb), "-smp", str(cpus),
+        "qemu-system-x86_64", "-accel", "tcg", "-cpu", cpu, "-m", str(memory_mb), "-smp", str(cpus),
         "-nodefaults", "-display", "none", "-serial", "stdio", "-no-reboot",
         "-kernel", str(image.kernel), "-initrd", str(initrd), "-append", KERNEL_CMDLINE,
     ]  # fmt: skip
@@ -670,6 +675,7 @@ def run_in_vm(
     image: VmImage | None = None,
     prefix: str = "vm| ",
     echo: Out | None = None,
+    cpu: str = DEFAULT_CPU,
 ) -> VmResult:
     """Boot the VM, run argv in the project copy (cwd), stream the console, return the exit code.
 
@@ -698,7 +704,7 @@ def run_in_vm(
             shutil.copyfileobj(base, f)
             f.write(_run_archive(spec))
         proc = subprocess.Popen(
-            qemu_argv(image, initrd, memory_mb, cpus), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+            qemu_argv(image, initrd, memory_mb, cpus, cpu), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
         )
         q: queue.Queue[bytes | None] = queue.Queue()
 
