@@ -393,7 +393,10 @@ def test_ipsec_on_a_kernel_without_esp_is_refused_and_rolled_back(two_nodes: Two
     encrypted = two_nodes.plan(containersPerRouter=1, encryption="ipsec")
     keys = {f"{two_nodes.hub}--{two_nodes.spoke}": "cd" * PAIR_KEY_BYTES}
     doc = node_config(encrypted, f"{two_nodes.hub}-router", two_nodes.underlay, container_runtime="netns", pair_keys=keys)
-    if _esp_works():
+    from lab.lifecycle import esp_supported
+    from lab.shell import Shell
+
+    if esp_supported(Shell()):
         pytest.skip("this kernel has ESP: the refusal cannot be provoked here (the VM tests run IPsec)")
     proc = two_nodes.start(doc, two_nodes.hub)
     out, err = proc.communicate(timeout=120)
@@ -404,14 +407,3 @@ def test_ipsec_on_a_kernel_without_esp_is_refused_and_rolled_back(two_nodes: Two
     assert sh("ip", "-n", ns, "xfrm", "state", "list").stdout.strip() == ""
     far = plan.router(two_nodes.spoke)
     assert two_nodes.ping(two_nodes.hub, far.overlay_ipv4, plan.mtu - 28)  # the clear overlay at its MTU is back
-
-
-def _esp_works() -> bool:
-    probe = f"esp-probe-{os.getpid()}"
-    subprocess.run(["ip", "netns", "add", probe], check=True)
-    try:
-        argv = ["ip", "-n", probe, "xfrm", "state", "add", "src", "192.0.2.1", "dst", "192.0.2.2", "proto", "esp", "spi", "0x4000"]
-        argv += ["mode", "transport", "aead", "rfc4106(gcm(aes))", "0x" + "00" * 36, "128"]
-        return subprocess.run(argv, capture_output=True).returncode == 0
-    finally:
-        subprocess.run(["ip", "netns", "del", probe], capture_output=True)
