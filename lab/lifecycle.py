@@ -222,8 +222,7 @@ def up(
 
     tar = nodes.build_image_tar(state_dir) if runtime == "docker" and st.container_netns else None
     underlay.build_internet(sh, layout)
-    keys = st.pair_keys(plan)
-    payloads = {n.name: nodes.user_data(plan, n.name, dict(layout.public_ips), runtime, keys) for n in plan.nodes}
+    payloads = {n.name: nodes.lab_user_data(st, plan, n.name, dict(layout.public_ips)) for n in plan.nodes}
 
     def site_job(site: str) -> None:
         edge = next(e for e in layout.edges if e.site == site)

@@ -11,12 +11,12 @@ import tarfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Literal, cast
 
 from cloudinit.render import DOCKER_DAEMON, NODE_CONFIG, read_payload, render_user_data, unit_exec_start
 from components.plan import Plan, node_config
 from lab.shell import SYSTEM_PATH, Shell
-from lab.state import CGROUP_PREFIX, LAB_IMAGE, docker_host, node_dir, node_root
+from lab.state import CGROUP_PREFIX, LAB_IMAGE, LabState, docker_host, node_dir, node_root
 from lab.topology import map_argv, map_path
 
 Runtime = Literal["docker", "netns"]
@@ -26,6 +26,11 @@ BUSYBOX = "/bin/busybox"
 def user_data(plan: Plan, node: str, public_ips: dict[str, str], runtime: Runtime, pair_keys: dict[str, str] | None = None) -> str:
     """The node's cloud-init payload, rendered exactly as the Pulumi program renders it."""
     return render_user_data(node_config(plan, node, public_ips, container_runtime=runtime, pair_keys=pair_keys))
+
+
+def lab_user_data(state: LabState, plan: Plan, node: str, public_ips: dict[str, str]) -> str:
+    """The payload of a node of this lab: its container runtime and (encryption ipsec) its pair keys."""
+    return user_data(plan, node, public_ips, cast(Runtime, state.containers), state.pair_keys(plan))
 
 
 def write_payload(payload: str, root: Path, only: tuple[str, ...] = ()) -> list[Path]:

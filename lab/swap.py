@@ -287,8 +287,7 @@ def swap(
         )
     try:
         time.sleep(0.5)
-        keys = lab.state.pair_keys(new)
-        payloads = {n.name: nodes.user_data(new, n.name, dict(lab.layout.public_ips), lab.state.containers, keys) for n in new.nodes}  # type: ignore[arg-type]
+        payloads = {n.name: nodes.lab_user_data(lab.state, new, n.name, dict(lab.layout.public_ips)) for n in new.nodes}
         apply_started = time.time()
         t0 = time.monotonic()
 
