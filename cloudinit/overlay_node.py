@@ -6,16 +6,19 @@ re-run in place when the node config changes (new hub, protocol, MTU, container 
 run with the same config changes nothing and says so. Standard library only (cloud images ship python3).
 
     overlay-node apply --config /etc/multicloud-overlay/node.json --state-dir /var/lib/multicloud-overlay
+    overlay-node push --config /etc/multicloud-overlay/node.json --state-dir DIR < new.json   # install + apply
     overlay-node validate --config FILE
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import fcntl
 import ipaddress
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -26,6 +29,19 @@ from typing import Any
 OWN_PREFIXES = ("ovl-r", "ovl-c", "ovl-k")
 CONTAINER_LABEL = "multicloud-overlay.node"
 EXIT_REJECTED = 3
+CLOUD_INIT_RUN = "/run/cloud-init"
+# Hex runs as long as key material: never shown in a message (messages reach logs and Pulumi's output).
+KEYISH = re.compile(r"(?:0x)?[0-9a-fA-F]{16,}")
+# Interface, namespace and container names: never an option ("-x"), never "." or "..", ASCII only.
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,14}")
+# A Docker image reference ([registry[:port]/]path[:tag][@digest]): never an option, never blanks.
+_PATH = r"[a-z0-9]+(?:[._-]+[a-z0-9]+)*"
+IMAGE_RE = re.compile(
+    rf"(?:[A-Za-z0-9]+(?:[._-]+[A-Za-z0-9]+)*(?::[0-9]+)?/)?{_PATH}(?:/{_PATH})*(?::\w[\w.-]{{0,127}})?(?:@[a-z0-9]+:[0-9a-f]{{32,}})?",
+    re.ASCII,
+)
+# Containers get no capability (no raw sockets: no forged ARP/ND/RA), no setuid gains, a read-only root.
+HARDENING = ("--cap-drop", "ALL", "--security-opt", "no-new-privileges", "--read-only", "--tmpfs", "/tmp")
 
 
 class Rejected(Exception):
@@ -54,13 +70,16 @@ class Runner:
         except FileNotFoundError:
             raise CommandFailed(f"{argv[0]} is not installed (it comes with iproute2, docker.io or iptables)") from None
         if check and proc.returncode != 0:
-            # Key material (an xfrm SA's 0x... key) never goes into a message: messages reach logs and Pulumi's output.
-            shown = ["0x<key>" if a.startswith("0x") and len(a) > 20 else a for a in argv]
-            raise CommandFailed(f"{' '.join(shown)}: exit {proc.returncode}: {proc.stderr.strip()}")
+            # Key material never goes into a message; a batch on stdin is named by its first line.
+            shown = " ".join(argv)
+            if stdin:
+                lines = stdin.strip().splitlines()
+                shown += f" <<< {lines[0]}" + (f" (+{len(lines) - 1} lines)" if len(lines) > 1 else "")
+            raise CommandFailed(KEYISH.sub("<key>", f"{shown}: exit {proc.returncode}: {proc.stderr.strip()}"))
         return proc
 
-    def change(self, what: str, argv: Sequence[str]) -> None:
-        self.run(argv)
+    def change(self, what: str, argv: Sequence[str], stdin: str | None = None) -> None:
+        self.run(argv, stdin=stdin)
         self.changes.append(what)
         self.log(f"  changed: {what}")
 
@@ -82,18 +101,21 @@ def _iface(value: Any, version: int) -> bool:
 def _addr(value: Any) -> bool:
     try:
         ipaddress.ip_address(str(value))
-        return True
+        return "%" not in str(value)
     except ValueError:
         return False
 
 
 def _mac(value: Any) -> bool:
-    parts = str(value).split(":")
-    return len(parts) == 6 and all(len(p) == 2 and all(c in "0123456789abcdefABCDEF" for c in p) for p in parts)
+    return isinstance(value, str) and re.fullmatch(r"[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}", value) is not None
 
 
 def _name(value: Any) -> bool:
-    return isinstance(value, str) and 0 < len(value) <= 15 and all(c.isalnum() or c in "-_." for c in value)
+    return isinstance(value, str) and NAME_RE.fullmatch(value) is not None
+
+
+def _int(lo: int, hi: int) -> Callable[[Any], bool]:
+    return lambda v: isinstance(v, int) and not isinstance(v, bool) and lo <= v <= hi
 
 
 def validate(doc: Any) -> list[str]:
@@ -109,12 +131,12 @@ def validate(doc: Any) -> list[str]:
         elif not ok(src[key]):
             problems.append(f"{path}{key}: {src[key]!r} is not {what}")
 
-    need("version", lambda v: v == 1, "version 1")
+    need("version", _int(1, 1), "version 1")
     need("node", _name, "a node name")
     need("kind", lambda v: v in ("router", "client"), "router or client")
     need("protocol", lambda v: v in ("vxlan", "geneve"), "vxlan or geneve")
-    need("port", lambda v: isinstance(v, int) and 0 < v < 65536, "a UDP port")
-    need("mtu", lambda v: isinstance(v, int) and 1280 <= v <= 9000, "an MTU from 1280 to 9000")
+    need("port", _int(1, 65535), "a UDP port")
+    need("mtu", _int(1280, 9000), "an MTU from 1280 to 9000")
     need("forwarding", lambda v: isinstance(v, bool), "true or false")
     need("open_host_firewall", lambda v: isinstance(v, bool), "true or false")
     bridge = doc.get("bridge")
@@ -122,7 +144,7 @@ def validate(doc: Any) -> list[str]:
         problems.append("bridge: missing or not an object")
     else:
         need("name", _name, "an interface name", bridge, "bridge.")
-        need("mac", lambda v: isinstance(v, str) and len(v.split(":")) == 6, "a MAC address", bridge, "bridge.")
+        need("mac", _mac, "a MAC address", bridge, "bridge.")
         need("ipv4", lambda v: _iface(v, 4), "an IPv4 address/prefix", bridge, "bridge.")
         need("ipv6", lambda v: _iface(v, 6), "an IPv6 address/prefix", bridge, "bridge.")
     lan = doc.get("lan")
@@ -141,7 +163,7 @@ def validate(doc: Any) -> list[str]:
                 continue
             p = f"tunnels[{i}]."
             need("name", lambda v: _name(v) and str(v).startswith(("ovl-r", "ovl-c")), "an ovl-r*/ovl-c* name", t, p)
-            need("vni", lambda v: isinstance(v, int) and 0 < v < 2**24, "a VNI", t, p)
+            need("vni", _int(1, 2**24 - 1), "a VNI", t, p)
             need("local", _addr, "an address", t, p)
             need("remote", _addr, "an address", t, p)
         names = [t.get("name") for t in tunnels if isinstance(t, dict)]
@@ -164,21 +186,31 @@ def validate(doc: Any) -> list[str]:
         problems.append("containers: missing or not an object")
     else:
         need("runtime", lambda v: v in ("docker", "netns"), "docker or netns", containers, "containers.")
-        need("image", lambda v: isinstance(v, str) and bool(v), "an image name", containers, "containers.")
+        need(
+            "image",
+            lambda v: isinstance(v, str) and len(v) < 512 and IMAGE_RE.fullmatch(v) is not None,
+            "an image reference",
+            containers,
+            "containers.",
+        )
         items = containers.get("items")
         if not isinstance(items, list):
             problems.append("containers.items: missing or not a list")
         else:
+            for key in ("name", "link"):
+                values = [c.get(key) for c in items if isinstance(c, dict)]
+                if len(set(map(str, values))) != len(values):
+                    problems.append(f"containers.items: duplicate {key}s")
             for i, c in enumerate(items):
                 p = f"containers.items[{i}]."
                 if not isinstance(c, dict):
                     problems.append(f"{p[:-1]}: not an object")
                     continue
-                need("name", _name, "a container name", c, p)
+                need("name", lambda v: _name(v) and len(v) > 1, "a container name", c, p)
                 need("link", lambda v: _name(v) and str(v).startswith("ovl-k"), "an ovl-k* name", c, p)
                 need("ipv4", lambda v: _iface(v, 4), "an IPv4 address/prefix", c, p)
                 need("ipv6", lambda v: _iface(v, 6), "an IPv6 address/prefix", c, p)
-                need("mac", lambda v: isinstance(v, str) and len(v.split(":")) == 6, "a MAC address", c, p)
+                need("mac", _mac, "a MAC address", c, p)
     return problems
 
 
@@ -205,7 +237,7 @@ def _validate_ipsec(doc: dict[str, Any], tunnels: list[dict[str, Any]]) -> list[
     alg = ipsec.get("algorithm")
     if alg not in ESP_ALGORITHMS:
         problems.append(f"ipsec.algorithm: {alg!r} is not one of {', '.join(ESP_ALGORITHMS)}")
-    if not isinstance(ipsec.get("natt_port"), int) or not 0 < ipsec["natt_port"] < 65536:
+    if not _int(1, 65535)(ipsec.get("natt_port")):
         problems.append(f"ipsec.natt_port: {ipsec.get('natt_port')!r} is not a UDP port")
     if ipsec.get("icv_bits") not in (64, 96, 128):
         problems.append(f"ipsec.icv_bits: {ipsec.get('icv_bits')!r} is not 64, 96 or 128")
@@ -232,9 +264,14 @@ def _validate_ipsec(doc: dict[str, Any], tunnels: list[dict[str, Any]]) -> list[
 def load(path: str) -> dict[str, Any]:
     try:
         with open(path, encoding="utf-8") as f:
-            text = f.read()
+            return parse(f.read(), path)
     except OSError as e:
         raise Rejected(f"cannot read {path}: {e.strerror}") from None
+    except UnicodeDecodeError:
+        raise Rejected(f"{path} is not UTF-8 text") from None
+
+
+def parse(text: str, path: str) -> dict[str, Any]:
     try:
         doc = json.loads(text)
     except json.JSONDecodeError as e:
@@ -249,7 +286,7 @@ def load(path: str) -> dict[str, Any]:
 
 
 def _sysctl(r: Runner, key: str, value: str) -> None:
-    path = "/proc/sys/" + key.replace(".", "/")
+    path = "/proc/sys/" + (key if "/" in key else key.replace(".", "/"))
     try:
         with open(path, encoding="ascii") as f:
             if f.read().strip() == value:
@@ -344,6 +381,66 @@ def step_host_firewall(r: Runner, doc: dict[str, Any]) -> None:
             raise CommandFailed(f"{tool} is not installed but open_host_firewall is set (apt-get install iptables)")
         if r.run([tool, "-w", "-C", *rule], check=False).returncode != 0:
             r.change(f"{tool}: accept {' '.join(rule)}", [tool, "-w", "-I", rule[0], "1", *rule[1:]])
+
+
+# This project's iptables/ip6tables chains (filter table) -> the built-in chain whose first rule jumps to it.
+OWN_CHAINS = {"OVERLAY-IN": "INPUT", "OVERLAY-FWD": "FORWARD"}
+
+
+def firewall_rules(doc: dict[str, Any], family: int) -> dict[str, list[str]]:
+    """Our chains' rules for one IP family, as `iptables-save` prints them (without "-A CHAIN").
+
+    Nothing from the overlay to SSH or to the tunnel port(s); the tunnel port only from each tunnel's own peer
+    (the tunnel's remote: a peer router arrives from its public address, its edge's 1:1 NAT maps its private
+    source to it) and, where the tunnel is encrypted, only out of IPsec. A router forwards bridged overlay frames and nothing else. Allowed traffic
+    RETURNs: the rest of the built-in chain (an image's own firewall) still decides.
+    """
+    br, port = doc["bridge"]["name"], doc["port"]
+    ports = [port, *([doc["ipsec"]["natt_port"]] if doc.get("ipsec") else [])]
+    udp = "-p udp -m udp --dport"
+    rules = [f"-i {br} -p tcp -m tcp --dport 22 -j DROP", *(f"-i {br} {udp} {p} -j DROP" for p in ports)]
+    for t in doc["tunnels"]:
+        peer = ipaddress.ip_address(t["remote"])
+        if peer.version == family:
+            src = f"-s {peer}/{peer.max_prefixlen}"
+            if doc.get("ipsec") and "esp" in t:
+                rules += [f"{src} {udp} {ports[1]} -j RETURN", f"{src} {udp} {port} -m policy --dir in --pol ipsec -j RETURN"]
+            else:
+                rules.append(f"{src} {udp} {port} -j RETURN")
+    chains = {"OVERLAY-IN": rules + [f"{udp} {p} -j DROP" for p in ports]}
+    if doc["forwarding"]:
+        chains["OVERLAY-FWD"] = [f"-i {br} -o {br} -j RETURN", "-j DROP"]
+    return chains
+
+
+def step_firewall(r: Runner, doc: dict[str, Any]) -> None:
+    """Exactly our chains (see firewall_rules), each jumped to first; replaced in one iptables-restore commit."""
+    for tool, family in (("iptables", 4), ("ip6tables", 6)):
+        have: dict[str, list[str]] = {}
+        for line in r.run([f"{tool}-save", "-t", "filter"]).stdout.splitlines():
+            if line.startswith(":"):
+                have.setdefault(line[1:].split()[0], [])
+            elif line.startswith("-A "):
+                chain, _, rule = line[3:].partition(" ")
+                have.setdefault(chain, []).append(rule)
+        want = firewall_rules(doc, family)
+        batch: list[str] = []
+        for chain, hook in OWN_CHAINS.items():
+            jumps = [i for i, rule in enumerate(have.get(hook, [])) if rule == f"-j {chain}"]
+            unhook = [f"-D {hook} -j {chain}"] * len(jumps)
+            if chain not in want:
+                batch += [*unhook, f"-F {chain}", f"-X {chain}"] if chain in have else []
+                continue
+            if chain not in have or [sorted(x.split()) for x in have[chain]] != [sorted(x.split()) for x in want[chain]]:
+                batch += [f":{chain} - [0:0]", *(f"-A {chain} {x}" for x in want[chain])]
+            if jumps != [0]:
+                batch += [*unhook, f"-I {hook} 1 -j {chain}"]
+        if batch:
+            r.change(
+                f"{tool}: set {', '.join(c for c in OWN_CHAINS if c in want)}",
+                [f"{tool}-restore", "-w", "--noflush"],
+                "*filter\n" + "\n".join(batch) + "\nCOMMIT\n",
+            )
 
 
 def step_lan(r: Runner, doc: dict[str, Any]) -> None:
@@ -544,11 +641,11 @@ def step_ipsec(r: Runner, doc: dict[str, Any], state_dir: str) -> None:
                 continue
             if block is not None:
                 r.run(["ip", "xfrm", "state", "delete", "src", src, "dst", dst, "proto", "esp", "spi", hex(spi)])
-            argv = ["ip", "xfrm", "state", "add", "src", src, "dst", dst, "proto", "esp", "spi", hex(spi), "reqid", str(spi)]
-            argv += ["mode", "transport", "replay-window", "0", "aead", ipsec["algorithm"], f"0x{key}", str(ipsec["icv_bits"])]
-            argv += ["encap", "espinudp", natt, natt, "0.0.0.0"]
+            # The key goes on stdin: a command line is readable by every user (/proc/PID/cmdline).
+            line = f"xfrm state add src {src} dst {dst} proto esp spi {hex(spi)} reqid {spi} mode transport replay-window 0 "
+            line += f"aead {ipsec['algorithm']} 0x{key} {ipsec['icv_bits']} encap espinudp {natt} {natt} 0.0.0.0\n"
             try:
-                r.change(f"installed ESP SA {src} -> {dst} spi {hex(spi)}", argv)
+                r.change(f"installed ESP SA {src} -> {dst} spi {hex(spi)}", ["ip", "-batch", "-"], line)
             except CommandFailed as e:
                 if any(m in str(e) for m in ("Protocol not supported", "algorithm not found", "No such file")):
                     reason = str(e).rsplit(": ", 1)[-1]
@@ -588,6 +685,8 @@ def step_bridge(r: Runner, doc: dict[str, Any]) -> None:
         r.change(f"created bridge {br['name']}", ["ip", "link", "add", br["name"], "type", "bridge"])
         existing = links(r)[br["name"]]
     ensure_link_state(r, existing, doc["mtu"], None, mac=br["mac"])
+    # No router advertisement from an overlay member may give this node a route or an address.
+    _sysctl(r, f"net/ipv6/conf/{br['name']}/accept_ra", "0")
     ensure_addresses(r, br["name"], [br["ipv4"], br["ipv6"]])
 
 
@@ -598,7 +697,7 @@ def _tunnel_matches(link: dict[str, Any], t: dict[str, Any], doc: dict[str, Any]
         return False
     if data.get("remote") != t["remote"]:
         return False
-    return doc["protocol"] != "vxlan" or data.get("local") == t["local"]
+    return doc["protocol"] != "vxlan" or (data.get("local") == t["local"] and data.get("learning") is False)
 
 
 def step_tunnels(r: Runner, doc: dict[str, Any]) -> None:
@@ -615,12 +714,17 @@ def step_tunnels(r: Runner, doc: dict[str, Any]) -> None:
             argv = ["ip", "link", "add", name, "type", doc["protocol"], "id", str(t["vni"]), "remote", t["remote"]]
             if doc["protocol"] == "vxlan":
                 # GENEVE has no local-address option: its socket listens on every address of the port.
-                argv += ["local", t["local"]]
+                # No learning: the kernel matches a datagram by VNI only, so a learned MAC would follow a forger.
+                argv += ["local", t["local"], "nolearning"]
             argv += ["dstport", str(doc["port"])]
             r.change(f"created {doc['protocol']} tunnel {name} vni {t['vni']} {t['local']} -> {t['remote']} ({t.get('peer', '?')})", argv)
     current = links(r)
     for name in sorted(wanted):
         ensure_link_state(r, current[name], doc["mtu"], doc["bridge"]["name"])
+    for name, link in sorted(links(r).items()):
+        # Every remote MAC is pinned (step_fdb): the bridge learns nothing on a tunnel port either.
+        if name in wanted and link.get("linkinfo", {}).get("info_slave_data", {}).get("learning") is not False:
+            r.change(f"turned MAC learning off on {name}", ["ip", "link", "set", name, "type", "bridge_slave", "learning", "off"])
     if any(c.startswith(("removed tunnel", "removed outdated tunnel", "created ")) for c in r.changes[before:]):
         # The tunnels changed (e.g. a new hub): MACs learned on a tunnel that kept its peer may now sit behind
         # another one, and would stay wrong until they age out (300 s) if their owner is quiet. Relearn now.
@@ -670,6 +774,11 @@ def _netns_of(r: Runner, name: str, pid: int) -> bool:
     return name in out
 
 
+def _hardened(host_config: dict[str, Any]) -> bool:
+    caps = [str(c).upper() for c in host_config.get("CapDrop") or []]
+    return "ALL" in caps and bool(host_config.get("ReadonlyRootfs")) and "no-new-privileges" in (host_config.get("SecurityOpt") or [])
+
+
 def container_netns(r: Runner, doc: dict[str, Any], c: dict[str, Any], node: str) -> bool:
     """Make sure the container runs and `ip netns` knows its namespace as c['name']; True if it was (re)made."""
     name, image = c["name"], doc["containers"]["image"]
@@ -683,6 +792,9 @@ def container_netns(r: Runner, doc: dict[str, Any], c: dict[str, Any], node: str
     remade = False
     if state is not None and state["Config"]["Image"] != image:
         r.change(f"removed container {name} (image {state['Config']['Image']} -> {image})", ["docker", "rm", "-f", name])
+        state = None
+    if state is not None and not _hardened(state.get("HostConfig") or {}):
+        r.change(f"removed container {name} (not hardened)", ["docker", "rm", "-f", name])
         state = None
     if state is None:
         r.change(
@@ -701,6 +813,8 @@ def container_netns(r: Runner, doc: dict[str, Any], c: dict[str, Any], node: str
                 "unless-stopped",
                 "--label",
                 f"{CONTAINER_LABEL}={node}",
+                *HARDENING,
+                "--",
                 image,
                 "sleep",
                 "2147483647",
@@ -764,8 +878,11 @@ def step_containers(r: Runner, doc: dict[str, Any], previous: dict[str, Any] | N
         if "UP" not in inner.get("lo", {}).get("flags", ["UP"]):
             r.change(f"set {ns}:lo up", ["ip", "-n", ns, "link", "set", "lo", "up"])
         ensure_link_state(r, inner["eth0"], doc["mtu"], None, mac=c["mac"], netns=ns)
-        if r.run(["ip", "netns", "exec", ns, "sysctl", "-n", "net.ipv6.conf.eth0.disable_ipv6"], check=False).stdout.strip() == "1":
-            r.change(f"enabled IPv6 on {ns}:eth0", ["ip", "netns", "exec", ns, "sysctl", "-qw", "net.ipv6.conf.eth0.disable_ipv6=0"])
+        keys = ("net.ipv6.conf.eth0.disable_ipv6", "net.ipv6.conf.eth0.accept_ra")  # IPv6 on, no RA taken from the overlay
+        have = r.run(["ip", "netns", "exec", ns, "sysctl", "-n", *keys], check=False).stdout.split()
+        wrong = [f"{k}=0" for k, v in zip(keys, have, strict=False) if v != "0"]
+        if wrong:
+            r.change(f"set {ns}: {' '.join(wrong)}", ["ip", "netns", "exec", ns, "sysctl", "-qw", *wrong])
         ensure_addresses(r, "eth0", [c["ipv4"], c["ipv6"]], netns=ns)
 
 
@@ -777,6 +894,7 @@ def apply(
 ) -> list[str]:
     step_sysctls(r, doc)
     step_host_firewall(r, doc)
+    step_firewall(r, doc)
     step_lan(r, doc)
     step_ipsec(r, doc, state_dir)
     step_bridge(r, doc)
@@ -834,12 +952,84 @@ class Lock:
         os.close(self.fd)
 
 
+def install(path: str, text: str) -> None:
+    """PATH atomically (PATH.new, mode 0600, fsync, rename): a reader sees the old config or the new one."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, mode=0o700, exist_ok=True)
+    fd = os.open(path + ".new", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        os.fchmod(fd, 0o600)
+        f.write(text)
+        f.flush()
+        os.fsync(fd)
+    os.replace(path + ".new", path)
+    dfd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+
+
+def converge(
+    doc: dict[str, Any],
+    state_dir: str,
+    log: Callable[[str], None],
+    before: Callable[[], None] | None = None,
+    restore: Callable[[dict[str, Any]], None] | None = None,
+) -> int:
+    """Apply doc under the node's lock (running `before` first, under it too); roll back to the last applied config on
+    failure, and hand that config to `restore` (a push reinstalls it: the disk says what runs, credentials included)."""
+    os.makedirs(state_dir, exist_ok=True)
+    applied_path = os.path.join(state_dir, "applied.json")
+    with Lock(os.path.join(state_dir, "lock")).acquire(log):
+        if before is not None:
+            before()
+        previous = None
+        try:
+            with open(applied_path, encoding="utf-8") as f:
+                previous = json.load(f)
+            if validate(previous):
+                previous = None
+        except (OSError, ValueError):
+            previous = None
+        r = Runner(log)
+        log(f"overlay-node: applying {doc['protocol']} config of {doc['node']} ({doc['role'] if 'role' in doc else doc['kind']})")
+        started = time.monotonic()
+        try:
+            changes = apply(doc, r, previous, state_dir)
+        except CommandFailed as e:
+            print(f"overlay-node: failed: {e}", file=sys.stderr)
+            if previous is not None and previous != doc:
+                # Never leave the node half-way between two configs: converge back to the last one that applied.
+                log("overlay-node: rolling back to the previous config")
+                try:
+                    apply(previous, Runner(log), doc, state_dir)
+                    if restore is not None:
+                        restore(previous)
+                    log("overlay-node: rolled back: the node runs its previous config")
+                except CommandFailed as again:
+                    print(f"overlay-node: rollback failed too: {again}", file=sys.stderr)
+            return 1
+        tmp = applied_path + ".tmp"
+        with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w", encoding="utf-8") as f:
+            json.dump(doc, f, indent=1, sort_keys=True)
+        os.replace(tmp, applied_path)
+        took = time.monotonic() - started
+        if changes:
+            log(f"overlay-node: converged with {len(changes)} change(s) in {took:.1f} s")
+        else:
+            log(f"overlay-node: no change: {doc['node']} already matches its config")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="overlay-node", description="converge this machine to its multicloud-overlay node config")
     sub = parser.add_subparsers(dest="command", required=True)
     ap = sub.add_parser("apply", help="converge this node to the config")
-    ap.add_argument("--config", required=True)
-    ap.add_argument("--state-dir", default="/var/lib/multicloud-overlay")
+    pp = sub.add_parser("push", help="read a new config on stdin, validate it, install it as --config and apply it")
+    for p in (ap, pp):
+        p.add_argument("--config", required=True)
+        p.add_argument("--state-dir", default="/var/lib/multicloud-overlay")
     vp = sub.add_parser("validate", help="check a config without changing anything")
     vp.add_argument("--config", required=True)
     cp = sub.add_parser("check", help="ping overlay addresses from this node (exit 1 if any is unreachable)")
@@ -856,51 +1046,37 @@ def main(argv: Sequence[str] | None = None) -> int:
     def log(line: str) -> None:
         print(line, flush=True)
 
+    text = ""
     try:
-        doc = load(args.config)
+        if args.command == "push":
+            raw = sys.stdin.buffer.read()
+            if shutil.which("cloud-init") and os.path.isdir(CLOUD_INIT_RUN):
+                # A push right after creation: cloud-init may still be installing packages (its status does not matter).
+                # Installed but not in use on this boot (no /run/cloud-init), its `status --wait` would never return.
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    subprocess.run(["cloud-init", "status", "--wait"], stdin=subprocess.DEVNULL, capture_output=True, timeout=1800)
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                raise Rejected("the pushed config is not UTF-8 text") from None
+            doc = parse(text, "the pushed config")
+        else:
+            doc = load(args.config)
     except Rejected as e:
         print(f"overlay-node: config rejected, nothing changed (the previous config stays in place): {e}", file=sys.stderr)
         return EXIT_REJECTED
     if args.command == "validate":
         log(f"{args.config}: valid config for {doc['node']}")
         return 0
-    os.makedirs(args.state_dir, exist_ok=True)
-    applied_path = os.path.join(args.state_dir, "applied.json")
-    with Lock(os.path.join(args.state_dir, "lock")).acquire(log):
-        previous = None
-        try:
-            with open(applied_path, encoding="utf-8") as f:
-                previous = json.load(f)
-            if validate(previous):
-                previous = None
-        except (OSError, ValueError):
-            previous = None
-        r = Runner(log)
-        log(f"overlay-node: applying {doc['protocol']} config of {doc['node']} ({doc['role'] if 'role' in doc else doc['kind']})")
-        started = time.monotonic()
-        try:
-            changes = apply(doc, r, previous, args.state_dir)
-        except CommandFailed as e:
-            print(f"overlay-node: failed: {e}", file=sys.stderr)
-            if previous is not None and previous != doc:
-                # Never leave the node half-way between two configs: converge back to the last one that applied.
-                log("overlay-node: rolling back to the previous config")
-                try:
-                    apply(previous, Runner(log), doc, args.state_dir)
-                    log("overlay-node: rolled back: the node runs its previous config")
-                except CommandFailed as again:
-                    print(f"overlay-node: rollback failed too: {again}", file=sys.stderr)
-            return 1
-        tmp = applied_path + ".tmp"
-        with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w", encoding="utf-8") as f:
-            json.dump(doc, f, indent=1, sort_keys=True)
-        os.replace(tmp, applied_path)
-        took = time.monotonic() - started
-        if changes:
-            log(f"overlay-node: converged with {len(changes)} change(s) in {took:.1f} s")
-        else:
-            log(f"overlay-node: no change: {doc['node']} already matches its config")
-    return 0
+    if args.command != "push":
+        return converge(doc, args.state_dir, log)
+    return converge(
+        doc,
+        args.state_dir,
+        log,
+        lambda: install(args.config, text),
+        lambda previous: install(args.config, json.dumps(previous, indent=1, sort_keys=True) + "\n"),
+    )
 
 
 if __name__ == "__main__":

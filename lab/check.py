@@ -15,7 +15,7 @@ from pathlib import Path
 from components.plan import Plan
 from lab.report import PingResult, Probe, matrix_text, summary, write
 from lab.shell import Shell
-from lab.state import STATE_DIR, LabError, LabState, docker_host, load
+from lab.state import STATE_DIR, LabError, LabState, load
 from lab.topology import Layout, build_layout
 
 ATTEMPTS = 3
@@ -79,12 +79,11 @@ class Lab:
         self.sh = Shell(state_dir / "commands.log")
 
     def exec_argv(self, ep: Endpoint, argv: Sequence[str]) -> tuple[list[str], dict[str, str] | None]:
-        """How to run a command on an endpoint: nodes in their namespace, containers via `docker exec`."""
+        """How to run a command on an endpoint: nodes in their namespace, containers in theirs (the handle the node
+        script names after the container). Not `docker exec`: containers run without capabilities, and the image's
+        busybox ping needs a raw socket (CAP_NET_RAW)."""
         if ep.kind != "container":
             return ["nsenter", f"--net=/run/netns/{self.layout.vm(ep.name).ns}", "--", *argv], None
-        if self.state.containers == "docker":
-            assert ep.router is not None
-            return ["docker", "exec", ep.name, *argv], {"DOCKER_HOST": docker_host(ep.router, self.state_dir)}
         return ["nsenter", f"--net=/run/netns/{ep.name}", "--", *argv], None
 
     def run_on(self, ep: Endpoint, argv: Sequence[str], check: bool = False, timeout: float = 120):

@@ -7,22 +7,24 @@ import copy
 import json
 import os
 import shutil
+import stat
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from cloudinit import overlay_node
-from cloudinit.render import read_payload, render_user_data, unit_exec_start
+from cloudinit.render import NODE_CONFIG, PUSH_COMMAND, read_payload, render_user_data, unit_exec_start
 from components.config import parse_config
 from components.plan import PAIR_KEY_BYTES, Plan, build_plan, node_config
 from tests.harness import ROOT
 from tests.test_plan import config_of
 
 SCRIPT = ROOT / "cloudinit" / "overlay_node.py"
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to create network namespaces")
 
 
 def good_doc(encryption: str = "none") -> dict[str, Any]:
@@ -80,6 +82,8 @@ class FakeXfrm(overlay_node.Runner):
 
     def run(self, argv: Any, check: bool = True, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
         self.argvs.append(list(argv))
+        if list(argv) == ["ip", "-batch", "-"] and stdin:  # a batch's lines count as the commands they are
+            self.argvs += [["ip", *line.split()] for line in stdin.splitlines()]
         out = ""
         if list(argv[:4]) == ["ip", "xfrm", "state", "list"]:
             out = self.STATES.format(key=self.key)
@@ -161,9 +165,433 @@ def test_validate_command(tmp_path: Path) -> None:
     assert proc.returncode == 0 and "valid config for a-router" in proc.stdout
 
 
-# ---------------------------------------------------------------- dataplane in namespaces (root)
+# ---------------------------------------------------------------- security review (issue #20), no root
 
-needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to create network namespaces")
+
+def three_site_doc(encryption: str = "none", node: str = "a-router") -> dict[str, Any]:
+    """A hub's config: two router tunnels across the internet and the one to its client."""
+    plan = build_plan(parse_config(config_of({"a": ("aws", 1), "b": ("gcp", 2), "c": ("azure", 3)}, "a", encryption=encryption)))
+    keys = {"a--b": "ab" * PAIR_KEY_BYTES, "a--c": "ac" * PAIR_KEY_BYTES, "b--c": "bc" * PAIR_KEY_BYTES} if encryption == "ipsec" else None
+    return node_config(plan, node, {"a": "198.51.100.1", "b": "198.51.100.2", "c": "198.51.100.3"}, pair_keys=keys)
+
+
+def test_firewall_admits_the_tunnel_port_from_each_tunnels_peer_only() -> None:
+    doc = three_site_doc()
+    rules = overlay_node.firewall_rules(doc, 4)["OVERLAY-IN"]
+    peers = [t["remote"] for t in doc["tunnels"]]
+    assert sorted(peers) == ["10.1.2.20", "198.51.100.2", "198.51.100.3"]  # the client (LAN) and the two spokes (public)
+    # First nothing from the overlay to SSH or the tunnel port (a spoofed peer address included), then one rule per
+    # tunnel with its peer as the only source, then nothing else to the tunnel port.
+    assert rules[:2] == ["-i br-overlay -p tcp -m tcp --dport 22 -j DROP", "-i br-overlay -p udp -m udp --dport 4789 -j DROP"]
+    assert rules[2:-1] == [f"-s {peer}/32 -p udp -m udp --dport 4789 -j RETURN" for peer in peers]
+    assert rules[-1] == "-p udp -m udp --dport 4789 -j DROP"
+    # The IPv6 chain has no IPv4 peer but the same refusals.
+    assert overlay_node.firewall_rules(doc, 6)["OVERLAY-IN"] == [*rules[:2], rules[-1]]
+    # A router forwards bridged overlay frames and nothing else; a client's FORWARD chain is not ours to fill.
+    assert overlay_node.firewall_rules(doc, 4)["OVERLAY-FWD"] == ["-i br-overlay -o br-overlay -j RETURN", "-j DROP"]
+    client = three_site_doc(node="a-client")
+    assert list(overlay_node.firewall_rules(client, 4)) == ["OVERLAY-IN"]
+    assert overlay_node.firewall_rules(client, 4)["OVERLAY-IN"][2:] == [
+        f"-s {client['tunnels'][0]['remote']}/32 -p udp -m udp --dport 4789 -j RETURN",
+        "-p udp -m udp --dport 4789 -j DROP",
+    ]
+    # GENEVE's port, and an IPv6 peer lands in the IPv6 chain.
+    doc["port"] = 6081
+    doc["tunnels"][0]["remote"] = "2001:db8::2"
+    v6 = overlay_node.firewall_rules(doc, 6)["OVERLAY-IN"]
+    assert "-s 2001:db8::2/128 -p udp -m udp --dport 6081 -j RETURN" in v6 and v6[-1] == "-p udp -m udp --dport 6081 -j DROP"
+
+
+def test_firewall_takes_encrypted_tunnels_only_out_of_ipsec() -> None:
+    doc = three_site_doc("ipsec")
+    rules = overlay_node.firewall_rules(doc, 4)["OVERLAY-IN"]
+    udp = "-p udp -m udp --dport"
+    assert rules[:3] == [
+        "-i br-overlay -p tcp -m tcp --dport 22 -j DROP",
+        f"-i br-overlay {udp} 4789 -j DROP",
+        f"-i br-overlay {udp} 4500 -j DROP",
+    ]
+    for t in doc["tunnels"]:
+        src = f"-s {t['remote']}/32"
+        if "esp" in t:  # the spokes: ESP in UDP 4500 from the peer, the tunnel port only once decrypted
+            assert f"{src} {udp} 4500 -j RETURN" in rules
+            assert f"{src} {udp} 4789 -m policy --dir in --pol ipsec -j RETURN" in rules
+            assert f"{src} {udp} 4789 -j RETURN" not in rules
+        else:  # the client's tunnel stays on the site LAN, in clear
+            assert f"{src} {udp} 4789 -j RETURN" in rules and f"{src} {udp} 4500 -j RETURN" not in rules
+    assert rules[-2:] == [f"{udp} 4789 -j DROP", f"{udp} 4500 -j DROP"]
+
+
+@pytest.mark.parametrize(
+    "image",
+    [
+        "--privileged",
+        "-v/:/host",
+        "busybox --privileged",
+        "busybox\n",
+        " busybox",
+        "busybox:1.36 -v /:/x",
+        "BUSYBOX",
+        "",
+        "a/../b",
+        "busybox:-x",
+    ],
+)
+def test_an_image_that_is_not_a_reference_is_refused(image: str) -> None:
+    doc = good_doc()
+    doc["containers"]["image"] = image
+    assert any(p.startswith("containers.image:") for p in overlay_node.validate(doc)), image
+
+
+@pytest.mark.parametrize(
+    "image",
+    [
+        "mco-lab/busybox:latest",
+        "busybox",
+        "localhost:5000/team/app:1.0",
+        "docker.io/library/busybox:1.36.1@sha256:73aaf090f3d85aa34ee199857f03fa3a95c8ede2ffd4cc2cdb5b94e566b11662",
+        "registry.example.com/a_b/c__d/e-f@sha256:" + "0" * 64,
+    ],
+)
+def test_image_references_pass(image: str) -> None:
+    doc = good_doc()
+    doc["containers"]["image"] = image
+    assert overlay_node.validate(doc) == []
+
+
+@pytest.mark.parametrize(
+    ("where", "value"),
+    [
+        ("container", "."),
+        ("container", ".."),
+        ("container", "-h"),
+        ("container", "--rm"),
+        ("container", "c\u00e91"),  # not ASCII (str.isalnum() says yes)
+        ("container", "c 1"),
+        ("container", "c/1"),
+        ("bridge", "-br"),
+        ("bridge", ".."),
+        ("node", "--help"),
+        ("link", "ovl-k1\n"),
+    ],
+)
+def test_names_that_could_be_options_or_paths_are_refused(where: str, value: str) -> None:
+    doc = good_doc()
+    target, key = {
+        "container": (doc["containers"]["items"][0], "name"),
+        "bridge": (doc["bridge"], "name"),
+        "node": (doc, "node"),
+        "link": (doc["containers"]["items"][0], "link"),
+    }[where]
+    target[key] = value
+    assert overlay_node.validate(doc), value
+
+
+def test_other_holes_of_the_validator_are_closed() -> None:
+    for damage in (
+        lambda d: d.update(port=True),
+        lambda d: d.update(version=True),
+        lambda d: d["bridge"].update(mac="aa:bb:cc:dd:ee:ff --x"),
+        lambda d: d["containers"]["items"][0].update(mac="a:b:c:d:e:f"),
+        lambda d: d["tunnels"][0].update(remote="fe80::1%eth0"),
+        lambda d: d["containers"]["items"].append(dict(d["containers"]["items"][0])),  # the same name twice
+    ):
+        doc = good_doc()
+        doc["containers"]["items"] = [dict(c) for c in doc["containers"]["items"]] or [
+            {"name": "a-c1", "link": "ovl-k1", "ipv4": "10.250.1.11/16", "ipv6": "fd00::11/64", "mac": "02:00:00:00:00:01"}
+        ]
+        assert overlay_node.validate(doc) == []
+        damage(doc)
+        assert overlay_node.validate(doc), doc
+
+
+class FakeDocker(overlay_node.Runner):
+    """Docker as a node has it: `inspect` answers from `state` (None: no such container); records every command."""
+
+    def __init__(self, state: dict[str, Any] | None) -> None:
+        super().__init__(lambda _line: None)
+        self.state = state
+        self.argvs: list[list[str]] = []
+
+    def run(self, argv: Any, check: bool = True, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+        argv = list(argv)
+        self.argvs.append(argv)
+        if argv[:3] == ["docker", "inspect", "--type"]:
+            return subprocess.CompletedProcess(argv, 1 if self.state is None else 0, json.dumps([self.state]), "")
+        if argv[:3] == ["docker", "inspect", "--format"]:
+            return subprocess.CompletedProcess(argv, 0, "4242\n", "")
+        return subprocess.CompletedProcess(argv, 0, "", "")
+
+
+def test_containers_run_without_capabilities_read_only_and_image_after_double_dash() -> None:
+    doc = good_doc()
+    doc["containers"]["image"] = "mco-lab/busybox:latest"
+    c = {"name": "zz-test-c1", "link": "ovl-k1"}
+    r = FakeDocker(None)
+    assert overlay_node.container_netns(r, doc, c, "a-router")
+    (run,) = [a for a in r.argvs if a[:2] == ["docker", "run"]]
+    flags = run[: run.index("--")]
+    assert {"--cap-drop", "ALL", "--security-opt", "no-new-privileges", "--read-only", "--tmpfs", "/tmp"} <= set(flags)
+    assert run[run.index("--") + 1 :] == ["mco-lab/busybox:latest", "sleep", "2147483647"]
+    # A container of an earlier node script (not hardened) is made again; a hardened one is kept.
+    old = {"Config": {"Image": "mco-lab/busybox:latest"}, "State": {"Running": True}, "HostConfig": {"CapDrop": None}}
+    r = FakeDocker(old)
+    overlay_node.container_netns(r, doc, c, "a-router")
+    assert ["docker", "rm", "-f", "zz-test-c1"] in r.argvs and any(a[:2] == ["docker", "run"] for a in r.argvs)
+    hardened = {**old, "HostConfig": {"CapDrop": ["ALL"], "ReadonlyRootfs": True, "SecurityOpt": ["no-new-privileges"]}}
+    r = FakeDocker(hardened)
+    overlay_node.container_netns(r, doc, c, "a-router")
+    assert not any(a[:2] in (["docker", "run"], ["docker", "rm"]) for a in r.argvs)
+
+
+class Recorder:
+    """Stands in for subprocess.run under the node script's Runner: records argv and stdin, answers `ip xfrm ... list`
+    with nothing and fails the commands `fail` matches with its stderr."""
+
+    def __init__(self, fail: Callable[[list[str], str], str | None] = lambda _argv, _stdin: None) -> None:
+        self.calls: list[tuple[list[str], str]] = []
+        self.fail = fail
+
+    def __call__(self, argv: list[str], input: str | None = None, **_kw: Any) -> subprocess.CompletedProcess[str]:
+        self.calls.append((list(argv), input or ""))
+        err = self.fail(list(argv), input or "")
+        return subprocess.CompletedProcess(argv, 2 if err is not None else 0, "", err or "")
+
+
+def keys_of(doc: dict[str, Any]) -> list[str]:
+    return [t["esp"][k] for t in doc["tunnels"] if "esp" in t for k in ("key_out", "key_in")]
+
+
+def test_xfrm_keys_never_reach_a_command_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    doc = three_site_doc("ipsec")
+    keys = keys_of(doc)
+    assert len(keys) == 4
+    rec = Recorder()
+    monkeypatch.setattr(overlay_node.subprocess, "run", rec)
+    monkeypatch.setattr(overlay_node, "ensure_natt_socket", lambda *_a: None)
+    r = overlay_node.Runner(lambda _line: None)
+    overlay_node.step_ipsec(r, doc, str(tmp_path))
+    argvs = " ".join(" ".join(argv) for argv, _ in rec.calls)
+    stdins = "".join(stdin for _, stdin in rec.calls)
+    assert not any(k in argvs for k in keys)  # no process's /proc/PID/cmdline ever holds a key
+    assert all(f"0x{k} 128" in stdins for k in keys)  # each SA was installed, its key through stdin
+    assert sum(c.startswith("installed ESP SA") for c in r.changes) == 4
+
+
+@pytest.mark.parametrize(
+    ("stderr", "expected"),
+    [
+        (
+            "Error: Requested AEAD algorithm not found.\n",
+            "this kernel cannot do ESP with rfc4106(gcm(aes)) (Requested AEAD algorithm not found.)",
+        ),
+        ("RTNETLINK answers: Protocol not supported\nCommand failed -:1\n", "this kernel cannot do ESP"),
+        # An iproute2 that does not know a word prints the rest of the line, key included: never shown.
+        (
+            'Error: either "to" is duplicate, or "0x{key}" is a garbage.\n',
+            "<<< xfrm state add src 10.1.1.10 dst 198.51.100.2 proto esp spi",
+        ),
+    ],
+)
+def test_a_failed_xfrm_batch_says_what_failed_without_the_key(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, stderr: str, expected: str
+) -> None:
+    doc = three_site_doc("ipsec")
+    doc["tunnels"][0]["local"] = "10.1.1.10"
+    keys = keys_of(doc)
+    rec = Recorder(lambda argv, stdin: stderr.format(key=stdin.split(" 0x")[1].split()[0]) if argv[1:] == ["-batch", "-"] else None)
+    monkeypatch.setattr(overlay_node.subprocess, "run", rec)
+    r = overlay_node.Runner(lambda _line: None)
+    with pytest.raises(overlay_node.CommandFailed) as failed:
+        overlay_node.step_ipsec(r, doc, str(tmp_path))
+    message = str(failed.value)
+    assert expected in message, message
+    assert not any(k[:16] in message for k in keys), message
+    assert "<key>" in message or "garbage" not in stderr, message
+
+
+FIREWALL_STEP = """
+import json, sys
+sys.path.insert(0, sys.argv[1])
+from cloudinit import overlay_node
+r = overlay_node.Runner(lambda _line: None)
+overlay_node.step_firewall(r, json.loads(sys.stdin.read()))
+print(json.dumps(r.changes))
+"""
+
+
+@needs_root
+@pytest.mark.root
+def test_firewall_chains_are_ours_idempotent_and_follow_the_config() -> None:
+    """Real iptables in a throw-away namespace: our chains are jumped to first, replaced whole when the config
+    changes (hub swap, protocol, encryption, router -> client) and left alone when it does not; rules that are
+    not ours stay where they are."""
+    ns = f"t{os.getpid() % 10000}-fw"
+    sh("ip", "netns", "add", ns)
+    inside = ("nsenter", f"--net=/run/netns/{ns}", "--")
+
+    def step(doc: dict[str, Any]) -> list[str]:
+        proc = subprocess.run(
+            [*inside, sys.executable, "-c", FIREWALL_STEP, str(ROOT)], input=json.dumps(doc), capture_output=True, text=True
+        )
+        assert proc.returncode == 0, proc.stderr
+        return json.loads(proc.stdout)
+
+    def saved(tool: str = "iptables") -> list[str]:
+        return [line for line in sh(*inside, f"{tool}-save", "-t", "filter").stdout.splitlines() if line.startswith(("-A", ":"))]
+
+    try:
+        foreign = [("INPUT", "-p tcp -m tcp --dport 80 -j ACCEPT"), ("FORWARD", "-o eth9 -j ACCEPT"), ("THEIRS", "-j RETURN")]
+        sh(*inside, "iptables", "-N", "THEIRS")
+        for chain, rule in foreign:
+            sh(*inside, "iptables", "-A", chain, *rule.split())
+        hub = three_site_doc()
+        assert step(hub) == ["iptables: set OVERLAY-IN, OVERLAY-FWD", "ip6tables: set OVERLAY-IN, OVERLAY-FWD"]
+        rules = saved()
+        assert [x for x in rules if x.startswith(("-A INPUT", "-A FORWARD"))] == [
+            "-A INPUT -j OVERLAY-IN",
+            "-A INPUT -p tcp -m tcp --dport 80 -j ACCEPT",
+            "-A FORWARD -j OVERLAY-FWD",
+            "-A FORWARD -o eth9 -j ACCEPT",
+        ]
+        assert [x.removeprefix("-A OVERLAY-IN ") for x in rules if x.startswith("-A OVERLAY-IN")] == overlay_node.firewall_rules(hub, 4)[
+            "OVERLAY-IN"
+        ]
+        assert "-A OVERLAY-IN -i br-overlay -p tcp -m tcp --dport 22 -j DROP" in saved("ip6tables")
+        assert step(hub) == []  # a second apply changes nothing
+        # Someone inserts a rule above ours: our jump goes first again, their rule stays.
+        sh(*inside, "iptables", "-I", "INPUT", "1", "-p", "tcp", "--dport", "443", "-j", "ACCEPT")
+        assert step(hub) == ["iptables: set OVERLAY-IN, OVERLAY-FWD"]
+        assert [x for x in saved() if x.startswith("-A INPUT")][:2] == [
+            "-A INPUT -j OVERLAY-IN",
+            "-A INPUT -p tcp -m tcp --dport 443 -j ACCEPT",
+        ]
+        assert step(hub) == []
+        # The hub moves (other peers), the protocol changes, IPsec comes and goes: the chain follows, nothing stale.
+        spoke = three_site_doc(node="b-router")
+        for doc, port, peers in (
+            (spoke, 4789, {"198.51.100.1"}),
+            ({**spoke, "port": 6081, "protocol": "geneve"}, 6081, {"198.51.100.1"}),
+            (three_site_doc("ipsec"), 4789, {"198.51.100.2", "198.51.100.3"}),
+            (hub, 4789, {"198.51.100.2", "198.51.100.3"}),
+        ):
+            assert step(doc) != [] and step(doc) == []
+            mine = [x for x in saved() if x.startswith("-A OVERLAY-IN")]
+            admitted = {x.split()[3].removesuffix("/32") for x in mine if x.startswith("-A OVERLAY-IN -s") and f"--dport {port} " in x}
+            assert admitted - {t["remote"] for t in doc["tunnels"]} == set() and peers <= admitted, mine
+            assert all(f"--dport {port} " in x or "--dport 22 " in x or "--dport 4500 " in x for x in mine), mine
+            assert any("--pol ipsec" in x for x in mine) == bool(doc.get("ipsec")), mine
+            assert any("--dport 4500" in x for x in mine) == bool(doc.get("ipsec")), mine
+        # A client forwards nothing of ours: our FORWARD chain and its jump go, the rest stays.
+        assert step(three_site_doc(node="a-client")) == ["iptables: set OVERLAY-IN", "ip6tables: set OVERLAY-IN"]
+        assert not any("OVERLAY-FWD" in x for x in saved() + saved("ip6tables"))
+        for chain, rule in foreign:
+            assert f"-A {chain} {rule}" in saved()
+    finally:
+        subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+
+
+# ---------------------------------------------------------------- push (install a config from stdin, then apply)
+
+
+def push(
+    config: Path, state: Path, stdin: bytes, env: dict[str, str] | None = None, wrap: tuple[str, ...] = ()
+) -> subprocess.CompletedProcess[str]:
+    argv = [*wrap, sys.executable, str(SCRIPT), "push", "--config", str(config), "--state-dir", str(state)]
+    return subprocess.run(
+        argv, input=stdin.decode("utf-8", "surrogateescape"), capture_output=True, text=True, env=env, errors="surrogateescape"
+    )
+
+
+@pytest.mark.parametrize(
+    "content",
+    [b"", b'{"version": 1, "node": "a-rou', b"\xff\xfe garbage", "image"],
+)
+def test_push_of_a_refused_config_installs_nothing(tmp_path: Path, content: bytes | str) -> None:
+    if content == "image":
+        doc = good_doc()
+        doc["containers"]["image"] = "--privileged"
+        content = json.dumps(doc).encode()
+    assert isinstance(content, bytes)
+    config = tmp_path / "etc" / "node.json"
+    config.parent.mkdir()
+    config.write_text("previous\n")
+    proc = push(config, tmp_path / "state", content)
+    assert proc.returncode == overlay_node.EXIT_REJECTED, proc.stderr
+    assert "config rejected, nothing changed" in proc.stderr and proc.stdout == ""
+    assert config.read_text() == "previous\n" and sorted(p.name for p in config.parent.iterdir()) == ["node.json"]
+    assert not (tmp_path / "state").exists()  # not even the lock: nothing ran
+    if b"privileged" in content:
+        assert "containers.image: '--privileged' is not an image reference" in proc.stderr
+
+
+@needs_root
+@pytest.mark.root
+def test_push_installs_atomically_then_applies(tmp_path: Path) -> None:
+    """A client's config pushed in a throw-away network namespace: installed (a new file renamed over the old one,
+    0600, its directory made 0700), then applied as `apply` does (the same config pushed again changes nothing)."""
+    plan = build_plan(parse_config(config_of({"a": ("aws", 1), "b": ("gcp", 2)}, "a", encryption="none")))
+    text = json.dumps(node_config(plan, "a-client", {"a": "198.51.100.1", "b": "198.51.100.2"}), indent=1) + "\n"
+    config, state = tmp_path / "etc" / "mco" / "node.json", tmp_path / "state"
+    ns = f"t{os.getpid() % 10000}-push"
+    sh("ip", "netns", "add", ns)
+    try:
+        inside = ("nsenter", f"--net=/run/netns/{ns}", "--")
+        proc = push(config, state, text.encode(), wrap=inside)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert config.read_text() == text and config.stat().st_mode & 0o777 == 0o600
+        assert config.parent.stat().st_mode & 0o777 == 0o700
+        assert json.loads((state / "applied.json").read_text()) == json.loads(text)
+        tunnel = json.loads(text)["tunnels"][0]["name"]
+        assert "converged with" in proc.stdout and f"created vxlan tunnel {tunnel}" in proc.stdout
+        assert tunnel in sh("ip", "-n", ns, "link", "show").stdout
+        # Again over an existing file: a new inode renamed into place, no PATH.new left behind; nothing to change.
+        config.write_text("old\n")
+        config.chmod(0o644)
+        inode = config.stat().st_ino
+        proc = push(config, state, text.encode(), wrap=inside)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert config.read_text() == text and config.stat().st_mode & 0o777 == 0o600 and config.stat().st_ino != inode
+        assert sorted(p.name for p in config.parent.iterdir()) == ["node.json"]
+        assert "no change" in proc.stdout and "changed:" not in proc.stdout
+    finally:
+        subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+
+
+def test_push_waits_for_cloud_init_then_validates_installs_and_applies_under_the_lock(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    events: list[str] = []
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    fake = bin_dir / "cloud-init"
+    fake.write_text(f'#!/bin/sh\necho "$@" >> {tmp_path}/cloud-init.calls\nexit 1\n')  # an error status changes nothing
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    monkeypatch.setattr(overlay_node, "CLOUD_INIT_RUN", str(tmp_path))  # cloud-init is in use on this boot
+    doc = good_doc()
+    text = json.dumps(doc)
+    config = tmp_path / "etc" / "node.json"
+
+    def converge(d: dict[str, Any], state_dir: str, _log: Any, before: Any = None, restore: Any = None) -> int:
+        events.append(f"lock taken, installed before: {config.exists()}")
+        before()
+        events.append(f"installed: {config.read_text() == text}; applying {d['node']}")
+        return 0
+
+    monkeypatch.setattr(overlay_node, "converge", converge)
+    monkeypatch.setattr(sys, "stdin", type("In", (), {"buffer": __import__("io").BytesIO(text.encode())})())
+    assert overlay_node.main(["push", "--config", str(config), "--state-dir", str(tmp_path / "state")]) == 0
+    assert (tmp_path / "cloud-init.calls").read_text() == "status --wait\n"
+    assert events == ["lock taken, installed before: False", "installed: True; applying a-router"]
+    # cloud-init installed but not in use on this boot (the lab's host): no wait, which would never end.
+    monkeypatch.setattr(overlay_node, "CLOUD_INIT_RUN", str(tmp_path / "absent"))
+    monkeypatch.setattr(sys, "stdin", type("In", (), {"buffer": __import__("io").BytesIO(text.encode())})())
+    assert overlay_node.main(["push", "--config", str(config), "--state-dir", str(tmp_path / "state")]) == 0
+    assert (tmp_path / "cloud-init.calls").read_text() == "status --wait\n"
+
+
+# ---------------------------------------------------------------- dataplane in namespaces (root)
 
 
 def sh(*argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -344,6 +772,35 @@ def test_failure_half_way_rolls_back_to_the_previous_config(two_nodes: TwoNodes)
     assert two_nodes.tunnels(two_nodes.hub) == before
     far = plan.router(two_nodes.spoke)
     assert two_nodes.ping(two_nodes.hub, far.overlay_ipv4, plan.mtu - 28)  # the previous MTU is back too
+
+
+@needs_root
+@pytest.mark.root
+def test_a_failed_push_leaves_the_previous_config_running_and_installed(two_nodes: TwoNodes) -> None:
+    """A pushed config that validates but fails half-way: the node rolls back to the config it ran, and the installed
+    config is that one again, so a reboot brings back the previous tunnels (and credentials), never none."""
+    plan = two_nodes.plan(containersPerRouter=1)
+    for site in (two_nodes.hub, two_nodes.spoke):
+        two_nodes.apply(plan, site)
+    before = two_nodes.tunnels(two_nodes.hub)
+    root = two_nodes.tmp / two_nodes.hub
+    installed = root / NODE_CONFIG.lstrip("/")
+    previous = json.loads(installed.read_text())
+    doc = node_config(plan, f"{two_nodes.hub}-router", two_nodes.underlay, container_runtime="netns")
+    doc["tunnels"].append({"name": "ovl-r9", "peer": "x-router", "vni": 9999, "local": "10.1.1.10", "remote": "2001:db8::9"})
+    argv = [str(root / a.lstrip("/")) if a.startswith(("/etc/", "/var/", "/usr/local/")) else a for a in PUSH_COMMAND]
+    proc = subprocess.run(
+        ["nsenter", f"--net=/run/netns/{two_nodes.ns[two_nodes.hub]}", "--", sys.executable, *argv],
+        input=json.dumps(doc),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "rolled back" in proc.stdout
+    assert two_nodes.tunnels(two_nodes.hub) == before
+    assert json.loads(installed.read_text()) == previous
+    assert stat.S_IMODE(os.stat(installed).st_mode) == 0o600
 
 
 @needs_root
