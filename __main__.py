@@ -4,25 +4,23 @@ import pulumi
 
 from components.config import ConfigError, parse_config
 from components.exports import stack_outputs
-from components.keys import TunnelKeys, TunnelKeysArgs
-from components.plan import build_plan
+from components.keys import DeployKey, TunnelKeys, TunnelKeysArgs
+from components.limits import checked_plan
 from components.push import connectivity_checks
-from components.site import Site, SiteArgs
-from components.stack import read_private_key, read_pulumi_config
+from components.site import Site, SiteArgs, deploy_sites
+from components.stack import read_pulumi_config
 
 try:
-    config = parse_config(read_pulumi_config(), require_private_key=True)
+    config = parse_config(read_pulumi_config())
+    plan = checked_plan(config)  # every platform's documented limits, before the first resource
 except ConfigError as error:
     raise pulumi.RunError(str(error)) from None
 
-plan = build_plan(config)
-private_key = read_private_key()
-sites = {s.name: Site(s.name, SiteArgs(site=s, plan=plan, ssh_public_key=config.ssh_public_key)) for s in config.sites}
-public_ips = {name: site.public_ip for name, site in sites.items()}
+deploy_key = DeployKey("deploy")
+sites = {s.name: Site(s.name, SiteArgs(s, plan, config.ssh_public_key, deploy_key.public_key)) for s in config.sites}
 tunnel_keys = TunnelKeys("ipsec", TunnelKeysArgs(plan)) if plan.encrypted else None
-for site in sites.values():
-    site.deploy(public_ips, private_key, tunnel_keys)
-checks = connectivity_checks(plan, sites, private_key) if config.connectivity_check else {}
+deploy_sites(sites, deploy_key.private_key, tunnel_keys)
+checks = connectivity_checks(plan, sites, deploy_key.private_key) if config.connectivity_check else {}
 
 for key, value in stack_outputs(plan, sites, checks).items():
     pulumi.export(key, value)

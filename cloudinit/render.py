@@ -13,7 +13,7 @@ import functools
 import gzip
 import json
 import shlex
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, cast
@@ -27,6 +27,20 @@ UNIT_NAME: Final = "multicloud-overlay.service"
 UNIT_PATH: Final = f"/etc/systemd/system/{UNIT_NAME}"
 DOCKER_DAEMON: Final = "/etc/docker/daemon.json"
 APPLY_COMMAND: Final = (NODE_SCRIPT, "apply", "--config", NODE_CONFIG, "--state-dir", STATE_DIR)
+PUSH_COMMAND: Final = (NODE_SCRIPT, "push", "--config", NODE_CONFIG, "--state-dir", STATE_DIR)
+"""Installs the node config read on stdin (validated, atomically, mode 0600) and converges the node to it."""
+CHECK_COMMAND: Final = (NODE_SCRIPT, "check", "--json")
+# One login user on every platform, created by the payload itself: no platform's key mechanism (and its key types,
+# its default user: ubuntu, root on Alibaba) is involved. It may run exactly the push and the check as root.
+LOGIN_USER: Final = "overlay"
+SUDOERS_PATH: Final = "/etc/sudoers.d/90-multicloud-overlay"
+HOST_KEY_PATH: Final = "/etc/ssh/multicloud-overlay/ssh_host_ed25519_key"
+SSHD_DROP_IN: Final = "/etc/ssh/sshd_config.d/00-multicloud-overlay.conf"
+PACKAGES: Final = {"router": ("iproute2", "iptables", "iputils-ping", "docker.io"), "client": ("iproute2", "iptables", "iputils-ping")}
+# A node may have no way out for a while after it boots (an OCI router until its reserved public IP is bound, any
+# node while a mirror hiccups): packages are installed with retries, for up to 15 minutes, instead of once.
+PACKAGE_TRIES: Final = 90
+PACKAGE_RETRY_SECONDS: Final = 10
 # Cloud user-data limits are as low as 16 KiB (AWS; older Alibaba documentation): the node script and its config
 # travel gzip-compressed (cloud-init writes them decompressed), and where the limit is 16 KiB the whole payload is
 # gzip-compressed too (cloud-init decompresses gzip user-data itself): see compressed_user_data.
@@ -98,60 +112,87 @@ class SshHostKey:
     public_openssh: str
 
 
-def render_user_data(doc: Mapping[str, Any], host_key: SshHostKey | None = None) -> str:
-    """The `#cloud-config` user-data of one node, from its node config (see plan.node_config)."""
+def sudoers_text() -> str:
+    """The login user's sudo rights: the push and the check, nothing else (sudoers matches the arguments too)."""
+    return f"{LOGIN_USER} ALL=(root) NOPASSWD: {shlex.join(PUSH_COMMAND)}, {shlex.join(CHECK_COMMAND)} *\n"
+
+
+def install_packages_command(kind: str) -> list[str]:
+    packages = " ".join(PACKAGES[kind])
+    script = (
+        f"for try in $(seq {PACKAGE_TRIES}); do "
+        f"apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q {packages} && exit 0; "
+        f'echo "multicloud-overlay: package install failed (try $try of {PACKAGE_TRIES}), retrying in {PACKAGE_RETRY_SECONDS} s" >&2; '
+        f"sleep {PACKAGE_RETRY_SECONDS}; done; exit 1"
+    )
+    return ["sh", "-c", script]
+
+
+def render_user_data(
+    doc: Mapping[str, Any],
+    host_key: SshHostKey | None = None,
+    login_keys: Sequence[str] = (),
+    extra_files: Mapping[str, str] | None = None,
+) -> str:
+    """The `#cloud-config` user-data of one node, from the node config it boots with (plan.bootstrap_config).
+
+    `login_keys`: OpenSSH public keys of the login user (the operator's and the stack's deploy key).
+    `extra_files`: path -> content of platform files the image needs before its agents start (mode 0644).
+    """
     kind = doc["kind"]
-    packages = ["iproute2", "iptables", "iputils-ping"] + (["docker.io"] if kind == "router" else [])
     files: list[dict[str, Any]] = [
         {"path": NODE_SCRIPT, "permissions": "0755", "encoding": "gz+b64", "content": _gz_b64(node_script())},
         {
             "path": NODE_CONFIG,
-            "permissions": "0600",  # with encryption: ipsec it carries the node's tunnel keys
+            "permissions": "0600",  # once pushed, the config carries the router's tunnel keys
             "encoding": "gz+b64",
             "content": _gz_b64(json.dumps(doc, indent=1, sort_keys=True) + "\n"),
         },
         {"path": UNIT_PATH, "permissions": "0644", "content": unit_text(kind)},
+        {"path": SUDOERS_PATH, "permissions": "0440", "content": sudoers_text()},
     ]
     if kind == "router":
         files.append({"path": DOCKER_DAEMON, "permissions": "0644", "content": json.dumps(DOCKER_DAEMON_CONFIG) + "\n"})
-    body = {
-        "package_update": True,
-        "packages": packages,
+    if host_key is not None:
+        # The pinned host key lives outside /etc/ssh/ssh_host_*, where guest agents (GCP's set_host_keys, ...) and
+        # packages regenerate keys at first boot, and sshd is told to offer only it: when any HostKey is given, sshd
+        # uses exactly those (sshd_config(5)), and Debian's and Ubuntu's sshd_config include sshd_config.d first.
+        files += [
+            {"path": HOST_KEY_PATH, "permissions": "0600", "content": host_key.private_openssh},
+            {"path": f"{HOST_KEY_PATH}.pub", "permissions": "0644", "content": host_key.public_openssh.strip() + "\n"},
+            {"path": SSHD_DROP_IN, "permissions": "0644", "content": f"HostKey {HOST_KEY_PATH}\n"},
+        ]
+    files += [{"path": path, "permissions": "0644", "content": content} for path, content in sorted((extra_files or {}).items())]
+    login: dict[str, Any] = {"name": LOGIN_USER, "gecos": "multicloud-overlay", "shell": "/bin/bash", "lock_passwd": True}
+    if login_keys:
+        login["ssh_authorized_keys"] = [k.strip() for k in login_keys]
+    body: dict[str, Any] = {
+        # No `default` entry: the image's default user (ubuntu, or root's key on some platforms) gets no key.
+        "users": [login],
         "write_files": files,
         "runcmd": [
+            install_packages_command(kind),
+            # sshd may have started before write_files (Debian starts it at boot): make it offer the pinned key.
+            ["systemctl", "try-reload-or-restart", "ssh.service"],
             ["systemctl", "daemon-reload"],
             ["systemctl", "enable", "--now", UNIT_NAME],
         ],
     }
-    if host_key is not None:
-        body["ssh_deletekeys"] = True
-        body["ssh_genkeytypes"] = []
-        body["ssh_keys"] = {"ed25519_private": host_key.private_openssh, "ed25519_public": host_key.public_openssh}
     return "#cloud-config\n" + yaml.safe_dump(body, sort_keys=False, width=1_000_000)
 
 
 def push_command() -> str:
     """Remote command that installs a new node config from stdin and converges the node in place.
 
-    The same path a reboot takes (the unit runs APPLY_COMMAND on the installed config); a config the node
-    script refuses is never installed, so the node keeps its previous one.
+    `overlay-node push` waits for cloud-init, validates the config (a refused one is never installed, the node
+    keeps its previous one), installs it atomically and applies it: the same path a reboot takes afterwards.
     """
-    apply = shlex.join(APPLY_COMMAND)
-    return (
-        "set -eu\n"
-        "sudo cloud-init status --wait >/dev/null 2>&1 || true\n"
-        'new=$(mktemp)\ntrap \'rm -f "$new"\' EXIT\ncat > "$new"\n'
-        f'sudo {NODE_SCRIPT} validate --config "$new"\n'
-        # Atomically: a boot-time run reading the config meanwhile sees the old or the new one, never a part.
-        f'sudo install -D -m 0600 "$new" {NODE_CONFIG}.new\n'
-        f"sudo mv -f {NODE_CONFIG}.new {NODE_CONFIG}\n"
-        f"sudo {apply}\n"
-    )
+    return f"sudo -n {shlex.join(PUSH_COMMAND)}"
 
 
 def check_command(targets: list[str]) -> str:
     """Remote command: ping every overlay address from the node and print the result as JSON."""
-    return f"sudo {NODE_SCRIPT} check --json " + " ".join(shlex.quote(t) for t in targets)
+    return f"sudo -n {shlex.join(CHECK_COMMAND)} " + " ".join(shlex.quote(t) for t in targets)
 
 
 @dataclass(frozen=True)

@@ -91,6 +91,15 @@ MAX_CONTAINERS: Final = 50  # each is a process and a veth pair on a small route
 MAX_SITE_ID: Final = 999  # router-to-router VNIs are vni + 1000*low + high (see plan.tunnel_vni)
 VNI_MAX: Final = 16_777_215
 
+# The router containers' image, pinned by digest: a tag is a name the registry may point at other content at any
+# time, a digest names the content. This is the multi-platform index of busybox 1.36.1 as Docker Hub served it in
+# 2026 (the same digest is pinned by several public projects, e.g. in their Dockerfiles and manifests).
+DEFAULT_CONTAINER_IMAGE: Final = "docker.io/library/busybox:1.36.1@sha256:73aaf090f3d85aa34ee199857f03fa3a95c8ede2ffd4cc2cdb5b94e566b11662"
+# A Docker image reference: [registry[:port]/]path[:tag][@sha256:digest]; never an option ("-..."), never blanks.
+IMAGE_RE: Final = re.compile(
+    r"[a-z0-9]+([._-][a-z0-9]+)*(:[0-9]+)?(/[a-z0-9]+([._-]+[a-z0-9]+)*)*(:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(@sha256:[0-9a-f]{64})?"
+)
+
 # Defaults of the top-level keys. Pulumi.yaml declares the same defaults; tests/test_project_files.py keeps
 # the two equal.
 DEFAULTS: Final[Mapping[str, Any]] = {
@@ -102,15 +111,30 @@ DEFAULTS: Final[Mapping[str, Any]] = {
     "vni": 4000,
     "mtu": 0,
     "containersPerRouter": 3,
-    "containerImage": "docker.io/library/busybox:1.36",
+    "containerImage": DEFAULT_CONTAINER_IMAGE,
     "connectivityCheck": True,
 }
 REQUIRED_KEYS: Final = ("hub", "sites", "adminCidr", "sshPublicKey")
-# Secret: the program reads its value with pulumi.Config.require_secret; here only its presence is checked.
-PRIVATE_KEY: Final = "sshPrivateKey"
-TOP_KEYS: Final = frozenset((*REQUIRED_KEYS, *DEFAULTS, PRIVATE_KEY))
+# Map-valued keys (set with `pulumi config set --path`): Pulumi.yaml cannot declare them.
+MAP_KEYS: Final = ("sites", "quotas")
+TOP_KEYS: Final = frozenset((*REQUIRED_KEYS, *DEFAULTS, "quotas"))
+MAX_QUOTA: Final = 1_000_000
+# Keys earlier versions used, with what replaced them: a stack that still sets one is told what to do.
+RETIRED_KEYS: Final[Mapping[str, str]] = {
+    "sshPrivateKey": (
+        "no longer used: the stack generates its own deploy key for in-place pushes (a Pulumi secret), so your personal "
+        "key is not copied into the state; remove it with `pulumi config rm sshPrivateKey`"
+    ),
+}
+# adminCidr: the range an operator administers from (an office, a VPN egress, one address). Anything wider than an
+# IPv4 /16 (65,536 addresses, the largest block one organisation's network is commonly given) or an IPv6 /48 (the
+# largest assignment to one end site, RFC 6177) is not an administration range but a slice of the internet.
+ADMIN_MIN_PREFIX: Final[Mapping[int, int]] = {4: 16, 6: 48}
+# OpenSSH public key types the login user accepts (the payload installs the key itself on every platform).
+SSH_KEY_RE: Final = re.compile(r"(ssh-(ed25519|rsa)|ecdsa-sha2-nistp(256|384|521)) [A-Za-z0-9+/]+={0,3}( [^\r\n]*)?")
 
-_NAME_RE: Final = re.compile(r"^[a-z][a-z0-9]{0,11}$")
+_NAME_RE: Final = re.compile(r"[a-z][a-z0-9]{0,11}")
+"""Site names (fullmatch: `$` would accept a trailing newline)."""
 
 
 class ConfigError(ValueError):
@@ -172,6 +196,9 @@ class OverlayConfig:
     admin_cidr: ipaddress.IPv4Network | ipaddress.IPv6Network
     ssh_public_key: str
     connectivity_check: bool
+    quotas: Mapping[str, int] = field(default_factory=dict)
+    """Quotas the account has raised above a platform's documented default, as "<platform>.<name>" -> value (the
+    names are the platforms' own: components/clouds/<platform>_limits.py; check_limits refuses an unknown one)."""
 
     def site(self, name: str) -> SiteConfig:
         for s in self.sites:
@@ -248,18 +275,12 @@ class _Collector:
         return net if isinstance(net, ipaddress.IPv4Network) else None
 
 
-def parse_config(raw: Mapping[str, Any], require_private_key: bool = False) -> OverlayConfig:
-    """Validate the raw stack config; raise ConfigError listing every problem.
-
-    `require_private_key`: the Pulumi program pushes later config changes over SSH and needs the secret
-    sshPrivateKey; the lab does not."""
+def parse_config(raw: Mapping[str, Any]) -> OverlayConfig:
+    """Validate the raw stack config; raise ConfigError listing every problem."""
     c = _Collector()
-    if require_private_key and raw.get(PRIVATE_KEY) in (None, ""):
-        c.problems.append(
-            f"{PRIVATE_KEY} is not set: in-place config pushes (hub swap, protocol switch) log in over SSH; "
-            f"run `pulumi config set --secret {PRIVATE_KEY} < ~/.ssh/id_ed25519` (the key of sshPublicKey)"
-        )
-    for key in sorted(set(raw) - TOP_KEYS):
+    for key in sorted(set(raw) & set(RETIRED_KEYS)):
+        c.problems.append(f"{key} is set: {RETIRED_KEYS[key]}")
+    for key in sorted(set(raw) - TOP_KEYS - set(RETIRED_KEYS)):
         c.add(key, raw[key], f"unknown key{_closest(key, TOP_KEYS)}: remove it (known keys: {', '.join(sorted(TOP_KEYS))})")
     for key in REQUIRED_KEYS:
         if raw.get(key) in (None, ""):
@@ -286,8 +307,8 @@ def parse_config(raw: Mapping[str, Any], require_private_key: bool = False) -> O
         mtu = None
     containers = c.integer("containersPerRouter", get("containersPerRouter"), 0, MAX_CONTAINERS)
     image = get("containerImage")
-    if not isinstance(image, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._/:@-]*", image):
-        c.add("containerImage", image, "set a container image reference such as docker.io/library/busybox:1.36")
+    if not isinstance(image, str) or not IMAGE_RE.fullmatch(image):
+        c.add("containerImage", image, f"not a container image reference: set one such as {DEFAULT_CONTAINER_IMAGE}")
         image = None
     check = c.boolean("connectivityCheck", get("connectivityCheck"))
 
@@ -301,18 +322,22 @@ def parse_config(raw: Mapping[str, Any], require_private_key: bool = False) -> O
     admin: ipaddress.IPv4Network | ipaddress.IPv6Network | None = None
     if raw.get("adminCidr") not in (None, ""):
         admin = c.network("adminCidr", raw["adminCidr"], 0, "set the address range you administer from, e.g. 198.51.100.7/32")
-        if admin is not None and admin.prefixlen == 0:
-            c.add("adminCidr", str(admin), "would open SSH to the whole internet: set your own address, e.g. 198.51.100.7/32")
+        if admin is not None and admin.prefixlen < ADMIN_MIN_PREFIX[admin.version]:
+            widest = ADMIN_MIN_PREFIX[admin.version]
+            c.add(
+                "adminCidr",
+                str(admin),
+                f"{admin.num_addresses:,} addresses would reach SSH: set the range you administer from, at most a /{widest}, "
+                "e.g. 198.51.100.7/32",
+            )
             admin = None
 
     ssh_key = raw.get("sshPublicKey")
-    if ssh_key not in (None, "") and (
-        not isinstance(ssh_key, str)
-        or not re.match(r"^(ssh-(ed25519|rsa)|ecdsa-sha2-nistp(256|384|521)) [A-Za-z0-9+/=]+( .*)?$", ssh_key.strip())
-    ):
+    if ssh_key not in (None, "") and (not isinstance(ssh_key, str) or not SSH_KEY_RE.fullmatch(ssh_key.strip())):
         c.add("sshPublicKey", ssh_key, "not an OpenSSH public key: paste one line such as 'ssh-ed25519 AAAA... you@host'")
 
     sites = _parse_sites(c, raw.get("sites"))
+    quotas = _parse_quotas(c, raw.get("quotas"))
 
     # Cross-key checks.
     hub = raw.get("hub")
@@ -398,7 +423,34 @@ def parse_config(raw: Mapping[str, Any], require_private_key: bool = False) -> O
         admin_cidr=admin,
         ssh_public_key=cast(str, ssh_key).strip(),
         connectivity_check=check,
+        quotas=quotas,
     )
+
+
+def _parse_quotas(c: _Collector, raw: object) -> dict[str, int]:
+    """quotas: platform -> quota name -> the account's raised value (`pulumi config set --path quotas.aws.X 20`)."""
+    if raw in (None, ""):
+        return {}
+    if not isinstance(raw, Mapping):
+        c.add(
+            "quotas",
+            raw,
+            "set a map of platform -> quota name -> number, e.g. `pulumi config set --path quotas.aws.elasticIpsPerRegion 20`",
+        )
+        return {}
+    out: dict[str, int] = {}
+    for platform, names in cast(Mapping[str, Any], raw).items():
+        if platform not in PLATFORMS:
+            c.add(f"quotas.{platform}", names, f"unknown platform{_closest(str(platform), PLATFORMS)}: use one of {', '.join(PLATFORMS)}")
+            continue
+        if not isinstance(names, Mapping):
+            c.add(f"quotas.{platform}", names, "set a map of quota name -> number")
+            continue
+        for name, value in cast(Mapping[str, Any], names).items():
+            number = c.integer(f"quotas.{platform}.{name}", value, 1, MAX_QUOTA)
+            if number is not None:
+                out[f"{platform}.{name}"] = number
+    return out
 
 
 def _parse_sites(c: _Collector, raw_sites: object) -> list[SiteConfig]:
@@ -417,7 +469,7 @@ def _parse_sites(c: _Collector, raw_sites: object) -> list[SiteConfig]:
     out: list[SiteConfig] = []
     for name, body in sites_map.items():
         key = f"sites.{name}"
-        if not isinstance(name, str) or not _NAME_RE.match(name):
+        if not isinstance(name, str) or not _NAME_RE.fullmatch(name):
             c.add(
                 key,
                 name,

@@ -364,29 +364,52 @@ def node_config(
     container_runtime: Literal["docker", "netns"] = "docker",
     pair_keys: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
-    """The JSON document the node script applies on one node.
+    """The JSON document the node script applies on one node: what the in-place push installs.
 
-    `public_ips` maps site name -> the router's public IPv4 (reserved before any VM exists, so this function
-    can run for every node without a dependency cycle). `container_runtime` is docker on every VM; the lab's
+    `public_ips` maps site name -> the router's public IPv4. `container_runtime` is docker on every VM; the lab's
     kernel VM (no Docker) uses plain network namespaces. `pair_keys` (encryption: ipsec) maps
     pair_key_name(a, b) -> PAIR_KEY_BYTES random bytes as hex, for at least this router's pairs; the document
     then carries key material and must be handled as a secret. Pure: same inputs, same document.
     """
-    node = plan.node(node_name)
+    return _node_doc(plan, plan.node(node_name), public_ips, container_runtime, pair_keys or {}, bootstrap=False)
+
+
+def bootstrap_config(plan: Plan, node_name: str, container_runtime: Literal["docker", "netns"] = "docker") -> dict[str, Any]:
+    """The node config a VM boots with (its user-data), before the first push brings the full one.
+
+    It holds what the node's own site needs: NICs, forwarding, the bridge and its addresses, the containers and
+    the site-local client tunnel; no tunnel across the internet, no peer address, no key and no role. So the
+    user-data names no other site (its size does not grow with the overlay, and a hub swap or a new site does not
+    touch it) and holds no credential: tunnel keys reach a node only through the SSH push (node_config).
+    """
+    return _node_doc(plan, plan.node(node_name), {}, container_runtime, {}, bootstrap=True)
+
+
+def _node_doc(
+    plan: Plan,
+    node: Node,
+    public_ips: Mapping[str, str],
+    container_runtime: Literal["docker", "netns"],
+    pair_keys: Mapping[str, str],
+    bootstrap: bool,
+) -> dict[str, Any]:
     tunnels = []
     for t in node.tunnels:
+        if bootstrap and t.via == "internet":
+            continue
         remote = t.remote if t.via == "lan" else public_ips[t.peer_site]
         entry: dict[str, Any] = {"name": t.name, "peer": t.peer, "vni": t.vni, "local": t.local, "remote": remote}
         if plan.encrypted and t.via == "internet":
-            entry["esp"] = tunnel_sa(plan, node, t, pair_keys or {})
+            entry["esp"] = tunnel_sa(plan, node, t, pair_keys)
         tunnels.append(entry)
+    ports = {t["name"] for t in tunnels}
     cfg = plan.config
     doc: dict[str, Any] = {
         "version": 1,
         "node": node.name,
         "site": node.site,
         "kind": node.kind,
-        "role": node.role,
+        **({} if bootstrap else {"role": node.role}),
         "protocol": cfg.protocol,
         "port": plan.port,
         "mtu": plan.mtu,
@@ -398,14 +421,14 @@ def node_config(
         "forwarding": node.kind == "router",
         "open_host_firewall": node.platform in OPEN_HOST_FIREWALL,
         "tunnels": tunnels,
-        "fdb": mac_table(plan, node),
+        "fdb": [e for e in mac_table(plan, node) if e["port"] in ports],
         "containers": {
             "runtime": container_runtime,
             "image": cfg.container_image,
             "items": [{"name": c.name, "link": c.link, "ipv4": c.ipv4, "ipv6": c.ipv6, "mac": c.mac} for c in node.containers],
         },
     }
-    if plan.encrypted and node.kind == "router":
+    if plan.encrypted and node.kind == "router" and not bootstrap:
         doc["ipsec"] = {"natt_port": NATT_PORT, "algorithm": ESP_ALGORITHM, "icv_bits": ESP_ICV_BITS}
     return doc
 

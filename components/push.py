@@ -1,9 +1,11 @@
 """In-place configuration: push each node's config over SSH when it changes, then check the overlay.
 
-VMs boot fully configured from their user-data and ignore later user-data changes, so a hub swap, a protocol
-switch, an MTU or container-count change never replaces a VM. Instead, each node gets a remote command whose
-stdin is its node config and whose environment carries that config's digest: only a node whose config changed
-sees a diff, and only its command runs again (its `update`, the same script as `create`).
+VMs boot with a bootstrap config from their user-data (their own site only, no credential) and ignore later
+user-data changes, so a hub swap, a protocol switch, an MTU or container-count change never replaces a VM.
+Each node gets a remote command whose stdin is its full node config and whose `triggers` carry that config's
+digest: it runs once the VM is up (create), and again only when the node's config changed (its `update`, the
+same command). Nothing travels as SSH environment variables: a stock Debian or Ubuntu sshd accepts only
+LANG and LC_* (AcceptEnv), and pulumi-command fails a command whose variables the server refuses.
 """
 
 from __future__ import annotations
@@ -22,8 +24,6 @@ from components.plan import Plan, config_digest
 if TYPE_CHECKING:
     from components.site import Site
 
-DIGEST_ENV = "OVERLAY_CONFIG_SHA256"
-
 
 def node_doc_json(doc: dict[str, Any]) -> str:
     return json.dumps(doc, indent=1, sort_keys=True) + "\n"
@@ -36,7 +36,7 @@ class NodeConfigPushArgs:
     doc: pulumi.Output[dict[str, Any]]
     """The node config (plan.node_config) to install and apply."""
     private_key: pulumi.Output[str]
-    """Secret SSH private key of the `ubuntu` user."""
+    """The stack's deploy key (secret), authorized for the login user."""
     host_key: pulumi.Input[str]
     """The node's SSH host public key (OpenSSH format): the connection is refused if the node shows another."""
     machine: pulumi.Resource
@@ -67,7 +67,8 @@ class NodeConfigPush(pulumi.ComponentResource):
             create=script,
             update=script,
             stdin=args.doc.apply(node_doc_json),
-            environment={DIGEST_ENV: self.digest},
+            triggers=[self.digest],
+            add_previous_output_in_env=False,  # a stock sshd refuses PULUMI_COMMAND_STDOUT/STDERR (AcceptEnv LANG LC_*)
             opts=pulumi.ResourceOptions(parent=self, depends_on=[args.machine]),
         )
         self.register_outputs({"digest": self.digest, "stdout": self.command.stdout})
@@ -98,7 +99,8 @@ class ConnectivityCheck(pulumi.ComponentResource):
             connection=connection(args.host, args.private_key, args.host_key),
             create=script,
             update=script,
-            environment={DIGEST_ENV: args.overlay_digest},
+            triggers=[args.overlay_digest],
+            add_previous_output_in_env=False,
             opts=pulumi.ResourceOptions(parent=self, depends_on=args.after),
         )
         self.result: pulumi.Output[Any] = self.command.stdout.apply(parse_check_output)

@@ -62,7 +62,7 @@ def router_rules(plan: Plan, site: str) -> list[IngressRule]:
         rules.append(
             IngressRule(f"icmp-from-{peer}", "icmp", None, PeerRouter(peer), 4, f"ping and path-MTU errors from {router_name(peer)}")
         )
-    rules.append(IngressRule("tunnel-from-lan", "udp", plan.port, lan, 4, f"{plan.protocol} from the site's client"))
+    rules.append(IngressRule("tunnel-from-lan", "udp", plan.port, lan, 4, f"{plan.protocol} from the site client"))
     rules.append(IngressRule("icmp-from-lan", "icmp", None, lan, 4, "ping and path-MTU errors from the site LAN"))
     return rules + _admin_rules(plan)
 
@@ -71,8 +71,8 @@ def client_rules(plan: Plan, site: str) -> list[IngressRule]:
     """Ingress of a site's client: its router's tunnel over the LAN, SSH and ICMP from the admin range."""
     router_lan = f"{plan.router(site).lan_ip}/32"
     return [
-        IngressRule("tunnel-from-router", "udp", plan.port, router_lan, 4, f"{plan.protocol} from the site's router"),
-        IngressRule("icmp-from-router", "icmp", None, router_lan, 4, "ping and path-MTU errors from the site's router"),
+        IngressRule("tunnel-from-router", "udp", plan.port, router_lan, 4, f"{plan.protocol} from the site router"),
+        IngressRule("icmp-from-router", "icmp", None, router_lan, 4, "ping and path-MTU errors from the site router"),
         *_admin_rules(plan),
     ]
 

@@ -9,11 +9,11 @@ from typing import Any
 import pulumi
 import pulumi_tls as tls
 
-from cloudinit.render import SshHostKey, render_user_data
 from components.clouds import platform_site
 from components.clouds.base import SSH_USER, NodeResources, NodeSpec, PlatformSite, ResolvedRule, SiteContext
 from components.config import SiteConfig
 from components.keys import TunnelKeys
+from components.limits import node_user_data
 from components.plan import Node, Plan, node_config
 from components.push import NodeConfigPush, NodeConfigPushArgs
 from components.security import IngressRule, PeerRouter, client_rules, router_rules
@@ -25,10 +25,10 @@ def node_doc(plan: Plan, node_name: str, values: list[Any]) -> dict[str, Any]:
     return node_config(plan, node_name, public_ips, pair_keys=pair_keys or None)
 
 
-def render_node_user_data(values: list[Any]) -> str:
-    """Apply callback: the node's #cloud-config from its config and its generated SSH host key."""
-    doc, private_key, public_key = values
-    return render_user_data(doc, SshHostKey(private_key, public_key))
+def render_node_user_data(plan: Plan, node: str, operator_key: str, values: list[Any]) -> str:
+    """Apply callback: the node's #cloud-config (limits.node_user_data: what the config-time size check measured)."""
+    private_key, public_key, deploy_key = values
+    return node_user_data(plan, node, operator_key, private_key, public_key, deploy_key)
 
 
 def strip_key(key: str) -> str:
@@ -113,8 +113,10 @@ class SiteArgs:
     """The site's validated config."""
     plan: Plan
     """The whole overlay's plan (the site reads its own nodes from it)."""
-    ssh_public_key: str
-    """Installed for the `ubuntu` user on the site's VMs."""
+    operator_key: str
+    """The operator's OpenSSH public key (sshPublicKey), installed for the login user."""
+    deploy_public_key: pulumi.Output[str]
+    """The stack's deploy key (public): the login user's key for the pushes and checks."""
 
 
 class Site(pulumi.ComponentResource):
@@ -127,7 +129,7 @@ class Site(pulumi.ComponentResource):
     def __init__(self, name: str, args: SiteArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("multicloud-overlay:index:Site", name, None, opts)
         self.args = args
-        self.platform = platform_site(SiteContext(site=args.site, plan=args.plan, parent=self, ssh_public_key=args.ssh_public_key))
+        self.platform = platform_site(SiteContext(site=args.site, plan=args.plan, parent=self, admin_public_key=args.deploy_public_key))
         self.public_ip: pulumi.Output[str] = self.platform.prepare()
         self.router: OverlayRouter | None = None
         self.client: OverlayClient | None = None
@@ -142,8 +144,9 @@ class Site(pulumi.ComponentResource):
     ) -> None:
         """Build the router and the client, and the in-place push of each one's config.
 
-        `tunnel_keys` (encryption ipsec): the router's config, payload and push then carry its tunnels' keys
-        and are secrets.
+        A VM boots with its bootstrap config (plan.bootstrap_config: its own site only, no credential); the push
+        then installs its full config, which names every peer's public address and (encryption ipsec, routers)
+        carries the tunnels' keys, a secret that travels only over SSH with the node's host key pinned.
         """
         plan, site = self.args.plan, self.args.site.name
         if plan.encrypted and tunnel_keys is None:
@@ -158,7 +161,9 @@ class Site(pulumi.ComponentResource):
             host_key = tls.PrivateKey(f"{node.name}-host-key", algorithm="ED25519", opts=pulumi.ResourceOptions(parent=self))
             keys = pulumi.Output.all(**router_keys) if node.kind == "router" and router_keys else pulumi.Output.from_input({})
             doc: pulumi.Output[dict[str, Any]] = pulumi.Output.all(ips, keys).apply(functools.partial(node_doc, plan, node.name))
-            user_data = pulumi.Output.all(doc, host_key.private_key_openssh, host_key.public_key_openssh).apply(render_node_user_data)
+            user_data = pulumi.Output.all(host_key.private_key_openssh, host_key.public_key_openssh, self.args.deploy_public_key).apply(
+                functools.partial(render_node_user_data, plan, node.name, self.args.operator_key)
+            )
             vm = cls(
                 node.name,
                 OverlayNodeArgs(self.platform, node, user_data, resolve_rules(rules, public_ips)),
@@ -183,3 +188,16 @@ class Site(pulumi.ComponentResource):
             **self.platform.site_outputs(),
         }
         self.register_outputs({**self.outputs, "router": router.summary, "client": client.summary})
+
+
+def deploy_sites(sites: dict[str, Site], private_key: pulumi.Output[str], tunnel_keys: TunnelKeys | None = None) -> None:
+    """Site.deploy for every site, each with every router's public address. If one fails, every site is told to
+    abandon what waits for its VMs, so the program ends with the error instead of waiting forever."""
+    public_ips = {name: site.public_ip for name, site in sites.items()}
+    try:
+        for site in sites.values():
+            site.deploy(public_ips, private_key, tunnel_keys)
+    except BaseException as error:
+        for site in sites.values():
+            site.platform.abandon(error)
+        raise

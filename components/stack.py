@@ -8,7 +8,7 @@ from typing import Any
 import pulumi
 from pulumi.runtime import config as runtime_config
 
-from components.config import PRIVATE_KEY, PROJECT, TOP_KEYS
+from components.config import MAP_KEYS, PROJECT, RETIRED_KEYS, TOP_KEYS
 
 SECRET_SET = "[secret]"
 
@@ -20,15 +20,13 @@ def read_pulumi_config() -> dict[str, Any]:
     cfg = pulumi.Config(PROJECT)
     raw: dict[str, Any] = {}
     for key in sorted(keys | TOP_KEYS):
-        if key == PRIVATE_KEY:
-            # Only its presence: the value stays a secret Output (read_private_key).
-            if f"{PROJECT}:{key}" in runtime_config.CONFIG.get() or f"{PROJECT}:{key}" in runtime_config.get_config_env():
-                raw[key] = SECRET_SET
+        if key in RETIRED_KEYS:
+            raw[key] = SECRET_SET  # only its presence matters (it may be a secret): parse_config says what to do
             continue
         value = cfg.get(key)
         if value is None:
             continue
-        if key == "sites":
+        if key in MAP_KEYS:
             try:
                 raw[key] = json.loads(value)
             except json.JSONDecodeError:
@@ -36,8 +34,3 @@ def read_pulumi_config() -> dict[str, Any]:
         else:
             raw[key] = value
     return raw
-
-
-def read_private_key() -> pulumi.Output[str]:
-    """The SSH private key for in-place pushes, as a secret Output (never a plain string in the program)."""
-    return pulumi.Config(PROJECT).require_secret(PRIVATE_KEY)

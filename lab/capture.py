@@ -210,7 +210,7 @@ def reapply(node: str | None = None) -> int:
     plan = lab.plan
     name = node or plan.router(plan.hub).name
     runtime = lab.state.containers
-    payload = nodes.lab_user_data(lab.state, plan, name, dict(lab.layout.public_ips))
+    payload = nodes.lab_user_data(lab.state, plan, name)
     vm = lab.layout.vm(name)
     res = nodes.apply(lab.sh, vm.ns, name, payload, lab.state_dir, vm.kind == "router", runtime)  # type: ignore[arg-type]
     print(f"reapply {name}: ok={res.ok} changes={res.changes}", flush=True)

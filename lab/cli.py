@@ -27,15 +27,21 @@ def cmd_up(args: argparse.Namespace) -> int:
     from lab import lifecycle
 
     overrides: dict[str, Any] = {"hub": args.hub, "protocol": args.protocol, "topology": args.topology, "encryption": args.encryption}
-    res = lifecycle.up(args.stack, args.sites, overrides, runtime=args.containers, force=args.force)
+    res = lifecycle.up(args.stack, args.sites, overrides, runtime=args.containers, force=args.force, push=not args.no_push)
     print()
     print(lifecycle.summary_table(res.plan, res.layout, res.applies))
-    print(f"\nbring-up: {res.seconds:.1f} s; next: python -m lab check")
+    print(f"\nbring-up: {res.seconds:.1f} s; next: python -m lab {'push' if args.no_push else 'check'}")
     if args.check:
         from lab.check import run_check
 
         return run_check(args.results)
     return 0
+
+
+def cmd_push(args: argparse.Namespace) -> int:
+    from lab import lifecycle
+
+    return lifecycle.push_all()
 
 
 def cmd_check(args: argparse.Namespace) -> int:
@@ -126,8 +132,13 @@ def parser() -> argparse.ArgumentParser:
     )
     up.add_argument("--force", action="store_true", help="tear down an existing lab first")
     up.add_argument("--check", action="store_true", help="run `check` after bring-up")
+    up.add_argument(
+        "--no-push", action="store_true", help="boot every VM from its payload only (bootstrap config: no tunnel across sites); then `push`"
+    )
     results(up)
     up.set_defaults(func=cmd_up)
+    ps = sub.add_parser("push", help="push every node's full config in place, as `pulumi up` does after creating the VMs")
+    ps.set_defaults(func=cmd_push)
 
     ck = sub.add_parser("check", help="all-pairs ping matrix (IPv4+IPv6), MTU probes, hub transit proof")
     results(ck)

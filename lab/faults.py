@@ -370,7 +370,7 @@ def payload(lab: Lab, node: str) -> str:
     from cloudinit.render import UNIT_PATH, unit_exec_start
     from lab.topology import map_path
 
-    text = nodes.lab_user_data(lab.state, lab.plan, node, dict(lab.layout.public_ips))
+    text = nodes.lab_user_data(lab.state, lab.plan, node)
     unit = Path(map_path(UNIT_PATH, node_root(node, lab.state_dir)))
     try:
         lines = unit.read_text(encoding="utf-8").splitlines()

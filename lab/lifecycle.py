@@ -12,7 +12,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from components.plan import Plan
 from lab import nodes, underlay
@@ -172,7 +172,11 @@ def up(
     force: bool = False,
     state_dir: Path = STATE_DIR,
     out: Out = print,
+    push: bool = True,
 ) -> UpResult:
+    """Build the stack's lab: every VM boots from its payload; then (push) each node gets its full config by the
+    push, as `pulumi up` does right after a VM is created. Without the push the nodes run their bootstrap config:
+    each site works on its own, nothing crosses sites (`lab push` does the rest)."""
     require_root("up")
     check_tools(runtime)
     progress = Progress(out)
@@ -222,7 +226,20 @@ def up(
 
     tar = nodes.build_image_tar(state_dir) if runtime == "docker" and st.container_netns else None
     underlay.build_internet(sh, layout)
-    payloads = {n.name: nodes.lab_user_data(st, plan, n.name, dict(layout.public_ips)) for n in plan.nodes}
+    payloads = {n.name: nodes.lab_user_data(st, plan, n.name) for n in plan.nodes}
+    configs = {n.name: nodes.lab_node_config(st, plan, n.name, dict(layout.public_ips)) for n in plan.nodes}
+
+    def boot_and_push(name: str, is_router: bool) -> nodes.ApplyResult:
+        """What a cloud VM goes through: its unit applies the payload's bootstrap config at boot, then the program's
+        push installs and applies the full config (peers, and with IPsec the tunnel keys)."""
+        ns = layout.vm(name).ns
+        booted = nodes.apply(sh, ns, name, payloads[name], state_dir, is_router, runtime)
+        if not booted.ok or not push:
+            return booted
+        pushed = nodes.push(sh, ns, name, configs[name], state_dir, is_router, runtime)
+        return nodes.ApplyResult(
+            name, pushed.ok, booted.seconds + pushed.seconds, booted.changes + pushed.changes, booted.output + pushed.output
+        )
 
     def site_job(site: str) -> None:
         edge = next(e for e in layout.edges if e.site == site)
@@ -238,19 +255,19 @@ def up(
             with lock:
                 st.dockerd[router.name] = pid
                 save(st, state_dir)
-        r = nodes.apply(sh, layout.vm(client.name).ns, client.name, payloads[client.name], state_dir, False, runtime)
+        r = boot_and_push(client.name, False)
         result.applies[client.name] = r
-        progress(f"{client.name}: payload applied ({r.changes} changes, {r.seconds:.1f} s)" if r.ok else f"{client.name}: payload FAILED")
+        progress(f"{client.name}: booted and pushed ({r.changes} changes, {r.seconds:.1f} s)" if r.ok else f"{client.name}: FAILED")
         if pid is not None:
             nodes.wait_dockerd(sh, router.name, state_dir, pid)
             if tar is not None and router.containers:
                 nodes.import_image(sh, router.name, state_dir, tar)
-        r = nodes.apply(sh, layout.vm(router.name).ns, router.name, payloads[router.name], state_dir, True, runtime)
+        r = boot_and_push(router.name, True)
         result.applies[router.name] = r
         progress(
-            f"{router.name}: payload applied as {router.role} ({r.changes} changes, {r.seconds:.1f} s)"
+            f"{router.name}: booted and pushed as {router.role} ({r.changes} changes, {r.seconds:.1f} s)"
             if r.ok
-            else f"{router.name}: payload FAILED"
+            else f"{router.name}: FAILED"
         )
 
     with ThreadPoolExecutor(max_workers=len(plan.config.sites)) as pool:
@@ -518,3 +535,22 @@ def status(state_dir: Path = STATE_DIR, out: Out = print) -> int:
         out(f"dockerd {router}: pid {pid} {'running' if os.path.exists(f'/proc/{pid}') else 'GONE'}")
     out(summary_table(plan, layout))
     return 0 if st.phase == "up" and not missing else 1
+
+
+def push_all(state_dir: Path = STATE_DIR, out: Out = print) -> int:
+    """Push every node's full config in place (what `pulumi up` does after creating the VMs); 0 if all applied."""
+    from lab.check import Lab
+
+    lab = Lab(state_dir)
+    configs = {n.name: nodes.lab_node_config(lab.state, lab.plan, n.name, dict(lab.layout.public_ips)) for n in lab.plan.nodes}
+
+    def one(name: str) -> nodes.ApplyResult:
+        vm = lab.layout.vm(name)
+        return nodes.push(lab.sh, vm.ns, name, configs[name], state_dir, vm.kind == "router", cast(nodes.Runtime, lab.state.containers))
+
+    with ThreadPoolExecutor(max_workers=len(configs)) as pool:
+        results = list(pool.map(one, sorted(configs)))
+    for r in results:
+        last = r.output.strip().splitlines()[-1] if r.output.strip() else "no output"
+        out(f"{'ok  ' if r.ok else 'FAIL'} {r.node}: {r.changes} change(s) in {r.seconds:.1f} s ({last})")
+    return 0 if all(r.ok for r in results) else 1

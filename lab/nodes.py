@@ -1,9 +1,11 @@
 """VMs from their payloads: write the cloud-init files under a per-node root, start Docker where the payload
-installs it, and run the payload's unit command in the node's namespace (the node script does the rest)."""
+installs it, and run the payload's unit command in the node's namespace (the node script does the rest); then
+push each node's full config through the node script's `push`, the command the Pulumi program runs over SSH."""
 
 from __future__ import annotations
 
 import io
+import json
 import os
 import shutil
 import subprocess
@@ -11,10 +13,10 @@ import tarfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, cast
+from typing import Any, Literal, cast
 
-from cloudinit.render import DOCKER_DAEMON, NODE_CONFIG, read_payload, render_user_data, unit_exec_start
-from components.plan import Plan, node_config
+from cloudinit.render import DOCKER_DAEMON, PUSH_COMMAND, read_payload, render_user_data, unit_exec_start
+from components.plan import Plan, bootstrap_config, node_config
 from lab.shell import SYSTEM_PATH, Shell
 from lab.state import CGROUP_PREFIX, LAB_IMAGE, LabState, docker_host, node_dir, node_root
 from lab.topology import map_argv, map_path
@@ -23,14 +25,19 @@ Runtime = Literal["docker", "netns"]
 BUSYBOX = "/bin/busybox"
 
 
-def user_data(plan: Plan, node: str, public_ips: dict[str, str], runtime: Runtime, pair_keys: dict[str, str] | None = None) -> str:
-    """The node's cloud-init payload, rendered exactly as the Pulumi program renders it."""
-    return render_user_data(node_config(plan, node, public_ips, container_runtime=runtime, pair_keys=pair_keys))
+def user_data(plan: Plan, node: str, runtime: Runtime) -> str:
+    """The node's cloud-init payload (its bootstrap config), rendered as the Pulumi program renders it."""
+    return render_user_data(bootstrap_config(plan, node, container_runtime=runtime))
 
 
-def lab_user_data(state: LabState, plan: Plan, node: str, public_ips: dict[str, str]) -> str:
-    """The payload of a node of this lab: its container runtime and (encryption ipsec) its pair keys."""
-    return user_data(plan, node, public_ips, cast(Runtime, state.containers), state.pair_keys(plan))
+def lab_user_data(state: LabState, plan: Plan, node: str) -> str:
+    """The payload of a node of this lab (with the lab's container runtime)."""
+    return user_data(plan, node, cast(Runtime, state.containers))
+
+
+def lab_node_config(state: LabState, plan: Plan, node: str, public_ips: dict[str, str]) -> dict[str, Any]:
+    """What the push installs on a node of this lab: its full config, with (encryption ipsec) its pair keys."""
+    return node_config(plan, node, public_ips, container_runtime=cast(Runtime, state.containers), pair_keys=state.pair_keys(plan))
 
 
 def write_payload(payload: str, root: Path, only: tuple[str, ...] = ()) -> list[Path]:
@@ -52,11 +59,6 @@ def write_payload(payload: str, root: Path, only: tuple[str, ...] = ()) -> list[
     return written
 
 
-def write_node_config(payload: str, root: Path) -> None:
-    """What an in-place push installs: the new node config only."""
-    write_payload(payload, root, only=(NODE_CONFIG,))
-
-
 @dataclass
 class ApplyResult:
     node: str
@@ -68,13 +70,26 @@ class ApplyResult:
 
 def apply(sh: Shell, ns: str, node: str, payload: str, state_dir: Path, is_router: bool, runtime: Runtime) -> ApplyResult:
     """Run the unit's ExecStart in the node's namespace, paths under /etc, /var, /usr/local in the node root."""
+    return _run_node_script(sh, ns, node, unit_exec_start(payload), None, state_dir, is_router, runtime)
+
+
+def push(sh: Shell, ns: str, node: str, doc: dict[str, Any], state_dir: Path, is_router: bool, runtime: Runtime) -> ApplyResult:
+    """The in-place push: the command the program runs over SSH (`overlay-node push`), the node config on stdin."""
+    return _run_node_script(
+        sh, ns, node, list(PUSH_COMMAND), json.dumps(doc, indent=1, sort_keys=True) + "\n", state_dir, is_router, runtime
+    )
+
+
+def _run_node_script(
+    sh: Shell, ns: str, node: str, command: list[str], stdin: str | None, state_dir: Path, is_router: bool, runtime: Runtime
+) -> ApplyResult:
     root = node_root(node, state_dir)
-    argv = map_argv(unit_exec_start(payload), root)
+    argv = map_argv(command, root)
     env = {"PATH": SYSTEM_PATH}
     if is_router and runtime == "docker":
         env["DOCKER_HOST"] = docker_host(node, state_dir)
     started = time.monotonic()
-    proc = sh.ns(ns, argv, check=False, env=env, timeout=300)
+    proc = sh.ns(ns, argv, check=False, env=env, timeout=300, input=stdin)
     took = time.monotonic() - started
     output = proc.stdout + proc.stderr
     log = root / "var/log/overlay-node.log"

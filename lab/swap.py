@@ -21,7 +21,7 @@ from lab import nodes
 from lab.check import Lab
 from lab.lifecycle import ESP_MESSAGE, GENEVE_MESSAGE, esp_supported, geneve_supported, require_root
 from lab.report import Probe, to_junit
-from lab.state import STATE_DIR, LabError, docker_host, lab_plan, load_raw, node_root, save
+from lab.state import STATE_DIR, LabError, docker_host, lab_plan, load_raw, save
 
 INTERVAL = 0.01
 SETTLE = 1.5
@@ -287,7 +287,7 @@ def swap(
         )
     try:
         time.sleep(0.5)
-        payloads = {n.name: nodes.lab_user_data(lab.state, new, n.name, dict(lab.layout.public_ips)) for n in new.nodes}
+        configs = {n.name: nodes.lab_node_config(lab.state, new, n.name, dict(lab.layout.public_ips)) for n in new.nodes}
         apply_started = time.time()
         t0 = time.monotonic()
 
@@ -295,9 +295,8 @@ def swap(
         watcher.start()
 
         def reapply(node: str) -> nodes.ApplyResult:
-            nodes.write_node_config(payloads[node], node_root(node, state_dir))
             vm = lab.layout.vm(node)
-            return nodes.apply(lab.sh, vm.ns, node, payloads[node], state_dir, vm.kind == "router", lab.state.containers)  # type: ignore[arg-type]
+            return nodes.push(lab.sh, vm.ns, node, configs[node], state_dir, vm.kind == "router", lab.state.containers)  # type: ignore[arg-type]
 
         try:
             with ThreadPoolExecutor(max_workers=len(new.nodes)) as pool:

@@ -916,9 +916,12 @@ class SelfTest:
             _sh(["ip", "-n", ns, "-batch", "-"], input="\n".join(cmds) + "\n")
 
     def apply(self, plan: Any, node: str) -> str:
-        """The node's payload files under its root, then the payload unit's ExecStart in the node's namespace."""
-        from cloudinit.render import read_payload, render_user_data, unit_exec_start
-        from components.plan import node_config
+        """The node's payload files under its root, the payload unit's ExecStart in the node's namespace (its
+        bootstrap config), then the push of its full config (`overlay-node push`, the config on stdin)."""
+        import json
+
+        from cloudinit.render import PUSH_COMMAND, read_payload, render_user_data, unit_exec_start
+        from components.plan import bootstrap_config, node_config
 
         public = {r.site: r.wan_ip for r in plan.routers()}
         doc = node_config(plan, node, public, container_runtime="netns")
@@ -926,7 +929,7 @@ class SelfTest:
         if n.kind == "router" and not doc["lan"]["configure"]:
             # Platforms whose image addresses the LAN NIC itself (DHCP): as that image would.
             _sh(["ip", "-n", self.ns(node), "addr", "add", f"{n.lan_ip}/{n.lan_prefix}", "dev", "lan0"])
-        payload = render_user_data(doc)
+        payload = render_user_data(bootstrap_config(plan, node, container_runtime="netns"))
         root = self.work / node
         files, _ = read_payload(payload)
         for f in files:
@@ -934,11 +937,14 @@ class SelfTest:
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_bytes(f.content)
             target.chmod(f.mode)
-        argv = [str(root / a.lstrip("/")) if a.startswith(("/etc/", "/var/", "/usr/local/")) else a for a in unit_exec_start(payload)]
-        proc = _sh(["nsenter", f"--net=/run/netns/{self.ns(node)}", "--", *argv], check=False)
-        if proc.returncode != 0:
-            raise RuntimeError(f"{node}: {' '.join(argv)}: exit {proc.returncode}\n{proc.stdout}{proc.stderr}")
-        return proc.stdout
+        output = ""
+        for command, stdin in ((unit_exec_start(payload), None), (list(PUSH_COMMAND), json.dumps(doc) + "\n")):
+            argv = [str(root / a.lstrip("/")) if a.startswith(("/etc/", "/var/", "/usr/local/")) else a for a in command]
+            proc = _sh(["nsenter", f"--net=/run/netns/{self.ns(node)}", "--", *argv], check=False, input=stdin)
+            if proc.returncode != 0:
+                raise RuntimeError(f"{node}: {' '.join(argv)}: exit {proc.returncode}\n{proc.stdout}{proc.stderr}")
+            output += proc.stdout
+        return output
 
     def run(self, results: Path) -> int:
         results.mkdir(parents=True, exist_ok=True)

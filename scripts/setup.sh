@@ -9,6 +9,7 @@ APT_PACKAGES=(
   qemu-system-x86 busybox-static cpio                    # GENEVE lab in a Debian-kernel VM
   cloud-init                                             # `cloud-init schema` validates every payload
   python3 tcpdump iperf3                                 # VM userland, captures, benchmarks
+  openssh-server sudo                                    # tests/lab/test_push_sshd.py: a stock sshd and sudo take the push
 )
 
 if [ "$(id -u)" -ne 0 ]; then

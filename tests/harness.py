@@ -94,6 +94,8 @@ class ProgramRun:
     """Every message the program logged through the engine (pulumi.log, warnings)."""
     secret_outputs: set[str] = field(default_factory=set)
     """Names of the stack exports that are secret."""
+    provider_outputs: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
+    """(type, name) -> the outputs the (mocked) provider computed for a resource, e.g. the stack's generated keys."""
 
     def of_type(self, typ: str) -> list[Registered]:
         return [r for r in self.resources if r.type == typ]
@@ -129,7 +131,9 @@ class ProgramMocks(pulumi.runtime.Mocks):
         state = dict(args.inputs)
         hook = RESOURCE_OUTPUTS.get(args.typ)
         if hook is not None:
-            state.update(hook(args))
+            computed = hook(args)
+            state.update(computed)
+            self.run.provider_outputs[(args.typ, args.name)] = computed
         return f"{args.name}-id", state
 
     def call(self, args: pulumi.runtime.MockCallArgs) -> tuple[dict[str, Any], list[tuple[str, str]]]:
@@ -182,17 +186,10 @@ def _config_value(value: Any) -> str:
     return value if isinstance(value, str) else json.dumps(value)
 
 
-# Stands for the secret `pulumi config set --secret sshPrivateKey` value (not a real key).
-TEST_PRIVATE_KEY = "-----BEGIN OPENSSH PRIVATE KEY-----\ntest-only-not-a-key\n-----END OPENSSH PRIVATE KEY-----\n"
-
-
-def run_program(
-    raw: Mapping[str, Any], stack: str = "test", into: ProgramRun | None = None, private_key: str | None = TEST_PRIVATE_KEY
-) -> ProgramRun:
+def run_program(raw: Mapping[str, Any], stack: str = "test", into: ProgramRun | None = None) -> ProgramRun:
     """Run __main__.py with the given raw stack config; return every registration and the resolved exports.
 
-    `into` receives the registrations even when the program raises (to prove nothing was registered).
-    `private_key` is set as the secret sshPrivateKey unless None."""
+    `into` receives the registrations even when the program raises (to prove nothing was registered)."""
     run = into if into is not None else ProgramRun()
     mocks = ProgramMocks(run)
     logger = logging.getLogger(f"multicloud-overlay.test.{id(run)}")
@@ -201,11 +198,7 @@ def run_program(
     logger.propagate = False
     pulumi.runtime.set_mocks(mocks, project=PROJECT, stack=stack, preview=False, monitor=RecordingMonitor(mocks, run), logger=logger)
     config = {f"{PROJECT}:{k}": _config_value(v) for k, v in raw.items()}
-    secret_keys = []
-    if private_key is not None:
-        config[f"{PROJECT}:sshPrivateKey"] = private_key
-        secret_keys.append(f"{PROJECT}:sshPrivateKey")
-    pulumi.runtime.set_all_config(config, secret_keys)
+    pulumi.runtime.set_all_config(config, [])
     exported: dict[str, Any] = {}
     real_export = pulumi.export
 

@@ -8,15 +8,15 @@ import binascii
 import copy
 import functools
 import gzip
-import hashlib
 import json
 from typing import Any
 
 import pytest
+import yaml
 
+from cloudinit.render import LOGIN_USER, push_command
 from components.config import parse_config
-from components.plan import PAIR_KEY_BYTES, Plan, build_plan, config_digest, node_config, pair_key_name
-from components.push import DIGEST_ENV
+from components.plan import ESP_KEY_BYTES, Plan, build_plan, config_digest, node_config, pair_key_name
 from components.stackfile import read_stack_file
 from tests.harness import ROOT, ProgramRun, Registered, mock_pair_keys, run_program, unsecret
 
@@ -74,7 +74,7 @@ def cloud_resources(run: ProgramRun) -> dict[tuple[str, str], Registered]:
 
 def push_digests(run: ProgramRun) -> dict[str, str]:
     return {
-        r.name.removesuffix("-config-apply"): unsecret(r.inputs["environment"])[DIGEST_ENV]
+        r.name.removesuffix("-config-apply"): unsecret(r.inputs["triggers"])[0]
         for r in run.of_type(COMMAND)
         if r.name.endswith("-config-apply")
     }
@@ -140,12 +140,17 @@ def test_push_sends_the_node_config_and_pins_the_host_key() -> None:
     ips = run.outputs["publicIps"]
     for r in run.of_type(COMMAND):
         conn = unsecret(r.inputs["connection"])
-        assert conn["user"] == "ubuntu" and conn["hostKey"].startswith("ssh-ed25519 ") and conn["privateKey"]
+        assert conn["user"] == LOGIN_USER and conn["hostKey"].startswith("ssh-ed25519 ") and conn["privateKey"]
+        # Nothing as SSH environment variables: a stock sshd accepts only LANG and LC_*, and pulumi-command fails
+        # the command when a variable is refused (tests/lab/test_push_sshd.py runs it against a real sshd).
+        assert not r.inputs.get("environment"), f"{r.name} sends environment variables"
+        assert r.inputs["create"] == r.inputs["update"]  # a config change runs update in place, no replacement
         if r.name.endswith("-config-apply"):
             node = r.name.removesuffix("-config-apply")
-            assert json.loads(unsecret(r.inputs["stdin"])) == node_config(plan, node, ips, pair_keys=mock_pair_keys(plan))
-            assert r.inputs["create"] == r.inputs["update"]  # a config change runs update in place, no replacement
-            assert "overlay-node validate" in r.inputs["create"] and "overlay-node apply" in r.inputs["create"]
+            doc = node_config(plan, node, ips, pair_keys=mock_pair_keys(plan))
+            assert json.loads(unsecret(r.inputs["stdin"])) == doc
+            assert unsecret(r.inputs["triggers"]) == [config_digest(doc)]
+            assert r.inputs["create"] == push_command()
 
 
 def test_connectivity_check_covers_every_address_from_every_router() -> None:
@@ -170,46 +175,85 @@ def test_connectivity_check_can_be_turned_off() -> None:
     assert run.outputs["connectivity"] == {}
 
 
-def test_program_needs_the_private_key_before_any_resource() -> None:
+def test_a_stack_that_still_sets_the_retired_private_key_is_told_before_any_resource() -> None:
+    raw = copy.deepcopy(DEV)
+    raw["sshPrivateKey"] = "-----BEGIN OPENSSH PRIVATE KEY-----\nsomeone's own key\n-----END OPENSSH PRIVATE KEY-----\n"
     run = ProgramRun()
-    with pytest.raises(Exception, match="sshPrivateKey is not set"):
-        run_program(copy.deepcopy(DEV), into=run, private_key=None)
+    with pytest.raises(Exception, match="sshPrivateKey is set: no longer used") as err:
+        run_program(raw, into=run)
+    assert "someone's own key" not in str(err.value)
     assert run.resources == []
 
 
+def stack_secrets(run: ProgramRun) -> dict[str, list[str]]:
+    """The credentials this run's stack generated, as its providers computed them (not a pattern): the deploy
+    key, every host private key, and (encryption ipsec) every tunnel key, each direction as a node config has it."""
+    generated = run.provider_outputs
+    pair_hex = [out["hex"] for (typ, _), out in generated.items() if typ == "random:index/randomBytes:RandomBytes"]
+    private = {name: out["privateKeyOpenssh"] for (typ, name), out in generated.items() if typ == "tls:index/privateKey:PrivateKey"}
+    return {
+        "deploy": [private.pop("deploy-key")],
+        "host": list(private.values()),
+        "tunnel": [k[: 2 * ESP_KEY_BYTES] for k in pair_hex] + [k[2 * ESP_KEY_BYTES :] for k in pair_hex],
+    }
+
+
+def occurs(secret: str, text: str) -> bool:
+    """`secret` in `text`, also as it reads inside a JSON string (a multi-line key's newlines escaped)."""
+    return secret in text or json.dumps(secret)[1:-1] in text
+
+
 def test_secrets_never_appear_in_plain_outputs_or_logs() -> None:
-    """The SSH private key (config secret), every generated host private key and (encryption ipsec) every tunnel
-    key stay secrets: they travel in the payloads and pushes, never in a plain output or a log line."""
-    from cloudinit.render import payload_node_config
-    from tests.harness import TEST_PRIVATE_KEY
+    """The deploy key, every generated host private key and (encryption ipsec) every tunnel key stay secrets: they
+    travel in the pushes (and a host key in its own node's user-data), never in a plain output or a log line."""
+    from cloudinit.render import HOST_KEY_PATH, read_payload
     from tests.test_platforms import decode, user_data_strings
 
     run = run_with(DEV["hub"], encryption="ipsec")
     plan = plan_with(DEV["hub"], encryption="ipsec")
-    keys = [hashlib.shake_256(f"mock-ipsec-{pair_key_name(a, b)}".encode()).hexdigest(PAIR_KEY_BYTES) for a, b in plan.router_pairs()]
-    assert len(keys) == len(SITES) - 1  # hub and spoke: one pair per spoke
-    tunnel_keys = [k[:72] for k in keys] + [k[72:] for k in keys]  # each direction's key as the node config has it
-    secrets = ["test-only-not-a-key"] + [f"mock-{s}-{role}-host-key" for s in SITES for role in ("router", "client")] + tunnel_keys
-    assert "test-only-not-a-key" in TEST_PRIVATE_KEY
-    # The secrets do travel where they must: the pushes' connections and stdin, and the user-data.
+    found = stack_secrets(run)
+    assert len(found["tunnel"]) == 2 * len(plan.router_pairs()) == 2 * (len(SITES) - 1)
+    assert len(found["host"]) == 2 * len(SITES)
+    secrets = [s for values in found.values() for s in values]
+    # The secrets do travel where they must: the deploy key and tunnel keys in the pushes, host keys in user-data.
     pushes = json.dumps([r.inputs for r in run.of_type(COMMAND)])
-    assert "test-only-not-a-key" in pushes
-    assert all(k in pushes for k in tunnel_keys)
+    assert occurs(found["deploy"][0], pushes)
+    assert all(occurs(k, pushes) for k in found["tunnel"])
     texts = [decode(unsecret(u)) for r in run.resources for v in r.inputs.values() for u in user_data_strings(v)]
-    payloads = "".join(texts) + "".join(json.dumps(payload_node_config(t)) for t in texts)
-    assert "mock-aws-router-host-key" in payloads and all(k in payloads for k in tunnel_keys)
+    assert len(texts) == 2 * len(SITES)
+    pinned = {f.content.decode() for t in texts for f in read_payload(t)[0] if f.path == HOST_KEY_PATH}
+    assert pinned == set(found["host"])
     # ... and every input that carries one is a secret in the state.
     for r in run.resources:
         for prop, value in r.inputs.items():
-            if any(k in json.dumps(value, default=str) for k in tunnel_keys) and unsecret(value) is value:
-                raise AssertionError(f"{r.name}.{prop} carries a tunnel key in plain text")
+            if any(occurs(k, json.dumps(value, default=str)) for k in secrets) and unsecret(value) is value:
+                raise AssertionError(f"{r.name}.{prop} carries a generated credential in plain text")
     for name, value in run.outputs.items():
         if name in run.secret_outputs:
             continue
         text = json.dumps(value, default=str)
         for secret in secrets:
-            assert secret not in text, f"{secret} leaks into stack output {name}"
-    assert run.logs is not None
+            assert not occurs(secret, text), f"a generated credential leaks into stack output {name}"
     for line in run.logs:
         for secret in secrets:
-            assert secret not in line, f"{secret} leaks into a log line"
+            assert not occurs(secret, line), "a generated credential leaks into a log line"
+
+
+def test_no_user_data_carries_a_tunnel_key_or_the_deploy_key() -> None:
+    """User-data is not a secret store on any platform: it holds no tunnel credential and no deploy key, and each
+    VM's holds exactly one private key, its own host key (what the push pins)."""
+    from cloudinit.render import payload_node_config
+    from tests.test_platforms import decode, user_data_strings
+
+    run = run_with(DEV["hub"], encryption="ipsec")
+    found = stack_secrets(run)
+    vms = [r for r in run.resources if any(user_data_strings(v) for v in r.inputs.values())]
+    assert len(vms) == 2 * len(SITES)
+    for vm in vms:
+        texts = [decode(unsecret(u)) for v in vm.inputs.values() for u in user_data_strings(v)]
+        # As cloud-init reads it (YAML), and the node config inside it (gzip+base64): every string, JSON-escaped.
+        text = json.dumps([yaml.safe_load(t) for t in texts]) + json.dumps([payload_node_config(t) for t in texts])
+        for key in found["tunnel"] + found["deploy"]:
+            assert not occurs(key, text), f"{vm.name}: user-data carries a credential"
+        assert sum(occurs(k, text) for k in found["host"]) == 1, f"{vm.name}: user-data carries another node's host key"
+        assert text.count("PRIVATE KEY-----") == 2  # BEGIN and END of that one key

@@ -3,11 +3,9 @@ the node config of the plan, the node script and the boot unit."""
 
 from __future__ import annotations
 
-import base64
 import copy
 import gzip
 import json
-import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -18,13 +16,14 @@ import yaml
 from cloudinit.render import (
     APPLY_COMMAND,
     DOCKER_DAEMON,
+    LOGIN_USER,
     NODE_CONFIG,
     NODE_SCRIPT,
-    PLAIN_USER_DATA_LIMIT,
+    SUDOERS_PATH,
     UNIT_PATH,
     USER_DATA_LIMIT,
+    SshHostKey,
     StaticNic,
-    compressed_user_data,
     node_script,
     payload_node_config,
     read_payload,
@@ -33,7 +32,7 @@ from cloudinit.render import (
     unit_exec_start,
 )
 from components.config import parse_config
-from components.plan import PAIR_KEY_BYTES, Plan, build_plan, node_config, pair_key_name
+from components.plan import Plan, bootstrap_config, build_plan, node_config
 from components.stackfile import read_stack_file
 from tests.harness import ROOT, mock_pair_keys
 
@@ -50,14 +49,22 @@ def public_ips(plan: Plan) -> dict[str, str]:
     return {s.name: f"198.51.100.{s.site_id}" for s in plan.config.sites}
 
 
+OPERATOR_KEY = str(DEV["sshPublicKey"])
+DEPLOY_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIENi9cEYtYyf1zv3WIgHu1zVQdZ+FO+4+bTNq/yGJIfD"
+HOST_KEY = SshHostKey("-----BEGIN OPENSSH PRIVATE KEY-----\ntest-host-key\n-----END OPENSSH PRIVATE KEY-----\n", "ssh-ed25519 AAAAhost")
+
+
+def boot_payload(plan: Plan, node: str) -> str:
+    """A node's user-data as the program renders it (components/site.py): its bootstrap config and login keys."""
+    return render_user_data(bootstrap_config(plan, node), HOST_KEY, login_keys=[OPERATOR_KEY, DEPLOY_KEY])
+
+
 def all_payloads() -> list[tuple[str, str, str]]:
     out = []
     for protocol in ("vxlan", "geneve"):
         plan = plan_for(protocol)
         for node in plan.nodes:
-            out.append(
-                (protocol, node.name, render_user_data(node_config(plan, node.name, public_ips(plan), pair_keys=mock_pair_keys(plan))))
-            )
+            out.append((protocol, node.name, boot_payload(plan, node.name)))
     return out
 
 
@@ -85,11 +92,9 @@ def test_schema_check_is_not_a_rubber_stamp(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(("protocol", "node", "text"), PAYLOADS, ids=[f"{p}-{n}" for p, n, _ in PAYLOADS])
-def test_payload_carries_plan_script_and_unit(protocol: str, node: str, text: str) -> None:
-    assert len(text.encode()) < PLAIN_USER_DATA_LIMIT, f"{node} payload is {len(text.encode())} bytes"
-    assert len(gzip.compress(text.encode())) < USER_DATA_LIMIT, f"{node} payload is {len(gzip.compress(text.encode()))} bytes compressed"
+def test_payload_carries_bootstrap_config_script_unit_and_login(protocol: str, node: str, text: str) -> None:
     plan = plan_for(protocol)
-    assert payload_node_config(text) == node_config(plan, node, public_ips(plan), pair_keys=mock_pair_keys(plan))
+    assert payload_node_config(text) == bootstrap_config(plan, node)
     files, runcmd = read_payload(text)
     by_path = {f.path: f for f in files}
     assert by_path[NODE_SCRIPT].content.decode() == node_script() and by_path[NODE_SCRIPT].mode == 0o755
@@ -97,32 +102,76 @@ def test_payload_carries_plan_script_and_unit(protocol: str, node: str, text: st
     assert "WantedBy=multi-user.target" in by_path[UNIT_PATH].content.decode()
     assert ["systemctl", "enable", "--now", "multicloud-overlay.service"] in runcmd
     body = yaml.safe_load(text)
+    # One login user, with the operator's and the deploy key, no password; no `default` user: the image's own
+    # (ubuntu, root's keys on Alibaba) gets no key.
+    assert body["users"] == [
+        {
+            "name": LOGIN_USER,
+            "gecos": "multicloud-overlay",
+            "shell": "/bin/bash",
+            "lock_passwd": True,
+            "ssh_authorized_keys": [OPERATOR_KEY, DEPLOY_KEY],
+        }
+    ]
+    sudoers = by_path[SUDOERS_PATH]
+    assert sudoers.mode == 0o440
+    assert sudoers.content.decode() == (
+        "overlay ALL=(root) NOPASSWD: /usr/local/sbin/overlay-node push --config /etc/multicloud-overlay/node.json "
+        "--state-dir /var/lib/multicloud-overlay, /usr/local/sbin/overlay-node check --json *\n"
+    )
+    install = runcmd[0]
+    assert install[:2] == ["sh", "-c"] and "apt-get install" in install[2] and "retrying" in install[2]
+    assert "packages" not in body and "package_update" not in body  # installed with retries by runcmd instead
     if plan.node(node).kind == "router":
-        assert "docker.io" in body["packages"]
+        assert "docker.io" in install[2]
         assert json.loads(by_path[DOCKER_DAEMON].content) == {"bridge": "none", "iptables": False, "ip6tables": False}
         assert "docker.service" in by_path[UNIT_PATH].content.decode()
     else:
-        assert "docker.io" not in body["packages"] and DOCKER_DAEMON not in by_path
-    assert by_path[NODE_CONFIG].mode == 0o600  # with encryption ipsec it carries tunnel keys
+        assert "docker.io" not in install[2] and DOCKER_DAEMON not in by_path
+    assert by_path[NODE_CONFIG].mode == 0o600  # the pushed config that replaces it carries tunnel keys
 
 
 def test_payload_is_deterministic() -> None:
     plan = plan_for("vxlan")
-    a = render_user_data(node_config(plan, "aws-router", public_ips(plan), pair_keys=mock_pair_keys(plan)))
-    b = render_user_data(node_config(plan, "aws-router", public_ips(plan), pair_keys=mock_pair_keys(plan)))
-    assert a == b
+    assert boot_payload(plan, "aws-router") == boot_payload(plan, "aws-router")
 
 
-def test_only_node_config_changes_on_hub_swap() -> None:
+@pytest.mark.parametrize("hub", ["gcp", "vsphere"])
+def test_a_hub_swap_changes_no_payload(hub: str) -> None:
+    """The payload holds the node's own site only: swapping the hub touches no VM's user-data at all."""
     plan = plan_for("vxlan")
     raw = copy.deepcopy(DEV)
-    raw["hub"] = "gcp"
+    raw["hub"] = hub
     swapped = build_plan(parse_config(raw))
-    for node in ("aws-router", "gcp-router", "azure-router"):
-        before, _ = read_payload(render_user_data(node_config(plan, node, public_ips(plan), pair_keys=mock_pair_keys(plan))))
-        after, _ = read_payload(render_user_data(node_config(swapped, node, public_ips(swapped), pair_keys=mock_pair_keys(swapped))))
-        changed = {f.path for f, g in zip(before, after, strict=True) if f != g}
-        assert changed == {NODE_CONFIG}
+    for node in plan.nodes:
+        assert boot_payload(plan, node.name) == boot_payload(swapped, node.name), node.name
+
+
+def test_payload_names_no_other_site() -> None:
+    """No peer's public address, tunnel or MAC in a node's user-data: its size does not grow with the overlay."""
+    plan = plan_for("vxlan")
+    ips = public_ips(plan)
+    for node in plan.nodes:
+        text = boot_payload(plan, node.name)
+        doc = payload_node_config(text)
+        assert {t["remote"] for t in doc["tunnels"]} <= {n.lan_ip for n in plan.nodes if n.site == node.site}, node.name
+        others = [n for n in plan.nodes if n.site != node.site]
+        assert not {e["mac"] for e in doc["fdb"]} & {n.mac for n in others}, node.name
+        assert not any(ip in json.dumps(doc) for site, ip in ips.items() if site != node.site)
+
+
+def test_push_carries_what_the_payload_leaves_out() -> None:
+    """The full config differs from the bootstrap one exactly by the internet tunnels, their MACs, role and IPsec."""
+    plan = plan_for("vxlan")
+    for node in plan.nodes:
+        full = node_config(plan, node.name, public_ips(plan), pair_keys=mock_pair_keys(plan))
+        boot = bootstrap_config(plan, node.name)
+        internet = [t for t in node.tunnels if t.via == "internet"]
+        assert len(full["tunnels"]) - len(boot["tunnels"]) == len(internet)
+        assert {k: v for k, v in full.items() if k not in ("tunnels", "fdb", "role", "ipsec")} == {
+            k: v for k, v in boot.items() if k not in ("tunnels", "fdb")
+        }
+        assert "esp" not in json.dumps(boot) and "ipsec" not in boot
 
 
 def test_vsphere_metadata_static_addresses() -> None:
@@ -142,14 +191,14 @@ def test_vsphere_metadata_static_addresses() -> None:
     assert "routes" not in eth["lan0"]
 
 
-def test_largest_payload_fits_every_cloud() -> None:
-    """50 containers and a point-to-point or hub router's IPsec keys: under 32 KiB plain (OCI, Alibaba's current
-    limit), under 16 KiB gzip-compressed (how AWS and Alibaba get it)."""
-    raw = copy.deepcopy(DEV)
-    raw["containersPerRouter"] = 50
-    raw["encryption"] = "ipsec"
-    plan = build_plan(parse_config(raw))
-    keys = {pair_key_name(a, b): os.urandom(PAIR_KEY_BYTES).hex() for a, b in plan.router_pairs()}
-    texts = [render_user_data(node_config(plan, n.name, public_ips(plan), pair_keys=keys)) for n in plan.nodes]
-    assert max(len(t.encode()) for t in texts) < PLAIN_USER_DATA_LIMIT
-    assert max(len(base64.b64decode(compressed_user_data(t))) for t in texts) < USER_DATA_LIMIT
+def test_payload_size_does_not_grow_with_the_overlay() -> None:
+    """A hub router's payload at 100 sites with 50 containers and IPsec is the size it is at 6 sites (same site)."""
+    from bench.configs import generated_stack
+
+    sizes = []
+    for n in (6, 100):
+        raw = generated_stack(n, containersPerRouter=50, encryption="ipsec")
+        plan = build_plan(parse_config(raw))
+        sizes.append(len(boot_payload(plan, "s1-router")))
+    assert sizes[0] == sizes[1]
+    assert len(gzip.compress(boot_payload(plan, "s1-router").encode())) < USER_DATA_LIMIT

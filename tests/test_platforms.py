@@ -13,7 +13,7 @@ import pytest
 
 from cloudinit.render import payload_node_config
 from components.clouds import REGISTRY
-from components.plan import node_config
+from components.plan import bootstrap_config, node_config
 from tests.harness import ProgramRun, Registered, mock_pair_keys, unsecret
 from tests.test_inplace import DEV, SITES, is_rule, is_user_data, plan_with, run_with
 
@@ -68,8 +68,10 @@ def test_every_site_is_complete_whoever_is_hub(hub: str) -> None:
             vm_component = run.named(node.name, f"multicloud-overlay:index:{'OverlayRouter' if node.kind == 'router' else 'OverlayClient'}")
             payloads = [s for r in run.descendants_of(vm_component.urn) if r.custom for s in user_data_strings(r.inputs)]
             assert len(payloads) == 1, f"{node.name}: {len(payloads)} payloads"
-            assert payload_node_config(decode(payloads[0])) == node_config(plan, node.name, ips, pair_keys=mock_pair_keys(plan)), node.name
-        # The router's public address is known before any VM (it is in every peer's payload) and is the one exported.
+            assert payload_node_config(decode(payloads[0])) == bootstrap_config(plan, node.name), node.name
+            push = run.named(f"{node.name}-config-apply", "command:remote:Command")
+            assert json.loads(unsecret(push.inputs["stdin"])) == node_config(plan, node.name, ips, pair_keys=mock_pair_keys(plan))
+        # The router's public address is the one every peer's pushed config names, and the one exported.
         assert ips[site] and ips[site] == run.outputs["sites"][site]["publicIp"]
         assert run.outputs["sites"][site]["tunnelPeers"] == list(plan.peer_sites(site))
         assert run.outputs["nodes"][f"{site}-router"]["role"] == ("hub" if site == hub else "spoke")
@@ -97,8 +99,11 @@ def test_peer_tunnel_rules_follow_the_encryption_on_every_platform(encryption: s
     tunnel port; in clear, on the tunnel port only. The site-local client tunnel stays on the tunnel port."""
     run = run_with("aws", encryption=encryption)
     want, never = ("4500", "4789") if encryption == "ipsec" else ("4789", "4500")
-    peer_rules = [r for r in run.resources if r.custom and any(r.name.split("-tunnel-from-")[-1].startswith(s) for s in SITES)]
-    peer_rules = [r for r in peer_rules if "-tunnel-from-" in r.name]
+    # One rule per peer (aws-...-tunnel-from-gcp), or one for all peers (Azure, GCP: ...-tunnel-from-peers-...).
+    peers = (*SITES, "peers")
+    peer_rules = [
+        r for r in run.resources if r.custom and "-tunnel-from-" in r.name and r.name.split("-tunnel-from-")[-1].startswith(peers)
+    ]
     assert {r.name.split("-")[0] for r in peer_rules} == set(SITES) - {"vsphere"}  # vSphere's are edge rules (below)
     for r in peer_rules:
         text = json.dumps(unsecret(r.inputs), default=str)

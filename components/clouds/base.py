@@ -20,11 +20,13 @@ from typing import Any
 
 import pulumi
 
+from cloudinit.render import LOGIN_USER
 from components.config import SiteConfig
 from components.plan import Node, Plan
 from components.security import IngressRule
 
-SSH_USER = "ubuntu"
+SSH_USER = LOGIN_USER
+"""The login user every node has: created by the payload, whatever the platform's own default user."""
 
 
 @dataclass(frozen=True)
@@ -41,7 +43,9 @@ class SiteContext:
     plan: Plan
     parent: pulumi.Resource
     """The Site component: parent of the provider and the network."""
-    ssh_public_key: str
+    admin_public_key: pulumi.Input[str]
+    """The stack's deploy key (public, OpenSSH), for a platform whose VM API requires a key at creation (Azure).
+    Every node's login user gets its keys from the payload; no other platform key mechanism is used."""
 
 
 @dataclass(frozen=True)
@@ -106,6 +110,10 @@ class PlatformSite(abc.ABC):
     @abc.abstractmethod
     def client(self, spec: NodeSpec) -> NodeResources:
         """Client VM: one NIC on LAN (vSphere: management + LAN), reachable for management."""
+
+    def abandon(self, error: BaseException) -> None:  # noqa: B027 - a hook: most platforms have nothing to release
+        """The program fails before this site's VMs are built: release whatever waits for them (an unresolved
+        deferred output would keep Pulumi waiting forever instead of failing)."""
 
     def site_outputs(self) -> dict[str, pulumi.Input[Any]]:
         """Platform-specific facts a user needs after `pulumi up` (e.g. the rules a datacentre edge must apply)."""

@@ -15,7 +15,7 @@ import pytest
 
 from cloudinit.render import NODE_CONFIG, NODE_SCRIPT, UNIT_PATH, render_user_data, unit_exec_start
 from components.config import parse_config
-from components.plan import build_plan, node_config, overlay_mac
+from components.plan import bootstrap_config, build_plan, overlay_mac
 from components.stackfile import read_stack_file
 from lab import cli, nodes, underlay
 from lab.check import endpoints, parse_ping_lines, ping_script, spoke_pair
@@ -23,7 +23,6 @@ from lab.report import PingResult, Probe, cell, matrix_text, summary, to_json, t
 from lab.state import LAB_IMAGE, LabError, lab_plan, load_raw
 from lab.swap import disruption, mac_site, parse_ping_log, probe_pair, stale_fdb
 from lab.topology import build_layout, container_names, map_argv, map_path, public_addresses, transit_pair
-from tests.harness import mock_pair_keys
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -60,7 +59,7 @@ def test_map_path(path: str, mapped: str) -> None:
 
 
 def test_unit_command_runs_from_the_node_root(plan) -> None:
-    payload = render_user_data(node_config(plan, "aws-router", public_addresses(plan.config), pair_keys=mock_pair_keys(plan)))
+    payload = render_user_data(bootstrap_config(plan, "aws-router"))
     argv = map_argv(unit_exec_start(payload), "/root-of/aws-router")
     assert argv[0] == "/root-of/aws-router" + NODE_SCRIPT
     assert all(not a.startswith(("/etc", "/var", "/usr/local")) for a in argv)
@@ -69,7 +68,7 @@ def test_unit_command_runs_from_the_node_root(plan) -> None:
 
 
 def test_payload_files_keep_their_modes(plan, tmp_path: Path) -> None:
-    payload = nodes.user_data(plan, "oci-router", public_addresses(plan.config), "docker", mock_pair_keys(plan))
+    payload = nodes.user_data(plan, "oci-router", "docker")
     written = nodes.write_payload(payload, tmp_path)
     script = tmp_path / NODE_SCRIPT.lstrip("/")
     assert script in written
@@ -78,12 +77,7 @@ def test_payload_files_keep_their_modes(plan, tmp_path: Path) -> None:
     doc = json.loads((tmp_path / NODE_CONFIG.lstrip("/")).read_text())
     assert doc["containers"]["image"] == LAB_IMAGE and doc["open_host_firewall"] is True
     assert json.loads((tmp_path / "etc/docker/daemon.json").read_text())["bridge"] == "none"
-    # An in-place push rewrites the node config only.
-    (tmp_path / NODE_CONFIG.lstrip("/")).write_text("{}")
-    script.write_text("changed")
-    nodes.write_node_config(payload, tmp_path)
-    assert json.loads((tmp_path / NODE_CONFIG.lstrip("/")).read_text()) == doc
-    assert script.read_text() == "changed"
+    assert stat.S_IMODE(os.stat(tmp_path / NODE_CONFIG.lstrip("/")).st_mode) == 0o600
 
 
 # --------------------------------------------------------------------------- plan and addresses

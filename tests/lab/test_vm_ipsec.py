@@ -1,5 +1,9 @@
 """encryption: ipsec proven in the Debian cloud-kernel VM (the host kernel has no ESP), in one VM boot:
 
+0. tunnel credentials arrive only by the push: every node booted from its user-data alone (`lab up --no-push`)
+   has no SA and no tunnel across sites (its site works, nothing crosses); `lab push` brings the encrypted
+   tunnels up (spoke to spoke through the hub); a spoke router rebooted afterwards comes back encrypted from its
+   disk, with no push;
 1. the real lab (3 sites, aws hub, 1:1 NAT, emulated internet) comes up with VXLAN in clear; a capture on the
    internet sees the marked pings in clear VXLAN datagrams (so the capture can see what it looks for);
 2. `lab swap --encryption ipsec` turns IPsec on in place; the full check matrix passes (v4+v6, DF at the smaller
@@ -38,7 +42,19 @@ SITES = "aws,azure,gcp"
 def script() -> str:
     r = GUEST_RESULTS
     lab = "python3 -m lab"
+    ping = "ip netns exec mco-azure-client ping -c 1 -W 2"
+    state = (
+        "xfrm $(ip -n mco-azure-router xfrm state list | grep -c ^src) tunnels $(ip -n mco-azure-router -o link show | grep -c ' ovl-r')"
+    )
     steps = [
+        f"{lab} up --containers netns --sites {SITES} --hub aws --protocol vxlan --encryption ipsec --no-push > {r}/boot-only.txt",
+        f"echo boot-only {state} local $({ping} 10.250.2.1 >/dev/null && echo ok || echo fail)"
+        f" cross $({ping} 10.250.3.2 >/dev/null && echo ok || echo fail)",
+        f"{lab} push",
+        f"echo pushed {state} cross $({ping} 10.250.3.2 >/dev/null && echo ok || echo fail)",
+        f"{lab} reboot azure-router --no-check --results {r}",
+        f"echo rebooted {state} cross $({ping} 10.250.3.2 >/dev/null && echo ok || echo fail)",
+        f"{lab} down",
         f"{lab} up --containers netns --sites {SITES} --hub aws --protocol vxlan --encryption none > {r}/up.txt",
         f"{lab} capture --results {r}",
         f"{lab} swap --encryption ipsec --results {r}",
@@ -65,6 +81,15 @@ def test_ipsec_lab_encrypts_every_router_tunnel_for_vxlan_and_geneve(tmp_path: P
     res = run_in_vm(["/bin/sh", "-c", script()], timeout=900, results_dir=tmp_path, image=image)
     log = res.output
     assert not res.timed_out, f"the VM did not finish in 900 s:\n{log[-4000:]}"
+
+    # User-data alone: no SA, no tunnel to another site; the site itself works and nothing crosses.
+    assert "boot-only xfrm 0 tunnels 0 local ok cross fail" in log, log[-3000:]
+    # The push brings the keys: one SA per direction of the spoke's one tunnel; spoke-to-spoke crosses two of them.
+    # After a reboot with no push, the unit brings the same back from the node's disk.
+    assert "pushed xfrm 2 tunnels 1 cross ok" in log, log[-3000:]
+    assert "rebooted xfrm 2 tunnels 1 cross ok" in log, log[-3000:]
+    spoke = json.loads((tmp_path / "reboot-azure-router.json").read_text())
+    assert spoke["boot_command"]["ok"] and spoke["power_off"]["killed"] >= 1, json.dumps(spoke)[:2000]
 
     clear = json.loads((tmp_path / "capture-none-vxlan.json").read_text())
     assert clear["passed"], clear["verdict"]
