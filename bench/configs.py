@@ -26,9 +26,24 @@ PLATFORM_SETTINGS: dict[str, dict[str, Any]] = {
 }
 
 
-def site_body(platform: str, site_id: int) -> dict[str, Any]:
-    """Settings of one site; its private ranges derive from its id (10.<id mod 200>.x)."""
+# Regions sites of one platform are spread over, in turn: a region's default quotas hold only a few sites (AWS: 5
+# Elastic IPs per region, 2 per site; Azure: 10 Standard public IPs per location, 2 per site; Alibaba: 10 VPCs per
+# region), and the program refuses a stack that exceeds one.
+REGIONS: dict[str, tuple[str, ...]] = {
+    "aws": ("eu-west-1", "eu-west-2", "eu-west-3", "eu-central-1", "eu-north-1", "us-east-1", "us-east-2", "us-west-1", "us-west-2",
+            "ca-central-1", "sa-east-1", "ap-south-1", "ap-northeast-1", "ap-northeast-2", "ap-southeast-1", "ap-southeast-2"),
+    "alicloud": ("eu-central-1", "eu-west-1", "ap-southeast-1", "us-west-1", "us-east-1", "ap-northeast-1"),
+    "azure": ("westeurope", "northeurope", "francecentral", "germanywestcentral", "uksouth", "swedencentral", "eastus", "westus2"),
+}  # fmt: skip
+SITES_PER_REGION: dict[str, int] = {"aws": 2, "alicloud": 10, "azure": 5}
+
+
+def site_body(platform: str, site_id: int, nth: int = 0) -> dict[str, Any]:
+    """Settings of one site (the nth of its platform); its private ranges derive from its id (10.<id mod 200>.x)."""
     body: dict[str, Any] = {"platform": platform, "siteId": site_id, **PLATFORM_SETTINGS[platform]}
+    regions = REGIONS.get(platform)
+    if regions:
+        body["region"] = regions[(nth // SITES_PER_REGION[platform]) % len(regions)]
     base = f"10.{site_id % 200}"
     body.update(vpcCidr=f"{base}.0.0/16", wanCidr=f"{base}.1.0/24", lanCidr=f"{base}.2.0/24")
     if platform == "vsphere":
@@ -39,7 +54,11 @@ def site_body(platform: str, site_id: int) -> dict[str, Any]:
 def stack_with_sites(sites: dict[str, tuple[str, int]], hub: str, base: str = "Pulumi.dev.yaml", **top: Any) -> dict[str, Any]:
     """The base stack's config with the given sites (name -> (platform, siteId)) and hub."""
     raw = copy.deepcopy(read_stack_file(base))
-    raw["sites"] = {name: site_body(p, i) for name, (p, i) in sites.items()}
+    seen: dict[str, int] = {}
+    raw["sites"] = {}
+    for name, (p, i) in sites.items():
+        raw["sites"][name] = site_body(p, i, seen.get(p, 0))
+        seen[p] = seen.get(p, 0) + 1
     raw["hub"] = hub
     raw.update(top)
     return raw

@@ -6,20 +6,22 @@ import base64
 import gzip
 import ipaddress
 import os
+import re
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
-from cloudinit.render import payload_node_config
+from cloudinit.render import LOGIN_USER, payload_node_config
 from components.clouds import alicloud as ali
+from components.clouds import alicloud_limits
 from components.clouds.base import ResolvedRule
 from components.config import parse_config
-from components.plan import build_plan, node_config
+from components.plan import bootstrap_config, build_plan
 from components.security import IngressRule, is_open_to_world, scoped_source
 from tests import harness
-from tests.harness import ProgramRun, Registered, mock_pair_keys, run_cached
+from tests.harness import ProgramRun, Registered, run_cached, run_program
 from tests.mockdata import alicloud as ali_mock
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -29,6 +31,7 @@ ENI_ATTACHMENT = "alicloud:ecs/ecsNetworkInterfaceAttachment:EcsNetworkInterface
 EIP = "alicloud:ecs/eipAddress:EipAddress"
 EIP_ASSOCIATION = "alicloud:ecs/eipAssociation:EipAssociation"
 RULE = "alicloud:ecs/securityGroupRule:SecurityGroupRule"
+GROUP = "alicloud:ecs/securityGroup:SecurityGroup"
 PROVIDER = "pulumi:providers:alicloud"
 SITES = {"alia": "eu-central-1", "alib": "ap-southeast-1", "alic": "us-west-1"}
 # Documented limit of ECS user data before base64 encoding: 16 KB in older ECS pages, 32 KB in the current ones.
@@ -53,10 +56,7 @@ def alicloud_config(sites: list[str] | None = None, hub: str = "alia", **top: An
         if name in names
     }
     raw["hub"] = hub
-    top.setdefault(
-        "encryption", "none"
-    )  # clear tunnels: this module checks the platform in detail; tests/test_platforms.py covers ipsec (the default) everywhere
-    raw.update(top)
+    raw.update(top)  # the stack's encryption: ipsec, the default users deploy
     return raw
 
 
@@ -109,7 +109,9 @@ def test_router_has_primary_eni_on_wan_and_attached_secondary_on_lan(run: Progra
     assert eni.inputs["vswitchId"] == f"{site}-network-lan-id"
     assert eni.inputs["primaryIpAddress"] == node.lan_ip
     assert eni.inputs["sourceDestCheck"] is False
-    assert eni.inputs["securityGroupIds"] == [f"{site}-router-fw-sg-id"]
+    # Every security group of the router's policy (main, icmp) on both ENIs.
+    assert eni.inputs["securityGroupIds"] == [f"{site}-router-fw-sg-id", f"{site}-router-fw-icmp-sg-id"]
+    assert instance.inputs["securityGroups"] == eni.inputs["securityGroupIds"]
     attachment = run.named(f"{site}-router-vm-lan-attachment")
     assert attachment.type == ENI_ATTACHMENT
     assert attachment.inputs == {"instanceId": f"{site}-router-vm-instance-id", "networkInterfaceId": f"{site}-router-vm-lan-id"}
@@ -138,7 +140,7 @@ def test_network_is_dual_stack_with_ipv6_subnet_indexes(run: ProgramRun) -> None
         assert wan.inputs["ipv6CidrBlockMask"] != lan.inputs["ipv6CidrBlockMask"]
 
 
-@pytest.mark.parametrize("role", ["router", "client"])
+@pytest.mark.parametrize("role", ["router"])
 def test_public_addresses_are_reserved_eips_bound_to_the_instance(run: ProgramRun, role: str) -> None:
     for site in SITES:
         eip = run.named(f"{site}-{role}-public-eip")
@@ -154,6 +156,32 @@ def test_public_addresses_are_reserved_eips_bound_to_the_instance(run: ProgramRu
     nodes = run.outputs["nodes"]
     for site in SITES:
         assert nodes[f"{site}-{role}"]["managementIp"] == ali_mock.eip_address(f"{site}-{role}-public-eip")
+
+
+def test_one_eip_per_site_the_client_has_an_instance_public_ip(run: ProgramRun) -> None:
+    """Review A4: 20 EIPs per account by default and two per site made the 11th site fail; now only the router's."""
+    assert sorted(r.name for r in run.of_type(EIP)) == sorted(f"{s}-router-public-eip" for s in SITES)
+    assert len(run.of_type(EIP_ASSOCIATION)) == len(SITES)
+    for site in SITES:
+        client = run.named(f"{site}-client-vm-instance")
+        assert 0 < client.inputs["internetMaxBandwidthOut"] <= 100
+        assert client.inputs["internetChargeType"] == "PayByTraffic"
+        assert run.outputs["nodes"][f"{site}-client"]["managementIp"] == ali_mock.eip_address(f"{client.name}-public-ip")
+        assert "internetChargeType" not in run.named(f"{site}-router-vm-instance").inputs
+
+
+def test_an_instance_public_ip_and_an_eip_exclude_each_other() -> None:
+    args = ali.AlicloudMachineArgs(
+        image_id="m",
+        instance_type="ecs.g6.large",
+        vswitch_id="vsw",
+        private_ip="10.0.0.5",
+        security_group_ids=[],
+        user_data="#cloud-config\n",
+    )
+    args.public_bandwidth_out, args.eip_allocation_id = 10, "eip-1"
+    with pytest.raises(ValueError, match="cannot have an EIP"):
+        ali.AlicloudMachine("x", args)
 
 
 def test_router_public_ips_are_distinct_documentation_addresses(run: ProgramRun) -> None:
@@ -253,9 +281,41 @@ def test_ipv6_admin_cidr_becomes_ipv6_rules() -> None:
     assert {r.inputs["ipProtocol"] for r in admin_rules} == {"tcp", "icmpv6"}
 
 
+def test_icmp_rules_sit_in_their_own_group(run: ProgramRun) -> None:
+    """Review A3: a node's rules are split by kind (alicloud_limits.group_of), never by position."""
+    for site in SITES:
+        for role in ("router", "client"):
+            node = f"{site}-{role}"
+            rules = rules_of(run, node)
+            assert rules
+            for name, inputs in rules.items():
+                icmp = inputs["ipProtocol"] in ("icmp", "icmpv6")
+                assert inputs["securityGroupId"] == (f"{node}-fw-icmp-sg-id" if icmp else f"{node}-fw-sg-id"), name
+            names = {r.inputs["securityGroupName"] for r in run.of_type(GROUP) if r.name.startswith(f"{node}-fw")}
+            assert names == {f"{node}-fw", f"{node}-fw-icmp"}
+
+
+@pytest.mark.parametrize(("peers", "fits"), [(99, True), (198, True), (199, False)])
+def test_a_hundred_peer_hub_fits_alibaba_security_groups(peers: int, fits: bool) -> None:
+    """Review A3: one group held 2 x peers + 4 rules (over 200 from 99 peers); split, each holds at most peers + 2."""
+    rules = [IngressRule(f"tunnel-from-p{i}", "udp", 4789, "203.0.113.1/32", 4, "vxlan") for i in range(peers)]
+    rules += [IngressRule(f"icmp-from-p{i}", "icmp", None, "203.0.113.1/32", 4, "ping") for i in range(peers)]
+    rules += [
+        IngressRule("tunnel-from-lan", "udp", 4789, "10.1.2.0/24", 4, "vxlan"),
+        IngressRule("icmp-from-lan", "icmp", None, "10.1.2.0/24", 4, "ping"),
+        IngressRule("ssh-admin", "tcp", 22, "198.51.100.7/32", 4, "ssh"),
+        IngressRule("icmp-admin", "icmp", None, "198.51.100.7/32", 4, "ping"),
+    ]
+    packed = alicloud_limits.pack_rules(rules)
+    assert sum(len(m) for m in packed.values()) == len(rules)
+    assert (max(len(m) for m in packed.values()) <= alicloud_limits.GROUP_RULES_MAX.value) is fits
+    assert len(packed) <= alicloud_limits.GROUPS_PER_ENI.value
+    assert len(rules) <= alicloud_limits.RULES_PER_ENI_MAX.value
+
+
 def test_security_group_admits_nothing_implicitly(run: ProgramRun) -> None:
-    groups = run.of_type("alicloud:ecs/securityGroup:SecurityGroup")
-    assert len(groups) == 2 * len(SITES)
+    groups = run.of_type(GROUP)
+    assert len(groups) == 2 * 2 * len(SITES)
     for group in groups:
         assert group.inputs["innerAccessPolicy"] == "Drop"
         assert group.inputs["vpcId"] == f"{group.name.split('-')[0]}-network-vpc-id"
@@ -264,14 +324,16 @@ def test_security_group_admits_nothing_implicitly(run: ProgramRun) -> None:
 # --- user data ----------------------------------------------------------------------------------------------------
 
 
-def test_user_data_decodes_to_the_node_config(run: ProgramRun) -> None:
+def test_user_data_decodes_to_the_bootstrap_config(run: ProgramRun) -> None:
     plan = build_plan(parse_config(alicloud_config()))
-    public_ips = run.outputs["publicIps"]
     for site in SITES:
         for node in (plan.router(site), plan.client(site)):
             user_data = decoded_user_data(run.named(f"{node.name}-vm-instance"))
             assert user_data.startswith("#cloud-config\n")
-            assert payload_node_config(user_data) == node_config(plan, node.name, public_ips, pair_keys=mock_pair_keys(plan))
+            assert payload_node_config(user_data) == bootstrap_config(plan, node.name)
+            # The login user comes from the payload (the image's is root), with the operator's key: any key type.
+            assert f"name: {LOGIN_USER}" in user_data and plan.config.ssh_public_key in user_data
+            assert "keyName" not in run.named(f"{node.name}-vm-instance").inputs
     router_doc = payload_node_config(decoded_user_data(run.named("alia-router-vm-instance")))
     assert router_doc["lan"]["configure"] is True  # the secondary ENI is configured by the payload
 
@@ -289,9 +351,12 @@ def test_user_data_with_most_containers_fits_even_the_older_limit() -> None:
     assert max(sizes.values()) <= OLD_USER_DATA_LIMIT
 
 
-def test_oversized_user_data_is_refused() -> None:
-    with pytest.raises(ValueError, match="over the 16384-byte user-data limit"):
-        ali.encode_user_data("#cloud-config\n" + os.urandom(20_000).hex())
+def test_oversized_user_data_is_refused_at_the_documented_limit() -> None:
+    """The module refuses what check_limits measures against (alicloud_limits: 32 KB before base64), not less."""
+    between = "#cloud-config\n" + os.urandom(20_000).hex()  # ~23 KB of gzip: over the old self-imposed 16 KiB only
+    assert 16 * 1024 < len(base64.b64decode(ali.encode_user_data(between))) <= 32 * 1024
+    with pytest.raises(ValueError, match="over Alibaba's 32,768 bytes"):
+        ali.encode_user_data("#cloud-config\n" + os.urandom(40_000).hex())
 
 
 def test_instances_ignore_user_data_and_image_changes(run: ProgramRun) -> None:
@@ -304,7 +369,7 @@ def test_instances_ignore_user_data_and_image_changes(run: ProgramRun) -> None:
 
 def test_config_push_waits_for_the_lan_eni_and_the_eip_binding(run: ProgramRun) -> None:
     for site in SITES:
-        for role, parts in (("router", ("instance", "lan-attachment", "eip-binding")), ("client", ("instance", "eip-binding"))):
+        for role, parts in (("router", ("instance", "lan-attachment", "eip-binding")), ("client", ("instance",))):
             pushes = [r for r in run.of_type("command:remote:Command") if r.name.startswith(f"{site}-{role}-config")]
             assert pushes
             for push in pushes:
@@ -362,24 +427,70 @@ def test_resources_per_spoke_site(run: ProgramRun) -> None:
         PROVIDER: 1,
         "alicloud:vpc/network:Network": 1,
         "alicloud:vpc/switch:Switch": 2,
-        "alicloud:ecs/ecsKeyPair:EcsKeyPair": 1,
-        "alicloud:ecs/securityGroup:SecurityGroup": 2,
+        GROUP: 2 * 2,  # main + icmp per node
         RULE: 6 + 4,  # router: tunnel+icmp from the hub and the LAN, ssh+icmp admin; client: 4
-        EIP: 2,
-        EIP_ASSOCIATION: 2,
+        EIP: 1,  # the router's only
+        EIP_ASSOCIATION: 1,
         INSTANCE: 2,
         ENI: 1,
         ENI_ATTACHMENT: 1,
     }
 
 
-def test_invokes_look_up_ubuntu_and_a_zone_for_the_router_type(run: ProgramRun) -> None:
+def test_invokes_look_up_ubuntu_a_zone_and_the_router_type(run: ProgramRun) -> None:
     images = [args for token, args in run.invokes if token == "alicloud:ecs/getImages:getImages"]
     zones = [args for token, args in run.invokes if token == "alicloud:index/getZones:getZones"]
-    assert len(images) == len(zones) == len(SITES)
-    assert all(a["nameRegex"] == "^ubuntu_24_04" and a["owners"] == "system" for a in images)
-    assert all(a == {"availableResourceCreation": "VSwitch", "availableInstanceType": ali.DEFAULT_INSTANCE_TYPE} for a in zones)
+    types = [args for token, args in run.invokes if token == "alicloud:ecs/getInstanceTypes:getInstanceTypes"]
+    assert len(images) == len(zones) == len(types) == len(SITES)
+    # Review A8: Canonical's x86_64 system images only, with cloud-init support.
+    assert all(a["nameRegex"] == ali.UBUNTU_NAME_REGEX and a["owners"] == "system" and a["isSupportCloudInit"] is True for a in images)
+    # Review A7: the zone must also offer the ESSD system disk.
+    assert all(
+        a
+        == {
+            "availableResourceCreation": "VSwitch",
+            "availableInstanceType": ali.DEFAULT_INSTANCE_TYPE,
+            "availableDiskCategory": "cloud_essd",
+        }
+        for a in zones
+    )
+    # Review A6: the router type is confirmed to allow two ENIs.
+    assert all(a == {"instanceType": ali.DEFAULT_INSTANCE_TYPE, "eniAmount": 2} for a in types)
     assert {r.inputs["imageId"] for r in run.of_type(INSTANCE)} == {ali_mock.UBUNTU_IMAGE_ID}
+
+
+def test_image_regex_matches_canonical_x86_images_only() -> None:
+    pattern = re.compile(ali.UBUNTU_NAME_REGEX)
+    assert pattern.search("ubuntu_24_04_x64_20G_alibase_20240923.vhd")
+    assert pattern.search(ali_mock.UBUNTU_IMAGE_ID)
+    for other in (
+        "ubuntu_24_04_arm64_20G_alibase_20240923.vhd",
+        "ubuntu_24_04_uefi_x64_20G_alibase_20240923.vhd",
+        "ubuntu_24_04_x64_20G_alibase_20240923.vhd.bak",
+        "ubuntu_22_04_x64_20G_alibase_20240923.vhd",
+    ):
+        assert not pattern.search(other), other
+
+
+def test_a_router_type_with_one_eni_stops_before_the_router_exists() -> None:
+    """Review A6: a routerSize that allows one ENI used to fail only at the LAN ENI's attachment, after the VM."""
+    raw = alicloud_config(["alia", "alib"])
+    raw["sites"]["alia"]["routerSize"] = "ecs.t6-c4m1.large"
+    run = ProgramRun()
+    with pytest.raises(Exception, match=r"ecs\.t6-c4m1\.large is not sold in this region with at least 2 ENIs"):
+        run_program(raw, into=run)
+    assert not [r for r in run.resources if r.name == "alia-router-vm-instance"]
+
+
+def test_the_zone_offers_both_instance_types() -> None:
+    """Review A7: a client type sold in fewer zones than the router's decides the zone (mock: ecs.c6.large in b only)."""
+    raw = alicloud_config(["alia", "alib"])
+    raw["sites"]["alia"]["clientSize"] = "ecs.c6.large"
+    run = run_for(raw)
+    assert run.named("alia-network-wan").inputs["zoneId"] == "eu-central-1b"
+    assert run.named("alib-network-wan").inputs["zoneId"] == ali_mock.ZONE_ID
+    asked = sorted(a["availableInstanceType"] for t, a in run.invokes if t == "alicloud:index/getZones:getZones")
+    assert asked == sorted([ali.DEFAULT_INSTANCE_TYPE, ali.DEFAULT_INSTANCE_TYPE, "ecs.c6.large"])
 
 
 def test_site_settings_override_zone_image_and_sizes() -> None:
@@ -390,7 +501,15 @@ def test_site_settings_override_zone_image_and_sizes() -> None:
     assert run.named("alia-router-vm-instance").inputs["imageId"] == "m-custom-ubuntu"
     assert run.named("alia-router-vm-instance").inputs["instanceType"] == "ecs.g7.large"
     assert run.named("alia-client-vm-instance").inputs["instanceType"] == "ecs.c6.large"
-    assert len([t for t, _ in run.invokes if t.startswith("alicloud:")]) == 2  # alib's image and zone only
+    # alib's image, zone and router type; alia's router type (checked for 2 ENIs even when set).
+    assert sorted(t for t, _ in run.invokes if t.startswith("alicloud:")) == sorted(
+        [
+            "alicloud:ecs/getImages:getImages",
+            "alicloud:index/getZones:getZones",
+            "alicloud:ecs/getInstanceTypes:getInstanceTypes",
+            "alicloud:ecs/getInstanceTypes:getInstanceTypes",
+        ]
+    )
 
 
 # --- pure helpers -------------------------------------------------------------------------------------------------

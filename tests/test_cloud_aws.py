@@ -13,10 +13,12 @@ from typing import Any
 
 import pulumi
 import pytest
+import yaml
 from pulumi.runtime.stack import run_pulumi_func
 from pulumi.runtime.sync_await import _sync_await
 
-from cloudinit.render import USER_DATA_LIMIT, payload_node_config
+from cloudinit.render import LOGIN_USER, USER_DATA_LIMIT, payload_node_config, read_payload
+from components.clouds import aws_limits
 from components.clouds.aws import (
     AwsMachine,
     AwsMachineArgs,
@@ -32,12 +34,13 @@ from components.clouds.aws import (
     rule_match,
 )
 from components.clouds.base import ResolvedRule
-from components.config import parse_config
-from components.plan import Plan, build_plan, node_config
+from components.config import ConfigError, parse_config
+from components.limits import check_limits, fullmatch
+from components.plan import Plan, bootstrap_config, build_plan
 from components.security import IngressRule, is_open_to_world, scoped_source
 from components.stackfile import read_stack_file
 from tests import harness
-from tests.harness import ROOT, ProgramRun, Registered, mock_pair_keys, run_program
+from tests.harness import ROOT, ProgramRun, Registered, run_program
 from tests.mockdata import aws as aws_mock
 
 DEV = read_stack_file(ROOT / "Pulumi.dev.yaml")
@@ -65,9 +68,7 @@ PROVIDER = "pulumi:providers:aws"
 def aws_config(hub: str = "awsa", protocol: str = "vxlan", extra: bool = False) -> dict[str, Any]:
     raw = copy.deepcopy(DEV)
     raw["sites"] = copy.deepcopy({**SITES, **(EXTRA_SITE if extra else {})})
-    raw.update(
-        hub=hub, protocol=protocol, encryption="none"
-    )  # clear tunnels: this module checks the platform in detail; tests/test_platforms.py covers ipsec (the default) everywhere
+    raw.update(hub=hub, protocol=protocol)  # the stack's encryption: ipsec, the default users deploy
     return raw
 
 
@@ -272,7 +273,6 @@ def test_security_groups_have_open_egress_and_no_inline_rules(site: str) -> None
 @pytest.mark.parametrize("protocol", ["vxlan", "geneve"])
 def test_user_data_is_the_rendered_payload_of_the_node(protocol: str) -> None:
     run, plan = run_aws(protocol=protocol), plan_of(protocol=protocol)
-    ips = public_ips(run)
     for site in SITES:
         for kind in ("router", "client"):
             instance = one(node_resources(run, site, kind, INSTANCE))
@@ -281,7 +281,8 @@ def test_user_data_is_the_rendered_payload_of_the_node(protocol: str) -> None:
             assert len(sent) <= USER_DATA_LIMIT  # EC2's limit applies to the (gzip-compressed) bytes
             user_data = gzip.decompress(sent).decode()
             assert user_data.startswith("#cloud-config\n")
-            assert payload_node_config(user_data) == node_config(plan, f"{site}-{kind}", ips, pair_keys=mock_pair_keys(plan))
+            # The VM boots with its own site's config; the full one (peers, keys) arrives by the push.
+            assert payload_node_config(user_data) == bootstrap_config(plan, f"{site}-{kind}")
 
 
 def test_instances_ignore_user_data_changes() -> None:
@@ -318,15 +319,14 @@ def test_image_and_size_follow_site_settings() -> None:
             instance = one(node_resources(run, site, kind, INSTANCE))
             assert instance.inputs["ami"] == SITES[site].get("image", aws_mock.UBUNTU_AMI)
             assert instance.inputs["instanceType"] == SITES[site].get(f"{kind}Size", "t3.small")
-            assert instance.inputs["keyName"] == f"{site}-ssh-key-0a1b2c3"
+            assert "keyName" not in instance.inputs  # the payload installs the login user's keys
             assert instance.inputs["metadataOptions"] == {"httpTokens": "required"}
     lookups = [args for token, args in run.invokes if token == "aws:ec2/getAmi:getAmi"]
     assert len(lookups) == 2  # awsa and awsb; awsc names its image
     for args in lookups:
         assert args["owners"] == ["099720109477"] and args["mostRecent"] is True
         assert {"name": "name", "values": ["ubuntu/images/hvm-ssd-gp3/ubuntu-noble-24.04-amd64-server-*"]} in args["filters"]
-    key = one([r for r in site_resources(run, "awsa") if r.type == "aws:ec2/keyPair:KeyPair"])
-    assert key.inputs["publicKey"] == DEV["sshPublicKey"]
+    assert run.of_type("aws:ec2/keyPair:KeyPair") == []
 
 
 # --- names and providers --------------------------------------------------------------------------------------
@@ -479,3 +479,179 @@ def test_a_rule_open_to_the_world_fails_the_program() -> None:
 
     with pytest.raises(Exception, match="whole internet"):
         run_standalone(body)
+
+
+# --- findings of the pre-deployment review (docs/platform-review/aws.md) ---------------------------------------------------
+
+
+def run_sites(sites: dict[str, dict[str, Any]], hub: str, **top: Any) -> ProgramRun:
+    raw = copy.deepcopy(DEV)
+    raw["sites"] = copy.deepcopy(sites)
+    raw.update(hub=hub, **top)
+    return run_program(raw)
+
+
+def aws_site(site_id: int, region: str) -> dict[str, Any]:
+    return {
+        "platform": "aws",
+        "siteId": site_id,
+        "region": region,
+        "vpcCidr": f"10.{site_id % 200}.0.0/16",
+        "wanCidr": f"10.{site_id % 200}.1.0/24",
+        "lanCidr": f"10.{site_id % 200}.2.0/24",
+    }
+
+
+@pytest.mark.parametrize("encryption", ["none", "ipsec"])
+def test_every_registered_description_is_one_ec2_accepts(encryption: str) -> None:
+    """A1: EC2 refuses an apostrophe (and anything outside a-zA-Z0-9. _-:/()#,@[]+=&;{}!$*) at apply time."""
+    run = run_program({**aws_config(), "encryption": encryption})
+    described = run.of_type(INGRESS) + run.of_type(EGRESS) + run.of_type(SECURITY_GROUP)
+    assert len(described) > 3 * 10
+    for r in described:
+        text = r.inputs["description"]
+        assert fullmatch(aws_limits.LIMITS.rule_description_pattern, text) and len(text) <= 255, (r.name, text)
+
+
+def test_a_description_ec2_refuses_stops_the_policy_before_any_resource() -> None:
+    """A1: the policy refuses such a description itself, before registering anything (not half-way through an up)."""
+    bad = ResolvedRule(IngressRule("tunnel-from-lan", "udp", 4789, "10.1.2.0/24", 4, "vxlan from the site's client"), "10.1.2.0/24")
+    registered = ProgramRun()
+    mocks = harness.ProgramMocks(registered)
+    pulumi.runtime.set_mocks(mocks, project="standalone", stack="test", preview=False, monitor=harness.RecordingMonitor(mocks, registered))
+
+    def body() -> None:
+        AwsSecurityPolicy("fw", AwsSecurityPolicyArgs(vpc_id="vpc-1", rules=[bad]))
+
+    with pytest.raises(Exception, match='rule tunnel-from-lan: description "vxlan from the site\'s client" is one EC2 refuses'):
+        _sync_await(run_pulumi_func(body))
+    assert registered.resources == []
+
+
+# Site ids chosen so the hub's peers fall in every block of aws_limits: 1-28 -> group 0, 29-58 -> 1, 59-88 -> 2, ...
+SPREAD = {"aws1": 1, "aws20": 20, "aws40": 40, "aws70": 70, "aws100": 100, "aws130": 130}
+REGIONS = ["eu-west-1", "eu-west-2", "eu-west-3", "eu-central-1", "us-east-1", "us-east-2"]
+
+
+@functools.cache
+def run_spread(hub: str = "aws1") -> ProgramRun:
+    sites = {name: aws_site(i, REGIONS[n]) for n, (name, i) in enumerate(SPREAD.items())}
+    return run_sites(sites, hub)
+
+
+def test_a_hubs_rules_are_spread_over_security_groups_by_peer_site_id() -> None:
+    """A2: one group holds 60 inbound rules per family; a hub with many peers gets up to 5 groups, each peer's
+    tunnel and ICMP rules in the group of its siteId, every ENI of the router carrying all of them."""
+    run = run_spread()
+    groups = {g.name: g for g in node_resources(run, "aws1", "router", SECURITY_GROUP)}
+    assert set(groups) == {"aws1-router-policy-group", *(f"aws1-router-policy-group{k}" for k in (1, 2, 3, 4))}
+    ids = {rid(g): g for g in groups.values()}
+    for rule in node_resources(run, "aws1", "router", INGRESS):
+        group = ids[rule.inputs["securityGroupId"]]
+        peer = rule.name.rsplit("-from-", 1)[-1]
+        want = aws_limits.security_group_of_site(SPREAD[peer]) if peer in SPREAD else 0
+        assert group.name == aws_limits.security_group_resource_name("aws1-router-policy", want), rule.name
+    assert {aws_limits.security_group_of_site(i) for n, i in SPREAD.items() if n != "aws1"} == {0, 1, 2, 3, 4}
+    for eni in node_resources(run, "aws1", "router", ENI):
+        assert sorted(eni.inputs["securityGroups"]) == sorted(ids)
+    egress = [r.inputs["securityGroupId"] for r in node_resources(run, "aws1", "router", EGRESS)]
+    assert egress == [rid(groups["aws1-router-policy-group"])] * 2
+    # A spoke's only peer is the hub (siteId 1, group 0): one group, as before.
+    assert [g.name for g in node_resources(run, "aws70", "router", SECURITY_GROUP)] == ["aws70-router-policy-group"]
+
+
+def test_a_hub_swap_moves_no_peer_rule_between_groups() -> None:
+    """A2: a peer's group follows its own siteId, so a hub swap never replaces the rules of peers that stay."""
+    before, after = run_spread("aws1"), run_spread("aws40")
+    group_of = {}
+    for run in (before, after):
+        groups = {rid(g): g.name for g in run.of_type(SECURITY_GROUP)}
+        for r in run.of_type(INGRESS):
+            group_of.setdefault(r.name, set()).add(groups[r.inputs["securityGroupId"]])
+    assert all(len(names) == 1 for names in group_of.values()), {k: v for k, v in group_of.items() if len(v) > 1}
+
+
+def test_a_policy_over_the_rules_per_group_quota_registers_nothing() -> None:
+    """A2: more than 60 IPv4 rules in one group is refused by the building block itself, before registering."""
+    rules = [ResolvedRule(IngressRule(f"r{i}", "udp", 4789, f"192.0.2.{i}/32", 4, "vxlan"), f"192.0.2.{i}/32") for i in range(61)]
+    registered = ProgramRun()
+    mocks = harness.ProgramMocks(registered)
+    pulumi.runtime.set_mocks(mocks, project="standalone", stack="test", preview=False, monitor=harness.RecordingMonitor(mocks, registered))
+
+    def body() -> None:
+        AwsSecurityPolicy("fw", AwsSecurityPolicyArgs(vpc_id="vpc-1", rules=rules))
+
+    with pytest.raises(Exception, match="61 inbound IPv4 rules, over 60"):
+        _sync_await(run_pulumi_func(body))
+    assert registered.resources == []
+    # Placed over two groups, the same rules fit.
+
+    def spread() -> None:
+        AwsSecurityPolicy("fw", AwsSecurityPolicyArgs(vpc_id="vpc-1", rules=rules, placement={f"r{i}": i % 2 for i in range(61)}))
+
+    ok = run_standalone(spread)
+    assert len(ok.of_type(SECURITY_GROUP)) == 2 and len(ok.of_type(INGRESS)) == 61
+
+
+@pytest.mark.parametrize("site", list(SITES))
+def test_the_push_waits_for_the_lan_attachment_and_the_address_association(site: str) -> None:
+    """A3: the push configures the LAN ENI and dials the Elastic IP: it must wait for the attachment and the
+    association, not only for the instance."""
+    run = run_aws()
+    for kind in ("router", "client"):
+        push = one([r for r in run.of_type("command:remote:Command") if r.name == f"{site}-{kind}-config-apply"])
+        needed = {r.urn for r in node_resources(run, site, kind, INSTANCE) + node_resources(run, site, kind, EIP_ASSOCIATION)}
+        needed |= {r.urn for r in node_resources(run, site, kind, ATTACHMENT)}
+        assert len(needed) == (3 if kind == "router" else 2)
+        assert needed <= set(push.depends_on), sorted(needed - set(push.depends_on))
+
+
+def test_a_third_site_in_one_region_is_refused_for_its_elastic_ips() -> None:
+    """A4: 5 Elastic IPs per region by default, 2 per site: the third AWS site of a region is refused before any
+    resource exists, naming the site, the quota and how to raise it."""
+    sites = {f"r{i}": aws_site(i, "eu-west-1") for i in (1, 2, 3)}
+    raw = {**copy.deepcopy(DEV), "sites": sites, "hub": "r1"}
+    problems = check_limits(build_plan(parse_config(raw)))
+    assert len(problems) == 1, problems
+    assert problems[0].startswith("aws site `r3`: region eu-west-1 would hold 6 Elastic IPs")
+    assert "default quota of 5 Elastic IPs per region" in problems[0] and "L-0263D0A3" in problems[0]
+    assert aws_limits.ELASTIC_IPS_PER_REGION.source in problems[0]
+    run = ProgramRun()
+    with pytest.raises(Exception, match="default quota of 5 Elastic IPs"):
+        run_program(raw, into=run)
+    assert run.resources == []
+    with pytest.raises(ConfigError):
+        from components.limits import checked_plan
+
+        checked_plan(parse_config(raw))
+    # Two per region fit.
+    raw["sites"]["r3"]["region"] = "eu-west-2"
+    assert check_limits(build_plan(parse_config(raw))) == []
+
+
+def test_no_key_pair_and_an_ecdsa_operator_key_works() -> None:
+    """A5: ImportKeyPair refuses ECDSA; the program uses no key pair: the payload installs the login user's keys."""
+    ecdsa = "ecdsa-sha2-nistp256 AAAAE2VjZHNhLXNoYTItbmlzdHAyNTYAAAAIbmlzdHAyNTYAAABBBEmKSENjQEezOmxkZMy7opKgwFB9nkt5YRrYMjNuG5N87uRgg6CLrbo5wAdT/y6v0mKV0U2w0WZ2YB/++Tpockg= op@example"
+    run = run_program({**aws_config(), "sshPublicKey": ecdsa})
+    assert run.of_type("aws:ec2/keyPair:KeyPair") == []
+    for instance in run.of_type(INSTANCE):
+        assert "keyName" not in instance.inputs
+        body = yaml.safe_load(gzip.decompress(base64.b64decode(harness.unsecret(instance.inputs["userDataBase64"]))).decode())
+        (user,) = body["users"]  # no "default": the image's ubuntu user (sudo ALL) is not created
+        assert user["name"] == LOGIN_USER and ecdsa in user["ssh_authorized_keys"]
+        files, _ = read_payload("#cloud-config\n" + yaml.safe_dump(body))
+        assert any(f.path.startswith("/etc/sudoers.d/") for f in files)
+
+
+def test_a_site_named_sg_gets_security_group_names_ec2_accepts() -> None:
+    """A6: GroupName "can't start with sg-"; Pulumi's autoname of `sg-router-policy-group` would."""
+    run = run_sites({"sg": aws_site(1, "eu-west-1"), "awsb": aws_site(2, "us-east-1")}, "sg")
+    groups = run.of_type(SECURITY_GROUP)
+    assert {g.name for g in groups} >= {"sg-router-policy-group", "sg-client-policy-group"}
+    for g in groups:
+        prefix = g.inputs["namePrefix"]
+        assert not prefix.startswith("sg-") and "name" not in g.inputs
+        full = prefix + "2026112910000000000000000a"
+        assert len(full) == len(prefix) + aws_limits.NAME_PREFIX_SUFFIX.value
+        assert fullmatch(aws_limits.LIMITS.resource_name_pattern, full), full
+    assert not fullmatch(aws_limits.LIMITS.resource_name_pattern, "sg-router-policy-group-0a1b2c3")

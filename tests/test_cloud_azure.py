@@ -8,22 +8,25 @@ import copy
 import functools
 import ipaddress
 import itertools
+import re
 from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
 import pulumi
 import pytest
+import yaml
 from pulumi.runtime.stack import run_pulumi_func
 from pulumi.runtime.sync_await import _sync_await
 
-from cloudinit.render import payload_node_config
-from components.clouds import azure
+from cloudinit.render import LOGIN_USER, payload_node_config
+from components.clouds import azure, azure_limits
 from components.config import parse_config
-from components.plan import Plan, build_plan, node_config
+from components.limits import check_limits
+from components.plan import Plan, bootstrap_config, build_plan
 from components.security import is_open_to_world
 from components.stackfile import read_stack_file
-from tests.harness import PROJECT, ROOT, ProgramMocks, ProgramRun, RecordingMonitor, Registered, mock_pair_keys, run_program
+from tests.harness import PROJECT, ROOT, ProgramMocks, ProgramRun, RecordingMonitor, Registered, run_program
 from tests.mockdata.azure import public_ip_for
 
 DEV = read_stack_file(ROOT / "Pulumi.dev.yaml")
@@ -57,9 +60,7 @@ def azure_config(sites: tuple[str, ...] = SITES, hub: str = "azurea", protocol: 
     """Pulumi.dev.yaml with only Azure sites (the other top-level keys kept)."""
     raw = copy.deepcopy(DEV)
     raw["sites"] = {name: site_body(name, i + 1, **site_extra) for i, name in enumerate(sites)}
-    raw.update(
-        hub=hub, protocol=protocol, encryption="none"
-    )  # clear tunnels: this module checks the platform in detail; tests/test_platforms.py covers ipsec (the default) everywhere
+    raw.update(hub=hub, protocol=protocol)  # the stack's encryption: ipsec, the default users deploy
     return raw
 
 
@@ -101,12 +102,28 @@ def nsg_rules_of(run: ProgramRun, node: str) -> list[Registered]:
     return [r for r in run.children_of(policy.urn) if r.type == RULE]
 
 
+def prefixes(r: Registered) -> list[str]:
+    """A rule's sources: one prefix, or the list of an augmented rule (never both)."""
+    one, many = r.inputs.get("sourceAddressPrefix"), r.inputs.get("sourceAddressPrefixes")
+    assert (one is None) != (many is None), f"{r.name}: {one!r} / {many!r}"
+    return [one] if one is not None else list(many or [])
+
+
+def allow_rules(rules: list[Registered]) -> list[Registered]:
+    return [r for r in rules if r.inputs["access"] == "Allow"]
+
+
 def rule_sources(rules: list[Registered], protocol: str, port: int | None) -> set[str]:
     return {
-        r.inputs["sourceAddressPrefix"]
-        for r in rules
+        p
+        for r in allow_rules(rules)
         if r.inputs["protocol"] == protocol and r.inputs["destinationPortRange"] == (str(port) if port else "*")
+        for p in prefixes(r)
     }
+
+
+def deploy_public_key(run: ProgramRun) -> str:
+    return run.provider_outputs[("tls:index/privateKey:PrivateKey", "deploy-key")]["publicKeyOpenssh"].strip()
 
 
 # ------------------------------------------------------------------------------------------------ machines
@@ -138,9 +155,10 @@ def test_router_has_two_forwarding_nics_exactly_one_primary(site: str) -> None:
         "version": "latest",
     }
     linux = vm.inputs["osProfile"]["linuxConfiguration"]
-    assert vm.inputs["osProfile"]["adminUsername"] == "ubuntu"
+    # The admin user is the payload's login user, with the stack's deploy key (Azure requires a user and a key).
+    assert vm.inputs["osProfile"]["adminUsername"] == LOGIN_USER
     assert linux["disablePasswordAuthentication"] is True
-    assert linux["ssh"]["publicKeys"] == [{"path": "/home/ubuntu/.ssh/authorized_keys", "keyData": DEV["sshPublicKey"].strip()}]
+    assert linux["ssh"]["publicKeys"] == [{"path": f"/home/{LOGIN_USER}/.ssh/authorized_keys", "keyData": deploy_public_key(run)}]
 
 
 @pytest.mark.parametrize("site", SITES)
@@ -194,8 +212,9 @@ def test_resources_per_site() -> None:
         NSG: 2,
         NIC: 3,
         VM: 2,
-        # Router: 2 per peer + 4 (LAN tunnel, LAN ICMP, SSH, admin ICMP); client: 4. Hub has 2 peers, spokes 1.
-        RULE: (2 * 2 + 4 + 2 * (2 * 1 + 4) + 3 * 4) / 3,
+        # Router: the peers' tunnel and ICMP (one augmented rule each, whatever the peers), LAN tunnel, LAN ICMP, SSH,
+        # admin ICMP and the 2 VNet deny rules; client: 4 + 2 deny.
+        RULE: 2 + 4 + 2 + 4 + 2,
     }
 
 
@@ -207,18 +226,18 @@ def test_every_nsg_rule_is_scoped(protocol: str) -> None:
     run, plan = run_with(protocol=protocol), plan_with(protocol=protocol)
     port = {"vxlan": 4789, "geneve": 6081}[protocol]
     assert plan.port == port
-    rules = run.of_type(RULE)
+    rules = allow_rules(run.of_type(RULE))
     assert rules
     for r in rules:
         inputs = r.inputs
-        assert inputs["direction"] == "Inbound" and inputs["access"] == "Allow"
-        source = inputs["sourceAddressPrefix"]
-        assert not is_open_to_world(source), f"{r.name} admits {source}"
-        assert source not in ("*", "Internet", "Any") and ipaddress.ip_network(source).prefixlen > 0
-        assert "sourceAddressPrefixes" not in inputs
+        assert inputs["direction"] == "Inbound"
+        for source in prefixes(r):
+            assert not is_open_to_world(source), f"{r.name} admits {source}"
+            assert source not in ("*", "Internet", "Any") and ipaddress.ip_network(source).prefixlen > 0
+        assert len({ipaddress.ip_network(p).version for p in prefixes(r)}) == 1  # Azure refuses mixed families
         assert inputs["protocol"] in ("Udp", "Tcp", "Icmp")
         if inputs["protocol"] == "Tcp":
-            assert (inputs["destinationPortRange"], source) == ("22", ADMIN), f"{r.name}: TCP only for SSH from adminCidr"
+            assert (inputs["destinationPortRange"], prefixes(r)) == ("22", [ADMIN]), f"{r.name}: TCP only for SSH from adminCidr"
         if inputs["protocol"] == "Udp":
             assert inputs["destinationPortRange"] == str(port)
     ips = run.outputs["publicIps"]
@@ -255,12 +274,19 @@ def test_hub_rules_admit_exactly_the_expected_peers(hub: str) -> None:
         assert rule_sources(rules, "Udp", plan.port) == {f"{ips[p]}/32" for p in expected_peers} | {str(plan.config.site(site).lan_cidr)}
         assert rule_sources(rules, "Icmp", None) == {f"{ips[p]}/32" for p in expected_peers} | {str(plan.config.site(site).lan_cidr), ADMIN}
         names = {r.inputs["securityRuleName"] for r in rules}
-        assert names == {f"{kind}-from-{p}" for p in expected_peers for kind in ("tunnel", "icmp")} | {
+        assert names == {
+            "tunnel-from-peers",
+            "icmp-from-peers",
             "tunnel-from-lan",
             "icmp-from-lan",
             "ssh-admin",
             "icmp-admin",
+            "deny-vnet-ipv4",
+            "deny-vnet-ipv6",
         }
+        by_name = {r.inputs["securityRuleName"]: r for r in rules}
+        in_order = [f"{ips[p]}/32" for p in sorted(expected_peers, key=plan.site_id)]
+        assert by_name["tunnel-from-peers"].inputs["sourceAddressPrefixes"] == in_order  # siteId order: stable
 
 
 def test_priorities_are_unique_per_nsg() -> None:
@@ -273,16 +299,19 @@ def test_priorities_are_unique_per_nsg() -> None:
 
 
 @pytest.mark.parametrize(("old_hub", "new_hub"), list(itertools.permutations(SITES, 2)))
-def test_hub_swap_keeps_names_and_priorities_of_unchanged_rules(old_hub: str, new_hub: str) -> None:
+def test_hub_swap_only_updates_the_peer_rules_sources(old_hub: str, new_hub: str) -> None:
+    """The peers' rules are augmented rules: a hub swap changes their source lists in place; no rule is created or
+    deleted, and no other property of any rule changes."""
     before, after = by_key(run_with(hub=old_hub)), by_key(run_with(hub=new_hub))
-    common = [k for k in before.keys() & after.keys() if k[0] == RULE]
-    assert len(common) >= 3 * 4 * 2
-    for key in common:
-        for prop in ("priority", "securityRuleName", "sourceAddressPrefix", "protocol", "destinationPortRange"):
-            assert before[key].inputs[prop] == after[key].inputs[prop], f"{key} {prop} changed"
-    # Only peer rules come and go.
-    for key in before.keys() ^ after.keys():
-        assert key[0] == RULE and ("-tunnel-from-azure" in key[1] or "-icmp-from-azure" in key[1]), key
+    assert before.keys() == after.keys()
+    changed = set()
+    for key in (k for k in before if k[0] == RULE):
+        old, new = before[key].inputs, after[key].inputs
+        for prop in set(old) | set(new):
+            if old.get(prop) != new.get(prop):
+                assert prop == "sourceAddressPrefixes" and key[1].endswith("-from-peers"), (key, prop)
+                changed.add(key[1])
+    assert changed  # the hub and at least one spoke see other peers
 
 
 def test_adding_a_site_renames_nothing() -> None:
@@ -294,8 +323,10 @@ def test_adding_a_site_renames_nothing() -> None:
         assert new[key].parent == r.parent and new[key].urn == r.urn
         if key[0] == RULE:
             assert new[key].inputs["priority"] == r.inputs["priority"]
+            if not key[1].endswith("-from-peers"):
+                assert new[key].inputs == r.inputs, key
     added = new.keys() - old.keys()
-    assert all(k[1].startswith("azured") or "-from-azured" in k[1] for k in added), added
+    assert all(k[1].startswith("azured") for k in added), added
 
 
 # ------------------------------------------------------------------------------------------------ payload, provider
@@ -310,7 +341,8 @@ def test_custom_data_decodes_to_the_rendered_payload(hub: str) -> None:
         vm = one(run, VM, f"{node.name}-vm")
         user_data = base64.b64decode(vm.inputs["osProfile"]["customData"]).decode()
         assert user_data.startswith("#cloud-config\n")
-        assert payload_node_config(user_data) == node_config(plan, node.name, public_ips, pair_keys=mock_pair_keys(plan))
+        # The VM boots with its own site's config; the full one (peers, keys) arrives by the push.
+        assert payload_node_config(user_data) == bootstrap_config(plan, node.name)
         assert len(user_data.encode()) <= 65535  # Azure's custom data limit (decoded)
         assert vm.inputs["osProfile"]["computerName"] == node.name
 
@@ -392,15 +424,18 @@ def test_priority_collisions_are_resolved_by_name_not_position() -> None:
         azure.assign_priorities({"a": 99})
 
 
-def test_peer_rules_take_priorities_from_the_peer_site_id() -> None:
-    plan = plan_with(hub="azureb")
+def test_rule_priorities_put_the_vnet_deny_after_every_allow() -> None:
+    """Literal sources hash into 100-999, the peers' rules take fixed slots (Udp 1000, Icmp 3000), the VNet deny
+    rules come last (4095, 4096): before Azure's AllowVnetInBound (65000), after every allow rule."""
     run = run_with(hub="azureb")
-    rules = {r.inputs["securityRuleName"]: r.inputs["priority"] for r in nsg_rules_of(run, "azureb-router")}
-    ids = {s.name: s.site_id for s in plan.config.sites}
-    assert rules["tunnel-from-azurea"] == 1000 + ids["azurea"]
-    assert rules["tunnel-from-azurec"] == 1000 + ids["azurec"]
-    assert rules["icmp-from-azurec"] == 3000 + ids["azurec"]
-    assert all(p < 1000 for n, p in rules.items() if "-from-azure" not in n)
+    for node in ("azureb-router", "azurea-client"):
+        rules = {r.inputs["securityRuleName"]: r.inputs for r in nsg_rules_of(run, node)}
+        assert rules["deny-vnet-ipv4"]["priority"] == 4095 and rules["deny-vnet-ipv6"]["priority"] == 4096
+        assert all(v["priority"] < 1000 for n, v in rules.items() if "-peers" not in n and not n.startswith("deny-"))
+        if "tunnel-from-peers" in rules:
+            assert (rules["tunnel-from-peers"]["priority"], rules["icmp-from-peers"]["priority"]) == (1000, 3000)
+        allows = [v["priority"] for v in rules.values() if v["access"] == "Allow"]
+        assert max(allows) < min(v["priority"] for v in rules.values() if v["access"] == "Deny")
 
 
 @pytest.mark.parametrize("source", ["0.0.0.0/0", "::/0", "*", "Internet", "any", "VirtualNetwork", "not-a-cidr"])
@@ -495,4 +530,118 @@ def test_a_policy_refuses_an_open_source_before_registering_anything() -> None:
         )
 
     with pytest.raises(Exception, match="refusing"):
+        run_standalone(program)
+
+
+# ------------------------------------------------------------------------------------------------ review findings (docs/platform-review/azure.md)
+
+
+def test_the_only_account_is_the_payloads_login_user() -> None:
+    """Z1: cloud-init makes os_profile's admin user the image's default user (sudo NOPASSWD:ALL from cloud.cfg),
+    unless the payload's `users:` leaves out `default`: the admin user is the payload's one login user, with the
+    deploy key, and no other account exists."""
+    run = run_with()
+    for vm in run.of_type(VM):
+        profile = vm.inputs["osProfile"]
+        body = yaml.safe_load(base64.b64decode(profile["customData"]).decode())
+        (user,) = body["users"]
+        assert "default" not in body["users"]
+        assert user["name"] == profile["adminUsername"] == LOGIN_USER
+        assert "sudo" not in user  # the sudoers drop-in allows the push and the check only
+        (key,) = profile["linuxConfiguration"]["ssh"]["publicKeys"]
+        assert key["keyData"] in user["ssh_authorized_keys"]
+
+
+def test_the_vnet_default_rule_is_closed_by_deny_rules_of_the_site_prefixes() -> None:
+    """Z2: AllowVnetInBound (65000) admits anything from the VNet (the client to the router's SSH...). Every NSG
+    denies the site's own IPv4 and ULA prefixes after its allow rules (one rule per family: Azure refuses a mix)."""
+    run, plan = run_with(), plan_with()
+    for site in SITES:
+        cfg = plan.config.site(site)
+        for node in (f"{site}-router", f"{site}-client"):
+            rules = nsg_rules_of(run, node)
+            deny = {r.inputs["securityRuleName"]: r.inputs for r in rules if r.inputs["access"] == "Deny"}
+            assert {n: (v["sourceAddressPrefixes"], v["protocol"], v["destinationPortRange"]) for n, v in deny.items()} == {
+                "deny-vnet-ipv4": ([str(cfg.vpc_cidr)], "*", "*"),
+                "deny-vnet-ipv6": ([str(azure.ula_prefix(cfg.site_id))], "*", "*"),
+            }
+            assert max(r.inputs["priority"] for r in allow_rules(rules)) < min(v["priority"] for v in deny.values())
+            # What the site's own LAN may still send is exactly what an allow rule names.
+            lan_allowed = {
+                (r.inputs["protocol"], r.inputs["destinationPortRange"])
+                for r in allow_rules(rules)
+                if any(ipaddress.IPv4Network(p).subnet_of(cfg.vpc_cidr) for p in prefixes(r) if ipaddress.ip_network(p).version == 4)
+            }
+            assert lan_allowed == {("Udp", "4789"), ("Icmp", "*")}
+
+
+def test_rules_are_written_one_at_a_time_and_waited_for() -> None:
+    """Z3: Azure refuses concurrent writes to one NSG (429 AnotherOperationInProgress): every rule but the first
+    depends on the previous one (priority order). The NICs wait for every rule, and the push for the NICs and the VM."""
+    run = run_with()
+    for site in SITES:
+        for node, roles in ((f"{site}-router", ("wan", "lan")), (f"{site}-client", ("lan",))):
+            rules = sorted(nsg_rules_of(run, node), key=lambda r: r.inputs["priority"])
+            urns = {r.urn for r in rules}
+            assert set(rules[0].depends_on) & urns == set()
+            for before, rule in itertools.pairwise(rules):
+                assert set(rule.depends_on) & urns == {before.urn}, rule.name
+            nics = [one(run, NIC, f"{node}-{role}") for role in roles]
+            for nic in nics:
+                assert urns <= set(nic.depends_on), nic.name
+            push = next(r for r in run.of_type("command:remote:Command") if r.name == f"{node}-config-apply")
+            assert {n.urn for n in nics} | {one(run, VM, f"{node}-vm").urn} <= set(push.depends_on)
+
+
+def test_azure_gets_the_ed25519_deploy_key_whatever_the_operator_key() -> None:
+    """Z4: Azure takes RSA >= 2048 and ED25519 keys only; an ECDSA operator key goes to the payload, never to Azure."""
+    ecdsa = "ecdsa-sha2-nistp256 AAAAE2VjZHNhLXNoYTItbmlzdHAyNTYAAAAIbmlzdHAyNTYAAABBBEmKSENjQEezOmxkZMy7opKgwFB9nkt5YRrYMjNuG5N87uRgg6CLrbo5wAdT/y6v0mKV0U2w0WZ2YB/++Tpockg= op@example"
+    run = run_program({**azure_config(), "sshPublicKey": ecdsa})
+    for vm in run.of_type(VM):
+        (key,) = vm.inputs["osProfile"]["linuxConfiguration"]["ssh"]["publicKeys"]
+        assert key["keyData"] == deploy_public_key(run) and key["keyData"].startswith("ssh-ed25519 ")
+        body = yaml.safe_load(base64.b64decode(vm.inputs["osProfile"]["customData"]).decode())
+        assert ecdsa in body["users"][0]["ssh_authorized_keys"]
+
+
+def test_a_sixth_site_in_one_location_is_refused_for_its_public_ips() -> None:
+    """Standard public IPs: 10 per region by default (offer-dependent), 2 per site: the sixth Azure site of a
+    location is refused before any resource, naming the site, the quota and how to raise it."""
+    raw = copy.deepcopy(DEV)
+    raw["sites"] = {f"az{i}": {**site_body("azurea", i), "region": "westeurope"} for i in range(1, 7)}
+    raw["hub"] = "az1"
+    problems = check_limits(build_plan(parse_config(raw)))
+    assert len(problems) == 1, problems
+    assert problems[0].startswith("azure site `az6`: location westeurope would hold 12 Standard public IPs")
+    assert "default quota of 10" in problems[0] and azure_limits.STANDARD_PUBLIC_IPS_PER_REGION.source in problems[0]
+    run = ProgramRun()
+    with pytest.raises(Exception, match="default quota of 10"):
+        run_program(raw, into=run)
+    assert run.resources == []
+    raw["sites"]["az6"]["region"] = "northeurope"
+    assert check_limits(build_plan(parse_config(raw))) == []
+
+
+def test_a_deny_rule_before_an_allow_is_refused() -> None:
+    """The VNet deny must come after every allow rule; a building-block user who asks otherwise is refused."""
+
+    def program() -> None:
+        azure.AzureSecurityPolicy(
+            "p",
+            azure.AzureSecurityPolicyArgs(
+                "rg", "westeurope", [azure.NsgRule("late", "Tcp", "10.0.0.5/32", port=22, priority=4096)], deny_from=["10.0.0.0/16"]
+            ),
+        )
+
+    with pytest.raises(Exception, match=re.escape("deny rules ['deny-vnet-ipv4'] would come before an allow rule")):
+        run_standalone(program)
+
+
+def test_a_rule_mixing_address_families_is_refused() -> None:
+    def program() -> None:
+        azure.AzureSecurityPolicy(
+            "p", azure.AzureSecurityPolicyArgs("rg", "westeurope", [azure.NsgRule("mixed", "Icmp", ["10.0.0.0/24", "fd00::/64"])])
+        )
+
+    with pytest.raises(Exception, match="mix IPv4 and IPv6"):
         run_standalone(program)

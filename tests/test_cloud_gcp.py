@@ -3,8 +3,10 @@ providers; and the building blocks used on their own."""
 
 from __future__ import annotations
 
+import configparser
 import copy
 import ipaddress
+import re
 from collections import Counter
 from collections.abc import Callable
 from typing import Any
@@ -14,15 +16,15 @@ import pytest
 from pulumi.runtime.stack import run_pulumi_func
 from pulumi.runtime.sync_await import _sync_await
 
-from cloudinit.render import payload_node_config
-from components.clouds import gcp
+from cloudinit.render import payload_node_config, read_payload
+from components.clouds import gcp, gcp_limits
 from components.clouds.base import ResolvedRule
 from components.config import parse_config
-from components.plan import TUNNEL_PORT, Plan, build_plan, node_config
+from components.plan import TUNNEL_PORT, Plan, bootstrap_config, build_plan
 from components.security import IngressRule, PeerRouter, is_open_to_world
 from components.stackfile import read_stack_file
 from tests import harness
-from tests.harness import ROOT, ProgramRun, Registered, mock_pair_keys, run_cached
+from tests.harness import ROOT, ProgramRun, Registered, run_cached
 from tests.mockdata import gcp as gcp_mock
 
 NETWORK = "gcp:compute/network:Network"
@@ -55,10 +57,7 @@ def gcp_config(sites: dict[str, tuple[str, str]] | None = None, hub: str = "gcpa
         for i, (name, (region, zone)) in enumerate(chosen.items(), 1)
     }
     raw["hub"] = hub
-    top.setdefault(
-        "encryption", "none"
-    )  # clear tunnels: this module checks the platform in detail; tests/test_platforms.py covers ipsec (the default) everywhere
-    raw.update(top)
+    raw.update(top)  # the stack's encryption: ipsec, the default users deploy
     return raw
 
 
@@ -229,11 +228,13 @@ def test_instance_waits_for_its_firewall_rules(run: ProgramRun, node: str) -> No
 
 def test_user_data_is_each_nodes_rendered_payload(run: ProgramRun) -> None:
     plan = plan_of(gcp_config())
-    ips = public_ips(run)
     for node in plan.nodes:
         metadata = one(run, INSTANCE, f"{node.name}-vm").inputs["metadata"]
-        assert payload_node_config(metadata["user-data"]) == node_config(plan, node.name, ips, pair_keys=mock_pair_keys(plan))
-        assert metadata["ssh-keys"] == f"ubuntu:{plan.config.ssh_public_key}"
+        # The VM boots with its own site's config; the full one (peers, keys) arrives by the push.
+        assert payload_node_config(metadata["user-data"]) == bootstrap_config(plan, node.name)
+        # No ssh-keys (the payload installs the login user's keys) and no project-wide keys either.
+        assert set(metadata) == {"user-data", "block-project-ssh-keys"}
+        assert metadata["block-project-ssh-keys"] == "TRUE"
 
 
 def test_instances_ignore_user_data_and_image_changes(run: ProgramRun) -> None:
@@ -253,16 +254,16 @@ def test_every_rule_is_scoped_and_single_family(run: ProgramRun) -> None:
     for rule in rules:
         inputs = rule.inputs
         assert inputs["direction"] == "INGRESS"
-        (source,) = inputs["sourceRanges"]
-        assert not is_open_to_world(source), rule.name
-        assert len({ipaddress.ip_network(s).version for s in inputs["sourceRanges"]}) == 1
+        sources = inputs["sourceRanges"]
+        assert sources and not any(is_open_to_world(s) for s in sources), rule.name
+        (family,) = {ipaddress.ip_network(s).version for s in sources}
         node = rule.name.split("-fw-")[0].rsplit("-", 1)[0]
         assert inputs["targetTags"] == [node], rule.name
         (allow,) = inputs["allows"]
         if allow["protocol"] == "58":
-            assert ipaddress.ip_network(source).version == 6
+            assert family == 6
         if allow["protocol"] == "icmp":
-            assert ipaddress.ip_network(source).version == 4
+            assert family == 4
         assert "denies" not in inputs
 
 
@@ -277,13 +278,13 @@ def test_tunnel_and_ssh_sources(run: ProgramRun) -> None:
         allowed_tunnel = {f"{ips[p]}/32" for p in plan.peer_sites(site)} | {lan, router_lan}
         for r in [r for r in run.of_type(FIREWALL) if r.name.startswith(f"{site}-")]:
             (allow,) = r.inputs["allows"]
-            (source,) = r.inputs["sourceRanges"]
+            sources = set(r.inputs["sourceRanges"])
             if allow["protocol"] == "udp":
                 assert allow["ports"] == [port]
-                assert source in allowed_tunnel, r.name
+                assert sources <= allowed_tunnel, r.name
             elif allow["protocol"] == "tcp":
                 assert allow["ports"] == ["22"]
-                assert source == raw["adminCidr"], r.name
+                assert sources == {raw["adminCidr"]}, r.name
             else:
                 assert allow["protocol"] == "icmp" and "ports" not in allow
 
@@ -296,11 +297,12 @@ def test_rules_admit_exactly_the_expected_peers(hub: str) -> None:
     for site in SITES:
         peers = set(SITES) - {site} if site == hub else {hub}
         wan = firewalls(run, f"{site}-router", "wan")
-        tunnel = {k: v for k, v in wan.items() if k.startswith("tunnel-from-")}
-        assert set(tunnel) == {f"tunnel-from-{p}-4789" for p in peers}
-        assert {v["sourceRanges"][0] for v in tunnel.values()} == {f"{ips[p]}/32" for p in peers}
+        # Every peer in one rule per kind, in siteId order (a stable list: a hub swap rewrites it in place).
+        in_order = [f"{ips[p]}/32" for p in sorted(peers, key=list(SITES).index)]
+        assert wan["tunnel-from-peers-4789"]["sourceRanges"] == in_order
+        assert wan["icmp-from-peers"]["sourceRanges"] == in_order
         assert all(v["network"] == f"{site}-wan-vpc-id" for v in wan.values())
-        assert set(wan) == {f"tunnel-from-{p}-4789" for p in peers} | {f"icmp-from-{p}" for p in peers} | {"ssh-admin-22", "icmp-admin"}
+        assert set(wan) == {"tunnel-from-peers-4789", "icmp-from-peers", "ssh-admin-22", "icmp-admin"}
         lan = firewalls(run, f"{site}-router", "lan")
         lan_cidr = raw["sites"][site]["lanCidr"]
         assert {k: v["sourceRanges"] for k, v in lan.items()} == {"tunnel-from-lan-4789": [lan_cidr], "icmp-from-lan": [lan_cidr]}
@@ -323,7 +325,7 @@ def test_ipv6_admin_range_gets_ipv6_rules_with_icmpv6() -> None:
     assert wan["ssh-admin-22"]["sourceRanges"] == ["2001:db8:7::/48"]
     assert wan["icmp-admin"]["allows"] == [{"protocol": "58"}]
     assert wan["icmp-admin"]["sourceRanges"] == ["2001:db8:7::/48"]
-    assert wan["icmp-from-gcpb"]["allows"] == [{"protocol": "icmp"}]
+    assert wan["icmp-from-peers"]["allows"] == [{"protocol": "icmp"}]
 
 
 # --- names, providers, counts --------------------------------------------------------------------------------------
@@ -338,14 +340,12 @@ def test_adding_a_site_renames_nothing(run: ProgramRun) -> None:
     before, after = gcp_names(run), gcp_names(bigger)
     assert before <= after
     added = {n.split("::", 1)[1] for n in after - before}
-    assert all(n.startswith("gcpd-") or n.endswith(("-fw-tunnel-from-gcpd-4789", "-fw-icmp-from-gcpd")) for n in added), added
+    assert added and all(n.startswith("gcpd") for n in added), added  # the hub's peer rules only gain a source
 
 
-def test_hub_change_only_adds_and_removes_peer_rules(run: ProgramRun) -> None:
+def test_hub_change_creates_and_deletes_no_resource(run: ProgramRun) -> None:
     other = run_for(gcp_config(hub="gcpb"))
-    changed = {n.split("::", 1)[1] for n in gcp_names(run) ^ gcp_names(other)}
-    assert changed
-    assert all("-fw-tunnel-from-" in n or "-fw-icmp-from-" in n for n in changed), changed
+    assert gcp_names(run) == gcp_names(other)
 
 
 def cloud_inputs(run: ProgramRun) -> dict[tuple[str, str], dict[str, Any]]:
@@ -360,12 +360,18 @@ def cloud_inputs(run: ProgramRun) -> dict[tuple[str, str], dict[str, Any]]:
 
 
 @pytest.mark.parametrize(("hub", "protocol"), [("gcpb", "vxlan"), ("gcpa", "geneve"), ("gcpc", "geneve")])
-def test_hub_swap_or_protocol_switch_updates_no_resource(run: ProgramRun, hub: str, protocol: str) -> None:
+def test_hub_swap_or_protocol_switch_only_rewrites_peer_sources_and_ports(run: ProgramRun, hub: str, protocol: str) -> None:
     before, after = cloud_inputs(run), cloud_inputs(run_for(gcp_config(hub=hub, protocol=protocol)))
     for key in before.keys() & after.keys():
-        assert before[key] == after[key], f"{key} would be updated"
-    # Rules only come and go (a new port's rule is created before the old one is deleted); nothing else does.
-    assert all(typ == FIREWALL and ("-fw-tunnel-from-" in name or "-fw-icmp-from-" in name) for typ, name in before.keys() ^ after.keys())
+        if before[key] != after[key]:
+            # A hub swap changes which peers the folded rules list (in place), nothing else.
+            assert key[0] == FIREWALL and ("-fw-tunnel-from-peers" in key[1] or "-fw-icmp-from-peers" in key[1]), key
+            changed = {k for k in before[key].keys() | after[key].keys() if before[key].get(k) != after[key].get(k)}
+            assert changed == {"sourceRanges"}, (key, changed)
+    # A protocol switch renames the tunnel rules by their port: the new port's rule is created before the old one goes.
+    moved = before.keys() ^ after.keys()
+    assert all(typ == FIREWALL and "-fw-tunnel-from-" in name for typ, name in moved), moved
+    assert bool(moved) == (protocol != "vxlan")
 
 
 def test_resource_names_are_valid_gcp_names(run: ProgramRun) -> None:
@@ -418,8 +424,9 @@ def test_resource_counts_per_site(run: ProgramRun, site: str) -> None:
         SUBNETWORK: 2,
         ADDRESS: 2,
         INSTANCE: 2,
-        FIREWALL: 2 * peers + 2 + 2 + 4,  # router WAN (peers + admin), router LAN, client
+        FIREWALL: 2 + 2 + 2 + 4,  # router WAN (peers' tunnel and ICMP folded, admin SSH and ICMP), router LAN, client
     }
+    assert peers >= 1
 
 
 # --- pure helpers --------------------------------------------------------------------------------------------------
@@ -509,7 +516,7 @@ def test_building_blocks_without_the_overlay() -> None:
     assert wan_nic["accessConfigs"] == [{"natIp": gcp_mock.mock_address("edge-ip-address"), "networkTier": "PREMIUM"}]
     assert lan_nic["stackType"] == "IPV4_ONLY" and "accessConfigs" not in lan_nic
     assert vm.inputs["canIpForward"] is False
-    assert "metadata" not in vm.inputs
+    assert vm.inputs["metadata"] == {"block-project-ssh-keys": "TRUE"}
     assert vm.ignore_changes == ("bootDisk.initializeParams.image",)
     assert {tuple(r.inputs["sourceRanges"]) for r in run.of_type(FIREWALL)} == {("203.0.113.0/24",), ("2001:db8::/32",)}
 
@@ -537,4 +544,80 @@ def test_firewall_refuses_world_source_known_only_at_run_time() -> None:
         gcp.GcpFirewall("late", gcp.GcpFirewallArgs(network="net", rules=[gcp.GcpFirewallRule("late", "udp", source, ports=("4789",))]))
 
     with pytest.raises(Exception, match="whole internet"):
+        run_standalone(program)
+
+
+# --- findings of the pre-deployment review (docs/platform-review/gcp.md) -----------------------------------------------------
+
+
+def test_the_guest_agent_is_told_to_keep_host_keys_and_make_no_accounts(run: ProgramRun) -> None:
+    """G1: google-guest-agent regenerates /etc/ssh/ssh_host_*_key at first boot (set_host_keys defaults to true),
+    under the key every push pins. The payload writes its config (before the agent starts) turning that and its
+    accounts daemon off; the pinned key itself lives outside /etc/ssh/ssh_host_* (cloudinit/render.py)."""
+    for vm in run.of_type(INSTANCE):
+        files, _ = read_payload(vm.inputs["metadata"]["user-data"])
+        by_path = {f.path: f for f in files}
+        cfg = by_path["/etc/default/instance_configs.cfg"]
+        assert cfg.mode == 0o644
+        parsed = configparser.ConfigParser()
+        parsed.read_string(cfg.content.decode())
+        assert parsed["InstanceSetup"]["set_host_keys"] == "false"
+        assert parsed["Daemons"]["accounts_daemon"] == "false"
+        assert "NetworkInterfaces" not in parsed  # the agent still configures the router's LAN NIC
+        assert not [p for p in by_path if re.fullmatch(r"/etc/ssh/ssh_host_[^/]*", p)]
+        assert any(f.content.decode().startswith("HostKey ") for f in files if f.path.startswith("/etc/ssh/sshd_config.d/"))
+
+
+def test_no_account_can_come_from_ssh_keys_metadata(run: ProgramRun) -> None:
+    """G2: the agent makes every ssh-keys user (instance or project-wide) a passwordless sudoer: the VMs carry no
+    ssh-keys and block the project's."""
+    for vm in run.of_type(INSTANCE):
+        metadata = vm.inputs["metadata"]
+        assert "ssh-keys" not in metadata and "sshKeys" not in metadata
+        assert metadata["block-project-ssh-keys"] == "TRUE"
+
+
+def test_a_hubs_peer_rules_are_folded_per_site_id_block() -> None:
+    """G3: firewall rules count per project (a quota reported at 100): the peers' rules are one rule per kind and
+    block of 250 siteIds, so a hub holds as many rules as a spoke."""
+    sites = {"gcpa": SITES["gcpa"], "gcpb": SITES["gcpb"], "gcpc": SITES["gcpc"]}
+    raw = gcp_config(sites=sites, overlayIpv4="10.250.0.0/15")
+    raw["sites"]["gcpc"]["siteId"] = 300  # the second block of 250
+    run = run_for(raw)
+    ips = public_ips(run)
+    wan = firewalls(run, "gcpa-router", "wan")
+    assert set(wan) == {
+        "tunnel-from-peers-4789",
+        "icmp-from-peers",
+        "tunnel-from-peers2-4789",
+        "icmp-from-peers2",
+        "ssh-admin-22",
+        "icmp-admin",
+    }
+    assert wan["tunnel-from-peers-4789"]["sourceRanges"] == [f"{ips['gcpb']}/32"]
+    assert wan["tunnel-from-peers2-4789"]["sourceRanges"] == [f"{ips['gcpc']}/32"]
+    assert wan["icmp-from-peers2"]["description"] == "ping and path-MTU errors from the peer routers"
+    assert gcp_limits.peer_block(250) == 0 and gcp_limits.peer_block(251) == 1 and gcp_limits.peer_block(999) == 3
+
+
+def test_a_999_site_hub_stays_within_the_firewall_limits() -> None:
+    """G3: the largest stack the config allows (siteIds 1-999) with a GCP hub: check_limits finds nothing, and the hub's
+    WAN network gets 4 folded rule pairs of at most 250 peers each (below the 256 source ranges a rule takes)."""
+    from bench.configs import stack_with_sites
+
+    raw = stack_with_sites({f"g{i}": ("gcp", i) for i in range(1, 1000)}, "g1", overlayIpv4="10.248.0.0/14")
+    plan = build_plan(parse_config(raw))
+    assert gcp_limits.site_checks(plan, "g1") == []
+    wan = gcp_limits.node_policies(plan, "g1")[("g1-router", "wan")]
+    assert len(wan) == 2 * 4 + 2
+    assert max(len(r.sources) for r in wan) == 250 <= gcp_limits.SOURCE_RANGES_PER_RULE.value
+
+
+def test_a_firewall_rule_with_too_many_sources_is_refused() -> None:
+    rule = gcp.GcpFirewallRule("many", "udp", [f"10.0.{i // 256}.{i % 256}/32" for i in range(257)], ports=("4789",))
+
+    def program() -> None:
+        gcp.GcpFirewall("big", gcp.GcpFirewallArgs(network="net", rules=[rule]))
+
+    with pytest.raises(ValueError, match="257 source ranges"):
         run_standalone(program)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import base64
+import gzip
 import ipaddress
+import os
 from collections import Counter
 from pathlib import Path
 from types import SimpleNamespace
@@ -12,12 +14,13 @@ from typing import Any
 import pytest
 import yaml
 
-from cloudinit.render import payload_node_config
+from cloudinit.render import LOGIN_USER, payload_node_config
 from components.clouds import oci as oci_site
+from components.clouds import oci_limits
 from components.config import parse_config
-from components.plan import Plan, build_plan, node_config
-from components.security import is_open_to_world, scoped_source
-from tests.harness import ProgramRun, Registered, mock_pair_keys, run_cached
+from components.plan import Plan, bootstrap_config, build_plan
+from components.security import IngressRule, is_open_to_world, scoped_source
+from tests.harness import ProgramRun, Registered, run_cached, run_program
 from tests.mockdata import oci as oci_mock
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -29,7 +32,8 @@ DEFAULT_LIST = "oci:Core/defaultSecurityList:DefaultSecurityList"
 SUBNET = "oci:Core/subnet:Subnet"
 VCN = "oci:Core/vcn:Vcn"
 PROVIDER = "pulumi:providers:oci"
-ASSIGN = "command:local:Command"
+LOCAL_COMMAND = "command:local:Command"
+NSG = "oci:Core/networkSecurityGroup:NetworkSecurityGroup"
 GET_PRIVATE_IPS = "oci:Core/getPrivateIps:getPrivateIps"
 SITES = {"ocia": "eu-frankfurt-1", "ocib": "uk-london-1", "ocic": "us-ashburn-1", "ocid": "ap-tokyo-1"}
 COMPARTMENT = "ocid1.compartment.oc1..aaaaaaaaexampleexampleexample"
@@ -54,10 +58,7 @@ def oci_config(sites: tuple[str, ...] = ("ocia", "ocib", "ocic"), hub: str = "oc
         if name in sites
     }
     raw["hub"] = hub
-    top.setdefault(
-        "encryption", "none"
-    )  # clear tunnels: this module checks the platform in detail; tests/test_platforms.py covers ipsec (the default) everywhere
-    raw.update(top)
+    raw.update(top)  # the stack's encryption: ipsec, the default users deploy
     return raw
 
 
@@ -117,7 +118,8 @@ def test_router_has_wan_primary_vnic_and_lan_vnic_attachment_both_forwarding(run
     assert primary["privateIp"] == node.wan_ip
     assert primary["skipSourceDestCheck"] is True
     assert primary["assignPublicIp"] == "false"  # a string in the SDK; the reserved address is assigned instead
-    assert primary["nsgIds"] == [f"{node.name}-policy-nsg-id"]
+    # Every NSG of the node's policy (oci_limits.NSG_GROUPS) on both VNICs.
+    assert primary["nsgIds"] == [f"{node.name}-policy-nsg-id", f"{node.name}-policy-icmp-nsg-id"]
 
     [attachment] = [a for a in run.of_type(VNIC_ATTACHMENT) if a.inputs["instanceId"] == instance.name + "-id"]
     secondary = attachment.inputs["createVnicDetails"]
@@ -125,7 +127,7 @@ def test_router_has_wan_primary_vnic_and_lan_vnic_attachment_both_forwarding(run
     assert secondary["privateIp"] == node.lan_ip
     assert secondary["skipSourceDestCheck"] is True
     assert secondary["assignPublicIp"] == "false"
-    assert secondary["nsgIds"] == [f"{node.name}-policy-nsg-id"]
+    assert secondary["nsgIds"] == primary["nsgIds"]
 
 
 @pytest.mark.parametrize("site", ["ocia", "ocib", "ocic"])
@@ -178,32 +180,53 @@ def test_site_settings_override_image_zone_and_sizes() -> None:
 
 
 @pytest.mark.parametrize("site", ["ocia", "ocib", "ocic"])
-def test_public_address_is_reserved_before_any_vm_and_assigned_to_the_router_primary_private_ip(
-    run: ProgramRun, plan: Plan, site: str
-) -> None:
+def test_public_address_is_reserved_and_created_assigned_to_the_router_primary_private_ip(run: ProgramRun, plan: Plan, site: str) -> None:
+    """Review F1: no OCI CLI. The PublicIp (declared by the site in prepare()) gets the router's primary private IP
+    through a deferred output, so OCI creates it assigned; an update of privateIpId moves it to a rebuilt router."""
     node = plan.router(site)
     assert node.wan_ip is not None
     [public_ip] = [r for r in run.of_type(PUBLIC_IP) if r.name == f"{site}-router-wan-ip"]
     assert public_ip.inputs["lifetime"] == "RESERVED"
-    assert "privateIpId" not in public_ip.inputs  # reserved unassigned in prepare(): no dependency on any VM
-    assert "privateIpId" in public_ip.ignore_changes  # the later assignment is not undone by an update/refresh
-    # Reserved by the site itself (prepare), not by the router component.
+    assert public_ip.inputs["privateIpId"] == oci_mock.private_ip_ocid(node.wan_ip)
+    assert "privateIpId" not in public_ip.ignore_changes  # a rebuilt router's new private IP is applied (moved)
+    assert not run.of_type(LOCAL_COMMAND)  # nothing runs outside the provider
+    # Declared by the site itself (prepare), not by the router component: its URN does not move.
     site_urn = next(r.urn for r in run.of_type("multicloud-overlay:index:Site") if r.name == site)
     assert run.named(f"{site}-router-wan").parent == site_urn
     assert run.outputs["publicIps"][site] == oci_mock.public_address(public_ip.name)
 
-    # After launch: the primary private IP of the WAN VNIC is looked up by the instance's private address ...
+    # After launch: the primary private IP of the WAN VNIC is looked up by the instance's private address.
     lookups = [args for token, args in run.invokes if token == GET_PRIVATE_IPS and args.get("subnetId") == f"{site}-net-wan-id"]
     assert lookups == [{"ipAddress": node.wan_ip, "subnetId": f"{site}-net-wan-id"}]
-    # ... and the reserved address is assigned to it.
-    assign = run.named(f"{node.name}-wan-ip-assign").inputs
-    expected = oci_site.assign_command(SITES[site], f"{public_ip.name}-id", oci_mock.private_ip_ocid(node.wan_ip))
-    assert assign["create"] == expected
-    assert f"--public-ip-id {public_ip.name}-id" in expected and f"--region {SITES[site]}" in expected
-    assert assign["triggers"] == [f"{public_ip.name}-id", oci_mock.private_ip_ocid(node.wan_ip)]
+    # The push of the router's config connects to that address: it waits for the assigned PublicIp.
+    push = run.named(f"{node.name}-config-apply")
+    assert public_ip.urn in push.depends_on
     summary = run.outputs["nodes"][node.name]
     assert summary["managementIp"] == run.outputs["publicIps"][site]
     assert summary["privateIps"] == {"wan": node.wan_ip, "lan": node.lan_ip}
+
+
+@pytest.mark.parametrize("site", ["ocia", "ocib", "ocic"])
+def test_config_push_waits_for_the_lan_vnic_attachment(run: ProgramRun, plan: Plan, site: str) -> None:
+    """Review F2: `overlay-node push` configures the LAN VNIC; the push must not run before it is attached."""
+    router, client = plan.router(site).name, plan.client(site).name
+    push = run.named(f"{router}-config-apply")
+    assert run.named(f"{router}-vm-lan-vnic").urn in push.depends_on
+    assert run.named(f"{router}-vm-instance").urn in push.depends_on
+    assert run.named(f"{client}-vm-instance").urn in run.named(f"{client}-config-apply").depends_on
+
+
+@pytest.mark.timeout(120)  # the regression is a hang: fail it quickly
+def test_a_router_that_fails_to_build_fails_the_program_instead_of_hanging(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The reserved address waits for a deferred private IP: if a router is never built, it must fail, not wait; the
+    first OCI router's failure also fails the second site's address (its deploy never runs)."""
+
+    def broken(self: oci_site.OciSite, spec: Any) -> Any:
+        raise ValueError(f"no router for {spec.node.name}")
+
+    monkeypatch.setattr(oci_site.OciSite, "_router", broken)
+    with pytest.raises(Exception, match="no router for ocia-router"):
+        run_program(oci_config(("ocia", "ocib")))
 
 
 def test_mocked_public_addresses_are_distinct_documentation_addresses(run: ProgramRun) -> None:
@@ -277,6 +300,40 @@ def test_ssh_only_from_the_admin_range_and_protocol_numbers(run: ProgramRun, pla
                 assert port_of(r) is None and "icmpOptions" not in r  # every ICMP type, incl. fragmentation needed
 
 
+def test_icmp_rules_sit_in_their_own_nsg_and_the_rest_with_the_egress_rules(run: ProgramRun, plan: Plan) -> None:
+    """Review F3: the rules of a node are split by kind (oci_limits.nsg_group), never by position."""
+    for node in plan.nodes:
+        rules = {
+            r.name.removeprefix(f"{node.name}-policy-"): r.inputs
+            for r in run.of_type(NSG_RULE)
+            if r.name.startswith(f"{node.name}-policy-")
+        }
+        assert rules
+        for name, inputs in rules.items():
+            icmp = inputs["protocol"] in ("1", "58")
+            want = f"{node.name}-policy-icmp-nsg-id" if icmp else f"{node.name}-policy-nsg-id"
+            assert inputs["networkSecurityGroupId"] == want, (node.name, name)
+        nsgs = {r.name for r in run.of_type(NSG) if r.name.startswith(f"{node.name}-policy-")}
+        assert nsgs == {f"{node.name}-policy-nsg", f"{node.name}-policy-icmp-nsg"}
+
+
+def test_a_hundred_peer_hub_fits_oci_nsgs_and_117_do_not() -> None:
+    """Review F3: one NSG held 2 x peers + 6 rules (over 120 from 58 peers); split, each NSG holds at most peers + 4."""
+    for peers, fits in ((99, True), (116, True), (117, False)):
+        rules = [IngressRule(f"tunnel-from-p{i}", "udp", 4789, f"203.0.113.{i % 250}/32", 4, "vxlan") for i in range(peers)]
+        rules += [IngressRule(f"icmp-from-p{i}", "icmp", None, f"203.0.113.{i % 250}/32", 4, "ping") for i in range(peers)]
+        rules += [
+            IngressRule("tunnel-from-lan", "udp", 4789, "10.1.2.0/24", 4, "vxlan"),
+            IngressRule("icmp-from-lan", "icmp", None, "10.1.2.0/24", 4, "ping"),
+            IngressRule("ssh-admin", "tcp", 22, "198.51.100.7/32", 4, "ssh"),
+            IngressRule("icmp-admin", "icmp", None, "198.51.100.7/32", 4, "ping"),
+        ]
+        counts = oci_limits.nsg_rule_counts(rules)
+        assert sum(counts.values()) == len(rules) + 2
+        assert (max(counts.values()) <= oci_limits.NSG_RULES_MAX.value) is fits, (peers, counts)
+        assert len(counts) <= oci_limits.NSGS_PER_VNIC.value
+
+
 def test_security_policy_refuses_world_sources() -> None:
     assert scoped_source("198.51.100.7/32", "ssh-admin") == "198.51.100.7/32"
     for world in ("0.0.0.0/0", "::/0"):
@@ -289,20 +346,34 @@ def test_security_policy_refuses_world_sources() -> None:
 
 
 @pytest.mark.parametrize("protocol", ["vxlan", "geneve"])
-def test_user_data_is_the_base64_payload_of_each_node(protocol: str) -> None:
+def test_user_data_is_the_gzip_base64_bootstrap_payload_of_each_node(protocol: str) -> None:
+    """Review F4: gzip+base64 (the Oracle datasource base64-decodes, cloud-init decompresses), the node's bootstrap
+    config, the login user's keys in the payload and no ssh_authorized_keys in the metadata."""
     raw = oci_config(protocol=protocol)
     run, plan = run_for(raw), plan_for(raw)
-    public_ips: dict[str, str] = run.outputs["publicIps"]
     for node in plan.nodes:
         instance = run.named(f"{node.name}-vm-instance")
         metadata = instance.inputs["metadata"]
-        assert metadata["ssh_authorized_keys"] == plan.config.ssh_public_key
-        user_data = base64.b64decode(metadata["user_data"]).decode()
+        assert set(metadata) == {"user_data"}
+        sent = base64.b64decode(metadata["user_data"])
+        assert sent[:2] == b"\x1f\x8b"
+        user_data = gzip.decompress(sent).decode()
+        assert oci_limits.metadata_size(metadata) <= oci_limits.METADATA_MAX_BYTES.value
         doc = payload_node_config(user_data)
-        assert doc == node_config(plan, node.name, public_ips, pair_keys=mock_pair_keys(plan))
+        assert doc == bootstrap_config(plan, node.name)
         assert doc["open_host_firewall"] is True
         assert doc["lan"]["configure"] is (node.kind == "router")
         assert doc["forwarding"] is (node.kind == "router")
+        assert f"name: {LOGIN_USER}" in user_data and plan.config.ssh_public_key in user_data
+
+
+def test_metadata_over_32000_bytes_is_refused() -> None:
+    text = "#cloud-config\n" + os.urandom(30_000).hex()  # hex of random bytes: gzip halves it at best
+    with pytest.raises(ValueError, match="over OCI's 32,000"):
+        oci_site.instance_metadata([text, None])
+    small = oci_site.instance_metadata(["#cloud-config\n", "ssh-ed25519 AAAA k"])
+    assert set(small) == {"ssh_authorized_keys", "user_data"}
+    assert gzip.decompress(base64.b64decode(small["user_data"])) == b"#cloud-config\n"
 
 
 def test_instances_ignore_user_data_changes(run: ProgramRun) -> None:
@@ -310,6 +381,8 @@ def test_instances_ignore_user_data_changes(run: ProgramRun) -> None:
     assert len(instances) == 6
     for instance in instances:
         assert oci_site.OciSite.user_data_property in instance.ignore_changes
+        # Review F5: OCI rejects any change of either key after launch.
+        assert "metadata.ssh_authorized_keys" in instance.ignore_changes
     assert oci_site.OciSite.user_data_property == "metadata.user_data"
 
 
@@ -351,12 +424,12 @@ def test_resources_per_site(run: ProgramRun) -> None:
         DEFAULT_LIST: 1,
         SUBNET: 2,
         PUBLIC_IP: 1,
-        "oci:Core/networkSecurityGroup:NetworkSecurityGroup": 2,
+        NSG: 2 * 2,  # main + icmp per node
         NSG_RULE: 6 + 4 + 2 * 2,
         INSTANCE: 2,
         VNIC_ATTACHMENT: 1,
     }
-    assert len([r for r in site_resources(run, "ocib") if r.type == ASSIGN]) == 1
+    assert not [r for r in site_resources(run, "ocib") if r.type == LOCAL_COMMAND]
 
 
 def test_network_is_dual_stack_with_routes_for_both_families(run: ProgramRun) -> None:
@@ -395,9 +468,3 @@ def test_primary_private_ip_id_picks_the_primary_with_that_address() -> None:
     assert oci_site.primary_private_ip_id(ips, "10.1.1.10") == "primary"
     with pytest.raises(ValueError):
         oci_site.primary_private_ip_id(ips[:2], "10.1.1.10")
-
-
-def test_assign_command_quotes_its_arguments() -> None:
-    cmd = oci_site.assign_command("eu-frankfurt-1", "ocid1.publicip.oc1..a", "ocid1.privateip.oc1..b; rm -rf /")
-    assert cmd.startswith("oci network public-ip update --region eu-frankfurt-1 --public-ip-id ocid1.publicip.oc1..a ")
-    assert "'ocid1.privateip.oc1..b; rm -rf /'" in cmd

@@ -7,6 +7,7 @@ import base64
 import copy
 import functools
 import ipaddress
+import os
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -16,13 +17,16 @@ import pytest
 import yaml
 from pulumi.runtime import rpc
 
-from cloudinit.render import StaticNic, payload_node_config
+from cloudinit.render import LOGIN_USER, StaticNic, payload_node_config
 from components.clouds import vsphere as vs
-from components.config import parse_config
-from components.plan import Plan, build_plan, node_config
+from components.clouds import vsphere_limits
+from components.config import ConfigError, parse_config
+from components.limits import check_limits, checked_plan
+from components.plan import Plan, bootstrap_config, build_plan
 from components.security import IngressRule, PeerRouter, is_open_to_world
 from components.stackfile import read_stack_file
-from tests.harness import ROOT, ProgramRun, Registered, mock_pair_keys, run_program, unsecret
+from tests import harness
+from tests.harness import ROOT, ProgramRun, Registered, run_program, unsecret
 from tests.mockdata import vsphere as mock
 
 DEV = read_stack_file(ROOT / "Pulumi.dev.yaml")
@@ -59,9 +63,7 @@ def raw_config(hub: str = "vspa", names: tuple[str, ...] = SITE_NAMES) -> dict[s
     sites = {name: vsphere_site(name, i) for i, name in enumerate(names, 1)}
     # One site with explicit gateways, DNS and sizes; the others use the defaults.
     sites["vspa"].update(wanGateway="10.11.1.254", mgmtGateway="10.11.3.254", dnsServers="10.11.3.53, 10.11.3.54", routerSize="4x8192")
-    raw.update(
-        hub=hub, sites=sites, encryption="none"
-    )  # clear tunnels: this module checks the platform in detail; tests/test_platforms.py covers ipsec (the default) everywhere
+    raw.update(hub=hub, sites=sites)  # the stack's encryption: ipsec, the default users deploy
     return raw
 
 
@@ -92,8 +94,8 @@ class Observed:
         return mock.network_result(port_group)["id"]
 
 
-def observe(raw: dict[str, Any]) -> Observed:
-    run = run_program(raw)
+def observe(raw: dict[str, Any], stack: str = "test") -> Observed:
+    run = run_program(raw, stack=stack)
     return Observed(
         run=run,
         raw=raw,
@@ -262,12 +264,13 @@ def test_guestinfo_user_data_is_the_nodes_payload(base: Observed) -> None:
             assert extra["guestinfo.metadata.encoding"] == "base64"
             assert set(extra) == {"guestinfo.userdata", "guestinfo.userdata.encoding", "guestinfo.metadata", "guestinfo.metadata.encoding"}
             user_data = decode(extra["guestinfo.userdata"])
-            assert payload_node_config(user_data) == node_config(base.plan, node, base.public_ips, pair_keys=mock_pair_keys(base.plan))
-            assert len(extra["guestinfo.userdata"]) < 64 * 1024
+            assert payload_node_config(user_data) == bootstrap_config(base.plan, node)
+            # The login user and its keys come from the payload (metadata public-keys stay empty).
+            assert f"name: {LOGIN_USER}" in user_data and str(base.raw["sshPublicKey"]) in user_data
+            assert len(extra["guestinfo.userdata"]) <= vsphere_limits.GUESTINFO_MAX_BYTES.value
 
 
 def test_guestinfo_metadata_gives_static_addresses_matched_by_the_vms_macs(base: Observed) -> None:
-    key = str(base.raw["sshPublicKey"])
     for site in SITE_NAMES:
         s = base.plan.config.site(site)
         mgmt = ipaddress.IPv4Network(str(s.settings["mgmtCidr"]))
@@ -276,7 +279,7 @@ def test_guestinfo_metadata_gives_static_addresses_matched_by_the_vms_macs(base:
             vm = base.vm(node_name)
             meta = yaml.safe_load(decode(extra_config(vm)["guestinfo.metadata"]))
             assert meta["instance-id"] == vs.instance_id(node) and meta["local-hostname"] == node_name
-            assert meta["public-keys"] == [key]
+            assert meta["public-keys"] == []  # the payload's users: entry carries the keys
             ethernets = meta["network"]["ethernets"]
             macs = [n["macAddress"] for n in vm.inputs["networkInterfaces"]]
             if node.kind == "router":
@@ -323,10 +326,51 @@ def test_explicit_provider_on_every_resource_and_invoke(base: Observed) -> None:
     assert all(f"{PROVIDER}::" in p for _, _, p in base.invokes), "no invoke may use the default provider"
 
 
-def test_vms_ignore_extra_config_and_clone_changes(base: Observed) -> None:
+def test_vms_ignore_extra_config_clone_and_template_derived_changes(base: Observed) -> None:
+    """Review V3: another template must not touch running VMs (guest id, SCSI type and firmware follow the template)."""
     vms = base.run.of_type(VM)
     assert len(vms) == 2 * len(SITE_NAMES)
-    assert all({"extraConfig", "clone"} <= set(r.ignore_changes) for r in vms)
+    assert all({"extraConfig", "clone", "guestId", "scsiType", "firmware"} <= set(r.ignore_changes) for r in vms)
+    assert all(not {"disks", "numCpus", "memory"} & set(r.ignore_changes) for r in vms)
+
+
+def test_a_template_with_vapp_options_is_refused_before_any_vm(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review V1: with an OVF environment, cloud-init's OVF datasource wins over guestinfo on Ubuntu."""
+    token = "vsphere:index/getVirtualMachine:getVirtualMachine"
+    monkeypatch.setitem(harness.INVOKES, token, {**mock.INVOKES[token], "vappTransports": ["com.vmware.guestInfo"]})
+    run = ProgramRun()
+    with pytest.raises(Exception, match="has vApp options enabled"):
+        run_program(raw_config(), into=run)
+    assert not run.of_type(VM)
+
+
+def test_template_problem_names_the_template_and_the_fix() -> None:
+    assert vsphere_limits.template_problem("ubuntu-24.04", []) is None
+    assert vsphere_limits.template_problem("ubuntu-24.04", None) is None
+    problem = vsphere_limits.template_problem("ubuntu-24.04", ["iso", "com.vmware.guestInfo"])
+    assert problem is not None
+    assert "'ubuntu-24.04'" in problem and "vApp Options" in problem and "https://github.com/canonical/cloud-init/pull/5912" in problem
+
+
+def test_vm_names_fit_vcenters_80_characters_whatever_the_stack_name() -> None:
+    """Review V2: `<project>-<stack>-<node>` over 80 characters failed at clone time; long ones are folded."""
+    assert vsphere_limits.vm_name("multicloud-overlay", "dev", "vspa-router") == "multicloud-overlay-dev-vspa-router"
+    long_stack = "production-eu-" + "x" * 60
+    names = {vsphere_limits.vm_name("multicloud-overlay", stack, "vspa-router") for stack in (long_stack, long_stack + "y")}
+    assert len(names) == 2  # distinct stacks keep distinct names
+    for name in names:
+        assert len(name) <= 80 and name.endswith("-vspa-router") and name.startswith("multicloud-overlay-production-eu-")
+    seen = observe(raw_config(names=("vspa", "vspb")), stack=long_stack)
+    for vm in seen.run.of_type(VM):
+        assert len(vm.inputs["name"]) <= vsphere_limits.VM_NAME_MAX.value
+        assert vm.inputs["name"] == vsphere_limits.vm_name("multicloud-overlay", long_stack, vm.name.removesuffix("-machine-vm"))
+
+
+def test_guestinfo_over_64_kib_is_refused() -> None:
+    """Review V4: a guestinfo value holds at most 64 KiB; the payload is checked as it is sent (base64)."""
+    assert len(vs.guestinfo_extra_config("#cloud-config\n", "instance-id: x\n")["guestinfo.userdata"]) < 100
+    with pytest.raises(ValueError, match=r"guestinfo\.userdata is [\d,]+ bytes \(base64\), over the 65,536"):
+        vs.guestinfo_extra_config("#cloud-config\n" + os.urandom(25_000).hex(), "instance-id: x\n")
 
 
 def tunnel_sources(seen: Observed, site: str) -> set[str]:
@@ -371,14 +415,21 @@ def test_adding_a_site_renames_nothing(base: Observed) -> None:
             assert extra_config(base.vm(node))["guestinfo.metadata"] == extra_config(bigger.vm(node))["guestinfo.metadata"]
 
 
-def test_a_bad_size_stops_the_program() -> None:
+@pytest.mark.parametrize("size", ["large", "2x4098", "65x4096"])
+def test_a_bad_size_stops_the_program_before_any_resource(size: str) -> None:
     raw = raw_config()
-    raw["sites"]["vspb"]["clientSize"] = "large"
+    raw["sites"]["vspb"]["clientSize"] = size
+    problems = check_limits(build_plan(parse_config(raw)))
+    assert len(problems) == 1 and problems[0].startswith("vsphere site `vspb`: sites.vspb.clientSize = ")
+    run = ProgramRun()
     with pytest.raises(Exception, match=r"sites\.vspb\.clientSize"):
-        observe(raw)
+        run_program(raw, into=run)
+    assert run.resources == []
+    with pytest.raises(ConfigError):
+        checked_plan(parse_config(raw))
 
 
-def test_a_hub_swap_changes_no_vm_input_but_the_ignored_user_data() -> None:
+def test_a_hub_swap_changes_no_vm_input() -> None:
     def vm_inputs(seen: Observed) -> dict[str, Any]:
         out: dict[str, Any] = {}
         for r in seen.run.of_type(VM):
@@ -391,5 +442,6 @@ def test_a_hub_swap_changes_no_vm_input_but_the_ignored_user_data() -> None:
 
     before, after = observed("vspa"), observed("vspb")
     assert vm_inputs(before) == vm_inputs(after)
+    # The bootstrap user-data names no peer: a hub swap changes no VM input at all (the push carries the change).
     changed = {r.name for r in after.run.of_type(VM) if extra_config(r) != extra_config(before.run.named(r.name))}
-    assert changed == {"vspa-router-machine-vm", "vspb-router-machine-vm", "vspc-router-machine-vm"}, "only routers' peers change"
+    assert changed == set()

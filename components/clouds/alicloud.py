@@ -2,10 +2,12 @@
 
 Building blocks, each usable on its own:
 - `AlicloudNetwork`: VPC (IPv6 enabled) with a WAN and a LAN vSwitch in one zone, optional IPv6 gateway.
-- `AlicloudSecurityPolicy`: one security group and one rule per ingress rule (nic_type intranet, as a VPC needs).
+- `AlicloudSecurityPolicy`: one security group per rule kind (alicloud_limits.pack_rules: ICMP apart from the rest),
+  one rule per ingress rule (nic_type intranet, as a VPC needs). A group holds at most 200 rules and an ENI may be
+  in 5 groups (alicloud_limits; check_limits refuses a stack that would overflow one before any resource exists).
 - `AlicloudPublicAddress`: a reserved elastic IP (EIP).
 - `AlicloudMachine`: an ECS instance (primary ENI on one vSwitch), an optional secondary ENI attached after launch
-  and an optional EIP binding.
+  and either an EIP binding or an instance public IP (`public_bandwidth_out`).
 
 `AlicloudSite` wires them for an overlay site. Platform facts it relies on:
 - `ecs.SecurityGroupRule.nic_type` defaults to `internet`, which a VPC security group refuses: always `intranet`.
@@ -17,28 +19,42 @@ Building blocks, each usable on its own:
   explicitly on the router's primary and secondary ENI. The OS still has to forward (the payload sets the sysctls).
 - `NodeResources.machine` is the `AlicloudMachine` component, so a later step that depends on it (the in-place config
   push over SSH) waits for the instance, the LAN ENI attachment and the EIP binding alike.
-- `ecs.Instance.user_data`: base64 is the documented, recommended encoding; at most 16 KB before encoding in the
-  older documentation (32 KB in the current one): the payload goes gzip-compressed (cloud-init decompresses it). A change reboots the instance, so user data (and the image) are
-  in ignore_changes: later config is pushed in place.
+- `ecs.Instance.user_data`: base64 is the documented, recommended encoding; at most 32 KB before encoding
+  (alicloud_limits.USER_DATA_MAX_BYTES): the payload goes gzip-compressed (cloud-init decompresses it). A change
+  reboots the instance, so user data (and the image) are in ignore_changes: later config is pushed in place.
+- Quotas: 20 EIPs per account and 10 VPCs per region by default (alicloud_limits): only the router gets an EIP (its
+  address must survive a rebuilt VM); the client, which only needs a management address, gets an instance public IP.
+- The router type must allow two ENIs: `ecs.get_instance_types(instance_type=..., eni_amount=2)` confirms it before
+  the instance is created (the provider keeps only types with at least `eni_amount` ENIs that the region sells:
+  https://github.com/aliyun/terraform-provider-alicloud/blob/master/alicloud/data_source_alicloud_instance_types.go).
 """
 
 from __future__ import annotations
 
+import base64
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import pulumi
 import pulumi_alicloud as alicloud
 
-from cloudinit.render import compressed_user_data
+from components.clouds import alicloud_limits
 from components.clouds.base import NodeResources, NodeSpec, PlatformSite, ResolvedRule, SiteContext
+from components.limits import user_data_as_sent
 from components.security import IngressRule, scoped_source
 
 TOKEN = "multicloud-overlay:alicloud"
 # 2 vCPU / 8 GiB, up to 2 ENIs (primary + one secondary): enough for a router's WAN and LAN NIC.
 DEFAULT_INSTANCE_TYPE = "ecs.g6.large"
-UBUNTU_NAME_REGEX = "^ubuntu_24_04"
+# Canonical's x86_64 system images, e.g. ubuntu_24_04_x64_20G_alibase_20240923.vhd (name == id); not the UEFI, ARM
+# or other variants, whose names differ. name_regex is matched against ImageName with Go's regexp:
+# https://github.com/aliyun/terraform-provider-alicloud/blob/master/alicloud/data_source_alicloud_images.go
+UBUNTU_NAME_REGEX = r"^ubuntu_24_04_x64_20G_alibase_\d{8}\.vhd$"
 UBUNTU_OWNERS = "system"
 EIP_BANDWIDTH_MBPS = "100"
+# The client's instance public IP (management and package downloads): pay-by-traffic with this bandwidth cap, Mbit/s
+# (internet_max_bandwidth_out: 0..100, https://www.pulumi.com/registry/packages/alicloud/api-docs/ecs/instance/).
+CLIENT_BANDWIDTH_MBPS = 50
 SYSTEM_DISK_CATEGORY = "cloud_essd"
 # Index of each vSwitch's /64 inside the VPC's IPv6 /56 (Switch.ipv6_cidr_block_mask).
 WAN_IPV6_INDEX = 1
@@ -51,9 +67,14 @@ ANY_PORT = "-1/-1"
 
 
 def encode_user_data(user_data: str) -> str:
-    """Base64 (the encoding Alibaba documents for ecs.Instance user data) of the gzip-compressed #cloud-config:
-    within the 16 KB of older ECS documentation too; cloud-init decompresses it."""
-    return compressed_user_data(user_data)
+    """Base64 (the encoding Alibaba documents for ecs.Instance user data) of the gzip-compressed #cloud-config
+    (cloud-init decompresses it), exactly as limits.user_data_as_sent measures it; refused above the documented
+    32 KB before base64 (alicloud_limits.USER_DATA_MAX_BYTES)."""
+    sent = user_data_as_sent(user_data, alicloud_limits.LIMITS.user_data_encoding)
+    problem = alicloud_limits.user_data_problem(len(base64.b64decode(sent)))
+    if problem:
+        raise ValueError(problem)
+    return sent
 
 
 def port_range(rule: IngressRule) -> str:
@@ -69,8 +90,29 @@ def first_image_id(result: alicloud.ecs.GetImagesResult) -> str:
 
 def first_zone_id(result: alicloud.GetZonesResult) -> str:
     if not result.zones:
-        raise ValueError("no Alibaba zone offers vSwitches and the requested instance type in this region")
+        raise ValueError("no Alibaba zone offers vSwitches, the requested instance type and ESSD disks in this region")
     return result.zones[0].id
+
+
+def common_zone_id(results: Sequence[alicloud.GetZonesResult]) -> str:
+    """Apply callback: the first zone (in the first answer's order) that every getZones answer lists."""
+    first, *others = results
+    for zone in first.zones:
+        if all(any(z.id == zone.id for z in other.zones) for other in others):
+            return zone.id
+    raise ValueError("no Alibaba zone in this region offers vSwitches, ESSD disks and both the router's and the client's instance type")
+
+
+def require_enis(result: alicloud.ecs.GetInstanceTypesResult, instance_type: str, enis: int) -> str:
+    """Apply callback of getInstanceTypes(instance_type, eni_amount=enis): the type, if the region sells it with at
+    least `enis` ENIs (the provider drops types with fewer, and sold-out ones)."""
+    found = [t for t in result.instance_types if t.id == instance_type and t.eni_quantity >= enis]
+    if not found:
+        raise ValueError(
+            f"instance type {instance_type} is not sold in this region with at least {enis} ENIs (the router needs a WAN and "
+            "a LAN ENI): set routerSize to a type that allows 2 or more, e.g. ecs.g6.large"
+        )
+    return instance_type
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -140,35 +182,52 @@ class AlicloudNetwork(pulumi.ComponentResource):
 @dataclass
 class AlicloudSecurityPolicyArgs:
     vpc_id: pulumi.Input[str]
-    """VPC of the security group."""
+    """VPC of the security groups."""
     rules: list[ResolvedRule]
     """Ingress rules, each with a resolved source CIDR; nothing else is admitted inbound (egress stays open)."""
     description: str = "multicloud-overlay node ingress"
-    """Description of the security group."""
+    """Description of the security groups (2..256 characters, not starting with http:// or https://)."""
 
 
 class AlicloudSecurityPolicy(pulumi.ComponentResource):
-    """A security group with exactly the given ingress rules, one rule resource each, named after the rule."""
+    """Security groups with exactly the given ingress rules, one rule resource each, named after the rule.
+
+    One group per rule kind (alicloud_limits.GROUP_KINDS: "main" with the tunnels and SSH, "icmp"), each under
+    Alibaba's 200 rules per group up to 198 peers; put every id of `security_group_ids` on each ENI of the node.
+    """
 
     def __init__(self, name: str, args: AlicloudSecurityPolicyArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__(f"{TOKEN}:AlicloudSecurityPolicy", name, None, opts)
         child = pulumi.ResourceOptions(parent=self)
-        self.group = alicloud.ecs.SecurityGroup(
-            f"{name}-sg",
-            security_group_name=name,
-            vpc_id=args.vpc_id,
-            description=args.description,
-            # Members of the group do not admit each other implicitly: only the rules below admit anything.
-            inner_access_policy="Drop",
-            opts=child,
-        )
+        packed = alicloud_limits.pack_rules(r.rule for r in args.rules)
+        for kind, members in packed.items():
+            if len(members) > alicloud_limits.GROUP_RULES_MAX.value:
+                raise ValueError(
+                    f"{name}: the {kind} security group would hold {len(members)} rules, over Alibaba's "
+                    f"{alicloud_limits.GROUP_RULES_MAX.value} ({alicloud_limits.GROUP_RULES_MAX.source})"
+                )
+        self.groups: dict[alicloud_limits.GroupKind, alicloud.ecs.SecurityGroup] = {
+            kind: alicloud.ecs.SecurityGroup(
+                f"{name}-sg" if kind == "main" else f"{name}-{kind}-sg",
+                security_group_name=alicloud_limits.security_group_name(name, kind),
+                vpc_id=args.vpc_id,
+                description=args.description if kind == "main" else f"{args.description} ({kind})",
+                # Members of the group do not admit each other implicitly: only the rules below admit anything.
+                inner_access_policy="Drop",
+                opts=child,
+            )
+            for kind in alicloud_limits.GROUP_KINDS
+        }
+        self.group = self.groups["main"]
         self.rules: dict[str, alicloud.ecs.SecurityGroupRule] = {}
         for resolved in args.rules:
             rule = resolved.rule
+            if rule.name in self.rules:
+                raise ValueError(f"two ingress rules are named {rule.name}")
             source = pulumi.Output.from_input(resolved.source).apply(scoped_source)
             self.rules[rule.name] = alicloud.ecs.SecurityGroupRule(
                 f"{name}-{rule.name}",
-                security_group_id=self.group.id,
+                security_group_id=self.groups[alicloud_limits.group_of(rule)].id,
                 type="ingress",
                 nic_type="intranet",
                 policy="accept",
@@ -180,7 +239,10 @@ class AlicloudSecurityPolicy(pulumi.ComponentResource):
                 opts=child,
             )
         self.security_group_id: pulumi.Output[str] = self.group.id
-        self.register_outputs({"securityGroupId": self.security_group_id, "rules": sorted(self.rules)})
+        self.security_group_ids: list[pulumi.Output[str]] = [g.id for g in self.groups.values()]
+        self.register_outputs(
+            {"securityGroupId": self.security_group_id, "securityGroupIds": self.security_group_ids, "rules": sorted(self.rules)}
+        )
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -238,8 +300,8 @@ class SecondaryNic:
 class AlicloudMachineArgs:
     image_id: pulumi.Input[str]
     """ECS image id (e.g. from ecs.get_images)."""
-    instance_type: str
-    """ECS instance type; with a secondary NIC it must allow 2+ ENIs."""
+    instance_type: pulumi.Input[str]
+    """ECS instance type; with a secondary NIC it must allow 2+ ENIs (see require_enis)."""
     vswitch_id: pulumi.Input[str]
     """vSwitch of the primary ENI."""
     private_ip: str
@@ -251,11 +313,15 @@ class AlicloudMachineArgs:
     host_name: str | None = None
     """Instance name and OS host name (default: the component name)."""
     key_pair_name: pulumi.Input[str] | None = None
-    """ECS key pair installed for the image's login user."""
+    """ECS key pair installed for the image's login user (root): ImportKeyPair takes RSA, DSA and ECDSA keys only,
+    no ed25519. The overlay uses none (its payload creates its own login user)."""
     secondary_nic: SecondaryNic | None = None
     """Second ENI to attach after launch (None: one NIC)."""
     eip_allocation_id: pulumi.Input[str] | None = None
-    """EIP to bind to the instance (its primary ENI), NAT mode."""
+    """EIP to bind to the instance (its primary ENI), NAT mode. Excludes public_bandwidth_out."""
+    public_bandwidth_out: int = 0
+    """Mbit/s (1..100) of an instance public IPv4, charged by traffic; 0: none (bind an EIP instead, or stay private).
+    Such an address does not outlive the instance, but costs no EIP quota."""
     forwarding: bool = False
     """Turn the ENIs' source/destination check off (a router)."""
     system_disk_category: str = SYSTEM_DISK_CATEGORY
@@ -270,6 +336,8 @@ class AlicloudMachine(pulumi.ComponentResource):
     user_data_property = "userData"
 
     def __init__(self, name: str, args: AlicloudMachineArgs, opts: pulumi.ResourceOptions | None = None) -> None:
+        if args.public_bandwidth_out and args.eip_allocation_id is not None:
+            raise ValueError(f"{name}: an instance with a public IP of its own cannot have an EIP bound (NAT mode)")
         super().__init__(f"{TOKEN}:AlicloudMachine", name, None, opts)
         child = pulumi.ResourceOptions(parent=self)
         self.instance = alicloud.ecs.Instance(
@@ -282,8 +350,9 @@ class AlicloudMachine(pulumi.ComponentResource):
             private_ip=args.private_ip,
             security_groups=args.security_group_ids,
             source_dest_check=False if args.forwarding else None,
-            # No fixed public IP: the public address is an EIP bound below.
-            internet_max_bandwidth_out=0,
+            # No instance public IP unless asked for: the public address is then an EIP bound below (or none).
+            internet_max_bandwidth_out=args.public_bandwidth_out,
+            internet_charge_type="PayByTraffic" if args.public_bandwidth_out else None,
             system_disk_category=args.system_disk_category,
             key_name=args.key_pair_name,
             user_data=pulumi.Output.from_input(args.user_data).apply(encode_user_data),
@@ -294,8 +363,8 @@ class AlicloudMachine(pulumi.ComponentResource):
         nic = args.secondary_nic
         if nic is not None:
             self.secondary_nic = alicloud.ecs.EcsNetworkInterface(
-                f"{name}-{nic.role}",
-                network_interface_name=f"{name}-{nic.role}",
+                alicloud_limits.eni_name(name, nic.role),
+                network_interface_name=alicloud_limits.eni_name(name, nic.role),
                 vswitch_id=nic.vswitch_id,
                 primary_ip_address=nic.private_ip,
                 security_group_ids=nic.security_group_ids,
@@ -321,6 +390,7 @@ class AlicloudMachine(pulumi.ComponentResource):
         )
         self.instance_id: pulumi.Output[str] = self.instance.id
         self.private_ip: pulumi.Output[str] = self.instance.private_ip
+        self.public_ip: pulumi.Output[str] = self.instance.public_ip
         self.secondary_ip: pulumi.Output[str] | None = self.secondary_nic.primary_ip_address if self.secondary_nic else None
         self.register_outputs({"instanceId": self.instance_id, "privateIp": self.private_ip, "secondaryIp": self.secondary_ip})
 
@@ -345,21 +415,37 @@ class AlicloudSite(PlatformSite):
         self._image_id: pulumi.Output[str] | None = None
         self.network: AlicloudNetwork | None = None
         self.router_address: AlicloudPublicAddress | None = None
-        self.key_pair: alicloud.ecs.EcsKeyPair | None = None
 
     @property
     def provider(self) -> pulumi.ProviderResource:
         return self._provider
 
+    def _invoke_opts(self) -> pulumi.InvokeOutputOptions:
+        return pulumi.InvokeOutputOptions(provider=self.provider, parent=self.ctx.parent)
+
     def _zone_id(self) -> pulumi.Input[str]:
+        """A zone with vSwitches, ESSD system disks and both instance types (one getZones per distinct type)."""
         zone = self.ctx.site.setting("zone")
         if zone:
             return zone
-        return alicloud.get_zones_output(
-            available_resource_creation="VSwitch",
-            available_instance_type=self.router_type,
-            opts=pulumi.InvokeOutputOptions(provider=self.provider, parent=self.ctx.parent),
-        ).apply(first_zone_id)
+        answers = [
+            alicloud.get_zones_output(
+                available_resource_creation="VSwitch",
+                available_instance_type=instance_type,
+                available_disk_category=SYSTEM_DISK_CATEGORY,
+                opts=self._invoke_opts(),
+            )
+            for instance_type in dict.fromkeys((self.router_type, self.client_type))
+        ]
+        if len(answers) == 1:
+            return answers[0].apply(first_zone_id)
+        return pulumi.Output.all(*answers).apply(common_zone_id)
+
+    def _checked_router_type(self) -> pulumi.Output[str]:
+        """The router's instance type once the region confirms it sells it with 2 ENIs (the instance waits for it)."""
+        return alicloud.ecs.get_instance_types_output(
+            instance_type=self.router_type, eni_amount=alicloud_limits.ENIS_PER_ROUTER, opts=self._invoke_opts()
+        ).apply(lambda result: require_enis(result, self.router_type, alicloud_limits.ENIS_PER_ROUTER))
 
     @property
     def image_id(self) -> pulumi.Output[str]:
@@ -374,7 +460,8 @@ class AlicloudSite(PlatformSite):
                     most_recent=True,
                     architecture="x86_64",
                     os_type="linux",
-                    opts=pulumi.InvokeOutputOptions(provider=self.provider, parent=self.ctx.parent),
+                    is_support_cloud_init=True,
+                    opts=self._invoke_opts(),
                 ).apply(first_image_id)
             )
         return self._image_id
@@ -382,53 +469,48 @@ class AlicloudSite(PlatformSite):
     def prepare(self) -> pulumi.Output[str]:
         site = self.ctx.site
         self.network = AlicloudNetwork(
-            f"{self.name}-network",
+            alicloud_limits.network_name(self.name),
             AlicloudNetworkArgs(
                 cidr_block=str(site.vpc_cidr), wan_cidr=str(site.wan_cidr), lan_cidr=str(site.lan_cidr), zone_id=self._zone_id()
             ),
             self.child_opts(),
         )
-        self.key_pair = alicloud.ecs.EcsKeyPair(
-            f"{self.name}-ssh-key",
-            key_pair_name=f"{pulumi.get_project()}-{pulumi.get_stack()}-{self.name}",
-            public_key=self.ctx.ssh_public_key,
-            opts=self.child_opts(),
-        )
         router = self.ctx.plan.router(self.name)
-        self.router_address = AlicloudPublicAddress(f"{router.name}-public", AlicloudPublicAddressArgs(), self.child_opts())
+        self.router_address = AlicloudPublicAddress(
+            alicloud_limits.address_name(router.name), AlicloudPublicAddressArgs(), self.child_opts()
+        )
         return self.router_address.ip_address
 
-    def _require_prepared(self) -> tuple[AlicloudNetwork, AlicloudPublicAddress, alicloud.ecs.EcsKeyPair]:
-        if self.network is None or self.router_address is None or self.key_pair is None:
+    def _require_prepared(self) -> tuple[AlicloudNetwork, AlicloudPublicAddress]:
+        if self.network is None or self.router_address is None:
             raise RuntimeError("prepare() must run before router()/client()")
-        return self.network, self.router_address, self.key_pair
+        return self.network, self.router_address
 
     def _policy(self, spec: NodeSpec, network: AlicloudNetwork) -> AlicloudSecurityPolicy:
         return AlicloudSecurityPolicy(
-            f"{spec.node.name}-fw",
+            alicloud_limits.policy_name(spec.node.name),
             AlicloudSecurityPolicyArgs(vpc_id=network.vpc_id, rules=spec.rules, description=f"ingress of {spec.node.name}"),
             self.child_opts(spec.parent),
         )
 
     def router(self, spec: NodeSpec) -> NodeResources:
-        network, address, key_pair = self._require_prepared()
+        network, address = self._require_prepared()
         node = spec.node
         if node.wan_ip is None:
             raise ValueError(f"{node.name} has no planned WAN address")
         policy = self._policy(spec, network)
         machine = AlicloudMachine(
-            f"{node.name}-vm",
+            alicloud_limits.machine_name(node.name),
             AlicloudMachineArgs(
                 image_id=self.image_id,
-                instance_type=self.router_type,
+                instance_type=self._checked_router_type(),
                 vswitch_id=network.wan_switch_id,
                 private_ip=node.wan_ip,
-                security_group_ids=[policy.security_group_id],
+                security_group_ids=list(policy.security_group_ids),
                 user_data=spec.user_data,
                 host_name=node.name,
-                key_pair_name=key_pair.key_pair_name,
                 secondary_nic=SecondaryNic(
-                    vswitch_id=network.lan_switch_id, private_ip=node.lan_ip, security_group_ids=[policy.security_group_id]
+                    vswitch_id=network.lan_switch_id, private_ip=node.lan_ip, security_group_ids=list(policy.security_group_ids)
                 ),
                 eip_allocation_id=address.allocation_id,
                 forwarding=True,
@@ -444,27 +526,26 @@ class AlicloudSite(PlatformSite):
         )
 
     def client(self, spec: NodeSpec) -> NodeResources:
-        network, _, key_pair = self._require_prepared()
+        network, _ = self._require_prepared()
         node = spec.node
         policy = self._policy(spec, network)
-        address = AlicloudPublicAddress(f"{node.name}-public", AlicloudPublicAddressArgs(), self.child_opts(spec.parent))
+        # No EIP (20 per account by default): an instance public IP is enough for management.
         machine = AlicloudMachine(
-            f"{node.name}-vm",
+            alicloud_limits.machine_name(node.name),
             AlicloudMachineArgs(
                 image_id=self.image_id,
                 instance_type=self.client_type,
                 vswitch_id=network.lan_switch_id,
                 private_ip=node.lan_ip,
-                security_group_ids=[policy.security_group_id],
+                security_group_ids=list(policy.security_group_ids),
                 user_data=spec.user_data,
                 host_name=node.name,
-                key_pair_name=key_pair.key_pair_name,
-                eip_allocation_id=address.allocation_id,
+                public_bandwidth_out=CLIENT_BANDWIDTH_MBPS,
             ),
             self.child_opts(spec.parent),
         )
         return NodeResources(
-            management_ip=address.ip_address,
+            management_ip=machine.public_ip,
             private_ips={"lan": machine.private_ip},
             machine=machine,
             extra={"instanceId": machine.instance_id},

@@ -11,19 +11,37 @@ usable on their own; `AwsSite` wires them for one overlay site. Facts this modul
 - Security groups created by the provider have no egress rule: open egress is added explicitly, and rules are
   always separate `vpc.SecurityGroup*Rule` resources, never inline.
 - All ENIs of an instance must be in the instance's availability zone: both subnets are pinned to one zone.
+- A security group takes 60 inbound rules per IP family and an ENI 5 groups (default quotas): a node's rules are
+  spread over up to 5 groups by the peers' siteIds (aws_limits.security_group_placement), and check_limits refuses
+  a stack that would still overfill one before anything is created.
+- Security-group names may not start with `sg-` (a site named `sg`): groups are named by `name_prefix`, `overlay-...`.
+- No EC2 key pair: the payload creates the login user with its keys (the image's `ubuntu` is not created).
 """
 
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import pulumi
 import pulumi_aws as aws
 
 from cloudinit.render import compressed_user_data
+from components.clouds.aws_limits import (
+    GROUPS_PER_ENI,
+    LIMITS,
+    RULES_PER_GROUP,
+    group_rule_counts,
+    policy_description,
+    policy_name,
+    security_group_description,
+    security_group_name_prefix,
+    security_group_placement,
+    security_group_resource_name,
+)
 from components.clouds.base import NodeResources, NodeSpec, PlatformSite, ResolvedRule, SiteContext
+from components.limits import fullmatch
 from components.security import scoped_source
 
 # Canonical's AWS account and the name pattern of its Ubuntu 24.04 (noble) amd64 server images.
@@ -162,37 +180,87 @@ class AwsNetwork(pulumi.ComponentResource):
 @dataclass
 class AwsSecurityPolicyArgs:
     vpc_id: pulumi.Input[str]
-    """VPC of the security group."""
+    """VPC of the security groups."""
     rules: Sequence[ResolvedRule]
     """Ingress rules, one resource each, named after the rule (stable when other rules come and go). A source
     of 0.0.0.0/0 or ::/0 is refused."""
     description: str = "multicloud-overlay node"
-    """Description of the security group."""
+    """Description of the first security group; group k > 0 gets "<description> peers <k>". EC2 takes at most 255 of
+    a-zA-Z0-9, space and ._-:/()#,@[]+=&;{}!$* (aws_limits.LIMITS.rule_description_pattern), in rule descriptions too."""
     open_egress: bool = True
-    """Allow all outbound traffic (IPv4 and IPv6); AWS-created groups lose their default egress rule."""
+    """Allow all outbound traffic (IPv4 and IPv6), on the first group; AWS-created groups lose their default egress rule."""
+    placement: Mapping[str, int] | None = None
+    """Rule name -> index of the security group that holds it (0..max_groups-1; aws_limits.security_group_placement
+    for an overlay node). None: every rule in group 0. A group exists only when a rule is placed in it (group 0 always)."""
+    rules_per_group: int = RULES_PER_GROUP.value
+    """Inbound rules one group may hold per IP family (EC2's default quota, L-0EA8095F); more is refused up front."""
+    max_groups: int = GROUPS_PER_ENI.value
+    """Groups one ENI may carry (EC2's default quota, L-2AFB9258)."""
+
+
+def description_problems(name: str, args: AwsSecurityPolicyArgs) -> list[str]:
+    """Descriptions (groups and rules) EC2 would refuse at apply time, after other resources exist."""
+    pattern, longest = LIMITS.rule_description_pattern, LIMITS.rule_description_max
+    texts = [(f"group {k}", security_group_description(args.description, k)) for k in range(args.max_groups)]
+    texts += [(f"rule {r.rule.name}", r.rule.description) for r in args.rules]
+    return [
+        f"{name}: {what}: description {text!r} is one EC2 refuses (at most {longest.value if longest else '?'} of a-zA-Z0-9, "
+        f"space and ._-:/()#,@[]+=&;{{}}!$*; {pattern.source if pattern else ''})"
+        for what, text in texts
+        if not fullmatch(pattern, text) or (longest is not None and len(text) > longest.value)
+    ]
 
 
 class AwsSecurityPolicy(pulumi.ComponentResource):
-    """A security group with one vpc.SecurityGroupIngressRule per rule and open egress."""
+    """Security groups (as many as the placement asks, up to max_groups) with one vpc.SecurityGroupIngressRule per
+    rule and open egress. Everything EC2 would refuse (descriptions, rules per group) is refused before any
+    resource is registered."""
 
     def __init__(self, name: str, args: AwsSecurityPolicyArgs, opts: pulumi.ResourceOptions | None = None) -> None:
-        super().__init__("multicloud-overlay:aws:AwsSecurityPolicy", name, None, opts)
-        child = pulumi.ResourceOptions(parent=self)
-        self.group = aws.ec2.SecurityGroup(
-            f"{name}-group", vpc_id=args.vpc_id, description=args.description, tags={"Name": name}, opts=child
-        )
-        self.group_id: pulumi.Output[str] = self.group.id
         names = [r.rule.name for r in args.rules]
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
             raise ValueError(f"{name}: duplicate rule names {duplicates} (each names one resource)")
+        placement = {n: (args.placement or {}).get(n, 0) for n in names}
+        outside = sorted(n for n, k in placement.items() if not 0 <= k < args.max_groups)
+        if outside:
+            raise ValueError(f"{name}: rules {outside} are placed outside groups 0..{args.max_groups - 1}")
+        problems = description_problems(name, args)
+        counts = group_rule_counts([r.rule for r in args.rules], placement)
+        problems += [
+            f"{name}: security group {k} would hold {n} inbound IPv{family} rules, over {args.rules_per_group} "
+            f"({RULES_PER_GROUP.source}): raise the quota and rules_per_group, or place rules in other groups"
+            for k, families in counts.items()
+            for family, n in sorted(families.items())
+            if n > args.rules_per_group
+        ]
+        if problems:
+            raise ValueError("; ".join(problems))
+        super().__init__("multicloud-overlay:aws:AwsSecurityPolicy", name, None, opts)
+        child = pulumi.ResourceOptions(parent=self)
+        self.groups: dict[int, aws.ec2.SecurityGroup] = {
+            k: aws.ec2.SecurityGroup(
+                security_group_resource_name(name, k),
+                name_prefix=security_group_name_prefix(name, k),
+                vpc_id=args.vpc_id,
+                description=security_group_description(args.description, k),
+                tags={"Name": name if k == 0 else f"{name}-{k}"},
+                opts=child,
+            )
+            for k in counts
+        }
+        self.group = self.groups[0]
+        self.group_id: pulumi.Output[str] = self.group.id
+        self.group_ids: list[pulumi.Output[str]] = [g.id for g in self.groups.values()]
+        """Every group of the policy (group 0 first): what an ENI protected by it carries."""
+        self.placement: dict[str, int] = placement
         self.ingress: dict[str, aws.vpc.SecurityGroupIngressRule] = {}
         for rule in args.rules:
             match = rule_match(rule)
             source = pulumi.Output.from_input(rule.source).apply(scoped_source)
             self.ingress[rule.rule.name] = aws.vpc.SecurityGroupIngressRule(
                 f"{name}-in-{rule.rule.name}",
-                security_group_id=self.group.id,
+                security_group_id=self.groups[placement[rule.rule.name]].id,
                 ip_protocol=match.ip_protocol,
                 from_port=match.from_port,
                 to_port=match.to_port,
@@ -221,7 +289,7 @@ class AwsSecurityPolicy(pulumi.ComponentResource):
                     opts=child,
                 ),
             ]
-        self.register_outputs({"groupId": self.group_id, "ingressRules": sorted(self.ingress)})
+        self.register_outputs({"groupId": self.group_id, "groupIds": self.group_ids, "ingressRules": sorted(self.ingress)})
 
 
 # --- public address -----------------------------------------------------------------------------------------
@@ -277,7 +345,8 @@ class AwsMachineArgs:
     instance_type: str = DEFAULT_INSTANCE_TYPE
     """EC2 instance type; it must allow len(nics) ENIs."""
     key_name: pulumi.Input[str] | None = None
-    """EC2 key pair for the default user."""
+    """EC2 key pair for the image's default user (ImportKeyPair takes RSA and ED25519 only). The overlay uses none:
+    its payload creates the login user with its keys."""
     public_allocation_id: pulumi.Input[str] | None = None
     """Elastic IP allocation to associate with the first NIC (None: no public IPv4)."""
     internet_path: Sequence[pulumi.Resource] = field(default_factory=list)
@@ -289,7 +358,7 @@ class AwsMachine(pulumi.ComponentResource):
 
     #: Instance properties whose change would restart or replace a running node, fixed at creation: the user-data
     #: (later config is pushed in place), the image (the lookup finds a newer one every few weeks) and the key
-    #: pair (a new sshPublicKey replaces the key pair, and EC2 replaces an instance whose key name changes).
+    #: pair (EC2 replaces an instance whose key name changes; stacks made before the payload's login user had one).
     IGNORED_CHANGES = ("userDataBase64", "ami", "keyName")
 
     def __init__(self, name: str, args: AwsMachineArgs, opts: pulumi.ResourceOptions | None = None) -> None:
@@ -381,7 +450,6 @@ class AwsSite(PlatformSite):
         self._ami: pulumi.Output[str] | None = None
         self.network: AwsNetwork | None = None
         self.router_address: AwsPublicAddress | None = None
-        self.key_pair: aws.ec2.KeyPair | None = None
 
     @property
     def provider(self) -> pulumi.ProviderResource:
@@ -429,7 +497,6 @@ class AwsSite(PlatformSite):
             ),
             self.child_opts(),
         )
-        self.key_pair = aws.ec2.KeyPair(f"{site.name}-ssh-key", public_key=self.ctx.ssh_public_key, opts=self.child_opts())
         self.router_address = AwsPublicAddress(
             f"{site.name}-router-address",
             AwsPublicAddressArgs(description=f"{site.name} router WAN (tunnel endpoint)"),
@@ -437,15 +504,22 @@ class AwsSite(PlatformSite):
         )
         return self.router_address.public_ip
 
-    def _prepared(self) -> tuple[AwsNetwork, AwsPublicAddress, aws.ec2.KeyPair]:
-        if self.network is None or self.router_address is None or self.key_pair is None:
+    def _prepared(self) -> tuple[AwsNetwork, AwsPublicAddress]:
+        if self.network is None or self.router_address is None:
             raise RuntimeError(f"site {self.name}: prepare() runs before router() and client()")
-        return self.network, self.router_address, self.key_pair
+        return self.network, self.router_address
 
     def _policy(self, spec: NodeSpec, network: AwsNetwork) -> AwsSecurityPolicy:
+        """The node's security groups: peers' rules spread over groups by siteId (aws_limits, as check_limits saw)."""
+        site_ids = {s.name: s.site_id for s in self.ctx.plan.config.sites}
         return AwsSecurityPolicy(
-            f"{spec.node.name}-policy",
-            AwsSecurityPolicyArgs(vpc_id=network.vpc_id, rules=spec.rules, description=f"multicloud-overlay {spec.node.name}"),
+            policy_name(spec.node.name),
+            AwsSecurityPolicyArgs(
+                vpc_id=network.vpc_id,
+                rules=spec.rules,
+                description=policy_description(spec.node.name),
+                placement=security_group_placement([r.rule for r in spec.rules], site_ids),
+            ),
             self.child_opts(spec.parent),
         )
 
@@ -453,12 +527,12 @@ class AwsSite(PlatformSite):
         return self.ctx.site.setting(key) or DEFAULT_INSTANCE_TYPE
 
     def router(self, spec: NodeSpec) -> NodeResources:
-        network, address, key = self._prepared()
+        network, address = self._prepared()
         node = spec.node
         if node.wan_ip is None:
             raise ValueError(f"{node.name}: a router needs a planned WAN address")
         policy = self._policy(spec, network)
-        groups = [policy.group_id]
+        groups = policy.group_ids
         machine = AwsMachine(
             f"{node.name}-vm",
             AwsMachineArgs(
@@ -469,7 +543,6 @@ class AwsSite(PlatformSite):
                 ami=self._image(),
                 user_data=spec.user_data,
                 instance_type=self._size("routerSize"),
-                key_name=key.key_name,
                 public_allocation_id=address.allocation_id,
                 internet_path=network.internet_path,
             ),
@@ -478,12 +551,14 @@ class AwsSite(PlatformSite):
         return NodeResources(
             management_ip=address.public_ip,
             private_ips={"wan": machine.private_ips["wan"], "lan": machine.private_ips["lan"]},
-            machine=machine.instance,
+            # The whole machine: the push needs the LAN ENI attached (overlay-node configures it) and the Elastic IP
+            # associated (it dials that address), not only the instance.
+            machine=machine,
             extra={"instanceId": machine.instance_id},
         )
 
     def client(self, spec: NodeSpec) -> NodeResources:
-        network, _, key = self._prepared()
+        network, _ = self._prepared()
         node = spec.node
         policy = self._policy(spec, network)
         address = AwsPublicAddress(
@@ -492,11 +567,10 @@ class AwsSite(PlatformSite):
         machine = AwsMachine(
             f"{node.name}-vm",
             AwsMachineArgs(
-                nics=[AwsNicArgs("lan", network.lan_subnet_id, node.lan_ip, [policy.group_id])],
+                nics=[AwsNicArgs("lan", network.lan_subnet_id, node.lan_ip, policy.group_ids)],
                 ami=self._image(),
                 user_data=spec.user_data,
                 instance_type=self._size("clientSize"),
-                key_name=key.key_name,
                 public_allocation_id=address.allocation_id,
                 internet_path=network.internet_path,
             ),
@@ -505,6 +579,6 @@ class AwsSite(PlatformSite):
         return NodeResources(
             management_ip=address.public_ip,
             private_ips={"lan": machine.private_ips["lan"]},
-            machine=machine.instance,
+            machine=machine,  # the instance and its Elastic IP association (the push dials that address)
             extra={"instanceId": machine.instance_id},
         )

@@ -22,27 +22,56 @@ Azure facts this module relies on (see /work/shared/CLOUDS.md):
   pushed to the node in place.
 - A Standard public IP admits nothing until an NSG allows it. NSGs are associated with each NIC (not the subnet):
   the router and the client share the LAN subnet but have different rules, and a NIC-level policy keeps each
-  machine self-contained. Azure's default NSG rules (priority 65000+) still admit traffic from the VirtualNetwork
-  service tag and from AzureLoadBalancer, then deny everything else inbound.
+  machine self-contained. Azure's default NSG rules (priority 65000+) admit anything from the VirtualNetwork
+  service tag and from AzureLoadBalancer, then deny everything else inbound: every node's NSG denies the site's own
+  VNet prefixes (IPv4 and IPv6, one rule each: a rule cannot mix families) after its allow rules.
+- Rules are written one at a time (Azure refuses concurrent writes to one NSG), the peers' rules are augmented
+  rules listing every peer (azure_limits.nsg_rule_plans), and the NICs, the VM and the push wait for every rule.
+- The admin user (Azure requires one, and a key: RSA >= 2048 or ED25519) is the payload's login user with the
+  stack's ED25519 deploy key: cloud-init would make any other name a full-root default user.
 """
 
 from __future__ import annotations
 
 import base64
-import hashlib
 import ipaddress
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Final, Literal
+from typing import Final, Literal, cast
 
 import pulumi
 import pulumi_azure_native as azure_native
 from pulumi_azure_native import compute, network, resources
 
 from components import security
+from components.clouds.azure_limits import (
+    HASHED_PRIORITIES,
+    NSG_PROTOCOL,
+    PEER_PRIORITY_BASE,
+    PRIORITY_MAX,
+    PRIORITY_MIN,
+    NsgProtocol,
+    assign_priorities,
+    hashed_priority,
+    nsg_rule_plans,
+    ula_prefix,
+    vnet_deny_plans,
+)
 from components.clouds.base import SSH_USER, NodeResources, NodeSpec, PlatformSite, ResolvedRule, SiteContext
 from components.plan import Node
-from components.security import IngressRule, PeerRouter
+from components.security import PeerRouter
+
+__all__ = [  # the NSG helpers live in azure_limits (check_limits uses them too); importable from here as before
+    "HASHED_PRIORITIES",
+    "NSG_PROTOCOL",
+    "PEER_PRIORITY_BASE",
+    "PRIORITY_MAX",
+    "PRIORITY_MIN",
+    "NsgProtocol",
+    "assign_priorities",
+    "hashed_priority",
+    "ula_prefix",
+]
 
 TOKEN: Final = "multicloud-overlay:azure"
 
@@ -53,28 +82,7 @@ DEFAULT_CLIENT_SIZE: Final = "Standard_B2s"
 # Marketplace URN publisher:offer:sku:version; override with the site setting `image`.
 DEFAULT_IMAGE: Final = "Canonical:ubuntu-24_04-lts:server:latest"
 
-# NSG priorities are 100..4096 (lower wins) and unique per direction.
-PRIORITY_MIN: Final = 100
-PRIORITY_MAX: Final = 4096
-# Rules with a literal source are hashed into this range; rules from a peer router take a slot derived from
-# the peer's siteId (1..999) so that a hub swap adds and removes peer rules without moving any other rule.
-HASHED_PRIORITIES: Final = range(PRIORITY_MIN, 1000)
-PEER_PRIORITY_BASE: Final[Mapping[str, int]] = {"Udp": 1000, "Tcp": 2000, "Icmp": 3000}
-
-NsgProtocol = Literal["Udp", "Tcp", "Icmp"]
-# Azure's SecurityRuleProtocol enum (API 2024-05-01) has Tcp, Udp, Icmp, Esp, Ah and *; it has no ICMPv6 value,
-# so ICMPv6 rules use Icmp, scoped to their IPv6 source prefix.
-NSG_PROTOCOL: Final[Mapping[str, NsgProtocol]] = {"udp": "Udp", "tcp": "Tcp", "icmp": "Icmp", "icmpv6": "Icmp"}
-
-
 # ----------------------------------------------------------------------------------------------- pure helpers
-
-
-def ula_prefix(site_id: int) -> ipaddress.IPv6Network:
-    """The site's IPv6 unique-local /48: fd6f:766c:<siteId>::/48 (stable, distinct per site)."""
-    if not 0 < site_id <= 0xFFFF:
-        raise ValueError(f"siteId {site_id} does not fit a ULA global id")
-    return ipaddress.IPv6Network(f"fd6f:766c:{site_id:x}::/48")
 
 
 def ula_subnet(prefix: ipaddress.IPv6Network, index: int) -> ipaddress.IPv6Network:
@@ -82,42 +90,6 @@ def ula_subnet(prefix: ipaddress.IPv6Network, index: int) -> ipaddress.IPv6Netwo
     if prefix.prefixlen != 48 or not 0 <= index <= 0xFFFF:
         raise ValueError(f"no /64 number {index} in {prefix}")
     return ipaddress.IPv6Network((int(prefix.network_address) + (index << 64), 64))
-
-
-def hashed_priority(name: str, span: range = HASHED_PRIORITIES) -> int:
-    """Preferred priority of a rule: a stable hash of its name into `span`."""
-    digest = int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big")
-    return span.start + digest % len(span)
-
-
-def assign_priorities(preferred: Mapping[str, int | None], span: range = HASHED_PRIORITIES) -> dict[str, int]:
-    """Priority per rule name, independent of the order rules are listed in.
-
-    A rule with a preferred priority gets exactly it (two rules asking for one slot is an error). Every other
-    rule gets the stable hash of its name in `span`; on a collision the rule whose (hash, name) sorts first
-    keeps the slot and the other probes upward to the next free slot (wrapping inside `span`).
-    """
-    taken: dict[int, str] = {}
-    out: dict[str, int] = {}
-    for name, slot in sorted(((n, p) for n, p in preferred.items() if p is not None), key=lambda item: (item[1], item[0])):
-        if not PRIORITY_MIN <= slot <= PRIORITY_MAX:
-            raise ValueError(f"rule {name}: priority {slot} is outside {PRIORITY_MIN}..{PRIORITY_MAX}")
-        if slot in taken:
-            raise ValueError(f"rules {taken[slot]} and {name} both ask for priority {slot}")
-        taken[slot] = name
-        out[name] = slot
-    hashed = sorted((n for n, p in preferred.items() if p is None), key=lambda n: (hashed_priority(n, span), n))
-    for name in hashed:
-        slot = hashed_priority(name, span)
-        for _ in range(len(span)):
-            if slot not in taken:
-                break
-            slot = span.start + (slot - span.start + 1) % len(span)
-        else:
-            raise ValueError(f"no free priority in {span.start}..{span.stop - 1} for rule {name}")
-        taken[slot] = name
-        out[name] = slot
-    return out
 
 
 def scoped_source(source: str) -> str:
@@ -214,20 +186,28 @@ class AzureNetwork(pulumi.ComponentResource):
 
 @dataclass(frozen=True)
 class NsgRule:
-    """One inbound allow rule."""
+    """One inbound rule (allow, unless `access` says Deny)."""
 
     name: str
     """Rule name, unique in the policy (also the Azure rule name); stable across updates."""
     protocol: NsgProtocol
-    """Udp, Tcp or Icmp (Icmp also for ICMPv6: Azure has no separate value)."""
-    source: pulumi.Input[str]
-    """Source address or CIDR; 0.0.0.0/0, ::/0, * and Internet are refused."""
+    """Udp, Tcp, Icmp (Icmp also for ICMPv6: Azure has no separate value) or * (any)."""
+    source: pulumi.Input[str] | Sequence[pulumi.Input[str]]
+    """Source address or CIDR, or a list of them (an augmented rule; all of one address family: Azure refuses a
+    rule that mixes IPv4 and IPv6). 0.0.0.0/0, ::/0, * and Internet are refused."""
     port: int | None = None
-    """Destination port for Udp/Tcp; None for Icmp (all types)."""
+    """Destination port for Udp/Tcp; None for Icmp and * (every port)."""
     priority: int | None = None
     """Explicit priority (100..4096); None: a stable hash of the name (see assign_priorities)."""
     description: str = ""
-    """Shown in the Azure portal."""
+    """Shown in the Azure portal (at most 140 characters)."""
+    access: Literal["Allow", "Deny"] = "Allow"
+    """Deny: e.g. to close what Azure's default AllowVnetInBound (65000) admits, at a priority after the allows."""
+
+    def sources(self) -> list[pulumi.Input[str]]:
+        if isinstance(self.source, list | tuple):
+            return [cast("pulumi.Input[str]", s) for s in self.source]
+        return [cast("pulumi.Input[str]", self.source)]
 
 
 @dataclass
@@ -237,12 +217,26 @@ class AzureSecurityPolicyArgs:
     location: pulumi.Input[str]
     """Azure location of the NSG (the NICs it protects must be in the same one)."""
     rules: Sequence[NsgRule]
-    """Inbound allow rules; everything else inbound falls to Azure's default rules (VNet and load balancer in,
-    all other denied). Outbound is left to Azure's defaults (allowed)."""
+    """Inbound rules; everything else inbound falls to Azure's default rules (VNet and load balancer in, all other
+    denied) unless `deny_from` closes the VNet. Outbound is left to Azure's defaults (allowed)."""
+    deny_from: Sequence[str] = ()
+    """Prefixes (e.g. the VNet's own IPv4 and IPv6 space) to deny everything else from, at 4095/4096 after every
+    allow rule: Azure's AllowVnetInBound (65000) would otherwise admit any protocol and port from the whole VNet."""
+
+
+def _one_family(rule: NsgRule) -> None:
+    literal = [s for s in rule.sources() if isinstance(s, str)]
+    families = {ipaddress.ip_network(s, strict=False).version for s in literal}
+    if len(families) > 1:
+        raise ValueError(f"rule {rule.name}: sources {literal} mix IPv4 and IPv6, which one Azure rule cannot hold")
 
 
 class AzureSecurityPolicy(pulumi.ComponentResource):
-    """A network security group with one SecurityRule resource per rule, each scoped to an explicit source."""
+    """A network security group with one SecurityRule resource per rule, each scoped to explicit sources.
+
+    The rules are written one after another (each depends on the previous one, in priority order): Azure answers
+    concurrent writes to one NSG with 429 AnotherOperationInProgress. A component that waits for this policy (a NIC,
+    the push) waits for every rule."""
 
     nsg: network.NetworkSecurityGroup
     rules: dict[str, network.SecurityRule]
@@ -250,37 +244,56 @@ class AzureSecurityPolicy(pulumi.ComponentResource):
     id: pulumi.Output[str]
 
     def __init__(self, name: str, args: AzureSecurityPolicyArgs, opts: pulumi.ResourceOptions | None = None) -> None:
-        super().__init__(f"{TOKEN}:AzureSecurityPolicy", name, None, opts)
-        names = [r.name for r in args.rules]
+        deny = [
+            NsgRule(
+                p.name, p.protocol, [str(s) for s in p.sources], port=p.port, priority=p.priority, description=p.description, access="Deny"
+            )
+            for p in vnet_deny_plans(list(args.deny_from))
+        ]
+        every = [*args.rules, *deny]
+        names = [r.name for r in every]
         if len(set(names)) != len(names):
             raise ValueError(f"{name}: rule names must be unique, got {names}")
-        for rule in args.rules:
-            if isinstance(rule.source, str):
-                scoped_source(rule.source)  # refuse an open rule before anything is registered
+        for rule in every:
+            for source in rule.sources():
+                if isinstance(source, str):
+                    scoped_source(source)  # refuse an open rule before anything is registered
+            _one_family(rule)
+            if rule.protocol in ("Udp", "Tcp") and rule.port is None:
+                raise ValueError(f"{name}: rule {rule.name} ({rule.protocol}) needs a port")
+        priorities = assign_priorities({r.name: r.priority for r in every})
+        allows = [priorities[r.name] for r in every if r.access == "Allow"]
+        late = [r.name for r in deny if allows and priorities[r.name] <= max(allows)]
+        if late:
+            raise ValueError(f"{name}: deny rules {late} would come before an allow rule")
+        super().__init__(f"{TOKEN}:AzureSecurityPolicy", name, None, opts)
         self.nsg = network.NetworkSecurityGroup(
             f"{name}-nsg", resource_group_name=args.resource_group_name, location=args.location, opts=pulumi.ResourceOptions(parent=self)
         )
         self.id = self.nsg.id
-        self.priorities = assign_priorities({r.name: r.priority for r in args.rules})
+        self.priorities = priorities
         self.rules = {}
-        for rule in sorted(args.rules, key=lambda r: r.name):
-            if rule.protocol != "Icmp" and rule.port is None:
-                raise ValueError(f"{name}: rule {rule.name} ({rule.protocol}) needs a port")
-            self.rules[rule.name] = network.SecurityRule(
+        previous: network.SecurityRule | None = None
+        for rule in sorted(every, key=lambda r: priorities[r.name]):
+            sources = [pulumi.Output.from_input(s).apply(scoped_source) for s in rule.sources()]
+            single = len(sources) == 1 and not isinstance(rule.source, list | tuple)
+            self.rules[rule.name] = previous = network.SecurityRule(
                 f"{name}-{rule.name}",
                 security_rule_name=rule.name,
                 resource_group_name=args.resource_group_name,
                 network_security_group_name=self.nsg.name,
                 direction=network.SecurityRuleDirection.INBOUND,
-                access=network.SecurityRuleAccess.ALLOW,
-                priority=self.priorities[rule.name],
+                access=network.SecurityRuleAccess.ALLOW if rule.access == "Allow" else network.SecurityRuleAccess.DENY,
+                priority=priorities[rule.name],
                 protocol=rule.protocol,
-                source_address_prefix=pulumi.Output.from_input(rule.source).apply(scoped_source),
+                source_address_prefix=sources[0] if single else None,
+                source_address_prefixes=None if single else sources,
                 source_port_range="*",
                 destination_address_prefix="*",
                 destination_port_range=str(rule.port) if rule.port is not None else "*",
                 description=rule.description or None,
-                opts=pulumi.ResourceOptions(parent=self),
+                # One write to the NSG at a time (see the class docstring).
+                opts=pulumi.ResourceOptions(parent=self, depends_on=[previous] if previous else None),
             )
         self.register_outputs({"id": self.id, "priorities": self.priorities})
 
@@ -354,8 +367,9 @@ class AzureMachineArgs:
     """Azure location of the VM and its NICs."""
     nics: Sequence[AzureNicArgs]
     """NICs in order; the first is primary (carries the default route)."""
-    ssh_public_key: str
-    """OpenSSH public key installed for `admin_username`; password login is disabled."""
+    ssh_public_key: pulumi.Input[str]
+    """OpenSSH public key (RSA or ED25519) installed for `admin_username`; password login is disabled. Azure needs
+    one at creation; the overlay gives its deploy key."""
     user_data: pulumi.Input[str]
     """Plain-text cloud-init payload; sent base64-encoded as os_profile.custom_data, which Azure cannot change
     after creation: changes to it are ignored (push later config in place)."""
@@ -386,7 +400,8 @@ class AzureMachine(pulumi.ComponentResource):
         roles = [n.role for n in args.nics]
         if len(set(roles)) != len(roles):
             raise ValueError(f"{name}: NIC roles must be unique, got {roles}")
-        child = pulumi.ResourceOptions(parent=self)
+        # What the machine was told to wait for (e.g. its NSG's rules) holds for its NICs (and so for the VM).
+        child = pulumi.ResourceOptions(parent=self, depends_on=opts.depends_on if opts else None)
         self.nics = {}
         for nic in args.nics:
             configs = [
@@ -445,7 +460,8 @@ class AzureMachine(pulumi.ComponentResource):
                     ssh=compute.SshConfigurationArgs(
                         public_keys=[
                             compute.SshPublicKeyArgs(
-                                path=f"/home/{args.admin_username}/.ssh/authorized_keys", key_data=args.ssh_public_key.strip()
+                                path=f"/home/{args.admin_username}/.ssh/authorized_keys",
+                                key_data=pulumi.Output.from_input(args.ssh_public_key).apply(str.strip),
                             )
                         ]
                     ),
@@ -483,13 +499,25 @@ def _first_private_ip(configs: Sequence[network.outputs.NetworkInterfaceIPConfig
 
 
 def nsg_rules(rules: Iterable[ResolvedRule], site_ids: Mapping[str, int]) -> list[NsgRule]:
-    """The node's ingress rules as NSG rules; a rule from a peer router takes a priority from the peer's siteId."""
+    """The node's ingress rules as NSG rules (azure_limits.nsg_rule_plans, what check_limits checked): rules with a
+    literal source one to one, the peer routers' rules folded into one augmented rule per kind."""
+    rules = list(rules)
+    resolved: dict[str, pulumi.Input[str]] = {r.rule.source.site: r.source for r in rules if isinstance(r.rule.source, PeerRouter)}
     out: list[NsgRule] = []
-    for resolved in rules:
-        rule: IngressRule = resolved.rule
-        protocol = NSG_PROTOCOL[rule.protocol]
-        priority = PEER_PRIORITY_BASE[protocol] + site_ids[rule.source.site] if isinstance(rule.source, PeerRouter) else None
-        out.append(NsgRule(rule.name, protocol, resolved.source, port=rule.port, priority=priority, description=rule.description))
+    for plan in nsg_rule_plans([r.rule for r in rules], site_ids):
+        sources = [resolved[s.site] if isinstance(s, PeerRouter) else s for s in plan.sources]
+        folded = any(isinstance(s, PeerRouter) for s in plan.sources)
+        out.append(
+            NsgRule(
+                plan.name,
+                plan.protocol,
+                sources if folded else sources[0],
+                port=plan.port,
+                priority=plan.priority,
+                description=plan.description,
+                access=plan.access,
+            )
+        )
     return out
 
 
@@ -542,11 +570,19 @@ class AzureSite(PlatformSite):
         site_ids = {s.name: s.site_id for s in self.ctx.plan.config.sites}
         return AzureSecurityPolicy(
             spec.node.name,
-            AzureSecurityPolicyArgs(self.network.resource_group_name, self.location, nsg_rules(spec.rules, site_ids)),
+            AzureSecurityPolicyArgs(
+                self.network.resource_group_name,
+                self.location,
+                nsg_rules(spec.rules, site_ids),
+                # Nothing else from the site's own VNet: AllowVnetInBound would admit the client to the router's SSH.
+                deny_from=[str(self.ctx.site.vpc_cidr), str(self.ula)],
+            ),
             self.child_opts(spec.parent),
         )
 
-    def _machine(self, spec: NodeSpec, nics: list[AzureNicArgs], size: str) -> AzureMachine:
+    def _machine(self, spec: NodeSpec, nics: list[AzureNicArgs], size: str, policy: AzureSecurityPolicy) -> AzureMachine:
+        """The VM, its admin user being the payload's login user with the deploy key (Azure requires an admin user and
+        a key; a different name would become cloud-init's default user, with sudo ALL from the image's cloud.cfg)."""
         assert self.network is not None, "prepare() runs first"
         return AzureMachine(
             spec.node.name,
@@ -554,13 +590,15 @@ class AzureSite(PlatformSite):
                 resource_group_name=self.network.resource_group_name,
                 location=self.location,
                 nics=nics,
-                ssh_public_key=self.ctx.ssh_public_key,
+                ssh_public_key=self.ctx.admin_public_key,
                 user_data=spec.user_data,
                 size=size,
                 image=self.image,
+                admin_username=SSH_USER,
                 computer_name=spec.node.name,
             ),
-            self.child_opts(spec.parent),
+            # NICs (and so the VM and the push) wait for every rule of the node's NSG, ssh-admin included.
+            self.child_opts(spec.parent, depends_on=[policy]),
         )
 
     def router(self, spec: NodeSpec) -> NodeResources:
@@ -578,11 +616,12 @@ class AzureSite(PlatformSite):
                 AzureNicArgs("lan", subnets["lan"], node.lan_ip, security_group_id=policy.id, ip_forwarding=True),
             ],
             self.ctx.site.setting("routerSize") or DEFAULT_ROUTER_SIZE,
+            policy,
         )
         return NodeResources(
             management_ip=self.router_address.ip_address,
             private_ips={"wan": node.wan_ip, "lan": node.lan_ip},
-            machine=machine.vm,
+            machine=machine,  # NICs and VM (which waited for the NSG's rules)
             extra={"vmId": machine.vm.id},
         )
 
@@ -597,10 +636,11 @@ class AzureSite(PlatformSite):
             spec,
             [AzureNicArgs("lan", self.network.subnet_ids["lan"], node.lan_ip, public_ip_id=mgmt.id, security_group_id=policy.id)],
             self.ctx.site.setting("clientSize") or DEFAULT_CLIENT_SIZE,
+            policy,
         )
         return NodeResources(
             management_ip=mgmt.ip_address,
             private_ips={"lan": node.lan_ip},
-            machine=machine.vm,
+            machine=machine,
             extra={"vmId": machine.vm.id},
         )

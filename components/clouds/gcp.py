@@ -6,31 +6,56 @@ Building blocks, each usable without the overlay:
   VPC network, so a two-NIC router needs two of them (WAN and LAN). Each new VPC gets GCP's implicit default route
   to the internet gateway.
 - `GcpFirewall`: INGRESS allow rules of one network for the instances carrying some network tags, one
-  `compute.Firewall` per rule and exactly one source range per rule (a GCP rule cannot mix IPv4 and IPv6
-  ranges). GCP's implied rules deny all other ingress and allow all egress, so no egress rule is created.
+  `compute.Firewall` per rule, each with sources of one family (a GCP rule cannot mix IPv4 and IPv6 ranges).
+  GCP's implied rules deny all other ingress and allow all egress, so no egress rule is created.
 - `GcpPublicAddress`: a reserved regional external IPv4 (`compute.Address`).
 - `GcpMachine`: a `compute.Instance` with N NICs (fixed at creation), cloud-init user-data in metadata.
 
 `GcpSite` builds an overlay site from them: WAN and LAN networks, the router's reserved address (before any VM),
 the router (NIC0 WAN with the reserved address, NIC1 LAN, IP forwarding) and the client (one LAN NIC with a
-reserved address for management), every resource bound to the site's explicit provider.
+reserved address for management), every resource bound to the site's explicit provider. The peer routers' rules
+are folded into one rule per kind listing every peer (gcp_limits.firewall_rule_plans): 10 firewall rules per site
+whatever the number of sites, against a per-project quota. No `ssh-keys` metadata, and `block-project-ssh-keys`:
+the guest agent makes no sudo account; the payload also writes its config (gcp_limits.INSTANCE_CONFIGS: no host
+key regeneration, no accounts daemon), as `first_boot_files`.
 """
 
 from __future__ import annotations
 
-import hashlib
 import ipaddress
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, cast
 
 import pulumi
 import pulumi_gcp as gcp
 from pulumi_gcp import compute
 
 from components.clouds.base import SSH_USER, NodeResources, NodeSpec, PlatformSite, ResolvedRule, SiteContext
-from components.security import RuleProtocol, scoped_source
+from components.clouds.gcp_limits import (
+    AUTONAME_SUFFIX,
+    FIREWALL_PROTOCOL,
+    GCP_NAME_MAX,
+    GCP_NAME_RE,
+    LOGICAL_NAME_MAX,
+    PROTOCOL_FAMILY,
+    SOURCE_RANGES_PER_RULE,
+    firewall_rule_name,
+    firewall_rule_plans,
+    gcp_name,
+    nic_of_rule,
+)
+from components.security import PeerRouter, scoped_source
+
+__all__ = [  # names and protocols live in gcp_limits (check_limits uses them too); importable from here as before
+    "AUTONAME_SUFFIX",
+    "FIREWALL_PROTOCOL",
+    "GCP_NAME_MAX",
+    "GCP_NAME_RE",
+    "LOGICAL_NAME_MAX",
+    "PROTOCOL_FAMILY",
+    "gcp_name",
+]
 
 # Machine types: shared-core e2 types (2 vCPUs or fewer) take at most 2 NICs; above that, one NIC per vCPU, up to 8.
 DEFAULT_ROUTER_MACHINE_TYPE: Final = "e2-small"
@@ -48,35 +73,11 @@ MAX_NICS: Final = 8
 USER_DATA_PROPERTY: Final = 'metadata["user-data"]'
 BOOT_IMAGE_PROPERTY: Final = "bootDisk.initializeParams.image"
 
-# GCP resource names: RFC 1035, 1-63 characters. Pulumi auto-naming appends "-" and a random hex suffix (7
-# characters for bridged providers, 8 in some examples): a logical name keeps room for "-" and 8.
-GCP_NAME_RE: Final = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
-GCP_NAME_MAX: Final = 63
-AUTONAME_SUFFIX: Final = 9
-LOGICAL_NAME_MAX: Final = GCP_NAME_MAX - AUTONAME_SUFFIX
-
-# Firewall protocol strings: the well-known names, or the IP protocol number (ICMPv6 has no name there).
-FIREWALL_PROTOCOL: Final[dict[RuleProtocol, str]] = {"tcp": "tcp", "udp": "udp", "icmp": "icmp", "icmpv6": "58"}
-PROTOCOL_FAMILY: Final[dict[str, int]] = {"icmp": 4, "58": 6}
-
 Ipv6AccessType = Literal["EXTERNAL", "INTERNAL"]
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # Pure helpers (no resources): names, MTU, rule checks. Module-level so tests call them without mocks.
-
-
-def gcp_name(name: str, limit: int = LOGICAL_NAME_MAX) -> str:
-    """A valid GCP resource name (or network tag) for `name`: unchanged when already valid and short enough,
-    otherwise lower-cased, invalid characters replaced, cut to `limit` and made unique by a hash of `name`."""
-    if len(name) <= limit and GCP_NAME_RE.match(name):
-        return name
-    digest = hashlib.sha256(name.encode()).hexdigest()[:6]
-    body = re.sub(r"[^-a-z0-9]+", "-", name.lower()).strip("-")
-    if not body or not body[0].isalpha():
-        body = f"n-{body}".rstrip("-")
-    body = body[: limit - len(digest) - 1].rstrip("-")
-    return f"{body}-{digest}"
 
 
 def vpc_mtu(mtu: int, site: str = "") -> int:
@@ -169,14 +170,19 @@ class GcpFirewallRule:
     """Stable name of the rule inside its policy (e.g. tunnel-from-gcpb); the resource is `<policy>-<name>`."""
     protocol: str
     """GCP protocol: tcp, udp, icmp, esp, ... or an IP protocol number ("58" = ICMPv6)."""
-    source: pulumi.Input[str]
-    """Source prefix (IPv4 or IPv6, never /0)."""
+    source: pulumi.Input[str] | Sequence[pulumi.Input[str]]
+    """Source prefix, or a list of them (IPv4 or IPv6, never /0; at most SOURCE_RANGES_PER_RULE)."""
     family: Literal[4, 6] = 4
-    """IP family of `source`: a GCP rule holds IPv4 or IPv6 ranges, never both."""
+    """IP family of the sources: a GCP rule holds IPv4 or IPv6 ranges, never both."""
     ports: Sequence[str] = ()
     """Destination ports or ranges (tcp/udp only); empty = every port."""
     description: str = ""
     """What the rule admits."""
+
+    def sources(self) -> list[pulumi.Input[str]]:
+        if isinstance(self.source, list | tuple):
+            return [cast("pulumi.Input[str]", s) for s in self.source]
+        return [cast("pulumi.Input[str]", self.source)]
 
 
 @dataclass
@@ -207,17 +213,21 @@ class GcpFirewall(pulumi.ComponentResource):
             expected = PROTOCOL_FAMILY.get(rule.protocol)
             if expected is not None and expected != rule.family:
                 raise ValueError(f"{name}-{rule.name}: protocol {rule.protocol} is for IPv{expected}, the rule is IPv{rule.family}")
-            if isinstance(rule.source, str):
-                source: pulumi.Input[str] = checked_source(rule.source, rule.family, rule.name)
-            else:
-                source = pulumi.Output.from_input(rule.source).apply(lambda s, r=rule: checked_source(s, r.family, r.name))
+            if not 1 <= len(rule.sources()) <= SOURCE_RANGES_PER_RULE.value:
+                raise ValueError(f"{name}-{rule.name}: {len(rule.sources())} source ranges (1 to {SOURCE_RANGES_PER_RULE.value})")
+            sources: list[pulumi.Input[str]] = [
+                checked_source(s, rule.family, rule.name)
+                if isinstance(s, str)
+                else pulumi.Output.from_input(s).apply(lambda v, r=rule: checked_source(v, r.family, r.name))
+                for s in rule.sources()
+            ]
             self.firewalls[rule.name] = compute.Firewall(
                 gcp_name(f"{name}-{rule.name}"),
                 network=args.network,
                 direction="INGRESS",
                 priority=args.priority,
                 allows=[compute.FirewallAllowArgs(protocol=rule.protocol, ports=list(rule.ports) or None)],
-                source_ranges=[source],
+                source_ranges=sources,
                 target_tags=list(args.target_tags) or None,
                 description=rule.description or None,
                 opts=pulumi.ResourceOptions(parent=self),
@@ -295,9 +305,13 @@ class GcpMachineArgs:
     user_data: pulumi.Input[str] | None = None
     """Plain-text cloud-init user-data (metadata key `user-data`)."""
     ssh_public_key: str | None = None
-    """OpenSSH public key installed for `ssh_user` (metadata key `ssh-keys`)."""
+    """OpenSSH public key installed for `ssh_user` (metadata key `ssh-keys`; the guest agent then makes that user a
+    passwordless sudoer). The overlay gives none: its payload installs the login user's keys."""
     ssh_user: str = SSH_USER
     """User the key is installed for."""
+    block_project_ssh_keys: bool = True
+    """Refuse the project's `ssh-keys` metadata on this VM: only keys given here (or by the payload) log in.
+    https://cloud.google.com/compute/docs/connect/restrict-use-of-ssh-keys#block-keys"""
     can_ip_forward: bool = False
     """Allow packets with a source/destination that is not the VM's own (routers)."""
     tags: Sequence[str] = ()
@@ -345,6 +359,8 @@ class GcpMachine(pulumi.ComponentResource):
             metadata["user-data"] = args.user_data
         if args.ssh_public_key:
             metadata["ssh-keys"] = ssh_keys_metadata(args.ssh_public_key, args.ssh_user)
+        if args.block_project_ssh_keys:
+            metadata["block-project-ssh-keys"] = "TRUE"
         ignore = [p for p, on in ((USER_DATA_PROPERTY, args.pin_user_data), (BOOT_IMAGE_PROPERTY, args.pin_boot_image)) if on]
         self.instance = compute.Instance(
             gcp_name(f"{name}-vm"),
@@ -371,14 +387,14 @@ class GcpMachine(pulumi.ComponentResource):
 
 
 def firewall_rule(resolved: ResolvedRule) -> GcpFirewallRule:
-    """The GCP rule for one of the plan's ingress rules (same protocol, port, source and family).
+    """The GCP rule for one of the plan's ingress rules (same protocol, port, source and family), one to one.
 
-    Its name is the plan's rule name plus the port (tunnel-from-gcpb-4789): a hub swap adds and removes peer rules
-    without renaming the others, and a protocol switch creates the new port's rules before the old ones go, so no
-    rule is ever updated in place and the new port is open before the nodes switch."""
+    Its name is the plan's rule name plus the port (tunnel-from-lan-4789): a protocol switch creates the new port's
+    rule before the old one goes, so the new port is open before the nodes switch. (GcpSite folds the peers' rules:
+    firewall_rules.)"""
     r = resolved.rule
     return GcpFirewallRule(
-        name=r.name if r.port is None else f"{r.name}-{r.port}",
+        name=firewall_rule_name(r),
         protocol=FIREWALL_PROTOCOL[r.protocol],
         source=resolved.source,
         family=r.family,
@@ -387,13 +403,31 @@ def firewall_rule(resolved: ResolvedRule) -> GcpFirewallRule:
     )
 
 
+def firewall_rules(resolved: Sequence[ResolvedRule], site_ids: dict[str, int]) -> list[GcpFirewallRule]:
+    """A NIC's rules as gcp_limits.firewall_rule_plans folds them (what check_limits checked): the peer routers'
+    tunnel and ICMP rules become one rule each (per block of 250 siteIds) listing every peer's /32, so a hub has
+    as many rules as a spoke and a hub swap updates source ranges in place."""
+    public = {r.rule.source.site: r.source for r in resolved if isinstance(r.rule.source, PeerRouter)}
+    out: list[GcpFirewallRule] = []
+    for plan in firewall_rule_plans([r.rule for r in resolved], site_ids):
+        sources = [public[s.site] if isinstance(s, PeerRouter) else s for s in plan.sources]
+        folded = any(isinstance(s, PeerRouter) for s in plan.sources)
+        out.append(
+            GcpFirewallRule(
+                name=plan.name,
+                protocol=plan.protocol,
+                source=sources if folded else sources[0],
+                family=plan.family,
+                ports=plan.ports,
+                description=plan.description,
+            )
+        )
+    return out
+
+
 def arrives_on_lan(resolved: ResolvedRule, lan_cidr: ipaddress.IPv4Network) -> bool:
     """True when the rule's traffic comes from inside the site LAN (so it reaches a router on its LAN NIC)."""
-    source = resolved.rule.source
-    if not isinstance(source, str):
-        return False  # a peer router's public address: arrives from the internet
-    net = ipaddress.ip_network(source, strict=False)
-    return isinstance(net, ipaddress.IPv4Network) and net.subnet_of(lan_cidr)
+    return nic_of_rule(resolved.rule, lan_cidr) == "lan"
 
 
 def node_tag(node_name: str) -> str:
@@ -472,7 +506,11 @@ class GcpSite(PlatformSite):
     def _firewall(self, spec: NodeSpec, nic: str, network: GcpNetwork, rules: list[ResolvedRule]) -> GcpFirewall:
         return GcpFirewall(
             f"{spec.node.name}-{nic}-fw",
-            GcpFirewallArgs(network=network.network_id, rules=[firewall_rule(r) for r in rules], target_tags=[node_tag(spec.node.name)]),
+            GcpFirewallArgs(
+                network=network.network_id,
+                rules=firewall_rules(rules, {s.name: s.site_id for s in self.ctx.plan.config.sites}),
+                target_tags=[node_tag(spec.node.name)],
+            ),
             self.child_opts(spec.parent),
         )
 
@@ -495,7 +533,6 @@ class GcpSite(PlatformSite):
                 machine_type=site.setting("routerSize") or DEFAULT_ROUTER_MACHINE_TYPE,
                 zone=self.zone,
                 user_data=spec.user_data,
-                ssh_public_key=self.ctx.ssh_public_key,
                 can_ip_forward=True,
                 tags=[node_tag(node.name)],
                 # Nothing a hub swap or a protocol switch changes (the role is not here): an instance's description
@@ -528,7 +565,6 @@ class GcpSite(PlatformSite):
                 machine_type=site.setting("clientSize") or DEFAULT_CLIENT_MACHINE_TYPE,
                 zone=self.zone,
                 user_data=spec.user_data,
-                ssh_public_key=self.ctx.ssh_public_key,
                 can_ip_forward=False,
                 tags=[node_tag(node.name)],
                 description=f"overlay client of site {site.name}",

@@ -4,41 +4,47 @@ Building blocks, each usable without the overlay:
 - `OciNetwork`: VCN (IPv4 + Oracle-allocated IPv6 /56), internet gateway, routes for 0.0.0.0/0 and ::/0, WAN and
   LAN subnets (dual stack), and the VCN's default security list taken over so that it admits nothing inbound
   (its stock SSH-from-anywhere rule would otherwise be combined with every NSG and defeat `adminCidr`).
-- `OciSecurityPolicy`: a network security group with one rule per `IngressRule` (stable names), egress open.
-- `OciPublicAddress`: a reserved public IPv4 (`lifetime="RESERVED"`), created unassigned;
-  `OciPublicAddressBinding` assigns it to a private IP later.
+- `OciSecurityPolicy`: network security groups with one rule per `IngressRule` (stable names), egress open.
+- `OciPublicAddress`: a reserved public IPv4 (`lifetime="RESERVED"`), optionally assigned to a private IP.
 - `OciMachine`: an instance whose primary VNIC has a planned private address, and an optional secondary VNIC
   (attached after launch; Ubuntu does not configure it, the payload does).
 
-The reserved public IP of a router (what every peer's payload needs before any VM exists):
-1. `prepare()` reserves a `PublicIp(lifetime="RESERVED")` with no private IP: its address is known before any VM, so
-   every site's payload can be rendered with it.
-2. The router launches with `assign_public_ip="false"` and its planned WAN address as primary private IP.
+`OciSecurityPolicy` puts a node's rules in one NSG per rule kind (oci_limits.pack_rules: ICMP apart from the rest),
+all on every VNIC of the node: an NSG holds at most 120 rules, ingress and egress together, and a VNIC may be in
+five NSGs (oci_limits; check_limits refuses a stack that would overflow one before any resource exists).
+
+The reserved public IP of a router:
+1. `prepare()` declares a `PublicIp(lifetime="RESERVED")` whose `private_ip_id` is a deferred output
+   (`pulumi.deferred_output`), so the site's address is an output other sites can use (their rules, the pushes).
+2. The router launches with `assign_public_ip="false"` and its planned WAN address as primary private IP. Its
+   user-data is the bootstrap payload, which names no public address, so nothing the instance needs waits for
+   any reserved address (no cycle).
 3. After launch, `getPrivateIps(ip_address=<instance.private_ip>, subnet_id=<WAN subnet>)` finds the OCID of that
-   primary private IP, and `OciPublicAddressBinding` assigns the reserved address to it (UpdatePublicIp through the
-   OCI CLI, `oci network public-ip update --public-ip-id ... --private-ip-id ...`).
-A reserved PublicIp's `private_ip_id` is updatable (UpdatePublicIp), but one Pulumi resource cannot be created
-before the instance and updated after it in the same run; giving it the instance's private IP at creation would
-make the address depend on the instance whose user-data needs the address (a cycle). The binding is therefore its
-own step, and the PublicIp ignores changes of `privateIpId` (a refresh must not unassign it). The router's
-management address resolves only once the binding ran, so later steps (config push, checks) wait for it.
-Requirement: the OCI CLI on the machine running Pulumi, configured with the same credentials as the provider.
+   primary private IP and resolves the deferred `private_ip_id`: OCI creates the reserved address assigned to it
+   (CreatePublicIp with privateIpId). A rebuilt router gets the same address back by an update of `private_ip_id`
+   (UpdatePublicIp moves a reserved IP; private_ip_id is updatable, lifetime is ForceNew:
+   https://github.com/oracle/terraform-provider-oci/blob/master/internal/service/core/core_public_ip_resource.go).
+   Nothing runs outside the provider (no OCI CLI).
+The router's management address is the PublicIp's `ip_address`, so the config push waits for the assignment; the
+push also waits for the whole `OciMachine` (instance and LAN VNIC attachment).
+Caveat of the deferred output: if the program fails after `prepare()` and before this site's `router()` (e.g. an
+exception while another site deploys), the PublicIp and everything that uses its address wait forever instead of
+failing; `OciSite.abandon(error)` fails them, and the program should call it for every site it did not deploy.
 """
 
 from __future__ import annotations
 
-import base64
 import ipaddress
-import shlex
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Any, Final, NoReturn
 
 import pulumi
-import pulumi_command as command
 import pulumi_oci as oci
 
+from components.clouds import oci_limits
 from components.clouds.base import NodeResources, NodeSpec, PlatformSite, ResolvedRule, SiteContext
+from components.limits import user_data_as_sent
 from components.security import IngressRule, RuleProtocol, scoped_source
 
 PKG: Final = "multicloud-overlay:oci"
@@ -56,6 +62,11 @@ LAN_IPV6_INDEX: Final = 2
 PROTOCOL_NUMBERS: Final[Mapping[RuleProtocol, str]] = {"udp": "17", "tcp": "6", "icmp": "1", "icmpv6": "58"}
 WORLD: Final = ("0.0.0.0/0", "::/0")
 USER_DATA_PROPERTY: Final = "metadata.user_data"
+SSH_KEYS_PROPERTY: Final = "metadata.ssh_authorized_keys"
+# OCI rejects an UpdateInstance that changes either metadata key after launch ("user_data and ssh_authorized_keys
+# cannot be changed after an instance has launched", https://docs.oracle.com/iaas/api/#/en/iaas/20160918/datatypes/UpdateInstanceDetails):
+# never send one.
+IMMUTABLE_METADATA: Final = (USER_DATA_PROPERTY, SSH_KEYS_PROPERTY)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -97,31 +108,32 @@ def first_availability_domain(domains: Sequence[Any] | None, what: str) -> str:
 
 
 def encode_user_data(text: str) -> str:
-    """OCI metadata.user_data is base64 of the #cloud-config text."""
-    return base64.b64encode(text.encode()).decode()
+    """OCI metadata.user_data: base64 of the gzip of the #cloud-config text (oci_limits.LIMITS.user_data_encoding;
+    the Oracle datasource base64-decodes, cloud-init decompresses gzip), as limits.user_data_as_sent measures it."""
+    return user_data_as_sent(text, oci_limits.LIMITS.user_data_encoding)
+
+
+def instance_metadata(values: Sequence[str | None]) -> dict[str, str]:
+    """Apply callback: [user_data text, ssh key or None] -> the instance metadata, refused above OCI's 32,000 bytes."""
+    text, ssh_key = values
+    assert text is not None
+    metadata = {**({"ssh_authorized_keys": ssh_key} if ssh_key else {}), "user_data": encode_user_data(text)}
+    problem = oci_limits.metadata_problem(metadata)
+    if problem:
+        raise ValueError(problem)
+    return metadata
+
+
+_UNBUILT_ROUTERS: list[OciSite] = []
+"""OCI sites of this program run whose reserved address still waits for router() (see OciSite.abandon)."""
+
+
+def _unresolvable(message: str) -> NoReturn:
+    raise RuntimeError(f"the router was not built, so its reserved public IP has no private IP: {message}")
 
 
 def is_flex(shape: str) -> bool:
     return shape.endswith(".Flex")
-
-
-def assign_command(region: str, public_ip_id: str, private_ip_id: str) -> str:
-    """OCI CLI call that assigns a reserved public IP to a private IP and waits until it is assigned."""
-    return " ".join(
-        [
-            "oci network public-ip update",
-            f"--region {shlex.quote(region)}",
-            f"--public-ip-id {shlex.quote(public_ip_id)}",
-            f"--private-ip-id {shlex.quote(private_ip_id)}",
-            "--wait-for-state ASSIGNED",
-            "--force",
-        ]
-    )
-
-
-def after(values: list[Any]) -> Any:
-    """The first value of an Output.all(value, *steps): `value`, available only once the steps are done."""
-    return values[0]
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -219,29 +231,51 @@ class OciNetwork(pulumi.ComponentResource):
 @dataclass
 class OciSecurityPolicyArgs:
     compartment_id: pulumi.Input[str]
-    """OCID of the compartment of the NSG."""
+    """OCID of the compartment of the NSGs."""
     vcn_id: pulumi.Input[str]
-    """VCN the NSG belongs to."""
+    """VCN the NSGs belong to."""
     rules: Sequence[ResolvedRule]
-    """Ingress rules; each becomes one NSG rule named after the rule (never after its position)."""
+    """Ingress rules; each becomes one NSG rule named after the rule (never after its position), in the NSG of its
+    kind (oci_limits.nsg_group)."""
 
 
 class OciSecurityPolicy(pulumi.ComponentResource):
-    """A network security group admitting exactly `rules` (stateful) and any egress. Refuses 0.0.0.0/0 and ::/0."""
+    """Network security groups admitting exactly `rules` (stateful) and any egress. Refuses 0.0.0.0/0 and ::/0.
+
+    One NSG per rule kind (oci_limits.NSG_GROUPS: "main" with the tunnels, SSH and the egress rules, "icmp"), so
+    neither reaches OCI's 120 rules per NSG below 117 peers; put every id of `nsg_ids` on each VNIC of the node.
+    """
 
     def __init__(self, name: str, args: OciSecurityPolicyArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__(f"{PKG}:OciSecurityPolicy", name, None, opts)
         child = pulumi.ResourceOptions(parent=self)
-        self.nsg = oci.core.NetworkSecurityGroup(
-            f"{name}-nsg", compartment_id=args.compartment_id, vcn_id=args.vcn_id, display_name=f"{name}-nsg", opts=child
-        )
+        names = [r.rule.name for r in args.rules]
+        for rule_name in names:
+            if names.count(rule_name) > 1:
+                raise ValueError(f"two ingress rules are named {rule_name}")
+        for group, count in oci_limits.nsg_rule_counts(r.rule for r in args.rules).items():
+            if count > oci_limits.NSG_RULES_MAX.value:
+                raise ValueError(
+                    f"{name}: the {group} NSG would hold {count} security rules, over OCI's {oci_limits.NSG_RULES_MAX.value} "
+                    f"({oci_limits.NSG_RULES_MAX.source})"
+                )
+        self.nsgs: dict[oci_limits.NsgGroup, oci.core.NetworkSecurityGroup] = {
+            group: oci.core.NetworkSecurityGroup(
+                oci_limits.nsg_name(name, group),
+                compartment_id=args.compartment_id,
+                vcn_id=args.vcn_id,
+                display_name=oci_limits.nsg_name(name, group),
+                opts=child,
+            )
+            for group in oci_limits.NSG_GROUPS
+        }
+        self.nsg = self.nsgs["main"]
+        self.nsg_ids: list[pulumi.Output[str]] = [nsg.id for nsg in self.nsgs.values()]
         self.rules: dict[str, oci.core.NetworkSecurityGroupSecurityRule] = {}
         for resolved in args.rules:
             rule = resolved.rule
-            if rule.name in self.rules:
-                raise ValueError(f"two ingress rules are named {rule.name}")
             source = pulumi.Output.from_input(resolved.source).apply(lambda s, n=rule.name: scoped_source(s, n))
-            self.rules[rule.name] = self._ingress(name, rule, source)
+            self.rules[rule.name] = self._ingress(name, rule, source, self.nsgs[oci_limits.nsg_group(rule)])
         self.egress = [
             oci.core.NetworkSecurityGroupSecurityRule(
                 f"{name}-egress-v{family}",
@@ -255,9 +289,12 @@ class OciSecurityPolicy(pulumi.ComponentResource):
             )
             for family, dest in ((4, WORLD[0]), (6, WORLD[1]))
         ]
-        self.register_outputs({"nsgId": self.nsg.id, "ruleNames": sorted(self.rules)})
+        assert len(self.egress) == oci_limits.EGRESS_RULES["main"]
+        self.register_outputs({"nsgId": self.nsg.id, "nsgIds": self.nsg_ids, "ruleNames": sorted(self.rules)})
 
-    def _ingress(self, name: str, rule: IngressRule, source: pulumi.Output[str]) -> oci.core.NetworkSecurityGroupSecurityRule:
+    def _ingress(
+        self, name: str, rule: IngressRule, source: pulumi.Output[str], nsg: oci.core.NetworkSecurityGroup
+    ) -> oci.core.NetworkSecurityGroupSecurityRule:
         udp = tcp = None
         if rule.port is not None and rule.protocol == "udp":
             udp = oci.core.NetworkSecurityGroupSecurityRuleUdpOptionsArgs(
@@ -273,7 +310,7 @@ class OciSecurityPolicy(pulumi.ComponentResource):
             )
         return oci.core.NetworkSecurityGroupSecurityRule(
             f"{name}-{rule.name}",
-            network_security_group_id=self.nsg.id,
+            network_security_group_id=nsg.id,
             direction="INGRESS",
             protocol=PROTOCOL_NUMBERS[rule.protocol],
             source=source,
@@ -290,11 +327,14 @@ class OciSecurityPolicy(pulumi.ComponentResource):
 class OciPublicAddressArgs:
     compartment_id: pulumi.Input[str]
     """OCID of the compartment of the reserved address."""
+    private_ip_id: pulumi.Input[str] | None = None
+    """OCID of the private IP to assign the address to (a VNIC's primary private IP without a public IP of its own);
+    None: reserved unassigned. A later change moves the address (UpdatePublicIp), it is never released."""
 
 
 class OciPublicAddress(pulumi.ComponentResource):
-    """A reserved public IPv4, created unassigned: it outlives any VM and keeps its address across rebuilds.
-    Assign it with `OciPublicAddressBinding` (the assignment is ignored as a change of this resource)."""
+    """A reserved public IPv4: it outlives any VM and keeps its address across rebuilds (`private_ip_id` may be an
+    output known only after the VM exists, e.g. a `pulumi.deferred_output`)."""
 
     def __init__(self, name: str, args: OciPublicAddressArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__(f"{PKG}:OciPublicAddress", name, None, opts)
@@ -302,39 +342,13 @@ class OciPublicAddress(pulumi.ComponentResource):
             f"{name}-ip",
             compartment_id=args.compartment_id,
             lifetime="RESERVED",
+            private_ip_id=args.private_ip_id,
             display_name=f"{name}-ip",
-            opts=pulumi.ResourceOptions(parent=self, ignore_changes=["privateIpId"]),
-        )
-        self.address: pulumi.Output[str] = self.public_ip.ip_address
-        self.register_outputs({"address": self.address, "publicIpId": self.public_ip.id})
-
-
-@dataclass
-class OciPublicAddressBindingArgs:
-    region: str
-    """Region of the public and the private IP."""
-    public_ip_id: pulumi.Input[str]
-    """OCID of the reserved public IP."""
-    private_ip_id: pulumi.Input[str]
-    """OCID of the private IP to assign it to (a VNIC's primary private IP, without a public IP of its own)."""
-
-
-class OciPublicAddressBinding(pulumi.ComponentResource):
-    """Assigns a reserved public IP to a private IP (UpdatePublicIp through the OCI CLI), again whenever either
-    changes (a rebuilt VM). Needs the OCI CLI, configured like the provider, where Pulumi runs."""
-
-    def __init__(self, name: str, args: OciPublicAddressBindingArgs, opts: pulumi.ResourceOptions | None = None) -> None:
-        super().__init__(f"{PKG}:OciPublicAddressBinding", name, None, opts)
-        self.private_ip_id = pulumi.Output.from_input(args.private_ip_id)
-        script = pulumi.Output.all(args.public_ip_id, args.private_ip_id).apply(lambda ids: assign_command(args.region, ids[0], ids[1]))
-        self.command = command.local.Command(
-            f"{name}-assign",
-            create=script,
-            update=script,
-            triggers=[args.public_ip_id, args.private_ip_id],
             opts=pulumi.ResourceOptions(parent=self),
         )
-        self.register_outputs({"privateIpId": self.private_ip_id})
+        self.address: pulumi.Output[str] = self.public_ip.ip_address
+        self.private_ip_id: pulumi.Output[str | None] = self.public_ip.private_ip_id
+        self.register_outputs({"address": self.address, "publicIpId": self.public_ip.id})
 
 
 @dataclass
@@ -367,8 +381,6 @@ class OciMachineArgs:
     """NIC 0, created at launch."""
     user_data: pulumi.Input[str]
     """Plain-text #cloud-config; encoded to base64 here. Changes are ignored after launch (pushed in place)."""
-    ssh_public_key: str
-    """OpenSSH public key installed for the image's default user."""
     shape: str = DEFAULT_SHAPE
     """Instance shape; flex shapes get `ocpus`/`memory_in_gbs`."""
     ocpus: float = CLIENT_OCPUS
@@ -377,6 +389,9 @@ class OciMachineArgs:
     """Memory of a flex shape."""
     secondary_vnics: Mapping[str, OciVnic] = field(default_factory=dict)
     """role -> VNIC attached after launch (the guest must configure it itself)."""
+    ssh_public_key: str | None = None
+    """OpenSSH public key for the image's default user (metadata ssh_authorized_keys); None: the user-data alone
+    decides who logs in (the overlay's payload creates its own login user). Like user_data, fixed at launch."""
 
 
 class OciMachine(pulumi.ComponentResource):
@@ -402,14 +417,11 @@ class OciMachine(pulumi.ComponentResource):
                 assign_ipv6ip=nic.assign_ipv6,
                 skip_source_dest_check=nic.skip_source_dest_check,
                 nsg_ids=list(nic.nsg_ids),
-                display_name=f"{name}-vnic0",
+                display_name=oci_limits.primary_vnic_name(name),
             ),
-            metadata={
-                "ssh_authorized_keys": args.ssh_public_key,
-                "user_data": pulumi.Output.from_input(args.user_data).apply(encode_user_data),
-            },
-            # A planned private IP cannot be held by two VNICs: replace by deleting first.
-            opts=pulumi.ResourceOptions(parent=self, ignore_changes=[USER_DATA_PROPERTY], delete_before_replace=True),
+            metadata=pulumi.Output.all(args.user_data, args.ssh_public_key).apply(instance_metadata),
+            # A planned private IP cannot be held by two VNICs: replace by deleting first. Metadata keys are immutable.
+            opts=pulumi.ResourceOptions(parent=self, ignore_changes=list(IMMUTABLE_METADATA), delete_before_replace=True),
         )
         self.vnic_attachments: dict[str, oci.core.VnicAttachment] = {}
         for role, vnic in args.secondary_vnics.items():
@@ -424,7 +436,7 @@ class OciMachine(pulumi.ComponentResource):
                     assign_ipv6ip=vnic.assign_ipv6,
                     skip_source_dest_check=vnic.skip_source_dest_check,
                     nsg_ids=list(vnic.nsg_ids),
-                    display_name=f"{name}-{role}",
+                    display_name=oci_limits.secondary_vnic_name(name, role),
                 ),
                 opts=pulumi.ResourceOptions(parent=self, delete_before_replace=True),
             )
@@ -459,6 +471,8 @@ class OciSite(PlatformSite):
         self._provider = oci.Provider(f"{self.name}-provider", region=self.region, opts=pulumi.ResourceOptions(parent=ctx.parent))
         self.network: OciNetwork | None = None
         self.reserved: OciPublicAddress | None = None
+        self._resolve_wan_private_ip: Callable[[pulumi.Output[str]], None] | None = None
+        """Resolves the reserved address's deferred private_ip_id (set by prepare, called once by router)."""
         self._images: dict[str, pulumi.Output[str]] = {}
         self._availability_domain: pulumi.Output[str] | None = None
 
@@ -478,9 +492,14 @@ class OciSite(PlatformSite):
             ),
             self.child_opts(),
         )
+        # Assigned to the router's primary private IP once router() knows its OCID (no user-data waits for it).
+        private_ip_id, self._resolve_wan_private_ip = pulumi.deferred_output()
         self.reserved = OciPublicAddress(
-            f"{self.name}-router-wan", OciPublicAddressArgs(compartment_id=self.compartment_id), self.child_opts()
+            f"{self.name}-router-wan",
+            OciPublicAddressArgs(compartment_id=self.compartment_id, private_ip_id=private_ip_id),
+            self.child_opts(),
         )
+        _UNBUILT_ROUTERS.append(self)
         return self.reserved.address
 
     def _image(self, shape: str) -> pulumi.Input[str]:
@@ -517,13 +536,50 @@ class OciSite(PlatformSite):
 
     def _policy(self, spec: NodeSpec, network: OciNetwork) -> OciSecurityPolicy:
         return OciSecurityPolicy(
-            f"{spec.node.name}-policy",
+            oci_limits.policy_name(spec.node.name),
             OciSecurityPolicyArgs(compartment_id=self.compartment_id, vcn_id=network.vcn.id, rules=spec.rules),
             self.child_opts(spec.parent),
         )
 
+    def abandon(self, error: BaseException) -> None:
+        """Fail whatever waits for this site's router (its reserved address, and through it the peers' rules and the
+        pushes) when the router will not be built: an unresolved deferred output keeps Pulumi waiting forever.
+        Called for every OCI site when one OCI router fails; after any other failure between prepare() and router(),
+        the program must call it for each site whose deploy did not run (see the module docstring). Does nothing once
+        router() resolved the address."""
+        resolve, self._resolve_wan_private_ip = self._resolve_wan_private_ip, None
+        if self in _UNBUILT_ROUTERS:
+            _UNBUILT_ROUTERS.remove(self)
+        if resolve is not None:
+            resolve(pulumi.Output.from_input(f"{type(error).__name__}: {error}").apply(_unresolvable))
+
     def router(self, spec: NodeSpec) -> NodeResources:
-        network, reserved = self._parts()
+        resolve = self._resolve_wan_private_ip
+        if resolve is None:
+            raise RuntimeError("OciSite.prepare() runs before router(), and router() runs once")
+        try:
+            machine, private_ip_id = self._router(spec)
+        except BaseException as error:
+            # The program ends with this error: no other OCI site's router will be built either.
+            for site in [self, *_UNBUILT_ROUTERS]:
+                site.abandon(error)
+            raise
+        self._resolve_wan_private_ip = None
+        _UNBUILT_ROUTERS.remove(self)
+        resolve(private_ip_id)
+        _, reserved = self._parts()
+        node = spec.node
+        return NodeResources(
+            management_ip=reserved.address,
+            private_ips={"wan": machine.private_ip, "lan": node.lan_ip},
+            # The component: the push waits for the instance and the LAN VNIC attachment (and, through the
+            # management address, for the reserved address's assignment).
+            machine=machine,
+            extra={"instanceId": machine.instance.id, "publicIpId": reserved.public_ip.id, "privateIpId": private_ip_id},
+        )
+
+    def _router(self, spec: NodeSpec) -> tuple[OciMachine, pulumi.Output[str]]:
+        network, _ = self._parts()
         node = spec.node
         if node.wan_ip is None:
             raise ValueError(f"{node.name} has no planned WAN address")
@@ -531,7 +587,7 @@ class OciSite(PlatformSite):
         policy = self._policy(spec, network)
         shape = self.ctx.site.setting("routerSize") or DEFAULT_SHAPE
         machine = OciMachine(
-            f"{node.name}-vm",
+            oci_limits.machine_name(node.name),
             OciMachineArgs(
                 compartment_id=self.compartment_id,
                 availability_domain=self._zone(),
@@ -539,17 +595,16 @@ class OciSite(PlatformSite):
                 primary_vnic=OciVnic(
                     subnet_id=network.wan_subnet.id,
                     private_ip=wan_ip,
-                    nsg_ids=[policy.nsg.id],
+                    nsg_ids=policy.nsg_ids,
                     skip_source_dest_check=True,
                     assign_public_ip=False,  # the reserved address is assigned to this VNIC's primary private IP
                 ),
                 secondary_vnics={
                     "lan": OciVnic(
-                        subnet_id=network.lan_subnet.id, private_ip=node.lan_ip, nsg_ids=[policy.nsg.id], skip_source_dest_check=True
+                        subnet_id=network.lan_subnet.id, private_ip=node.lan_ip, nsg_ids=policy.nsg_ids, skip_source_dest_check=True
                     )
                 },
                 user_data=spec.user_data,
-                ssh_public_key=self.ctx.ssh_public_key,
                 shape=shape,
                 ocpus=ROUTER_OCPUS,
                 memory_in_gbs=ROUTER_MEMORY_GBS,
@@ -562,22 +617,7 @@ class OciSite(PlatformSite):
             subnet_id=network.wan_subnet.id,
             opts=pulumi.InvokeOptions(provider=self._provider, parent=spec.parent),
         )
-        binding = OciPublicAddressBinding(
-            f"{node.name}-wan-ip",
-            OciPublicAddressBindingArgs(
-                region=self.region,
-                public_ip_id=reserved.public_ip.id,
-                private_ip_id=found.private_ips.apply(lambda ips: primary_private_ip_id(ips, wan_ip)),
-            ),
-            pulumi.ResourceOptions(parent=spec.parent),
-        )
-        management_ip: pulumi.Output[str] = pulumi.Output.all(reserved.address, binding.command.stdout).apply(after)
-        return NodeResources(
-            management_ip=management_ip,
-            private_ips={"wan": machine.private_ip, "lan": node.lan_ip},
-            machine=machine.instance,
-            extra={"instanceId": machine.instance.id, "publicIpId": reserved.public_ip.id, "privateIpId": binding.private_ip_id},
-        )
+        return machine, found.private_ips.apply(lambda ips: primary_private_ip_id(ips, wan_ip))
 
     def client(self, spec: NodeSpec) -> NodeResources:
         network, _ = self._parts()
@@ -585,7 +625,7 @@ class OciSite(PlatformSite):
         policy = self._policy(spec, network)
         shape = self.ctx.site.setting("clientSize") or DEFAULT_SHAPE
         machine = OciMachine(
-            f"{node.name}-vm",
+            oci_limits.machine_name(node.name),
             OciMachineArgs(
                 compartment_id=self.compartment_id,
                 availability_domain=self._zone(),
@@ -593,11 +633,10 @@ class OciSite(PlatformSite):
                 primary_vnic=OciVnic(
                     subnet_id=network.lan_subnet.id,
                     private_ip=node.lan_ip,
-                    nsg_ids=[policy.nsg.id],
+                    nsg_ids=policy.nsg_ids,
                     assign_public_ip=True,  # management over the internet; the NSG admits SSH from adminCidr only
                 ),
                 user_data=spec.user_data,
-                ssh_public_key=self.ctx.ssh_public_key,
                 shape=shape,
                 ocpus=CLIENT_OCPUS,
                 memory_in_gbs=CLIENT_MEMORY_GBS,
@@ -607,6 +646,6 @@ class OciSite(PlatformSite):
         return NodeResources(
             management_ip=machine.public_ip,
             private_ips={"lan": machine.private_ip},
-            machine=machine.instance,
+            machine=machine,
             extra={"instanceId": machine.instance.id},
         )

@@ -11,12 +11,16 @@ datacentre edge NATs a configured public address to the router. A site is theref
   firewall exists here; these rules are what least privilege means on vSphere), exported for the operator.
 
 Each is usable without the overlay. `VsphereSite` wires them for an overlay site. The small functions below
-(MACs, sizes, gateways, guestinfo, edge rules) are pure and tested without mocks.
+(MACs, sizes, gateways, guestinfo, edge rules) are pure and tested without mocks; the documented limits they
+hold VMs to (VM names, sizes, guestinfo size, the template's datasource) live in vsphere_limits.
+
+Template requirements: cloud-init with the VMware datasource (Ubuntu 24.04 cloud image), open-vm-tools, and no
+vApp options: with an OVF environment, cloud-init's OVF datasource (listed before VMware on Ubuntu) wins and
+guestinfo is ignored, so `VsphereInventory` refuses such a template (vsphere_limits.template_problem).
 """
 
 from __future__ import annotations
 
-import base64
 import functools
 import ipaddress
 import re
@@ -29,19 +33,18 @@ import pulumi_vsphere as vsphere
 import yaml
 
 from cloudinit.render import StaticNic, render_vsphere_metadata
+from components.clouds import vsphere_limits
 from components.clouds.base import NodeResources, NodeSpec, PlatformSite, ResolvedRule, SiteContext
+from components.clouds.vsphere_limits import DEFAULT_SIZES, parse_size, vm_name
 from components.config import CLIENT_HOST, MAX_SITE_ID, ROUTER_HOST, SiteConfig
+from components.limits import user_data_as_sent
 from components.plan import Node
 from components.security import IngressRule, scoped_source
 
 TOKEN: Final = "multicloud-overlay:vsphere"
 
-# `<vCPUs>x<memory MiB>`, overridable per site with routerSize / clientSize (e.g. "4x8192").
-SIZE_FORMAT: Final = "<vCPUs>x<memory MiB>, e.g. 2x4096"
-DEFAULT_SIZES: Final[Mapping[str, str]] = {"router": "2x4096", "client": "1x2048"}
-MAX_CPUS: Final = 64
-MIN_MEMORY_MIB: Final = 1024
-MAX_MEMORY_MIB: Final = 262_144
+# Sizes: `<vCPUs>x<memory MiB>` (vsphere_limits.SIZE_FORMAT, DEFAULT_SIZES), overridable per site with routerSize /
+# clientSize (e.g. "4x8192"); vsphere_limits.parse_size checks them (check_limits too, before any resource).
 # Root disk at least this large (GiB), or the template's size if larger: the router pulls container images.
 MIN_DISK_GIB: Final = 16
 # Resolvers written to the guest's netplan when the site sets no dnsServers (packages are installed at boot).
@@ -99,19 +102,6 @@ def is_manual_vmware_mac(mac: str) -> bool:
     return len(octets) == 6 and tuple(octets[:3]) == VMWARE_OUI and octets[3] <= 0x3F
 
 
-def parse_size(value: str, key: str = "size") -> tuple[int, int]:
-    """`<vCPUs>x<memory MiB>` (e.g. "2x4096") -> (2, 4096); memory a multiple of 4 MiB, as vSphere requires."""
-    match = re.fullmatch(r"\s*(\d+)\s*[xX]\s*(\d+)\s*", value)
-    if not match:
-        raise ValueError(f"{key} = {value!r}: use {SIZE_FORMAT}")
-    cpus, memory = int(match.group(1)), int(match.group(2))
-    if not 1 <= cpus <= MAX_CPUS:
-        raise ValueError(f"{key} = {value!r}: vCPUs must be 1..{MAX_CPUS}")
-    if not MIN_MEMORY_MIB <= memory <= MAX_MEMORY_MIB or memory % 4:
-        raise ValueError(f"{key} = {value!r}: memory must be {MIN_MEMORY_MIB}..{MAX_MEMORY_MIB} MiB and a multiple of 4")
-    return cpus, memory
-
-
 def gateway_for(cidr: ipaddress.IPv4Network, configured: str | None, key: str) -> str:
     """The configured gateway (must lie inside `cidr`), else the first host of `cidr`."""
     if configured is None:
@@ -150,17 +140,32 @@ def render_metadata(node_name: str, iid: str, nics: list[StaticNic], public_keys
 
 
 def b64(text: str) -> str:
-    return base64.b64encode(text.encode()).decode()
+    """base64 as vsphere_limits.LIMITS.user_data_encoding says (limits.user_data_as_sent: what check_limits measures)."""
+    return user_data_as_sent(text, vsphere_limits.LIMITS.user_data_encoding)
 
 
 def guestinfo_extra_config(user_data: str, metadata: str) -> dict[str, str]:
-    """extra_config for the VMware datasource: base64 user-data and metadata with their `.encoding` keys."""
+    """extra_config for the VMware datasource: base64 user-data and metadata with their `.encoding` keys, each
+    refused above what one guestinfo value may hold (vsphere_limits.GUESTINFO_MAX_BYTES)."""
+    values = {GUESTINFO_USERDATA: b64(user_data), GUESTINFO_METADATA: b64(metadata)}
+    for key, value in values.items():
+        problem = vsphere_limits.guestinfo_problem(key, value)
+        if problem:
+            raise ValueError(problem)
     return {
-        GUESTINFO_USERDATA: b64(user_data),
+        GUESTINFO_USERDATA: values[GUESTINFO_USERDATA],
         f"{GUESTINFO_USERDATA}.encoding": GUESTINFO_ENCODING,
-        GUESTINFO_METADATA: b64(metadata),
+        GUESTINFO_METADATA: values[GUESTINFO_METADATA],
         f"{GUESTINFO_METADATA}.encoding": GUESTINFO_ENCODING,
     }
+
+
+def require_guestinfo_template(template: vsphere.GetVirtualMachineResult) -> vsphere.GetVirtualMachineResult:
+    """Apply callback of the template lookup: the template, unless its vApp options would hide guestinfo."""
+    problem = vsphere_limits.template_problem(template.name or template.id, template.vapp_transports)
+    if problem:
+        raise ValueError(problem)
+    return template
 
 
 def template_disks(template: vsphere.GetVirtualMachineResult, min_gib: int) -> list[vsphere.VirtualMachineDiskArgs]:
@@ -276,9 +281,10 @@ class VsphereInventory(pulumi.ComponentResource):
             role: vsphere.get_network_output(name=port_group, datacenter_id=self.datacenter_id, opts=invoke).id
             for role, port_group in args.networks.items()
         }
+        # Every VM input taken from the template waits for this check: a refused template creates no VM.
         self.template: pulumi.Output[vsphere.GetVirtualMachineResult] = vsphere.get_virtual_machine_output(
             name=args.template, datacenter_id=self.datacenter_id, opts=invoke
-        )
+        ).apply(require_guestinfo_template)
         self.template_id: pulumi.Output[str] = self.template.id
         self.register_outputs(
             {
@@ -304,7 +310,7 @@ class VsphereNic:
 @dataclass
 class VsphereMachineArgs:
     vm_name: str
-    """VM name in the vCenter inventory."""
+    """VM name in the vCenter inventory (at most 80 characters: vsphere_limits.vm_name folds longer ones)."""
     resource_pool_id: pulumi.Input[str]
     """Resource pool to run in (VsphereInventory.resource_pool_id)."""
     datastore_id: pulumi.Input[str]
@@ -334,15 +340,21 @@ class VsphereMachine(pulumi.ComponentResource):
 
     The clone is not customised by VMware (no `clone.customize`): cloud-init's VMware datasource reads
     guestinfo.userdata / guestinfo.metadata instead. `extra_config` and `clone` are in ignore_changes: changing
-    extra_config reboots the VM and a new template would replace it; later config is pushed in place.
+    extra_config reboots the VM and a new template would replace it; later config is pushed in place. So are the
+    inputs that follow the template (guest id, SCSI type, firmware): another template serves new VMs only. Disks,
+    vCPUs and memory stay managed (growing them is intended).
     """
 
-    ignored: Final = ("extraConfig", "clone")
+    ignored: Final = ("extraConfig", "clone", "guestId", "scsiType", "firmware")
 
     def __init__(self, name: str, args: VsphereMachineArgs, opts: pulumi.ResourceOptions | None = None) -> None:
-        super().__init__(f"{TOKEN}:VsphereMachine", name, None, opts)
         if not args.nics:
             raise ValueError(f"{name}: a VM needs at least one NIC")
+        if len(args.nics) > vsphere_limits.NICS_PER_VM_MAX.value:
+            raise ValueError(f"{name}: {len(args.nics)} NICs, vSphere allows {vsphere_limits.NICS_PER_VM_MAX.value} per VM")
+        if len(args.vm_name) > vsphere_limits.VM_NAME_MAX.value:
+            raise ValueError(f"{name}: VM name {args.vm_name!r} is over vCenter's {vsphere_limits.VM_NAME_MAX.value} characters")
+        super().__init__(f"{TOKEN}:VsphereMachine", name, None, opts)
         for nic in args.nics:
             if not is_manual_vmware_mac(nic.mac):
                 raise ValueError(
@@ -509,11 +521,11 @@ class VsphereSite(PlatformSite):
         nics = self.static_nics(node)
         roles = ROUTER_NICS if node.kind == "router" else CLIENT_NICS
         cpus, memory = self.sizes[node.kind]
-        metadata = render_metadata(node.name, instance_id(node), nics, [self.ctx.ssh_public_key])
+        metadata = render_metadata(node.name, instance_id(node), nics, [])  # the payload installs the login user's keys
         return VsphereMachine(
             f"{node.name}-machine",
             VsphereMachineArgs(
-                vm_name=f"{pulumi.get_project()}-{pulumi.get_stack()}-{node.name}",
+                vm_name=vm_name(pulumi.get_project(), pulumi.get_stack(), node.name),
                 resource_pool_id=self.inventory.resource_pool_id,
                 datastore_id=self.inventory.datastore_id,
                 template=self.inventory.template,

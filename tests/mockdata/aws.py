@@ -42,10 +42,6 @@ def _network_interface(args: pulumi.runtime.MockResourceArgs) -> dict[str, Any]:
     return {"privateIp": private_ips[0] if private_ips else "10.0.0.99", "ipv6Addresses": ["2600:1f18::1"]}
 
 
-def _key_pair(args: pulumi.runtime.MockResourceArgs) -> dict[str, Any]:
-    return {"keyName": args.inputs.get("keyName") or f"{args.name}-0a1b2c3"}
-
-
 # Invoke token (as Mocks.call receives it) -> result.
 INVOKES: dict[str, dict[str, Any]] = {
     "aws:ec2/getAmi:getAmi": {
@@ -69,5 +65,4 @@ RESOURCE_OUTPUTS: dict[str, Callable[[pulumi.runtime.MockResourceArgs], dict[str
     "aws:ec2/vpc:Vpc": _vpc,
     "aws:ec2/eip:Eip": _eip,
     "aws:ec2/networkInterface:NetworkInterface": _network_interface,
-    "aws:ec2/keyPair:KeyPair": _key_pair,
 }

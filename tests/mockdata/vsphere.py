@@ -76,7 +76,8 @@ INVOKES: dict[str, dict[str, Any]] = {
         "guestIpAddresses": [],
         "defaultIpAddress": "",
         "extraConfig": {},
-        "vappTransports": ["com.vmware.guestInfo"],
+        # A template without vApp options (vsphere_limits.template_problem refuses one with OVF transports).
+        "vappTransports": [],
     },
 }
 
