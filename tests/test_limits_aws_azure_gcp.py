@@ -326,6 +326,19 @@ def test_a_hundred_site_stack_registers_within_the_limits(hub: str, sites: int) 
     for platform, violations in VIOLATIONS.items():
         checked, problems = violations(run)
         assert checked > 0 and problems == [], (platform, problems[:5])
+    # The largest stack: no user-data holds any tunnel key or the deploy key the stack generated (ipsec, the default).
+    from cloudinit.render import payload_node_config
+    from tests.test_inplace import occurs, stack_secrets
+    from tests.test_platforms import decode, user_data_strings
+
+    found = stack_secrets(run)
+    assert len(found["tunnel"]) == 2 * (sites - 1)
+    vms = [r for r in run.resources if any(user_data_strings(v) for v in r.inputs.values())]
+    assert len(vms) == 2 * sites
+    for vm in vms:
+        texts = [decode(unsecret(u)) for v in vm.inputs.values() for u in user_data_strings(v)]
+        text = json.dumps(texts) + json.dumps([payload_node_config(t) for t in texts])  # the node config is gzip inside
+        assert not any(occurs(k, text) for k in found["tunnel"] + found["deploy"]), vm.name
 
 
 @pytest.mark.parametrize(("platform", "quota"), [("aws", "Elastic IPs per region"), ("azure", "Standard public IPs")])
