@@ -57,7 +57,11 @@ def gcp_config(sites: dict[str, tuple[str, str]] | None = None, hub: str = "gcpa
         for i, (name, (region, zone)) in enumerate(chosen.items(), 1)
     }
     raw["hub"] = hub
-    raw.update(top)  # the stack's encryption: ipsec, the default users deploy
+    # Clear tunnels: these tests pin each rule's tunnel port in detail. The default (ipsec) is what
+    # tests/test_platforms.py (every platform, each site as hub) and tests/test_limits_*.py (every platform as hub and
+    # as spoke, registered resources against the recorded limits) deploy.
+    top.setdefault("encryption", "none")
+    raw.update(top)
     return raw
 
 

@@ -63,7 +63,10 @@ def raw_config(hub: str = "vspa", names: tuple[str, ...] = SITE_NAMES) -> dict[s
     sites = {name: vsphere_site(name, i) for i, name in enumerate(names, 1)}
     # One site with explicit gateways, DNS and sizes; the others use the defaults.
     sites["vspa"].update(wanGateway="10.11.1.254", mgmtGateway="10.11.3.254", dnsServers="10.11.3.53, 10.11.3.54", routerSize="4x8192")
-    raw.update(hub=hub, sites=sites)  # the stack's encryption: ipsec, the default users deploy
+    # Clear tunnels: these tests pin each rule's tunnel port in detail. The default (ipsec) is what
+    # tests/test_platforms.py (every platform, each site as hub) and tests/test_limits_*.py (every platform as hub and
+    # as spoke, registered resources against the recorded limits) deploy.
+    raw.update(hub=hub, sites=sites, encryption="none")
     return raw
 
 
