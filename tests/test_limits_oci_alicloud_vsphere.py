@@ -382,12 +382,12 @@ def test_a_hundred_site_stack_in_one_alibaba_region_meets_the_vpc_quota() -> Non
     assert alicloud_limits.VPCS_PER_REGION.source in problem
 
 
-def hundred_of_mine(hub_platform: str, sites: int = 100) -> dict[str, Any]:
+def hundred_of_mine(hub_platform: str, count: int = 100) -> dict[str, Any]:
     """100 sites on these three platforms only, within their default quotas: 17 Alibaba sites over 2 regions, 41
     OCI sites in one region, the rest vSphere; the hub (s1) on `hub_platform`. Fewer sites: the same proportions."""
-    share = (sites - 1) / 99
+    share = (count - 1) / 99
     rest = ["alicloud"] * round(16 * share) + ["oci"] * round(40 * share)
-    rest += ["vsphere"] * (sites - 1 - len(rest))
+    rest += ["vsphere"] * (count - 1 - len(rest))
     sites = {"s1": (hub_platform, 1), **{f"s{i}": (p, i) for i, p in enumerate(rest, 2)}}
     return spread_alibaba(stack_with_sites(sites, "s1"), per_region=10)
 
