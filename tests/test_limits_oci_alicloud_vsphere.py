@@ -392,10 +392,11 @@ def hundred_of_mine(hub_platform: str, count: int = 100) -> dict[str, Any]:
     return spread_alibaba(stack_with_sites(sites, "s1"), per_region=10)
 
 
-# The program under mocks takes about a second per site: 100 sites with the hub on OCI, whose NSGs come closest to
-# their limit (103 of 118 rules); Alibaba's groups (200 rules) and vSphere (no cloud firewall) at 30 sites.
+# The program under mocks takes about a second per site (CI runs every test): 60 sites with the hub on OCI, past the
+# 57 peers one NSG held before the ICMP rules moved to their own (test_a_hundred_site_stack_fits_these_platforms_as_hub
+# checks 100 without the program); Alibaba's groups (200 rules) and vSphere (no cloud firewall) at 30 sites.
 @pytest.mark.slow
-@pytest.mark.parametrize(("hub", "sites"), [("oci", 100), ("alicloud", 30), ("vsphere", 30)])
+@pytest.mark.parametrize(("hub", "sites"), [("oci", 60), ("alicloud", 30), ("vsphere", 30)])
 def test_a_hundred_site_stack_deploys_within_the_limits_under_mocks(hub: str, sites: int) -> None:
     raw = hundred_of_mine(hub, sites)
     plan = plan_of(raw)
@@ -416,4 +417,4 @@ def test_a_hundred_site_stack_deploys_within_the_limits_under_mocks(hub: str, si
         assert counts == {"s1-router-fw-sg-id": sites - 1 + 2, "s1-router-fw-icmp-sg-id": sites - 1 + 2}
     if hub == "vsphere":
         edge = run.outputs["sites"]["s1"]["edgeRules"]
-        assert len([r for r in edge if r["name"].startswith("tunnel-from-")]) == 99
+        assert len([r for r in edge if r["name"].startswith("tunnel-from-")]) == sites - 1
