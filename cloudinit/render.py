@@ -41,12 +41,8 @@ PACKAGES: Final = {"router": ("iproute2", "iptables", "iputils-ping", "docker.io
 # node while a mirror hiccups): packages are installed with retries, for up to 15 minutes, instead of once.
 PACKAGE_TRIES: Final = 90
 PACKAGE_RETRY_SECONDS: Final = 10
-# Cloud user-data limits are as low as 16 KiB (AWS; older Alibaba documentation): the node script and its config
-# travel gzip-compressed (cloud-init writes them decompressed), and where the limit is 16 KiB the whole payload is
-# gzip-compressed too (cloud-init decompresses gzip user-data itself): see compressed_user_data.
-USER_DATA_LIMIT: Final = 16 * 1024
-PLAIN_USER_DATA_LIMIT: Final = 32 * 1024
-"""Where the payload travels uncompressed (OCI metadata, Alibaba's current limit, Azure, GCP, vSphere allow more)."""
+# The node script and its config travel gzip-compressed inside the payload (cloud-init writes them decompressed).
+# How each platform sends the payload itself, and its limit, is the platform's: components/clouds/<platform>_limits.py.
 
 _SCRIPT_SOURCE: Final = Path(__file__).with_name("overlay_node.py")
 
@@ -94,14 +90,6 @@ DOCKER_DAEMON_CONFIG: Final = {"bridge": "none", "iptables": False, "ip6tables":
 
 def _gz_b64(text: str) -> str:
     return base64.b64encode(gzip.compress(text.encode(), mtime=0)).decode()
-
-
-def compressed_user_data(user_data: str) -> str:
-    """Base64 of the gzip-compressed payload (for user-data limited to USER_DATA_LIMIT raw bytes)."""
-    raw = gzip.compress(user_data.encode(), mtime=0)
-    if len(raw) > USER_DATA_LIMIT:
-        raise ValueError(f"the payload is {len(raw)} bytes even gzip-compressed: over the {USER_DATA_LIMIT}-byte user-data limit")
-    return base64.b64encode(raw).decode()
 
 
 @dataclass(frozen=True)

@@ -114,6 +114,18 @@ def user_data_as_sent(text: str, encoding: UserDataEncoding) -> str:
     return base64.b64encode(raw).decode()
 
 
+def sent_user_data(text: str, limits: PlatformLimits) -> str:
+    """The payload encoded as the platform module sends it, refused above the platform's recorded limit (what
+    check_limits measured before any resource; this guards a building block used on its own)."""
+    size, limit = measured_size(text, limits), limits.user_data_max_bytes
+    if limits.user_data_measure != "metadata" and size > limit.value:
+        raise ValueError(
+            f"the payload is {size:,} bytes as {limits.platform} counts it ({limits.user_data_measure}, sent "
+            f"{limits.user_data_encoding}), over its limit of {limit.value:,} bytes ({limit.source})"
+        )
+    return user_data_as_sent(text, limits.user_data_encoding)
+
+
 def measured_size(text: str, limits: PlatformLimits) -> int:
     """The number a platform's user-data limit counts, for a payload as this program sends it."""
     sent = user_data_as_sent(text, limits.user_data_encoding)

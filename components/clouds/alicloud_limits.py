@@ -197,7 +197,7 @@ def site_checks(plan: Plan, site: str) -> list[str]:
 LIMITS = PlatformLimits(
     quotas={"eipsPerAccount": EIPS_PER_ACCOUNT, "vpcsPerRegion": VPCS_PER_REGION},
     platform="alicloud",
-    # AlicloudMachine sends base64(gzip(#cloud-config)) (alicloud.encode_user_data -> render.compressed_user_data).
+    # AlicloudMachine sends base64(gzip(#cloud-config)) (alicloud.encode_user_data -> limits.user_data_as_sent).
     user_data_encoding="gzip+base64",
     user_data_max_bytes=USER_DATA_MAX_BYTES,
     # The limit counts the bytes before base64, i.e. the gzip stream this program sends.

@@ -27,7 +27,6 @@ from dataclasses import dataclass, field
 import pulumi
 import pulumi_aws as aws
 
-from cloudinit.render import compressed_user_data
 from components.clouds.aws_limits import (
     GROUPS_PER_ENI,
     LIMITS,
@@ -41,7 +40,7 @@ from components.clouds.aws_limits import (
     security_group_resource_name,
 )
 from components.clouds.base import NodeResources, NodeSpec, PlatformSite, ResolvedRule, SiteContext
-from components.limits import fullmatch
+from components.limits import fullmatch, sent_user_data
 from components.security import scoped_source
 
 # Canonical's AWS account and the name pattern of its Ubuntu 24.04 (noble) amd64 server images.
@@ -91,6 +90,11 @@ def first_zone(names: Sequence[str]) -> str:
     if not names:
         raise ValueError("the region reports no available availability zone")
     return names[0]
+
+
+def send_user_data(text: str) -> str:
+    """user_data_base64: the gzip of the payload (cloud-init decompresses it), as aws_limits records and measures."""
+    return sent_user_data(text, LIMITS)
 
 
 # --- network ------------------------------------------------------------------------------------------------
@@ -390,7 +394,7 @@ class AwsMachine(pulumi.ComponentResource):
             instance_type=args.instance_type,
             key_name=args.key_name,
             primary_network_interface=aws.ec2.InstancePrimaryNetworkInterfaceArgs(network_interface_id=primary.id),
-            user_data_base64=pulumi.Output.from_input(args.user_data).apply(compressed_user_data),
+            user_data_base64=pulumi.Output.from_input(args.user_data).apply(send_user_data),
             user_data_replace_on_change=False,
             metadata_options=aws.ec2.InstanceMetadataOptionsArgs(http_tokens="required"),
             tags={"Name": name},

@@ -168,7 +168,7 @@ def site_checks(plan: Plan, site: str) -> list[str]:
 LIMITS = PlatformLimits(
     quotas={"elasticIpsPerRegion": ELASTIC_IPS_PER_REGION, "vpcsPerRegion": VPCS_PER_REGION},
     platform="aws",
-    # AwsMachine sends user_data_base64=compressed_user_data(...): base64 of the gzip of the payload.
+    # AwsMachine sends user_data_base64=send_user_data(...): base64 of the gzip of the payload.
     user_data_encoding="gzip+base64",
     user_data_max_bytes=Documented(
         16 * 1024,

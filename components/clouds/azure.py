@@ -33,7 +33,6 @@ Azure facts this module relies on (see /work/shared/CLOUDS.md):
 
 from __future__ import annotations
 
-import base64
 import ipaddress
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -46,6 +45,7 @@ from pulumi_azure_native import compute, network, resources
 from components import security
 from components.clouds.azure_limits import (
     HASHED_PRIORITIES,
+    LIMITS,
     NSG_PROTOCOL,
     PEER_PRIORITY_BASE,
     PRIORITY_MAX,
@@ -58,6 +58,7 @@ from components.clouds.azure_limits import (
     vnet_deny_plans,
 )
 from components.clouds.base import SSH_USER, NodeResources, NodeSpec, PlatformSite, ResolvedRule, SiteContext
+from components.limits import user_data_as_sent
 from components.plan import Node
 from components.security import PeerRouter
 
@@ -103,8 +104,8 @@ def scoped_source(source: str) -> str:
 
 
 def encode_custom_data(user_data: str) -> str:
-    """os_profile.custom_data is base64 of the cloud-init payload."""
-    return base64.b64encode(user_data.encode()).decode()
+    """os_profile.custom_data is base64 of the cloud-init payload (azure_limits records it; check_limits measures it)."""
+    return user_data_as_sent(user_data, LIMITS.user_data_encoding)
 
 
 @dataclass(frozen=True)
