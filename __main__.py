@@ -2,13 +2,13 @@
 
 import pulumi
 
-from components.config import ConfigError, parse_config
+from components.connectivity import connectivity_checks
+from components.credentials import DeployKey, TunnelKeys, TunnelKeysArgs
 from components.exports import stack_outputs
-from components.keys import DeployKey, TunnelKeys, TunnelKeysArgs
 from components.limits import checked_plan
-from components.push import connectivity_checks
 from components.site import Site, SiteArgs, deploy_sites
-from components.stack import read_pulumi_config
+from components.stack_config import read_pulumi_config
+from overlay.config import ConfigError, parse_config
 
 try:
     config = parse_config(read_pulumi_config())

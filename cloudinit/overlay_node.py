@@ -42,6 +42,17 @@ IMAGE_RE = re.compile(
 )
 # Containers get no capability (no raw sockets: no forged ARP/ND/RA), no setuid gains, a read-only root.
 HARDENING = ("--cap-drop", "ALL", "--security-opt", "no-new-privileges", "--read-only", "--tmpfs", "/tmp")
+# Kernel settings a forwarding node sets for the whole machine (step_sysctls): forwarding for both families, and
+# loose reverse-path filtering (multi-NIC routers see replies on another NIC than the route back).
+NODE_SYSCTLS = {
+    "net.ipv4.ip_forward": "1",
+    "net.ipv6.conf.all.forwarding": "1",
+    "net.ipv4.conf.all.rp_filter": "2",
+    "net.ipv4.conf.default.rp_filter": "2",
+}
+# Per underlay NIC (step_sysctls): IPv6 forwarding makes the kernel ignore router advertisements on interfaces with
+# accept_ra=1, which would let the underlay's IPv6 default route expire; 2 keeps accepting them.
+NIC_ACCEPT_RA = "net.ipv6.conf.{nic}.accept_ra"
 
 
 class Rejected(Exception):
@@ -345,8 +356,7 @@ def ensure_link_state(
 def step_sysctls(r: Runner, doc: dict[str, Any]) -> None:
     if not doc["forwarding"]:
         return
-    # IPv6 forwarding makes the kernel ignore router advertisements on interfaces with accept_ra=1, which would
-    # let the underlay's IPv6 default route expire: keep accepting them on the underlay NICs (accept_ra=2).
+    # Keep accepting router advertisements on the underlay NICs (NIC_ACCEPT_RA) before forwarding goes on.
     for name, link in sorted(links(r).items()):
         if name == "lo" or name.startswith(OWN_PREFIXES) or name == doc["bridge"]["name"]:
             continue
@@ -355,14 +365,11 @@ def step_sysctls(r: Runner, doc: dict[str, Any]) -> None:
         try:
             with open(f"/proc/sys/net/ipv6/conf/{name}/accept_ra", encoding="ascii") as f:
                 if f.read().strip() == "1":
-                    _sysctl(r, f"net.ipv6.conf.{name}.accept_ra", "2")
+                    _sysctl(r, NIC_ACCEPT_RA.format(nic=name), "2")
         except OSError:
             pass
-    _sysctl(r, "net.ipv4.ip_forward", "1")
-    _sysctl(r, "net.ipv6.conf.all.forwarding", "1")
-    # Multi-NIC routers see replies on another NIC than the route back: loose reverse-path filtering.
-    _sysctl(r, "net.ipv4.conf.all.rp_filter", "2")
-    _sysctl(r, "net.ipv4.conf.default.rp_filter", "2")
+    for key, value in NODE_SYSCTLS.items():
+        _sysctl(r, key, value)
 
 
 def step_host_firewall(r: Runner, doc: dict[str, Any]) -> None:
@@ -541,6 +548,9 @@ def natt_listening(port: int) -> bool:
     return any(row.split()[1].endswith(f":{port:04X}") for row in rows if len(row.split()) > 1)
 
 
+NATT_BIND_SECONDS = 60
+
+
 def ensure_natt_socket(r: Runner, port: int, state_dir: str) -> None:
     """ESP in UDP reaches the kernel's decapsulation only through a UDP socket marked UDP_ENCAP_ESPINUDP.
 
@@ -563,7 +573,9 @@ def ensure_natt_socket(r: Runner, port: int, state_dir: str) -> None:
             f.write(f"{child.pid}\n")
         r.changes.append(f"started the NAT-T socket on UDP {port}")
         r.log(f"  changed: started the NAT-T socket on UDP {port}")
-    deadline = time.monotonic() + 10
+    # A fresh interpreter binds in well under a second on a VM; an emulated CPU shared by several guests took more
+    # than 10 s. Waiting longer costs nothing when it binds, and a node with no socket has no encrypted tunnel.
+    deadline = time.monotonic() + NATT_BIND_SECONDS
     while not natt_listening(port):
         if time.monotonic() > deadline:
             raise CommandFailed(f"the NAT-T socket on UDP {port} did not come up (see {state_dir}/natt.log)")

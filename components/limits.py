@@ -4,91 +4,29 @@ A limit the cloud API enforces is one a real `pulumi up` meets half-way through,
 So every such limit is recorded here with its source, and `check_limits` refuses a stack that would break one
 before any resource is registered: the message names the site, the key, the limit and the fix.
 
-The records themselves live next to each platform's module (components/clouds/<platform>_limits.py, pure like
-this file); `PLATFORM_LIMITS` is their registry.
+The records themselves are part of each platform's traits, next to its module (components/clouds/<platform>_traits.py,
+pure like this file), listed in components/clouds/registry.py.
 """
 
 from __future__ import annotations
 
 import base64
+import difflib
 import gzip
 import hashlib
-import re
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Generic, Literal, TypeVar
 
-if TYPE_CHECKING:
-    from components.config import OverlayConfig
-    from components.plan import Plan
-
-T = TypeVar("T")
-
-UserDataEncoding = Literal["plain", "base64", "gzip+base64"]
-"""How this program hands a platform its user-data: plain text, base64 of the text, base64 of the gzip of it."""
-UserDataMeasure = Literal["decoded", "encoded", "metadata"]
-"""What a platform's user-data limit counts: the bytes before base64 (decoded), the base64 text (encoded), or
-the whole instance metadata the user-data is part of (metadata: the encoded text plus the other keys)."""
-
-
-@dataclass(frozen=True)
-class Documented(Generic[T]):
-    """A value a platform documents, with where it says so."""
-
-    value: T
-    source: str
-    """URL of the documentation (or provider source) that states it."""
-
-
-@dataclass(frozen=True)
-class PlatformLimits:
-    """What one platform's API and image allow, as far as this program's resources and payloads go."""
-
-    platform: str
-    user_data_encoding: UserDataEncoding
-    """How the platform module sends user-data (components/clouds/<platform>.py)."""
-    user_data_max_bytes: Documented[int]
-    user_data_measure: UserDataMeasure
-    ingress_rules_per_group: Documented[int]
-    """Inbound rules one security group / NSG / firewall policy of a NIC may hold (default quota)."""
-    groups_per_nic: Documented[int]
-    """Security groups one NIC may carry (1 where the platform has one policy object per NIC)."""
-    rule_description_max: Documented[int] | None = None
-    rule_description_pattern: Documented[str] | None = None
-    """Regex (fullmatch) a rule description must match, where the API restricts its characters."""
-    resource_name_pattern: Documented[str] | None = None
-    """Regex (fullmatch) of the names this program gives the platform's resources (rules, instances...)."""
-    max_nics: Mapping[str, Documented[int]] = field(default_factory=dict)
-    """Instance size -> NICs it allows (the default router size at least)."""
-    login_key_types: Documented[tuple[str, ...]] | None = None
-    """OpenSSH key types the platform's own key mechanism accepts, where this program uses it."""
-    notes: Mapping[str, Documented[str]] = field(default_factory=dict)
-    """Other documented facts the module relies on (login user, first-boot agents, defaults), by topic."""
-    first_boot_files: Mapping[str, Documented[str]] = field(default_factory=dict)
-    """path -> content the payload writes for the platform's image before its agents start (mode 0644)."""
-    quotas: Mapping[str, Documented[int]] = field(default_factory=dict)
-    """Adjustable quotas the platform's site_checks hold a stack to: name -> the documented default. An account
-    whose quota is higher declares it (config `quotas.<platform>.<name>`); see quota()."""
-    site_checks: Callable[[Plan, str], list[str]] | None = None
-    """Platform-specific checks of one site (how its module packs rules into groups, names it builds, quotas):
-    problems in check_limits' format, none when the site fits."""
-
-
-def fullmatch(pattern: Documented[str] | None, text: str) -> bool:
-    return pattern is None or re.fullmatch(pattern.value, text) is not None
-
+from cloudinit.render import SshHostKey, render_user_data
+from components.clouds.registry import PLATFORMS
+from overlay.config import ConfigError, OverlayConfig
+from overlay.plan import Plan, bootstrap_config, build_plan
+from overlay.security import client_rules, router_rules, site_rules
+from overlay.traits import PlatformLimits, UserDataEncoding, fullmatch
 
 # --------------------------------------------------------------------------- checks
 
 
-def _registry() -> Mapping[str, PlatformLimits]:
-    from components.clouds import alicloud_limits, aws_limits, azure_limits, gcp_limits, oci_limits, vsphere_limits
-
-    return {m.LIMITS.platform: m.LIMITS for m in (aws_limits, azure_limits, gcp_limits, oci_limits, alicloud_limits, vsphere_limits)}
-
-
 def platform_limits(platform: str) -> PlatformLimits:
-    return _registry()[platform]
+    return PLATFORMS[platform].limits
 
 
 def _stand_in(label: str, size: int) -> str:
@@ -136,8 +74,6 @@ def measured_size(text: str, limits: PlatformLimits) -> int:
 
 def node_user_data(plan: Plan, node: str, operator_key: str, host_private: str, host_public: str, deploy_public: str) -> str:
     """A node's user-data exactly as the program renders it (components/site.py calls this too)."""
-    from cloudinit.render import SshHostKey, render_user_data
-    from components.plan import bootstrap_config
 
     extra = {path: doc.value for path, doc in platform_limits(plan.node(node).platform).first_boot_files.items()}
     return render_user_data(
@@ -147,8 +83,6 @@ def node_user_data(plan: Plan, node: str, operator_key: str, host_private: str, 
 
 def check_limits(plan: Plan) -> list[str]:
     """Every way the stack would break a platform's documented limit, each naming the site, the limit and the fix."""
-    from components.security import client_rules, router_rules
-
     problems: list[str] = _quota_name_problems(plan)
     for site in plan.config.sites:
         limits = platform_limits(site.platform)
@@ -179,7 +113,7 @@ def check_limits(plan: Plan) -> list[str]:
                         f"{where}: ingress rule {rule.name} of {node.name} has the description {rule.description!r}, which "
                         f"{site.platform} refuses (allowed: {limits.rule_description_pattern.value}; {limits.rule_description_pattern.source})"
                     )
-        for key, nics in (("routerSize", 2), ("clientSize", 2 if site.platform == "vsphere" else 1)):
+        for key, nics in (("routerSize", 2), ("clientSize", PLATFORMS[site.platform].client_nics())):
             size_name = site.setting(key)
             known = limits.max_nics.get(size_name) if size_name else None
             if known is not None and known.value < nics:
@@ -187,34 +121,17 @@ def check_limits(plan: Plan) -> list[str]:
                     f"{where}: {key} {size_name} allows {known.value} NIC(s), the node needs {nics} ({known.source}): "
                     f"choose a size with at least {nics}"
                 )
-        if limits.site_checks is not None:
-            problems += limits.site_checks(plan, site.name)
+        problems += site_problems(plan, site.name)
     return problems
 
 
-def quota(plan: Plan, platform: str, name: str) -> int:
-    """The value of one of a platform's quotas for this stack: what the config declares, else the default."""
-    default = platform_limits(platform).quotas[name]
-    return plan.config.quotas.get(f"{platform}.{name}", default.value)
-
-
-def quota_words(plan: Plan, platform: str, name: str, unit: str = "") -> str:
-    """How a message names the quota it holds a site to: the default (with its source) or the declared value."""
-    default = platform_limits(platform).quotas[name]
-    key = f"{platform}.{name}"
-    if key in plan.config.quotas:
-        return f"the declared quota of {plan.config.quotas[key]}{unit} (quotas.{key}; default {default.value}: {default.source})"
-    return f"the default quota of {default.value}{unit} ({default.source})"
-
-
-def quota_fix(platform: str, name: str) -> str:
-    """The end of every quota message: how to say that the account's quota is higher already."""
-    return f"; if the account's quota is higher already, declare it: `pulumi config set --path quotas.{platform}.{name} <number>`"
+def site_problems(plan: Plan, site: str) -> list[str]:
+    """The platform's own checks of one site (how its module packs rules into groups, names, quotas)."""
+    limits = platform_limits(plan.config.site(site).platform)
+    return [] if limits.site_checks is None else limits.site_checks(plan, site, site_rules(plan, site))
 
 
 def _quota_name_problems(plan: Plan) -> list[str]:
-    import difflib
-
     problems = []
     for key, value in sorted(plan.config.quotas.items()):
         platform, name = key.split(".", 1)
@@ -230,9 +147,6 @@ def _quota_name_problems(plan: Plan) -> list[str]:
 
 def checked_plan(cfg: OverlayConfig) -> Plan:
     """The plan of a validated config, refused (ConfigError, before any resource exists) if it breaks a limit."""
-    from components.config import ConfigError
-    from components.plan import build_plan
-
     plan = build_plan(cfg)
     problems = check_limits(plan)
     if problems:

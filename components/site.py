@@ -3,20 +3,20 @@
 from __future__ import annotations
 
 import functools
+import importlib
 from dataclasses import dataclass
 from typing import Any
 
 import pulumi
-import pulumi_tls as tls
 
-from components.clouds import platform_site
-from components.clouds.base import SSH_USER, NodeResources, NodeSpec, PlatformSite, ResolvedRule, SiteContext
-from components.config import SiteConfig
-from components.keys import TunnelKeys
+from components.clouds.base import SSH_USER, NodeResources, NodeSpec, PlatformFactory, PlatformSite, ResolvedRule, SiteContext
+from components.clouds.registry import PLATFORMS
+from components.credentials import TunnelKeys, node_host_key
 from components.limits import node_user_data
-from components.plan import Node, Plan, node_config
 from components.push import NodeConfigPush, NodeConfigPushArgs
-from components.security import IngressRule, PeerRouter, client_rules, router_rules
+from overlay.config import SiteConfig
+from overlay.plan import Node, Plan, node_config
+from overlay.security import IngressRule, PeerRouter, client_rules, router_rules
 
 
 def node_doc(plan: Plan, node_name: str, values: list[Any]) -> dict[str, Any]:
@@ -41,6 +41,14 @@ def peer_cidr(ip: str) -> str:
 
 def resolve_rules(rules: list[IngressRule], public_ips: dict[str, pulumi.Output[str]]) -> list[ResolvedRule]:
     return [ResolvedRule(r, public_ips[r.source.site].apply(peer_cidr) if isinstance(r.source, PeerRouter) else r.source) for r in rules]
+
+
+def platform_site(ctx: SiteContext) -> PlatformSite:
+    """The platform's resources of one site. Its module is imported here, only for the platforms a stack uses:
+    importing a provider SDK costs a second or more."""
+    module = importlib.import_module(PLATFORMS[ctx.site.platform].site_module)
+    factory: PlatformFactory = module.PLATFORM_SITE
+    return factory(ctx)
 
 
 @dataclass
@@ -93,6 +101,25 @@ def node_summary(node: Node, resolved: list[Any]) -> dict[str, Any]:
     }
 
 
+def site_summary(plan: Plan, site: str) -> str:
+    """What `pulumi up` says about a site before building it (logged by Site): its role, tunnels and the overlay's
+    protocol. From the plan alone: no address that is known only later, and never a credential."""
+    cfg, router = plan.config, plan.router(site)
+    peers = plan.peer_sites(site)
+    if router.role == "hub":
+        role = "hub"
+    elif router.role == "spoke":
+        role = f"spoke of hub {plan.hub}"
+    else:
+        role = "peer (point-to-point)"
+    encryption = "ESP (ipsec)" if plan.encrypted else "no encryption"
+    return (
+        f"site {site} ({router.platform}, siteId {cfg.site(site).site_id}): {role}; {cfg.protocol} over UDP {plan.port}, "
+        f"{encryption}; {len(peers)} router tunnel{'s' if len(peers) != 1 else ''} ({', '.join(peers)}) and 1 to its client; "
+        f"{len(router.containers)} containers; overlay MTU {plan.mtu}"
+    )
+
+
 class OverlayRouter(_OverlayNode):
     """A site's router: two NICs (WAN with the reserved public address, LAN), forwarding, tunnels, containers."""
 
@@ -122,13 +149,20 @@ class SiteArgs:
 class Site(pulumi.ComponentResource):
     """One site: network, reserved public address, router and client on one platform.
 
-    Built in two steps so that every site's public address exists before any payload is rendered:
-    `Site(...)` creates the network and reserves the address; `deploy(public_ips)` builds the VMs.
+    Built in two phases, because a router's config names every peer's public address:
+    1. network: `Site(...)` builds the network, subnets and security groundwork and reserves the public address
+       (PlatformSite.prepare), for every site first;
+    2. nodes: `deploy(public_ips)` (deploy_sites, with every site's address) builds the router and the client,
+       their pushes, and registers the site's outputs, which exist only then.
+    Why not a network component and a nodes component: every resource of an existing stack has this Site as its
+    parent, and its URN carries the parent's type. Two new parents would rename every resource, and Pulumi
+    would replace each VM, unless every child carried an alias. The phases stay two methods of one component.
     """
 
     def __init__(self, name: str, args: SiteArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("multicloud-overlay:index:Site", name, None, opts)
         self.args = args
+        pulumi.log.info(site_summary(args.plan, args.site.name), resource=self)
         self.platform = platform_site(SiteContext(site=args.site, plan=args.plan, parent=self, admin_public_key=args.deploy_public_key))
         self.public_ip: pulumi.Output[str] = self.platform.prepare()
         self.router: OverlayRouter | None = None
@@ -158,7 +192,7 @@ class Site(pulumi.ComponentResource):
             (plan.router(site), OverlayRouter, router_rules(plan, site)),
             (plan.client(site), OverlayClient, client_rules(plan, site)),
         ):
-            host_key = tls.PrivateKey(f"{node.name}-host-key", algorithm="ED25519", opts=pulumi.ResourceOptions(parent=self))
+            host_key = node_host_key(node.name, self)
             keys = pulumi.Output.all(**router_keys) if node.kind == "router" and router_keys else pulumi.Output.from_input({})
             doc: pulumi.Output[dict[str, Any]] = pulumi.Output.all(ips, keys).apply(functools.partial(node_doc, plan, node.name))
             user_data = pulumi.Output.all(host_key.private_key_openssh, host_key.public_key_openssh, self.args.deploy_public_key).apply(

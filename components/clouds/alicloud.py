@@ -2,9 +2,9 @@
 
 Building blocks, each usable on its own:
 - `AlicloudNetwork`: VPC (IPv6 enabled) with a WAN and a LAN vSwitch in one zone, optional IPv6 gateway.
-- `AlicloudSecurityPolicy`: one security group per rule kind (alicloud_limits.pack_rules: ICMP apart from the rest),
+- `AlicloudSecurityPolicy`: one security group per rule kind (alicloud_traits.pack_rules: ICMP apart from the rest),
   one rule per ingress rule (nic_type intranet, as a VPC needs). A group holds at most 200 rules and an ENI may be
-  in 5 groups (alicloud_limits; check_limits refuses a stack that would overflow one before any resource exists).
+  in 5 groups (alicloud_traits; check_limits refuses a stack that would overflow one before any resource exists).
 - `AlicloudPublicAddress`: a reserved elastic IP (EIP).
 - `AlicloudMachine`: an ECS instance (primary ENI on one vSwitch), an optional secondary ENI attached after launch
   and either an EIP binding or an instance public IP (`public_bandwidth_out`).
@@ -20,9 +20,9 @@ Building blocks, each usable on its own:
 - `NodeResources.machine` is the `AlicloudMachine` component, so a later step that depends on it (the in-place config
   push over SSH) waits for the instance, the LAN ENI attachment and the EIP binding alike.
 - `ecs.Instance.user_data`: base64 is the documented, recommended encoding; at most 32 KB before encoding
-  (alicloud_limits.USER_DATA_MAX_BYTES): the payload goes gzip-compressed (cloud-init decompresses it). A change
+  (alicloud_traits.USER_DATA_MAX_BYTES): the payload goes gzip-compressed (cloud-init decompresses it). A change
   reboots the instance, so user data (and the image) are in ignore_changes: later config is pushed in place.
-- Quotas: 20 EIPs per account and 10 VPCs per region by default (alicloud_limits): only the router gets an EIP (its
+- Quotas: 20 EIPs per account and 10 VPCs per region by default (alicloud_traits): only the router gets an EIP (its
   address must survive a rebuilt VM); the client, which only needs a management address, gets an instance public IP.
 - The router type must allow two ENIs: `ecs.get_instance_types(instance_type=..., eni_amount=2)` confirms it before
   the instance is created (the provider keeps only types with at least `eni_amount` ENIs that the region sells:
@@ -34,14 +34,15 @@ from __future__ import annotations
 import base64
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Final
 
 import pulumi
 import pulumi_alicloud as alicloud
 
-from components.clouds import alicloud_limits
-from components.clouds.base import NodeResources, NodeSpec, PlatformSite, ResolvedRule, SiteContext
+from components.clouds import alicloud_traits
+from components.clouds.base import NodeResources, NodeSpec, PlatformFactory, PlatformSite, ResolvedRule, SiteContext
 from components.limits import user_data_as_sent
-from components.security import IngressRule, scoped_source
+from overlay.security import IngressRule, scoped_source
 
 TOKEN = "multicloud-overlay:alicloud"
 # 2 vCPU / 8 GiB, up to 2 ENIs (primary + one secondary): enough for a router's WAN and LAN NIC.
@@ -69,9 +70,9 @@ ANY_PORT = "-1/-1"
 def encode_user_data(user_data: str) -> str:
     """Base64 (the encoding Alibaba documents for ecs.Instance user data) of the gzip-compressed #cloud-config
     (cloud-init decompresses it), exactly as limits.user_data_as_sent measures it; refused above the documented
-    32 KB before base64 (alicloud_limits.USER_DATA_MAX_BYTES)."""
-    sent = user_data_as_sent(user_data, alicloud_limits.LIMITS.user_data_encoding)
-    problem = alicloud_limits.user_data_problem(len(base64.b64decode(sent)))
+    32 KB before base64 (alicloud_traits.USER_DATA_MAX_BYTES)."""
+    sent = user_data_as_sent(user_data, alicloud_traits.LIMITS.user_data_encoding)
+    problem = alicloud_traits.user_data_problem(len(base64.b64decode(sent)))
     if problem:
         raise ValueError(problem)
     return sent
@@ -192,31 +193,31 @@ class AlicloudSecurityPolicyArgs:
 class AlicloudSecurityPolicy(pulumi.ComponentResource):
     """Security groups with exactly the given ingress rules, one rule resource each, named after the rule.
 
-    One group per rule kind (alicloud_limits.GROUP_KINDS: "main" with the tunnels and SSH, "icmp"), each under
+    One group per rule kind (alicloud_traits.GROUP_KINDS: "main" with the tunnels and SSH, "icmp"), each under
     Alibaba's 200 rules per group up to 198 peers; put every id of `security_group_ids` on each ENI of the node.
     """
 
     def __init__(self, name: str, args: AlicloudSecurityPolicyArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__(f"{TOKEN}:AlicloudSecurityPolicy", name, None, opts)
         child = pulumi.ResourceOptions(parent=self)
-        packed = alicloud_limits.pack_rules(r.rule for r in args.rules)
+        packed = alicloud_traits.pack_rules(r.rule for r in args.rules)
         for kind, members in packed.items():
-            if len(members) > alicloud_limits.GROUP_RULES_MAX.value:
+            if len(members) > alicloud_traits.GROUP_RULES_MAX.value:
                 raise ValueError(
                     f"{name}: the {kind} security group would hold {len(members)} rules, over Alibaba's "
-                    f"{alicloud_limits.GROUP_RULES_MAX.value} ({alicloud_limits.GROUP_RULES_MAX.source})"
+                    f"{alicloud_traits.GROUP_RULES_MAX.value} ({alicloud_traits.GROUP_RULES_MAX.source})"
                 )
-        self.groups: dict[alicloud_limits.GroupKind, alicloud.ecs.SecurityGroup] = {
+        self.groups: dict[alicloud_traits.GroupKind, alicloud.ecs.SecurityGroup] = {
             kind: alicloud.ecs.SecurityGroup(
                 f"{name}-sg" if kind == "main" else f"{name}-{kind}-sg",
-                security_group_name=alicloud_limits.security_group_name(name, kind),
+                security_group_name=alicloud_traits.security_group_name(name, kind),
                 vpc_id=args.vpc_id,
                 description=args.description if kind == "main" else f"{args.description} ({kind})",
                 # Members of the group do not admit each other implicitly: only the rules below admit anything.
                 inner_access_policy="Drop",
                 opts=child,
             )
-            for kind in alicloud_limits.GROUP_KINDS
+            for kind in alicloud_traits.GROUP_KINDS
         }
         self.group = self.groups["main"]
         self.rules: dict[str, alicloud.ecs.SecurityGroupRule] = {}
@@ -227,7 +228,7 @@ class AlicloudSecurityPolicy(pulumi.ComponentResource):
             source = pulumi.Output.from_input(resolved.source).apply(scoped_source)
             self.rules[rule.name] = alicloud.ecs.SecurityGroupRule(
                 f"{name}-{rule.name}",
-                security_group_id=self.groups[alicloud_limits.group_of(rule)].id,
+                security_group_id=self.groups[alicloud_traits.group_of(rule)].id,
                 type="ingress",
                 nic_type="intranet",
                 policy="accept",
@@ -363,8 +364,8 @@ class AlicloudMachine(pulumi.ComponentResource):
         nic = args.secondary_nic
         if nic is not None:
             self.secondary_nic = alicloud.ecs.EcsNetworkInterface(
-                alicloud_limits.eni_name(name, nic.role),
-                network_interface_name=alicloud_limits.eni_name(name, nic.role),
+                alicloud_traits.eni_name(name, nic.role),
+                network_interface_name=alicloud_traits.eni_name(name, nic.role),
                 vswitch_id=nic.vswitch_id,
                 primary_ip_address=nic.private_ip,
                 security_group_ids=nic.security_group_ids,
@@ -444,8 +445,8 @@ class AlicloudSite(PlatformSite):
     def _checked_router_type(self) -> pulumi.Output[str]:
         """The router's instance type once the region confirms it sells it with 2 ENIs (the instance waits for it)."""
         return alicloud.ecs.get_instance_types_output(
-            instance_type=self.router_type, eni_amount=alicloud_limits.ENIS_PER_ROUTER, opts=self._invoke_opts()
-        ).apply(lambda result: require_enis(result, self.router_type, alicloud_limits.ENIS_PER_ROUTER))
+            instance_type=self.router_type, eni_amount=alicloud_traits.ENIS_PER_ROUTER, opts=self._invoke_opts()
+        ).apply(lambda result: require_enis(result, self.router_type, alicloud_traits.ENIS_PER_ROUTER))
 
     @property
     def image_id(self) -> pulumi.Output[str]:
@@ -469,7 +470,7 @@ class AlicloudSite(PlatformSite):
     def prepare(self) -> pulumi.Output[str]:
         site = self.ctx.site
         self.network = AlicloudNetwork(
-            alicloud_limits.network_name(self.name),
+            alicloud_traits.network_name(self.name),
             AlicloudNetworkArgs(
                 cidr_block=str(site.vpc_cidr), wan_cidr=str(site.wan_cidr), lan_cidr=str(site.lan_cidr), zone_id=self._zone_id()
             ),
@@ -477,7 +478,7 @@ class AlicloudSite(PlatformSite):
         )
         router = self.ctx.plan.router(self.name)
         self.router_address = AlicloudPublicAddress(
-            alicloud_limits.address_name(router.name), AlicloudPublicAddressArgs(), self.child_opts()
+            alicloud_traits.address_name(router.name), AlicloudPublicAddressArgs(), self.child_opts()
         )
         return self.router_address.ip_address
 
@@ -488,7 +489,7 @@ class AlicloudSite(PlatformSite):
 
     def _policy(self, spec: NodeSpec, network: AlicloudNetwork) -> AlicloudSecurityPolicy:
         return AlicloudSecurityPolicy(
-            alicloud_limits.policy_name(spec.node.name),
+            alicloud_traits.policy_name(spec.node.name),
             AlicloudSecurityPolicyArgs(vpc_id=network.vpc_id, rules=spec.rules, description=f"ingress of {spec.node.name}"),
             self.child_opts(spec.parent),
         )
@@ -500,7 +501,7 @@ class AlicloudSite(PlatformSite):
             raise ValueError(f"{node.name} has no planned WAN address")
         policy = self._policy(spec, network)
         machine = AlicloudMachine(
-            alicloud_limits.machine_name(node.name),
+            alicloud_traits.machine_name(node.name),
             AlicloudMachineArgs(
                 image_id=self.image_id,
                 instance_type=self._checked_router_type(),
@@ -531,7 +532,7 @@ class AlicloudSite(PlatformSite):
         policy = self._policy(spec, network)
         # No EIP (20 per account by default): an instance public IP is enough for management.
         machine = AlicloudMachine(
-            alicloud_limits.machine_name(node.name),
+            alicloud_traits.machine_name(node.name),
             AlicloudMachineArgs(
                 image_id=self.image_id,
                 instance_type=self.client_type,
@@ -550,3 +551,7 @@ class AlicloudSite(PlatformSite):
             machine=machine,
             extra={"instanceId": machine.instance_id},
         )
+
+
+PLATFORM_SITE: Final[PlatformFactory] = AlicloudSite
+"""What components.site builds a site of this platform with (see PlatformTraits.site_module)."""

@@ -12,7 +12,7 @@ usable on their own; `AwsSite` wires them for one overlay site. Facts this modul
   always separate `vpc.SecurityGroup*Rule` resources, never inline.
 - All ENIs of an instance must be in the instance's availability zone: both subnets are pinned to one zone.
 - A security group takes 60 inbound rules per IP family and an ENI 5 groups (default quotas): a node's rules are
-  spread over up to 5 groups by the peers' siteIds (aws_limits.security_group_placement), and check_limits refuses
+  spread over up to 5 groups by the peers' siteIds (aws_traits.security_group_placement), and check_limits refuses
   a stack that would still overfill one before anything is created.
 - Security-group names may not start with `sg-` (a site named `sg`): groups are named by `name_prefix`, `overlay-...`.
 - No EC2 key pair: the payload creates the login user with its keys (the image's `ubuntu` is not created).
@@ -23,11 +23,12 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Final
 
 import pulumi
 import pulumi_aws as aws
 
-from components.clouds.aws_limits import (
+from components.clouds.aws_traits import (
     GROUPS_PER_ENI,
     LIMITS,
     RULES_PER_GROUP,
@@ -39,9 +40,10 @@ from components.clouds.aws_limits import (
     security_group_placement,
     security_group_resource_name,
 )
-from components.clouds.base import NodeResources, NodeSpec, PlatformSite, ResolvedRule, SiteContext
-from components.limits import fullmatch, sent_user_data
-from components.security import scoped_source
+from components.clouds.base import NodeResources, NodeSpec, PlatformFactory, PlatformSite, ResolvedRule, SiteContext
+from components.limits import sent_user_data
+from overlay.security import scoped_source
+from overlay.traits import fullmatch
 
 # Canonical's AWS account and the name pattern of its Ubuntu 24.04 (noble) amd64 server images.
 CANONICAL_OWNER = "099720109477"
@@ -93,7 +95,7 @@ def first_zone(names: Sequence[str]) -> str:
 
 
 def send_user_data(text: str) -> str:
-    """user_data_base64: the gzip of the payload (cloud-init decompresses it), as aws_limits records and measures."""
+    """user_data_base64: the gzip of the payload (cloud-init decompresses it), as aws_traits records and measures."""
     return sent_user_data(text, LIMITS)
 
 
@@ -190,11 +192,11 @@ class AwsSecurityPolicyArgs:
     of 0.0.0.0/0 or ::/0 is refused."""
     description: str = "multicloud-overlay node"
     """Description of the first security group; group k > 0 gets "<description> peers <k>". EC2 takes at most 255 of
-    a-zA-Z0-9, space and ._-:/()#,@[]+=&;{}!$* (aws_limits.LIMITS.rule_description_pattern), in rule descriptions too."""
+    a-zA-Z0-9, space and ._-:/()#,@[]+=&;{}!$* (aws_traits.LIMITS.rule_description_pattern), in rule descriptions too."""
     open_egress: bool = True
     """Allow all outbound traffic (IPv4 and IPv6), on the first group; AWS-created groups lose their default egress rule."""
     placement: Mapping[str, int] | None = None
-    """Rule name -> index of the security group that holds it (0..max_groups-1; aws_limits.security_group_placement
+    """Rule name -> index of the security group that holds it (0..max_groups-1; aws_traits.security_group_placement
     for an overlay node). None: every rule in group 0. A group exists only when a rule is placed in it (group 0 always)."""
     rules_per_group: int = RULES_PER_GROUP.value
     """Inbound rules one group may hold per IP family (EC2's default quota, L-0EA8095F); more is refused up front."""
@@ -514,7 +516,7 @@ class AwsSite(PlatformSite):
         return self.network, self.router_address
 
     def _policy(self, spec: NodeSpec, network: AwsNetwork) -> AwsSecurityPolicy:
-        """The node's security groups: peers' rules spread over groups by siteId (aws_limits, as check_limits saw)."""
+        """The node's security groups: peers' rules spread over groups by siteId (aws_traits, as check_limits saw)."""
         site_ids = {s.name: s.site_id for s in self.ctx.plan.config.sites}
         return AwsSecurityPolicy(
             policy_name(spec.node.name),
@@ -586,3 +588,7 @@ class AwsSite(PlatformSite):
             machine=machine,  # the instance and its Elastic IP association (the push dials that address)
             extra={"instanceId": machine.instance_id},
         )
+
+
+PLATFORM_SITE: Final[PlatformFactory] = AwsSite
+"""What components.site builds a site of this platform with (see PlatformTraits.site_module)."""

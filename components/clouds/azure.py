@@ -26,7 +26,7 @@ Azure facts this module relies on (see /work/shared/CLOUDS.md):
   service tag and from AzureLoadBalancer, then deny everything else inbound: every node's NSG denies the site's own
   VNet prefixes (IPv4 and IPv6, one rule each: a rule cannot mix families) after its allow rules.
 - Rules are written one at a time (Azure refuses concurrent writes to one NSG), the peers' rules are augmented
-  rules listing every peer (azure_limits.nsg_rule_plans), and the NICs, the VM and the push wait for every rule.
+  rules listing every peer (azure_traits.nsg_rule_plans), and the NICs, the VM and the push wait for every rule.
 - The admin user (Azure requires one, and a key: RSA >= 2048 or ED25519) is the payload's login user with the
   stack's ED25519 deploy key: cloud-init would make any other name a full-root default user.
 """
@@ -42,8 +42,7 @@ import pulumi
 import pulumi_azure_native as azure_native
 from pulumi_azure_native import compute, network, resources
 
-from components import security
-from components.clouds.azure_limits import (
+from components.clouds.azure_traits import (
     HASHED_PRIORITIES,
     LIMITS,
     NSG_PROTOCOL,
@@ -57,12 +56,13 @@ from components.clouds.azure_limits import (
     ula_prefix,
     vnet_deny_plans,
 )
-from components.clouds.base import SSH_USER, NodeResources, NodeSpec, PlatformSite, ResolvedRule, SiteContext
+from components.clouds.base import SSH_USER, NodeResources, NodeSpec, PlatformFactory, PlatformSite, ResolvedRule, SiteContext
 from components.limits import user_data_as_sent
-from components.plan import Node
-from components.security import PeerRouter
+from overlay import security
+from overlay.plan import Node
+from overlay.security import PeerRouter
 
-__all__ = [  # the NSG helpers live in azure_limits (check_limits uses them too); importable from here as before
+__all__ = [  # the NSG helpers live in azure_traits (check_limits uses them too); importable from here as before
     "HASHED_PRIORITIES",
     "NSG_PROTOCOL",
     "PEER_PRIORITY_BASE",
@@ -104,7 +104,7 @@ def scoped_source(source: str) -> str:
 
 
 def encode_custom_data(user_data: str) -> str:
-    """os_profile.custom_data is base64 of the cloud-init payload (azure_limits records it; check_limits measures it)."""
+    """os_profile.custom_data is base64 of the cloud-init payload (azure_traits records it; check_limits measures it)."""
     return user_data_as_sent(user_data, LIMITS.user_data_encoding)
 
 
@@ -500,7 +500,7 @@ def _first_private_ip(configs: Sequence[network.outputs.NetworkInterfaceIPConfig
 
 
 def nsg_rules(rules: Iterable[ResolvedRule], site_ids: Mapping[str, int]) -> list[NsgRule]:
-    """The node's ingress rules as NSG rules (azure_limits.nsg_rule_plans, what check_limits checked): rules with a
+    """The node's ingress rules as NSG rules (azure_traits.nsg_rule_plans, what check_limits checked): rules with a
     literal source one to one, the peer routers' rules folded into one augmented rule per kind."""
     rules = list(rules)
     resolved: dict[str, pulumi.Input[str]] = {r.rule.source.site: r.source for r in rules if isinstance(r.rule.source, PeerRouter)}
@@ -645,3 +645,7 @@ class AzureSite(PlatformSite):
             machine=machine,
             extra={"vmId": machine.vm.id},
         )
+
+
+PLATFORM_SITE: Final[PlatformFactory] = AzureSite
+"""What components.site builds a site of this platform with (see PlatformTraits.site_module)."""

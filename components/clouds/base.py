@@ -15,15 +15,16 @@ Life of a site (driven by components/site.py):
 from __future__ import annotations
 
 import abc
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import pulumi
 
 from cloudinit.render import LOGIN_USER
-from components.config import SiteConfig
-from components.plan import Node, Plan
-from components.security import IngressRule
+from overlay.config import SiteConfig
+from overlay.plan import Node, Plan
+from overlay.security import IngressRule
 
 SSH_USER = LOGIN_USER
 """The login user every node has: created by the payload, whatever the platform's own default user."""
@@ -59,7 +60,7 @@ class NodeSpec:
     ignore_changes on their user-data property: later config changes are pushed in place, never by
     replacing a VM."""
     rules: list[ResolvedRule]
-    """Ingress rules for this node (see components/security.py); egress is open."""
+    """Ingress rules for this node (see overlay/security.py); egress is open."""
     parent: pulumi.Resource
     """The OverlayRouter/OverlayClient component: parent of every resource of this node."""
 
@@ -118,3 +119,7 @@ class PlatformSite(abc.ABC):
     def site_outputs(self) -> dict[str, pulumi.Input[Any]]:
         """Platform-specific facts a user needs after `pulumi up` (e.g. the rules a datacentre edge must apply)."""
         return {}
+
+
+PlatformFactory = Callable[[SiteContext], PlatformSite]
+"""What a platform module exports as PLATFORM_SITE: builds the platform's resources of one site."""

@@ -14,9 +14,9 @@ Building blocks, each usable without the overlay:
 `GcpSite` builds an overlay site from them: WAN and LAN networks, the router's reserved address (before any VM),
 the router (NIC0 WAN with the reserved address, NIC1 LAN, IP forwarding) and the client (one LAN NIC with a
 reserved address for management), every resource bound to the site's explicit provider. The peer routers' rules
-are folded into one rule per kind listing every peer (gcp_limits.firewall_rule_plans): 10 firewall rules per site
+are folded into one rule per kind listing every peer (gcp_traits.firewall_rule_plans): 10 firewall rules per site
 whatever the number of sites, against a per-project quota. No `ssh-keys` metadata, and `block-project-ssh-keys`:
-the guest agent makes no sudo account; the payload also writes its config (gcp_limits.INSTANCE_CONFIGS: no host
+the guest agent makes no sudo account; the payload also writes its config (gcp_traits.INSTANCE_CONFIGS: no host
 key regeneration, no accounts daemon), as `first_boot_files`.
 """
 
@@ -31,8 +31,8 @@ import pulumi
 import pulumi_gcp as gcp
 from pulumi_gcp import compute
 
-from components.clouds.base import SSH_USER, NodeResources, NodeSpec, PlatformSite, ResolvedRule, SiteContext
-from components.clouds.gcp_limits import (
+from components.clouds.base import SSH_USER, NodeResources, NodeSpec, PlatformFactory, PlatformSite, ResolvedRule, SiteContext
+from components.clouds.gcp_traits import (
     AUTONAME_SUFFIX,
     FIREWALL_PROTOCOL,
     GCP_NAME_MAX,
@@ -45,9 +45,9 @@ from components.clouds.gcp_limits import (
     gcp_name,
     nic_of_rule,
 )
-from components.security import PeerRouter, scoped_source
+from overlay.security import PeerRouter, scoped_source
 
-__all__ = [  # names and protocols live in gcp_limits (check_limits uses them too); importable from here as before
+__all__ = [  # names and protocols live in gcp_traits (check_limits uses them too); importable from here as before
     "AUTONAME_SUFFIX",
     "FIREWALL_PROTOCOL",
     "GCP_NAME_MAX",
@@ -404,7 +404,7 @@ def firewall_rule(resolved: ResolvedRule) -> GcpFirewallRule:
 
 
 def firewall_rules(resolved: Sequence[ResolvedRule], site_ids: dict[str, int]) -> list[GcpFirewallRule]:
-    """A NIC's rules as gcp_limits.firewall_rule_plans folds them (what check_limits checked): the peer routers'
+    """A NIC's rules as gcp_traits.firewall_rule_plans folds them (what check_limits checked): the peer routers'
     tunnel and ICMP rules become one rule each (per block of 250 siteIds) listing every peer's /32, so a hub has
     as many rules as a spoke and a hub swap updates source ranges in place."""
     public = {r.rule.source.site: r.source for r in resolved if isinstance(r.rule.source, PeerRouter)}
@@ -572,3 +572,7 @@ class GcpSite(PlatformSite):
             self.child_opts(spec.parent, depends_on=[firewall]),
         )
         return NodeResources(management_ip=address.address, private_ips={"lan": node.lan_ip}, machine=machine.instance)
+
+
+PLATFORM_SITE: Final[PlatformFactory] = GcpSite
+"""What components.site builds a site of this platform with (see PlatformTraits.site_module)."""

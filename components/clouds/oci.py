@@ -9,9 +9,9 @@ Building blocks, each usable without the overlay:
 - `OciMachine`: an instance whose primary VNIC has a planned private address, and an optional secondary VNIC
   (attached after launch; Ubuntu does not configure it, the payload does).
 
-`OciSecurityPolicy` puts a node's rules in one NSG per rule kind (oci_limits.pack_rules: ICMP apart from the rest),
+`OciSecurityPolicy` puts a node's rules in one NSG per rule kind (oci_traits.pack_rules: ICMP apart from the rest),
 all on every VNIC of the node: an NSG holds at most 120 rules, ingress and egress together, and a VNIC may be in
-five NSGs (oci_limits; check_limits refuses a stack that would overflow one before any resource exists).
+five NSGs (oci_traits; check_limits refuses a stack that would overflow one before any resource exists).
 
 The reserved public IP of a router:
 1. `prepare()` declares a `PublicIp(lifetime="RESERVED")` whose `private_ip_id` is a deferred output
@@ -42,10 +42,10 @@ from typing import Any, Final, NoReturn
 import pulumi
 import pulumi_oci as oci
 
-from components.clouds import oci_limits
-from components.clouds.base import NodeResources, NodeSpec, PlatformSite, ResolvedRule, SiteContext
+from components.clouds import oci_traits
+from components.clouds.base import NodeResources, NodeSpec, PlatformFactory, PlatformSite, ResolvedRule, SiteContext
 from components.limits import user_data_as_sent
-from components.security import IngressRule, RuleProtocol, scoped_source
+from overlay.security import IngressRule, RuleProtocol, scoped_source
 
 PKG: Final = "multicloud-overlay:oci"
 DEFAULT_SHAPE: Final = "VM.Standard.E4.Flex"
@@ -108,9 +108,9 @@ def first_availability_domain(domains: Sequence[Any] | None, what: str) -> str:
 
 
 def encode_user_data(text: str) -> str:
-    """OCI metadata.user_data: base64 of the gzip of the #cloud-config text (oci_limits.LIMITS.user_data_encoding;
+    """OCI metadata.user_data: base64 of the gzip of the #cloud-config text (oci_traits.LIMITS.user_data_encoding;
     the Oracle datasource base64-decodes, cloud-init decompresses gzip), as limits.user_data_as_sent measures it."""
-    return user_data_as_sent(text, oci_limits.LIMITS.user_data_encoding)
+    return user_data_as_sent(text, oci_traits.LIMITS.user_data_encoding)
 
 
 def instance_metadata(values: Sequence[str | None]) -> dict[str, str]:
@@ -118,7 +118,7 @@ def instance_metadata(values: Sequence[str | None]) -> dict[str, str]:
     text, ssh_key = values
     assert text is not None
     metadata = {**({"ssh_authorized_keys": ssh_key} if ssh_key else {}), "user_data": encode_user_data(text)}
-    problem = oci_limits.metadata_problem(metadata)
+    problem = oci_traits.metadata_problem(metadata)
     if problem:
         raise ValueError(problem)
     return metadata
@@ -236,13 +236,13 @@ class OciSecurityPolicyArgs:
     """VCN the NSGs belong to."""
     rules: Sequence[ResolvedRule]
     """Ingress rules; each becomes one NSG rule named after the rule (never after its position), in the NSG of its
-    kind (oci_limits.nsg_group)."""
+    kind (oci_traits.nsg_group)."""
 
 
 class OciSecurityPolicy(pulumi.ComponentResource):
     """Network security groups admitting exactly `rules` (stateful) and any egress. Refuses 0.0.0.0/0 and ::/0.
 
-    One NSG per rule kind (oci_limits.NSG_GROUPS: "main" with the tunnels, SSH and the egress rules, "icmp"), so
+    One NSG per rule kind (oci_traits.NSG_GROUPS: "main" with the tunnels, SSH and the egress rules, "icmp"), so
     neither reaches OCI's 120 rules per NSG below 117 peers; put every id of `nsg_ids` on each VNIC of the node.
     """
 
@@ -253,21 +253,21 @@ class OciSecurityPolicy(pulumi.ComponentResource):
         for rule_name in names:
             if names.count(rule_name) > 1:
                 raise ValueError(f"two ingress rules are named {rule_name}")
-        for group, count in oci_limits.nsg_rule_counts(r.rule for r in args.rules).items():
-            if count > oci_limits.NSG_RULES_MAX.value:
+        for group, count in oci_traits.nsg_rule_counts(r.rule for r in args.rules).items():
+            if count > oci_traits.NSG_RULES_MAX.value:
                 raise ValueError(
-                    f"{name}: the {group} NSG would hold {count} security rules, over OCI's {oci_limits.NSG_RULES_MAX.value} "
-                    f"({oci_limits.NSG_RULES_MAX.source})"
+                    f"{name}: the {group} NSG would hold {count} security rules, over OCI's {oci_traits.NSG_RULES_MAX.value} "
+                    f"({oci_traits.NSG_RULES_MAX.source})"
                 )
-        self.nsgs: dict[oci_limits.NsgGroup, oci.core.NetworkSecurityGroup] = {
+        self.nsgs: dict[oci_traits.NsgGroup, oci.core.NetworkSecurityGroup] = {
             group: oci.core.NetworkSecurityGroup(
-                oci_limits.nsg_name(name, group),
+                oci_traits.nsg_name(name, group),
                 compartment_id=args.compartment_id,
                 vcn_id=args.vcn_id,
-                display_name=oci_limits.nsg_name(name, group),
+                display_name=oci_traits.nsg_name(name, group),
                 opts=child,
             )
-            for group in oci_limits.NSG_GROUPS
+            for group in oci_traits.NSG_GROUPS
         }
         self.nsg = self.nsgs["main"]
         self.nsg_ids: list[pulumi.Output[str]] = [nsg.id for nsg in self.nsgs.values()]
@@ -275,7 +275,7 @@ class OciSecurityPolicy(pulumi.ComponentResource):
         for resolved in args.rules:
             rule = resolved.rule
             source = pulumi.Output.from_input(resolved.source).apply(lambda s, n=rule.name: scoped_source(s, n))
-            self.rules[rule.name] = self._ingress(name, rule, source, self.nsgs[oci_limits.nsg_group(rule)])
+            self.rules[rule.name] = self._ingress(name, rule, source, self.nsgs[oci_traits.nsg_group(rule)])
         self.egress = [
             oci.core.NetworkSecurityGroupSecurityRule(
                 f"{name}-egress-v{family}",
@@ -289,7 +289,7 @@ class OciSecurityPolicy(pulumi.ComponentResource):
             )
             for family, dest in ((4, WORLD[0]), (6, WORLD[1]))
         ]
-        assert len(self.egress) == oci_limits.EGRESS_RULES["main"]
+        assert len(self.egress) == oci_traits.EGRESS_RULES["main"]
         self.register_outputs({"nsgId": self.nsg.id, "nsgIds": self.nsg_ids, "ruleNames": sorted(self.rules)})
 
     def _ingress(
@@ -417,7 +417,7 @@ class OciMachine(pulumi.ComponentResource):
                 assign_ipv6ip=nic.assign_ipv6,
                 skip_source_dest_check=nic.skip_source_dest_check,
                 nsg_ids=list(nic.nsg_ids),
-                display_name=oci_limits.primary_vnic_name(name),
+                display_name=oci_traits.primary_vnic_name(name),
             ),
             metadata=pulumi.Output.all(args.user_data, args.ssh_public_key).apply(instance_metadata),
             # A planned private IP cannot be held by two VNICs: replace by deleting first. Metadata keys are immutable.
@@ -436,7 +436,7 @@ class OciMachine(pulumi.ComponentResource):
                     assign_ipv6ip=vnic.assign_ipv6,
                     skip_source_dest_check=vnic.skip_source_dest_check,
                     nsg_ids=list(vnic.nsg_ids),
-                    display_name=oci_limits.secondary_vnic_name(name, role),
+                    display_name=oci_traits.secondary_vnic_name(name, role),
                 ),
                 opts=pulumi.ResourceOptions(parent=self, delete_before_replace=True),
             )
@@ -536,7 +536,7 @@ class OciSite(PlatformSite):
 
     def _policy(self, spec: NodeSpec, network: OciNetwork) -> OciSecurityPolicy:
         return OciSecurityPolicy(
-            oci_limits.policy_name(spec.node.name),
+            oci_traits.policy_name(spec.node.name),
             OciSecurityPolicyArgs(compartment_id=self.compartment_id, vcn_id=network.vcn.id, rules=spec.rules),
             self.child_opts(spec.parent),
         )
@@ -587,7 +587,7 @@ class OciSite(PlatformSite):
         policy = self._policy(spec, network)
         shape = self.ctx.site.setting("routerSize") or DEFAULT_SHAPE
         machine = OciMachine(
-            oci_limits.machine_name(node.name),
+            oci_traits.machine_name(node.name),
             OciMachineArgs(
                 compartment_id=self.compartment_id,
                 availability_domain=self._zone(),
@@ -625,7 +625,7 @@ class OciSite(PlatformSite):
         policy = self._policy(spec, network)
         shape = self.ctx.site.setting("clientSize") or DEFAULT_SHAPE
         machine = OciMachine(
-            oci_limits.machine_name(node.name),
+            oci_traits.machine_name(node.name),
             OciMachineArgs(
                 compartment_id=self.compartment_id,
                 availability_domain=self._zone(),
@@ -649,3 +649,7 @@ class OciSite(PlatformSite):
             machine=machine,
             extra={"instanceId": machine.instance.id},
         )
+
+
+PLATFORM_SITE: Final[PlatformFactory] = OciSite
+"""What components.site builds a site of this platform with (see PlatformTraits.site_module)."""

@@ -12,11 +12,11 @@ datacentre edge NATs a configured public address to the router. A site is theref
 
 Each is usable without the overlay. `VsphereSite` wires them for an overlay site. The small functions below
 (MACs, sizes, gateways, guestinfo, edge rules) are pure and tested without mocks; the documented limits they
-hold VMs to (VM names, sizes, guestinfo size, the template's datasource) live in vsphere_limits.
+hold VMs to (VM names, sizes, guestinfo size, the template's datasource) live in vsphere_traits.
 
 Template requirements: cloud-init with the VMware datasource (Ubuntu 24.04 cloud image), open-vm-tools, and no
 vApp options: with an OVF environment, cloud-init's OVF datasource (listed before VMware on Ubuntu) wins and
-guestinfo is ignored, so `VsphereInventory` refuses such a template (vsphere_limits.template_problem).
+guestinfo is ignored, so `VsphereInventory` refuses such a template (vsphere_traits.template_problem).
 """
 
 from __future__ import annotations
@@ -33,18 +33,18 @@ import pulumi_vsphere as vsphere
 import yaml
 
 from cloudinit.render import StaticNic, render_vsphere_metadata
-from components.clouds import vsphere_limits
-from components.clouds.base import NodeResources, NodeSpec, PlatformSite, ResolvedRule, SiteContext
-from components.clouds.vsphere_limits import DEFAULT_SIZES, parse_size, vm_name
-from components.config import CLIENT_HOST, MAX_SITE_ID, ROUTER_HOST, SiteConfig
+from components.clouds import vsphere_traits
+from components.clouds.base import NodeResources, NodeSpec, PlatformFactory, PlatformSite, ResolvedRule, SiteContext
+from components.clouds.vsphere_traits import DEFAULT_SIZES, parse_size, vm_name
 from components.limits import user_data_as_sent
-from components.plan import Node
-from components.security import IngressRule, scoped_source
+from overlay.config import CLIENT_HOST, MAX_SITE_ID, ROUTER_HOST, SiteConfig
+from overlay.plan import Node
+from overlay.security import IngressRule, scoped_source
 
 TOKEN: Final = "multicloud-overlay:vsphere"
 
-# Sizes: `<vCPUs>x<memory MiB>` (vsphere_limits.SIZE_FORMAT, DEFAULT_SIZES), overridable per site with routerSize /
-# clientSize (e.g. "4x8192"); vsphere_limits.parse_size checks them (check_limits too, before any resource).
+# Sizes: `<vCPUs>x<memory MiB>` (vsphere_traits.SIZE_FORMAT, DEFAULT_SIZES), overridable per site with routerSize /
+# clientSize (e.g. "4x8192"); vsphere_traits.parse_size checks them (check_limits too, before any resource).
 # Root disk at least this large (GiB), or the template's size if larger: the router pulls container images.
 MIN_DISK_GIB: Final = 16
 # Resolvers written to the guest's netplan when the site sets no dnsServers (packages are installed at boot).
@@ -140,16 +140,16 @@ def render_metadata(node_name: str, iid: str, nics: list[StaticNic], public_keys
 
 
 def b64(text: str) -> str:
-    """base64 as vsphere_limits.LIMITS.user_data_encoding says (limits.user_data_as_sent: what check_limits measures)."""
-    return user_data_as_sent(text, vsphere_limits.LIMITS.user_data_encoding)
+    """base64 as vsphere_traits.LIMITS.user_data_encoding says (limits.user_data_as_sent: what check_limits measures)."""
+    return user_data_as_sent(text, vsphere_traits.LIMITS.user_data_encoding)
 
 
 def guestinfo_extra_config(user_data: str, metadata: str) -> dict[str, str]:
     """extra_config for the VMware datasource: base64 user-data and metadata with their `.encoding` keys, each
-    refused above what one guestinfo value may hold (vsphere_limits.GUESTINFO_MAX_BYTES)."""
+    refused above what one guestinfo value may hold (vsphere_traits.GUESTINFO_MAX_BYTES)."""
     values = {GUESTINFO_USERDATA: b64(user_data), GUESTINFO_METADATA: b64(metadata)}
     for key, value in values.items():
-        problem = vsphere_limits.guestinfo_problem(key, value)
+        problem = vsphere_traits.guestinfo_problem(key, value)
         if problem:
             raise ValueError(problem)
     return {
@@ -162,7 +162,7 @@ def guestinfo_extra_config(user_data: str, metadata: str) -> dict[str, str]:
 
 def require_guestinfo_template(template: vsphere.GetVirtualMachineResult) -> vsphere.GetVirtualMachineResult:
     """Apply callback of the template lookup: the template, unless its vApp options would hide guestinfo."""
-    problem = vsphere_limits.template_problem(template.name or template.id, template.vapp_transports)
+    problem = vsphere_traits.template_problem(template.name or template.id, template.vapp_transports)
     if problem:
         raise ValueError(problem)
     return template
@@ -310,7 +310,7 @@ class VsphereNic:
 @dataclass
 class VsphereMachineArgs:
     vm_name: str
-    """VM name in the vCenter inventory (at most 80 characters: vsphere_limits.vm_name folds longer ones)."""
+    """VM name in the vCenter inventory (at most 80 characters: vsphere_traits.vm_name folds longer ones)."""
     resource_pool_id: pulumi.Input[str]
     """Resource pool to run in (VsphereInventory.resource_pool_id)."""
     datastore_id: pulumi.Input[str]
@@ -350,10 +350,10 @@ class VsphereMachine(pulumi.ComponentResource):
     def __init__(self, name: str, args: VsphereMachineArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         if not args.nics:
             raise ValueError(f"{name}: a VM needs at least one NIC")
-        if len(args.nics) > vsphere_limits.NICS_PER_VM_MAX.value:
-            raise ValueError(f"{name}: {len(args.nics)} NICs, vSphere allows {vsphere_limits.NICS_PER_VM_MAX.value} per VM")
-        if len(args.vm_name) > vsphere_limits.VM_NAME_MAX.value:
-            raise ValueError(f"{name}: VM name {args.vm_name!r} is over vCenter's {vsphere_limits.VM_NAME_MAX.value} characters")
+        if len(args.nics) > vsphere_traits.NICS_PER_VM_MAX.value:
+            raise ValueError(f"{name}: {len(args.nics)} NICs, vSphere allows {vsphere_traits.NICS_PER_VM_MAX.value} per VM")
+        if len(args.vm_name) > vsphere_traits.VM_NAME_MAX.value:
+            raise ValueError(f"{name}: VM name {args.vm_name!r} is over vCenter's {vsphere_traits.VM_NAME_MAX.value} characters")
         super().__init__(f"{TOKEN}:VsphereMachine", name, None, opts)
         for nic in args.nics:
             if not is_manual_vmware_mac(nic.mac):
@@ -405,7 +405,7 @@ class VsphereEdgePolicyArgs:
     destination: str
     """The router's WAN private address (translation target)."""
     rules: list[ResolvedRule]
-    """The router's ingress rules (components/security.py), sources resolved."""
+    """The router's ingress rules (overlay/security.py), sources resolved."""
     internal: list[str] = field(default_factory=list)
     """The site's own networks: rules from these never cross the edge."""
 
@@ -569,3 +569,7 @@ class VsphereSite(PlatformSite):
             machine=machine.vm,
             extra={"uuid": machine.uuid, "moid": machine.moid, "mgmtMac": machine.macs["mgmt"], "lanMac": machine.macs["lan"]},
         )
+
+
+PLATFORM_SITE: Final[PlatformFactory] = VsphereSite
+"""What components.site builds a site of this platform with (see PlatformTraits.site_module)."""

@@ -6,6 +6,8 @@ pushed config, over SSH with the host key pinned (never in user-data). A hub swa
 pairs and deletes the ones no tunnel uses any more; a pair's key never changes while it exists.
 
 DeployKey: the SSH key of the in-place pushes and checks.
+
+node_host_key: each node's SSH host key, made here and handed to the node in its user-data, so the pushes pin it.
 """
 
 from __future__ import annotations
@@ -16,7 +18,8 @@ import pulumi
 import pulumi_random as random
 import pulumi_tls as tls
 
-from components.plan import PAIR_KEY_BYTES, Plan, pair_key_name
+from overlay.encapsulation import PAIR_KEY_BYTES
+from overlay.plan import Plan, pair_key_name
 
 
 @dataclass
@@ -63,3 +66,8 @@ class DeployKey(pulumi.ComponentResource):
         self.private_key: pulumi.Output[str] = pulumi.Output.secret(key.private_key_openssh)
         self.public_key: pulumi.Output[str] = key.public_key_openssh.apply(str.strip)
         self.register_outputs({"publicKey": self.public_key})
+
+
+def node_host_key(node: str, parent: pulumi.Resource) -> tls.PrivateKey:
+    """A node's ED25519 SSH host key (a child of its Site: its name and parent are part of existing stacks' state)."""
+    return tls.PrivateKey(f"{node}-host-key", algorithm="ED25519", opts=pulumi.ResourceOptions(parent=parent))

@@ -14,53 +14,18 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal, cast
 
+from components.clouds.registry import PLATFORMS as PLATFORM_TRAITS
+from overlay.encapsulation import ENCRYPTIONS, PROTOCOLS, Encryption, Protocol, encapsulation_overhead
+
 PROJECT: Final = "multicloud-overlay"
 
-Platform = Literal["aws", "azure", "gcp", "oci", "alicloud", "vsphere"]
-Protocol = Literal["vxlan", "geneve"]
+Platform = str
+"""A name in components/clouds/registry.py (PLATFORMS): every platform's facts are its traits record."""
 Topology = Literal["hub-and-spoke", "point-to-point"]
-Encryption = Literal["none", "ipsec"]
 
-PLATFORMS: Final[tuple[Platform, ...]] = ("aws", "azure", "gcp", "oci", "alicloud", "vsphere")
-PROTOCOLS: Final[tuple[Protocol, ...]] = ("vxlan", "geneve")
+PLATFORMS: Final[tuple[Platform, ...]] = tuple(PLATFORM_TRAITS)
 TOPOLOGIES: Final[tuple[Topology, ...]] = ("hub-and-spoke", "point-to-point")
-ENCRYPTIONS: Final[tuple[Encryption, ...]] = ("none", "ipsec")
 
-# Underlay MTU of the internet path a tunnel crosses, per platform, when the site does not set one.
-# Tunnels run between public addresses, so the platforms' larger internal MTUs (AWS 9001, OCI 9000) do not
-# apply. GCP VPCs default to 1460; Azure is kept conservative (VXLAN across Azure is reported to lose
-# packets above ~1400).
-DEFAULT_UNDERLAY_MTU: Final[Mapping[Platform, int]] = {
-    "aws": 1500,
-    "azure": 1400,
-    "gcp": 1460,
-    "oci": 1500,
-    "alicloud": 1500,
-    "vsphere": 1500,
-}
-
-# Underlay MTUs a platform accepts, where narrower than the generic 1280..9216 (GCP VPC networks: 1300..8896).
-UNDERLAY_MTU_RANGE: Final[Mapping[Platform, tuple[int, int]]] = {"gcp": (1300, 8896)}
-
-# Settings every site of a platform must give, besides `platform` and `siteId`.
-REQUIRED_SITE_KEYS: Final[Mapping[Platform, tuple[str, ...]]] = {
-    "aws": ("region",),
-    "azure": ("region",),
-    "gcp": ("region", "zone", "project"),
-    "oci": ("region", "compartmentId"),
-    "alicloud": ("region",),
-    "vsphere": (
-        "publicIp",
-        "datacenter",
-        "cluster",
-        "datastore",
-        "template",
-        "wanNetwork",
-        "lanNetwork",
-        "mgmtNetwork",
-        "mgmtCidr",
-    ),
-}
 # Settings a site may give (in addition to the required ones).
 OPTIONAL_SITE_KEYS: Final[tuple[str, ...]] = (
     "zone",
@@ -78,7 +43,9 @@ OPTIONAL_SITE_KEYS: Final[tuple[str, ...]] = (
     "user",
     "resourceGroup",
 )
-SITE_KEYS: Final = frozenset(("platform", "siteId", *OPTIONAL_SITE_KEYS, *{k for keys in REQUIRED_SITE_KEYS.values() for k in keys}))
+SITE_KEYS: Final = frozenset(
+    ("platform", "siteId", *OPTIONAL_SITE_KEYS, *{k for t in PLATFORM_TRAITS.values() for k in t.required_site_keys})
+)
 
 # Address layout: every site owns one block of SITE_BLOCK addresses (a /24 of a /16: 10.250.<siteId>.x) of the overlay IPv4 prefix, chosen by its
 # siteId (never by its position in the config), so adding, removing or re-ordering sites, changing the hub or
@@ -384,8 +351,6 @@ def parse_config(raw: Mapping[str, Any]) -> OverlayConfig:
             if a.site_id == b.site_id:
                 c.add(f"sites.{b.name}.siteId", b.site_id, f"already used by site {a.name}: give every site its own siteId")
     if sites and protocol is not None and encryption is not None:
-        from components.plan import encapsulation_overhead  # pure module; imported late to avoid a cycle
-
         overhead = encapsulation_overhead(cast(Protocol, protocol), 4, cast(Encryption, encryption))
         label = f"{protocol}+ipsec" if encryption == "ipsec" else protocol
         path = min(s.underlay_mtu for s in sites)
@@ -507,7 +472,7 @@ def _parse_site(c: _Collector, name: str, body: Mapping[str, Any]) -> SiteConfig
     else:
         site_id = c.integer(f"{key}.siteId", body.get("siteId"), 1, MAX_SITE_ID)
     if platform is not None:
-        for req in REQUIRED_SITE_KEYS[cast(Platform, platform)]:
+        for req in PLATFORM_TRAITS[platform].required_site_keys:
             if body.get(req) in (None, ""):
                 c.problems.append(
                     f"{key}.{req} is not set: a {platform} site needs it (run `pulumi config set --path {key}.{req} <value>`)"
@@ -531,19 +496,21 @@ def _parse_site(c: _Collector, name: str, body: Mapping[str, Any]) -> SiteConfig
             c.add(f"{key}.{k}", str(net), f"not inside sites.{name}.vpcCidr {vpc}: pick a subnet of it")
     if wan is not None and lan is not None and wan.overlaps(lan):
         c.add(f"{key}.lanCidr", str(lan), f"overlaps sites.{name}.wanCidr {wan}: WAN and LAN need separate subnets")
-    if platform == "vsphere" and body.get("mgmtCidr") not in (None, ""):
+    managed_apart = platform is not None and PLATFORM_TRAITS[platform].management_network
+    if managed_apart and body.get("mgmtCidr") not in (None, ""):
         mgmt = c.v4(f"{key}.mgmtCidr", body.get("mgmtCidr"), "set the management port group's IPv4 prefix")
         if mgmt is not None and mgmt.prefixlen > 27:
             c.add(f"{key}.mgmtCidr", str(mgmt), "too small: the plan places hosts at .10 and .20, use a /27 or larger")
-    if platform == "vsphere" and body.get("publicIp") not in (None, ""):
+    if managed_apart and body.get("publicIp") not in (None, ""):
         try:
             public = ipaddress.ip_address(str(body["publicIp"]))
             if public.version != 4:
                 raise ValueError
         except ValueError:
             c.add(f"{key}.publicIp", body["publicIp"], "set the IPv4 address the datacentre edge NATs to the router")
-    mtu_default = DEFAULT_UNDERLAY_MTU[cast(Platform, platform)] if platform else 1500
-    lo, hi = UNDERLAY_MTU_RANGE.get(cast(Platform, platform), (1280, 9216)) if platform else (1280, 9216)
+    traits = PLATFORM_TRAITS[platform] if platform else None
+    mtu_default = traits.default_underlay_mtu.value if traits else 1500
+    lo, hi = traits.underlay_mtu_range.value if traits and traits.underlay_mtu_range else (1280, 9216)
     underlay_mtu = c.integer(f"{key}.underlayMtu", body.get("underlayMtu", mtu_default), lo, hi)
     if len(c.problems) != before or platform is None or site_id is None or underlay_mtu is None:
         return None

@@ -8,11 +8,11 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Final, Literal
 
-from components.limits import Documented, PlatformLimits, fullmatch, quota, quota_fix, quota_words
+from overlay.traits import Documented, PlatformLimits, PlatformTraits, fullmatch, quota, quota_fix, quota_words
 
 if TYPE_CHECKING:
-    from components.plan import Plan
-    from components.security import IngressRule
+    from overlay.plan import Plan
+    from overlay.rules import IngressRule, SiteRules
 
 _RUN_INSTANCES = "https://www.alibabacloud.com/help/en/ecs/developer-reference/api-ecs-2014-05-26-runinstances"
 _USER_DATA = "https://www.alibabacloud.com/help/en/ecs/user-guide/customize-the-initialization-configuration-for-an-instance"
@@ -137,26 +137,25 @@ def site_names(plan: Plan, site: str) -> list[str]:
 
 def _quota_problem(plan: Plan, site: str, same: list[str], key: str, what: str, scope: str, name: str) -> list[str]:
     """One problem, on the first site beyond the quota among `same` (config order), one resource per site."""
-    allowed = quota(plan, "alicloud", key)
+    allowed = quota(plan, LIMITS, key)
     if len(same) <= allowed or site not in same or same.index(site) != allowed:
         return []
     return [
         f"alicloud site `{site}`: the stack has {len(same)} Alibaba sites {scope}, one {what} each, over "
-        f"{quota_words(plan, 'alicloud', key)} ({name}): {_RAISE}, or put some of these sites on another platform"
+        f"{quota_words(plan, LIMITS, key)} ({name}): {_RAISE}, or put some of these sites on another platform"
         + (" or region" if "region" in scope else "")
         + quota_fix("alicloud", key)
     ]
 
 
-def site_checks(plan: Plan, site: str) -> list[str]:
+def site_checks(plan: Plan, site: str, site_rules: SiteRules) -> list[str]:
     """What an Alibaba site of this stack would break, as components/clouds/alicloud.py builds it (pure)."""
-    from components.security import client_rules, router_rules
 
     where = f"alicloud site `{site}`"
     problems: list[str] = []
     for node, rules, enis in (
-        (plan.router(site), router_rules(plan, site), ENIS_PER_ROUTER),
-        (plan.client(site), client_rules(plan, site), 1),
+        (plan.router(site), site_rules.router, ENIS_PER_ROUTER),
+        (plan.client(site), site_rules.client, 1),
     ):
         packed = pack_rules(rules)
         for kind, members in packed.items():
@@ -285,4 +284,18 @@ LIMITS = PlatformLimits(
         ),
     },
     site_checks=site_checks,
+)
+
+
+TRAITS: Final = PlatformTraits(
+    name="alicloud",
+    site_module="components.clouds.alicloud",
+    required_site_keys=("region",),
+    default_underlay_mtu=Documented(1500, "https://www.alibabacloud.com/help/en/ecs/user-guide/jumbo-frames (ENIs default to 1,500)"),
+    limits=LIMITS,
+    example_site={"region": "eu-central-1"},
+    # A secondary ENI attached after boot is not configured by the image.
+    payload_configures_router_lan=True,
+    example_regions=("eu-central-1", "eu-west-1", "ap-southeast-1", "us-west-1", "us-east-1", "ap-northeast-1"),
+    sites_per_region=10,
 )

@@ -17,11 +17,12 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final, Literal
 
 from cloudinit.render import LOGIN_USER
-from components.limits import Documented, PlatformLimits, fullmatch, quota, quota_fix, quota_words
-from components.security import IngressRule, PeerRouter, client_rules, router_rules
+from overlay.rules import IngressRule, PeerRouter
+from overlay.traits import Documented, PlatformLimits, PlatformTraits, fullmatch, quota, quota_fix, quota_words
 
 if TYPE_CHECKING:
-    from components.plan import Plan
+    from overlay.plan import Plan
+    from overlay.rules import SiteRules
 
 _COMPUTE_MODEL = (
     "https://github.com/Azure/azure-sdk-for-python/blob/main/sdk/compute/azure-mgmt-compute/azure/mgmt/compute/models/_models.py"
@@ -223,18 +224,18 @@ def _region_quota_problems(plan: Plan, site: str) -> list[str]:
     cfg = plan.config.site(site)
     same = [s.name for s in plan.config.sites if s.platform == "azure" and s.region == cfg.region]
     used = PUBLIC_IPS_PER_SITE * (same.index(site) + 1)
-    allowed = quota(plan, "azure", "standardPublicIpsPerRegion")
+    allowed = quota(plan, LIMITS, "standardPublicIpsPerRegion")
     if used <= allowed:
         return []
     return [
         f"azure site `{site}`: location {cfg.region} would hold {used} Standard public IPs ({PUBLIC_IPS_PER_SITE} per azure site; "
-        f"this stack has {len(same)} azure sites there), over {quota_words(plan, 'azure', 'standardPublicIpsPerRegion', ' per region and subscription')} "
+        f"this stack has {len(same)} azure sites there), over {quota_words(plan, LIMITS, 'standardPublicIpsPerRegion', ' per region and subscription')} "
         f"(the default varies by offer, e.g. 1,000 for Enterprise Agreements): request a 'Public IP Addresses - Standard' quota increase for {cfg.region} (Azure "
         f"portal, Quotas > Networking), or move sites.{site}.region to another location" + quota_fix("azure", "standardPublicIpsPerRegion")
     ]
 
 
-def site_checks(plan: Plan, site: str) -> list[str]:
+def site_checks(plan: Plan, site: str, site_rules: SiteRules) -> list[str]:
     """Every documented Azure limit the site's NSGs, VMs and addresses (as azure.py builds them) would break."""
     site_ids = {s.name: s.site_id for s in plan.config.sites}
     where = f"azure site `{site}`"
@@ -243,7 +244,7 @@ def site_checks(plan: Plan, site: str) -> list[str]:
         problems.append(f"{where}: the admin user {LOGIN_USER!r} is a name Azure refuses ({ADMIN_USERNAME_DISALLOWED.source})")
     cfg = plan.config.site(site)
     deny = vnet_deny_plans([str(cfg.vpc_cidr), str(ula_prefix(cfg.site_id))])
-    for node, rules in ((plan.router(site), router_rules(plan, site)), (plan.client(site), client_rules(plan, site))):
+    for node, rules in ((plan.router(site), site_rules.router), (plan.client(site), site_rules.client)):
         plans = nsg_rule_plans(rules, site_ids) + deny
         if len(plans) > NSG_RULES.value:
             problems.append(f"{where}: the NSG of {node.name} would hold {len(plans)} rules, over {NSG_RULES.value} ({NSG_RULES.source})")
@@ -294,7 +295,7 @@ LIMITS = PlatformLimits(
     max_nics={
         "Standard_B2s": Documented(3, "https://learn.microsoft.com/en-us/azure/virtual-machines/sizes/general-purpose/bv1-series"),
     },
-    # os_profile's key: the stack's generated ED25519 deploy key (components/keys.py DeployKey).
+    # os_profile's key: the stack's generated ED25519 deploy key (components/credentials.py DeployKey).
     login_key_types=Documented(
         ("ssh-rsa", "ssh-ed25519"),
         "https://learn.microsoft.com/en-us/azure/virtual-machines/linux/create-ssh-keys-detailed",
@@ -363,4 +364,17 @@ LIMITS = PlatformLimits(
         ),
     },
     site_checks=site_checks,
+)
+
+
+TRAITS: Final = PlatformTraits(
+    name="azure",
+    site_module="components.clouds.azure",
+    required_site_keys=("region",),
+    # Azure documents 1500; VXLAN users report loss above ~1400 across Azure, so the default stays conservative.
+    default_underlay_mtu=Documented(1400, "https://learn.microsoft.com/azure/virtual-network/virtual-network-tcpip-performance-tuning"),
+    limits=LIMITS,
+    example_site={"region": "westeurope"},
+    example_regions=("westeurope", "northeurope", "francecentral", "germanywestcentral", "uksouth", "swedencentral", "eastus", "westus2"),
+    sites_per_region=5,
 )

@@ -7,7 +7,7 @@ from typing import Any, cast
 
 import yaml
 
-from components.config import PROJECT
+from overlay.config import PROJECT
 
 
 def read_stack_file(path: str | Path) -> dict[str, Any]:

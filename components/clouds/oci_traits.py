@@ -8,11 +8,11 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Final, Literal
 
-from components.limits import Documented, PlatformLimits, fullmatch, quota, quota_fix, quota_words
+from overlay.traits import Documented, PlatformLimits, PlatformTraits, fullmatch, quota, quota_fix, quota_words
 
 if TYPE_CHECKING:
-    from components.plan import Plan
-    from components.security import IngressRule
+    from overlay.plan import Plan
+    from overlay.rules import IngressRule, SiteRules
 
 _METADATA = "https://docs.oracle.com/iaas/Content/Compute/Tasks/updatinginstancemetada.htm"
 _NSG_LIMITS = "https://docs.oracle.com/iaas/Content/General/Concepts/servicelimits.htm#nsg_limits"
@@ -120,24 +120,23 @@ def _names(plan: Plan, site: str) -> list[str]:
 
 def _regional_quota(plan: Plan, site: str, name: str, what: str, limit_name: str) -> list[str]:
     """One problem, on the first OCI site beyond the quota in its region (sites in config order)."""
-    allowed = quota(plan, "oci", name)
+    allowed = quota(plan, LIMITS, name)
     here = plan.config.site(site)
     same = [s.name for s in plan.config.sites if s.platform == "oci" and s.region == here.region]
     if len(same) <= allowed or same.index(site) != allowed:
         return []
     return [
         f"oci site `{site}`: the stack has {len(same)} OCI sites in region {here.region}, one {what} each, over "
-        f"{quota_words(plan, 'oci', name, ' per region')} ({limit_name}): {_RAISE}" + quota_fix("oci", name)
+        f"{quota_words(plan, LIMITS, name, ' per region')} ({limit_name}): {_RAISE}" + quota_fix("oci", name)
     ]
 
 
-def site_checks(plan: Plan, site: str) -> list[str]:
+def site_checks(plan: Plan, site: str, site_rules: SiteRules) -> list[str]:
     """What an OCI site of this stack would break, as components/clouds/oci.py builds it (pure)."""
-    from components.security import client_rules, router_rules
 
     where = f"oci site `{site}`"
     problems: list[str] = []
-    for node, rules in ((plan.router(site), router_rules(plan, site)), (plan.client(site), client_rules(plan, site))):
+    for node, rules in ((plan.router(site), site_rules.router), (plan.client(site), site_rules.client)):
         counts = nsg_rule_counts(rules)
         for group, count in counts.items():
             if count > NSG_RULES_MAX.value:
@@ -260,4 +259,22 @@ LIMITS = PlatformLimits(
         ),
     },
     site_checks=site_checks,
+)
+
+
+TRAITS: Final = PlatformTraits(
+    name="oci",
+    site_module="components.clouds.oci",
+    required_site_keys=("region", "compartmentId"),
+    # 9000 inside a VCN, 1500 through the internet gateway.
+    default_underlay_mtu=Documented(
+        1500,
+        "https://docs.oracle.com/iaas/Content/Network/Concepts/overview.htm ; https://www.ateam-oracle.com/pmtud-importance-and-considerations",
+    ),
+    limits=LIMITS,
+    example_site={"region": "eu-frankfurt-1", "compartmentId": "ocid1.compartment.oc1..example"},
+    # A secondary VNIC is not configured by the image (notes["secondary_vnic"]); the image's iptables rules reject
+    # everything but SSH (notes["host_firewall"]).
+    payload_configures_router_lan=True,
+    closed_host_firewall=True,
 )

@@ -8,32 +8,13 @@ which the Site resolves to an Output before handing the rule to the platform.
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass
 from typing import Literal
 
-from components.plan import NATT_PORT, Plan, router_name
+from overlay.encapsulation import NATT_PORT
+from overlay.plan import Plan, router_name
+from overlay.rules import IngressRule, PeerRouter, RuleProtocol, SiteRules
 
-RuleProtocol = Literal["udp", "tcp", "icmp", "icmpv6"]
 SSH_PORT = 22
-
-
-@dataclass(frozen=True)
-class PeerRouter:
-    """The public IPv4 /32 of the router of `site`."""
-
-    site: str
-
-
-@dataclass(frozen=True)
-class IngressRule:
-    name: str
-    """Stable, peer-derived name (e.g. tunnel-from-gcp): a hub swap adds and removes rules, never renames them."""
-    protocol: RuleProtocol
-    port: int | None
-    """Destination port for udp/tcp; None for ICMP (all types: echo and PMTU errors)."""
-    source: str | PeerRouter
-    family: Literal[4, 6]
-    description: str
 
 
 def _admin_rules(plan: Plan) -> list[IngressRule]:
@@ -75,6 +56,11 @@ def client_rules(plan: Plan, site: str) -> list[IngressRule]:
         IngressRule("icmp-from-router", "icmp", None, router_lan, 4, "ping and path-MTU errors from the site router"),
         *_admin_rules(plan),
     ]
+
+
+def site_rules(plan: Plan, site: str) -> SiteRules:
+    """Both nodes' rules of a site (what the platform traits check and pack before any resource exists)."""
+    return SiteRules(router=router_rules(plan, site), client=client_rules(plan, site))
 
 
 def scoped_source(source: str, rule: str = "") -> str:

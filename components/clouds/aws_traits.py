@@ -14,11 +14,12 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Final
 
-from components.limits import Documented, PlatformLimits, fullmatch, quota, quota_fix, quota_words
-from components.security import IngressRule, PeerRouter, client_rules, router_rules
+from overlay.rules import IngressRule, PeerRouter
+from overlay.traits import Documented, PlatformLimits, PlatformTraits, fullmatch, quota, quota_fix, quota_words
 
 if TYPE_CHECKING:
-    from components.plan import Plan
+    from overlay.plan import Plan
+    from overlay.rules import SiteRules
 
 _VPC_QUOTAS = "https://docs.aws.amazon.com/vpc/latest/userguide/amazon-vpc-limits.html"
 _SG_QUOTAS = f"{_VPC_QUOTAS}#vpc-limits-security-groups"
@@ -107,32 +108,32 @@ def _region_quota_problems(plan: Plan, site: str) -> list[str]:
     rank = same.index(site) + 1  # this site and those before it in the config
     where = f"aws site `{site}`"
     problems: list[str] = []
-    eips, eip_quota = ELASTIC_IPS_PER_SITE * rank, quota(plan, "aws", "elasticIpsPerRegion")
+    eips, eip_quota = ELASTIC_IPS_PER_SITE * rank, quota(plan, LIMITS, "elasticIpsPerRegion")
     if eips > eip_quota:
         problems.append(
             f"{where}: region {cfg.region} would hold {eips} Elastic IPs ({ELASTIC_IPS_PER_SITE} per aws site; this stack has "
-            f"{len(same)} aws sites there), over {quota_words(plan, 'aws', 'elasticIpsPerRegion', ' Elastic IPs per region')}: "
+            f"{len(same)} aws sites there), over {quota_words(plan, LIMITS, 'elasticIpsPerRegion', ' Elastic IPs per region')}: "
             f"request an increase of 'EC2-VPC Elastic IPs' "
             f"(quota L-0263D0A3) in Service Quotas for {cfg.region}, or move sites.{site}.region to another region"
             + quota_fix("aws", "elasticIpsPerRegion")
         )
-    vpc_quota = quota(plan, "aws", "vpcsPerRegion")
+    vpc_quota = quota(plan, LIMITS, "vpcsPerRegion")
     if rank > vpc_quota:
         problems.append(
             f"{where}: region {cfg.region} would hold {rank} VPCs and internet gateways (one per aws site), over "
-            f"{quota_words(plan, 'aws', 'vpcsPerRegion', ' per region')}: request an increase of 'VPCs per Region' (quota "
+            f"{quota_words(plan, LIMITS, 'vpcsPerRegion', ' per region')}: request an increase of 'VPCs per Region' (quota "
             f"L-F678F1CE) in Service Quotas for {cfg.region}, or move sites.{site}.region to another region"
             + quota_fix("aws", "vpcsPerRegion")
         )
     return problems
 
 
-def site_checks(plan: Plan, site: str) -> list[str]:
+def site_checks(plan: Plan, site: str, site_rules: SiteRules) -> list[str]:
     """Every documented AWS limit the site's resources (as aws.py builds them) would break."""
     site_ids = {s.name: s.site_id for s in plan.config.sites}
     where = f"aws site `{site}`"
     problems: list[str] = []
-    for node, rules in ((plan.router(site), router_rules(plan, site)), (plan.client(site), client_rules(plan, site))):
+    for node, rules in ((plan.router(site), site_rules.router), (plan.client(site), site_rules.client)):
         placement = security_group_placement(rules, site_ids)
         counts = group_rule_counts(rules, placement)
         if len(counts) > GROUPS_PER_ENI.value:  # cannot happen with the modulo, kept as the record of the limit
@@ -242,3 +243,20 @@ LIMITS = PlatformLimits(
     },
     site_checks=site_checks,
 )
+
+
+TRAITS: Final = PlatformTraits(
+    name="aws",
+    site_module="components.clouds.aws",
+    required_site_keys=("region",),
+    # Traffic through an internet gateway is limited to 1500 bytes (9001 only inside the VPC).
+    default_underlay_mtu=Documented(1500, "https://docs.aws.amazon.com/AWSEC2/latest/UserGuide/network_mtu.html"),
+    limits=LIMITS,
+    example_site={"region": "eu-west-1"},
+    # A secondary ENI gets its address, but Ubuntu's image configures only the primary one at boot.
+    payload_configures_router_lan=True,
+    example_regions=("eu-west-1", "eu-west-2", "eu-west-3", "eu-central-1", "eu-north-1", "us-east-1", "us-east-2", "us-west-1",
+                     "us-west-2", "ca-central-1", "sa-east-1", "ap-south-1", "ap-northeast-1", "ap-northeast-2", "ap-southeast-1",
+                     "ap-southeast-2"),
+    sites_per_region=ELASTIC_IPS_PER_REGION.value // ELASTIC_IPS_PER_SITE,
+)  # fmt: skip

@@ -18,11 +18,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final, Literal
 
-from components.limits import Documented, PlatformLimits, fullmatch
-from components.security import IngressRule, PeerRouter, RuleProtocol, client_rules, router_rules
+from overlay.rules import IngressRule, PeerRouter, RuleProtocol
+from overlay.traits import Documented, PlatformLimits, PlatformTraits, fullmatch
 
 if TYPE_CHECKING:
-    from components.plan import Plan
+    from overlay.plan import Plan
+    from overlay.rules import SiteRules
 
 _DISCOVERY = "https://github.com/googleapis/google-api-python-client/blob/main/googleapiclient/discovery_cache/documents/compute.v1.json"
 _GUEST_AGENT = "https://github.com/GoogleCloudPlatform/guest-agent"
@@ -150,25 +151,25 @@ def firewall_resource_name(node: str, nic: str, rule: str) -> str:
     return gcp_name(f"{node}-{nic}-fw-{rule}")
 
 
-def node_policies(plan: Plan, site: str) -> dict[tuple[str, str], list[FirewallRulePlan]]:
+def node_policies(plan: Plan, site: str, site_rules: SiteRules) -> dict[tuple[str, str], list[FirewallRulePlan]]:
     """(node, nic) -> the firewall rules gcp.py registers for it (router: wan and lan; client: lan)."""
     site_ids = {s.name: s.site_id for s in plan.config.sites}
     lan = plan.config.site(site).lan_cidr
     router, client = plan.router(site).name, plan.client(site).name
-    rules = router_rules(plan, site)
+    rules = site_rules.router
     return {
         (router, "wan"): firewall_rule_plans([r for r in rules if nic_of_rule(r, lan) == "wan"], site_ids),
         (router, "lan"): firewall_rule_plans([r for r in rules if nic_of_rule(r, lan) == "lan"], site_ids),
-        (client, "lan"): firewall_rule_plans(client_rules(plan, site), site_ids),  # the client's only NIC
+        (client, "lan"): firewall_rule_plans(site_rules.client, site_ids),  # the client's only NIC
     }
 
 
-def site_checks(plan: Plan, site: str) -> list[str]:
+def site_checks(plan: Plan, site: str, site_rules: SiteRules) -> list[str]:
     """Every documented GCP limit the site's firewall rules and names (as gcp.py builds them) would break."""
     where = f"gcp site `{site}`"
     problems: list[str] = []
     names: list[str] = []
-    for (node, nic), rules in node_policies(plan, site).items():
+    for (node, nic), rules in node_policies(plan, site, site_rules).items():
         for rule in rules:
             if len(rule.sources) > SOURCE_RANGES_PER_RULE.value:
                 problems.append(
@@ -293,4 +294,15 @@ LIMITS = PlatformLimits(
     },
     first_boot_files={"/etc/default/instance_configs.cfg": INSTANCE_CONFIGS},
     site_checks=site_checks,
+)
+
+
+TRAITS: Final = PlatformTraits(
+    name="gcp",
+    site_module="components.clouds.gcp",
+    required_site_keys=("region", "zone", "project"),
+    default_underlay_mtu=Documented(1460, "https://cloud.google.com/vpc/docs/mtu (VPC networks default to 1,460 bytes)"),
+    underlay_mtu_range=Documented((1300, 8896), "https://cloud.google.com/vpc/docs/mtu (any value between 1,300 and 8,896 bytes)"),
+    limits=LIMITS,
+    example_site={"region": "europe-west1", "zone": "europe-west1-b", "project": "example-project"},
 )

@@ -10,10 +10,11 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Final
 
-from components.limits import Documented, PlatformLimits, fullmatch
+from overlay.traits import Documented, NicNames, PlatformLimits, PlatformTraits, fullmatch
 
 if TYPE_CHECKING:
-    from components.plan import Plan
+    from overlay.plan import Plan
+    from overlay.rules import SiteRules
 
 _VMWARE_DS = "https://github.com/canonical/cloud-init/blob/main/cloudinit/sources/DataSourceVMware.py"
 _NO_FIREWALL = (
@@ -118,7 +119,7 @@ _LONGEST_PROJECT = "p" * 100
 _LONGEST_STACK = "s" * 100
 
 
-def site_checks(plan: Plan, site: str) -> list[str]:
+def site_checks(plan: Plan, site: str, site_rules: SiteRules) -> list[str]:
     """What a vSphere site of this stack would break, as components/clouds/vsphere.py builds it (pure)."""
     where = f"vsphere site `{site}`"
     cfg = plan.config.site(site)
@@ -216,3 +217,17 @@ LIMITS = PlatformLimits(
     },
     site_checks=site_checks,
 )
+
+
+TRAITS: Final = PlatformTraits(
+    name="vsphere",
+    site_module="components.clouds.vsphere",
+    required_site_keys=("publicIp", "datacenter", "cluster", "datastore", "template", "wanNetwork", "lanNetwork", "mgmtNetwork", "mgmtCidr"),
+    default_underlay_mtu=Documented(1500, "https://techdocs.broadcom.com/us/en/vmware-cis/vsphere/vsphere/8-0/vsphere-networking-8-0.html (standard switch MTU, default 1500)"),
+    limits=LIMITS,
+    example_site={"datacenter": "dc1", "cluster": "cluster1", "datastore": "datastore1", "template": "ubuntu-24.04-server-cloudimg",
+                  "wanNetwork": "wan", "lanNetwork": "overlay-lan", "mgmtNetwork": "mgmt"},
+    management_network=True,
+    # The guest names its NICs from the guestinfo metadata (vsphere.py static_nics).
+    nic_names=NicNames(router=("wan0", "lan0"), client=("mgmt0", "lan0")),
+)  # fmt: skip

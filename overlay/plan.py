@@ -14,16 +14,26 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final, Literal
 
-from components.config import (
+from components.clouds.registry import PLATFORMS
+from overlay.config import (
     CLIENT_HOST,
     FIRST_CONTAINER_HOST,
     ROUTER_HOST,
     SITE_BLOCK,
-    Encryption,
     OverlayConfig,
     Platform,
-    Protocol,
     SiteConfig,
+)
+from overlay.encapsulation import (
+    ESP_ALGORITHM,
+    ESP_ICV_BITS,
+    ESP_KEY_BYTES,
+    NATT_PORT,
+    PAIR_KEY_BYTES,
+    SPI_BASE,
+    TUNNEL_PORT,
+    Protocol,
+    encapsulation_overhead,
 )
 
 Kind = Literal["router", "client"]
@@ -31,33 +41,6 @@ Role = Literal["hub", "spoke", "peer", "client"]
 Via = Literal["internet", "lan"]
 
 BRIDGE: Final = "br-overlay"
-TUNNEL_PORT: Final[Mapping[Protocol, int]] = {"vxlan": 4789, "geneve": 6081}
-# Outer IP + UDP + VXLAN/GENEVE header + inner Ethernet header. GENEVE carries no options here, so its
-# overhead equals VXLAN's: 20 (IPv4) or 40 (IPv6) + 8 (UDP) + 8 (tunnel header) + 14 (inner Ethernet).
-GENEVE_OPTIONS_BYTES: Final = 0
-
-# IPsec (encryption: ipsec): ESP in transport mode, carried in UDP 4500 (NAT traversal, RFC 3948) because every
-# router sits behind its platform's 1:1 NAT, which passes UDP everywhere and ESP (IP protocol 50) not everywhere.
-# AES-256-GCM with a 16-byte ICV (RFC 4106): 36 bytes of key material per direction (32 key + 4 salt).
-NATT_PORT: Final = 4500
-ESP_ALGORITHM: Final = "rfc4106(gcm(aes))"
-ESP_ICV_BITS: Final = 128
-ESP_KEY_BYTES: Final = 36
-PAIR_KEY_BYTES: Final = 2 * ESP_KEY_BYTES
-"""One random secret per router pair: the first half keys the lower site id's direction, the second the other."""
-# UDP encapsulation 8 + ESP header (SPI, sequence) 8 + GCM IV 8 + padding to 4 bytes (at most 3) + pad length
-# and next header 2 + ICV 16: at most 45 bytes on top of the tunnel's own overhead.
-ESP_NATT_OVERHEAD: Final = 8 + 8 + 8 + 3 + 2 + ESP_ICV_BITS // 8
-SPI_BASE: Final = 0x40000000
-"""Every SPI this project installs is SPI_BASE + 2 * VNI (+1): the node script recognises its own SAs by it."""
-
-
-def encapsulation_overhead(protocol: Protocol, family: int, encryption: Encryption = "none") -> int:
-    """Bytes a tunnel adds to each overlay frame for the given protocol, underlay IP family and encryption."""
-    outer_ip = {4: 20, 6: 40}[family]
-    extra = GENEVE_OPTIONS_BYTES if protocol == "geneve" else 0
-    esp = ESP_NATT_OVERHEAD if encryption == "ipsec" else 0
-    return outer_ip + 8 + 8 + 14 + extra + esp
 
 
 def pair_key_name(site_a: str, site_b: str) -> str:
@@ -346,13 +329,6 @@ def build_plan(cfg: OverlayConfig) -> Plan:
     )
 
 
-# Platforms whose Ubuntu image leaves the router's LAN NIC unconfigured (secondary VNIC/ENI attached after
-# launch): the node script must give it its planned address.
-CONFIGURE_LAN_NIC: Final[frozenset[Platform]] = frozenset({"aws", "oci", "alicloud"})
-# Platforms whose Ubuntu image rejects inbound tunnel traffic and forwarding in iptables.
-OPEN_HOST_FIREWALL: Final[frozenset[Platform]] = frozenset({"oci"})
-
-
 class MissingTunnelKey(KeyError):
     pass
 
@@ -416,10 +392,10 @@ def _node_doc(
         "bridge": {"name": BRIDGE, "mac": node.mac, "ipv4": node.ipv4, "ipv6": node.ipv6},
         "lan": {
             "address": f"{node.lan_ip}/{node.lan_prefix}",
-            "configure": node.kind == "router" and node.platform in CONFIGURE_LAN_NIC,
+            "configure": node.kind == "router" and PLATFORMS[node.platform].payload_configures_router_lan,
         },
         "forwarding": node.kind == "router",
-        "open_host_firewall": node.platform in OPEN_HOST_FIREWALL,
+        "open_host_firewall": PLATFORMS[node.platform].closed_host_firewall,
         "tunnels": tunnels,
         "fdb": [e for e in mac_table(plan, node) if e["port"] in ports],
         "containers": {
