@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import signal
 import statistics
 import subprocess
@@ -39,7 +38,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.labrun import RESULTS, fmt, in_netns, lab, machine, median, require_no_lab, require_root, stamp, which_or_exit, write_json
+from bench.labrun import RESULTS, fmt, lab, machine, median, require_no_lab, require_root, stamp, which_or_exit, write_json
+from lab.probes import ping
+from lab.shell import in_netns
 
 NAME = "dataplane"
 PORT = 5201
@@ -174,13 +175,10 @@ def build_cases(hub_spoke: str | None = None, spokes: tuple[str, str] | None = N
 
 # --------------------------------------------------------------------------- measurements
 
-_RTT = re.compile(r"time=([0-9.]+) ms")
 
-
-def ping(case: Case, count: int, interval: float) -> dict[str, Any]:
-    argv = in_netns(case.src_ns, ["ping", "-n", "-c", str(count), "-i", str(interval), "-W", "1", case.dst])
-    proc = subprocess.run(argv, capture_output=True, text=True, timeout=60 + count * interval * 2, check=False)
-    rtts = [float(m.group(1)) for m in _RTT.finditer(proc.stdout)]
+def rtt_sample(case: Case, count: int, interval: float) -> dict[str, Any]:
+    """`count` pings `interval` seconds apart: how many answered, RTT median, min and 90th percentile."""
+    rtts = ping(case.dst, case.src_ns, count=count, interval=interval, wait=1, timeout=60 + count * interval * 2).rtts_ms
     return {
         "sent": count,
         "answered": len(rtts),
@@ -233,7 +231,7 @@ def sender_nic(before: dict[str, tuple[int, int]], after: dict[str, tuple[int, i
 
 def route_mtu(case: Case) -> str:
     """What the kernel of the sender knows about the path after the runs (a learned PMTU shows as `mtu N`)."""
-    proc = subprocess.run(["ip", "netns", "exec", case.src_ns, "ip", "route", "get", case.dst], capture_output=True, text=True, check=False)
+    proc = subprocess.run(in_netns(case.src_ns, ["ip", "route", "get", case.dst]), capture_output=True, text=True, check=False)
     return " ".join(proc.stdout.split())
 
 
@@ -273,13 +271,13 @@ def measure(cases: list[Case], repeat: int, seconds: int, pings: int) -> dict[st
     try:
         print("warm-up pass (discarded): neighbours, FDB, path MTU", flush=True)
         for c in cases:
-            ping(c, 5, 0.05)
+            rtt_sample(c, 5, 0.05)
             w = iperf(c, 1, omit=0)
             if not w.get("ok"):
                 print(f"  {c.name}: iperf3 failed: {w.get('error')}", flush=True)
         for rep in range(repeat):
             for c in cases:
-                p = ping(c, pings, 0.01)
+                p = rtt_sample(c, pings, 0.01)
                 before = tx_counters(c.src_ns)
                 t = iperf(c, seconds)
                 nic = sender_nic(before, tx_counters(c.src_ns))

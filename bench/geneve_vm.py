@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import re
 import socket
 import statistics
 import subprocess
@@ -25,6 +24,9 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+from lab.probes import ping
+from lab.shell import in_netns
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
@@ -46,8 +48,9 @@ def lab(*args: str) -> None:
 
 
 def receiver(port: int) -> None:
-    """Accept one connection and drain it (runs in the destination namespace)."""
+    """Accept one connection and drain it (runs in the destination namespace); says "listening" once it is."""
     srv = socket.create_server(("::", port), family=socket.AF_INET6, dualstack_ipv6=True)
+    print("listening", flush=True)
     conn, _ = srv.accept()
     buf = bytearray(1 << 20)
     view = memoryview(buf)
@@ -69,55 +72,53 @@ def sender(target: str, port: int, seconds: float) -> None:
 
 
 def throughput(src_ns: str, dst_ns: str, target: str, seconds: float) -> float:
-    """Mbit/s from src_ns to target (served in dst_ns)."""
-    rx = subprocess.Popen(["nsenter", f"--net=/run/netns/{dst_ns}", "--", sys.executable, "-m", "bench.geneve_vm", "--receiver"])
+    """Mbit/s from src_ns to target (served in dst_ns). The sender starts once the receiver listens (a python3
+    start under TCG on a busy host can take longer than any fixed wait)."""
+    rx = subprocess.Popen(in_netns(dst_ns, [sys.executable, "-m", "bench.geneve_vm", "--receiver"]), stdout=subprocess.PIPE, text=True)
+    sent = False
     try:
-        time.sleep(1.0)
+        assert rx.stdout is not None
+        if rx.stdout.readline().strip() != "listening":
+            raise RuntimeError(f"the receiver in {dst_ns} did not start (exit {rx.wait(timeout=60)})")
         proc = sh(
-            "nsenter",
-            f"--net=/run/netns/{src_ns}",
-            "--",
-            sys.executable,
-            "-m",
-            "bench.geneve_vm",
-            "--sender",
-            target,
-            "--seconds",
-            str(seconds),
+            *in_netns(src_ns, [sys.executable, "-m", "bench.geneve_vm", "--sender", target, "--seconds", str(seconds)]),
             timeout=seconds + 60,
         )
         if proc.returncode != 0:
             raise RuntimeError(f"sender to {target} failed: {proc.stderr}")
+        sent = True
         out = json.loads(proc.stdout.strip().splitlines()[-1])
         return out["bytes"] * 8 / out["seconds"] / 1e6
     finally:
+        if not sent:
+            rx.kill()  # nobody will connect: do not wait for the receiver
         rx.wait(timeout=60)
 
 
 def rtt(src_ns: str, target: str) -> float:
-    proc = sh("nsenter", f"--net=/run/netns/{src_ns}", "--", "ping", "-q", "-c", "10", "-i", "0.2", target, timeout=60)
-    m = re.search(r"= [\d.]+/([\d.]+)/", proc.stdout)
-    if proc.returncode != 0 or m is None:
-        raise RuntimeError(f"ping {target} failed: {proc.stdout}{proc.stderr}")
-    return float(m.group(1))
+    """Mean RTT in ms of 10 pings 0.2 s apart."""
+    echo = ping(target, src_ns, count=10, interval=0.2, wait=None, quiet=True, timeout=60)
+    if not echo.ok or echo.avg_ms is None:
+        raise RuntimeError(f"ping {target} failed: {echo.output}")
+    return echo.avg_ms
 
 
 def guest(rounds: int, seconds: float, results: Path) -> int:
     sys.path.insert(0, str(ROOT))
-    from lab.state import STATE_DIR, load
+    from lab.check import Lab
 
     lab("up", "--containers", "netns", "--sites", SITES, "--protocol", "vxlan", "--results", str(results))
     samples: list[dict[str, Any]] = []
     try:
-        state = load(STATE_DIR)
-        assert state is not None
-        plan = state.plan()
+        running = Lab()
+        plan = running.plan
         hub, spoke = plan.router(plan.hub), plan.router(next(s.name for s in plan.config.sites if s.name != plan.hub))
-        public = state.public_ips[spoke.site]
+        public = running.state.public_ips[spoke.site]
+        src, dst = running.node_ns(hub.name), running.node_ns(spoke.name)
         pairs = [
-            ("underlay", f"mco-{hub.name}", f"mco-{spoke.name}", public),
-            ("overlay-v4", f"mco-{hub.name}", f"mco-{spoke.name}", spoke.overlay_ipv4),
-            ("overlay-v6", f"mco-{hub.name}", f"mco-{spoke.name}", spoke.overlay_ipv6),
+            ("underlay", src, dst, public),
+            ("overlay-v4", src, dst, spoke.overlay_ipv4),
+            ("overlay-v6", src, dst, spoke.overlay_ipv6),
         ]
         current = "vxlan"
         for r in range(rounds):
@@ -174,7 +175,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.guest:
         return guest(args.rounds, args.seconds, args.guest)
 
-    from lab.vm import GUEST_RESULTS, run_in_vm
+    from lab.guest import GUEST_RESULTS
+    from lab.qemu import run_in_vm
 
     out = RESULTS / "geneve_vm"
     out.mkdir(parents=True, exist_ok=True)

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.geneve_vm import RESULTS, ROOT, SITES, lab, rtt, throughput
+from lab.shell import in_netns
 
 MODES = ("none", "ipsec")
 PAIRS = ("underlay", "overlay-v4", "overlay-v6")
@@ -42,14 +43,12 @@ def aead_driver() -> str:
     return "?"
 
 
-def wire_sizes(src: str, dst: str, target: str, seconds: float, results: Path) -> dict[str, Any]:
+def wire_sizes(internet_ns: str, src: str, dst: str, target: str, seconds: float, results: Path) -> dict[str, Any]:
     """Throughput once more while capturing the emulated internet: how big the tunnel datagrams are on the wire
     (clear VXLAN may cross as GSO super-packets, ESP is segmented to the MTU before it is encrypted)."""
     raw = results / "wire.json"
     cap = subprocess.Popen(
-        ["nsenter", "--net=/run/netns/mco-internet", "--", sys.executable, "-m", "lab.capture", "--listen", str(raw)],
-        stdout=subprocess.PIPE,
-        text=True,
+        in_netns(internet_ns, [sys.executable, "-m", "lab.capture", "--listen", str(raw)]), stdout=subprocess.PIPE, text=True
     )
     assert cap.stdout is not None
     cap.stdout.readline()  # listening
@@ -62,10 +61,10 @@ def wire_sizes(src: str, dst: str, target: str, seconds: float, results: Path) -
 
 def guest(rounds: int, seconds: float, results: Path, aes_ni: bool = False) -> int:
     sys.path.insert(0, str(ROOT))
-    from lab.state import STATE_DIR, load
+    from lab.check import Lab
 
     if aes_ni:
-        from lab.vm import CPU_CRYPTO_MODULES
+        from lab.kernel_modules import CPU_CRYPTO_MODULES
 
         for module in CPU_CRYPTO_MODULES:
             proc = subprocess.run(["modprobe", module], capture_output=True, text=True)
@@ -74,11 +73,11 @@ def guest(rounds: int, seconds: float, results: Path, aes_ni: bool = False) -> i
     lab("up", "--containers", "netns", "--sites", SITES, "--protocol", "vxlan", "--encryption", "none", "--results", str(results))
     samples: list[dict[str, Any]] = []
     try:
-        state = load(STATE_DIR)
-        assert state is not None
-        plan = state.plan()
+        running = Lab()
+        plan = running.plan
         hub, spoke = plan.router(plan.hub), plan.router(next(s.name for s in plan.config.sites if s.name != plan.hub))
-        targets = {"underlay": state.public_ips[spoke.site], "overlay-v4": spoke.overlay_ipv4, "overlay-v6": spoke.overlay_ipv6}
+        targets = {"underlay": running.state.public_ips[spoke.site], "overlay-v4": spoke.overlay_ipv4, "overlay-v6": spoke.overlay_ipv6}
+        src, dst = running.node_ns(hub.name), running.node_ns(spoke.name)
         current = "none"
         for r in range(rounds):
             for mode in MODES:
@@ -86,13 +85,12 @@ def guest(rounds: int, seconds: float, results: Path, aes_ni: bool = False) -> i
                     lab("swap", "--encryption", mode, "--results", str(results))
                     current = mode
                 for pair in PAIRS:
-                    src, dst = f"mco-{hub.name}", f"mco-{spoke.name}"
                     mbit = throughput(src, dst, targets[pair], seconds)
                     ms = rtt(src, targets[pair])
                     samples.append({"round": r, "encryption": mode, "pair": pair, "mbit_s": mbit, "rtt_ms": ms})
                     print(f"[{r + 1}/{rounds}] {mode:5} {pair:10} {mbit:8.1f} Mbit/s {ms:.3f} ms", flush=True)
                 if r == 0:
-                    wire = wire_sizes(f"mco-{hub.name}", f"mco-{spoke.name}", targets["overlay-v4"], seconds, results)
+                    wire = wire_sizes(running.layout.internet_ns, src, dst, targets["overlay-v4"], seconds, results)
                     samples.append({"round": r, "encryption": mode, "pair": "wire", **wire})
                     print(f"[1/{rounds}] {mode:5} on the wire: {wire['datagrams']} datagrams, mean {wire['mean_bytes']:.0f} B", flush=True)
         driver = aead_driver()
@@ -130,7 +128,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.guest:
         return guest(args.rounds, args.seconds, args.guest, args.aes_ni)
 
-    from lab.vm import AES_NI_CPU, DEFAULT_CPU, GUEST_RESULTS, run_in_vm
+    from lab.guest import GUEST_RESULTS
+    from lab.qemu import AES_NI_CPU, DEFAULT_CPU, run_in_vm
 
     name = "ipsec_vm_aesni" if args.aes_ni else "ipsec_vm"
     out = RESULTS / name

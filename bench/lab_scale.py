@@ -2,10 +2,9 @@
 
 Sizes: 2 sites (`--stack dev --sites aws,gcp`), 6 (the dev stack), and any other n as a generated stack
 (bench/configs.py generated_stack(n): sites s1..sn over the platforms in turn, hub s1) written to
-bench/results/stacks/Pulumi.bench-scale<n>.yaml. `python -m lab up --stack` takes a stack name and reads
-Pulumi.<name>.yaml from the repository root only, so every lab verb of a generated stack runs through
-`python -m bench.labrun --stack-dir bench/results/stacks -- <verb>` (the lab's own CLI, resolving the name in that
-directory first). Sizes are interleaved over repetitions (2 6 12 2 6 12 …), each `up` → `check` → measure → `down`.
+bench/results/stacks/Pulumi.bench-scale<n>.yaml and brought up with `python -m lab up --stack <that file>` (the lab
+records the file: its later verbs find it). Sizes are interleaved over repetitions (2 6 12 2 6 12 …), each `up` →
+`check` → measure → `down`.
 
 Memory, measured after the check with the lab up:
 - MemAvailable (from /proc/meminfo) just before `up` minus just after the check: what the lab costs the machine
@@ -50,45 +49,24 @@ NAME = "lab_scale"
 SETTLE = 3.0
 
 
-def lab_args(n: int) -> tuple[list[str], Path | None]:
-    """`up` arguments for n sites and the stack directory its verbs need (None: the repository root)."""
+def lab_args(n: int) -> list[str]:
+    """`up` arguments for n sites: the dev stack or a subset of it, else a generated stack file."""
     if n == 2:
-        return ["--stack", "dev", "--sites", "aws,gcp"], None
+        return ["--stack", "dev", "--sites", "aws,gcp"]
     if n == 6:
-        return ["--stack", "dev"], None
+        return ["--stack", "dev"]
     from bench.configs import generated_stack
 
-    name = f"bench-scale{n}"
-    write_stack_file(generated_stack(n), name, STACKS)
-    return ["--stack", name], STACKS
+    return ["--stack", str(write_stack_file(generated_stack(n), f"bench-scale{n}", STACKS))]
 
 
 def lab_pids(state_dir: Path, namespaces: list[str]) -> dict[int, str]:
     """pid -> command name of every process of the lab: started from its state dir, or living in one of its namespaces."""
-    inodes = set()
-    for n in namespaces:
-        try:
-            inodes.add(os.stat(f"/run/netns/{n}").st_ino)
-        except OSError:
-            continue
-    me = os.getpid()
-    found: dict[int, str] = {}
-    marker = str(state_dir).encode() + b"/"
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit() or int(entry) == me:
-            continue
-        pid = int(entry)
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                cmdline = f.read()
-            in_lab = marker in cmdline or os.stat(f"/proc/{pid}/ns/net").st_ino in inodes
-            if not in_lab:
-                continue
-            with open(f"/proc/{pid}/comm", encoding="utf-8", errors="replace") as f:
-                found[pid] = f.read().strip()
-        except OSError:
-            continue
-    return found
+    from lab import processes
+
+    pids = set(processes.pids_mentioning(str(state_dir) + "/")) | set(processes.pids_in_netns(processes.netns_inodes(namespaces)))
+    found = {pid: processes.command_name(pid) for pid in sorted(pids - {os.getpid()})}
+    return {pid: comm for pid, comm in found.items() if comm}
 
 
 def group(comm: str) -> str:
@@ -155,18 +133,18 @@ def check_details(path: Path) -> dict[str, Any]:
 
 
 def one(n: int, rep: int, log: Path) -> dict[str, Any]:
-    args, stack_dir = lab_args(n)
+    args = lab_args(n)
     time.sleep(SETTLE)
     avail_before = meminfo().get("MemAvailable", 0)
     sample: dict[str, Any] = {"sites": n, "rep": rep, "up_args": args}
     try:
-        up = lab(["up", *args, "--encryption", "none"], log=log, stack_dir=stack_dir)
+        up = lab(["up", *args, "--encryption", "none"], log=log)
         sample.update(up_ok=up.ok, up_wall_s=round(up.seconds, 2), up_reported_s=seconds_reported(up.output, "lab up in"))
         if not up.ok:
             sample["error"] = up.output.strip().splitlines()[-3:]
             return sample
         check_dir = RESULTS / NAME / f"check-{n}-r{rep + 1}"
-        ck = lab(["check", "--results", str(check_dir)], log=log, stack_dir=stack_dir)
+        ck = lab(["check", "--results", str(check_dir)], log=log)
         sample.update(
             check_pass=ck.ok,
             check_wall_s=round(ck.seconds, 2),
@@ -176,7 +154,7 @@ def one(n: int, rep: int, log: Path) -> dict[str, Any]:
         time.sleep(SETTLE)
         sample["memory"] = memory(avail_before)
     finally:
-        down = lab(["down"], log=log, stack_dir=stack_dir)
+        down = lab(["down"], log=log)
         sample.update(down_ok=down.ok, down_wall_s=round(down.seconds, 2))
         time.sleep(SETTLE)
         sample["mem_available_after_down_delta_mib"] = round((avail_before - meminfo().get("MemAvailable", 0)) / 1024, 1)

@@ -1,11 +1,8 @@
 """What the lab benchmarks share: running `python -m lab` verbs as separate processes (timed, logged), making sure
-they never touch a lab they did not start, commands inside lab namespaces, and the machine description.
+they never touch a lab they did not start, stack files of their own, and the machine description.
 
-Stack files outside the repository root: `python -m lab up --stack NAME` reads Pulumi.NAME.yaml from the root only.
-For generated stacks this module is also a thin entry point that resolves NAME from a directory first and then
-runs the lab's own CLI unchanged:
-
-    .venv/bin/python -m bench.labrun --stack-dir bench/results/stacks -- up --stack scale12
+A generated stack (write_stack_file) is brought up by its path, `python -m lab up --stack bench/results/stacks/
+Pulumi.NAME.yaml`: the lab records the file, and its later verbs (check, down, ...) find it from there.
 """
 
 from __future__ import annotations
@@ -44,16 +41,9 @@ class LabRun:
         return self.rc == 0
 
 
-def lab_argv(args: Sequence[str], stack_dir: Path | None = None) -> list[str]:
-    """The command line of one lab verb: the lab's CLI, through this module when stacks live elsewhere."""
-    if stack_dir is None:
-        return [sys.executable, "-m", "lab", *args]
-    return [sys.executable, "-m", "bench.labrun", "--stack-dir", str(stack_dir), "--", *args]
-
-
-def lab(args: Sequence[str], log: Path | None = None, stack_dir: Path | None = None, timeout: float = 1800, echo: bool = False) -> LabRun:
-    """Run one lab verb in its own process; wall time, exit code and output (appended to `log`)."""
-    argv = lab_argv(args, stack_dir)
+def lab(args: Sequence[str], log: Path | None = None, timeout: float = 1800, echo: bool = False) -> LabRun:
+    """Run one lab verb (`python -m lab ARGS`) in its own process; wall time, exit code and output (appended to `log`)."""
+    argv = [sys.executable, "-m", "lab", *args]
     started = time.monotonic()
     lines: list[str] = []
     proc = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -97,11 +87,6 @@ def seconds_reported(output: str, pattern: str) -> float | None:
     """A duration the lab prints itself, e.g. 'lab up in 42.1 s'."""
     m = re.search(pattern + r"\s+([0-9.]+)\s*s", output)
     return float(m.group(1)) if m else None
-
-
-def in_netns(ns: str, argv: Sequence[str]) -> list[str]:
-    """A command in a named namespace (/run/netns/NAME): lab VMs, edges, and container handles alike."""
-    return ["ip", "netns", "exec", ns, *argv]
 
 
 def machine() -> dict[str, Any]:
@@ -164,37 +149,13 @@ def fmt(value: float | None, spec: str = ".1f") -> str:
 
 def write_stack_file(raw: dict[str, Any], name: str, directory: Path = STACKS) -> Path:
     """A raw config (keys without the project prefix) as Pulumi.<name>.yaml in `directory`."""
-    from components.config import PROJECT
+    from overlay.config import PROJECT
 
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / f"Pulumi.{name}.yaml"
     doc = {"config": {f"{PROJECT}:{k}": v for k, v in raw.items()}}
     path.write_text(yaml.safe_dump(doc, sort_keys=False), encoding="utf-8")
     return path
-
-
-def run_lab_cli(stack_dir: Path, args: list[str]) -> int:
-    """The lab's CLI with Pulumi.<name>.yaml looked up in `stack_dir` first, then in the repository root."""
-    import lab.state
-    from lab.cli import main as lab_main
-
-    at_root = lab.state.stack_path
-
-    def resolve(stack: str) -> Path:
-        candidate = stack_dir / f"Pulumi.{stack}.yaml"
-        return candidate if candidate.exists() else at_root(stack)
-
-    setattr(lab.state, "stack_path", resolve)  # noqa: B010 - lab.state resolves stack files through this name
-    return lab_main(args)
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = list(sys.argv[1:] if argv is None else argv)
-    if len(args) < 3 or args[0] != "--stack-dir" or "--" not in args:
-        print("usage: python -m bench.labrun --stack-dir DIR -- LAB-ARGS...", file=sys.stderr)
-        return 2
-    sep = args.index("--")
-    return run_lab_cli(Path(args[1]).resolve(), args[sep + 1 :])
 
 
 def proc_pss_rss(pid: int) -> tuple[int, int]:
@@ -217,7 +178,3 @@ def which_or_exit(tool: str, package: str) -> str:
     if path is None:
         raise SystemExit(f"{tool} is not installed: apt-get install -y {package}")
     return path
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -6,7 +6,8 @@ pattern in every payload, IPv4 and IPv6, one IPv4 ping filling the overlay MTU w
 classifies what it saw:
 
 - esp: ESP in UDP 4500 (RFC 3948; the non-ESP marker 0 excluded) or raw ESP (IP protocol 50);
-- clear_tunnel: VXLAN (UDP 4789) or GENEVE (UDP 6081) datagrams, whose payload is the overlay frame in clear;
+- clear_tunnel: VXLAN (UDP 4789) or GENEVE (UDP 6081) datagrams, whose payload is the overlay frame in clear (each
+  counted by the header its bytes carry, and by port);
 - marker: packets whose bytes contain the ping pattern;
 - fragments: IPv4 fragments (an encapsulation that did not fit the underlay MTU).
 
@@ -28,6 +29,9 @@ import time
 from collections import Counter
 from pathlib import Path
 from typing import Any, Final
+
+from lab.probes import ping
+from lab.shell import in_netns
 
 PATTERN: Final = b"mco-overlay-mark"  # 16 bytes: the most iputils `ping -p` repeats
 TUNNEL_PORTS: Final = {4789: "vxlan", 6081: "geneve"}
@@ -61,6 +65,8 @@ def classify(frame: bytes) -> dict[str, Any] | None:
             out["kind"] = "esp" if payload[:4] != b"\0\0\0\0" and len(payload) > 8 else "natt-other"
         elif dport in TUNNEL_PORTS:
             out["kind"] = "clear_tunnel"
+            out["port"] = dport
+            out["header"] = tunnel_header(payload)
         else:
             out["kind"] = f"udp-{dport}"
     elif proto == 1:
@@ -68,6 +74,21 @@ def classify(frame: bytes) -> dict[str, Any] | None:
     elif proto == 6:
         out["kind"] = "tcp"
     return out
+
+
+def tunnel_header(payload: bytes) -> str:
+    """Which tunnel header a clear datagram's payload carries, read from its bytes (not from its port).
+
+    VXLAN (RFC 7348): flags byte with the I bit (0x08), 3 reserved bytes, VNI, reserved. GENEVE (RFC 8926): version
+    0 in the top two bits, then flags, then protocol type 0x6558 (Transparent Ethernet Bridging) for an Ethernet
+    payload, which is what the overlay carries."""
+    if len(payload) < 8:
+        return "short"
+    if payload[0] >> 6 == 0 and payload[2:4] == b"\x65\x58":
+        return "geneve"
+    if payload[0] == 0x08 and payload[1:4] == b"\0\0\0" and payload[7] == 0:
+        return "vxlan"
+    return "unknown"
 
 
 def summarise(packets: list[dict[str, Any]]) -> dict[str, Any]:
@@ -78,6 +99,8 @@ def summarise(packets: list[dict[str, Any]]) -> dict[str, Any]:
         "kinds": dict(sorted(kinds.items())),
         "esp": len(esp),
         "clear_tunnel": kinds.get("clear_tunnel", 0),
+        "clear_by_header": dict(sorted(Counter(p["header"] for p in packets if p["kind"] == "clear_tunnel").items())),
+        "clear_by_port": {str(k): v for k, v in sorted(Counter(p["port"] for p in packets if p["kind"] == "clear_tunnel").items())},
         "marker": sum(p["marker"] for p in packets),
         "fragments": sum(p["fragment"] for p in packets),
         "esp_max_length": max((p["length"] for p in esp), default=0),
@@ -85,8 +108,9 @@ def summarise(packets: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def verdict(encrypted: bool, summary: dict[str, Any], pings_ok: bool) -> tuple[bool, str]:
-    """Pass/fail of the proof and why (pure)."""
+def verdict(encrypted: bool, summary: dict[str, Any], pings_ok: bool, protocol: str = "vxlan") -> tuple[bool, str]:
+    """Pass/fail of the proof and why (pure). In clear, every tunnel datagram must carry the configured protocol's
+    header on its port, and none the other's."""
     s = summary
     if not pings_ok:
         return False, "the marked pings were not answered: nothing to judge"
@@ -101,8 +125,19 @@ def verdict(encrypted: bool, summary: dict[str, Any], pings_ok: bool) -> tuple[b
         if problems:
             return False, "encrypted overlay, but on the internet: " + ", ".join(problems)
         return True, f"only ESP between routers ({s['esp']} packets, largest {s['esp_max_length']} bytes), no clear frame, no fragment"
+    port = str({v: k for k, v in TUNNEL_PORTS.items()}[protocol])
+    if s["clear_tunnel"] and (
+        s.get("clear_by_header") != {protocol: s["clear_tunnel"]} or s.get("clear_by_port") != {port: s["clear_tunnel"]}
+    ):
+        return (
+            False,
+            f"{protocol} overlay, but the tunnel datagrams carry {s.get('clear_by_header')} headers on ports {s.get('clear_by_port')}",
+        )
     if s["clear_tunnel"] and s["marker"]:
-        return True, f"clear overlay visible as expected: {s['clear_tunnel']} tunnel datagrams, {s['marker']} with the marker"
+        return True, (
+            f"clear overlay visible as expected: {s['clear_tunnel']} {protocol} datagrams (header read, UDP {port}), "
+            f"{s['marker']} with the marker"
+        )
     return False, "unencrypted overlay, yet the capture saw no clear tunnel datagram with the marker (the capture is blind?)"
 
 
@@ -142,11 +177,6 @@ def listen(out: Path) -> int:
 # ------------------------------------------------------------------ the proof against a running lab
 
 
-def _ping(ns: str, target: str, extra: list[str]) -> bool:
-    argv = ["nsenter", f"--net=/run/netns/{ns}", "--", "ping", "-q", "-n", "-W", "2", *extra, target]
-    return subprocess.run(argv, capture_output=True, timeout=120).returncode == 0
-
-
 def prove(results: Path, out: Any = print) -> dict[str, Any]:
     from lab.check import Lab
 
@@ -162,7 +192,7 @@ def prove(results: Path, out: Any = print) -> dict[str, Any]:
     inet = lab.layout.internet_ns
     out(f"capture: listening on the internet ({inet}); marked pings {src.name} -> {dst.name} (v4, v6, v4 at MTU {plan.mtu} with DF)")
     proc = subprocess.Popen(
-        ["nsenter", f"--net=/run/netns/{inet}", "--", sys.executable, "-m", "lab.capture", "--listen", str(raw)],
+        in_netns(inet, [sys.executable, "-m", "lab.capture", "--listen", str(raw)]),
         stdout=subprocess.PIPE,
         text=True,
         start_new_session=True,
@@ -171,11 +201,14 @@ def prove(results: Path, out: Any = print) -> dict[str, Any]:
         assert proc.stdout is not None
         proc.stdout.readline()  # "listening"
         ns = lab.node_ns(src.name)
-        pattern = ["-p", PATTERN.hex()]
+
+        def marked(target: str, count: int, interval: float, **size: Any) -> bool:
+            return ping(target, ns, count=count, interval=interval, wait=2, pattern=PATTERN, quiet=True, timeout=120, **size).ok
+
         pings = {
-            "ipv4": _ping(ns, dst.overlay_ipv4, ["-c", "20", "-i", "0.05", "-s", "200", *pattern]),
-            "ipv6": _ping(ns, dst.overlay_ipv6, ["-c", "20", "-i", "0.05", "-s", "200", *pattern]),
-            "ipv4_df_at_mtu": _ping(ns, dst.overlay_ipv4, ["-c", "5", "-i", "0.1", "-M", "do", "-s", str(plan.mtu - 28), *pattern]),
+            "ipv4": marked(dst.overlay_ipv4, 20, 0.05, size=200),
+            "ipv6": marked(dst.overlay_ipv6, 20, 0.05, size=200),
+            "ipv4_df_at_mtu": marked(dst.overlay_ipv4, 5, 0.1, packet_size=plan.mtu, df=True),
         }
         time.sleep(0.3)
     finally:
@@ -183,7 +216,7 @@ def prove(results: Path, out: Any = print) -> dict[str, Any]:
         proc.wait(timeout=30)
     packets = json.loads(raw.read_text()) if raw.exists() else []
     summary = summarise(packets)
-    ok, why = verdict(plan.encrypted, summary, all(pings.values()))
+    ok, why = verdict(plan.encrypted, summary, all(pings.values()), plan.protocol)
     report = {
         "encryption": plan.config.encryption,
         "protocol": plan.protocol,
@@ -211,17 +244,102 @@ def reapply(node: str | None = None) -> int:
     name = node or plan.router(plan.hub).name
     runtime = lab.state.containers
     payload = nodes.lab_user_data(lab.state, plan, name)
-    vm = lab.layout.vm(name)
+    vm = lab.layout.host(name)
     res = nodes.apply(lab.sh, vm.ns, name, payload, lab.state_dir, vm.kind == "router", runtime)  # type: ignore[arg-type]
     print(f"reapply {name}: ok={res.ok} changes={res.changes}", flush=True)
     return 0 if res.ok else 1
+
+
+def forged_datagram(src: str, dst: str, port: int, vni: int, mark: bytes = PATTERN) -> bytes:
+    """An IPv4/UDP datagram with a clear VXLAN header and an inner broadcast frame carrying `mark` (pure)."""
+    inner = b"\xff" * 6 + b"\x02\x00\x5e\x00\x53\x01" + b"\x88\xb5" + mark * 4  # local experimental ethertype
+    payload = struct.pack("!B3s3sB", 0x08, b"\0\0\0", vni.to_bytes(3, "big"), 0) + inner
+    udp = struct.pack("!HHHH", 40000, port, 8 + len(payload), 0) + payload
+    header = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 0x1234, 0, 64, 17, 0, socket.inet_aton(src), socket.inet_aton(dst))
+    return header + udp
+
+
+def _xfrm_stat(sh: Any, ns: str) -> dict[str, int]:
+    text = sh.run(["ip", "netns", "exec", ns, "cat", "/proc/net/xfrm_stat"], check=False).stdout
+    return {k: int(v) for k, v in (line.split() for line in text.splitlines() if len(line.split()) == 2)}
+
+
+def _rx_packets(sh: Any, ns: str, dev: str) -> int:
+    doc = json.loads(sh.run(["ip", "-n", ns, "-s", "-j", "link", "show", dev]).stdout)
+    return int(doc[0]["stats64"]["rx"]["packets"])
+
+
+def _input_drops(sh: Any, ns: str) -> int:
+    """Packets the node's own OVERLAY-IN chain dropped (IPv4)."""
+    text = sh.run(["ip", "netns", "exec", ns, "iptables", "-w", "-n", "-v", "-x", "-L", "OVERLAY-IN"], check=False).stdout
+    return sum(int(line.split()[0]) for line in text.splitlines()[2:] if line.split()[2:3] == ["DROP"])
+
+
+_SEND = (
+    "import socket, sys\n"
+    "s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)\n"
+    "for _ in range(int(sys.argv[3])): s.sendto(bytes.fromhex(sys.argv[2]), (sys.argv[1], 0))\n"
+)
+
+
+def inject(label: str, results: Path, count: int = 5) -> dict[str, Any]:
+    """Forge clear tunnel datagrams from a spoke router's public address to the hub's, on the emulated internet,
+    and report whether the hub's tunnel device received them and what dropped them (firewall chain, XFRM)."""
+    from lab.check import Lab
+
+    lab = Lab()
+    plan = lab.plan
+    hub = plan.router(plan.hub)
+    spoke = next(s for s in plan.peer_sites(plan.hub))
+    tunnel = next(t for t in hub.tunnels if t.peer_site == spoke and t.via == "internet")
+    src, dst = lab.layout.public_ips[spoke], lab.layout.public_ips[plan.hub]
+    ns = lab.layout.host(hub.name).ns
+    before = (_rx_packets(lab.sh, ns, tunnel.name), _xfrm_stat(lab.sh, ns), _input_drops(lab.sh, ns))
+    # Sent from the emulated internet (where a forger sits), with a raw socket: the source address is the spoke's.
+    lab.sh.run(
+        [
+            "ip",
+            "netns",
+            "exec",
+            lab.layout.internet_ns,
+            sys.executable,
+            "-c",
+            _SEND,
+            dst,
+            forged_datagram(src, dst, plan.port, tunnel.vni).hex(),
+            str(count),
+        ]
+    )
+    time.sleep(1)
+    after = (_rx_packets(lab.sh, ns, tunnel.name), _xfrm_stat(lab.sh, ns), _input_drops(lab.sh, ns))
+    xfrm = {k: after[1][k] - before[1].get(k, 0) for k in after[1] if after[1][k] != before[1].get(k, 0)}
+    report = {
+        "label": label,
+        "encryption": plan.config.encryption,
+        "sent": count,
+        "from": src,
+        "to": dst,
+        "device": tunnel.name,
+        "received": after[0] - before[0],
+        "firewall_drops": after[2] - before[2],
+        "xfrm": xfrm,
+    }
+    results.mkdir(parents=True, exist_ok=True)
+    (results / f"inject-{label}.json").write_text(json.dumps(report, indent=1))
+    print(f"inject {label}: {json.dumps(report)}", flush=True)
+    return report
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m lab.capture")
     p.add_argument("--listen", type=Path, help="capture until SIGTERM and write the packets here")
     p.add_argument("--reapply", metavar="NODE", nargs="?", const="", help="re-run a node's unit command (default: the hub router)")
+    p.add_argument("--inject", metavar="LABEL", help="forge clear tunnel datagrams from a spoke to the hub (run in the internet namespace)")
+    p.add_argument("--results", type=Path, default=Path("lab-results"))
     args = p.parse_args(argv)
+    if args.inject:
+        inject(args.inject, args.results)
+        return 0
     if args.reapply is not None:
         return reapply(args.reapply or None)
     if args.listen is None:

@@ -4,7 +4,7 @@ and proof that spoke-to-spoke traffic crosses the hub."""
 from __future__ import annotations
 
 import json
-import shlex
+import subprocess
 import sys
 import time
 from collections.abc import Sequence
@@ -12,11 +12,12 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from components.plan import Plan
+from lab.probes import ping, ping_many
 from lab.report import PingResult, Probe, matrix_text, summary, write
 from lab.shell import Shell
-from lab.state import STATE_DIR, LabError, LabState, load
+from lab.state import STATE_DIR, LabError, LabState, load, require_root
 from lab.topology import Layout, build_layout
+from overlay.plan import Plan
 
 ATTEMPTS = 3
 SOURCES_IN_PARALLEL = 6
@@ -45,24 +46,6 @@ def endpoints(plan: Plan) -> list[Endpoint]:
     return out
 
 
-def ping_script(targets: Sequence[str], attempts: int = ATTEMPTS, wait: int = 1) -> str:
-    """POSIX sh (busybox too): ping every target at once, each up to `attempts` times; print 'target attempts ok'."""
-    quoted = " ".join(shlex.quote(t) for t in targets)
-    return (
-        f"for t in {quoted}; do ( n=0; ok=0; while [ $n -lt {attempts} ]; do n=$((n+1)); "
-        f'if ping -c 1 -W {wait} $t >/dev/null 2>&1; then ok=1; break; fi; done; echo "$t $n $ok" ) & done; wait'
-    )
-
-
-def parse_ping_lines(text: str) -> dict[str, tuple[int, bool]]:
-    out = {}
-    for line in text.splitlines():
-        parts = line.split()
-        if len(parts) == 3 and parts[2] in ("0", "1"):
-            out[parts[0]] = (int(parts[1]), parts[2] == "1")
-    return out
-
-
 class Lab:
     """A running lab as seen from a new process."""
 
@@ -78,20 +61,18 @@ class Lab:
         self.layout: Layout = build_layout(self.plan, st.prefix)
         self.sh = Shell(state_dir / "commands.log")
 
-    def exec_argv(self, ep: Endpoint, argv: Sequence[str]) -> tuple[list[str], dict[str, str] | None]:
-        """How to run a command on an endpoint: nodes in their namespace, containers in theirs (the handle the node
-        script names after the container). Not `docker exec`: containers run without capabilities, and the image's
-        busybox ping needs a raw socket (CAP_NET_RAW)."""
-        if ep.kind != "container":
-            return ["nsenter", f"--net=/run/netns/{self.layout.vm(ep.name).ns}", "--", *argv], None
-        return ["nsenter", f"--net=/run/netns/{ep.name}", "--", *argv], None
-
-    def run_on(self, ep: Endpoint, argv: Sequence[str], check: bool = False, timeout: float = 120):
-        full, env = self.exec_argv(ep, argv)
-        return self.sh.run(full, check=check, env=env, timeout=timeout)
+    def endpoint_ns(self, ep: Endpoint) -> str:
+        """Where commands of an endpoint run: a node's namespace, a container's (the handle the node script names
+        after the container). Not `docker exec`: containers run without capabilities, and ping needs a raw socket
+        (CAP_NET_RAW)."""
+        return ep.name if ep.kind == "container" else self.node_ns(ep.name)
 
     def node_ns(self, node: str) -> str:
-        return self.layout.vm(node).ns
+        return self.layout.host(node).ns
+
+    def run(self, argv: list[str], timeout: float | None) -> subprocess.CompletedProcess[str]:
+        """A lab.probes Run: the command through the lab's shell (logged), whatever its exit status."""
+        return self.sh.run(argv, check=False, timeout=timeout)
 
 
 def ping_matrix(lab: Lab, eps: Sequence[Endpoint]) -> list[PingResult]:
@@ -100,10 +81,9 @@ def ping_matrix(lab: Lab, eps: Sequence[Endpoint]) -> list[PingResult]:
     caches must not look like a broken overlay, while a real black hole fails both passes."""
 
     def from_source(src: Endpoint, targets: dict[str, tuple[str, int]], wait: int, done: int = 0) -> list[PingResult]:
-        proc = lab.run_on(src, ["sh", "-c", ping_script(list(targets), ATTEMPTS, wait)], timeout=120 + 30 * wait)
-        got = parse_ping_lines(proc.stdout)
+        got = ping_many(list(targets), lab.endpoint_ns(src), attempts=ATTEMPTS, wait=wait, run=lab.run, timeout=120 + 30 * wait)
         return [
-            PingResult(src.name, name, fam, t, got.get(t, (0, False))[1], done + got.get(t, (ATTEMPTS, False))[0])
+            PingResult(src.name, name, fam, t, t in got and got[t].ok, done + (got[t].attempts if t in got else ATTEMPTS))
             for t, (name, fam) in targets.items()
         ]
 
@@ -144,33 +124,14 @@ def mtu_probes(lab: Lab) -> list[Probe]:
     src, dst = plan.client(a), plan.client(b)
     ns = lab.node_ns(src.name)
     probes = []
-    for fam, target, header in ((4, dst.overlay_ipv4, 28), (6, dst.overlay_ipv6, 48)):
+    for fam, target in ((4, dst.overlay_ipv4), (6, dst.overlay_ipv6)):
         for size, expect in ((plan.mtu, True), (plan.mtu + 1, False)):
-            payload = size - header
-            argv = [
-                "nsenter",
-                f"--net=/run/netns/{ns}",
-                "--",
-                "ping",
-                "-M",
-                "do",
-                "-c",
-                "3",
-                "-i",
-                "0.2",
-                "-W",
-                "1",
-                "-s",
-                str(payload),
-                target,
-            ]
-            proc = lab.sh.run(argv, check=False, timeout=30)
-            answered = proc.returncode == 0
-            last = (proc.stdout + proc.stderr).strip().splitlines()
+            echo = ping(target, ns, count=3, interval=0.2, wait=1, packet_size=size, df=True, run=lab.run, timeout=30)
+            answered = echo.ok
             detail = (
                 f"{src.name} -> {dst.name} IPv{fam}: {size}-byte packet with don't-fragment "
                 f"{'answered' if answered else 'not answered'} (expected {'answer' if expect else 'no answer'}; overlay MTU {plan.mtu})"
-                + ("" if answered == expect else f": {last[-1] if last else ''}")
+                + ("" if answered == expect else f": {echo.last_line}")
             )
             probes.append(
                 Probe(
@@ -203,25 +164,11 @@ def hub_transit(lab: Lab) -> list[Probe]:
     dev = {s: f"ovl-r{plan.config.site(s).site_id}" for s in (a, b)}
     before = tunnel_counters(lab, hub.name, list(dev.values()))
     src, dst = plan.client(a), plan.client(b)
-    argv = [
-        "nsenter",
-        f"--net=/run/netns/{lab.node_ns(src.name)}",
-        "--",
-        "ping",
-        "-q",
-        "-c",
-        str(BURST),
-        "-i",
-        "0.005",
-        "-W",
-        "1",
-        dst.overlay_ipv4,
-    ]
-    proc = lab.sh.run(argv, check=False, timeout=60)
+    echo = ping(dst.overlay_ipv4, lab.node_ns(src.name), count=BURST, interval=0.005, wait=1, quiet=True, run=lab.run, timeout=60)
     after = tunnel_counters(lab, hub.name, list(dev.values()))
     delta = {d: (after[d][0] - before[d][0], after[d][1] - before[d][1]) for d in dev.values() if d in before and d in after}
     da, db = delta.get(dev[a], (0, 0)), delta.get(dev[b], (0, 0))
-    ok = proc.returncode == 0 and min(da[0], da[1], db[0], db[1]) >= BURST
+    ok = echo.ok and min(da[0], da[1], db[0], db[1]) >= BURST
     detail = (
         f"{BURST}-ping burst {src.name} -> {dst.name}: hub {hub.name} {dev[a]} ({a}) rx +{da[0]} tx +{da[1]}, "
         f"{dev[b]} ({b}) rx +{db[0]} tx +{db[1]} (each must rise by >= {BURST})"
@@ -276,8 +223,6 @@ def check(results_dir: Path, state_dir: Path = STATE_DIR, stem: str = "check", o
 
 
 def run_check(results_dir: Path, stem: str = "check") -> int:
-    from lab.lifecycle import require_root
-
     require_root("check")
     res = check(results_dir, stem=stem)
     print(matrix_text(res.names, res.results))

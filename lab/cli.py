@@ -1,17 +1,18 @@
-"""python -m lab up|check|swap|reboot|hub-loss|down|status (and vm, when lab/vm.py provides it)."""
+"""python -m lab up|push|check|swap|reboot|hub-loss|capture|down|status|vm."""
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import os
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from components.config import ENCRYPTIONS, PROTOCOLS, TOPOLOGIES, ConfigError
 from lab.state import REPO, STATE_DIR, LabError
+from lab.vmimage import DEFAULT_CACHE
+from overlay.config import TOPOLOGIES, ConfigError
+from overlay.encapsulation import ENCRYPTIONS, PROTOCOLS
 
 DEFAULT_RESULTS = REPO / "lab-results"
 
@@ -91,17 +92,25 @@ def cmd_status(args: argparse.Namespace) -> int:
     return lifecycle.status()
 
 
-def register_vm(sub: Any) -> None:
-    """The kernel-VM lab (lab/vm.py) adds its own `vm` subcommand when present."""
-    try:
-        vm = importlib.import_module("lab.vm")
-    except ModuleNotFoundError as e:
-        if e.name != "lab.vm":
-            raise
-        return
-    register = getattr(vm, "register", None)
-    if callable(register):
-        register(sub)
+def cmd_vm(args: argparse.Namespace) -> int:
+    from lab.vm import run_vm
+
+    return run_vm(
+        stack=args.stack,
+        sites=args.sites,
+        protocol=args.protocol,
+        hub=args.hub,
+        topology=args.topology,
+        encryption=args.encryption,
+        results=args.results,
+        timeout=args.timeout,
+        memory_mb=args.memory,
+        cpus=args.cpus,
+        cache=args.cache,
+        self_test=args.self_test,
+        warm_up=args.warm_up,
+        command_line=args.command_line,
+    )
 
 
 def parser() -> argparse.ArgumentParser:
@@ -187,7 +196,37 @@ def parser() -> argparse.ArgumentParser:
     dn.set_defaults(func=cmd_down)
     st = sub.add_parser("status", help="what the lab is and whether it is all there")
     st.set_defaults(func=cmd_status)
-    register_vm(sub)
+
+    vm = sub.add_parser(
+        "vm",
+        help="run the lab in a Debian cloud-kernel VM (qemu TCG): GENEVE and IPsec, which this host kernel lacks",
+        description="Boots Debian's cloud kernel under qemu (TCG) with an initramfs of busybox, iproute2, iptables, "
+        "python3 and this project, runs `lab up --containers netns`, `lab check` and `lab down` inside, and copies "
+        "check's results back. Containers are plain network namespaces in the VM (no Docker there).",
+    )
+    vm.add_argument("--stack", default="dev", help="stack name: reads Pulumi.NAME.yaml (default dev)")
+    vm.add_argument("--sites", type=_sites, help="use only these sites, comma-separated (e.g. aws,azure,gcp)")
+    vm.add_argument("--protocol", choices=PROTOCOLS, default="geneve", help="tunnel protocol (default geneve)")
+    vm.add_argument("--hub", help="override the hub site")
+    vm.add_argument("--topology", choices=TOPOLOGIES, help="override the topology")
+    vm.add_argument("--encryption", choices=ENCRYPTIONS, help="override the encryption (ipsec: ESP, which the host kernel lacks)")
+    vm.add_argument("--results", type=Path, default=DEFAULT_RESULTS, help=f"where the in-VM results are copied (default {DEFAULT_RESULTS})")
+    vm.add_argument("--timeout", type=float, default=900, help="kill the VM after this many seconds (default 900)")
+    vm.add_argument("--memory", type=int, default=1024, help="VM memory in MiB (default 1024)")
+    vm.add_argument("--cpus", type=int, default=2, help="virtual CPUs (default 2)")
+    vm.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help=f"kernel and initramfs cache (default {DEFAULT_CACHE})")
+    vm.add_argument(
+        "--self-test",
+        "--shell-test",
+        dest="self_test",
+        action="store_true",
+        help="instead of the lab: the GENEVE self-test (3 sites from their payloads, all-pairs ping, DF at the MTU)",
+    )
+    vm.add_argument(
+        "--warm-up", action="store_true", help="neighbour discovery across the overlay before `lab check` (for a heavily loaded host)"
+    )
+    vm.add_argument("--command", dest="command_line", metavar="SHELL", help="instead of the lab: run this shell command in the VM")
+    vm.set_defaults(func=cmd_vm)
     return p
 
 

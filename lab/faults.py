@@ -1,13 +1,11 @@
 """Faults in a running lab: reboot one node, lose the hub and bring it back.
 
-A node is "rebooted" the way a VM is: power-off takes down everything that lives in the running kernel and in
-/run (every process of the node, its containers and their namespace handles, every link, address, route, MAC and
-IPsec entry the node script made, the sysctls and firewall rules it changed), while the VM's NICs and its disk (the
-node root with the payload files and the node script's state dir) stay. Power-on is what the platform does before
-the unit runs: the NICs come up with the addresses and default route DHCP/metadata give them (exactly what
-`lab up` configured), the image's firewall rules are restored (OCI), `docker.service` starts (routers); then the
-payload unit's ExecStart runs, as `lab up` runs it, and nothing else. The node script must bring the overlay back
-on its own: the check matrix afterwards proves it did.
+A node is "rebooted" the way a VM is (lab.power, the path `lab up` boots every VM by): power-off takes down
+everything that lives in the running kernel and in /run, while the VM's NICs and its disk stay; power-on is what
+the platform does before the unit runs (NICs, image firewall, docker.service), then the payload unit's ExecStart
+runs, as `lab up` runs it, and nothing else. The node script must bring the overlay back on its own: the full
+check matrix afterwards proves it did (run again up to CHECK_ATTEMPTS times; the results say whether the first
+run passed and how many it took).
 
 Recovery is timed from the start of the boot command with ~50 ms pings from another site's node to the rebooted
 node's overlay addresses (and to a container behind a router, and through a hub); the figures include the
@@ -17,26 +15,20 @@ observer re-resolving the neighbour (ARP/ND retries every second while a target 
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import signal
-import subprocess
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from components.plan import Node, Plan
 from lab import nodes
-from lab.check import Endpoint, Lab, check, endpoints, parse_ping_lines, ping_script
-from lab.lifecycle import _kill, _pids_in_netns, _pids_mentioning, _wait_gone, require_root
+from lab.check import Endpoint, Lab, check, endpoints
+from lab.power import boot, node_script_links, payload_on_disk, power_off
+from lab.probes import Pinger, PingLog, ping_many
 from lab.report import Probe, to_junit
-from lab.shell import Shell
-from lab.state import STATE_DIR, LabError, node_dir, node_root, save
-from lab.swap import PingLog, parse_ping_log
-from lab.topology import OCI_IMAGE_IPTABLES, PREFIX, VmSpec
-from lab.underlay import IMAGE_SYSCTLS
+from lab.state import STATE_DIR, LabError, require_root, save
+from overlay.plan import Node, Plan
 
 Out = Callable[[str], None]
 
@@ -44,27 +36,10 @@ POLL_INTERVAL = 0.05
 """Seconds between the recovery/availability pings (iputils ping -i)."""
 RECOVERY_TIMEOUT = 60.0
 CHECK_ATTEMPTS = 3
-"""Full check runs after a recovery before the fault counts as not healed."""
-
-# What the node script changes in the kernel besides links (cloudinit/overlay_node.py step_sysctls): a booting
-# kernel starts from the defaults again, which are what a fresh namespace gets.
-NODE_SYSCTLS = (
-    "net.ipv4.ip_forward",
-    "net.ipv6.conf.all.forwarding",
-    "net.ipv4.conf.all.rp_filter",
-    "net.ipv4.conf.default.rp_filter",
-)
-NIC_SYSCTLS = ("net.ipv6.conf.{nic}.accept_ra",)
-NIC_SYSCTL_DEFAULTS = {"net.ipv6.conf.{nic}.accept_ra": "net.ipv6.conf.default.accept_ra"}
+"""Full check runs after a recovery before the fault counts as not healed (the first one is expected to pass)."""
 
 
 # --------------------------------------------------------------------------- pure helpers
-
-
-def node_script_links(link_names: Sequence[str], nics: Sequence[str]) -> list[str]:
-    """Links of a node that a reboot removes: all but loopback and the platform's NICs (the VM's hardware)."""
-    keep = {"lo", *nics}
-    return sorted(n for n in link_names if n not in keep)
 
 
 def other_site(plan: Plan, site: str, avoid_hub: bool = True) -> str:
@@ -139,49 +114,23 @@ def summarise_recovery(per_target: dict[str, float | None]) -> dict[str, Any]:
 # --------------------------------------------------------------------------- pingers
 
 
-class Pinger:
-    """A background `ping -D -O` every POLL_INTERVAL from one endpoint to one address, logged to a file."""
-
-    def __init__(self, lab: Lab, src: Endpoint, target: Target, log_path: Path, interval: float = POLL_INTERVAL) -> None:
-        self.target = target
-        self.log_path = log_path
-        argv, env = lab.exec_argv(src, ["ping", "-D", "-O", "-n", "-i", str(interval), "-W", "1", target.address])
-        log_path.parent.mkdir(parents=True, exist_ok=True)
-        with log_path.open("w") as f:
-            self.proc = subprocess.Popen(
-                argv,
-                stdout=f,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-                env=None if env is None else {**os.environ, **env},
-            )
-
-    def log(self) -> PingLog:
-        return parse_ping_log(self.log_path.read_text(errors="replace"))
-
-    def stop(self) -> PingLog:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
-            try:
-                self.proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        return self.log()
+def pinger(lab: Lab, src: Endpoint, target: Target, log_path: Path) -> Pinger:
+    """A background ping every POLL_INTERVAL from an endpoint to one target, logged to a file."""
+    return Pinger(target.address, lab.endpoint_ns(src), log_path, POLL_INTERVAL, label=target.label)
 
 
 def stop_all(pingers: Sequence[Pinger]) -> dict[str, PingLog]:
-    return {p.target.label: p.stop() for p in pingers}
+    return {p.label: p.stop() for p in pingers}
 
 
 def wait_replies(pingers: Sequence[Pinger], t0: float, timeout: float) -> dict[str, float | None]:
     """Poll the pingers' logs until every target answered after t0 (or timeout); seconds from t0 per target."""
     deadline = time.monotonic() + timeout
-    got: dict[str, float | None] = {p.target.label: None for p in pingers}
+    got: dict[str, float | None] = {p.label: None for p in pingers}
     while True:
         for p in pingers:
-            if got[p.target.label] is None:
-                got[p.target.label] = first_reply_after(p.log(), t0)
+            if got[p.label] is None:
+                got[p.label] = first_reply_after(p.log(), t0)
         if all(v is not None for v in got.values()) or time.monotonic() > deadline:
             return got
         time.sleep(POLL_INTERVAL)
@@ -201,8 +150,6 @@ class PairResult:
 
 def reach(lab: Lab, pairs: Sequence[Pair], attempts: int, wait: int = 1) -> list[PairResult]:
     """Ping each pair over IPv4 and IPv6 (every target of a source at once, sources in parallel)."""
-    from concurrent.futures import ThreadPoolExecutor
-
     by_src: dict[str, tuple[Endpoint, dict[str, tuple[str, int]]]] = {}
     for a, b in pairs:
         _, targets = by_src.setdefault(a.name, (a, {}))
@@ -211,205 +158,11 @@ def reach(lab: Lab, pairs: Sequence[Pair], attempts: int, wait: int = 1) -> list
 
     def one(item: tuple[Endpoint, dict[str, tuple[str, int]]]) -> list[PairResult]:
         src, targets = item
-        proc = lab.run_on(src, ["sh", "-c", ping_script(list(targets), attempts, wait)], timeout=60 + 10 * attempts * wait)
-        got = parse_ping_lines(proc.stdout)
-        return [PairResult(src.name, name, fam, t, got.get(t, (0, False))[1]) for t, (name, fam) in targets.items()]
+        got = ping_many(list(targets), lab.endpoint_ns(src), attempts=attempts, wait=wait, run=lab.run)
+        return [PairResult(src.name, name, fam, t, t in got and got[t].ok) for t, (name, fam) in targets.items()]
 
     with ThreadPoolExecutor(max_workers=6) as pool:
         return [r for rs in pool.map(one, list(by_src.values())) for r in rs]
-
-
-# --------------------------------------------------------------------------- power off / power on
-
-
-def _probe_defaults(sh: Shell) -> dict[str, str]:
-    """The sysctls a freshly booted kernel (a new namespace) has for what the node script changes."""
-    probe = f"{PREFIX}probe-faults-{os.getpid()}"
-    sh.run(["ip", "netns", "add", probe])
-    try:
-        keys = list(NODE_SYSCTLS) + sorted(set(NIC_SYSCTL_DEFAULTS.values()))
-        proc = sh.ns(probe, ["sysctl", "-n", *keys])
-        return {**dict(zip(keys, proc.stdout.split(), strict=True)), **IMAGE_SYSCTLS}
-    finally:
-        sh.run(["ip", "netns", "delete", probe], check=False)
-
-
-def _link_names(sh: Shell, ns: str) -> list[str]:
-    return [link["ifname"] for link in json.loads(sh.run(["ip", "-n", ns, "-j", "link", "show"], timeout=20).stdout or "[]")]
-
-
-def _docker_pids(router: str, state_dir: Path) -> set[int]:
-    """Processes of the router's Docker (daemon, containerd, shims, containers): in its cgroups or naming its dir."""
-    pids = set(_pids_mentioning(str(node_dir(router, state_dir)) + "/"))
-    from lab.state import CGROUP_PREFIX
-
-    base = Path("/sys/fs/cgroup")
-    if base.is_dir():
-        for controller in base.iterdir():
-            top = controller / f"{CGROUP_PREFIX}{router}"
-            if top.is_dir():
-                for procs in top.rglob("cgroup.procs"):
-                    try:
-                        pids |= {int(p) for p in procs.read_text().split()}
-                    except (OSError, ValueError):
-                        continue
-    return pids
-
-
-@dataclass
-class PowerOff:
-    killed: int
-    removed_links: list[str]
-    removed_handles: list[str]
-    left: dict[str, Any]
-    """What the node looks like powered off: links and global addresses (only the platform's NICs remain)."""
-    seconds: float
-
-
-def power_off(lab: Lab, node: str, out: Out = print) -> PowerOff:
-    """Everything of the running node goes; the NICs (down, unaddressed) and the node root stay."""
-    started = time.monotonic()
-    sh, plan, vm = lab.sh, lab.plan, lab.layout.vm(node)
-    n = plan.node(node)
-    handles = [c.name for c in n.containers]
-    # 1. Every process of the VM: whatever runs in its namespace or its containers', and its Docker.
-    inodes = set()
-    for name in [vm.ns, *handles]:
-        try:
-            inodes.add(os.stat(f"/run/netns/{name}").st_ino)
-        except OSError:
-            continue
-    pids = set(_pids_in_netns(inodes))
-    if n.kind == "router" and lab.state.containers == "docker":
-        pids |= _docker_pids(node, lab.state_dir)
-        if node in lab.state.dockerd:
-            pids.add(lab.state.dockerd[node])
-    pids = {p for p in pids if p != os.getpid() and os.path.exists(f"/proc/{p}")}
-    _kill(sorted(pids), signal.SIGKILL)
-    alive = _wait_gone(sorted(pids), 10)
-    if alive:
-        raise LabError(f"power-off of {node}: processes {alive} did not die")
-    # 2. /run is a tmpfs: the container namespace handles and Docker's runtime state are gone after a reboot.
-    removed_handles = []
-    for h in handles:
-        if os.path.exists(f"/run/netns/{h}"):
-            sh.run(["ip", "netns", "delete", h], check=False)
-            removed_handles.append(h)
-    if n.kind == "router" and lab.state.containers == "docker":
-        d = node_dir(node, lab.state_dir)
-        shutil.rmtree(d / "run-docker", ignore_errors=True)
-        for f in ("docker.sock", "docker.pid"):
-            (d / f).unlink(missing_ok=True)
-        lab.state.dockerd.pop(node, None)
-        save(lab.state, lab.state_dir)
-    # 3. The kernel's network state: every link that is not a NIC, addresses, routes, IPsec, firewall, sysctls.
-    nics = [nic.name for nic in vm.nics]
-    removed = node_script_links(_link_names(sh, vm.ns), nics)
-    cmds = [f"link del {name}" for name in removed]
-    for nic in nics:
-        cmds += [f"link set {nic} down", f"addr flush dev {nic}"]
-    cmds += ["route flush table main", "xfrm state flush", "xfrm policy flush"]
-    sh.run(["ip", "-n", vm.ns, "-force", "-batch", "-"], input="\n".join(cmds) + "\n", check=False)
-    sh.run(["ip", "-n", vm.ns, "-6", "route", "flush", "table", "main"], check=False)
-    for tool in ("iptables", "ip6tables"):
-        for table in ("filter", "nat", "mangle", "raw"):
-            sh.ns(vm.ns, [tool, "-w", "-t", table, "-F"], check=False)
-            sh.ns(vm.ns, [tool, "-w", "-t", table, "-X"], check=False)
-    defaults = _probe_defaults(sh)
-    values = [f"{k}={defaults[k]}" for k in NODE_SYSCTLS]
-    for nic in nics:
-        values += [f"{k.format(nic=nic)}={defaults[NIC_SYSCTL_DEFAULTS[k]]}" for k in NIC_SYSCTLS]
-    sh.ns(vm.ns, ["sysctl", "-qw", *values])
-    left = {
-        "links": _link_names(sh, vm.ns),
-        "addresses": global_addresses(sh, vm.ns),
-        "handles": [h for h in handles if os.path.exists(f"/run/netns/{h}")],
-    }
-    took = time.monotonic() - started
-    out(f"{node}: powered off in {took:.1f} s ({len(pids)} processes killed, {len(removed)} links removed; NICs {', '.join(nics)} down)")
-    return PowerOff(len(pids), removed, removed_handles, left, took)
-
-
-def global_addresses(sh: Shell, ns: str) -> dict[str, list[str]]:
-    doc = json.loads(sh.run(["ip", "-n", ns, "-j", "addr", "show"], timeout=20).stdout or "[]")
-    return {
-        link["ifname"]: [f"{a['local']}/{a['prefixlen']}" for a in link.get("addr_info", []) if a.get("scope") == "global"] for link in doc
-    }
-
-
-def platform_up(lab: Lab, vm: VmSpec) -> None:
-    """What the platform does at boot before any unit: NICs up with their DHCP/metadata addresses and default
-    route (the same as `lab up` built), the image's firewall rules."""
-    cmds = []
-    for nic in vm.nics:
-        if nic.address:
-            cmds.append(f"addr add {nic.address} dev {nic.name}")
-        cmds.append(f"link set {nic.name} up")
-    cmds.append(f"route add default via {vm.default_gateway}")
-    lab.sh.batch(vm.ns, cmds)
-    if vm.host_firewall:
-        for chain, *rule in OCI_IMAGE_IPTABLES:
-            lab.sh.ns(vm.ns, ["iptables", "-w", "-A", chain, *rule])
-
-
-def start_docker(lab: Lab, node: str) -> float:
-    """docker.service: the router's daemon (same data root: its containers restart by their restart policy)."""
-    started = time.monotonic()
-    pid = nodes.start_dockerd(lab.layout.vm(node).ns, node, lab.state_dir)
-    lab.state.dockerd[node] = pid
-    save(lab.state, lab.state_dir)
-    nodes.wait_dockerd(lab.sh, node, lab.state_dir, pid)
-    return time.monotonic() - started
-
-
-def payload(lab: Lab, node: str) -> str:
-    """The node's rendered payload (what `lab up` applies), after checking that the unit installed on the node's
-    disk runs the same command: a reboot runs what is on the disk."""
-    import shlex
-
-    from cloudinit.render import UNIT_PATH, unit_exec_start
-    from lab.topology import map_path
-
-    text = nodes.lab_user_data(lab.state, lab.plan, node)
-    unit = Path(map_path(UNIT_PATH, node_root(node, lab.state_dir)))
-    try:
-        lines = unit.read_text(encoding="utf-8").splitlines()
-    except OSError as e:
-        raise LabError(f"{node}: no unit on the node's disk ({unit}): {e.strerror}") from None
-    installed = [shlex.split(line.removeprefix("ExecStart=")) for line in lines if line.startswith("ExecStart=")]
-    if installed != [unit_exec_start(text)]:
-        raise LabError(f"{node}: the unit on the node's disk ({unit}) does not run the payload's command {unit_exec_start(text)}")
-    return text
-
-
-@dataclass
-class Boot:
-    platform_seconds: float
-    docker_seconds: float | None
-    started: float
-    """Wall-clock time (time.time()) the boot command started."""
-    apply: nodes.ApplyResult
-
-
-def boot(lab: Lab, node: str, text: str, before_command: Callable[[], None] | None = None, out: Out = print) -> Boot:
-    """Power-on: the platform's part, then the unit's ExecStart (nodes.apply, as `lab up` runs it)."""
-    vm = lab.layout.vm(node)
-    t = time.monotonic()
-    platform_up(lab, vm)
-    platform_s = time.monotonic() - t
-    docker_s = None
-    if vm.kind == "router" and lab.state.containers == "docker":
-        docker_s = start_docker(lab, node)
-    if before_command is not None:
-        before_command()
-    started = time.time()
-    result = nodes.apply(lab.sh, vm.ns, node, text, lab.state_dir, vm.kind == "router", lab.state.containers)  # type: ignore[arg-type]
-    out(
-        f"{node}: powered on (NICs {platform_s:.2f} s"
-        + ("" if docker_s is None else f", docker.service {docker_s:.2f} s")
-        + f"), boot command {'ok' if result.ok else 'FAILED'} in {result.seconds:.2f} s ({result.changes} changes)"
-    )
-    return Boot(platform_s, docker_s, started, result)
 
 
 # --------------------------------------------------------------------------- what must not change elsewhere
@@ -419,7 +172,7 @@ def fingerprint(lab: Lab, skip: str) -> dict[str, Any]:
     """Every other node's links (name, ifindex) and addresses, and every other router's container IDs and pids:
     a fault on one node must not make anything else change."""
     out: dict[str, Any] = {}
-    for vm in lab.layout.vms:
+    for vm in lab.layout.hosts:
         if vm.node == skip:
             continue
         doc = json.loads(lab.sh.run(["ip", "-n", vm.ns, "-j", "addr", "show"], timeout=20).stdout or "[]")
@@ -445,18 +198,22 @@ def changed_elsewhere(before: dict[str, Any], after: dict[str, Any]) -> list[str
 # --------------------------------------------------------------------------- full check until it passes
 
 
-def check_until_pass(lab_results: Path, stem: str, t0: float, out: Out) -> dict[str, Any]:
-    """Full check matrix right away, again (up to CHECK_ATTEMPTS) if it fails; seconds from t0 to the pass."""
-    runs = []
+def check_until_pass(lab_results: Path, stem: str, t0: float, out: Out, state_dir: Path = STATE_DIR) -> dict[str, Any]:
+    """Full check matrix right away, again (up to CHECK_ATTEMPTS) if it fails; seconds from t0 to the pass.
+
+    first_try_ok says whether the first run passed and tries how many runs it took (None: none passed); every run
+    is in runs, each failed one with its failed pairs and probes."""
+    runs: list[dict[str, Any]] = []
     pairs = 0
     for i in range(CHECK_ATTEMPTS):
-        res = check(lab_results, stem=stem, out=lambda _m: None)
+        res = check(lab_results, state_dir=state_dir, stem=stem, out=lambda _m: None)
         failed = [r for r in res.results if not r.ok]
         runs.append(
             {
                 "ok": res.ok,
                 "seconds": round(res.seconds, 2),
                 "failed_pairs": len(failed),
+                "failed": [f"{r.src} -> {r.dst} IPv{r.family} ({r.target})" for r in failed][:50],
                 "failed_probes": [p.name for p in res.probes if not p.ok],
             }
         )
@@ -465,9 +222,16 @@ def check_until_pass(lab_results: Path, stem: str, t0: float, out: Out) -> dict[
             f"check {i + 1}: {passed}/{len(res.results)} pings, {sum(p.ok for p in res.probes)}/{len(res.probes)} probes in {res.seconds:.1f} s"
         )
         if res.ok:
-            return {"ok": True, "passed_after_s": round(time.time() - t0, 2), "runs": runs, "pairs": len(res.results)}
+            return {
+                "ok": True,
+                "first_try_ok": i == 0,
+                "tries": i + 1,
+                "passed_after_s": round(time.time() - t0, 2),
+                "runs": runs,
+                "pairs": len(res.results),
+            }
         pairs = len(res.results)
-    return {"ok": False, "passed_after_s": None, "runs": runs, "pairs": pairs}
+    return {"ok": False, "first_try_ok": False, "tries": None, "passed_after_s": None, "runs": runs, "pairs": pairs}
 
 
 # --------------------------------------------------------------------------- reboot
@@ -502,7 +266,7 @@ class FaultResult:
 def reboot(node: str, results_dir: Path, state_dir: Path = STATE_DIR, out: Out = print, full_check: bool = True) -> FaultResult:
     lab = Lab(state_dir)
     n = resolve_node(lab, node)
-    text = payload(lab, node)
+    text = payload_on_disk(lab, node)
     observer, targets = recovery_probe(lab.plan, node)
     kind = "hub router" if n.kind == "router" and n.role == "hub" else f"{n.role} router" if n.kind == "router" else "client"
     out(f"reboot {node} ({kind}); recovery seen from {observer}: {', '.join(t.label for t in targets)}")
@@ -513,7 +277,7 @@ def reboot(node: str, results_dir: Path, state_dir: Path = STATE_DIR, out: Out =
     pingers: list[Pinger] = []
 
     def start_pingers() -> None:
-        pingers.extend(Pinger(lab, eps[observer], t, logs / f"{i}.log") for i, t in enumerate(targets))
+        pingers.extend(pinger(lab, eps[observer], t, logs / f"{i}.log") for i, t in enumerate(targets))
 
     try:
         b = boot(lab, node, text, before_command=start_pingers, out=out)
@@ -526,7 +290,7 @@ def reboot(node: str, results_dir: Path, state_dir: Path = STATE_DIR, out: Out =
         + ", ".join(f"{k} {v}" for k, v in per_target.items())
         + ")"
     )
-    ck = check_until_pass(results_dir, f"reboot-{node}-check", b.started, out) if full_check else None
+    ck = check_until_pass(results_dir, f"reboot-{node}-check", b.started, out, state_dir) if full_check else None
     after = fingerprint(lab, node)
     elsewhere = changed_elsewhere(before, after)
     doc = {
@@ -547,7 +311,7 @@ def reboot(node: str, results_dir: Path, state_dir: Path = STATE_DIR, out: Out =
         Probe(
             "reboot",
             f"{node} powered off",
-            not off.left["handles"] and node_script_links(off.left["links"], [x.name for x in lab.layout.vm(node).nics]) == [],
+            not off.left["handles"] and node_script_links(off.left["links"], [x.name for x in lab.layout.host(node).nics]) == [],
             json.dumps(off.left),
         ),
         Probe("reboot", f"{node} boot command", b.apply.ok, f"{b.apply.changes} changes in {b.apply.seconds:.2f} s"),
@@ -577,7 +341,7 @@ def hub_loss(
         raise LabError(f"hub-loss needs a hub: this lab is {plan.config.topology}")
     hub = plan.router(plan.hub)
     spokes = [s.name for s in plan.config.sites if s.name != plan.hub]
-    text = payload(lab, hub.name)
+    text = payload_on_disk(lab, hub.name)
     eps = endpoints(lab.plan)
     by_name = {e.name: e for e in eps}
     out(f"hub loss: {hub.name} powered off for >= {down_seconds:.0f} s; spokes {', '.join(spokes)}")
@@ -594,7 +358,7 @@ def hub_loss(
         c = by_name[r.containers[0].name]
         for fam, addr in ((4, c.ipv4), (6, c.ipv6)):
             local.append(
-                Pinger(
+                pinger(
                     lab,
                     by_name[plan.client(s).name],
                     Target(f"{plan.client(s).name} -> {c.name} IPv{fam}", addr),
@@ -630,7 +394,7 @@ def hub_loss(
     cross: list[Pinger] = []
 
     def start_pingers() -> None:
-        cross.extend(Pinger(lab, observer, t, logs / f"cross-{i}.log") for i, t in enumerate(targets))
+        cross.extend(pinger(lab, observer, t, logs / f"cross-{i}.log") for i, t in enumerate(targets))
 
     try:
         bt = boot(lab, hub.name, text, before_command=start_pingers, out=out)
@@ -639,9 +403,9 @@ def hub_loss(
         stop_all(cross)
     rec = summarise_recovery(per_target)
     out(f"cross-site from {observer.name}: first reply {rec['first_s']} s, every target {rec['all_s']} s after the boot command started")
-    ck = check_until_pass(results_dir, "hub-loss-check", bt.started, out) if full_check else None
+    ck = check_until_pass(results_dir, "hub-loss-check", bt.started, out, state_dir) if full_check else None
     if ck is not None:
-        out(f"full matrix passed {ck['passed_after_s']} s after the boot command started" if ck["ok"] else "full matrix did NOT pass")
+        out(f"full matrix {check_outcome(ck)}")
     after = fingerprint(lab, hub.name)
     elsewhere = changed_elsewhere(before, after)
     local_failed = [asdict(r) for r in local_res if not r.ok]
@@ -707,13 +471,22 @@ def _print_probes(res: FaultResult) -> None:
     print(f"results: {', '.join(str(f) for f in res.files)}")
 
 
+def check_outcome(ck: dict[str, Any]) -> str:
+    """How the full check went, in words (from check_until_pass)."""
+    if not ck["ok"]:
+        return f"FAILED {len(ck['runs'])} tries"
+    return f"passed {ck['passed_after_s']} s after the boot command started, " + (
+        "first try" if ck["first_try_ok"] else f"try {ck['tries']}"
+    )
+
+
 def run_reboot(node: str, results: Path, full_check: bool = True) -> int:
     require_root("reboot")
     res = reboot(node, results, full_check=full_check)
     d = res.doc
     print(
         f"\n{node}: boot command {d['boot_command']['seconds']:.2f} s; reachable again {d['recovery']['all_s']} s after it started"
-        + ("" if d["check"] is None else f"; full matrix {'passed' if d['check']['ok'] else 'FAILED'}")
+        + ("" if d["check"] is None else f"; full matrix {check_outcome(d['check'])}")
     )
     _print_probes(res)
     return 0 if res.ok else 1
@@ -729,7 +502,7 @@ def run_hub_loss(results: Path, down_seconds: float, full_check: bool = True) ->
         f"cross-site {wd['cross_site']['answered']}/{wd['cross_site']['pairs']} answered; availability "
         + ", ".join(f"{100 * (v or 0):.1f}%" for v in wd["availability"].values())
         + f"\nback: boot command {d['boot_command']['seconds']:.2f} s, first cross-site reply {d['recovery']['first_s']} s, "
-        f"all {d['recovery']['all_s']} s" + ("" if d["check"] is None else f", full matrix passed after {d['check']['passed_after_s']} s")
+        f"all {d['recovery']['all_s']} s" + ("" if d["check"] is None else f", full matrix {check_outcome(d['check'])}")
     )
     _print_probes(res)
     return 0 if res.ok else 1

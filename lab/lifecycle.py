@@ -14,11 +14,25 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
-from components.plan import Plan
-from lab import nodes, underlay
+from lab import nodes, power, processes, underlay
+from lab.check import Lab
 from lab.shell import CommandError, Shell
-from lab.state import CGROUP_PREFIX, STATE_DIR, LabError, LabState, docker_host, load, load_raw, node_dir, node_root, save
+from lab.state import (
+    CGROUP_PREFIX,
+    STATE_DIR,
+    LabError,
+    LabState,
+    docker_host,
+    load,
+    load_raw,
+    node_dir,
+    node_root,
+    require_root,
+    save,
+    stack_reference,
+)
 from lab.topology import PREFIX, Layout, build_layout, container_names
+from overlay.plan import Plan
 
 Out = Callable[[str], None]
 
@@ -32,13 +46,6 @@ TOOLS = {
     "python3": "python3",
 }
 DOCKER_TOOLS = {"docker": "docker.io", "dockerd": "docker.io", "unshare": "util-linux"}
-
-
-def require_root(what: str) -> None:
-    if os.geteuid() != 0:
-        raise LabError(
-            f"`lab {what}` needs root (network namespaces, Docker, iptables): run it with sudo, e.g. sudo .venv/bin/python -m lab {what}"
-        )
 
 
 def missing_tools(runtime: str) -> list[str]:
@@ -60,23 +67,15 @@ def check_tools(runtime: str) -> None:
 
 def geneve_supported(sh: Shell) -> bool:
     """Probe the host kernel: can a GENEVE device be made (in a throw-away namespace)?"""
-    probe = f"{PREFIX}probe-{os.getpid()}"
-    sh.run(["ip", "netns", "add", probe])
-    try:
+    with underlay.scratch_namespace(sh) as probe:
         return sh.ok(["ip", "-n", probe, "link", "add", "g0", "type", "geneve", "id", "1", "remote", "192.0.2.1"])
-    finally:
-        sh.run(["ip", "netns", "delete", probe], check=False)
 
 
 def esp_supported(sh: Shell) -> bool:
     """Probe the host kernel: can an ESP security association be made (in a throw-away namespace)?"""
-    probe = f"{PREFIX}probe-{os.getpid()}"
-    sh.run(["ip", "netns", "add", probe])
-    try:
+    with underlay.scratch_namespace(sh) as probe:
         argv = ["ip", "-n", probe, "xfrm", "state", "add", "src", "192.0.2.1", "dst", "192.0.2.2", "proto", "esp", "spi", "0x4000"]
         return sh.ok([*argv, "mode", "transport", "aead", "rfc4106(gcm(aes))", "0x" + "00" * 36, "128"])
-    finally:
-        sh.run(["ip", "netns", "delete", probe], check=False)
 
 
 ESP_MESSAGE = (
@@ -173,23 +172,27 @@ def up(
     state_dir: Path = STATE_DIR,
     out: Out = print,
     push: bool = True,
+    prefix: str = PREFIX,
 ) -> UpResult:
     """Build the stack's lab: every VM boots from its payload; then (push) each node gets its full config by the
     push, as `pulumi up` does right after a VM is created. Without the push the nodes run their bootstrap config:
-    each site works on its own, nothing crosses sites (`lab push` does the rest)."""
+    each site works on its own, nothing crosses sites (`lab push` does the rest).
+
+    stack is a stack name (Pulumi.NAME.yaml in the repository root) or the path of a stack file anywhere; prefix
+    starts the name of every namespace the lab makes (state_dir keeps what the later verbs need to find them)."""
     require_root("up")
     check_tools(runtime)
     progress = Progress(out)
     st = LabState(
-        stack=stack,
+        stack=stack_reference(stack),
         sites=list(sites or []),
         overrides={k: v for k, v in overrides.items() if v is not None},
         containers=runtime,
-        prefix=PREFIX,
+        prefix=prefix,
     )
     plan = st.plan()  # config errors before anything exists
     if sites and not overrides.get("hub") and plan.config.topology == "hub-and-spoke":
-        configured = load_raw(stack, None, {}).get("hub")
+        configured = load_raw(st.stack, None, {}).get("hub")
         if configured not in sites:
             progress(f"the stack's hub {configured} is not among --sites: using {plan.hub} (set one with --hub)")
     sh = Shell(state_dir / "commands.log")
@@ -198,7 +201,7 @@ def up(
     if plan.encrypted and not esp_supported(Shell()):
         raise LabError(ESP_MESSAGE)
     st.key_seed = os.urandom(32).hex()
-    existing = lab_exists(state_dir)
+    existing = lab_exists(state_dir, prefix)
     if existing:
         if not force:
             raise LabError(
@@ -207,13 +210,13 @@ def up(
             )
         progress("a lab exists: tearing it down first (--force)")
         down(state_dir=state_dir, out=out)
-    layout = build_layout(plan)
+    layout = build_layout(plan, prefix)
     st.namespaces = layout.namespaces()
     st.container_netns = container_names(plan)
     st.routers = [n.name for n in plan.routers()]
     st.public_ips = dict(layout.public_ips)
     st.created = time.time()
-    lock = threading.Lock()
+    record_dockerd = power.dockerd_recorder(st, state_dir, threading.Lock())
     st.host_sysctls = neighbour_limit_changes()
     # Every name and host setting is on record before the first one is made: down works after an interrupt.
     save(st, state_dir)
@@ -229,14 +232,14 @@ def up(
     payloads = {n.name: nodes.lab_user_data(st, plan, n.name) for n in plan.nodes}
     configs = {n.name: nodes.lab_node_config(st, plan, n.name, dict(layout.public_ips)) for n in plan.nodes}
 
-    def boot_and_push(name: str, is_router: bool) -> nodes.ApplyResult:
+    def boot_and_push(name: str) -> nodes.ApplyResult:
         """What a cloud VM goes through: its unit applies the payload's bootstrap config at boot, then the program's
         push installs and applies the full config (peers, and with IPsec the tunnel keys)."""
-        ns = layout.vm(name).ns
-        booted = nodes.apply(sh, ns, name, payloads[name], state_dir, is_router, runtime)
+        vm = layout.host(name)
+        booted = power.boot_command(sh, vm, payloads[name], state_dir, runtime)
         if not booted.ok or not push:
             return booted
-        pushed = nodes.push(sh, ns, name, configs[name], state_dir, is_router, runtime)
+        pushed = nodes.push(sh, vm.ns, name, configs[name], state_dir, vm.kind == "router", runtime)
         return nodes.ApplyResult(
             name, pushed.ok, booted.seconds + pushed.seconds, booted.changes + pushed.changes, booted.output + pushed.output
         )
@@ -246,23 +249,16 @@ def up(
         underlay.build_edge(sh, layout, edge)
         router, client = plan.router(site), plan.client(site)
         for node in (router, client):
-            underlay.build_vm(sh, layout, layout.vm(node.name))
+            underlay.build_host(sh, layout, layout.host(node.name))
             nodes.write_payload(payloads[node.name], node_root(node.name, state_dir))
+        # First power-on of both VMs: the router's docker.service starts while the client boots.
+        on = {node.name: power.power_on(sh, layout.host(node.name), state_dir, runtime, record_dockerd) for node in (router, client)}
         progress(f"{site}: edge {edge.public_ip} <-> {edge.router_wan_ip}, VMs {router.name} + {client.name} ready")
-        pid = None
-        if runtime == "docker":
-            pid = nodes.start_dockerd(layout.vm(router.name).ns, router.name, state_dir)
-            with lock:
-                st.dockerd[router.name] = pid
-                save(st, state_dir)
-        r = boot_and_push(client.name, False)
+        r = boot_and_push(client.name)
         result.applies[client.name] = r
         progress(f"{client.name}: booted and pushed ({r.changes} changes, {r.seconds:.1f} s)" if r.ok else f"{client.name}: FAILED")
-        if pid is not None:
-            nodes.wait_dockerd(sh, router.name, state_dir, pid)
-            if tar is not None and router.containers:
-                nodes.import_image(sh, router.name, state_dir, tar)
-        r = boot_and_push(router.name, True)
+        power.docker_ready(sh, on[router.name], state_dir, image_tar=tar if router.containers else None)
+        r = boot_and_push(router.name)
         result.applies[router.name] = r
         progress(
             f"{router.name}: booted and pushed as {router.role} ({r.changes} changes, {r.seconds:.1f} s)"
@@ -318,74 +314,6 @@ def summary_table(plan: Plan, layout: Layout, applies: dict[str, nodes.ApplyResu
 # --------------------------------------------------------------------------- down
 
 
-def _ns_inode(path: str) -> int | None:
-    try:
-        return os.stat(path).st_ino
-    except OSError:
-        return None
-
-
-def _pids_in_netns(inodes: set[int]) -> list[int]:
-    pids = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            if os.stat(f"/proc/{entry}/ns/net").st_ino in inodes:
-                pids.append(int(entry))
-        except OSError:
-            continue
-    return pids
-
-
-def _pids_mentioning(text: str) -> list[int]:
-    pids = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit() or int(entry) == os.getpid():
-            continue
-        try:
-            with open(f"/proc/{entry}/cmdline", "rb") as f:
-                if text.encode() in f.read():
-                    pids.append(int(entry))
-        except OSError:
-            continue
-    return pids
-
-
-DOCKER_PROCESSES = frozenset({"dockerd", "containerd", "containerd-shim", "containerd-shim-runc-v2", "runc", "docker-init", "docker-proxy"})
-
-
-def _comm(pid: int) -> str:
-    try:
-        with open(f"/proc/{pid}/comm", encoding="utf-8", errors="replace") as f:
-            return f.read().strip()
-    except OSError:
-        return ""
-
-
-def _wait_gone(pids: list[int], timeout: float) -> list[int]:
-    deadline = time.monotonic() + timeout
-    alive = pids
-    while alive and time.monotonic() < deadline:
-        time.sleep(0.1)
-        alive = [p for p in alive if os.path.exists(f"/proc/{p}") and not _zombie(p)]
-    return alive
-
-
-def _zombie(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
-    except OSError:
-        return False
-
-
-def _kill(pids: list[int], sig: int) -> None:
-    for p in pids:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(p, sig)
-
-
 def _lab_mounts(state_dir: Path, netns_names: set[str]) -> list[str]:
     points = []
     try:
@@ -437,11 +365,13 @@ def down(state_dir: Path = STATE_DIR, out: Out = print) -> float:
     sh = Shell()
     # 0. Whatever runs in a lab namespace besides Docker (a node script of an interrupted up, pings) stops first,
     #    so that nothing creates containers or namespaces while they are being removed.
-    lab_inodes = {i for n in lab_ns if (i := _ns_inode(f"/run/netns/{n}")) is not None}
-    workers = [p for p in _pids_in_netns(lab_inodes) if _comm(p) not in DOCKER_PROCESSES and p != os.getpid()]
+    workers = [
+        p
+        for p in processes.pids_in_netns(processes.netns_inodes(lab_ns))
+        if processes.command_name(p) not in processes.DOCKER_PROCESSES and p != os.getpid()
+    ]
     if workers:
-        _kill(workers, signal.SIGKILL)
-        _wait_gone(workers, 5)
+        processes.stop(workers, signal.SIGKILL, 5)
     # 1. Containers, then each router's dockerd (and the containerd it started), gracefully.
     routers = set(st.dockerd) if st else set()
     nodes_dir = state_dir / "nodes"
@@ -455,22 +385,20 @@ def down(state_dir: Path = STATE_DIR, out: Out = print) -> float:
             ids = sh.run(["docker", "ps", "-aq"], check=False, env=env, timeout=20).stdout.split()
             if ids:
                 sh.run(["docker", "rm", "-f", *ids], check=False, env=env, timeout=60)
-        pids = set(_pids_mentioning(str(node_dir(router, state_dir)) + "/"))
+        pids = set(processes.pids_mentioning(str(node_dir(router, state_dir)) + "/"))
         if st and router in st.dockerd:
             pids.add(st.dockerd[router])
         pids = {p for p in pids if os.path.exists(f"/proc/{p}")}
-        _kill(sorted(pids), signal.SIGTERM)
-        _kill(_wait_gone(sorted(pids), 15), signal.SIGKILL)
+        processes.send_signal(processes.stop(sorted(pids), signal.SIGTERM, 15), signal.SIGKILL)
 
     with ThreadPoolExecutor(max_workers=max(1, len(routers))) as pool:
         list(pool.map(stop_docker, sorted(routers)))
     # 2. Anything still running in a lab namespace or from the state dir (pings, shims, containers).
-    inodes = {i for n in lab_ns | containers if (i := _ns_inode(f"/run/netns/{n}")) is not None}
-    stray = sorted((set(_pids_in_netns(inodes)) | set(_pids_mentioning(str(state_dir) + "/"))) - {os.getpid()})
+    inodes = processes.netns_inodes(lab_ns | containers)
+    stray = sorted((set(processes.pids_in_netns(inodes)) | set(processes.pids_mentioning(str(state_dir) + "/"))) - {os.getpid()})
     if stray:
-        _kill(stray, signal.SIGTERM)
-        _kill(_wait_gone(stray, 5), signal.SIGKILL)
-        _wait_gone(stray, 5)
+        processes.send_signal(processes.stop(stray, signal.SIGTERM, 5), signal.SIGKILL)
+        processes.wait_gone(stray, 5)
     # 3. Namespaces (their links, addresses, routes and iptables rules go with them) and handles.
     for n in sorted(containers) + sorted(lab_ns):
         if os.path.exists(f"/run/netns/{n}"):
@@ -504,7 +432,7 @@ def leftovers(state_dir: Path = STATE_DIR, prefix: str = PREFIX, containers: lis
             state_dir, names | {n for n in os.listdir("/run/netns") if n.startswith(prefix)} if os.path.isdir("/run/netns") else names
         )
     ]
-    found += [f"process {p}" for p in _pids_mentioning(str(state_dir) + "/")]
+    found += [f"process {p}" for p in processes.pids_mentioning(str(state_dir) + "/")]
     found += [f"cgroup {c}" for c in _lab_cgroups()]
     return found
 
@@ -539,13 +467,11 @@ def status(state_dir: Path = STATE_DIR, out: Out = print) -> int:
 
 def push_all(state_dir: Path = STATE_DIR, out: Out = print) -> int:
     """Push every node's full config in place (what `pulumi up` does after creating the VMs); 0 if all applied."""
-    from lab.check import Lab
-
     lab = Lab(state_dir)
     configs = {n.name: nodes.lab_node_config(lab.state, lab.plan, n.name, dict(lab.layout.public_ips)) for n in lab.plan.nodes}
 
     def one(name: str) -> nodes.ApplyResult:
-        vm = lab.layout.vm(name)
+        vm = lab.layout.host(name)
         return nodes.push(lab.sh, vm.ns, name, configs[name], state_dir, vm.kind == "router", cast(nodes.Runtime, lab.state.containers))
 
     with ThreadPoolExecutor(max_workers=len(configs)) as pool:

@@ -16,10 +16,10 @@ from pathlib import Path
 from typing import Any, Literal, cast
 
 from cloudinit.render import DOCKER_DAEMON, PUSH_COMMAND, read_payload, render_user_data, unit_exec_start
-from components.plan import Plan, bootstrap_config, node_config
-from lab.shell import SYSTEM_PATH, Shell
+from lab.shell import SYSTEM_PATH, Shell, in_netns
 from lab.state import CGROUP_PREFIX, LAB_IMAGE, LabState, docker_host, node_dir, node_root
 from lab.topology import map_argv, map_path
+from overlay.plan import Plan, bootstrap_config, node_config
 
 Runtime = Literal["docker", "netns"]
 BUSYBOX = "/bin/busybox"
@@ -150,31 +150,31 @@ def start_dockerd(ns: str, router: str, state_dir: Path) -> int:
     root = node_root(router, state_dir)
     config = Path(map_path(DOCKER_DAEMON, root))
     log = (d / "dockerd.log").open("ab")
-    argv = [
-        "nsenter",
-        f"--net=/run/netns/{ns}",
-        "--",
-        "unshare",
-        "--mount",
-        "--propagation",
-        "private",
-        "--",
-        "dockerd",
-        "--config-file",
-        str(config),
-        "--data-root",
-        map_path("/var/lib/docker", root),
-        "--exec-root",
-        str(d / "run-docker"),
-        "--pidfile",
-        str(d / "docker.pid"),
-        "-H",
-        docker_host(router, state_dir),
-        "--storage-driver",
-        "vfs",
-        "--cgroup-parent",
-        f"{CGROUP_PREFIX}{router}",
-    ]
+    argv = in_netns(
+        ns,
+        [
+            "unshare",
+            "--mount",
+            "--propagation",
+            "private",
+            "--",
+            "dockerd",
+            "--config-file",
+            str(config),
+            "--data-root",
+            map_path("/var/lib/docker", root),
+            "--exec-root",
+            str(d / "run-docker"),
+            "--pidfile",
+            str(d / "docker.pid"),
+            "-H",
+            docker_host(router, state_dir),
+            "--storage-driver",
+            "vfs",
+            "--cgroup-parent",
+            f"{CGROUP_PREFIX}{router}",
+        ],
+    )
     proc = subprocess.Popen(
         argv,
         stdout=log,

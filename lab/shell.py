@@ -1,4 +1,5 @@
-"""One way to run commands for the whole lab, so that unit tests can replace it with a fake."""
+"""One way to run commands for the whole lab, so that unit tests can replace it with a fake. Standard library only
+(lab.probes builds on it inside the throw-away kernel VM too)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,12 @@ from pathlib import Path
 
 # The node script runs as on a cloud image: system tools, system python3.
 SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+def in_netns(netns: str | None, argv: Sequence[str]) -> list[str]:
+    """argv in a named network namespace (/run/netns/NAME: lab VMs, edges, container handles alike), its network
+    stack only (unlike `ip netns exec`, no private mount namespace); argv as is when netns is None."""
+    return list(argv) if netns is None else ["nsenter", f"--net=/run/netns/{netns}", "--", *argv]
 
 
 class CommandError(RuntimeError):
@@ -57,8 +64,8 @@ class Shell:
         return self.run(argv, check=False, timeout=timeout).returncode == 0
 
     def ns(self, netns: str, argv: Sequence[str], **kw: object) -> subprocess.CompletedProcess[str]:
-        """Run in a namespace's network stack only (unlike `ip netns exec`, no private mount namespace)."""
-        return self.run(["nsenter", f"--net=/run/netns/{netns}", "--", *argv], **kw)  # type: ignore[arg-type]
+        """Run in a namespace's network stack only (in_netns)."""
+        return self.run(in_netns(netns, argv), **kw)  # type: ignore[arg-type]
 
     def batch(self, netns: str | None, commands: Sequence[str]) -> None:
         """Many `ip` commands in one process (`ip -batch`), stopping at the first that fails."""

@@ -12,9 +12,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
-from components.config import parse_config
-from components.plan import PAIR_KEY_BYTES, Plan, build_plan, pair_key_name
-from components.stackfile import read_stack_file
+from components.stack_file import read_stack_file
+from overlay.config import parse_config
+from overlay.encapsulation import PAIR_KEY_BYTES
+from overlay.plan import Plan, build_plan, pair_key_name
 
 REPO: Final = Path(__file__).resolve().parent.parent
 STATE_DIR: Final = Path(os.environ.get("MCO_LAB_STATE_DIR", "/run/multicloud-overlay-lab"))
@@ -27,15 +28,34 @@ class LabError(RuntimeError):
     """A problem the user can fix; printed without a traceback."""
 
 
+def require_root(what: str) -> None:
+    if os.geteuid() != 0:
+        raise LabError(
+            f"`lab {what}` needs root (network namespaces, Docker, iptables): run it with sudo, e.g. sudo .venv/bin/python -m lab {what}"
+        )
+
+
+def is_stack_file(stack: str) -> bool:
+    """A stack given as a file path (has a directory part or a YAML suffix) rather than a name."""
+    return "/" in stack or stack.endswith((".yaml", ".yml"))
+
+
 def stack_path(stack: str) -> Path:
-    return REPO / f"Pulumi.{stack}.yaml"
+    """The stack file: Pulumi.NAME.yaml in the repository root for a name, the file itself for a path."""
+    return Path(stack) if is_stack_file(stack) else REPO / f"Pulumi.{stack}.yaml"
+
+
+def stack_reference(stack: str) -> str:
+    """What a lab records as its stack: the name, or the absolute path of a stack file (later verbs run from any
+    directory)."""
+    return str(Path(stack).resolve()) if is_stack_file(stack) else stack
 
 
 def load_raw(stack: str, sites: list[str] | None, overrides: Mapping[str, Any]) -> dict[str, Any]:
     """The stack's raw config with the lab's overrides (site subset, hub, protocol, topology)."""
     path = stack_path(stack)
     if not path.exists():
-        raise LabError(f"no stack file {path} (use --stack NAME for Pulumi.NAME.yaml)")
+        raise LabError(f"no stack file {path} (use --stack NAME for Pulumi.NAME.yaml, or --stack PATH for a stack file elsewhere)")
     raw = read_stack_file(path)
     if sites:
         known = dict(raw.get("sites") or {})

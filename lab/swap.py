@@ -6,9 +6,6 @@ from __future__ import annotations
 import itertools
 import json
 import os
-import re
-import signal
-import subprocess
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -16,40 +13,16 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from components.plan import Plan
 from lab import nodes
 from lab.check import Lab
-from lab.lifecycle import ESP_MESSAGE, GENEVE_MESSAGE, esp_supported, geneve_supported, require_root
+from lab.lifecycle import ESP_MESSAGE, GENEVE_MESSAGE, esp_supported, geneve_supported
+from lab.probes import Pinger, PingLog
 from lab.report import Probe, to_junit
-from lab.state import STATE_DIR, LabError, docker_host, lab_plan, load_raw, save
+from lab.state import STATE_DIR, LabError, docker_host, lab_plan, load_raw, require_root, save
+from overlay.plan import Plan
 
 INTERVAL = 0.01
 SETTLE = 1.5
-
-_REPLY = re.compile(r"^\[(?P<ts>\d+\.\d+)\] \d+ bytes from .*icmp_seq=(?P<seq>\d+)")
-_SUMMARY = re.compile(r"(?P<tx>\d+) packets transmitted, (?P<rx>\d+) received")
-
-
-@dataclass
-class PingLog:
-    replies: dict[int, float] = field(default_factory=dict)
-    """icmp_seq -> receive timestamp"""
-    transmitted: int = 0
-    received: int = 0
-
-
-def parse_ping_log(text: str) -> PingLog:
-    """Output of iputils `ping -D -O` (timestamps, 'no answer yet' lines) -> replies and totals."""
-    log = PingLog()
-    for line in text.splitlines():
-        m = _REPLY.match(line.strip())
-        if m and "DUP!" not in line:
-            log.replies.setdefault(int(m["seq"]), float(m["ts"]))
-            continue
-        s = _SUMMARY.search(line)
-        if s:
-            log.transmitted, log.received = int(s["tx"]), int(s["rx"])
-    return log
 
 
 def disruption(log: PingLog, interval: float = INTERVAL, apply_started: float | None = None) -> dict[str, Any]:
@@ -91,7 +64,7 @@ def disruption(log: PingLog, interval: float = INTERVAL, apply_started: float | 
 
 
 def mac_site(mac: str) -> int | None:
-    """Site id of an overlay MAC (components.plan.overlay_mac: 02:6f:<id hi>:<id lo>:00:<host>), else None."""
+    """Site id of an overlay MAC (overlay.plan.overlay_mac: 02:6f:<id hi>:<id lo>:00:<host>), else None."""
     parts = mac.lower().split(":")
     if len(parts) != 6 or parts[0] != "02" or parts[1] != "6f" or parts[4] != "00":
         return None
@@ -264,27 +237,7 @@ def swap(
     snap_before = snapshot(lab)
     a, b = probe_pair(old, new)
     src, dst = new.client(a), new.client(b)
-    ping_log = state_dir / "swap-ping.log"
-    with ping_log.open("w") as f:
-        pinger = subprocess.Popen(
-            [
-                "nsenter",
-                f"--net=/run/netns/{lab.node_ns(src.name)}",
-                "--",
-                "ping",
-                "-D",
-                "-O",
-                "-n",
-                "-i",
-                str(INTERVAL),
-                "-W",
-                "1",
-                dst.overlay_ipv4,
-            ],
-            stdout=f,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    pinger = Pinger(dst.overlay_ipv4, lab.node_ns(src.name), state_dir / "swap-ping.log", INTERVAL)
     try:
         time.sleep(0.5)
         configs = {n.name: nodes.lab_node_config(lab.state, new, n.name, dict(lab.layout.public_ips)) for n in new.nodes}
@@ -295,7 +248,7 @@ def swap(
         watcher.start()
 
         def reapply(node: str) -> nodes.ApplyResult:
-            vm = lab.layout.vm(node)
+            vm = lab.layout.host(node)
             return nodes.push(lab.sh, vm.ns, node, configs[node], state_dir, vm.kind == "router", lab.state.containers)  # type: ignore[arg-type]
 
         try:
@@ -319,13 +272,8 @@ def swap(
         )
         time.sleep(SETTLE)
     finally:
-        pinger.send_signal(signal.SIGINT)
-        try:
-            pinger.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            pinger.kill()
-            pinger.wait()
-    ping = disruption(parse_ping_log(ping_log.read_text(errors="replace")), INTERVAL, apply_started)
+        log = pinger.stop()
+    ping = disruption(log, INTERVAL, apply_started)
     ping["path"] = f"{src.name} -> {dst.name} ({dst.overlay_ipv4})"
     snap_after = snapshot(lab)
     rebuilt = [f"netns {n}" for n, ino in snap_before["netns"].items() if snap_after["netns"].get(n) != ino]

@@ -17,8 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
-from components.config import OverlayConfig, SiteConfig
-from components.plan import CONFIGURE_LAN_NIC, OPEN_HOST_FIREWALL, Node, Plan
+from components.clouds.registry import PLATFORMS
+from overlay.config import OverlayConfig, SiteConfig
+from overlay.plan import Node, Plan
 
 PREFIX: Final = "mco-"
 INTERNET_NS: Final = f"{PREFIX}internet"
@@ -129,7 +130,10 @@ class Nic:
 
 
 @dataclass(frozen=True)
-class VmSpec:
+class HostSpec:
+    """The emulated machine of one node: a network namespace with the NICs its platform gives (not a qemu VM: those
+    are lab/vm.py's)."""
+
     node: str
     site: str
     kind: str
@@ -163,18 +167,18 @@ class Layout:
     prefix: str
     internet_ns: str
     edges: tuple[EdgeSpec, ...]
-    vms: tuple[VmSpec, ...]
+    hosts: tuple[HostSpec, ...]
     public_ips: Mapping[str, str]
 
-    def vm(self, node: str) -> VmSpec:
-        for v in self.vms:
+    def host(self, node: str) -> HostSpec:
+        for v in self.hosts:
             if v.node == node:
                 return v
         raise KeyError(node)
 
     def namespaces(self) -> list[str]:
         """Every namespace of the lab itself (container namespaces are the node script's)."""
-        return [self.internet_ns, *(e.ns for e in self.edges), *(v.ns for v in self.vms)]
+        return [self.internet_ns, *(e.ns for e in self.edges), *(v.ns for v in self.hosts)]
 
 
 def mgmt_network(site: SiteConfig) -> ipaddress.IPv4Network | None:
@@ -182,38 +186,38 @@ def mgmt_network(site: SiteConfig) -> ipaddress.IPv4Network | None:
     return ipaddress.IPv4Network(mgmt) if mgmt else None
 
 
-def _vm(node: Node, site: SiteConfig, prefix: str) -> VmSpec:
+def _host(node: Node, site: SiteConfig, prefix: str) -> HostSpec:
     lan_gw = gateway(site.lan_cidr).split("/")[0]
     lan = f"{node.lan_ip}/{node.lan_prefix}"
-    # vSphere guests name their NICs from the guestinfo metadata (wan0/lan0, mgmt0/lan0; see
-    # components/clouds/vsphere.py static_nics); the cloud images here keep kernel names.
-    vsphere = node.platform == "vsphere"
+    traits = PLATFORMS[node.platform]
+    names = traits.nic_names
     if node.kind == "router":
         assert node.wan_ip is not None
-        platform_configures_lan = node.platform not in CONFIGURE_LAN_NIC
+        wan_name, lan_name = names.router
         nics = (
-            Nic("wan0" if vsphere else "eth0", "wan-r", "br-wan", f"{node.wan_ip}/{site.wan_cidr.prefixlen}"),
-            Nic("lan0" if vsphere else "eth1", "lan-r", "br-lan", lan if platform_configures_lan else None),
+            Nic(wan_name, "wan-r", "br-wan", f"{node.wan_ip}/{site.wan_cidr.prefixlen}"),
+            Nic(lan_name, "lan-r", "br-lan", None if traits.payload_configures_router_lan else lan),
         )
         default = gateway(site.wan_cidr, site.setting("wanGateway")).split("/")[0]
-    elif vsphere and node.mgmt_ip and (mgmt := mgmt_network(site)) is not None:
-        # The vSphere client's first NIC is on the management port group, with the default route.
+    elif traits.management_network and node.mgmt_ip and (mgmt := mgmt_network(site)) is not None:
+        # The client's first NIC is on the management network, with the default route.
+        mgmt_name, lan_name = names.client
         nics = (
-            Nic("mgmt0", "mgmt-c", "br-mgmt", f"{node.mgmt_ip}/{mgmt.prefixlen}"),
-            Nic("lan0", "lan-c", "br-lan", lan),
+            Nic(mgmt_name, "mgmt-c", "br-mgmt", f"{node.mgmt_ip}/{mgmt.prefixlen}"),
+            Nic(lan_name, "lan-c", "br-lan", lan),
         )
         default = gateway(mgmt, site.setting("mgmtGateway")).split("/")[0]
     else:
-        nics = (Nic("eth0", "lan-c", "br-lan", lan),)
+        nics = (Nic(names.client[-1], "lan-c", "br-lan", lan),)
         default = lan_gw
-    return VmSpec(
+    return HostSpec(
         node=node.name,
         site=node.site,
         kind=node.kind,
         ns=node_ns(node.name, prefix),
         nics=nics,
         default_gateway=default,
-        host_firewall=node.platform in OPEN_HOST_FIREWALL,
+        host_firewall=traits.closed_host_firewall,
     )
 
 
@@ -221,7 +225,7 @@ def build_layout(plan: Plan, prefix: str = PREFIX) -> Layout:
     cfg = plan.config
     public = public_addresses(cfg)
     edges = []
-    vms = []
+    hosts = []
     for site in cfg.sites:
         inet, edge = transit_pair(site.site_id)
         router = plan.router(site.name)
@@ -243,12 +247,12 @@ def build_layout(plan: Plan, prefix: str = PREFIX) -> Layout:
             )
         )
         for node in (router, plan.client(site.name)):
-            vms.append(_vm(node, site, prefix))
+            hosts.append(_host(node, site, prefix))
     return Layout(
         prefix=prefix,
         internet_ns=f"{prefix}internet",
         edges=tuple(edges),
-        vms=tuple(vms),
+        hosts=tuple(hosts),
         public_ips=public,
     )
 

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+from collections.abc import Iterator
+
 from lab.shell import Shell
-from lab.topology import NIC_MTU, OCI_IMAGE_IPTABLES, EdgeSpec, Layout, VmSpec
+from lab.topology import NIC_MTU, PREFIX, EdgeSpec, HostSpec, Layout
 
 
 def _sysctl(sh: Shell, ns: str, key: str, value: str) -> None:
@@ -13,6 +17,17 @@ def _sysctl(sh: Shell, ns: str, key: str, value: str) -> None:
 def add_namespace(sh: Shell, ns: str) -> None:
     sh.run(["ip", "netns", "add", ns])
     sh.batch(ns, ["link set lo up"])
+
+
+@contextlib.contextmanager
+def scratch_namespace(sh: Shell, purpose: str = "") -> Iterator[str]:
+    """A throw-away namespace (a fresh kernel network stack) to try something in; removed on exit."""
+    name = f"{PREFIX}probe-{purpose + '-' if purpose else ''}{os.getpid()}"
+    sh.run(["ip", "netns", "add", name])
+    try:
+        yield name
+    finally:
+        sh.run(["ip", "netns", "delete", name], check=False)
 
 
 def build_internet(sh: Shell, layout: Layout) -> None:
@@ -84,8 +99,9 @@ def build_edge(sh: Shell, layout: Layout, edge: EdgeSpec) -> None:
 IMAGE_SYSCTLS = {"net.ipv4.ip_forward": "0", "net.ipv6.conf.all.forwarding": "0"}
 
 
-def build_vm(sh: Shell, layout: Layout, vm: VmSpec) -> None:
-    """A VM as its platform hands it over: NICs up, addressed where DHCP/metadata would address them."""
+def build_host(sh: Shell, layout: Layout, vm: HostSpec) -> None:
+    """A VM's hardware: its namespace with the image's settings and its NICs plugged into the site's segments
+    (down until power-on: lab.power)."""
     add_namespace(sh, vm.ns)
     sh.ns(vm.ns, ["sysctl", "-qw", *(f"{k}={v}" for k, v in IMAGE_SYSCTLS.items())])
     edge = next(e for e in layout.edges if e.site == vm.site)
@@ -112,11 +128,3 @@ def build_vm(sh: Shell, layout: Layout, vm: VmSpec) -> None:
             ]
         )
         sh.batch(edge.ns, [f"link set {nic.port} master {nic.segment}", f"link set {nic.port} up"])
-        cmds = [f"link set {nic.name} up"]
-        if nic.address:
-            cmds.insert(0, f"addr add {nic.address} dev {nic.name}")
-        sh.batch(vm.ns, cmds)
-    sh.batch(vm.ns, [f"route add default via {vm.default_gateway}"])
-    if vm.host_firewall:
-        for chain, *rule in OCI_IMAGE_IPTABLES:
-            sh.ns(vm.ns, ["iptables", "-w", "-A", chain, *rule])

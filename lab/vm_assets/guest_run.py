@@ -1,6 +1,6 @@
 """Runs inside the lab's kernel VM (stdlib only): the requested command, then its exit code and results on the console.
 
-The host (lab/vm.py) reads the console: lines between the markers below are protocol, everything else is the
+The host (lab/qemu.py) reads the console: lines between the markers below are protocol, everything else is the
 command's output. Results travel as a base64 gzip tarball, 76 characters a line.
 """
 

@@ -1,6 +1,6 @@
 #!/bin/sh
 # PID 1 of the lab's kernel VM: mount the pseudo file systems, load the network modules, run the requested
-# command through guest_run.py, power off. Everything it needs is in the initramfs (see lab/vm.py).
+# command through guest_run.py, power off. Everything it needs is in the initramfs (see lab/vmimage.py).
 export PATH=/sbin:/usr/sbin:/bin:/usr/bin
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
