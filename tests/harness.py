@@ -5,12 +5,18 @@
     run.outputs                            # the stack's exports, resolved
     run.of_type("aws:ec2/instance:Instance")
 
+    run_cached(raw_config)                 # run_program once per distinct config, shared by every test module
+    plan_of(raw_config)                    # the overlay's Plan of that config (what the program deploys)
+    run_standalone(program)                # any other Pulumi program (a building block on its own), same mocks
+
 Invokes (image lookups, availability zones, ...) are answered by `ProgramMocks.call` with realistic shapes.
 """
 
 from __future__ import annotations
 
 import base64
+import binascii
+import gzip
 import hashlib
 import json
 import logging
@@ -26,7 +32,9 @@ from pulumi.runtime import rpc
 from pulumi.runtime.stack import run_pulumi_func
 from pulumi.runtime.sync_await import _sync_await
 
-from components.plan import PAIR_KEY_BYTES, Plan, pair_key_name
+from overlay.config import parse_config
+from overlay.encapsulation import PAIR_KEY_BYTES
+from overlay.plan import Plan, build_plan, pair_key_name
 from tests import mockdata
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -91,7 +99,10 @@ class ProgramRun:
     component_outputs: dict[str, dict[str, Any]] = field(default_factory=dict)
     """URN -> outputs a component registered with register_outputs."""
     logs: list[str] = field(default_factory=list)
-    """Every message the program logged through the engine (pulumi.log, warnings)."""
+    """Every message the program logged through the engine at info level or above (pulumi.log.info, .warn, .error):
+    what `pulumi up` shows."""
+    debug_logs: list[str] = field(default_factory=list)
+    """The engine's debug channel (pulumi.log.debug; the SDK logs its own resource registrations there too)."""
     secret_outputs: set[str] = field(default_factory=set)
     """Names of the stack exports that are secret."""
     provider_outputs: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
@@ -191,12 +202,7 @@ def run_program(raw: Mapping[str, Any], stack: str = "test", into: ProgramRun | 
 
     `into` receives the registrations even when the program raises (to prove nothing was registered)."""
     run = into if into is not None else ProgramRun()
-    mocks = ProgramMocks(run)
-    logger = logging.getLogger(f"multicloud-overlay.test.{id(run)}")
-    logger.setLevel(logging.DEBUG)
-    logger.addHandler(_ListHandler(run.logs))
-    logger.propagate = False
-    pulumi.runtime.set_mocks(mocks, project=PROJECT, stack=stack, preview=False, monitor=RecordingMonitor(mocks, run), logger=logger)
+    _set_mocks(run, stack)
     config = {f"{PROJECT}:{k}": _config_value(v) for k, v in raw.items()}
     pulumi.runtime.set_all_config(config, [])
     exported: dict[str, Any] = {}
@@ -221,13 +227,38 @@ def run_program(raw: Mapping[str, Any], stack: str = "test", into: ProgramRun | 
     return run
 
 
+def run_standalone(program: Callable[[], None], into: ProgramRun | None = None) -> ProgramRun:
+    """Run `program`, a Pulumi program body that is not the overlay (e.g. a building block on its own), under the
+    same mocks and recorder as run_program: no stack config, no exports.
+
+    `into` receives the registrations even when the program raises (to prove nothing was registered)."""
+    run = into if into is not None else ProgramRun()
+    _set_mocks(run, "standalone")
+    _sync_await(run_pulumi_func(program))
+    return run
+
+
+def _set_mocks(run: ProgramRun, stack: str) -> None:
+    """Point the Pulumi runtime at mocks that record every registration, invoke and log line into `run`."""
+    mocks = ProgramMocks(run)
+    logger = logging.getLogger(f"multicloud-overlay.test.{id(run)}")
+    logger.setLevel(logging.DEBUG)
+    logger.addHandler(_ListHandler(run.logs, run.debug_logs))
+    logger.propagate = False
+    pulumi.runtime.set_mocks(mocks, project=PROJECT, stack=stack, preview=False, monitor=RecordingMonitor(mocks, run), logger=logger)
+
+
 class _ListHandler(logging.Handler):
-    def __init__(self, sink: list[str]) -> None:
+    """The mock engine hands every pulumi.log call to a logging.Logger at the matching level: info and above to
+    `sink`, debug to `debug_sink`."""
+
+    def __init__(self, sink: list[str], debug_sink: list[str]) -> None:
         super().__init__()
         self.sink = sink
+        self.debug_sink = debug_sink
 
     def emit(self, record: logging.LogRecord) -> None:
-        self.sink.append(record.getMessage())
+        (self.sink if record.levelno >= logging.INFO else self.debug_sink).append(record.getMessage())
 
 
 def unsecret(value: Any) -> Any:
@@ -237,17 +268,65 @@ def unsecret(value: Any) -> Any:
     return value
 
 
+def _config_key(raw: Mapping[str, Any]) -> str:
+    return json.dumps(raw, sort_keys=True, default=str)
+
+
 _CACHED: dict[str, ProgramRun] = {}
 
 
 def run_cached(raw: Mapping[str, Any]) -> ProgramRun:
-    """run_program once per distinct config (tests that assert different things about one run share it)."""
-    key = json.dumps(raw, sort_keys=True, default=str)
+    """run_program once per distinct config (tests that assert different things about one run share it, also
+    across test modules): the one way a test runs the overlay for a config it does not change afterwards."""
+    key = _config_key(raw)
     if key not in _CACHED:
         _CACHED[key] = run_program(json.loads(key))
     return _CACHED[key]
 
 
+_PLANS: dict[str, Plan] = {}
+
+
+def plan_of(raw: Mapping[str, Any]) -> Plan:
+    """build_plan(parse_config(raw)), once per distinct config (a Plan is frozen: tests share it). A test that patches
+    what parsing or planning reads, or that checks planning itself, calls build_plan."""
+    key = _config_key(raw)
+    if key not in _PLANS:
+        _PLANS[key] = build_plan(parse_config(raw))
+    return _PLANS[key]
+
+
 def _resolve(value: Any) -> Any:
     output = pulumi.Output.from_input(value)
     return _sync_await(output.future())
+
+
+def is_user_data(value: str) -> bool:
+    if value.startswith("#cloud-config"):
+        return True
+    try:
+        raw = base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        return False
+    if raw[:2] == b"\x1f\x8b":
+        raw = gzip.decompress(raw)
+    return raw.startswith(b"#cloud-config")
+
+
+def user_data_strings(value: Any) -> list[str]:
+    if isinstance(value, dict):
+        if unsecret(value) is not value:
+            return user_data_strings(unsecret(value))
+        return [s for v in value.values() for s in user_data_strings(v)]
+    if isinstance(value, list):
+        return [s for v in value for s in user_data_strings(v)]
+    if isinstance(value, str) and len(value) > 64 and is_user_data(value):
+        return [value]
+    return []
+
+
+def decode(value: str) -> str:
+    if value.startswith("#cloud-config"):
+        return value
+    raw = base64.b64decode(value)
+    return (gzip.decompress(raw) if raw[:2] == b"\x1f\x8b" else raw).decode()

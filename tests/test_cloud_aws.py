@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import base64
 import copy
-import functools
 import gzip
 import ipaddress
 from collections.abc import Callable
@@ -14,11 +13,9 @@ from typing import Any
 import pulumi
 import pytest
 import yaml
-from pulumi.runtime.stack import run_pulumi_func
-from pulumi.runtime.sync_await import _sync_await
 
 from cloudinit.render import LOGIN_USER, payload_node_config, read_payload
-from components.clouds import aws_limits
+from components.clouds import aws_traits
 from components.clouds.aws import (
     AwsMachine,
     AwsMachineArgs,
@@ -34,13 +31,14 @@ from components.clouds.aws import (
     rule_match,
 )
 from components.clouds.base import ResolvedRule
-from components.config import ConfigError, parse_config
-from components.limits import check_limits, fullmatch
-from components.plan import Plan, bootstrap_config, build_plan
-from components.security import IngressRule, is_open_to_world, scoped_source
-from components.stackfile import read_stack_file
+from components.limits import check_limits
+from components.stack_file import read_stack_file
+from overlay.config import ConfigError, parse_config
+from overlay.plan import bootstrap_config, build_plan
+from overlay.security import IngressRule, is_open_to_world, scoped_source
+from overlay.traits import fullmatch
 from tests import harness
-from tests.harness import ROOT, ProgramRun, Registered, run_program
+from tests.harness import ROOT, ProgramRun, Registered, plan_of, run_cached, run_program, run_standalone
 from tests.mockdata import aws as aws_mock
 
 DEV = read_stack_file(ROOT / "Pulumi.dev.yaml")
@@ -73,15 +71,6 @@ def aws_config(hub: str = "awsa", protocol: str = "vxlan", extra: bool = False) 
     # as spoke, registered resources against the recorded limits) deploy.
     raw.update(hub=hub, protocol=protocol, encryption="none")
     return raw
-
-
-@functools.cache
-def run_aws(hub: str = "awsa", protocol: str = "vxlan", extra: bool = False) -> ProgramRun:
-    return run_program(aws_config(hub, protocol, extra))
-
-
-def plan_of(hub: str = "awsa", protocol: str = "vxlan", extra: bool = False) -> Plan:
-    return build_plan(parse_config(aws_config(hub, protocol, extra)))
 
 
 def component(run: ProgramRun, typ: str, name: str) -> Registered:
@@ -129,7 +118,7 @@ def ports(r: Registered) -> tuple[int, int]:
 
 @pytest.mark.parametrize("site", list(SITES))
 def test_router_has_wan_and_lan_enis_without_source_dest_check(site: str) -> None:
-    run, plan = run_aws(), plan_of()
+    run, plan = run_cached(aws_config()), plan_of(aws_config())
     node = plan.router(site)
     enis = {r.name: r for r in node_resources(run, site, "router", ENI)}
     assert set(enis) == {f"{site}-router-vm-wan", f"{site}-router-vm-lan"}
@@ -151,7 +140,7 @@ def test_router_has_wan_and_lan_enis_without_source_dest_check(site: str) -> Non
 
 @pytest.mark.parametrize("site", list(SITES))
 def test_client_has_one_eni_on_the_lan_with_a_public_address(site: str) -> None:
-    run, plan = run_aws(), plan_of()
+    run, plan = run_cached(aws_config()), plan_of(aws_config())
     eni = one(node_resources(run, site, "client", ENI))
     assert eni.inputs["subnetId"] == f"{site}-network-lan-id"
     assert eni.inputs["privateIps"] == [plan.client(site).lan_ip]
@@ -168,7 +157,7 @@ def test_client_has_one_eni_on_the_lan_with_a_public_address(site: str) -> None:
 
 @pytest.mark.parametrize("site", list(SITES))
 def test_router_public_address_is_a_reserved_eip_on_the_wan_eni(site: str) -> None:
-    run = run_aws()
+    run = run_cached(aws_config())
     site_eips = [r for r in site_resources(run, site) if r.type == EIP]
     eip = one([r for r in site_eips if r.name == f"{site}-router-address-eip"])
     assert eip.inputs["domain"] == "vpc"
@@ -179,19 +168,13 @@ def test_router_public_address_is_a_reserved_eip_on_the_wan_eni(site: str) -> No
     assert public_ips(run)[site] == aws_mock.public_ip(eip.name)
     summary = run.outputs["nodes"][f"{site}-router"]
     assert summary["managementIp"] == public_ips(run)[site]
-    plan = plan_of()
+    plan = plan_of(aws_config())
     assert summary["privateIps"] == {"wan": plan.router(site).wan_ip, "lan": plan.router(site).lan_ip}
-
-
-def test_mocked_public_addresses_are_distinct() -> None:
-    run = run_aws(extra=True)
-    addresses = [aws_mock.public_ip(r.name) for r in run.of_type(EIP)]
-    assert len(set(addresses)) == len(addresses) == 8
 
 
 @pytest.mark.parametrize("site", list(SITES))
 def test_subnets_share_one_zone_and_carve_ipv6_from_the_vpc(site: str) -> None:
-    run = run_aws()
+    run = run_cached(aws_config())
     vpc = one([r for r in site_resources(run, site) if r.type == VPC])
     assert vpc.inputs["assignGeneratedIpv6CidrBlock"] is True
     block = ipaddress.IPv6Network(aws_mock._vpc(pulumi.runtime.MockResourceArgs(VPC, vpc.name, {}, "", "", None))["ipv6CidrBlock"])
@@ -210,7 +193,7 @@ def test_subnets_share_one_zone_and_carve_ipv6_from_the_vpc(site: str) -> None:
 
 @pytest.mark.parametrize("protocol", ["vxlan", "geneve"])
 def test_every_ingress_rule_is_scoped(protocol: str) -> None:
-    run, plan = run_aws(protocol=protocol), plan_of(protocol=protocol)
+    run, plan = run_cached(aws_config(protocol=protocol)), plan_of(aws_config(protocol=protocol))
     port = {"vxlan": 4789, "geneve": 6081}[protocol]
     ips = public_ips(run)
     rules = run.of_type(INGRESS)
@@ -237,7 +220,7 @@ def test_every_ingress_rule_is_scoped(protocol: str) -> None:
 
 @pytest.mark.parametrize("hub", list(SITES))
 def test_rules_admit_exactly_the_expected_peers(hub: str) -> None:
-    run, plan = run_aws(hub=hub), plan_of(hub=hub)
+    run, plan = run_cached(aws_config(hub=hub)), plan_of(aws_config(hub=hub))
     ips = public_ips(run)
     for site in SITES:
         expected_peers = [s for s in SITES if s != site] if site == hub else [hub]
@@ -257,7 +240,7 @@ def test_rules_admit_exactly_the_expected_peers(hub: str) -> None:
 
 @pytest.mark.parametrize("site", list(SITES))
 def test_security_groups_have_open_egress_and_no_inline_rules(site: str) -> None:
-    run = run_aws()
+    run = run_cached(aws_config())
     groups = [r for r in site_resources(run, site) if r.type == SECURITY_GROUP]
     assert {g.name for g in groups} == {f"{site}-router-policy-group", f"{site}-client-policy-group"}
     for group in groups:
@@ -275,7 +258,7 @@ def test_security_groups_have_open_egress_and_no_inline_rules(site: str) -> None
 
 @pytest.mark.parametrize("protocol", ["vxlan", "geneve"])
 def test_user_data_is_the_rendered_payload_of_the_node(protocol: str) -> None:
-    run, plan = run_aws(protocol=protocol), plan_of(protocol=protocol)
+    run, plan = run_cached(aws_config(protocol=protocol)), plan_of(aws_config(protocol=protocol))
     for site in SITES:
         for kind in ("router", "client"):
             instance = one(node_resources(run, site, kind, INSTANCE))
@@ -289,7 +272,7 @@ def test_user_data_is_the_rendered_payload_of_the_node(protocol: str) -> None:
 
 
 def test_instances_ignore_user_data_changes() -> None:
-    run = run_aws()
+    run = run_cached(aws_config())
     instances = run.of_type(INSTANCE)
     assert len(instances) == 2 * len(SITES)
     for instance in instances:
@@ -302,7 +285,7 @@ def test_instances_ignore_user_data_changes() -> None:
 
 @pytest.mark.parametrize("site", list(SITES))
 def test_instances_and_addresses_wait_for_the_internet_path(site: str) -> None:
-    run = run_aws()
+    run = run_cached(aws_config())
     path = {
         r.urn
         for r in site_resources(run, site)
@@ -316,7 +299,7 @@ def test_instances_and_addresses_wait_for_the_internet_path(site: str) -> None:
 
 
 def test_image_and_size_follow_site_settings() -> None:
-    run = run_aws()
+    run = run_cached(aws_config())
     for site in SITES:
         for kind in ("router", "client"):
             instance = one(node_resources(run, site, kind, INSTANCE))
@@ -336,7 +319,7 @@ def test_image_and_size_follow_site_settings() -> None:
 
 
 def test_adding_a_site_renames_nothing() -> None:
-    before, after = run_aws(), run_aws(extra=True)
+    before, after = run_cached(aws_config()), run_cached(aws_config(extra=True))
     for site in SITES:
         old = {(r.type, r.name) for r in site_resources(before, site)}
         new = {(r.type, r.name) for r in site_resources(after, site)}
@@ -347,7 +330,7 @@ def test_adding_a_site_renames_nothing() -> None:
 
 
 def test_swapping_the_hub_only_adds_and_removes_peer_rules() -> None:
-    runs = {hub: run_aws(hub=hub) for hub in SITES}
+    runs = {hub: run_cached(aws_config(hub=hub)) for hub in SITES}
     names = {hub: {(r.type, r.name) for r in run.resources} for hub, run in runs.items()}
     for a in SITES:
         for b in SITES:
@@ -357,7 +340,7 @@ def test_swapping_the_hub_only_adds_and_removes_peer_rules() -> None:
 
 @pytest.mark.parametrize("site", list(SITES))
 def test_every_resource_of_a_site_uses_its_own_provider(site: str) -> None:
-    run = run_aws()
+    run = run_cached(aws_config())
     provider = component(run, PROVIDER, f"{site}-aws")
     assert provider.inputs["region"] == SITES[site]["region"]
     custom = [r for r in site_resources(run, site) if r.custom and r.type.startswith("aws:")]
@@ -368,7 +351,7 @@ def test_every_resource_of_a_site_uses_its_own_provider(site: str) -> None:
 
 
 def test_invokes_use_the_site_provider() -> None:
-    run = run_aws()
+    run = run_cached(aws_config())
     calls = run.invoke_providers
     refs = {site: f"{component(run, PROVIDER, f'{site}-aws').urn}::{site}-aws-id" for site in SITES}
     by_token: dict[str, list[str]] = {}
@@ -380,7 +363,7 @@ def test_invokes_use_the_site_provider() -> None:
 
 
 def test_components_follow_the_house_style() -> None:
-    run = run_aws()
+    run = run_cached(aws_config())
     blocks = [r for r in run.resources if r.type.startswith("multicloud-overlay:aws:")]
     assert {r.type for r in blocks} == {
         f"multicloud-overlay:aws:{n}" for n in ("AwsNetwork", "AwsSecurityPolicy", "AwsPublicAddress", "AwsMachine")
@@ -433,19 +416,6 @@ def test_args_reject_misspelled_properties(build: Callable[..., object], bad: di
         build(**bad)
 
 
-def run_standalone(body: Callable[[], None]) -> ProgramRun:
-    """Run `body` as a Pulumi program under the harness mocks (no overlay, no __main__)."""
-    run = ProgramRun()
-    mocks = harness.ProgramMocks(run)
-    pulumi.runtime.set_mocks(mocks, project="standalone", stack="test", preview=False, monitor=harness.RecordingMonitor(mocks, run))
-
-    def program() -> None:
-        body()
-
-    _sync_await(run_pulumi_func(program))
-    return run
-
-
 def test_building_blocks_work_without_the_overlay() -> None:
     def body() -> None:
         network = AwsNetwork("lab", AwsNetworkArgs("10.9.0.0/16", "10.9.1.0/24", "10.9.2.0/24", availability_zone="eu-west-1a"))
@@ -487,11 +457,12 @@ def test_a_rule_open_to_the_world_fails_the_program() -> None:
 # --- findings of the pre-deployment review (docs/platform-review/aws.md) ---------------------------------------------------
 
 
-def run_sites(sites: dict[str, dict[str, Any]], hub: str, **top: Any) -> ProgramRun:
+def sites_config(sites: dict[str, dict[str, Any]], hub: str, **top: Any) -> dict[str, Any]:
+    """Pulumi.dev.yaml with `sites` as its sites (the other top-level keys kept, `top` set)."""
     raw = copy.deepcopy(DEV)
     raw["sites"] = copy.deepcopy(sites)
     raw.update(hub=hub, **top)
-    return run_program(raw)
+    return raw
 
 
 def aws_site(site_id: int, region: str) -> dict[str, Any]:
@@ -513,48 +484,45 @@ def test_every_registered_description_is_one_ec2_accepts(encryption: str) -> Non
     assert len(described) > 3 * 10
     for r in described:
         text = r.inputs["description"]
-        assert fullmatch(aws_limits.LIMITS.rule_description_pattern, text) and len(text) <= 255, (r.name, text)
+        assert fullmatch(aws_traits.LIMITS.rule_description_pattern, text) and len(text) <= 255, (r.name, text)
 
 
 def test_a_description_ec2_refuses_stops_the_policy_before_any_resource() -> None:
     """A1: the policy refuses such a description itself, before registering anything (not half-way through an up)."""
     bad = ResolvedRule(IngressRule("tunnel-from-lan", "udp", 4789, "10.1.2.0/24", 4, "vxlan from the site's client"), "10.1.2.0/24")
     registered = ProgramRun()
-    mocks = harness.ProgramMocks(registered)
-    pulumi.runtime.set_mocks(mocks, project="standalone", stack="test", preview=False, monitor=harness.RecordingMonitor(mocks, registered))
 
     def body() -> None:
         AwsSecurityPolicy("fw", AwsSecurityPolicyArgs(vpc_id="vpc-1", rules=[bad]))
 
     with pytest.raises(Exception, match='rule tunnel-from-lan: description "vxlan from the site\'s client" is one EC2 refuses'):
-        _sync_await(run_pulumi_func(body))
+        run_standalone(body, into=registered)
     assert registered.resources == []
 
 
-# Site ids chosen so the hub's peers fall in every block of aws_limits: 1-28 -> group 0, 29-58 -> 1, 59-88 -> 2, ...
+# Site ids chosen so the hub's peers fall in every block of aws_traits: 1-28 -> group 0, 29-58 -> 1, 59-88 -> 2, ...
 SPREAD = {"aws1": 1, "aws20": 20, "aws40": 40, "aws70": 70, "aws100": 100, "aws130": 130}
 REGIONS = ["eu-west-1", "eu-west-2", "eu-west-3", "eu-central-1", "us-east-1", "us-east-2"]
 
 
-@functools.cache
-def run_spread(hub: str = "aws1") -> ProgramRun:
-    sites = {name: aws_site(i, REGIONS[n]) for n, (name, i) in enumerate(SPREAD.items())}
-    return run_sites(sites, hub)
+def spread_config(hub: str = "aws1") -> dict[str, Any]:
+    """The SPREAD sites, one region each."""
+    return sites_config({name: aws_site(i, REGIONS[n]) for n, (name, i) in enumerate(SPREAD.items())}, hub)
 
 
 def test_a_hubs_rules_are_spread_over_security_groups_by_peer_site_id() -> None:
     """A2: one group holds 60 inbound rules per family; a hub with many peers gets up to 5 groups, each peer's
     tunnel and ICMP rules in the group of its siteId, every ENI of the router carrying all of them."""
-    run = run_spread()
+    run = run_cached(spread_config())
     groups = {g.name: g for g in node_resources(run, "aws1", "router", SECURITY_GROUP)}
     assert set(groups) == {"aws1-router-policy-group", *(f"aws1-router-policy-group{k}" for k in (1, 2, 3, 4))}
     ids = {rid(g): g for g in groups.values()}
     for rule in node_resources(run, "aws1", "router", INGRESS):
         group = ids[rule.inputs["securityGroupId"]]
         peer = rule.name.rsplit("-from-", 1)[-1]
-        want = aws_limits.security_group_of_site(SPREAD[peer]) if peer in SPREAD else 0
-        assert group.name == aws_limits.security_group_resource_name("aws1-router-policy", want), rule.name
-    assert {aws_limits.security_group_of_site(i) for n, i in SPREAD.items() if n != "aws1"} == {0, 1, 2, 3, 4}
+        want = aws_traits.security_group_of_site(SPREAD[peer]) if peer in SPREAD else 0
+        assert group.name == aws_traits.security_group_resource_name("aws1-router-policy", want), rule.name
+    assert {aws_traits.security_group_of_site(i) for n, i in SPREAD.items() if n != "aws1"} == {0, 1, 2, 3, 4}
     for eni in node_resources(run, "aws1", "router", ENI):
         assert sorted(eni.inputs["securityGroups"]) == sorted(ids)
     egress = [r.inputs["securityGroupId"] for r in node_resources(run, "aws1", "router", EGRESS)]
@@ -565,7 +533,7 @@ def test_a_hubs_rules_are_spread_over_security_groups_by_peer_site_id() -> None:
 
 def test_a_hub_swap_moves_no_peer_rule_between_groups() -> None:
     """A2: a peer's group follows its own siteId, so a hub swap never replaces the rules of peers that stay."""
-    before, after = run_spread("aws1"), run_spread("aws40")
+    before, after = run_cached(spread_config("aws1")), run_cached(spread_config("aws40"))
     group_of = {}
     for run in (before, after):
         groups = {rid(g): g.name for g in run.of_type(SECURITY_GROUP)}
@@ -578,14 +546,12 @@ def test_a_policy_over_the_rules_per_group_quota_registers_nothing() -> None:
     """A2: more than 60 IPv4 rules in one group is refused by the building block itself, before registering."""
     rules = [ResolvedRule(IngressRule(f"r{i}", "udp", 4789, f"192.0.2.{i}/32", 4, "vxlan"), f"192.0.2.{i}/32") for i in range(61)]
     registered = ProgramRun()
-    mocks = harness.ProgramMocks(registered)
-    pulumi.runtime.set_mocks(mocks, project="standalone", stack="test", preview=False, monitor=harness.RecordingMonitor(mocks, registered))
 
     def body() -> None:
         AwsSecurityPolicy("fw", AwsSecurityPolicyArgs(vpc_id="vpc-1", rules=rules))
 
     with pytest.raises(Exception, match="61 inbound IPv4 rules, over 60"):
-        _sync_await(run_pulumi_func(body))
+        run_standalone(body, into=registered)
     assert registered.resources == []
     # Placed over two groups, the same rules fit.
 
@@ -600,7 +566,7 @@ def test_a_policy_over_the_rules_per_group_quota_registers_nothing() -> None:
 def test_the_push_waits_for_the_lan_attachment_and_the_address_association(site: str) -> None:
     """A3: the push configures the LAN ENI and dials the Elastic IP: it must wait for the attachment and the
     association, not only for the instance."""
-    run = run_aws()
+    run = run_cached(aws_config())
     for kind in ("router", "client"):
         push = one([r for r in run.of_type("command:remote:Command") if r.name == f"{site}-{kind}-config-apply"])
         needed = {r.urn for r in node_resources(run, site, kind, INSTANCE) + node_resources(run, site, kind, EIP_ASSOCIATION)}
@@ -618,7 +584,7 @@ def test_a_third_site_in_one_region_is_refused_for_its_elastic_ips() -> None:
     assert len(problems) == 1, problems
     assert problems[0].startswith("aws site `r3`: region eu-west-1 would hold 6 Elastic IPs")
     assert "default quota of 5 Elastic IPs per region" in problems[0] and "L-0263D0A3" in problems[0]
-    assert aws_limits.ELASTIC_IPS_PER_REGION.source in problems[0]
+    assert aws_traits.ELASTIC_IPS_PER_REGION.source in problems[0]
     run = ProgramRun()
     with pytest.raises(Exception, match="default quota of 5 Elastic IPs"):
         run_program(raw, into=run)
@@ -648,13 +614,13 @@ def test_no_key_pair_and_an_ecdsa_operator_key_works() -> None:
 
 def test_a_site_named_sg_gets_security_group_names_ec2_accepts() -> None:
     """A6: GroupName "can't start with sg-"; Pulumi's autoname of `sg-router-policy-group` would."""
-    run = run_sites({"sg": aws_site(1, "eu-west-1"), "awsb": aws_site(2, "us-east-1")}, "sg")
+    run = run_program(sites_config({"sg": aws_site(1, "eu-west-1"), "awsb": aws_site(2, "us-east-1")}, "sg"))
     groups = run.of_type(SECURITY_GROUP)
     assert {g.name for g in groups} >= {"sg-router-policy-group", "sg-client-policy-group"}
     for g in groups:
         prefix = g.inputs["namePrefix"]
         assert not prefix.startswith("sg-") and "name" not in g.inputs
         full = prefix + "2026112910000000000000000a"
-        assert len(full) == len(prefix) + aws_limits.NAME_PREFIX_SUFFIX.value
-        assert fullmatch(aws_limits.LIMITS.resource_name_pattern, full), full
-    assert not fullmatch(aws_limits.LIMITS.resource_name_pattern, "sg-router-policy-group-0a1b2c3")
+        assert len(full) == len(prefix) + aws_traits.NAME_PREFIX_SUFFIX.value
+        assert fullmatch(aws_traits.LIMITS.resource_name_pattern, full), full
+    assert not fullmatch(aws_traits.LIMITS.resource_name_pattern, "sg-router-policy-group-0a1b2c3")

@@ -5,28 +5,23 @@ from __future__ import annotations
 
 import base64
 import copy
-import functools
 import ipaddress
 import itertools
 import re
 from collections import Counter
-from collections.abc import Callable
 from typing import Any
 
-import pulumi
 import pytest
 import yaml
-from pulumi.runtime.stack import run_pulumi_func
-from pulumi.runtime.sync_await import _sync_await
 
 from cloudinit.render import LOGIN_USER, payload_node_config
-from components.clouds import azure, azure_limits
-from components.config import parse_config
+from components.clouds import azure, azure_traits
 from components.limits import check_limits
-from components.plan import Plan, bootstrap_config, build_plan
-from components.security import is_open_to_world
-from components.stackfile import read_stack_file
-from tests.harness import PROJECT, ROOT, ProgramMocks, ProgramRun, RecordingMonitor, Registered, run_program
+from components.stack_file import read_stack_file
+from overlay.config import parse_config
+from overlay.plan import bootstrap_config, build_plan
+from overlay.security import is_open_to_world
+from tests.harness import ROOT, ProgramRun, Registered, plan_of, run_cached, run_program, run_standalone
 from tests.mockdata.azure import public_ip_for
 
 DEV = read_stack_file(ROOT / "Pulumi.dev.yaml")
@@ -65,24 +60,6 @@ def azure_config(sites: tuple[str, ...] = SITES, hub: str = "azurea", protocol: 
     # as spoke, registered resources against the recorded limits) deploy.
     raw.update(hub=hub, protocol=protocol, encryption="none")
     return raw
-
-
-def run_with(sites: tuple[str, ...] = SITES, hub: str = "azurea", protocol: str = "vxlan") -> ProgramRun:
-    return _run(sites, hub, protocol)
-
-
-def plan_with(sites: tuple[str, ...] = SITES, hub: str = "azurea", protocol: str = "vxlan") -> Plan:
-    return _plan(sites, hub, protocol)
-
-
-@functools.cache
-def _run(sites: tuple[str, ...], hub: str, protocol: str) -> ProgramRun:
-    return run_program(azure_config(sites, hub, protocol))
-
-
-@functools.cache
-def _plan(sites: tuple[str, ...], hub: str, protocol: str) -> Plan:
-    return build_plan(parse_config(azure_config(sites, hub, protocol)))
 
 
 def by_key(run: ProgramRun) -> dict[tuple[str, str], Registered]:
@@ -134,7 +111,7 @@ def deploy_public_key(run: ProgramRun) -> str:
 
 @pytest.mark.parametrize("site", SITES)
 def test_router_has_two_forwarding_nics_exactly_one_primary(site: str) -> None:
-    run, plan = run_with(), plan_with()
+    run, plan = run_cached(azure_config()), plan_of(azure_config())
     node = plan.router(site)
     vm = one(run, VM, f"{site}-router-vm")
     refs = vm.inputs["networkProfile"]["networkInterfaces"]
@@ -150,7 +127,7 @@ def test_router_has_two_forwarding_nics_exactly_one_primary(site: str) -> None:
         assert v4["subnet"]["id"] == v6["subnet"]["id"] == f"{subnet}-id"
     # Both NICs in the one VNet of the site.
     assert {one(run, SUBNET, f"{site}-{role}").inputs["virtualNetworkName"] for role in ("wan", "lan")} == {f"{site}-vnet"}
-    assert vm.inputs["hardwareProfile"]["vmSize"] == azure.DEFAULT_ROUTER_SIZE
+    assert vm.inputs["hardwareProfile"]["vmSize"] == "Standard_B2s"  # the documented default routerSize
     assert vm.inputs["storageProfile"]["imageReference"] == {
         "publisher": "Canonical",
         "offer": "ubuntu-24_04-lts",
@@ -166,7 +143,7 @@ def test_router_has_two_forwarding_nics_exactly_one_primary(site: str) -> None:
 
 @pytest.mark.parametrize("site", SITES)
 def test_client_has_one_lan_nic_with_a_static_management_address(site: str) -> None:
-    run, plan = run_with(), plan_with()
+    run, plan = run_cached(azure_config()), plan_of(azure_config())
     vm = one(run, VM, f"{site}-client-vm")
     nic = one(run, NIC, f"{site}-client-lan")
     assert vm.inputs["networkProfile"]["networkInterfaces"] == [{"id": f"{nic.name}-id", "primary": True, "deleteOption": "Delete"}]
@@ -183,7 +160,7 @@ def test_client_has_one_lan_nic_with_a_static_management_address(site: str) -> N
 
 @pytest.mark.parametrize("site", SITES)
 def test_router_public_address_is_reserved_and_on_the_wan_nic(site: str) -> None:
-    run = run_with()
+    run = run_cached(azure_config())
     pip = one(run, PIP, f"{site}-router-wan-ip")
     assert pip.inputs["sku"]["name"] == "Standard"
     assert pip.inputs["publicIPAllocationMethod"] == "Static"
@@ -197,13 +174,8 @@ def test_router_public_address_is_reserved_and_on_the_wan_nic(site: str) -> None
     assert pip.parent != one(run, VM, f"{site}-router-vm").parent
 
 
-def test_mocked_public_addresses_are_distinct() -> None:
-    ips = run_with().outputs["publicIps"]
-    assert len(set(ips.values())) == len(SITES)
-
-
 def test_resources_per_site() -> None:
-    run = run_with()
+    run = run_cached(azure_config())
     counts = Counter(r.type for r in run.resources if r.type.startswith("azure-native:") or r.type == PROVIDER)
     per_site = {t: n / len(SITES) for t, n in counts.items()}
     assert per_site == {
@@ -226,7 +198,7 @@ def test_resources_per_site() -> None:
 
 @pytest.mark.parametrize("protocol", ["vxlan", "geneve"])
 def test_every_nsg_rule_is_scoped(protocol: str) -> None:
-    run, plan = run_with(protocol=protocol), plan_with(protocol=protocol)
+    run, plan = run_cached(azure_config(protocol=protocol)), plan_of(azure_config(protocol=protocol))
     port = {"vxlan": 4789, "geneve": 6081}[protocol]
     assert plan.port == port
     rules = allow_rules(run.of_type(RULE))
@@ -256,7 +228,7 @@ def test_every_nsg_rule_is_scoped(protocol: str) -> None:
 
 
 def test_every_nic_carries_its_nodes_nsg() -> None:
-    run = run_with()
+    run = run_cached(azure_config())
     for site in SITES:
         for node, roles in ((f"{site}-router", ("wan", "lan")), (f"{site}-client", ("lan",))):
             for role in roles:
@@ -268,7 +240,7 @@ def test_every_nic_carries_its_nodes_nsg() -> None:
 
 @pytest.mark.parametrize("hub", SITES)
 def test_hub_rules_admit_exactly_the_expected_peers(hub: str) -> None:
-    run, plan = run_with(hub=hub), plan_with(hub=hub)
+    run, plan = run_cached(azure_config(hub=hub)), plan_of(azure_config(hub=hub))
     ips = run.outputs["publicIps"]
     for site in SITES:
         expected_peers = [s for s in SITES if s != site] if site == hub else [hub]
@@ -294,7 +266,7 @@ def test_hub_rules_admit_exactly_the_expected_peers(hub: str) -> None:
 
 def test_priorities_are_unique_per_nsg() -> None:
     for hub in SITES:
-        run = run_with(hub=hub)
+        run = run_cached(azure_config(hub=hub))
         for policy in run.of_type("multicloud-overlay:azure:AzureSecurityPolicy"):
             priorities = [r.inputs["priority"] for r in nsg_rules_of(run, policy.name)]
             assert len(priorities) == len(set(priorities))
@@ -305,7 +277,7 @@ def test_priorities_are_unique_per_nsg() -> None:
 def test_hub_swap_only_updates_the_peer_rules_sources(old_hub: str, new_hub: str) -> None:
     """The peers' rules are augmented rules: a hub swap changes their source lists in place; no rule is created or
     deleted, and no other property of any rule changes."""
-    before, after = by_key(run_with(hub=old_hub)), by_key(run_with(hub=new_hub))
+    before, after = by_key(run_cached(azure_config(hub=old_hub))), by_key(run_cached(azure_config(hub=new_hub)))
     assert before.keys() == after.keys()
     changed = set()
     for key in (k for k in before if k[0] == RULE):
@@ -318,7 +290,7 @@ def test_hub_swap_only_updates_the_peer_rules_sources(old_hub: str, new_hub: str
 
 
 def test_adding_a_site_renames_nothing() -> None:
-    three, four = run_with(), run_with((*SITES, "azured"))
+    three, four = run_cached(azure_config()), run_cached(azure_config((*SITES, "azured")))
     old, new = by_key(three), by_key(four)
     missing = old.keys() - new.keys()
     assert not missing
@@ -337,7 +309,7 @@ def test_adding_a_site_renames_nothing() -> None:
 
 @pytest.mark.parametrize("hub", SITES)
 def test_custom_data_decodes_to_the_rendered_payload(hub: str) -> None:
-    run, plan = run_with(hub=hub), plan_with(hub=hub)
+    run, plan = run_cached(azure_config(hub=hub)), plan_of(azure_config(hub=hub))
     public_ips = {site: public_ip_for(f"{site}-router-wan-ip") for site in SITES}
     assert run.outputs["publicIps"] == public_ips
     for node in plan.nodes:
@@ -351,7 +323,7 @@ def test_custom_data_decodes_to_the_rendered_payload(hub: str) -> None:
 
 
 def test_vms_ignore_custom_data_changes() -> None:
-    run = run_with()
+    run = run_cached(azure_config())
     assert azure.AzureSite.user_data_property == "osProfile.customData"
     vms = run.of_type(VM)
     assert len(vms) == 2 * len(SITES)
@@ -361,7 +333,7 @@ def test_vms_ignore_custom_data_changes() -> None:
 
 @pytest.mark.parametrize("site", SITES)
 def test_every_resource_of_a_site_uses_its_own_provider(site: str) -> None:
-    run = run_with()
+    run = run_cached(azure_config())
     provider = one(run, PROVIDER, f"{site}-azure")
     assert provider.type == PROVIDER and provider.inputs["location"] == REGIONS[site]
     azure_resources = [r for r in run.descendants_of(site_urn(run, site)) if r.custom and r.type.startswith("azure-native:")]
@@ -376,13 +348,13 @@ def test_every_resource_of_a_site_uses_its_own_provider(site: str) -> None:
 
 
 def test_ula_prefixes_are_stable_and_per_site() -> None:
-    run = run_with()
+    run = run_cached(azure_config())
     for i, site in enumerate(SITES, start=1):
         vnet = one(run, VNET, f"{site}-vnet")
-        ula = azure.ula_prefix(i)
-        assert vnet.inputs["addressSpace"]["addressPrefixes"] == [f"10.{i}.0.0/16", str(ula)]
-        assert one(run, SUBNET, f"{site}-wan").inputs["addressPrefixes"] == [f"10.{i}.1.0/24", str(azure.ula_subnet(ula, 1))]
-        assert one(run, SUBNET, f"{site}-lan").inputs["addressPrefixes"] == [f"10.{i}.2.0/24", str(azure.ula_subnet(ula, 2))]
+        # fd6f:766c:<siteId in hex>::/48 per VNet, its subnet n the /64 fd6f:766c:<siteId>:n::/64.
+        assert vnet.inputs["addressSpace"]["addressPrefixes"] == [f"10.{i}.0.0/16", f"fd6f:766c:{i}::/48"]
+        assert one(run, SUBNET, f"{site}-wan").inputs["addressPrefixes"] == [f"10.{i}.1.0/24", f"fd6f:766c:{i}:1::/64"]
+        assert one(run, SUBNET, f"{site}-lan").inputs["addressPrefixes"] == [f"10.{i}.2.0/24", f"fd6f:766c:{i}:2::/64"]
         assert "subnets" not in vnet.inputs  # subnets are Subnet resources only
     assert str(azure.ula_prefix(1)) == "fd6f:766c:1::/48"
     assert str(azure.ula_subnet(azure.ula_prefix(999), 2)) == "fd6f:766c:3e7:2::/64"
@@ -430,7 +402,7 @@ def test_priority_collisions_are_resolved_by_name_not_position() -> None:
 def test_rule_priorities_put_the_vnet_deny_after_every_allow() -> None:
     """Literal sources hash into 100-999, the peers' rules take fixed slots (Udp 1000, Icmp 3000), the VNet deny
     rules come last (4095, 4096): before Azure's AllowVnetInBound (65000), after every allow rule."""
-    run = run_with(hub="azureb")
+    run = run_cached(azure_config(hub="azureb"))
     for node in ("azureb-router", "azurea-client"):
         rules = {r.inputs["securityRuleName"]: r.inputs for r in nsg_rules_of(run, node)}
         assert rules["deny-vnet-ipv4"]["priority"] == 4095 and rules["deny-vnet-ipv6"]["priority"] == 4096
@@ -459,15 +431,6 @@ def test_protocol_mapping() -> None:
 
 
 # ------------------------------------------------------------------------------------------------ standalone blocks
-
-
-def run_standalone(program: Callable[[], None]) -> ProgramRun:
-    """Run `program` (not the overlay) under the same mocks and recorder as the harness."""
-    run = ProgramRun()
-    mocks = ProgramMocks(run)
-    pulumi.runtime.set_mocks(mocks, project=PROJECT, stack="standalone", preview=False, monitor=RecordingMonitor(mocks, run))
-    _sync_await(run_pulumi_func(program))
-    return run
 
 
 def test_a_multi_nic_vm_with_a_security_policy_on_its_own() -> None:
@@ -543,7 +506,7 @@ def test_the_only_account_is_the_payloads_login_user() -> None:
     """Z1: cloud-init makes os_profile's admin user the image's default user (sudo NOPASSWD:ALL from cloud.cfg),
     unless the payload's `users:` leaves out `default`: the admin user is the payload's one login user, with the
     deploy key, and no other account exists."""
-    run = run_with()
+    run = run_cached(azure_config())
     for vm in run.of_type(VM):
         profile = vm.inputs["osProfile"]
         body = yaml.safe_load(base64.b64decode(profile["customData"]).decode())
@@ -558,7 +521,7 @@ def test_the_only_account_is_the_payloads_login_user() -> None:
 def test_the_vnet_default_rule_is_closed_by_deny_rules_of_the_site_prefixes() -> None:
     """Z2: AllowVnetInBound (65000) admits anything from the VNet (the client to the router's SSH...). Every NSG
     denies the site's own IPv4 and ULA prefixes after its allow rules (one rule per family: Azure refuses a mix)."""
-    run, plan = run_with(), plan_with()
+    run, plan = run_cached(azure_config()), plan_of(azure_config())
     for site in SITES:
         cfg = plan.config.site(site)
         for node in (f"{site}-router", f"{site}-client"):
@@ -581,7 +544,7 @@ def test_the_vnet_default_rule_is_closed_by_deny_rules_of_the_site_prefixes() ->
 def test_rules_are_written_one_at_a_time_and_waited_for() -> None:
     """Z3: Azure refuses concurrent writes to one NSG (429 AnotherOperationInProgress): every rule but the first
     depends on the previous one (priority order). The NICs wait for every rule, and the push for the NICs and the VM."""
-    run = run_with()
+    run = run_cached(azure_config())
     for site in SITES:
         for node, roles in ((f"{site}-router", ("wan", "lan")), (f"{site}-client", ("lan",))):
             rules = sorted(nsg_rules_of(run, node), key=lambda r: r.inputs["priority"])
@@ -616,7 +579,7 @@ def test_a_sixth_site_in_one_location_is_refused_for_its_public_ips() -> None:
     problems = check_limits(build_plan(parse_config(raw)))
     assert len(problems) == 1, problems
     assert problems[0].startswith("azure site `az6`: location westeurope would hold 12 Standard public IPs")
-    assert "default quota of 10" in problems[0] and azure_limits.STANDARD_PUBLIC_IPS_PER_REGION.source in problems[0]
+    assert "default quota of 10" in problems[0] and azure_traits.STANDARD_PUBLIC_IPS_PER_REGION.source in problems[0]
     run = ProgramRun()
     with pytest.raises(Exception, match="default quota of 10"):
         run_program(raw, into=run)

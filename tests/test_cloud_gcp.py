@@ -8,23 +8,21 @@ import copy
 import ipaddress
 import re
 from collections import Counter
-from collections.abc import Callable
 from typing import Any
 
 import pulumi
 import pytest
-from pulumi.runtime.stack import run_pulumi_func
-from pulumi.runtime.sync_await import _sync_await
 
 from cloudinit.render import payload_node_config, read_payload
-from components.clouds import gcp, gcp_limits
+from components.clouds import gcp, gcp_traits
 from components.clouds.base import ResolvedRule
-from components.config import parse_config
-from components.plan import TUNNEL_PORT, Plan, bootstrap_config, build_plan
-from components.security import IngressRule, PeerRouter, is_open_to_world
-from components.stackfile import read_stack_file
-from tests import harness
-from tests.harness import ROOT, ProgramRun, Registered, run_cached
+from components.limits import site_problems
+from components.stack_file import read_stack_file
+from overlay.config import parse_config
+from overlay.encapsulation import TUNNEL_PORT
+from overlay.plan import bootstrap_config, build_plan
+from overlay.security import IngressRule, PeerRouter, is_open_to_world, site_rules
+from tests.harness import ROOT, ProgramRun, Registered, plan_of, run_cached, run_standalone
 from tests.mockdata import gcp as gcp_mock
 
 NETWORK = "gcp:compute/network:Network"
@@ -65,17 +63,9 @@ def gcp_config(sites: dict[str, tuple[str, str]] | None = None, hub: str = "gcpa
     return raw
 
 
-def run_for(raw: dict[str, Any]) -> ProgramRun:
-    return run_cached(raw)
-
-
 @pytest.fixture(scope="module")
 def run() -> ProgramRun:
-    return run_for(gcp_config())
-
-
-def plan_of(raw: dict[str, Any]) -> Plan:
-    return build_plan(parse_config(raw))
+    return run_cached(gcp_config())
 
 
 def site_resources(run: ProgramRun, site: str) -> list[Registered]:
@@ -133,7 +123,7 @@ def test_underlay_mtu_outside_gcp_range_is_refused() -> None:
 def test_underlay_mtu_setting_sets_both_networks() -> None:
     raw = gcp_config()
     raw["sites"]["gcpb"]["underlayMtu"] = 1500
-    run = run_for(raw)
+    run = run_cached(raw)
     assert one(run, NETWORK, "gcpb-wan-vpc").inputs["mtu"] == 1500
     assert one(run, NETWORK, "gcpb-lan-vpc").inputs["mtu"] == 1500
     assert one(run, NETWORK, "gcpa-wan-vpc").inputs["mtu"] == 1460
@@ -188,14 +178,6 @@ def test_client_has_one_lan_nic_with_reserved_management_address(run: ProgramRun
     assert run.outputs["nodes"][f"{site}-client"]["managementIp"] == expected
 
 
-def test_mocked_public_addresses_are_distinct(run: ProgramRun) -> None:
-    names = [r.name for r in run.of_type(ADDRESS)]
-    assert len(names) == 2 * len(SITES)
-    addresses = [gcp_mock.mock_address(n) for n in names]
-    assert len(set(addresses)) == len(addresses)
-    assert "198.51.100.7" not in addresses  # the admin address of Pulumi.dev.yaml
-
-
 def test_image_from_family_invoke_through_the_site_provider(run: ProgramRun) -> None:
     calls = [args for token, args in run.invokes if token == GET_IMAGE]
     assert len(calls) == len(SITES)  # once per site
@@ -209,7 +191,7 @@ def test_image_from_family_invoke_through_the_site_provider(run: ProgramRun) -> 
 def test_image_and_sizes_from_site_settings() -> None:
     raw = gcp_config()
     raw["sites"]["gcpa"].update(image="projects/my-images/global/images/overlay-1", routerSize="e2-medium", clientSize="e2-micro")
-    run = run_for(raw)
+    run = run_cached(raw)
     router = one(run, INSTANCE, "gcpa-router-vm").inputs
     client = one(run, INSTANCE, "gcpa-client-vm").inputs
     assert router["bootDisk"]["initializeParams"]["image"] == "projects/my-images/global/images/overlay-1"
@@ -296,7 +278,7 @@ def test_tunnel_and_ssh_sources(run: ProgramRun) -> None:
 @pytest.mark.parametrize("hub", list(SITES))
 def test_rules_admit_exactly_the_expected_peers(hub: str) -> None:
     raw = gcp_config(hub=hub)
-    run = run_for(raw)
+    run = run_cached(raw)
     ips = public_ips(run)
     for site in SITES:
         peers = set(SITES) - {site} if site == hub else {hub}
@@ -318,13 +300,13 @@ def test_rules_admit_exactly_the_expected_peers(hub: str) -> None:
 
 
 def test_geneve_opens_its_port_only() -> None:
-    run = run_for(gcp_config(protocol="geneve"))
+    run = run_cached(gcp_config(protocol="geneve"))
     ports = {tuple(r.inputs["allows"][0].get("ports", ())) for r in run.of_type(FIREWALL) if r.inputs["allows"][0]["protocol"] == "udp"}
     assert ports == {("6081",)}
 
 
 def test_ipv6_admin_range_gets_ipv6_rules_with_icmpv6() -> None:
-    run = run_for(gcp_config(adminCidr="2001:db8:7::/48"))
+    run = run_cached(gcp_config(adminCidr="2001:db8:7::/48"))
     wan = firewalls(run, "gcpa-router", "wan")
     assert wan["ssh-admin-22"]["sourceRanges"] == ["2001:db8:7::/48"]
     assert wan["icmp-admin"]["allows"] == [{"protocol": "58"}]
@@ -340,7 +322,7 @@ def gcp_names(run: ProgramRun) -> set[str]:
 
 
 def test_adding_a_site_renames_nothing(run: ProgramRun) -> None:
-    bigger = run_for(gcp_config(sites=dict([*SITES.items(), EXTRA_SITE])))
+    bigger = run_cached(gcp_config(sites=dict([*SITES.items(), EXTRA_SITE])))
     before, after = gcp_names(run), gcp_names(bigger)
     assert before <= after
     added = {n.split("::", 1)[1] for n in after - before}
@@ -348,7 +330,7 @@ def test_adding_a_site_renames_nothing(run: ProgramRun) -> None:
 
 
 def test_hub_change_creates_and_deletes_no_resource(run: ProgramRun) -> None:
-    other = run_for(gcp_config(hub="gcpb"))
+    other = run_cached(gcp_config(hub="gcpb"))
     assert gcp_names(run) == gcp_names(other)
 
 
@@ -365,7 +347,7 @@ def cloud_inputs(run: ProgramRun) -> dict[tuple[str, str], dict[str, Any]]:
 
 @pytest.mark.parametrize(("hub", "protocol"), [("gcpb", "vxlan"), ("gcpa", "geneve"), ("gcpc", "geneve")])
 def test_hub_swap_or_protocol_switch_only_rewrites_peer_sources_and_ports(run: ProgramRun, hub: str, protocol: str) -> None:
-    before, after = cloud_inputs(run), cloud_inputs(run_for(gcp_config(hub=hub, protocol=protocol)))
+    before, after = cloud_inputs(run), cloud_inputs(run_cached(gcp_config(hub=hub, protocol=protocol)))
     for key in before.keys() & after.keys():
         if before[key] != after[key]:
             # A hub swap changes which peers the folded rules list (in place), nothing else.
@@ -388,7 +370,7 @@ def test_resource_names_are_valid_gcp_names(run: ProgramRun) -> None:
 
 def test_longest_site_names_still_give_valid_distinct_names() -> None:
     sites = {"gcpsitealpha": SITES["gcpa"], "gcpsitebravo": SITES["gcpb"]}
-    run = run_for(gcp_config(sites=sites, hub="gcpsitealpha"))
+    run = run_cached(gcp_config(sites=sites, hub="gcpsitealpha"))
     names = [r.name for r in run.resources if r.type.startswith("gcp:")]
     assert len(names) == len(set(names))
     assert all(gcp.GCP_NAME_RE.match(n) and len(n) <= gcp.LOGICAL_NAME_MAX for n in names), names
@@ -469,15 +451,6 @@ def test_rules_arrive_on_the_nic_their_source_reaches() -> None:
 
 
 # --- building blocks on their own ----------------------------------------------------------------------------------
-
-
-def run_standalone(program: Callable[[], None]) -> ProgramRun:
-    """Run `program` (not the overlay) under the harness mocks, recording every registration."""
-    run = ProgramRun()
-    mocks = harness.ProgramMocks(run)
-    pulumi.runtime.set_mocks(mocks, project=harness.PROJECT, stack="blocks", preview=False, monitor=harness.RecordingMonitor(mocks, run))
-    _sync_await(run_pulumi_func(program))
-    return run
 
 
 def test_building_blocks_without_the_overlay() -> None:
@@ -587,7 +560,7 @@ def test_a_hubs_peer_rules_are_folded_per_site_id_block() -> None:
     sites = {"gcpa": SITES["gcpa"], "gcpb": SITES["gcpb"], "gcpc": SITES["gcpc"]}
     raw = gcp_config(sites=sites, overlayIpv4="10.250.0.0/15")
     raw["sites"]["gcpc"]["siteId"] = 300  # the second block of 250
-    run = run_for(raw)
+    run = run_cached(raw)
     ips = public_ips(run)
     wan = firewalls(run, "gcpa-router", "wan")
     assert set(wan) == {
@@ -601,7 +574,7 @@ def test_a_hubs_peer_rules_are_folded_per_site_id_block() -> None:
     assert wan["tunnel-from-peers-4789"]["sourceRanges"] == [f"{ips['gcpb']}/32"]
     assert wan["tunnel-from-peers2-4789"]["sourceRanges"] == [f"{ips['gcpc']}/32"]
     assert wan["icmp-from-peers2"]["description"] == "ping and path-MTU errors from the peer routers"
-    assert gcp_limits.peer_block(250) == 0 and gcp_limits.peer_block(251) == 1 and gcp_limits.peer_block(999) == 3
+    assert gcp_traits.peer_block(250) == 0 and gcp_traits.peer_block(251) == 1 and gcp_traits.peer_block(999) == 3
 
 
 def test_a_999_site_hub_stays_within_the_firewall_limits() -> None:
@@ -611,10 +584,10 @@ def test_a_999_site_hub_stays_within_the_firewall_limits() -> None:
 
     raw = stack_with_sites({f"g{i}": ("gcp", i) for i in range(1, 1000)}, "g1", overlayIpv4="10.248.0.0/14")
     plan = build_plan(parse_config(raw))
-    assert gcp_limits.site_checks(plan, "g1") == []
-    wan = gcp_limits.node_policies(plan, "g1")[("g1-router", "wan")]
+    assert site_problems(plan, "g1") == []
+    wan = gcp_traits.node_policies(plan, "g1", site_rules(plan, "g1"))[("g1-router", "wan")]
     assert len(wan) == 2 * 4 + 2
-    assert max(len(r.sources) for r in wan) == 250 <= gcp_limits.SOURCE_RANGES_PER_RULE.value
+    assert max(len(r.sources) for r in wan) == 250 <= gcp_traits.SOURCE_RANGES_PER_RULE.value
 
 
 def test_a_firewall_rule_with_too_many_sources_is_refused() -> None:

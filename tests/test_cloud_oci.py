@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import gzip
 import ipaddress
+import json
 import os
 from collections import Counter
 from pathlib import Path
@@ -16,11 +17,10 @@ import yaml
 
 from cloudinit.render import LOGIN_USER, payload_node_config
 from components.clouds import oci as oci_site
-from components.clouds import oci_limits
-from components.config import parse_config
-from components.plan import Plan, bootstrap_config, build_plan
-from components.security import IngressRule, is_open_to_world, scoped_source
-from tests.harness import ProgramRun, Registered, run_cached, run_program
+from components.clouds import oci_traits
+from overlay.plan import Plan, bootstrap_config
+from overlay.security import IngressRule, is_open_to_world, scoped_source
+from tests.harness import ProgramRun, Registered, plan_of, run_cached, run_program
 from tests.mockdata import oci as oci_mock
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -66,14 +66,6 @@ def oci_config(sites: tuple[str, ...] = ("ocia", "ocib", "ocic"), hub: str = "oc
     return raw
 
 
-def run_for(raw: dict[str, Any]) -> ProgramRun:
-    return run_cached(raw)
-
-
-def plan_for(raw: dict[str, Any]) -> Plan:
-    return build_plan(parse_config(raw))
-
-
 @pytest.fixture(scope="module")
 def raw() -> dict[str, Any]:
     return oci_config()
@@ -81,12 +73,12 @@ def raw() -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def run(raw: dict[str, Any]) -> ProgramRun:
-    return run_for(raw)
+    return run_cached(raw)
 
 
 @pytest.fixture(scope="module")
 def plan(raw: dict[str, Any]) -> Plan:
-    return plan_for(raw)
+    return plan_of(raw)
 
 
 def site_resources(run: ProgramRun, site: str) -> list[Registered]:
@@ -122,7 +114,7 @@ def test_router_has_wan_primary_vnic_and_lan_vnic_attachment_both_forwarding(run
     assert primary["privateIp"] == node.wan_ip
     assert primary["skipSourceDestCheck"] is True
     assert primary["assignPublicIp"] == "false"  # a string in the SDK; the reserved address is assigned instead
-    # Every NSG of the node's policy (oci_limits.NSG_GROUPS) on both VNICs.
+    # Every NSG of the node's policy (oci_traits.NSG_GROUPS) on both VNICs.
     assert primary["nsgIds"] == [f"{node.name}-policy-nsg-id", f"{node.name}-policy-icmp-nsg-id"]
 
     [attachment] = [a for a in run.of_type(VNIC_ATTACHMENT) if a.inputs["instanceId"] == instance.name + "-id"]
@@ -167,7 +159,7 @@ def test_site_settings_override_image_zone_and_sizes() -> None:
     raw["sites"]["ocia"].update(
         image="ocid1.image.oc1..custom", zone="Uocm:EU-FRANKFURT-1-AD-3", routerSize="VM.Standard3.Flex", clientSize="VM.Standard2.1"
     )
-    run = run_for(raw)
+    run = run_cached(raw)
     router = run.named("ocia-router-vm-instance").inputs
     client = run.named("ocia-client-vm-instance").inputs
     assert router["shape"] == "VM.Standard3.Flex" and router["shapeConfig"]["ocpus"] >= 2
@@ -233,14 +225,6 @@ def test_a_router_that_fails_to_build_fails_the_program_instead_of_hanging(monke
         run_program(oci_config(("ocia", "ocib")))
 
 
-def test_mocked_public_addresses_are_distinct_documentation_addresses(run: ProgramRun) -> None:
-    ips = [r.name for r in run.of_type(PUBLIC_IP)] + [f"{r.name}" for r in run.of_type(INSTANCE) if "client" in r.name]
-    addresses = [oci_mock.public_address(name) for name in ips]
-    assert len(set(addresses)) == len(addresses)
-    docs = [ipaddress.ip_network("203.0.113.0/24"), ipaddress.ip_network("198.51.100.0/24")]
-    assert all(any(ipaddress.ip_address(a) in net for net in docs) for a in addresses)
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # Security
 
@@ -274,7 +258,7 @@ def expected_router_sources(plan: Plan, site: str, public_ips: dict[str, str]) -
 @pytest.mark.parametrize("hub", ["ocia", "ocib", "ocic"])
 def test_tunnel_port_admits_exactly_the_peer_routers_and_the_lan(hub: str, protocol: str) -> None:
     raw = oci_config(hub=hub, protocol=protocol)
-    run, plan = run_for(raw), plan_for(raw)
+    run, plan = run_cached(raw), plan_of(raw)
     port = {"vxlan": 4789, "geneve": 6081}[protocol]
     public_ips: dict[str, str] = run.outputs["publicIps"]
     for site in ("ocia", "ocib", "ocic"):
@@ -305,7 +289,7 @@ def test_ssh_only_from_the_admin_range_and_protocol_numbers(run: ProgramRun, pla
 
 
 def test_icmp_rules_sit_in_their_own_nsg_and_the_rest_with_the_egress_rules(run: ProgramRun, plan: Plan) -> None:
-    """Review F3: the rules of a node are split by kind (oci_limits.nsg_group), never by position."""
+    """Review F3: the rules of a node are split by kind (oci_traits.nsg_group), never by position."""
     for node in plan.nodes:
         rules = {
             r.name.removeprefix(f"{node.name}-policy-"): r.inputs
@@ -332,10 +316,10 @@ def test_a_hundred_peer_hub_fits_oci_nsgs_and_117_do_not() -> None:
             IngressRule("ssh-admin", "tcp", 22, "198.51.100.7/32", 4, "ssh"),
             IngressRule("icmp-admin", "icmp", None, "198.51.100.7/32", 4, "ping"),
         ]
-        counts = oci_limits.nsg_rule_counts(rules)
+        counts = oci_traits.nsg_rule_counts(rules)
         assert sum(counts.values()) == len(rules) + 2
-        assert (max(counts.values()) <= oci_limits.NSG_RULES_MAX.value) is fits, (peers, counts)
-        assert len(counts) <= oci_limits.NSGS_PER_VNIC.value
+        assert (max(counts.values()) <= oci_traits.NSG_RULES_MAX.value) is fits, (peers, counts)
+        assert len(counts) <= oci_traits.NSGS_PER_VNIC.value
 
 
 def test_security_policy_refuses_world_sources() -> None:
@@ -354,7 +338,7 @@ def test_user_data_is_the_gzip_base64_bootstrap_payload_of_each_node(protocol: s
     """Review F4: gzip+base64 (the Oracle datasource base64-decodes, cloud-init decompresses), the node's bootstrap
     config, the login user's keys in the payload and no ssh_authorized_keys in the metadata."""
     raw = oci_config(protocol=protocol)
-    run, plan = run_for(raw), plan_for(raw)
+    run, plan = run_cached(raw), plan_of(raw)
     for node in plan.nodes:
         instance = run.named(f"{node.name}-vm-instance")
         metadata = instance.inputs["metadata"]
@@ -362,7 +346,7 @@ def test_user_data_is_the_gzip_base64_bootstrap_payload_of_each_node(protocol: s
         sent = base64.b64decode(metadata["user_data"])
         assert sent[:2] == b"\x1f\x8b"
         user_data = gzip.decompress(sent).decode()
-        assert oci_limits.metadata_size(metadata) <= oci_limits.METADATA_MAX_BYTES.value
+        assert len(json.dumps(metadata)) <= 32_000  # OCI's instance metadata limit, JSON punctuation included
         doc = payload_node_config(user_data)
         assert doc == bootstrap_config(plan, node.name)
         assert doc["open_host_firewall"] is True
@@ -384,10 +368,9 @@ def test_instances_ignore_user_data_changes(run: ProgramRun) -> None:
     instances = run.of_type(INSTANCE)
     assert len(instances) == 6
     for instance in instances:
-        assert oci_site.OciSite.user_data_property in instance.ignore_changes
         # Review F5: OCI rejects any change of either key after launch.
+        assert "metadata.user_data" in instance.ignore_changes
         assert "metadata.ssh_authorized_keys" in instance.ignore_changes
-    assert oci_site.OciSite.user_data_property == "metadata.user_data"
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -395,8 +378,8 @@ def test_instances_ignore_user_data_changes(run: ProgramRun) -> None:
 
 
 def test_adding_a_site_renames_nothing() -> None:
-    three = run_for(oci_config(("ocia", "ocib", "ocic")))
-    four = run_for(oci_config(("ocia", "ocib", "ocic", "ocid")))
+    three = run_cached(oci_config(("ocia", "ocib", "ocic")))
+    four = run_cached(oci_config(("ocia", "ocib", "ocic", "ocid")))
     before = {(r.type, r.name) for r in three.resources}
     after = {(r.type, r.name) for r in four.resources}
     assert before <= after

@@ -19,12 +19,12 @@ from pulumi.runtime import rpc
 
 from cloudinit.render import LOGIN_USER, StaticNic, payload_node_config
 from components.clouds import vsphere as vs
-from components.clouds import vsphere_limits
-from components.config import ConfigError, parse_config
+from components.clouds import vsphere_traits
 from components.limits import check_limits, checked_plan
-from components.plan import Plan, bootstrap_config, build_plan
-from components.security import IngressRule, PeerRouter, is_open_to_world
-from components.stackfile import read_stack_file
+from components.stack_file import read_stack_file
+from overlay.config import ConfigError, parse_config
+from overlay.plan import Plan, bootstrap_config, build_plan
+from overlay.security import IngressRule, PeerRouter, is_open_to_world
 from tests import harness
 from tests.harness import ROOT, ProgramRun, Registered, run_program, unsecret
 from tests.mockdata import vsphere as mock
@@ -141,7 +141,7 @@ def test_static_macs_are_unique_stable_and_in_vmwares_manual_range() -> None:
     assert all(vs.is_manual_vmware_mac(m) for m in macs)
     assert all(m.startswith("00:50:56:") and int(m.split(":")[3], 16) <= 0x3F for m in macs)
     assert vs.static_mac(1, 1, 0) == "00:50:56:00:10:10"
-    assert vs.static_mac(999, 2, 1) == vs.static_mac(999, 2, 1)
+    assert vs.static_mac(999, 2, 1) == "00:50:56:3e:70:21"  # 999 << 12 | 2 << 4 | 1
     assert not vs.is_manual_vmware_mac("00:50:56:40:00:00")
     assert not vs.is_manual_vmware_mac("02:50:56:00:00:00")
     for bad in ((0, 1, 0), (1000, 1, 0), (1, 256, 0), (1, 1, vs.MAX_NICS)):
@@ -161,7 +161,7 @@ def test_sizes_gateways_and_dns() -> None:
     for bad in ("10.6.2.1", "10.6.1.0", "10.6.1.255"):
         with pytest.raises(ValueError, match="wanGateway"):
             vs.gateway_for(wan, bad, "wanGateway")
-    assert vs.dns_servers(None) == vs.DEFAULT_DNS
+    assert vs.dns_servers(None) == ("1.1.1.1", "9.9.9.9")
     assert vs.dns_servers("10.0.0.53, 10.0.0.54") == ("10.0.0.53", "10.0.0.54")
     assert vs.dns_servers(["10.0.0.53"]) == ("10.0.0.53",)
     with pytest.raises(ValueError):
@@ -198,7 +198,7 @@ def test_edge_rules_skip_internal_sources_and_refuse_the_world() -> None:
         "source": "203.0.113.2/32",
         "publicIp": "203.0.113.1",
         "destination": "10.6.1.10",
-        "action": vs.EDGE_ACTION,
+        "action": "dnat-allow",
         "description": "vxlan from b-router",
     }
     with pytest.raises(ValueError, match="whole internet"):
@@ -224,14 +224,24 @@ def test_resources_per_site(base: Observed) -> None:
         }, site
 
 
+# VMware's manual range 00:50:56:00:00:00-3f:ff:ff, then siteId (10 bits) | host (8 bits: router 1, client 2) | NIC
+# index (4 bits); vspa, vspb, vspc are sites 1, 2, 3.
+STATIC_MACS = {
+    "vspa-router": ["00:50:56:00:10:10", "00:50:56:00:10:11"],
+    "vspa-client": ["00:50:56:00:10:20", "00:50:56:00:10:21"],
+    "vspb-router": ["00:50:56:00:20:10", "00:50:56:00:20:11"],
+    "vspb-client": ["00:50:56:00:20:20", "00:50:56:00:20:21"],
+    "vspc-router": ["00:50:56:00:30:10", "00:50:56:00:30:11"],
+    "vspc-client": ["00:50:56:00:30:20", "00:50:56:00:30:21"],
+}
+
+
 def test_router_and_client_nics_sit_on_their_port_groups_with_static_macs(base: Observed) -> None:
     for site in SITE_NAMES:
-        s = base.plan.config.site(site)
         for node, roles in ((f"{site}-router", ("wan", "lan")), (f"{site}-client", ("mgmt", "lan"))):
             nics = base.vm(node).inputs["networkInterfaces"]
             assert [n["networkId"] for n in nics] == [base.network_id(f"{site}-{role}") for role in roles], node
-            host = 1 if node.endswith("router") else 2
-            assert [n["macAddress"] for n in nics] == [vs.static_mac(s.site_id, host, i) for i in range(2)]
+            assert [n["macAddress"] for n in nics] == STATIC_MACS[node]
             assert all(n["useStaticMac"] is True and n["adapterType"] == mock.TEMPLATE_NIC_TYPE for n in nics)
 
 
@@ -270,7 +280,7 @@ def test_guestinfo_user_data_is_the_nodes_payload(base: Observed) -> None:
             assert payload_node_config(user_data) == bootstrap_config(base.plan, node)
             # The login user and its keys come from the payload (metadata public-keys stay empty).
             assert f"name: {LOGIN_USER}" in user_data and str(base.raw["sshPublicKey"]) in user_data
-            assert len(extra["guestinfo.userdata"]) <= vsphere_limits.GUESTINFO_MAX_BYTES.value
+            assert len(extra["guestinfo.userdata"]) <= vsphere_traits.GUESTINFO_MAX_BYTES.value
 
 
 def test_guestinfo_metadata_gives_static_addresses_matched_by_the_vms_macs(base: Observed) -> None:
@@ -281,7 +291,7 @@ def test_guestinfo_metadata_gives_static_addresses_matched_by_the_vms_macs(base:
             node = base.plan.node(node_name)
             vm = base.vm(node_name)
             meta = yaml.safe_load(decode(extra_config(vm)["guestinfo.metadata"]))
-            assert meta["instance-id"] == vs.instance_id(node) and meta["local-hostname"] == node_name
+            assert meta["instance-id"] == f"iid-multicloud-overlay-{node_name}" and meta["local-hostname"] == node_name
             assert meta["public-keys"] == []  # the payload's users: entry carries the keys
             ethernets = meta["network"]["ethernets"]
             macs = [n["macAddress"] for n in vm.inputs["networkInterfaces"]]
@@ -297,7 +307,7 @@ def test_guestinfo_metadata_gives_static_addresses_matched_by_the_vms_macs(base:
             assert ethernets[first]["routes"] == [{"to": "default", "via": gateway}]
             assert ethernets["lan0"]["addresses"] == [f"{node.lan_ip}/{node.lan_prefix}"]
             assert "routes" not in ethernets["lan0"]
-            dns = ["10.11.3.53", "10.11.3.54"] if site == "vspa" else list(vs.DEFAULT_DNS)
+            dns = ["10.11.3.53", "10.11.3.54"] if site == "vspa" else ["1.1.1.1", "9.9.9.9"]
             assert ethernets[first]["nameservers"] == {"addresses": dns}
 
 
@@ -348,25 +358,25 @@ def test_a_template_with_vapp_options_is_refused_before_any_vm(monkeypatch: pyte
 
 
 def test_template_problem_names_the_template_and_the_fix() -> None:
-    assert vsphere_limits.template_problem("ubuntu-24.04", []) is None
-    assert vsphere_limits.template_problem("ubuntu-24.04", None) is None
-    problem = vsphere_limits.template_problem("ubuntu-24.04", ["iso", "com.vmware.guestInfo"])
+    assert vsphere_traits.template_problem("ubuntu-24.04", []) is None
+    assert vsphere_traits.template_problem("ubuntu-24.04", None) is None
+    problem = vsphere_traits.template_problem("ubuntu-24.04", ["iso", "com.vmware.guestInfo"])
     assert problem is not None
     assert "'ubuntu-24.04'" in problem and "vApp Options" in problem and "https://github.com/canonical/cloud-init/pull/5912" in problem
 
 
 def test_vm_names_fit_vcenters_80_characters_whatever_the_stack_name() -> None:
     """Review V2: `<project>-<stack>-<node>` over 80 characters failed at clone time; long ones are folded."""
-    assert vsphere_limits.vm_name("multicloud-overlay", "dev", "vspa-router") == "multicloud-overlay-dev-vspa-router"
+    assert vsphere_traits.vm_name("multicloud-overlay", "dev", "vspa-router") == "multicloud-overlay-dev-vspa-router"
     long_stack = "production-eu-" + "x" * 60
-    names = {vsphere_limits.vm_name("multicloud-overlay", stack, "vspa-router") for stack in (long_stack, long_stack + "y")}
+    names = {vsphere_traits.vm_name("multicloud-overlay", stack, "vspa-router") for stack in (long_stack, long_stack + "y")}
     assert len(names) == 2  # distinct stacks keep distinct names
     for name in names:
         assert len(name) <= 80 and name.endswith("-vspa-router") and name.startswith("multicloud-overlay-production-eu-")
     seen = observe(raw_config(names=("vspa", "vspb")), stack=long_stack)
     for vm in seen.run.of_type(VM):
-        assert len(vm.inputs["name"]) <= vsphere_limits.VM_NAME_MAX.value
-        assert vm.inputs["name"] == vsphere_limits.vm_name("multicloud-overlay", long_stack, vm.name.removesuffix("-machine-vm"))
+        assert len(vm.inputs["name"]) <= vsphere_traits.VM_NAME_MAX.value
+        assert vm.inputs["name"] == vsphere_traits.vm_name("multicloud-overlay", long_stack, vm.name.removesuffix("-machine-vm"))
 
 
 def test_guestinfo_over_64_kib_is_refused() -> None:
@@ -387,7 +397,7 @@ def test_edge_rules_admit_tunnel_only_from_peers_and_ssh_only_from_admin(base: O
         outputs = base.outputs_of(f"{site}-edge")
         rules = outputs["rules"]
         public_ip, wan_ip = base.public_ips[site], base.plan.router(site).wan_ip
-        assert rules and all(r["publicIp"] == public_ip and r["destination"] == wan_ip and r["action"] == vs.EDGE_ACTION for r in rules)
+        assert rules and all(r["publicIp"] == public_ip and r["destination"] == wan_ip and r["action"] == "dnat-allow" for r in rules)
         assert not any(is_open_to_world(r["source"]) for r in rules)
         peers = {f"{base.public_ips[p]}/32" for p in base.plan.peer_sites(site)}
         assert tunnel_sources(base, site) == peers

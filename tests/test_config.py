@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from components.config import DEFAULTS, ConfigError, parse_config
-from components.stackfile import read_stack_file
+from components.stack_file import read_stack_file
+from overlay.config import DEFAULTS, ConfigError, parse_config
 from tests.harness import ROOT
 
 DEV = read_stack_file(ROOT / "Pulumi.dev.yaml")
@@ -184,8 +184,36 @@ def test_bad_config_is_refused_naming_key_and_fix(case: str, mutate: Callable[[d
         assert text in message, f"{case}: {text!r} not in:\n{message}"
 
 
-def test_at_least_forty_bad_configs() -> None:
-    assert len(BAD) >= 40
+# Every top-level key of the stack config (README, Pulumi.yaml), written out rather than read from the parser.
+STACK_KEYS = (
+    "adminCidr",
+    "connectivityCheck",
+    "containerImage",
+    "containersPerRouter",
+    "encryption",
+    "hub",
+    "mtu",
+    "overlayIpv4",
+    "overlayIpv6",
+    "protocol",
+    "quotas",
+    "sites",
+    "sshPublicKey",
+    "topology",
+    "vni",
+)
+
+
+@pytest.mark.parametrize("key", STACK_KEYS)
+@pytest.mark.parametrize("value", [[["x"]], {"x": ["y"]}], ids=["list", "map"])
+def test_no_key_accepts_a_value_of_the_wrong_shape(key: str, value: Any) -> None:
+    """Every top-level key refuses a value of the wrong shape (a nested list or map) with a problem naming that key:
+    none is silently ignored or coerced."""
+    raw = dev()
+    raw[key] = value
+    with pytest.raises(ConfigError) as err:
+        parse_config(raw)
+    assert any(p.startswith(key) for p in err.value.problems), err.value.problems
 
 
 def test_every_problem_is_reported_at_once() -> None:

@@ -3,11 +3,7 @@ or replaced except by adding/removing peer rules; only the nodes whose config ch
 
 from __future__ import annotations
 
-import base64
-import binascii
 import copy
-import functools
-import gzip
 import json
 from typing import Any
 
@@ -15,27 +11,27 @@ import pytest
 import yaml
 
 from cloudinit.render import LOGIN_USER, push_command
-from components.config import parse_config
-from components.plan import ESP_KEY_BYTES, Plan, build_plan, config_digest, node_config, pair_key_name
-from components.stackfile import read_stack_file
-from tests.harness import ROOT, ProgramRun, Registered, mock_pair_keys, run_program, unsecret
+from components.stack_file import read_stack_file
+from overlay.encapsulation import ESP_KEY_BYTES
+from overlay.plan import config_digest, node_config, pair_key_name
+from tests.harness import (
+    ROOT,
+    ProgramRun,
+    Registered,
+    decode,
+    is_user_data,
+    mock_pair_keys,
+    plan_of,
+    run_cached,
+    run_program,
+    unsecret,
+    user_data_strings,
+)
 
 DEV = read_stack_file(ROOT / "Pulumi.dev.yaml")
 SITES = list(DEV["sites"])
 COMMAND = "command:remote:Command"
 USER_DATA = "<user-data>"
-
-
-def is_user_data(value: str) -> bool:
-    if value.startswith("#cloud-config"):
-        return True
-    try:
-        raw = base64.b64decode(value, validate=True)
-    except (binascii.Error, ValueError):
-        return False
-    if raw[:2] == b"\x1f\x8b":
-        raw = gzip.decompress(raw)
-    return raw.startswith(b"#cloud-config")
 
 
 def mask_user_data(value: Any) -> Any:
@@ -53,19 +49,11 @@ def carries_user_data(r: Registered) -> bool:
     return USER_DATA in json.dumps(mask_user_data(r.inputs))
 
 
-@functools.cache
-def run_with(hub: str, protocol: str = "vxlan", encryption: str | None = None) -> ProgramRun:
+def dev_config(hub: str, protocol: str = "vxlan", encryption: str | None = None) -> dict[str, Any]:
     """The dev stack with another hub/protocol (encryption: the stack's, i.e. the default ipsec, unless given)."""
     raw = copy.deepcopy(DEV)
     raw.update(hub=hub, protocol=protocol, **({"encryption": encryption} if encryption else {}))
-    return run_program(raw)
-
-
-@functools.cache
-def plan_with(hub: str, protocol: str = "vxlan", encryption: str | None = None) -> Plan:
-    raw = copy.deepcopy(DEV)
-    raw.update(hub=hub, protocol=protocol, **({"encryption": encryption} if encryption else {}))
-    return build_plan(parse_config(raw))
+    return raw
 
 
 def cloud_resources(run: ProgramRun) -> dict[tuple[str, str], Registered]:
@@ -90,17 +78,34 @@ def is_rule(name: str) -> bool:
 CHANGES = [(hub, protocol) for hub in SITES for protocol in ("vxlan", "geneve") if (hub, protocol) != (DEV["hub"], "vxlan")]
 
 
+# The one VM resource of each node of Pulumi.dev.yaml (aws, azure, gcp, oci, alicloud, vsphere), as each platform names it.
+DEV_VMS = {
+    ("aws:ec2/instance:Instance", "aws-router-vm-instance"),
+    ("aws:ec2/instance:Instance", "aws-client-vm-instance"),
+    ("azure-native:compute:VirtualMachine", "azure-router-vm"),
+    ("azure-native:compute:VirtualMachine", "azure-client-vm"),
+    ("gcp:compute/instance:Instance", "gcp-router-vm"),
+    ("gcp:compute/instance:Instance", "gcp-client-vm"),
+    ("oci:Core/instance:Instance", "oci-router-vm-instance"),
+    ("oci:Core/instance:Instance", "oci-client-vm-instance"),
+    ("alicloud:ecs/instance:Instance", "alicloud-router-vm-instance"),
+    ("alicloud:ecs/instance:Instance", "alicloud-client-vm-instance"),
+    ("vsphere:index/virtualMachine:VirtualMachine", "vsphere-router-machine-vm"),
+    ("vsphere:index/virtualMachine:VirtualMachine", "vsphere-client-machine-vm"),
+}
+
+
 def test_every_vm_carries_its_payload_and_ignores_later_changes() -> None:
-    run = run_with(DEV["hub"])
+    run = run_cached(dev_config(DEV["hub"]))
     vms = [r for r in cloud_resources(run).values() if carries_user_data(r)]
-    assert sorted(r.name for r in vms) == sorted(f"{s}-{role}" for s in SITES for role in ("router", "client")) or len(vms) == 12
+    assert {(r.type, r.name) for r in vms} == DEV_VMS  # exactly the VMs, one per node: nothing else carries user-data
     for vm in vms:
         assert vm.ignore_changes, f"{vm.type} {vm.name} does not ignore user-data changes"
 
 
 @pytest.mark.parametrize(("hub", "protocol"), CHANGES, ids=[f"{h}-{p}" for h, p in CHANGES])
 def test_change_touches_no_vm_and_reruns_only_changed_nodes(hub: str, protocol: str) -> None:
-    before, after = run_with(DEV["hub"]), run_with(hub, protocol)
+    before, after = run_cached(dev_config(DEV["hub"])), run_cached(dev_config(hub, protocol))
     old, new = cloud_resources(before), cloud_resources(after)
     # Every resource present in both is identical, user-data aside (VMs ignore it), except firewall rules,
     # which may change in place (a new tunnel port): no VM, NIC, address or network is updated or replaced.
@@ -110,12 +115,12 @@ def test_change_touches_no_vm_and_reruns_only_changed_nodes(hub: str, protocol: 
     # Resources only come or go as peer-scoped rules and (encryption ipsec) the keys of router pairs.
     for key in old.keys() ^ new.keys():
         assert is_rule(key[1]) or key[0] == "random:index/randomBytes:RandomBytes", f"{key} added or removed"
-    new_pairs = {pair_key_name(a, b) for a, b in plan_with(hub, protocol).router_pairs()}
+    new_pairs = {pair_key_name(a, b) for a, b in plan_of(dev_config(hub, protocol)).router_pairs()}
     assert {k[1] for k in new if k[0] == "random:index/randomBytes:RandomBytes"} == {f"ipsec-{p}" for p in new_pairs}
     assert {k for k, r in old.items() if carries_user_data(r)} == {k for k, r in new.items() if carries_user_data(r)}
 
     # Exactly the nodes whose config differs get a new digest, i.e. a re-run of their push.
-    p_old, p_new = plan_with(DEV["hub"]), plan_with(hub, protocol)
+    p_old, p_new = plan_of(dev_config(DEV["hub"])), plan_of(dev_config(hub, protocol))
     ips_old, ips_new = before.outputs["publicIps"], after.outputs["publicIps"]
     assert ips_old == ips_new
     expected = {
@@ -135,8 +140,8 @@ def test_change_touches_no_vm_and_reruns_only_changed_nodes(hub: str, protocol: 
 
 
 def test_push_sends_the_node_config_and_pins_the_host_key() -> None:
-    run = run_with(DEV["hub"])
-    plan = plan_with(DEV["hub"])
+    run = run_cached(dev_config(DEV["hub"]))
+    plan = plan_of(dev_config(DEV["hub"]))
     ips = run.outputs["publicIps"]
     for r in run.of_type(COMMAND):
         conn = unsecret(r.inputs["connection"])
@@ -154,8 +159,8 @@ def test_push_sends_the_node_config_and_pins_the_host_key() -> None:
 
 
 def test_connectivity_check_covers_every_address_from_every_router() -> None:
-    run = run_with(DEV["hub"])
-    plan = plan_with(DEV["hub"])
+    run = run_cached(dev_config(DEV["hub"]))
+    plan = plan_of(dev_config(DEV["hub"]))
     checks = [r for r in run.of_type(COMMAND) if r.name.endswith("-connectivity-ping")]
     assert sorted(r.name for r in checks) == sorted(f"{s}-router-connectivity-ping" for s in SITES)
     addresses = {a for _, v4, v6 in plan.overlay_addresses() for a in (v4, v6)}
@@ -207,10 +212,9 @@ def test_secrets_never_appear_in_plain_outputs_or_logs() -> None:
     """The deploy key, every generated host private key and (encryption ipsec) every tunnel key stay secrets: they
     travel in the pushes (and a host key in its own node's user-data), never in a plain output or a log line."""
     from cloudinit.render import HOST_KEY_PATH, read_payload
-    from tests.test_platforms import decode, user_data_strings
 
-    run = run_with(DEV["hub"], encryption="ipsec")
-    plan = plan_with(DEV["hub"], encryption="ipsec")
+    run = run_cached(dev_config(DEV["hub"], encryption="ipsec"))
+    plan = plan_of(dev_config(DEV["hub"], encryption="ipsec"))
     found = stack_secrets(run)
     assert len(found["tunnel"]) == 2 * len(plan.router_pairs()) == 2 * (len(SITES) - 1)
     assert len(found["host"]) == 2 * len(SITES)
@@ -234,18 +238,26 @@ def test_secrets_never_appear_in_plain_outputs_or_logs() -> None:
         text = json.dumps(value, default=str)
         for secret in secrets:
             assert not occurs(secret, text), f"a generated credential leaks into stack output {name}"
-    for line in run.logs:
+    # The program does log (one summary per site: role, tunnels, protocol), and no line holds a credential.
+    summaries = {line.split(":", 1)[0]: line for line in run.logs}  # logged per Site resource: in no fixed order
+    assert sorted(summaries) == sorted(f"site {s} ({s}, siteId {i})" for i, s in enumerate(SITES, 1)) and len(run.logs) == len(SITES)
+    for site, line in ((s, summaries[f"site {s} ({s}, siteId {i})"]) for i, s in enumerate(SITES, 1)):
+        if site == DEV["hub"]:
+            assert ": hub; vxlan over UDP 4789, ESP (ipsec); 5 router tunnels (azure, gcp, oci, alicloud, vsphere) and 1 to" in line
+        else:
+            assert f": spoke of hub {DEV['hub']}; vxlan over UDP 4789, ESP (ipsec); 1 router tunnel (aws) and 1 to" in line
+    assert run.debug_logs  # the SDK's own registration messages: the channel is captured too
+    for line in run.logs + run.debug_logs:
         for secret in secrets:
-            assert not occurs(secret, line), "a generated credential leaks into a log line"
+            assert not occurs(secret, line), f"a generated credential leaks into a log line: {line}"
 
 
 def test_no_user_data_carries_a_tunnel_key_or_the_deploy_key() -> None:
     """User-data is not a secret store on any platform: it holds no tunnel credential and no deploy key, and each
     VM's holds exactly one private key, its own host key (what the push pins)."""
     from cloudinit.render import payload_node_config
-    from tests.test_platforms import decode, user_data_strings
 
-    run = run_with(DEV["hub"], encryption="ipsec")
+    run = run_cached(dev_config(DEV["hub"], encryption="ipsec"))
     found = stack_secrets(run)
     vms = [r for r in run.resources if any(user_data_strings(v) for v in r.inputs.values())]
     assert len(vms) == 2 * len(SITES)

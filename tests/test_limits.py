@@ -5,30 +5,30 @@ from __future__ import annotations
 import copy
 import dataclasses
 import re
+from typing import cast
 
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from bench.configs import generated_stack
-from cloudinit.render import SshHostKey, render_user_data
-from components.config import PLATFORMS, ConfigError, parse_config
+from cloudinit.render import read_payload
+from components.clouds.registry import PLATFORMS as REGISTRY_TRAITS
 from components.limits import (
     STAND_IN_HOST_KEY_PRIVATE,
     STAND_IN_PUBLIC_KEY,
-    Documented,
-    PlatformLimits,
     check_limits,
     checked_plan,
-    fullmatch,
     measured_size,
     node_user_data,
     platform_limits,
 )
-from components.plan import build_plan
-from components.security import client_rules, router_rules
-from components.stackfile import read_stack_file
-from tests.harness import ROOT, ProgramRun, run_program
+from components.stack_file import read_stack_file
+from overlay.config import PLATFORMS, ConfigError, parse_config
+from overlay.plan import build_plan
+from overlay.security import client_rules, router_rules
+from overlay.traits import Documented, PlatformLimits, PlatformTraits, fullmatch
+from tests.harness import ROOT, ProgramRun, decode, plan_of, run_cached, run_program, unsecret, user_data_strings
 
 DEV = read_stack_file(ROOT / "Pulumi.dev.yaml")
 URL = re.compile(r"https://\S+")
@@ -80,20 +80,29 @@ def test_payload_is_measured_as_each_platform_counts_it() -> None:
 
 
 def test_the_program_renders_what_the_check_measured() -> None:
-    """components/site.py renders through limits.node_user_data: the checked payload is the deployed one."""
-    plan = build_plan(parse_config(copy.deepcopy(DEV)))
-    for node in plan.nodes:
-        text = node_user_data(plan, node.name, plan.config.ssh_public_key, "PRIV", "ssh-ed25519 AAAApub", "ssh-ed25519 AAAAdeploy")
-        extra = {path: doc.value for path, doc in platform_limits(node.platform).first_boot_files.items()}
-        from components.plan import bootstrap_config
+    """check_limits measures limits.node_user_data: every VM the program registers carries exactly that payload (with
+    the keys the run generated), GCP's first-boot file included, so the checked payload is the deployed one."""
+    from tests.test_inplace import dev_config
 
-        want = render_user_data(
-            bootstrap_config(plan, node.name),
-            SshHostKey("PRIV", "ssh-ed25519 AAAApub"),
-            login_keys=[plan.config.ssh_public_key, "ssh-ed25519 AAAAdeploy"],
-            extra_files=extra,
+    run, plan = run_cached(dev_config(str(DEV["hub"]))), plan_of(dev_config(str(DEV["hub"])))
+    keys = {name: out for (typ, name), out in run.provider_outputs.items() if typ == "tls:index/privateKey:PrivateKey"}
+    for node in plan.nodes:
+        component = run.named(node.name, f"multicloud-overlay:index:{'OverlayRouter' if node.kind == 'router' else 'OverlayClient'}")
+        [sent] = [u for r in run.descendants_of(component.urn) if r.custom for v in r.inputs.values() for u in user_data_strings(v)]
+        text = decode(unsecret(sent))
+        host = keys[f"{node.name}-host-key"]
+        checked = node_user_data(
+            plan,
+            node.name,
+            plan.config.ssh_public_key,
+            host["privateKeyOpenssh"],
+            host["publicKeyOpenssh"],
+            keys["deploy-key"]["publicKeyOpenssh"],
         )
-        assert text == want
+        assert text == checked, node.name
+        # The guest-agent settings GCP's image reads at first boot (no key regeneration) travel in GCP's payloads only.
+        paths = {f.path for f in read_payload(text)[0]}
+        assert ("/etc/default/instance_configs.cfg" in paths) is (node.platform == "gcp"), node.name
 
 
 @pytest.mark.parametrize("platform", PLATFORMS)
@@ -117,51 +126,41 @@ def test_an_apostrophe_in_a_rule_description_is_refused_for_aws() -> None:
     assert fullmatch(aws.rule_description_pattern, "vxlan from the site client")
 
 
-def test_check_refuses_a_stack_over_a_limit_before_any_resource() -> None:
+def with_limits(monkeypatch: pytest.MonkeyPatch, limits: PlatformLimits) -> None:
+    """The registry's traits of `limits.platform`, with other limits, for the test only."""
+    registry = cast(dict[str, PlatformTraits], REGISTRY_TRAITS)
+    monkeypatch.setitem(registry, limits.platform, dataclasses.replace(registry[limits.platform], limits=limits))
+
+
+def test_check_refuses_a_stack_over_a_limit_before_any_resource(monkeypatch: pytest.MonkeyPatch) -> None:
     """A payload over a platform's limit stops the program before the first registration, naming site and limit."""
     raw = copy.deepcopy(DEV)
     limits = platform_limits("aws")
     small = dataclasses.replace(limits, user_data_max_bytes=Documented(1000, "https://example.test/limit"))
-    import components.limits as module
-
-    registry = dict(module._registry())  # pyright: ignore[reportPrivateUsage]
-    registry["aws"] = small
-    original = module._registry  # pyright: ignore[reportPrivateUsage]
-    module._registry = lambda: registry  # type: ignore[assignment]
-    try:
-        with pytest.raises(ConfigError) as err:
-            checked_plan(parse_config(raw))
-        message = str(err.value)
-        assert "aws site `aws`: the router payload of aws-router is" in message
-        assert "over its limit of 1,000 bytes (https://example.test/limit)" in message
-        assert "aws site `aws`: the client payload of aws-client" in message
-        run = ProgramRun()
-        with pytest.raises(Exception, match="over its limit of 1,000 bytes"):
-            run_program(raw, into=run)
-        assert run.resources == []
-    finally:
-        module._registry = original  # type: ignore[assignment]
+    with_limits(monkeypatch, small)
+    with pytest.raises(ConfigError) as err:
+        checked_plan(parse_config(raw))
+    message = str(err.value)
+    assert "aws site `aws`: the router payload of aws-router is" in message
+    assert "over its limit of 1,000 bytes (https://example.test/limit)" in message
+    assert "aws site `aws`: the client payload of aws-client" in message
+    run = ProgramRun()
+    with pytest.raises(Exception, match="over its limit of 1,000 bytes"):
+        run_program(raw, into=run)
+    assert run.resources == []
 
 
-def test_a_size_without_enough_nics_is_refused() -> None:
+def test_a_size_without_enough_nics_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     raw = copy.deepcopy(DEV)
     aws = platform_limits("aws")
     size = next((name for name, n in aws.max_nics.items() if n.value >= 2), None)
     assert size is not None
     raw["sites"]["aws"]["routerSize"] = size
     assert check_limits(build_plan(parse_config(raw))) == []
-    import components.limits as module
-
     one_nic = dataclasses.replace(aws, max_nics={"tiny.one": Documented(1, "https://example.test/nics")})
-    registry = dict(module._registry())  # pyright: ignore[reportPrivateUsage]
-    registry["aws"] = one_nic
-    original = module._registry  # pyright: ignore[reportPrivateUsage]
-    module._registry = lambda: registry  # type: ignore[assignment]
-    try:
-        raw["sites"]["aws"]["routerSize"] = "tiny.one"
-        problems = check_limits(build_plan(parse_config(raw)))
-    finally:
-        module._registry = original  # type: ignore[assignment]
+    with_limits(monkeypatch, one_nic)
+    raw["sites"]["aws"]["routerSize"] = "tiny.one"
+    problems = check_limits(build_plan(parse_config(raw)))
     assert problems == [
         "aws site `aws`: routerSize tiny.one allows 1 NIC(s), the node needs 2 (https://example.test/nics): choose a size with at least 2"
     ]

@@ -18,10 +18,12 @@ from typing import Any
 import pytest
 
 from bench.configs import stack_with_sites
-from components.clouds import aws_limits, azure_limits, gcp_limits
-from components.config import ConfigError, parse_config
-from components.limits import check_limits, checked_plan, fullmatch
-from components.plan import Plan, build_plan
+from components.clouds import aws_traits, azure_traits, gcp_traits
+from components.limits import check_limits, checked_plan, site_problems
+from overlay.config import ConfigError, parse_config
+from overlay.plan import Plan, build_plan
+from overlay.security import site_rules
+from overlay.traits import fullmatch
 from tests.harness import ProgramRun, Registered, run_program, unsecret
 
 # Real region names; with the default quotas an AWS region takes 2 sites (Elastic IPs), an Azure location 5
@@ -88,7 +90,7 @@ def _b64_len(text: Any) -> int:
 
 
 def aws_violations(run: ProgramRun) -> tuple[int, list[str]]:
-    limits = aws_limits.LIMITS
+    limits = aws_traits.LIMITS
     out: list[str] = []
     groups = {f"{g.name}-id": g for g in run.of_type("aws:ec2/securityGroup:SecurityGroup")}
     per_group: dict[str, Counter[int]] = {gid: Counter() for gid in groups}
@@ -96,9 +98,9 @@ def aws_violations(run: ProgramRun) -> tuple[int, list[str]]:
     for r in rules:
         per_group[r.inputs["securityGroupId"]][4 if r.inputs.get("cidrIpv4") else 6] += 1
     for gid, families in per_group.items():
-        out += [f"{gid}: {n} IPv{f} rules" for f, n in families.items() if n > aws_limits.RULES_PER_GROUP.value]
+        out += [f"{gid}: {n} IPv{f} rules" for f, n in families.items() if n > aws_traits.RULES_PER_GROUP.value]
     for eni in run.of_type("aws:ec2/networkInterface:NetworkInterface"):
-        if len(eni.inputs["securityGroups"]) > aws_limits.GROUPS_PER_ENI.value:
+        if len(eni.inputs["securityGroups"]) > aws_traits.GROUPS_PER_ENI.value:
             out.append(f"{eni.name}: {len(eni.inputs['securityGroups'])} groups")
     described = rules + run.of_type("aws:vpc/securityGroupEgressRule:SecurityGroupEgressRule") + list(groups.values())
     for r in described:
@@ -106,7 +108,7 @@ def aws_violations(run: ProgramRun) -> tuple[int, list[str]]:
         if not fullmatch(limits.rule_description_pattern, text) or len(text) > 255:
             out.append(f"{r.name}: description {text!r}")
     for g in groups.values():
-        name = g.inputs["namePrefix"] + "x" * aws_limits.NAME_PREFIX_SUFFIX.value
+        name = g.inputs["namePrefix"] + "x" * aws_traits.NAME_PREFIX_SUFFIX.value
         if not fullmatch(limits.resource_name_pattern, name):
             out.append(f"{g.name}: group name {name}")
     instances = run.of_type("aws:ec2/instance:Instance")
@@ -124,17 +126,17 @@ def aws_violations(run: ProgramRun) -> tuple[int, list[str]]:
 
 
 def azure_violations(run: ProgramRun) -> tuple[int, list[str]]:
-    limits = azure_limits.LIMITS
+    limits = azure_traits.LIMITS
     out: list[str] = []
     by_nsg: dict[str, list[Registered]] = {}
     rules = run.of_type("azure-native:network:SecurityRule")
     for r in rules:
         by_nsg.setdefault(r.inputs["networkSecurityGroupName"], []).append(r)
     for nsg, members in by_nsg.items():
-        if len(members) > azure_limits.NSG_RULES.value:
+        if len(members) > azure_traits.NSG_RULES.value:
             out.append(f"{nsg}: {len(members)} rules")
         prefixes = [p for r in members for p in (r.inputs.get("sourceAddressPrefixes") or [r.inputs["sourceAddressPrefix"]])]
-        if len(prefixes) > azure_limits.NSG_ADDRESSES.value:
+        if len(prefixes) > azure_traits.NSG_ADDRESSES.value:
             out.append(f"{nsg}: {len(prefixes)} source addresses")
         priorities = [r.inputs["priority"] for r in members]
         if len(set(priorities)) != len(priorities) or not all(100 <= p <= 4096 for p in priorities):
@@ -155,9 +157,9 @@ def azure_violations(run: ProgramRun) -> tuple[int, list[str]]:
         profile = vm.inputs["osProfile"]
         if _b64_len(profile["customData"]) > limits.user_data_max_bytes.value:
             out.append(f"{vm.name}: custom data")
-        if profile["adminUsername"] in azure_limits.ADMIN_USERNAME_DISALLOWED.value:
+        if profile["adminUsername"] in azure_traits.ADMIN_USERNAME_DISALLOWED.value:
             out.append(f"{vm.name}: admin user")
-        if not fullmatch(azure_limits.COMPUTER_NAME, profile["computerName"]):
+        if not fullmatch(azure_traits.COMPUTER_NAME, profile["computerName"]):
             out.append(f"{vm.name}: computer name")
         (key,) = profile["linuxConfiguration"]["ssh"]["publicKeys"]
         if not key["keyData"].startswith(limits.login_key_types.value if limits.login_key_types else ()):
@@ -171,12 +173,12 @@ AUTONAME = 8  # "-" and 7 hex: what Pulumi appends to a logical name
 
 
 def gcp_violations(run: ProgramRun) -> tuple[int, list[str]]:
-    limits = gcp_limits.LIMITS
+    limits = gcp_traits.LIMITS
     out: list[str] = []
     firewalls = run.of_type("gcp:compute/firewall:Firewall")
     for fw in firewalls:
         sources = fw.inputs["sourceRanges"]
-        if len(sources) > gcp_limits.SOURCE_RANGES_PER_RULE.value:
+        if len(sources) > gcp_traits.SOURCE_RANGES_PER_RULE.value:
             out.append(f"{fw.name}: {len(sources)} source ranges")
         if len({ipaddress.ip_network(s).version for s in sources}) != 1:
             out.append(f"{fw.name}: mixes address families")
@@ -252,7 +254,7 @@ OVER = [
     pytest.param(
         stack(["aws"] + ["gcp"] * 159, list(range(1, 161))),
         "aws site `s1`: security group 0 of s1-router would hold 82 inbound IPv4 rules",
-        ("default quota of 60 per group", aws_limits.RULES_PER_GROUP.source, "L-0EA8095F", "siteIds"),
+        ("default quota of 60 per group", aws_traits.RULES_PER_GROUP.source, "L-0EA8095F", "siteIds"),
         id="aws-hub-over-rules-per-group",
     ),
     pytest.param(
@@ -261,7 +263,7 @@ OVER = [
             "sites": {f"s{i}": {**stack(["aws"] * 3)["sites"][f"s{i}"], "region": "eu-west-1"} for i in (1, 2, 3)},
         },
         "aws site `s3`: region eu-west-1 would hold 6 Elastic IPs",
-        ("default quota of 5 Elastic IPs per region", aws_limits.ELASTIC_IPS_PER_REGION.source, "L-0263D0A3", "sites.s3.region"),
+        ("default quota of 5 Elastic IPs per region", aws_traits.ELASTIC_IPS_PER_REGION.source, "L-0263D0A3", "sites.s3.region"),
         id="aws-elastic-ips-per-region",
     ),
     pytest.param(
@@ -270,7 +272,7 @@ OVER = [
             "sites": {f"s{i}": {**stack(["azure"] * 6)["sites"][f"s{i}"], "region": "westeurope"} for i in range(1, 7)},
         },
         "azure site `s6`: location westeurope would hold 12 Standard public IPs",
-        ("default quota of 10", azure_limits.STANDARD_PUBLIC_IPS_PER_REGION.source, "quota increase", "sites.s6.region"),
+        ("default quota of 10", azure_traits.STANDARD_PUBLIC_IPS_PER_REGION.source, "quota increase", "sites.s6.region"),
         id="azure-public-ips-per-region",
     ),
 ]
@@ -295,9 +297,9 @@ def test_check_limits_refuses_a_stack_over_a_limit_before_any_resource(raw: dict
 def test_aws_fits_149_contiguous_sites_and_refuses_150() -> None:
     """The security groups of an AWS hub take 28 + 4 x 30 peers with contiguous siteIds (1-28 share group 0)."""
     fits = build_plan(parse_config(stack(["aws"] + ["gcp"] * 148, list(range(1, 150)))))
-    assert aws_limits.site_checks(fits, "s1") == []
+    assert site_problems(fits, "s1") == []
     over = build_plan(parse_config(stack(["aws"] + ["gcp"] * 149, list(range(1, 151)))))
-    (problem,) = aws_limits.site_checks(over, "s1")
+    (problem,) = site_problems(over, "s1")
     assert problem.startswith("aws site `s1`: security group 0 of s1-router would hold 62 inbound IPv4 rules")
 
 
@@ -360,4 +362,4 @@ def test_a_hundred_gcp_sites_in_one_project_pass() -> None:
     site stay constant (10) whatever the number of sites."""
     plan = build_plan(parse_config(stack_with_sites({f"s{i}": ("gcp", i) for i in range(1, 101)}, "s1")))
     assert check_limits(plan) == []
-    assert sum(len(rules) for rules in gcp_limits.node_policies(plan, "s1").values()) == 10
+    assert sum(len(rules) for rules in gcp_traits.node_policies(plan, "s1", site_rules(plan, "s1")).values()) == 10

@@ -23,13 +23,14 @@ from typing import Any
 import pytest
 
 from bench.configs import generated_stack, stack_with_sites
-from components.clouds import alicloud_limits, oci_limits, vsphere_limits
+from components.clouds import alicloud_traits, oci_traits, vsphere_traits
 from components.clouds.vsphere import is_manual_vmware_mac
-from components.config import PLATFORMS, parse_config
-from components.limits import PlatformLimits, check_limits, fullmatch, platform_limits, user_data_as_sent
-from components.plan import Plan, build_plan
-from components.security import client_rules, router_rules
-from tests.harness import ProgramRun, Registered, run_program, unsecret
+from components.limits import check_limits, platform_limits, site_problems, user_data_as_sent
+from overlay.config import PLATFORMS
+from overlay.plan import Plan
+from overlay.security import client_rules, router_rules
+from overlay.traits import PlatformLimits, fullmatch
+from tests.harness import ProgramRun, Registered, plan_of, run_program, unsecret
 
 MINE = ("oci", "alicloud", "vsphere")
 URL = re.compile(r"https://\S+")
@@ -62,10 +63,6 @@ def spread_alibaba(raw: dict[str, Any], per_region: int) -> dict[str, Any]:
     return raw
 
 
-def plan_of(raw: dict[str, Any]) -> Plan:
-    return build_plan(parse_config(raw))
-
-
 @functools.cache
 def small_run(hub: str) -> tuple[ProgramRun, Plan]:
     raw = stack_with_sites(SMALL, hub)
@@ -90,25 +87,25 @@ def registered_oci(run: ProgramRun, plan: Plan, site: str) -> tuple[list[str], i
     bad: list[str] = []
     checked = 0
     for node, rules in ((plan.router(site), router_rules(plan, site)), (plan.client(site), client_rules(plan, site))):
-        nsgs = [r for r in below if r.type == OCI_NSG and r.name.startswith(oci_limits.policy_name(node.name))]
+        nsgs = [r for r in below if r.type == OCI_NSG and r.name.startswith(oci_traits.policy_name(node.name))]
         per_nsg = Counter(r.inputs["networkSecurityGroupId"] for r in below if r.type == OCI_NSG_RULE)
         registered = {nsg.name: per_nsg[f"{nsg.name}-id"] for nsg in nsgs}
-        want = {oci_limits.nsg_name(oci_limits.policy_name(node.name), g): n for g, n in oci_limits.nsg_rule_counts(rules).items()}
+        want = {oci_traits.nsg_name(oci_traits.policy_name(node.name), g): n for g, n in oci_traits.nsg_rule_counts(rules).items()}
         if registered != want:
-            bad.append(f"{node.name}: registered NSG rule counts {registered} differ from oci_limits' packing {want}")
-        bad += [f"{name}: {n} rules" for name, n in registered.items() if n > oci_limits.NSG_RULES_MAX.value]
-        vnics = [run.named(f"{oci_limits.machine_name(node.name)}-instance").inputs["createVnicDetails"]]
+            bad.append(f"{node.name}: registered NSG rule counts {registered} differ from oci_traits' packing {want}")
+        bad += [f"{name}: {n} rules" for name, n in registered.items() if n > oci_traits.NSG_RULES_MAX.value]
+        vnics = [run.named(f"{oci_traits.machine_name(node.name)}-instance").inputs["createVnicDetails"]]
         vnics += [r.inputs["createVnicDetails"] for r in below if r.type == OCI_VNIC_ATTACHMENT and r.name.startswith(node.name)]
         for vnic in vnics:
             checked += 1
-            if len(vnic["nsgIds"]) > oci_limits.NSGS_PER_VNIC.value or sorted(vnic["nsgIds"]) != sorted(f"{n.name}-id" for n in nsgs):
+            if len(vnic["nsgIds"]) > oci_traits.NSGS_PER_VNIC.value or sorted(vnic["nsgIds"]) != sorted(f"{n.name}-id" for n in nsgs):
                 bad.append(f"{node.name}: VNIC {vnic['displayName']} is in NSGs {vnic['nsgIds']}")
-        metadata = run.named(f"{oci_limits.machine_name(node.name)}-instance").inputs["metadata"]
+        metadata = run.named(f"{oci_traits.machine_name(node.name)}-instance").inputs["metadata"]
         bad += user_data_problems(
             node.name, limits, gzip.decompress(base64.b64decode(metadata["user_data"])).decode(), metadata["user_data"]
         )
-        if oci_limits.metadata_size(metadata) > oci_limits.METADATA_MAX_BYTES.value:
-            bad.append(f"{node.name}: metadata of {oci_limits.metadata_size(metadata)} bytes")
+        if oci_traits.metadata_size(metadata) > oci_traits.METADATA_MAX_BYTES.value:
+            bad.append(f"{node.name}: metadata of {oci_traits.metadata_size(metadata)} bytes")
     for r in below:
         if r.type == OCI_NSG_RULE:
             checked += 1
@@ -127,28 +124,28 @@ def registered_alicloud(run: ProgramRun, plan: Plan, site: str) -> tuple[list[st
     checked = 0
     per_group = Counter(r.inputs["securityGroupId"] for r in run.of_type(ALI_RULE))
     for node, rules in ((plan.router(site), router_rules(plan, site)), (plan.client(site), client_rules(plan, site))):
-        policy = alicloud_limits.policy_name(node.name)
+        policy = alicloud_traits.policy_name(node.name)
         groups = [r for r in below if r.type == ALI_GROUP and r.name.startswith(policy)]
         registered = {g.inputs["securityGroupName"]: per_group[f"{g.name}-id"] for g in groups}
-        want = {alicloud_limits.security_group_name(policy, k): len(m) for k, m in alicloud_limits.pack_rules(rules).items()}
+        want = {alicloud_traits.security_group_name(policy, k): len(m) for k, m in alicloud_traits.pack_rules(rules).items()}
         if registered != want:
-            bad.append(f"{node.name}: registered rule counts {registered} differ from alicloud_limits' packing {want}")
-        bad += [f"{name}: {n} rules" for name, n in registered.items() if n > alicloud_limits.GROUP_RULES_MAX.value]
-        instance = run.named(f"{alicloud_limits.machine_name(node.name)}-instance")
+            bad.append(f"{node.name}: registered rule counts {registered} differ from alicloud_traits' packing {want}")
+        bad += [f"{name}: {n} rules" for name, n in registered.items() if n > alicloud_traits.GROUP_RULES_MAX.value]
+        instance = run.named(f"{alicloud_traits.machine_name(node.name)}-instance")
         enis = [instance.inputs["securityGroups"]]
         enis += [r.inputs["securityGroupIds"] for r in below if r.type == ALI_ENI and r.name.startswith(node.name)]
         for group_ids in enis:
             checked += 1
-            if len(group_ids) > alicloud_limits.GROUPS_PER_ENI.value or sorted(group_ids) != sorted(f"{g.name}-id" for g in groups):
+            if len(group_ids) > alicloud_traits.GROUPS_PER_ENI.value or sorted(group_ids) != sorted(f"{g.name}-id" for g in groups):
                 bad.append(f"{node.name}: an ENI is in security groups {group_ids}")
-            if sum(per_group[g] for g in group_ids) > alicloud_limits.RULES_PER_ENI_MAX.value:
-                bad.append(f"{node.name}: an ENI carries more than {alicloud_limits.RULES_PER_ENI_MAX.value} rules")
+            if sum(per_group[g] for g in group_ids) > alicloud_traits.RULES_PER_ENI_MAX.value:
+                bad.append(f"{node.name}: an ENI carries more than {alicloud_traits.RULES_PER_ENI_MAX.value} rules")
         sent = unsecret(instance.inputs["userData"])
         bad += user_data_problems(node.name, limits, gzip.decompress(base64.b64decode(sent)).decode(), sent)
     names = {r.inputs[key] for r in below if r.type.startswith("alicloud:") for key in ALI_NAME_INPUTS if key in r.inputs}
-    if names != set(alicloud_limits.site_names(plan, site)):
+    if names != set(alicloud_traits.site_names(plan, site)):
         bad.append(
-            f"registered names {sorted(names)} differ from alicloud_limits.site_names {sorted(alicloud_limits.site_names(plan, site))}"
+            f"registered names {sorted(names)} differ from alicloud_traits.site_names {sorted(alicloud_traits.site_names(plan, site))}"
         )
     for name in names:
         checked += 1
@@ -168,15 +165,15 @@ def registered_vsphere(run: ProgramRun, plan: Plan, site: str) -> tuple[list[str
     for vm in (r for r in site_resources(run, site) if r.type == VM):
         checked += 1
         name = vm.inputs["name"]
-        if len(name) > vsphere_limits.VM_NAME_MAX.value or not fullmatch(limits.resource_name_pattern, name):
+        if len(name) > vsphere_traits.VM_NAME_MAX.value or not fullmatch(limits.resource_name_pattern, name):
             bad.append(f"VM name {name!r}")
         nics = vm.inputs["networkInterfaces"]
-        if len(nics) > vsphere_limits.NICS_PER_VM_MAX.value or not all(is_manual_vmware_mac(n["macAddress"]) for n in nics):
+        if len(nics) > vsphere_traits.NICS_PER_VM_MAX.value or not all(is_manual_vmware_mac(n["macAddress"]) for n in nics):
             bad.append(f"{name}: NICs {nics}")
         extra = unsecret(vm.inputs["extraConfig"])
         user_data = base64.b64decode(extra["guestinfo.userdata"]).decode()
         bad += user_data_problems(name, limits, user_data, extra["guestinfo.userdata"])
-        if len(extra["guestinfo.metadata"]) > vsphere_limits.GUESTINFO_MAX_BYTES.value:
+        if len(extra["guestinfo.metadata"]) > vsphere_traits.GUESTINFO_MAX_BYTES.value:
             bad.append(f"{name}: guestinfo.metadata of {len(extra['guestinfo.metadata'])} bytes")
     return bad, checked
 
@@ -222,13 +219,13 @@ def test_registered_resources_keep_the_recorded_limits(platform: str, role: str)
 def test_the_registered_checks_catch_a_broken_packing() -> None:
     """The table's checks are not vacuous: a limits module packing differently from what was registered is caught."""
     run, plan = small_run("o1")
-    original = oci_limits.nsg_group
+    original = oci_traits.nsg_group
     try:
-        oci_limits.nsg_group = lambda rule: "main"  # type: ignore[assignment]
+        oci_traits.nsg_group = lambda rule: "main"  # type: ignore[assignment]
         bad, _ = registered_oci(run, plan, "o1")
     finally:
-        oci_limits.nsg_group = original
-    assert any("differ from oci_limits' packing" in b for b in bad)
+        oci_traits.nsg_group = original
+    assert any("differ from oci_traits' packing" in b for b in bad)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -266,14 +263,14 @@ def assert_refused(problems: list[str], site: str, platform: str, *parts: str) -
 def test_oci_hub_over_120_rules_per_nsg_is_refused_before_any_resource() -> None:
     raw = hub_with_peers("oci", 117)  # main NSG: 117 tunnels + LAN tunnel + SSH + 2 egress = 121
     plan = plan_of(raw)
-    assert oci_limits.site_checks(plan_of(hub_with_peers("oci", 116)), "hub") == []
+    assert site_problems(plan_of(hub_with_peers("oci", 116)), "hub") == []
     assert_refused(
         check_limits(plan),
         "hub",
         "oci",
         "main NSG of its router hub-router would hold 121 security rules",
         "over OCI's 120 per NSG",
-        oci_limits.NSG_RULES_MAX.source,
+        oci_traits.NSG_RULES_MAX.source,
         "make another site the hub",
     )
     run = ProgramRun()
@@ -286,14 +283,18 @@ def test_oci_regional_quotas_are_refused() -> None:
     plan = plan_of(one_platform("oci", 51))  # 51 VCNs and reserved IPs in eu-frankfurt-1; the hub has 50 peers: fits
     problems = own_problems(check_limits(plan))
     assert len(problems) == 2 and all(p.startswith("oci site `s51`: the stack has 51 OCI sites in region eu-frankfurt-1") for p in problems)
-    assert "over the default quota of 50 per region (https://" in problems[0] and "(vcn-count)" in problems[0] and oci_limits.VCNS_PER_REGION.source in problems[0]
+    assert (
+        "over the default quota of 50 per region (https://" in problems[0]
+        and "(vcn-count)" in problems[0]
+        and oci_traits.VCNS_PER_REGION.source in problems[0]
+    )
     assert "reserved-public-ip-count" in problems[1] and "request a service limit increase" in problems[1]
     assert own_problems(check_limits(plan_of(one_platform("oci", 50)))) == []
 
 
 def test_alicloud_hub_over_200_rules_per_group_is_refused() -> None:
     plan = plan_of(hub_with_peers("alicloud", 199))  # each group: 199 peers + LAN + admin = 201 rules
-    assert alicloud_limits.site_checks(plan_of(hub_with_peers("alicloud", 198)), "hub") == []
+    assert site_problems(plan_of(hub_with_peers("alicloud", 198)), "hub") == []
     problems = own_problems(check_limits(plan))
     assert [p.split(" would hold")[0] for p in problems] == [
         "alicloud site `hub`: the main security group of its router hub-router",
@@ -301,7 +302,7 @@ def test_alicloud_hub_over_200_rules_per_group_is_refused() -> None:
     ]
     for problem in problems:
         assert "would hold 201 rules (199 peer routers), over Alibaba's 200 per security group" in problem
-        assert alicloud_limits.GROUP_RULES_MAX.source in problem and "make another site the hub" in problem
+        assert alicloud_traits.GROUP_RULES_MAX.source in problem and "make another site the hub" in problem
 
 
 def test_alicloud_eip_quota_is_refused_before_any_resource() -> None:
@@ -379,7 +380,7 @@ def test_a_hundred_site_stack_in_one_alibaba_region_meets_the_vpc_quota() -> Non
         "vpc_quota_instances_num",
         "request a quota increase",
     )
-    assert alicloud_limits.VPCS_PER_REGION.source in problem
+    assert alicloud_traits.VPCS_PER_REGION.source in problem
 
 
 def hundred_of_mine(hub_platform: str, count: int = 100) -> dict[str, Any]:
@@ -406,9 +407,9 @@ def test_a_hundred_site_stack_deploys_within_the_limits_under_mocks(hub: str, si
         for site in [s.name for s in plan.config.sites if s.platform == platform][:3] + (["s1"] if platform == hub else []):
             bad, checked = REGISTERED[platform](run, plan, site)
             assert bad == [] and checked >= 2, (site, bad)
-    assert len(run.of_type(ALI_EIP)) <= alicloud_limits.EIPS_PER_ACCOUNT.value
+    assert len(run.of_type(ALI_EIP)) <= alicloud_traits.EIPS_PER_ACCOUNT.value
     vpcs = Counter(plan.config.site(r.name.removesuffix("-network-vpc")).region for r in run.of_type(ALI_VPC))
-    assert vpcs and max(vpcs.values()) <= alicloud_limits.VPCS_PER_REGION.value
+    assert vpcs and max(vpcs.values()) <= alicloud_traits.VPCS_PER_REGION.value
     if hub == "oci":
         counts = Counter(r.inputs["networkSecurityGroupId"] for r in run.of_type(OCI_NSG_RULE) if r.name.startswith("s1-router-"))
         assert counts == {"s1-router-policy-nsg-id": sites - 1 + 2 + 2, "s1-router-policy-icmp-nsg-id": sites - 1 + 2}

@@ -18,8 +18,9 @@ import pytest
 
 from cloudinit import overlay_node
 from cloudinit.render import NODE_CONFIG, PUSH_COMMAND, read_payload, render_user_data, unit_exec_start
-from components.config import parse_config
-from components.plan import PAIR_KEY_BYTES, Plan, build_plan, node_config
+from overlay.config import parse_config
+from overlay.encapsulation import PAIR_KEY_BYTES
+from overlay.plan import Plan, build_plan, node_config
 from tests.harness import ROOT
 from tests.test_plan import config_of
 
@@ -93,9 +94,16 @@ class FakeXfrm(overlay_node.Runner):
 
 
 def test_xfrm_listings_are_read_and_only_own_entries_count() -> None:
-    r = FakeXfrm("aa" * 36)
+    key = "0123456789abcdef" * 4 + "01234567"  # 36 bytes, as the kernel prints an rfc4106 key
+    r = FakeXfrm(key)
+    # The whole entry, continuation lines included (step_ipsec looks for the key and espinudp in it), and nothing
+    # of the next entry.
     assert overlay_node.xfrm_states(r) == {
-        ("198.51.100.13", "10.1.1.10", 0x40002717): overlay_node._xfrm_blocks(r.STATES.format(key="aa" * 36))[0]
+        ("198.51.100.13", "10.1.1.10", 0x40002717): (
+            "src 198.51.100.13 dst 10.1.1.10\n\tproto esp spi 0x40002717 reqid 1073751831 mode transport\n\treplay-window 0 \n"
+            f"\taead rfc4106(gcm(aes)) 0x{key} 128\n\tencap type espinudp sport 4500 dport 4500 addr 0.0.0.0\n"
+            "\tanti-replay context: seq 0x0, oseq 0x0, bitmap 0x00000000\n\tsel src 0.0.0.0/0 dst 0.0.0.0/0 "
+        )
     }
     # Another program's SA (SPI 0x1000) and policy (reqid 7) are not ours: never touched.
     assert overlay_node.xfrm_policies(r) == {("10.1.1.10/32", "198.51.100.13/32", "4789", "out"): 0x40002716}
@@ -399,7 +407,8 @@ def test_a_failed_xfrm_batch_says_what_failed_without_the_key(
     doc = three_site_doc("ipsec")
     doc["tunnels"][0]["local"] = "10.1.1.10"
     keys = keys_of(doc)
-    rec = Recorder(lambda argv, stdin: stderr.format(key=stdin.split(" 0x")[1].split()[0]) if argv[1:] == ["-batch", "-"] else None)
+    # "aead <algorithm> 0x<key> <icv bits>": the key, as iproute2 would echo it.
+    rec = Recorder(lambda argv, stdin: stderr.format(key=stdin.split(" aead ")[1].split()[1][2:]) if argv[1:] == ["-batch", "-"] else None)
     monkeypatch.setattr(overlay_node.subprocess, "run", rec)
     r = overlay_node.Runner(lambda _line: None)
     with pytest.raises(overlay_node.CommandFailed) as failed:
@@ -407,7 +416,47 @@ def test_a_failed_xfrm_batch_says_what_failed_without_the_key(
     message = str(failed.value)
     assert expected in message, message
     assert not any(k[:16] in message for k in keys), message
-    assert "<key>" in message or "garbage" not in stderr, message
+    if "{key}" in stderr:  # iproute2 echoed the key: the message quotes it, masked
+        assert '"<key>" is a garbage' in message, message
+
+
+def test_a_failed_command_carrying_a_key_is_reported_and_logged_with_the_key_masked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The key of an SA goes to `ip -batch -` on stdin; when that fails, the message (what the push prints, hence
+    Pulumi's output and the journal) names the command with `<key>` where the key was, never the key itself, also
+    when iproute2 echoes the key back on stderr."""
+    doc = good_doc("ipsec")
+    esp = doc["tunnels"][0]["esp"]
+    # Two different keys that share no 16-digit run with anything else of the message (not a repeated "ab").
+    esp["key_out"] = "3f9a1c77e2b04d6581a9f0c3d5e7b21904c6e8a0b2d4f61835a7c9e1b3d5f7092e4c6a8b"
+    esp["key_in"] = "c4e1a9037b5d2f8e6a0c4b9d3e7f1a5c8e2b6d0f4a9c3e7b1d5f9a2c6e0b4d8f3a7c1e5b"
+    keys = (esp["key_out"], esp["key_in"])
+
+    def iproute2(argv: list[str], stdin: str) -> str | None:
+        if argv[1:] != ["-batch", "-"]:
+            return None
+        key = stdin.split(" aead ", 1)[1].split()[1].removeprefix("0x")  # aead <algorithm> 0x<key> <icv bits>
+        return f'Error: either "to" is duplicate, or "0x{key}" is a garbage.\nCommand failed -:1\n'
+
+    rec = Recorder(iproute2)
+    monkeypatch.setattr(overlay_node.subprocess, "run", rec)
+    monkeypatch.setattr(overlay_node, "ensure_natt_socket", lambda *_a: None)
+    monkeypatch.setattr(overlay_node, "apply", lambda d, r, _previous, state_dir: overlay_node.step_ipsec(r, d, state_dir))
+    logged: list[str] = []
+    assert overlay_node.converge(doc, str(tmp_path), logged.append) == 1
+    # The command that failed did carry a key (so there was one to hide).
+    [failed_stdin] = [stdin for argv, stdin in rec.calls if argv[1:] == ["-batch", "-"]]
+    assert any(f" 0x{k} 128 " in failed_stdin for k in keys), failed_stdin
+    out = capsys.readouterr()
+    shown = "\n".join([out.out, out.err, *logged])
+    for key in keys:
+        assert not any(key[i : i + 16] in shown.lower() for i in range(len(key) - 15)), shown
+    # ... and the message still says which SA failed, with the key masked in the command and in iproute2's words.
+    assert "overlay-node: failed: " in out.err
+    assert " -batch - <<< xfrm state add src " in out.err
+    assert " aead rfc4106(gcm(aes)) <key> 128 encap espinudp 4500 4500 0.0.0.0: exit 2: " in out.err
+    assert 'or "<key>" is a garbage.' in out.err
 
 
 FIREWALL_STEP = """

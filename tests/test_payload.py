@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from cloudinit.render import (
     APPLY_COMMAND,
@@ -26,13 +28,13 @@ from cloudinit.render import (
     node_script,
     payload_node_config,
     read_payload,
-    render_user_data,
     render_vsphere_metadata,
     unit_exec_start,
 )
-from components.config import parse_config
-from components.plan import Plan, bootstrap_config, build_plan, node_config
-from components.stackfile import read_stack_file
+from components.limits import node_user_data
+from components.stack_file import read_stack_file
+from overlay.config import parse_config
+from overlay.plan import Plan, bootstrap_config, build_plan, node_config
 from tests.harness import ROOT, mock_pair_keys
 
 DEV = read_stack_file(ROOT / "Pulumi.dev.yaml")
@@ -50,12 +52,18 @@ def public_ips(plan: Plan) -> dict[str, str]:
 
 OPERATOR_KEY = str(DEV["sshPublicKey"])
 DEPLOY_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIENi9cEYtYyf1zv3WIgHu1zVQdZ+FO+4+bTNq/yGJIfD"
-HOST_KEY = SshHostKey("-----BEGIN OPENSSH PRIVATE KEY-----\ntest-host-key\n-----END OPENSSH PRIVATE KEY-----\n", "ssh-ed25519 AAAAhost")
+# A real ed25519 host key (what the stack's tls.PrivateKey generates): the payload's size and YAML are those of a VM's.
+_HOST = ed25519.Ed25519PrivateKey.from_private_bytes(bytes(range(32)))
+HOST_KEY = SshHostKey(
+    _HOST.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption()).decode(),
+    _HOST.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH).decode() + "\n",
+)
 
 
 def boot_payload(plan: Plan, node: str) -> str:
-    """A node's user-data as the program renders it (components/site.py): its bootstrap config and login keys."""
-    return render_user_data(bootstrap_config(plan, node), HOST_KEY, login_keys=[OPERATOR_KEY, DEPLOY_KEY])
+    """A node's user-data as the program renders it (limits.node_user_data, which components/site.py calls): its
+    bootstrap config, its platform's first-boot files, its host key and the login keys."""
+    return node_user_data(plan, node, OPERATOR_KEY, HOST_KEY.private_openssh, HOST_KEY.public_openssh, DEPLOY_KEY)
 
 
 def all_payloads() -> list[tuple[str, str, str]]:

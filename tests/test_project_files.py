@@ -7,7 +7,8 @@ import re
 
 import yaml
 
-from components.config import DEFAULTS, MAP_KEYS, REQUIRED_KEYS, REQUIRED_SITE_KEYS, SITE_KEYS, TOP_KEYS
+from components.clouds.registry import PLATFORMS
+from overlay.config import DEFAULTS, MAP_KEYS, REQUIRED_KEYS, SITE_KEYS, TOP_KEYS
 from tests.harness import ROOT
 
 PROJECT = yaml.safe_load((ROOT / "Pulumi.yaml").read_text())
@@ -33,7 +34,8 @@ def test_readme_config_reference_lists_every_key_and_site_setting() -> None:
         assert f"| `{key}`" in README, f"README config reference lacks {key}"
     for key in SITE_KEYS:
         assert f"`{key}`" in README, f"README site settings lack {key}"
-    for platform, keys in REQUIRED_SITE_KEYS.items():
+    for platform, traits in PLATFORMS.items():
+        keys = traits.required_site_keys
         rows = [line for line in README.splitlines() if line.startswith(f"| {platform} ")]
         assert any(all(f"`{key}`" in row for key in keys) for row in rows), f"README lacks the required settings of {platform}"
 

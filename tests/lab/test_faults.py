@@ -15,16 +15,17 @@ from lab import cli
 from lab.check import endpoints
 from lab.faults import (
     availability,
+    check_outcome,
     cross_site_pairs,
     first_reply_after,
-    node_script_links,
     other_site,
     recovery_probe,
     site_pairs,
     summarise_recovery,
 )
+from lab.power import node_script_links
+from lab.probes import PingLog
 from lab.state import STATE_DIR, lab_plan, load_raw
-from lab.swap import PingLog
 from tests.lab.conftest import CLEAR, assert_clean, host_baseline, lab
 
 SITES = ("aws", "gcp", "azure")
@@ -78,6 +79,14 @@ def test_reply_timing_and_availability() -> None:
     assert availability(PingLog()) is None
     assert summarise_recovery({"a": 0.2, "b": 0.5}) == {"per_target_s": {"a": 0.2, "b": 0.5}, "first_s": 0.2, "all_s": 0.5}
     assert summarise_recovery({"a": 0.2, "b": None})["all_s"] is None
+
+
+def test_check_outcome_says_which_try_passed() -> None:
+    first = {"ok": True, "first_try_ok": True, "tries": 1, "passed_after_s": 3.2, "runs": [{"ok": True}]}
+    assert check_outcome(first) == "passed 3.2 s after the boot command started, first try"
+    second = {**first, "first_try_ok": False, "tries": 2, "runs": [{"ok": False}, {"ok": True}]}
+    assert check_outcome(second).endswith("try 2")
+    assert check_outcome({"ok": False, "first_try_ok": False, "tries": None, "runs": [{}, {}, {}]}) == "FAILED 3 tries"
 
 
 def test_cli_has_fault_commands() -> None:
@@ -154,7 +163,9 @@ def test_reboot_heals_with_the_boot_command_only(lab3: dict[str, object], tmp_pa
     rec = doc["recovery"]
     assert rec["all_s"] is not None and rec["all_s"] < 10, rec
     assert doc["changed_elsewhere"] == []
+    # Once the recovery probes answer, the node has converged: the full matrix passes on its first run.
     assert doc["check"]["ok"] and doc["check"]["pairs"] == 15 * 14 * 2, doc["check"]
+    assert doc["check"]["first_try_ok"] and doc["check"]["tries"] == 1, doc["check"]["runs"]
     assert rc == 0
     if node == "aws-router":
         # AWS's hot-attached LAN NIC comes back unaddressed; the boot command gives it its address again.
@@ -178,4 +189,5 @@ def test_hub_loss_keeps_sites_local_and_heals(lab3: dict[str, object], tmp_path:
     assert doc["boot_command"]["ok"] and doc["recovery"]["all_s"] is not None
     assert doc["changed_elsewhere"] == []
     assert doc["check"]["ok"], doc["check"]
+    assert doc["check"]["first_try_ok"] and doc["check"]["tries"] == 1, doc["check"]["runs"]
     assert rc == 0

@@ -7,6 +7,7 @@ import ipaddress
 import json
 import os
 import stat
+import subprocess
 import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
@@ -14,15 +15,16 @@ from typing import Any
 import pytest
 
 from cloudinit.render import NODE_CONFIG, NODE_SCRIPT, UNIT_PATH, render_user_data, unit_exec_start
-from components.config import parse_config
-from components.plan import bootstrap_config, build_plan, overlay_mac
-from components.stackfile import read_stack_file
-from lab import cli, nodes, underlay
-from lab.check import endpoints, parse_ping_lines, ping_script, spoke_pair
+from components.stack_file import read_stack_file
+from lab import cli, nodes, power, probes, underlay
+from lab.check import endpoints, spoke_pair
+from lab.probes import parse_ping_lines, parse_ping_log, ping_script
 from lab.report import PingResult, Probe, cell, matrix_text, summary, to_json, to_junit
-from lab.state import LAB_IMAGE, LabError, lab_plan, load_raw
-from lab.swap import disruption, mac_site, parse_ping_log, probe_pair, stale_fdb
+from lab.state import LAB_IMAGE, LabError, lab_plan, load_raw, stack_path, stack_reference
+from lab.swap import disruption, mac_site, probe_pair, stale_fdb
 from lab.topology import build_layout, container_names, map_argv, map_path, public_addresses, transit_pair
+from overlay.config import parse_config
+from overlay.plan import bootstrap_config, build_plan, overlay_mac
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -114,19 +116,19 @@ def test_transit_links_are_distinct_30s() -> None:
 
 def test_layout_emulates_each_platform(plan) -> None:
     layout = build_layout(plan)
-    assert layout.vm("aws-router").nics[1].address is None  # hot-attached ENI: the payload configures it
-    assert layout.vm("oci-router").nics[1].address is None
-    assert layout.vm("alicloud-router").nics[1].address is None
-    assert layout.vm("azure-router").nics[1].address == "10.2.2.10/24"  # platform DHCP
-    assert layout.vm("aws-router").nics[0].address == "10.1.1.10/24"
-    assert layout.vm("aws-client").nics[0].address == "10.1.2.20/24"
-    assert {v.node for v in layout.vms if v.host_firewall} == {"oci-router", "oci-client"}
+    assert layout.host("aws-router").nics[1].address is None  # hot-attached ENI: the payload configures it
+    assert layout.host("oci-router").nics[1].address is None
+    assert layout.host("alicloud-router").nics[1].address is None
+    assert layout.host("azure-router").nics[1].address == "10.2.2.10/24"  # platform DHCP
+    assert layout.host("aws-router").nics[0].address == "10.1.1.10/24"
+    assert layout.host("aws-client").nics[0].address == "10.1.2.20/24"
+    assert {v.node for v in layout.hosts if v.host_firewall} == {"oci-router", "oci-client"}
     edges = {e.site: e for e in layout.edges}
     assert edges["azure"].underlay_mtu == 1400 and edges["gcp"].underlay_mtu == 1460
     assert edges["vsphere"].wan_gateway == "10.6.1.10/24".replace(".10/", ".1/")
-    assert layout.vm("vsphere-router").default_gateway == "10.6.1.1"
-    assert [n.name for n in layout.vm("vsphere-router").nics] == ["wan0", "lan0"]  # named by guestinfo metadata
-    client = layout.vm("vsphere-client")
+    assert layout.host("vsphere-router").default_gateway == "10.6.1.1"
+    assert [n.name for n in layout.host("vsphere-router").nics] == ["wan0", "lan0"]  # named by guestinfo metadata
+    client = layout.host("vsphere-client")
     assert [(n.name, n.segment, n.address) for n in client.nics] == [
         ("mgmt0", "br-mgmt", "10.6.3.20/24"),
         ("lan0", "br-lan", "10.6.2.20/24"),
@@ -149,6 +151,18 @@ def test_site_subset_and_overrides(raw: dict[str, Any]) -> None:
         load_raw("dev", ["aws", "nowhere"], {})
     with pytest.raises(LabError, match="no stack file"):
         load_raw("nosuchstack", None, {})
+
+
+def test_a_stack_is_a_name_or_a_stack_file(raw: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert stack_path("dev") == REPO / "Pulumi.dev.yaml" and stack_reference("dev") == "dev"
+    elsewhere = tmp_path / "stacks" / "Pulumi.mine.yaml"
+    elsewhere.parent.mkdir()
+    elsewhere.write_text((REPO / "Pulumi.dev.yaml").read_text())
+    monkeypatch.chdir(tmp_path)
+    # A relative path is recorded absolute: the later verbs of the lab find the file from any directory.
+    assert stack_reference("stacks/Pulumi.mine.yaml") == str(elsewhere)
+    assert stack_path(str(elsewhere)) == elsewhere
+    assert load_raw(str(elsewhere), ["gcp", "oci"], {}) == load_raw("dev", ["gcp", "oci"], {})
 
 
 # --------------------------------------------------------------------------- underlay commands (fake shell)
@@ -183,10 +197,25 @@ def test_edge_does_one_to_one_nat_at_the_site_mtu(plan) -> None:
 def test_oci_vm_gets_the_image_firewall(plan) -> None:
     layout = build_layout(plan)
     sh = FakeShell()
-    underlay.build_vm(sh, layout, layout.vm("oci-router"))  # type: ignore[arg-type]
+    vm = layout.host("oci-router")
+    underlay.build_host(sh, layout, vm)  # type: ignore[arg-type]
+    hardware = "\n".join(sh.commands)
+    assert "addr add" not in hardware and "iptables" not in hardware  # the platform's part comes at power-on
+    sh.commands.clear()
+    power.platform_up(sh, vm)  # type: ignore[arg-type]
     text = "\n".join(sh.commands)
     assert "iptables -w -A INPUT -j REJECT" in text and "iptables -w -A FORWARD -j REJECT" in text
     assert "addr add" in text and "10.4.2.10" not in text  # LAN NIC up, unaddressed
+    assert "link set eth1 up" in text and f"route add default via {vm.default_gateway}" in text
+
+
+def test_power_off_resets_what_the_node_script_sets() -> None:
+    from cloudinit import overlay_node
+
+    assert power.NODE_SYSCTLS is overlay_node.NODE_SYSCTLS
+    assert power.NIC_SYSCTLS == {"net.ipv6.conf.{nic}.accept_ra": "net.ipv6.conf.default.accept_ra"}
+    links = ["lo", "eth0", "eth1", "br-overlay", "ovl-r1", "ovl-k2", "ovl-c3", "xfrm0"]
+    assert power.node_script_links(links, ["eth0", "eth1"]) == ["br-overlay", "ovl-c3", "ovl-k2", "ovl-r1", "xfrm0"]
 
 
 # --------------------------------------------------------------------------- check and results
@@ -209,6 +238,66 @@ def test_ping_script_output_round_trip() -> None:
     script = ping_script(["10.0.0.1", "fd00::1"], attempts=2)
     assert "10.0.0.1 fd00::1" in script and "-lt 2" in script
     assert parse_ping_lines("10.0.0.1 1 1\nfd00::1 2 0\ngarbage\n") == {"10.0.0.1": (1, True), "fd00::1": (2, False)}
+
+
+PING_OUTPUT = """PING 10.250.4.2 (10.250.4.2) 1322(1350) bytes of data.
+1330 bytes from 10.250.4.2: icmp_seq=1 ttl=64 time=0.250 ms
+1330 bytes from 10.250.4.2: icmp_seq=3 ttl=64 time=0.150 ms
+
+--- 10.250.4.2 ping statistics ---
+3 packets transmitted, 2 received, 33.3333% packet loss, time 402ms
+rtt min/avg/max/mdev = 0.150/0.200/0.250/0.050 ms
+"""
+
+
+class FakeRun:
+    """A probes.Run that answers from a script of (exit status, stdout) and records every command."""
+
+    def __init__(self, *answers: tuple[int, str]) -> None:
+        self.answers = list(answers)
+        self.calls: list[tuple[list[str], float | None]] = []
+
+    def __call__(self, argv: list[str], timeout: float | None) -> subprocess.CompletedProcess[str]:
+        self.calls.append((argv, timeout))
+        rc, out = self.answers.pop(0) if self.answers else (1, "")
+        return subprocess.CompletedProcess(argv, rc, out, "")
+
+
+def test_ping_from_a_namespace_with_the_whole_packet_size() -> None:
+    run = FakeRun((0, PING_OUTPUT))
+    echo = probes.ping("10.250.4.2", "mco-gcp-client", count=3, interval=0.2, packet_size=1350, df=True, run=run, timeout=30)
+    argv, timeout = run.calls[0]
+    assert argv[:4] == ["nsenter", "--net=/run/netns/mco-gcp-client", "--", "ping"] and timeout == 30
+    assert argv[4:] == ["-n", "-M", "do", "-c", "3", "-i", "0.2", "-W", "1", "-s", "1322", "10.250.4.2"]
+    assert echo.ok and (echo.sent, echo.received) == (3, 2) and echo.rtts_ms == (0.25, 0.15) and echo.avg_ms == 0.2
+    assert echo.last_line.startswith("rtt min/avg/max/mdev")
+    assert probes.icmp_payload(1350, "fd00::1") == 1350 - 48
+    assert probes.ping_argv("fd00::1", count=None, wait=None, quiet=True, pattern=b"\x01\xff") == [
+        "ping",
+        "-n",
+        "-q",
+        "-p",
+        "01ff",
+        "fd00::1",
+    ]
+
+
+def test_ping_attempts_stop_at_the_first_answer() -> None:
+    run = FakeRun((1, "1 packets transmitted, 0 received"), (0, PING_OUTPUT), (0, PING_OUTPUT))
+    assert probes.ping("10.250.4.2", attempts=3, run=run).ok and len(run.calls) == 2
+    assert run.calls[0][0][0] == "ping"  # no namespace: right here
+    run = FakeRun()
+    echo = probes.ping("10.250.4.2", attempts=2, run=run)
+    assert not echo.ok and echo.received == 0 and len(run.calls) == 2
+
+
+def test_ping_many_runs_one_script_per_namespace() -> None:
+    run = FakeRun((0, "10.0.0.1 1 1\nfd00::1 3 0\n"))
+    got = probes.ping_many(["10.0.0.1", "fd00::1", "10.0.0.9"], "aws-c1", attempts=3, wait=2, run=run)
+    assert got == {"10.0.0.1": probes.Tries(1, True), "fd00::1": probes.Tries(3, False)}  # 10.0.0.9: no line, no answer
+    argv, timeout = run.calls[0]
+    assert argv[:5] == ["nsenter", "--net=/run/netns/aws-c1", "--", "sh", "-c"] and "-W 2" in argv[5] and timeout == 60 + 10 * 3 * 2
+    assert probes.ping_many([], "aws-c1", run=run) == {} and len(run.calls) == 1
 
 
 def test_matrix_text_and_summary() -> None:
@@ -332,30 +421,36 @@ def test_missing_tools_name_their_package(monkeypatch: pytest.MonkeyPatch) -> No
 
 
 def test_matrix_retries_failures_calmly_and_keeps_real_failures(plan) -> None:
-    import subprocess
-
     from lab.check import ATTEMPTS, ping_matrix
 
     eps = endpoints(plan)[:3]  # aws-router, aws-client, azure-router
     dead = eps[2].ipv6  # never answers
-    slow = eps[1].ipv4  # answers only in the calm pass
-    calls: list[tuple[str, str]] = []
+    slow = eps[1].ipv4  # from eps[0] only, answers only in the calm pass; eps[2] reaches everything at once
+    calls: list[tuple[str, str, tuple[str, ...]]] = []
 
     class FakeLab:
-        def run_on(self, ep, argv, check=False, timeout=120):
-            script = argv[-1]
+        def endpoint_ns(self, ep):
+            return ep.name
+
+        def run(self, argv, timeout=None):
+            src, script = argv[1].removeprefix("--net=/run/netns/"), argv[-1]
             targets = script.split("for t in ", 1)[1].split("; do", 1)[0].split()
             calm = "-W 2" in script
-            calls.append((ep.name, "calm" if calm else "first"))
-            lines = [f"{t} {ATTEMPTS} {0 if t == dead or (t == slow and not calm) else 1}" for t in targets]
+            calls.append((src, "calm" if calm else "first", tuple(sorted(targets))))
+            lines = [f"{t} {ATTEMPTS} {0 if t == dead or (t == slow and src == eps[0].name and not calm) else 1}" for t in targets]
             return subprocess.CompletedProcess(argv, 0, "\n".join(lines), "")
 
     results = ping_matrix(FakeLab(), eps)  # type: ignore[arg-type]
     assert len(results) == 3 * 2 * 2
     bad = [(r.src, r.dst, r.family, r.attempts) for r in results if not r.ok]
     assert bad == [(eps[0].name, eps[2].name, 6, 2 * ATTEMPTS), (eps[1].name, eps[2].name, 6, 2 * ATTEMPTS)]
-    healed = [r for r in results if r.target == slow]
-    assert all(r.ok and r.attempts == 2 * ATTEMPTS for r in healed)
-    # Only sources with a failed pair get the calm pass, and only for those pairs.
-    assert sorted(c[0] for c in calls if c[1] == "calm") == sorted(e.name for e in eps)
-    assert len([c for c in calls if c[1] == "first"]) == 3
+    [healed] = [r for r in results if r.target == slow and r.src == eps[0].name]
+    assert healed.ok and healed.attempts == 2 * ATTEMPTS
+    untouched = [r for r in results if r.src == eps[2].name]
+    assert len(untouched) == 4 and all(r.ok and r.attempts == ATTEMPTS for r in untouched)
+    # Every source gets the first pass; the calm pass goes to the sources with a failed pair (not eps[2]), each
+    # asked for its failed targets only.
+    assert sorted(c[0] for c in calls if c[1] == "first") == sorted(e.name for e in eps)
+    assert sorted((c[0], c[2]) for c in calls if c[1] == "calm") == sorted(
+        [(eps[0].name, tuple(sorted((dead, slow)))), (eps[1].name, (dead,))]
+    )

@@ -191,7 +191,7 @@ def test_the_hardened_overlay_still_carries_everything(sec_lab: Any, tmp_path: P
     proc = lab("check", "--results", str(tmp_path))
     doc = json.loads((tmp_path / "check.json").read_text())
     assert proc.returncode == 0 and doc["summary"]["passed"] == doc["summary"]["pairs"], doc["failures"][:10]
-    for vm in sec_lab.layout.vms:
+    for vm in sec_lab.layout.hosts:
         links = json.loads(ns_run(vm.ns, "ip", "-d", "-j", "link", "show").stdout)
         tunnels = [link for link in links if link.get("linkinfo", {}).get("info_kind") == "vxlan"]
         assert tunnels, vm.node
@@ -206,7 +206,7 @@ def test_forged_tunnel_datagrams_inject_nothing_and_move_no_mac(sec_lab: Any) ->
     plan = sec_lab.plan
     hub = plan.router(plan.hub)
     assert hub.site == "aws"
-    router_ns, client_ns = sec_lab.layout.vm(hub.name).ns, sec_lab.layout.vm(plan.client("aws").name).ns
+    router_ns, client_ns = sec_lab.layout.host(hub.name).ns, sec_lab.layout.host(plan.client("aws").name).ns
     to_gcp = next(t for t in hub.tunnels if t.peer_site == "gcp")
     far, near = plan.router("gcp").containers[0], hub.containers[1]  # pinned on the tunnel to gcp; learned on a veth
     victims = {far.mac.lower(), near.mac.lower()}
@@ -271,7 +271,7 @@ def test_forged_tunnel_datagrams_inject_nothing_and_move_no_mac(sec_lab: Any) ->
 def test_ssh_is_closed_to_the_overlay(sec_lab: Any) -> None:
     plan = sec_lab.plan
     hub, client, gcp = plan.router("aws"), plan.client("aws"), plan.router("gcp")
-    router_ns, client_ns = sec_lab.layout.vm(hub.name).ns, sec_lab.layout.vm(client.name).ns
+    router_ns, client_ns = sec_lab.layout.host(hub.name).ns, sec_lab.layout.host(client.name).ns
     edge = next(e.ns for e in sec_lab.layout.edges if e.site == "aws")
     counted = {ns: (counters(ns), counters(ns, "ip6tables")) for ns in (router_ns, client_ns)}
 
@@ -296,7 +296,7 @@ def test_ssh_is_closed_to_the_overlay(sec_lab: Any) -> None:
 def test_a_container_cannot_use_its_router_as_a_gateway(sec_lab: Any) -> None:
     plan = sec_lab.plan
     hub = plan.router("aws")
-    router_ns = sec_lab.layout.vm(hub.name).ns
+    router_ns = sec_lab.layout.host(hub.name).ns
     aws_edge = next(e for e in sec_lab.layout.edges if e.site == "aws")
     gcp_edge = next(e for e in sec_lab.layout.edges if e.site == "gcp")
     container = hub.containers[0].name
@@ -307,7 +307,7 @@ def test_a_container_cannot_use_its_router_as_a_gateway(sec_lab: Any) -> None:
     scaffold = [  # namespace, address, device
         (aws_edge.ns, f"{metadata}/32", "lo"),
         (aws_edge.ns, f"{v6_wan}/64", "br-wan"),
-        (router_ns, f"{v6_router}/64", sec_lab.layout.vm(hub.name).nics[0].name),
+        (router_ns, f"{v6_router}/64", sec_lab.layout.host(hub.name).nics[0].name),
     ]
     routes = [(t, hub.ipv4.split("/")[0]) for t in (wan_gw, internet, metadata)] + [(v6_wan, hub.ipv6.split("/")[0])]
     try:
@@ -374,7 +374,7 @@ def test_containers_cannot_forge_and_a_forged_ra_changes_nothing(sec_lab: Any) -
     # A forged RA injected on the overlay anyway (a privileged helper in the container's namespace): no node and no
     # container takes a default route or an address from it.
     prefix = "2001:db8:bad::"
-    places = [vm.ns for vm in sec_lab.layout.vms] + [x.name for r in plan.routers() for x in r.containers]
+    places = [vm.ns for vm in sec_lab.layout.hosts] + [x.name for r in plan.routers() for x in r.containers]
 
     def routes_and_addresses(ns: str) -> tuple[str, str]:
         return ns_run(ns, "ip", "-6", "route", "show", "default").stdout, ns_run(ns, "ip", "-6", "addr", "show").stdout
@@ -387,7 +387,7 @@ def test_containers_cannot_forge_and_a_forged_ra_changes_nothing(sec_lab: Any) -
     changed = {ns: after[ns] for ns in places if after[ns] != before[ns]}
     assert changed == {}, changed
     assert not any(prefix[:-1] in a for _, a in after.values())
-    for vm in sec_lab.layout.vms:
+    for vm in sec_lab.layout.hosts:
         assert ns_run(vm.ns, "sysctl", "-n", "net.ipv6.conf.br-overlay.accept_ra").stdout.strip() == "0", vm.node
 
 
@@ -395,7 +395,7 @@ def test_a_second_apply_changes_nothing(sec_lab: Any) -> None:
     """Our chains, the tunnels' learning and the containers' settings are idempotent: the unit's command again."""
     from lab import nodes
 
-    for vm in sec_lab.layout.vms:
+    for vm in sec_lab.layout.hosts:
         payload = nodes.lab_user_data(sec_lab.state, sec_lab.plan, vm.node)
         res = nodes.apply(sec_lab.sh, vm.ns, vm.node, payload, STATE_DIR, vm.kind == "router", sec_lab.state.containers)
         assert res.ok and res.changes == 0 and "no change" in res.output, res.output

@@ -29,8 +29,8 @@ import pytest
 from cloudinit import render
 from cloudinit.render import NODE_CONFIG, NODE_SCRIPT, unit_exec_start
 from components.clouds.base import SSH_USER
-from components.push import parse_check_output
-from components.stackfile import read_stack_file
+from components.connectivity import parse_check_output
+from components.stack_file import read_stack_file
 from tests import harness
 from tests.harness import ROOT, ProgramRun, run_program
 from tests.lab.sshd import (

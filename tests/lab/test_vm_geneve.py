@@ -1,4 +1,4 @@
-"""GENEVE, which this host kernel lacks, proven in a Debian cloud-kernel VM (qemu TCG, lab/vm.py).
+"""GENEVE, which this host kernel lacks, proven in a Debian cloud-kernel VM (qemu TCG: lab/vm.py, lab/qemu.py, lab/guest.py).
 
 1. The self-test: 3 sites of Pulumi.dev.yaml (aws hub, gcp, azure) as namespaces in the VM, every node converged
    by its own rendered payload's unit command; every node/container pair pings over IPv4 and IPv6 through GENEVE
@@ -19,7 +19,10 @@ from pathlib import Path
 
 import pytest
 
-from lab.vm import SELFTEST_CONTAINERS, SELFTEST_SITES, VmImage, build_image, run_in_vm, selftest_argv
+from lab.guest import SELFTEST_CONTAINERS, SELFTEST_SITES
+from lab.qemu import run_in_vm
+from lab.vm import selftest_argv
+from lab.vmimage import VmImage, build_image
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -10,8 +10,11 @@
    MTU); the capture sees only ESP in UDP 4500 between routers, no clear frame, no marker, no fragment; the hub's
    unit command run again changes nothing; the hub rebooted (its SAs, policies and NAT-T socket gone, its
    sequence numbers starting over) comes back from its unit command alone and the matrix passes again;
+   forged clear tunnel datagrams from a spoke's public address reach the hub's tunnel in clear mode (the control),
+   and with IPsec are dropped by the node's chain, and with that chain flushed by the kernel's "in" policy alone;
 3. `lab swap --protocol geneve`: the same with GENEVE inside ESP;
-4. `lab swap --encryption none`: back to clear GENEVE in place, no SA, policy or NAT-T socket left.
+4. `lab swap --encryption none`: back to clear GENEVE in place (the capture reads GENEVE headers on UDP 6081 and
+   nothing else), no SA, policy or NAT-T socket left.
 """
 
 from __future__ import annotations
@@ -25,7 +28,9 @@ from pathlib import Path
 
 import pytest
 
-from lab.vm import GUEST_RESULTS, build_image, run_in_vm
+from lab.guest import GUEST_RESULTS
+from lab.qemu import run_in_vm
+from lab.vmimage import build_image
 
 pytestmark = [
     pytest.mark.root,
@@ -57,9 +62,14 @@ def script() -> str:
         f"{lab} down",
         f"{lab} up --containers netns --sites {SITES} --hub aws --protocol vxlan --encryption none > {r}/up.txt",
         f"{lab} capture --results {r}",
+        f"python3 -m lab.capture --inject clear --results {r}",
         f"{lab} swap --encryption ipsec --results {r}",
         f"{lab} check --results {r}/ipsec-vxlan",
         f"{lab} capture --results {r}",
+        "python3 -m lab.capture --reapply",
+        f"python3 -m lab.capture --inject ipsec-firewall --results {r}",
+        "ip netns exec mco-aws-router iptables -w -F OVERLAY-IN",
+        f"python3 -m lab.capture --inject ipsec-policy --results {r}",
         "python3 -m lab.capture --reapply",
         f"{lab} reboot aws-router --results {r}",
         f"{lab} swap --protocol geneve --results {r}",
@@ -107,11 +117,23 @@ def test_ipsec_lab_encrypts_every_router_tunnel_for_vxlan_and_geneve(tmp_path: P
         # DF at the overlay MTU fills the narrowest underlay (azure 1400) exactly: the 45 bytes of ESP are counted.
         assert cap["mtu"] == 1305 and cap["esp_max_length"] == 1400
         assert all(cap["pings"].values())
+    # Forged clear tunnel datagrams from a spoke router's public address to the hub's tunnel port. In clear mode the
+    # hub takes them (the control: the forgery reaches the tunnel device). With IPsec the node's chain drops them;
+    # with the chain flushed, the kernel's "in" policy alone still drops them (XFRM counters), and none arrive.
+    control = json.loads((tmp_path / "inject-clear.json").read_text())
+    assert control["received"] == control["sent"] == 5, control
+    walled = json.loads((tmp_path / "inject-ipsec-firewall.json").read_text())
+    assert walled["received"] == 0 and walled["firewall_drops"] >= 5, walled
+    policy = json.loads((tmp_path / "inject-ipsec-policy.json").read_text())
+    assert policy["received"] == 0 and policy["firewall_drops"] == 0 and sum(policy["xfrm"].values()) >= 5, policy
+    assert clear["clear_by_header"] == {"vxlan": clear["clear_tunnel"]} and clear["clear_by_port"] == {"4789": clear["clear_tunnel"]}
     m = re.search(r"reapply aws-router: ok=True changes=(\d+)", log)
     assert m is not None and int(m.group(1)) == 0, f"second run of the hub's unit command changed something:\n{log[-3000:]}"
     assert "nothing rebuilt: yes" in log
     back = json.loads((tmp_path / "capture-none-geneve.json").read_text())
     assert back["passed"] and back["esp"] == 0 and back["clear_tunnel"] > 0, back["verdict"]
+    # GENEVE on the wire: every clear tunnel datagram carries a GENEVE header (read from its bytes) on UDP 6081.
+    assert back["clear_by_header"] == {"geneve": back["clear_tunnel"]} and back["clear_by_port"] == {"6081": back["clear_tunnel"]}
     assert "leftovers 0 0 0" in log, f"SAs, policies or the NAT-T socket left after turning IPsec off:\n{log[-2000:]}"
     reboot = json.loads((tmp_path / "reboot-aws-router.json").read_text())
     assert reboot["boot_command"]["ok"] and reboot["check"]["ok"], json.dumps(reboot)[:2000]

@@ -1,5 +1,10 @@
-"""Per-platform mock answers, one module per platform (explicit list, like the platform registry)."""
+"""Per-platform mock answers: tests/mockdata/<platform>.py for every platform of components/clouds/registry.py.
 
-from tests.mockdata import alicloud, aws, azure, gcp, oci, vsphere
+A platform without its module here fails at import with the module's name: that is the file to write."""
 
-PLATFORMS = (aws, azure, gcp, oci, alicloud, vsphere)
+import importlib
+from types import ModuleType
+
+from components.clouds.registry import PLATFORMS as REGISTRY
+
+PLATFORMS: tuple[ModuleType, ...] = tuple(importlib.import_module(f"tests.mockdata.{name}") for name in REGISTRY)

@@ -76,7 +76,7 @@ INVOKES: dict[str, dict[str, Any]] = {
         "guestIpAddresses": [],
         "defaultIpAddress": "",
         "extraConfig": {},
-        # A template without vApp options (vsphere_limits.template_problem refuses one with OVF transports).
+        # A template without vApp options (vsphere_traits.template_problem refuses one with OVF transports).
         "vappTransports": [],
     },
 }
