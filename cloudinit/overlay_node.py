@@ -551,16 +551,30 @@ def natt_listening(port: int) -> bool:
 NATT_BIND_SECONDS = 60
 
 
+def systemd_runs_here() -> bool:
+    """True when systemd manages this machine and its units would run in this network namespace.
+
+    A unit started with systemd-run runs in PID 1's network namespace. On a VM that is the node's own; in the lab a
+    node is a namespace of a host that may run systemd, and a socket bound there would serve the host, not the node
+    (and every node would ask for the same unit name)."""
+    if not (os.path.isdir("/run/systemd/system") and shutil.which("systemd-run")):
+        return False
+    try:
+        return os.readlink("/proc/self/ns/net") == os.readlink("/proc/1/ns/net")
+    except OSError:
+        return False
+
+
 def ensure_natt_socket(r: Runner, port: int, state_dir: str) -> None:
     """ESP in UDP reaches the kernel's decapsulation only through a UDP socket marked UDP_ENCAP_ESPINUDP.
 
     An IKE daemon would hold it; with static keys, `overlay-node natt-listen` does (a transient systemd unit
-    with Restart=always on a VM, a detached process where there is no systemd, e.g. in the lab).
+    with Restart=always on a VM, a detached process where no systemd runs this network namespace, e.g. a lab node).
     """
     if natt_listening(port):
         return
     argv = [sys.executable, os.path.abspath(__file__), "natt-listen", "--port", str(port)]
-    if os.path.isdir("/run/systemd/system") and shutil.which("systemd-run"):
+    if systemd_runs_here():
         r.run(["systemctl", "reset-failed", "overlay-natt.service"], check=False)
         r.change(
             f"started the NAT-T socket on UDP {port} (overlay-natt.service)",
@@ -585,8 +599,7 @@ def ensure_natt_socket(r: Runner, port: int, state_dir: str) -> None:
 def stop_natt_socket(r: Runner, port: int, state_dir: str) -> None:
     """Encryption turned off: our NAT-T socket holder goes too (a socket on the port that is not ours stays)."""
     stopped = False
-    systemd = os.path.isdir("/run/systemd/system") and shutil.which("systemctl") is not None
-    if systemd and r.run(["systemctl", "is-active", "--quiet", "overlay-natt.service"], check=False).returncode == 0:
+    if systemd_runs_here() and r.run(["systemctl", "is-active", "--quiet", "overlay-natt.service"], check=False).returncode == 0:
         r.run(["systemctl", "stop", "overlay-natt.service"], check=False)
         stopped = True
     pid_file = os.path.join(state_dir, "natt.pid")

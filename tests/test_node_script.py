@@ -913,3 +913,31 @@ def test_ipsec_on_a_kernel_without_esp_is_refused_and_rolled_back(two_nodes: Two
     assert sh("ip", "-n", ns, "xfrm", "state", "list").stdout.strip() == ""
     far = plan.router(two_nodes.spoke)
     assert two_nodes.ping(two_nodes.hub, far.overlay_ipv4, plan.mtu - 28)  # the clear overlay at its MTU is back
+
+
+PRETEND_SYSTEMD = (
+    "import os, shutil, sys\n"
+    f"sys.path.insert(0, {str(SCRIPT.parent)!r})\n"
+    "import overlay_node\n"
+    "real_isdir = os.path.isdir\n"
+    "os.path.isdir = lambda p: p == '/run/systemd/system' or real_isdir(p)\n"
+    "shutil.which = lambda name, *a, **k: '/usr/bin/' + name\n"
+    "real_readlink = os.readlink\n"
+    "os.readlink = lambda p: sys.argv[1] if p == '/proc/1/ns/net' else real_readlink(p)\n"
+    "print(overlay_node.systemd_runs_here())\n"
+)
+
+
+@pytest.mark.root
+def test_the_natt_socket_holder_is_a_systemd_unit_only_in_systemds_own_network_namespace() -> None:
+    """On a host that runs systemd, a lab node (a network namespace of that host) must not start the NAT-T socket
+    holder as a systemd unit: the unit would bind in PID 1's namespace and serve the host, and every node would ask
+    for the same unit name. Seen on a stock Debian host. Here systemd is pretended, and so is PID 1's namespace (this
+    test's own: /proc/1 may be unreadable in a container); the namespaces compared are real."""
+    systemd_ns = os.readlink("/proc/self/ns/net")
+    same = subprocess.run([sys.executable, "-c", PRETEND_SYSTEMD, systemd_ns], capture_output=True, text=True, check=True)
+    assert same.stdout.strip() == "True", same.stderr
+    other = subprocess.run(
+        ["unshare", "--net", sys.executable, "-c", PRETEND_SYSTEMD, systemd_ns], capture_output=True, text=True, check=True
+    )
+    assert other.stdout.strip() == "False", other.stderr
