@@ -1,5 +1,6 @@
 """The dev stack (six sites, VXLAN, hub-and-spoke, 18 Docker containers) brought up once for this module:
-full matrix, MTU probes, hub transit, two hub swaps in place, GENEVE refused on this kernel, and a clean down."""
+full matrix, MTU probes, hub transit, two hub swaps in place, a swap to GENEVE (in place where the kernel has
+GENEVE, refused where it has not), and a clean down."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from lab.lifecycle import geneve_supported
+from lab.shell import Shell
 from lab.state import STATE_DIR, load
 from tests.lab.conftest import CLEAR, assert_clean, host_baseline, lab
 
@@ -29,13 +32,14 @@ def dev_lab() -> Iterator[dict[str, object]]:
         pytest.fail(f"a lab is already up ({', '.join(existing[:3])}): run `python -m lab down` before the lab tests")
     baseline = host_baseline()
     started = time.monotonic()
-    proc = lab("up", *CLEAR)
-    FIGURES["up_seconds"] = round(time.monotonic() - started, 1)
-    if proc.returncode != 0:
-        lab("down")
-        pytest.fail(f"lab up failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
-    yield baseline
-    lab("down")
+    try:
+        proc = lab("up", *CLEAR)
+        FIGURES["up_seconds"] = round(time.monotonic() - started, 1)
+        if proc.returncode != 0:
+            pytest.fail(f"lab up failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+        yield baseline
+    finally:
+        lab("down")  # also after a failed or timed-out up: no lab is left behind for the next tests
 
 
 def run_check(results: Path) -> dict:
@@ -130,15 +134,36 @@ def test_capture_sees_the_clear_overlay_on_the_internet(dev_lab: dict[str, objec
     doc = json.loads((tmp_path / "capture-none-vxlan.json").read_text())
     assert proc.returncode == 0 and doc["passed"], doc["verdict"]
     assert doc["clear_tunnel"] > 0 and doc["marker"] > 0 and doc["esp"] == 0 and doc["fragments"] == 0
+    # The protocol on the wire, read from each datagram's header: VXLAN on UDP 4789, nothing else.
+    assert doc["clear_by_header"] == {"vxlan": doc["clear_tunnel"]} and doc["clear_by_port"] == {"4789": doc["clear_tunnel"]}
     assert all(doc["pings"].values()) and doc["mtu"] == 1350
 
 
-def test_geneve_refused_on_this_kernel(dev_lab: dict[str, object]) -> None:
-    proc = lab("swap", "--protocol", "geneve")
-    assert proc.returncode == 2
-    assert "GENEVE is not available on this host kernel" in proc.stderr and "python -m lab vm" in proc.stderr
-    st = load()
-    assert st is not None and st.plan().protocol == "vxlan"
+def test_swap_to_geneve_by_kernel_capability(dev_lab: dict[str, object], tmp_path: Path) -> None:
+    """`lab swap --protocol geneve`. A kernel with GENEVE converges the running lab to it in place (nothing rebuilt,
+    the full check passes over GENEVE) and back to VXLAN; a kernel without GENEVE refuses it and the lab stays VXLAN."""
+    if not geneve_supported(Shell()):
+        proc = lab("swap", "--protocol", "geneve")
+        assert proc.returncode == 2
+        assert "GENEVE is not available on this host kernel" in proc.stderr and "python -m lab vm" in proc.stderr
+        st = load()
+        assert st is not None and st.plan().protocol == "vxlan"
+        return
+    for protocol in ("geneve", "vxlan"):
+        st = load()
+        assert st is not None
+        hub = st.plan().hub
+        proc = lab("swap", "--protocol", protocol, "--results", str(tmp_path))
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        doc = json.loads((tmp_path / f"swap-{hub}-{protocol}.json").read_text())
+        assert doc["after"]["protocol"] == protocol and doc["after"]["hub"] == hub
+        assert doc["rebuilt"] == []
+        assert doc["ping"]["converged"], doc["ping"]
+        FIGURES[f"swap_{protocol}"] = {k: doc["ping"][k] for k in ("lost", "sent", "outage_ms", "converged_after_s")}
+        st = load()
+        assert st is not None and st.plan().protocol == protocol
+        check = run_check(tmp_path)
+        assert check["summary"]["pairs"] == 30 * 29 * 2
 
 
 def test_up_refuses_an_existing_lab(dev_lab: dict[str, object]) -> None:
