@@ -282,6 +282,24 @@ _SEND = (
 )
 
 
+# Counts the frames that carry `mark` on one device of a namespace, until its deadline: what "received" means for
+# forged datagrams (a device counter would also count the overlay's own traffic).
+_COUNT = (
+    "import socket, sys, time\n"
+    "s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(3))\n"
+    "s.bind((sys.argv[1], 0))\n"
+    "s.settimeout(0.2)\n"
+    "mark, end, n = bytes.fromhex(sys.argv[2]), time.monotonic() + float(sys.argv[3]), 0\n"
+    "print('ready', flush=True)\n"
+    "while time.monotonic() < end:\n"
+    "    try:\n"
+    "        n += bytes.fromhex(sys.argv[2]) in s.recv(65535)\n"
+    "    except socket.timeout:\n"
+    "        pass\n"
+    "print(n, flush=True)\n"
+)
+
+
 def inject(label: str, results: Path, count: int = 5) -> dict[str, Any]:
     """Forge clear tunnel datagrams from a spoke router's public address to the hub's, on the emulated internet,
     and report whether the hub's tunnel device received them and what dropped them (firewall chain, XFRM)."""
@@ -294,23 +312,18 @@ def inject(label: str, results: Path, count: int = 5) -> dict[str, Any]:
     tunnel = next(t for t in hub.tunnels if t.peer_site == spoke and t.via == "internet")
     src, dst = lab.layout.public_ips[spoke], lab.layout.public_ips[plan.hub]
     ns = lab.layout.host(hub.name).ns
+    mark = f"forged-{label}".encode()[:32].ljust(16, b".")
     before = (_rx_packets(lab.sh, ns, tunnel.name), _xfrm_stat(lab.sh, ns), _input_drops(lab.sh, ns))
-    # Sent from the emulated internet (where a forger sits), with a raw socket: the source address is the spoke's.
-    lab.sh.run(
-        [
-            "ip",
-            "netns",
-            "exec",
-            lab.layout.internet_ns,
-            sys.executable,
-            "-c",
-            _SEND,
-            dst,
-            forged_datagram(src, dst, plan.port, tunnel.vni).hex(),
-            str(count),
-        ]
+    counter = subprocess.Popen(
+        ["ip", "netns", "exec", ns, sys.executable, "-c", _COUNT, tunnel.name, mark.hex(), "8"], stdout=subprocess.PIPE, text=True
     )
-    time.sleep(1)
+    assert counter.stdout is not None
+    counter.stdout.readline()  # ready: the socket is bound before anything is sent
+    # Sent from the emulated internet (where a forger sits), with a raw socket: the source address is the spoke's.
+    datagram = forged_datagram(src, dst, plan.port, tunnel.vni, mark)
+    lab.sh.run(["ip", "netns", "exec", lab.layout.internet_ns, sys.executable, "-c", _SEND, dst, datagram.hex(), str(count)])
+    seen = int(counter.stdout.readline() or 0)
+    counter.wait(timeout=30)
     after = (_rx_packets(lab.sh, ns, tunnel.name), _xfrm_stat(lab.sh, ns), _input_drops(lab.sh, ns))
     xfrm = {k: after[1][k] - before[1].get(k, 0) for k in after[1] if after[1][k] != before[1].get(k, 0)}
     report = {
@@ -320,7 +333,8 @@ def inject(label: str, results: Path, count: int = 5) -> dict[str, Any]:
         "from": src,
         "to": dst,
         "device": tunnel.name,
-        "received": after[0] - before[0],
+        "received": seen,
+        "device_rx": after[0] - before[0],
         "firewall_drops": after[2] - before[2],
         "xfrm": xfrm,
     }
