@@ -293,7 +293,7 @@ _COUNT = (
     "print('ready', flush=True)\n"
     "while time.monotonic() < end:\n"
     "    try:\n"
-    "        n += bytes.fromhex(sys.argv[2]) in s.recv(65535)\n"
+    "        n += mark in s.recv(65535)\n"
     "    except socket.timeout:\n"
     "        pass\n"
     "print(n, flush=True)\n"
