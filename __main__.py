@@ -2,13 +2,13 @@
 
 import pulumi
 
-from components.connectivity import connectivity_checks
-from components.credentials import DeployKey, TunnelKeys, TunnelKeysArgs
-from components.exports import stack_outputs
-from components.limits import checked_plan
-from components.site import Site, SiteArgs, deploy_sites
-from components.stack_config import read_pulumi_config
-from overlay.config import ConfigError, parse_config
+from multicloud_overlay.components.connectivity import connectivity_checks
+from multicloud_overlay.components.credentials import DeployKey, TunnelKeys, TunnelKeysArgs
+from multicloud_overlay.components.exports import stack_outputs
+from multicloud_overlay.components.limits import checked_plan
+from multicloud_overlay.components.site import Site, SiteArgs, deploy_sites
+from multicloud_overlay.components.stack_config import read_pulumi_config
+from multicloud_overlay.overlay.config import ConfigError, parse_config
 
 try:
     config = parse_config(read_pulumi_config())

@@ -5,9 +5,9 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from components.clouds.registry import PLATFORMS as TRAITS
-from components.stack_file import read_stack_file
-from overlay.config import PLATFORMS
+from multicloud_overlay.components.clouds.registry import PLATFORMS as TRAITS
+from multicloud_overlay.components.stack_file import read_stack_file
+from multicloud_overlay.overlay.config import PLATFORMS
 
 
 def site_body(platform: str, site_id: int, nth: int = 0) -> dict[str, Any]:

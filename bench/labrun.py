@@ -149,7 +149,7 @@ def fmt(value: float | None, spec: str = ".1f") -> str:
 
 def write_stack_file(raw: dict[str, Any], name: str, directory: Path = STACKS) -> Path:
     """A raw config (keys without the project prefix) as Pulumi.<name>.yaml in `directory`."""
-    from overlay.config import PROJECT
+    from multicloud_overlay.overlay.config import PROJECT
 
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / f"Pulumi.{name}.yaml"

@@ -10,12 +10,12 @@ from typing import TYPE_CHECKING, Any
 import pulumi
 import pulumi_command as command
 
-from cloudinit.render import check_command
-from components.push import connection
-from overlay.plan import Plan, config_digest
+from multicloud_overlay.cloudinit.render import check_command
+from multicloud_overlay.components.push import connection
+from multicloud_overlay.overlay.plan import Plan, config_digest
 
 if TYPE_CHECKING:
-    from components.site import Site
+    from multicloud_overlay.components.site import Site
 
 
 @dataclass

@@ -18,8 +18,8 @@ import pulumi
 import pulumi_random as random
 import pulumi_tls as tls
 
-from overlay.encapsulation import PAIR_KEY_BYTES
-from overlay.plan import Plan, pair_key_name
+from multicloud_overlay.overlay.encapsulation import PAIR_KEY_BYTES
+from multicloud_overlay.overlay.plan import Plan, pair_key_name
 
 
 @dataclass

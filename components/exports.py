@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from components.connectivity import ConnectivityCheck
-from components.site import Site
-from overlay.plan import Plan
+from multicloud_overlay.components.connectivity import ConnectivityCheck
+from multicloud_overlay.components.site import Site
+from multicloud_overlay.overlay.plan import Plan
 
 
 def stack_outputs(plan: Plan, sites: dict[str, Site], checks: dict[str, ConnectivityCheck]) -> dict[str, Any]:

@@ -15,12 +15,12 @@ import difflib
 import gzip
 import hashlib
 
-from cloudinit.render import SshHostKey, render_user_data
-from components.clouds.registry import PLATFORMS
-from overlay.config import ConfigError, OverlayConfig
-from overlay.plan import Plan, bootstrap_config, build_plan
-from overlay.security import client_rules, router_rules, site_rules
-from overlay.traits import PlatformLimits, UserDataEncoding, fullmatch
+from multicloud_overlay.cloudinit.render import SshHostKey, render_user_data
+from multicloud_overlay.components.clouds.registry import PLATFORMS
+from multicloud_overlay.overlay.config import ConfigError, OverlayConfig
+from multicloud_overlay.overlay.plan import Plan, bootstrap_config, build_plan
+from multicloud_overlay.overlay.security import client_rules, router_rules, site_rules
+from multicloud_overlay.overlay.traits import PlatformLimits, UserDataEncoding, fullmatch
 
 # --------------------------------------------------------------------------- checks
 

@@ -17,9 +17,9 @@ from typing import Any
 import pulumi
 import pulumi_command as command
 
-from cloudinit.render import push_command
-from components.clouds.base import SSH_USER
-from overlay.plan import config_digest
+from multicloud_overlay.cloudinit.render import push_command
+from multicloud_overlay.components.clouds.base import SSH_USER
+from multicloud_overlay.overlay.plan import config_digest
 
 
 def node_doc_json(doc: dict[str, Any]) -> str:

@@ -9,14 +9,22 @@ from typing import Any
 
 import pulumi
 
-from components.clouds.base import SSH_USER, NodeResources, NodeSpec, PlatformFactory, PlatformSite, ResolvedRule, SiteContext
-from components.clouds.registry import PLATFORMS
-from components.credentials import TunnelKeys, node_host_key
-from components.limits import node_user_data
-from components.push import NodeConfigPush, NodeConfigPushArgs
-from overlay.config import SiteConfig
-from overlay.plan import Node, Plan, node_config
-from overlay.security import IngressRule, PeerRouter, client_rules, router_rules
+from multicloud_overlay.components.clouds.base import (
+    SSH_USER,
+    NodeResources,
+    NodeSpec,
+    PlatformFactory,
+    PlatformSite,
+    ResolvedRule,
+    SiteContext,
+)
+from multicloud_overlay.components.clouds.registry import PLATFORMS
+from multicloud_overlay.components.credentials import TunnelKeys, node_host_key
+from multicloud_overlay.components.limits import node_user_data
+from multicloud_overlay.components.push import NodeConfigPush, NodeConfigPushArgs
+from multicloud_overlay.overlay.config import SiteConfig
+from multicloud_overlay.overlay.plan import Node, Plan, node_config
+from multicloud_overlay.overlay.security import IngressRule, PeerRouter, client_rules, router_rules
 
 
 def node_doc(plan: Plan, node_name: str, values: list[Any]) -> dict[str, Any]:

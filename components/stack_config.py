@@ -8,7 +8,7 @@ from typing import Any
 import pulumi
 from pulumi.runtime import config as runtime_config
 
-from overlay.config import MAP_KEYS, PROJECT, RETIRED_KEYS, TOP_KEYS
+from multicloud_overlay.overlay.config import MAP_KEYS, PROJECT, RETIRED_KEYS, TOP_KEYS
 
 SECRET_SET = "[secret]"
 

@@ -7,7 +7,7 @@ from typing import Any, cast
 
 import yaml
 
-from overlay.config import PROJECT
+from multicloud_overlay.overlay.config import PROJECT
 
 
 def read_stack_file(path: str | Path) -> dict[str, Any]:

@@ -17,7 +17,7 @@ from lab.report import PingResult, Probe, matrix_text, summary, write
 from lab.shell import Shell
 from lab.state import STATE_DIR, LabError, LabState, load, require_root
 from lab.topology import Layout, build_layout
-from overlay.plan import Plan
+from multicloud_overlay.overlay.plan import Plan
 
 ATTEMPTS = 3
 SOURCES_IN_PARALLEL = 6

@@ -11,8 +11,8 @@ from typing import Any
 
 from lab.state import REPO, STATE_DIR, LabError
 from lab.vmimage import DEFAULT_CACHE
-from overlay.config import TOPOLOGIES, ConfigError
-from overlay.encapsulation import ENCRYPTIONS, PROTOCOLS
+from multicloud_overlay.overlay.config import TOPOLOGIES, ConfigError
+from multicloud_overlay.overlay.encapsulation import ENCRYPTIONS, PROTOCOLS
 
 DEFAULT_RESULTS = REPO / "lab-results"
 

@@ -60,9 +60,11 @@ class Cpio:
     def tree(self, name: str, host: Path, skip: Callable[[Path], bool] = lambda p: False) -> None:
         for dirpath, dirnames, filenames in os.walk(host):
             d = Path(dirpath)
-            dirnames[:] = sorted(n for n in dirnames if not skip(d / n))
             rel = d.relative_to(host)
             self.dir(f"{name}/{rel}" if str(rel) != "." else name)
+            for n in sorted(n for n in dirnames if (d / n).is_symlink() and not skip(d / n)):  # os.walk lists, never enters, them
+                self.symlink(f"{name}/{rel}/{n}" if str(rel) != "." else f"{name}/{n}", os.readlink(d / n))
+            dirnames[:] = sorted(n for n in dirnames if not skip(d / n) and not (d / n).is_symlink())
             for fn in sorted(filenames):
                 p = d / fn
                 if skip(p):

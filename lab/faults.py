@@ -28,7 +28,7 @@ from lab.power import boot, node_script_links, payload_on_disk, power_off
 from lab.probes import Pinger, PingLog, ping_many
 from lab.report import Probe, to_junit
 from lab.state import STATE_DIR, LabError, require_root, save
-from overlay.plan import Node, Plan
+from multicloud_overlay.overlay.plan import Node, Plan
 
 Out = Callable[[str], None]
 

@@ -62,9 +62,9 @@ class SelfTest:
     log: Callable[[str], None] = field(default=print)
 
     def plan(self) -> Any:
-        from components.stack_file import read_stack_file
-        from overlay.config import parse_config
-        from overlay.plan import build_plan
+        from multicloud_overlay.components.stack_file import read_stack_file
+        from multicloud_overlay.overlay.config import parse_config
+        from multicloud_overlay.overlay.plan import build_plan
 
         raw = read_stack_file(self.stack)
         raw["sites"] = {k: v for k, v in raw["sites"].items() if k in self.sites}
@@ -110,8 +110,8 @@ class SelfTest:
         bootstrap config), then the push of its full config (`overlay-node push`, the config on stdin)."""
         import json
 
-        from cloudinit.render import PUSH_COMMAND, read_payload, render_user_data, unit_exec_start
-        from overlay.plan import bootstrap_config, node_config
+        from multicloud_overlay.cloudinit.render import PUSH_COMMAND, read_payload, render_user_data, unit_exec_start
+        from multicloud_overlay.overlay.plan import bootstrap_config, node_config
 
         public = {r.site: r.wan_ip for r in plan.routers()}
         doc = node_config(plan, node, public, container_runtime="netns")

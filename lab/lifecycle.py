@@ -32,7 +32,7 @@ from lab.state import (
     stack_reference,
 )
 from lab.topology import PREFIX, Layout, build_layout, container_names
-from overlay.plan import Plan
+from multicloud_overlay.overlay.plan import Plan
 
 Out = Callable[[str], None]
 

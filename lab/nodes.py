@@ -15,11 +15,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, cast
 
-from cloudinit.render import DOCKER_DAEMON, PUSH_COMMAND, read_payload, render_user_data, unit_exec_start
 from lab.shell import SYSTEM_PATH, Shell, in_netns
 from lab.state import CGROUP_PREFIX, LAB_IMAGE, LabState, docker_host, node_dir, node_root
 from lab.topology import map_argv, map_path
-from overlay.plan import Plan, bootstrap_config, node_config
+from multicloud_overlay.cloudinit.render import DOCKER_DAEMON, PUSH_COMMAND, read_payload, render_user_data, unit_exec_start
+from multicloud_overlay.overlay.plan import Plan, bootstrap_config, node_config
 
 Runtime = Literal["docker", "netns"]
 BUSYBOX = "/bin/busybox"

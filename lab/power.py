@@ -27,13 +27,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
-from cloudinit.overlay_node import NIC_ACCEPT_RA, NODE_SYSCTLS
-from cloudinit.render import UNIT_PATH, unit_exec_start
 from lab import nodes, processes
 from lab.shell import Shell
 from lab.state import CGROUP_PREFIX, LabError, LabState, node_dir, node_root, save
 from lab.topology import OCI_IMAGE_IPTABLES, HostSpec, map_path
 from lab.underlay import IMAGE_SYSCTLS, scratch_namespace
+from multicloud_overlay.cloudinit.overlay_node import NIC_ACCEPT_RA, NODE_SYSCTLS
+from multicloud_overlay.cloudinit.render import UNIT_PATH, unit_exec_start
 
 if TYPE_CHECKING:
     from lab.check import Lab

@@ -12,10 +12,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
-from components.stack_file import read_stack_file
-from overlay.config import parse_config
-from overlay.encapsulation import PAIR_KEY_BYTES
-from overlay.plan import Plan, build_plan, pair_key_name
+from multicloud_overlay.components.stack_file import read_stack_file
+from multicloud_overlay.overlay.config import parse_config
+from multicloud_overlay.overlay.encapsulation import PAIR_KEY_BYTES
+from multicloud_overlay.overlay.plan import Plan, build_plan, pair_key_name
 
 REPO: Final = Path(__file__).resolve().parent.parent
 STATE_DIR: Final = Path(os.environ.get("MCO_LAB_STATE_DIR", "/run/multicloud-overlay-lab"))

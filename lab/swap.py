@@ -19,7 +19,7 @@ from lab.lifecycle import ESP_MESSAGE, GENEVE_MESSAGE, esp_supported, geneve_sup
 from lab.probes import Pinger, PingLog
 from lab.report import Probe, to_junit
 from lab.state import STATE_DIR, LabError, docker_host, lab_plan, load_raw, require_root, save
-from overlay.plan import Plan
+from multicloud_overlay.overlay.plan import Plan
 
 INTERVAL = 0.01
 SETTLE = 1.5

@@ -17,9 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
-from components.clouds.registry import PLATFORMS
-from overlay.config import OverlayConfig, SiteConfig
-from overlay.plan import Node, Plan
+from multicloud_overlay.components.clouds.registry import PLATFORMS
+from multicloud_overlay.overlay.config import OverlayConfig, SiteConfig
+from multicloud_overlay.overlay.plan import Node, Plan
 
 PREFIX: Final = "mco-"
 INTERNET_NS: Final = f"{PREFIX}internet"

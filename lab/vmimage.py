@@ -92,7 +92,7 @@ STDLIB_SKIP: Final = frozenset(
 DYNLOAD_SKIP: Final = re.compile(
     r"^(_test|xx|_ctypes_test|_curses|_dbm|_gdbm|_sqlite3|_ssl|_hashlib|readline|nis|_crypt|ossaudiodev|audioop|_tkinter|_codecs_)"
 )
-PROJECT_PARTS: Final = ("overlay", "components", "cloudinit", "lab", "bench")
+PROJECT_PARTS: Final = ("multicloud_overlay", "overlay", "components", "cloudinit", "lab", "bench")
 
 Out = Callable[[str], None]
 
@@ -331,6 +331,9 @@ def project_archive() -> bytes:
             target = stage / p.relative_to(ROOT)
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(p, target)
+        for link in (ROOT / "multicloud_overlay").iterdir():  # the building blocks' links (lab, bench import through them)
+            if link.is_symlink():
+                (stage / link.relative_to(ROOT)).symlink_to(os.readlink(link))
         _compile(stage)
         c.tree(GUEST_PROJECT, stage)
     return c.finish()

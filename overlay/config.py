@@ -14,8 +14,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal, cast
 
-from components.clouds.registry import PLATFORMS as PLATFORM_TRAITS
-from overlay.encapsulation import ENCRYPTIONS, PROTOCOLS, Encryption, Protocol, encapsulation_overhead
+from multicloud_overlay.components.clouds.registry import PLATFORMS as PLATFORM_TRAITS
+from multicloud_overlay.overlay.encapsulation import ENCRYPTIONS, PROTOCOLS, Encryption, Protocol, encapsulation_overhead
 
 PROJECT: Final = "multicloud-overlay"
 

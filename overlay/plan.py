@@ -14,8 +14,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final, Literal
 
-from components.clouds.registry import PLATFORMS
-from overlay.config import (
+from multicloud_overlay.components.clouds.registry import PLATFORMS
+from multicloud_overlay.overlay.config import (
     CLIENT_HOST,
     FIRST_CONTAINER_HOST,
     ROUTER_HOST,
@@ -24,7 +24,7 @@ from overlay.config import (
     Platform,
     SiteConfig,
 )
-from overlay.encapsulation import (
+from multicloud_overlay.overlay.encapsulation import (
     ESP_ALGORITHM,
     ESP_ICV_BITS,
     ESP_KEY_BYTES,

@@ -10,9 +10,9 @@ from __future__ import annotations
 import ipaddress
 from typing import Literal
 
-from overlay.encapsulation import NATT_PORT
-from overlay.plan import Plan, router_name
-from overlay.rules import IngressRule, PeerRouter, RuleProtocol, SiteRules
+from multicloud_overlay.overlay.encapsulation import NATT_PORT
+from multicloud_overlay.overlay.plan import Plan, router_name
+from multicloud_overlay.overlay.rules import IngressRule, PeerRouter, RuleProtocol, SiteRules
 
 SSH_PORT = 22
 

@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final, Generic, Literal, TypeVar
 
 if TYPE_CHECKING:
-    from overlay.plan import Plan
-    from overlay.rules import SiteRules
+    from multicloud_overlay.overlay.plan import Plan
+    from multicloud_overlay.overlay.rules import SiteRules
 
 T = TypeVar("T")
 

@@ -32,9 +32,9 @@ from pulumi.runtime import rpc
 from pulumi.runtime.stack import run_pulumi_func
 from pulumi.runtime.sync_await import _sync_await
 
-from overlay.config import parse_config
-from overlay.encapsulation import PAIR_KEY_BYTES
-from overlay.plan import Plan, build_plan, pair_key_name
+from multicloud_overlay.overlay.config import parse_config
+from multicloud_overlay.overlay.encapsulation import PAIR_KEY_BYTES
+from multicloud_overlay.overlay.plan import Plan, build_plan, pair_key_name
 from tests import mockdata
 
 ROOT = Path(__file__).resolve().parent.parent

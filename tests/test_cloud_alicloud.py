@@ -12,13 +12,13 @@ from typing import Any
 import pytest
 import yaml
 
-from cloudinit.render import LOGIN_USER, payload_node_config
-from components.clouds import alicloud as ali
-from components.clouds import alicloud_traits
-from components.clouds.base import ResolvedRule
-from overlay.config import parse_config
-from overlay.plan import bootstrap_config, build_plan
-from overlay.security import IngressRule, is_open_to_world, scoped_source
+from multicloud_overlay.cloudinit.render import LOGIN_USER, payload_node_config
+from multicloud_overlay.components.clouds import alicloud as ali
+from multicloud_overlay.components.clouds import alicloud_traits
+from multicloud_overlay.components.clouds.base import ResolvedRule
+from multicloud_overlay.overlay.config import parse_config
+from multicloud_overlay.overlay.plan import bootstrap_config, build_plan
+from multicloud_overlay.overlay.security import IngressRule, is_open_to_world, scoped_source
 from tests import harness
 from tests.harness import ProgramRun, Registered, run_cached, run_program
 from tests.mockdata import alicloud as ali_mock

@@ -14,9 +14,9 @@ import pulumi
 import pytest
 import yaml
 
-from cloudinit.render import LOGIN_USER, payload_node_config, read_payload
-from components.clouds import aws_traits
-from components.clouds.aws import (
+from multicloud_overlay.cloudinit.render import LOGIN_USER, payload_node_config, read_payload
+from multicloud_overlay.components.clouds import aws_traits
+from multicloud_overlay.components.clouds.aws import (
     AwsMachine,
     AwsMachineArgs,
     AwsNetwork,
@@ -30,13 +30,13 @@ from components.clouds.aws import (
     ipv6_subnet,
     rule_match,
 )
-from components.clouds.base import ResolvedRule
-from components.limits import check_limits
-from components.stack_file import read_stack_file
-from overlay.config import ConfigError, parse_config
-from overlay.plan import bootstrap_config, build_plan
-from overlay.security import IngressRule, is_open_to_world, scoped_source
-from overlay.traits import fullmatch
+from multicloud_overlay.components.clouds.base import ResolvedRule
+from multicloud_overlay.components.limits import check_limits
+from multicloud_overlay.components.stack_file import read_stack_file
+from multicloud_overlay.overlay.config import ConfigError, parse_config
+from multicloud_overlay.overlay.plan import bootstrap_config, build_plan
+from multicloud_overlay.overlay.security import IngressRule, is_open_to_world, scoped_source
+from multicloud_overlay.overlay.traits import fullmatch
 from tests import harness
 from tests.harness import ROOT, ProgramRun, Registered, plan_of, run_cached, run_program, run_standalone
 from tests.mockdata import aws as aws_mock
@@ -590,7 +590,7 @@ def test_a_third_site_in_one_region_is_refused_for_its_elastic_ips() -> None:
         run_program(raw, into=run)
     assert run.resources == []
     with pytest.raises(ConfigError):
-        from components.limits import checked_plan
+        from multicloud_overlay.components.limits import checked_plan
 
         checked_plan(parse_config(raw))
     # Two per region fit.

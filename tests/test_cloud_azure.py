@@ -14,13 +14,13 @@ from typing import Any
 import pytest
 import yaml
 
-from cloudinit.render import LOGIN_USER, payload_node_config
-from components.clouds import azure, azure_traits
-from components.limits import check_limits
-from components.stack_file import read_stack_file
-from overlay.config import parse_config
-from overlay.plan import bootstrap_config, build_plan
-from overlay.security import is_open_to_world
+from multicloud_overlay.cloudinit.render import LOGIN_USER, payload_node_config
+from multicloud_overlay.components.clouds import azure, azure_traits
+from multicloud_overlay.components.limits import check_limits
+from multicloud_overlay.components.stack_file import read_stack_file
+from multicloud_overlay.overlay.config import parse_config
+from multicloud_overlay.overlay.plan import bootstrap_config, build_plan
+from multicloud_overlay.overlay.security import is_open_to_world
 from tests.harness import ROOT, ProgramRun, Registered, plan_of, run_cached, run_program, run_standalone
 from tests.mockdata.azure import public_ip_for
 

@@ -13,15 +13,15 @@ from typing import Any
 import pulumi
 import pytest
 
-from cloudinit.render import payload_node_config, read_payload
-from components.clouds import gcp, gcp_traits
-from components.clouds.base import ResolvedRule
-from components.limits import site_problems
-from components.stack_file import read_stack_file
-from overlay.config import parse_config
-from overlay.encapsulation import TUNNEL_PORT
-from overlay.plan import bootstrap_config, build_plan
-from overlay.security import IngressRule, PeerRouter, is_open_to_world, site_rules
+from multicloud_overlay.cloudinit.render import payload_node_config, read_payload
+from multicloud_overlay.components.clouds import gcp, gcp_traits
+from multicloud_overlay.components.clouds.base import ResolvedRule
+from multicloud_overlay.components.limits import site_problems
+from multicloud_overlay.components.stack_file import read_stack_file
+from multicloud_overlay.overlay.config import parse_config
+from multicloud_overlay.overlay.encapsulation import TUNNEL_PORT
+from multicloud_overlay.overlay.plan import bootstrap_config, build_plan
+from multicloud_overlay.overlay.security import IngressRule, PeerRouter, is_open_to_world, site_rules
 from tests.harness import ROOT, ProgramRun, Registered, plan_of, run_cached, run_standalone
 from tests.mockdata import gcp as gcp_mock
 

@@ -15,11 +15,11 @@ from typing import Any
 import pytest
 import yaml
 
-from cloudinit.render import LOGIN_USER, payload_node_config
-from components.clouds import oci as oci_site
-from components.clouds import oci_traits
-from overlay.plan import Plan, bootstrap_config
-from overlay.security import IngressRule, is_open_to_world, scoped_source
+from multicloud_overlay.cloudinit.render import LOGIN_USER, payload_node_config
+from multicloud_overlay.components.clouds import oci as oci_site
+from multicloud_overlay.components.clouds import oci_traits
+from multicloud_overlay.overlay.plan import Plan, bootstrap_config
+from multicloud_overlay.overlay.security import IngressRule, is_open_to_world, scoped_source
 from tests.harness import ProgramRun, Registered, plan_of, run_cached, run_program
 from tests.mockdata import oci as oci_mock
 

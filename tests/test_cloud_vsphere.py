@@ -17,14 +17,14 @@ import pytest
 import yaml
 from pulumi.runtime import rpc
 
-from cloudinit.render import LOGIN_USER, StaticNic, payload_node_config
-from components.clouds import vsphere as vs
-from components.clouds import vsphere_traits
-from components.limits import check_limits, checked_plan
-from components.stack_file import read_stack_file
-from overlay.config import ConfigError, parse_config
-from overlay.plan import Plan, bootstrap_config, build_plan
-from overlay.security import IngressRule, PeerRouter, is_open_to_world
+from multicloud_overlay.cloudinit.render import LOGIN_USER, StaticNic, payload_node_config
+from multicloud_overlay.components.clouds import vsphere as vs
+from multicloud_overlay.components.clouds import vsphere_traits
+from multicloud_overlay.components.limits import check_limits, checked_plan
+from multicloud_overlay.components.stack_file import read_stack_file
+from multicloud_overlay.overlay.config import ConfigError, parse_config
+from multicloud_overlay.overlay.plan import Plan, bootstrap_config, build_plan
+from multicloud_overlay.overlay.security import IngressRule, PeerRouter, is_open_to_world
 from tests import harness
 from tests.harness import ROOT, ProgramRun, Registered, run_program, unsecret
 from tests.mockdata import vsphere as mock

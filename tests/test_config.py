@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from components.stack_file import read_stack_file
-from overlay.config import DEFAULTS, ConfigError, parse_config
+from multicloud_overlay.components.stack_file import read_stack_file
+from multicloud_overlay.overlay.config import DEFAULTS, ConfigError, parse_config
 from tests.harness import ROOT
 
 DEV = read_stack_file(ROOT / "Pulumi.dev.yaml")

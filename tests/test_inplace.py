@@ -10,10 +10,10 @@ from typing import Any
 import pytest
 import yaml
 
-from cloudinit.render import LOGIN_USER, push_command
-from components.stack_file import read_stack_file
-from overlay.encapsulation import ESP_KEY_BYTES
-from overlay.plan import config_digest, node_config, pair_key_name
+from multicloud_overlay.cloudinit.render import LOGIN_USER, push_command
+from multicloud_overlay.components.stack_file import read_stack_file
+from multicloud_overlay.overlay.encapsulation import ESP_KEY_BYTES
+from multicloud_overlay.overlay.plan import config_digest, node_config, pair_key_name
 from tests.harness import (
     ROOT,
     ProgramRun,
@@ -211,7 +211,7 @@ def occurs(secret: str, text: str) -> bool:
 def test_secrets_never_appear_in_plain_outputs_or_logs() -> None:
     """The deploy key, every generated host private key and (encryption ipsec) every tunnel key stay secrets: they
     travel in the pushes (and a host key in its own node's user-data), never in a plain output or a log line."""
-    from cloudinit.render import HOST_KEY_PATH, read_payload
+    from multicloud_overlay.cloudinit.render import HOST_KEY_PATH, read_payload
 
     run = run_cached(dev_config(DEV["hub"], encryption="ipsec"))
     plan = plan_of(dev_config(DEV["hub"], encryption="ipsec"))
@@ -255,7 +255,7 @@ def test_secrets_never_appear_in_plain_outputs_or_logs() -> None:
 def test_no_user_data_carries_a_tunnel_key_or_the_deploy_key() -> None:
     """User-data is not a secret store on any platform: it holds no tunnel credential and no deploy key, and each
     VM's holds exactly one private key, its own host key (what the push pins)."""
-    from cloudinit.render import payload_node_config
+    from multicloud_overlay.cloudinit.render import payload_node_config
 
     run = run_cached(dev_config(DEV["hub"], encryption="ipsec"))
     found = stack_secrets(run)

@@ -12,9 +12,9 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from bench.configs import generated_stack
-from cloudinit.render import read_payload
-from components.clouds.registry import PLATFORMS as REGISTRY_TRAITS
-from components.limits import (
+from multicloud_overlay.cloudinit.render import read_payload
+from multicloud_overlay.components.clouds.registry import PLATFORMS as REGISTRY_TRAITS
+from multicloud_overlay.components.limits import (
     STAND_IN_HOST_KEY_PRIVATE,
     STAND_IN_PUBLIC_KEY,
     check_limits,
@@ -23,11 +23,11 @@ from components.limits import (
     node_user_data,
     platform_limits,
 )
-from components.stack_file import read_stack_file
-from overlay.config import PLATFORMS, ConfigError, parse_config
-from overlay.plan import build_plan
-from overlay.security import client_rules, router_rules
-from overlay.traits import Documented, PlatformLimits, PlatformTraits, fullmatch
+from multicloud_overlay.components.stack_file import read_stack_file
+from multicloud_overlay.overlay.config import PLATFORMS, ConfigError, parse_config
+from multicloud_overlay.overlay.plan import build_plan
+from multicloud_overlay.overlay.security import client_rules, router_rules
+from multicloud_overlay.overlay.traits import Documented, PlatformLimits, PlatformTraits, fullmatch
 from tests.harness import ROOT, ProgramRun, decode, plan_of, run_cached, run_program, unsecret, user_data_strings
 
 DEV = read_stack_file(ROOT / "Pulumi.dev.yaml")

@@ -18,12 +18,12 @@ from typing import Any
 import pytest
 
 from bench.configs import stack_with_sites
-from components.clouds import aws_traits, azure_traits, gcp_traits
-from components.limits import check_limits, checked_plan, site_problems
-from overlay.config import ConfigError, parse_config
-from overlay.plan import Plan, build_plan
-from overlay.security import site_rules
-from overlay.traits import fullmatch
+from multicloud_overlay.components.clouds import aws_traits, azure_traits, gcp_traits
+from multicloud_overlay.components.limits import check_limits, checked_plan, site_problems
+from multicloud_overlay.overlay.config import ConfigError, parse_config
+from multicloud_overlay.overlay.plan import Plan, build_plan
+from multicloud_overlay.overlay.security import site_rules
+from multicloud_overlay.overlay.traits import fullmatch
 from tests.harness import ProgramRun, Registered, run_program, unsecret
 
 # Real region names; with the default quotas an AWS region takes 2 sites (Elastic IPs), an Azure location 5
@@ -329,7 +329,7 @@ def test_a_hundred_site_stack_registers_within_the_limits(hub: str, sites: int) 
         checked, problems = violations(run)
         assert checked > 0 and problems == [], (platform, problems[:5])
     # The largest stack: no user-data holds any tunnel key or the deploy key the stack generated (ipsec, the default).
-    from cloudinit.render import payload_node_config
+    from multicloud_overlay.cloudinit.render import payload_node_config
     from tests.test_inplace import occurs, stack_secrets
     from tests.test_platforms import decode, user_data_strings
 

@@ -23,13 +23,13 @@ from typing import Any
 import pytest
 
 from bench.configs import generated_stack, stack_with_sites
-from components.clouds import alicloud_traits, oci_traits, vsphere_traits
-from components.clouds.vsphere import is_manual_vmware_mac
-from components.limits import check_limits, platform_limits, site_problems, user_data_as_sent
-from overlay.config import PLATFORMS
-from overlay.plan import Plan
-from overlay.security import client_rules, router_rules
-from overlay.traits import PlatformLimits, fullmatch
+from multicloud_overlay.components.clouds import alicloud_traits, oci_traits, vsphere_traits
+from multicloud_overlay.components.clouds.vsphere import is_manual_vmware_mac
+from multicloud_overlay.components.limits import check_limits, platform_limits, site_problems, user_data_as_sent
+from multicloud_overlay.overlay.config import PLATFORMS
+from multicloud_overlay.overlay.plan import Plan
+from multicloud_overlay.overlay.security import client_rules, router_rules
+from multicloud_overlay.overlay.traits import PlatformLimits, fullmatch
 from tests.harness import ProgramRun, Registered, plan_of, run_program, unsecret
 
 MINE = ("oci", "alicloud", "vsphere")

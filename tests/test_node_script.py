@@ -16,11 +16,11 @@ from typing import Any
 
 import pytest
 
-from cloudinit import overlay_node
-from cloudinit.render import NODE_CONFIG, PUSH_COMMAND, read_payload, render_user_data, unit_exec_start
-from overlay.config import parse_config
-from overlay.encapsulation import PAIR_KEY_BYTES
-from overlay.plan import Plan, build_plan, node_config
+from multicloud_overlay.cloudinit import overlay_node
+from multicloud_overlay.cloudinit.render import NODE_CONFIG, PUSH_COMMAND, read_payload, render_user_data, unit_exec_start
+from multicloud_overlay.overlay.config import parse_config
+from multicloud_overlay.overlay.encapsulation import PAIR_KEY_BYTES
+from multicloud_overlay.overlay.plan import Plan, build_plan, node_config
 from tests.harness import ROOT
 from tests.test_plan import config_of
 
@@ -462,7 +462,7 @@ def test_a_failed_command_carrying_a_key_is_reported_and_logged_with_the_key_mas
 FIREWALL_STEP = """
 import json, sys
 sys.path.insert(0, sys.argv[1])
-from cloudinit import overlay_node
+from multicloud_overlay.cloudinit import overlay_node
 r = overlay_node.Runner(lambda _line: None)
 overlay_node.step_firewall(r, json.loads(sys.stdin.read()))
 print(json.dumps(r.changes))

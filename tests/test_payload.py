@@ -15,7 +15,7 @@ import yaml
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from cloudinit.render import (
+from multicloud_overlay.cloudinit.render import (
     APPLY_COMMAND,
     DOCKER_DAEMON,
     LOGIN_USER,
@@ -31,10 +31,10 @@ from cloudinit.render import (
     render_vsphere_metadata,
     unit_exec_start,
 )
-from components.limits import node_user_data
-from components.stack_file import read_stack_file
-from overlay.config import parse_config
-from overlay.plan import Plan, bootstrap_config, build_plan, node_config
+from multicloud_overlay.components.limits import node_user_data
+from multicloud_overlay.components.stack_file import read_stack_file
+from multicloud_overlay.overlay.config import parse_config
+from multicloud_overlay.overlay.plan import Plan, bootstrap_config, build_plan, node_config
 from tests.harness import ROOT, mock_pair_keys
 
 DEV = read_stack_file(ROOT / "Pulumi.dev.yaml")

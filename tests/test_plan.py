@@ -13,10 +13,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bench.configs import stack_with_sites
-from components.stack_file import read_stack_file
-from overlay.config import PLATFORMS, parse_config
-from overlay.encapsulation import ESP_KEY_BYTES, ESP_NATT_OVERHEAD, PAIR_KEY_BYTES, encapsulation_overhead
-from overlay.plan import (
+from multicloud_overlay.components.stack_file import read_stack_file
+from multicloud_overlay.overlay.config import PLATFORMS, parse_config
+from multicloud_overlay.overlay.encapsulation import ESP_KEY_BYTES, ESP_NATT_OVERHEAD, PAIR_KEY_BYTES, encapsulation_overhead
+from multicloud_overlay.overlay.plan import (
     MissingTunnelKey,
     Plan,
     build_plan,
@@ -24,7 +24,7 @@ from overlay.plan import (
     pair_key_name,
     tunnel_vni,
 )
-from overlay.security import PeerRouter, router_rules
+from multicloud_overlay.overlay.security import PeerRouter, router_rules
 from tests.harness import ROOT, mock_pair_keys
 
 DEV = read_stack_file(ROOT / "Pulumi.dev.yaml")
@@ -215,7 +215,7 @@ def test_plan_is_a_pure_function_of_the_config() -> None:
 
 
 def test_mac_table_pins_every_remote_mac_to_its_tunnel() -> None:
-    from overlay.plan import mac_table
+    from multicloud_overlay.overlay.plan import mac_table
 
     hub, spoke = DEV_PLAN.router("aws"), DEV_PLAN.router("gcp")
     hub_table = {e["mac"]: e["port"] for e in mac_table(DEV_PLAN, hub)}

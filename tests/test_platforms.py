@@ -9,10 +9,10 @@ import json
 
 import pytest
 
-from cloudinit.render import payload_node_config
-from components.clouds.base import PlatformSite
-from components.clouds.registry import PLATFORMS as REGISTRY
-from overlay.plan import bootstrap_config, node_config
+from multicloud_overlay.cloudinit.render import payload_node_config
+from multicloud_overlay.components.clouds.base import PlatformSite
+from multicloud_overlay.components.clouds.registry import PLATFORMS as REGISTRY
+from multicloud_overlay.overlay.plan import bootstrap_config, node_config
 from tests.harness import ProgramRun, Registered, decode, mock_pair_keys, plan_of, run_cached, unsecret, user_data_strings
 from tests.test_inplace import DEV, SITES, dev_config, is_rule
 

@@ -7,8 +7,8 @@ import re
 
 import yaml
 
-from components.clouds.registry import PLATFORMS
-from overlay.config import DEFAULTS, MAP_KEYS, REQUIRED_KEYS, SITE_KEYS, TOP_KEYS
+from multicloud_overlay.components.clouds.registry import PLATFORMS
+from multicloud_overlay.overlay.config import DEFAULTS, MAP_KEYS, REQUIRED_KEYS, SITE_KEYS, TOP_KEYS
 from tests.harness import ROOT
 
 PROJECT = yaml.safe_load((ROOT / "Pulumi.yaml").read_text())

@@ -7,13 +7,17 @@ import ast
 from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
+
 from tests.harness import ROOT
 
-PACKAGES = ("overlay", "components", "cloudinit", "lab", "bench", "tests")
+BUILDING_BLOCKS = ("overlay", "components", "cloudinit")  # installed as multicloud_overlay.<folder>
+OVERLAY = "multicloud_overlay"
+PACKAGES = (*BUILDING_BLOCKS, "lab", "bench", "tests", "ops")
 
 
 def project_modules() -> dict[str, Path]:
-    modules = {"__main__": ROOT / "__main__.py"}
+    modules = {"__main__": ROOT / "__main__.py", "multicloud_overlay": ROOT / "multicloud_overlay" / "__init__.py"}
     for package in PACKAGES:
         for path in sorted((ROOT / package).rglob("*.py")):
             if ".cache" in path.parts:
@@ -21,6 +25,8 @@ def project_modules() -> dict[str, Path]:
             parts = list(path.relative_to(ROOT).with_suffix("").parts)
             if parts[-1] == "__init__":
                 parts.pop()
+            if package in BUILDING_BLOCKS:
+                parts.insert(0, "multicloud_overlay")
             modules[".".join(parts)] = path
     return modules
 
@@ -111,16 +117,17 @@ def test_the_scan_sees_a_cycle_when_there_is_one() -> None:
 def test_the_scan_reads_imports_inside_functions_and_skips_type_checking_ones(tmp_path: Path) -> None:
     path = tmp_path / "m.py"
     path.write_text(
-        "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from overlay import plan\n"
-        "def f():\n    from overlay.config import parse_config\n    import lab.cli\n"
+        "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from core import plan\n"
+        "def f():\n    from core.config import parse_config\n    import lab.cli\n"
     )
-    modules = {"overlay": path, "overlay.plan": path, "overlay.config": path, "lab": path, "lab.cli": path, "m": path}
-    assert imports_of("m", path, modules) == {"overlay", "overlay.config", "lab", "lab.cli"}
+    modules = {"core": path, "core.plan": path, "core.config": path, "lab": path, "lab.cli": path, "m": path}
+    assert imports_of("m", path, modules) == {"core", "core.config", "lab", "lab.cli"}
 
 
 def test_the_house_has_no_import_cycle() -> None:
     graph = import_graph()
-    assert "overlay.config" in graph and "overlay.plan" in graph["overlay.security"]
+    assert "multicloud_overlay.overlay.config" in graph
+    assert "multicloud_overlay.overlay.plan" in graph["multicloud_overlay.overlay.security"]
     assert cycles(graph) == []
 
 
@@ -128,7 +135,7 @@ def test_the_core_imports_no_pulumi_and_no_component() -> None:
     """overlay/ (config, plan, security) and every platform's traits run without Pulumi or a provider SDK."""
     modules = project_modules()
     graph = import_graph()
-    core = [m for m in graph if m.startswith("overlay") or m.endswith("_traits") or m == "components.clouds.registry"]
+    core = [m for m in graph if m.startswith(f"{OVERLAY}.overlay") or m.endswith("_traits") or m == f"{OVERLAY}.components.clouds.registry"]
     reach: set[str] = set()
     todo = list(core)
     while todo:
@@ -136,7 +143,8 @@ def test_the_core_imports_no_pulumi_and_no_component() -> None:
         if m not in reach:
             reach.add(m)
             todo += graph[m]
-    assert {m for m in reach if m.startswith("components.")} <= {"components", "components.clouds", "components.clouds.registry"} | {
+    components = {f"{OVERLAY}.components", f"{OVERLAY}.components.clouds", f"{OVERLAY}.components.clouds.registry"}
+    assert {m for m in reach if m.startswith(f"{OVERLAY}.components.")} <= components | {
         m for m in reach if m.endswith("_traits")
     }
     for m in reach:
@@ -144,3 +152,30 @@ def test_the_core_imports_no_pulumi_and_no_component() -> None:
         names = {a.name for n in _runtime_imports(tree) if isinstance(n, ast.Import) for a in n.names}
         names |= {n.module or "" for n in _runtime_imports(tree) if isinstance(n, ast.ImportFrom)}
         assert not {n for n in names if n.split(".")[0].startswith("pulumi")}, m
+
+
+def test_the_building_blocks_shadow_no_package_and_are_imported_under_one_name() -> None:
+    """overlay/, components/ and cloudinit/ are namespace folders (no __init__.py): with the repository on sys.path
+    they shadow no installed package of the same name (cloud-init's own `cloudinit` above all). Every module
+    reaches them as multicloud_overlay.<folder>, never by the bare folder name, which would load a second copy."""
+    for folder in BUILDING_BLOCKS:
+        assert not (ROOT / folder / "__init__.py").exists(), folder
+        assert (ROOT / OVERLAY / folder).resolve() == (ROOT / folder).resolve(), f"{OVERLAY}/{folder} must link to {folder}/"
+    bare: list[str] = []
+    for name, path in project_modules().items():
+        for node in _runtime_imports(ast.parse(path.read_text(), str(path))):
+            targets = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""] if not node.level else []
+            bare += [f"{name}: {t}" for t in targets if t.split(".")[0] in BUILDING_BLOCKS]
+    assert bare == []
+
+
+def test_cloud_init_is_not_shadowed_by_the_repository_on_the_path() -> None:
+    """Where cloud-init is installed, `cloud-init --version` works with the repository first on PYTHONPATH."""
+    import shutil
+    import subprocess
+
+    exe = shutil.which("cloud-init")
+    if exe is None:
+        pytest.skip("cloud-init is not installed on this machine (make setup installs it)")
+    proc = subprocess.run([exe, "--version"], env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr

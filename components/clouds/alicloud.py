@@ -39,10 +39,10 @@ from typing import Final
 import pulumi
 import pulumi_alicloud as alicloud
 
-from components.clouds import alicloud_traits
-from components.clouds.base import NodeResources, NodeSpec, PlatformFactory, PlatformSite, ResolvedRule, SiteContext
-from components.limits import user_data_as_sent
-from overlay.security import IngressRule, scoped_source
+from multicloud_overlay.components.clouds import alicloud_traits
+from multicloud_overlay.components.clouds.base import NodeResources, NodeSpec, PlatformFactory, PlatformSite, ResolvedRule, SiteContext
+from multicloud_overlay.components.limits import user_data_as_sent
+from multicloud_overlay.overlay.security import IngressRule, scoped_source
 
 TOKEN = "multicloud-overlay:alicloud"
 # 2 vCPU / 8 GiB, up to 2 ENIs (primary + one secondary): enough for a router's WAN and LAN NIC.

@@ -8,11 +8,11 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Final, Literal
 
-from overlay.traits import Documented, PlatformLimits, PlatformTraits, fullmatch, quota, quota_fix, quota_words
+from multicloud_overlay.overlay.traits import Documented, PlatformLimits, PlatformTraits, fullmatch, quota, quota_fix, quota_words
 
 if TYPE_CHECKING:
-    from overlay.plan import Plan
-    from overlay.rules import IngressRule, SiteRules
+    from multicloud_overlay.overlay.plan import Plan
+    from multicloud_overlay.overlay.rules import IngressRule, SiteRules
 
 _RUN_INSTANCES = "https://www.alibabacloud.com/help/en/ecs/developer-reference/api-ecs-2014-05-26-runinstances"
 _USER_DATA = "https://www.alibabacloud.com/help/en/ecs/user-guide/customize-the-initialization-configuration-for-an-instance"
@@ -289,7 +289,7 @@ LIMITS = PlatformLimits(
 
 TRAITS: Final = PlatformTraits(
     name="alicloud",
-    site_module="components.clouds.alicloud",
+    site_module="multicloud_overlay.components.clouds.alicloud",
     required_site_keys=("region",),
     default_underlay_mtu=Documented(1500, "https://www.alibabacloud.com/help/en/ecs/user-guide/jumbo-frames (ENIs default to 1,500)"),
     limits=LIMITS,

@@ -28,7 +28,7 @@ from typing import Final
 import pulumi
 import pulumi_aws as aws
 
-from components.clouds.aws_traits import (
+from multicloud_overlay.components.clouds.aws_traits import (
     GROUPS_PER_ENI,
     LIMITS,
     RULES_PER_GROUP,
@@ -40,10 +40,10 @@ from components.clouds.aws_traits import (
     security_group_placement,
     security_group_resource_name,
 )
-from components.clouds.base import NodeResources, NodeSpec, PlatformFactory, PlatformSite, ResolvedRule, SiteContext
-from components.limits import sent_user_data
-from overlay.security import scoped_source
-from overlay.traits import fullmatch
+from multicloud_overlay.components.clouds.base import NodeResources, NodeSpec, PlatformFactory, PlatformSite, ResolvedRule, SiteContext
+from multicloud_overlay.components.limits import sent_user_data
+from multicloud_overlay.overlay.security import scoped_source
+from multicloud_overlay.overlay.traits import fullmatch
 
 # Canonical's AWS account and the name pattern of its Ubuntu 24.04 (noble) amd64 server images.
 CANONICAL_OWNER = "099720109477"

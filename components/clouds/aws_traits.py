@@ -14,12 +14,12 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Final
 
-from overlay.rules import IngressRule, PeerRouter
-from overlay.traits import Documented, PlatformLimits, PlatformTraits, fullmatch, quota, quota_fix, quota_words
+from multicloud_overlay.overlay.rules import IngressRule, PeerRouter
+from multicloud_overlay.overlay.traits import Documented, PlatformLimits, PlatformTraits, fullmatch, quota, quota_fix, quota_words
 
 if TYPE_CHECKING:
-    from overlay.plan import Plan
-    from overlay.rules import SiteRules
+    from multicloud_overlay.overlay.plan import Plan
+    from multicloud_overlay.overlay.rules import SiteRules
 
 _VPC_QUOTAS = "https://docs.aws.amazon.com/vpc/latest/userguide/amazon-vpc-limits.html"
 _SG_QUOTAS = f"{_VPC_QUOTAS}#vpc-limits-security-groups"
@@ -247,7 +247,7 @@ LIMITS = PlatformLimits(
 
 TRAITS: Final = PlatformTraits(
     name="aws",
-    site_module="components.clouds.aws",
+    site_module="multicloud_overlay.components.clouds.aws",
     required_site_keys=("region",),
     # Traffic through an internet gateway is limited to 1500 bytes (9001 only inside the VPC).
     default_underlay_mtu=Documented(1500, "https://docs.aws.amazon.com/AWSEC2/latest/UserGuide/network_mtu.html"),

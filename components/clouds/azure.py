@@ -42,7 +42,7 @@ import pulumi
 import pulumi_azure_native as azure_native
 from pulumi_azure_native import compute, network, resources
 
-from components.clouds.azure_traits import (
+from multicloud_overlay.components.clouds.azure_traits import (
     HASHED_PRIORITIES,
     LIMITS,
     NSG_PROTOCOL,
@@ -56,11 +56,19 @@ from components.clouds.azure_traits import (
     ula_prefix,
     vnet_deny_plans,
 )
-from components.clouds.base import SSH_USER, NodeResources, NodeSpec, PlatformFactory, PlatformSite, ResolvedRule, SiteContext
-from components.limits import user_data_as_sent
-from overlay import security
-from overlay.plan import Node
-from overlay.security import PeerRouter
+from multicloud_overlay.components.clouds.base import (
+    SSH_USER,
+    NodeResources,
+    NodeSpec,
+    PlatformFactory,
+    PlatformSite,
+    ResolvedRule,
+    SiteContext,
+)
+from multicloud_overlay.components.limits import user_data_as_sent
+from multicloud_overlay.overlay import security
+from multicloud_overlay.overlay.plan import Node
+from multicloud_overlay.overlay.security import PeerRouter
 
 __all__ = [  # the NSG helpers live in azure_traits (check_limits uses them too); importable from here as before
     "HASHED_PRIORITIES",

@@ -16,13 +16,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final, Literal
 
-from cloudinit.render import LOGIN_USER
-from overlay.rules import IngressRule, PeerRouter
-from overlay.traits import Documented, PlatformLimits, PlatformTraits, fullmatch, quota, quota_fix, quota_words
+from multicloud_overlay.cloudinit.render import LOGIN_USER
+from multicloud_overlay.overlay.rules import IngressRule, PeerRouter
+from multicloud_overlay.overlay.traits import Documented, PlatformLimits, PlatformTraits, fullmatch, quota, quota_fix, quota_words
 
 if TYPE_CHECKING:
-    from overlay.plan import Plan
-    from overlay.rules import SiteRules
+    from multicloud_overlay.overlay.plan import Plan
+    from multicloud_overlay.overlay.rules import SiteRules
 
 _COMPUTE_MODEL = (
     "https://github.com/Azure/azure-sdk-for-python/blob/main/sdk/compute/azure-mgmt-compute/azure/mgmt/compute/models/_models.py"
@@ -369,7 +369,7 @@ LIMITS = PlatformLimits(
 
 TRAITS: Final = PlatformTraits(
     name="azure",
-    site_module="components.clouds.azure",
+    site_module="multicloud_overlay.components.clouds.azure",
     required_site_keys=("region",),
     # Azure documents 1500; VXLAN users report loss above ~1400 across Azure, so the default stays conservative.
     default_underlay_mtu=Documented(1400, "https://learn.microsoft.com/azure/virtual-network/virtual-network-tcpip-performance-tuning"),

@@ -21,10 +21,10 @@ from typing import Any
 
 import pulumi
 
-from cloudinit.render import LOGIN_USER
-from overlay.config import SiteConfig
-from overlay.plan import Node, Plan
-from overlay.security import IngressRule
+from multicloud_overlay.cloudinit.render import LOGIN_USER
+from multicloud_overlay.overlay.config import SiteConfig
+from multicloud_overlay.overlay.plan import Node, Plan
+from multicloud_overlay.overlay.security import IngressRule
 
 SSH_USER = LOGIN_USER
 """The login user every node has: created by the payload, whatever the platform's own default user."""

@@ -31,8 +31,16 @@ import pulumi
 import pulumi_gcp as gcp
 from pulumi_gcp import compute
 
-from components.clouds.base import SSH_USER, NodeResources, NodeSpec, PlatformFactory, PlatformSite, ResolvedRule, SiteContext
-from components.clouds.gcp_traits import (
+from multicloud_overlay.components.clouds.base import (
+    SSH_USER,
+    NodeResources,
+    NodeSpec,
+    PlatformFactory,
+    PlatformSite,
+    ResolvedRule,
+    SiteContext,
+)
+from multicloud_overlay.components.clouds.gcp_traits import (
     AUTONAME_SUFFIX,
     FIREWALL_PROTOCOL,
     GCP_NAME_MAX,
@@ -45,7 +53,7 @@ from components.clouds.gcp_traits import (
     gcp_name,
     nic_of_rule,
 )
-from overlay.security import PeerRouter, scoped_source
+from multicloud_overlay.overlay.security import PeerRouter, scoped_source
 
 __all__ = [  # names and protocols live in gcp_traits (check_limits uses them too); importable from here as before
     "AUTONAME_SUFFIX",

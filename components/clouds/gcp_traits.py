@@ -18,12 +18,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final, Literal
 
-from overlay.rules import IngressRule, PeerRouter, RuleProtocol
-from overlay.traits import Documented, PlatformLimits, PlatformTraits, fullmatch
+from multicloud_overlay.overlay.rules import IngressRule, PeerRouter, RuleProtocol
+from multicloud_overlay.overlay.traits import Documented, PlatformLimits, PlatformTraits, fullmatch
 
 if TYPE_CHECKING:
-    from overlay.plan import Plan
-    from overlay.rules import SiteRules
+    from multicloud_overlay.overlay.plan import Plan
+    from multicloud_overlay.overlay.rules import SiteRules
 
 _DISCOVERY = "https://github.com/googleapis/google-api-python-client/blob/main/googleapiclient/discovery_cache/documents/compute.v1.json"
 _GUEST_AGENT = "https://github.com/GoogleCloudPlatform/guest-agent"
@@ -299,7 +299,7 @@ LIMITS = PlatformLimits(
 
 TRAITS: Final = PlatformTraits(
     name="gcp",
-    site_module="components.clouds.gcp",
+    site_module="multicloud_overlay.components.clouds.gcp",
     required_site_keys=("region", "zone", "project"),
     default_underlay_mtu=Documented(1460, "https://cloud.google.com/vpc/docs/mtu (VPC networks default to 1,460 bytes)"),
     underlay_mtu_range=Documented((1300, 8896), "https://cloud.google.com/vpc/docs/mtu (any value between 1,300 and 8,896 bytes)"),

@@ -42,10 +42,10 @@ from typing import Any, Final, NoReturn
 import pulumi
 import pulumi_oci as oci
 
-from components.clouds import oci_traits
-from components.clouds.base import NodeResources, NodeSpec, PlatformFactory, PlatformSite, ResolvedRule, SiteContext
-from components.limits import user_data_as_sent
-from overlay.security import IngressRule, RuleProtocol, scoped_source
+from multicloud_overlay.components.clouds import oci_traits
+from multicloud_overlay.components.clouds.base import NodeResources, NodeSpec, PlatformFactory, PlatformSite, ResolvedRule, SiteContext
+from multicloud_overlay.components.limits import user_data_as_sent
+from multicloud_overlay.overlay.security import IngressRule, RuleProtocol, scoped_source
 
 PKG: Final = "multicloud-overlay:oci"
 DEFAULT_SHAPE: Final = "VM.Standard.E4.Flex"

@@ -8,11 +8,11 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Final, Literal
 
-from overlay.traits import Documented, PlatformLimits, PlatformTraits, fullmatch, quota, quota_fix, quota_words
+from multicloud_overlay.overlay.traits import Documented, PlatformLimits, PlatformTraits, fullmatch, quota, quota_fix, quota_words
 
 if TYPE_CHECKING:
-    from overlay.plan import Plan
-    from overlay.rules import IngressRule, SiteRules
+    from multicloud_overlay.overlay.plan import Plan
+    from multicloud_overlay.overlay.rules import IngressRule, SiteRules
 
 _METADATA = "https://docs.oracle.com/iaas/Content/Compute/Tasks/updatinginstancemetada.htm"
 _NSG_LIMITS = "https://docs.oracle.com/iaas/Content/General/Concepts/servicelimits.htm#nsg_limits"
@@ -264,7 +264,7 @@ LIMITS = PlatformLimits(
 
 TRAITS: Final = PlatformTraits(
     name="oci",
-    site_module="components.clouds.oci",
+    site_module="multicloud_overlay.components.clouds.oci",
     required_site_keys=("region", "compartmentId"),
     # 9000 inside a VCN, 1500 through the internet gateway.
     default_underlay_mtu=Documented(

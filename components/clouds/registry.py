@@ -6,8 +6,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Final
 
-from components.clouds import alicloud_traits, aws_traits, azure_traits, gcp_traits, oci_traits, vsphere_traits
-from overlay.traits import PlatformTraits
+from multicloud_overlay.components.clouds import alicloud_traits, aws_traits, azure_traits, gcp_traits, oci_traits, vsphere_traits
+from multicloud_overlay.overlay.traits import PlatformTraits
 
 PLATFORMS: Final[Mapping[str, PlatformTraits]] = {
     "aws": aws_traits.TRAITS,

@@ -32,14 +32,14 @@ import pulumi
 import pulumi_vsphere as vsphere
 import yaml
 
-from cloudinit.render import StaticNic, render_vsphere_metadata
-from components.clouds import vsphere_traits
-from components.clouds.base import NodeResources, NodeSpec, PlatformFactory, PlatformSite, ResolvedRule, SiteContext
-from components.clouds.vsphere_traits import DEFAULT_SIZES, parse_size, vm_name
-from components.limits import user_data_as_sent
-from overlay.config import CLIENT_HOST, MAX_SITE_ID, ROUTER_HOST, SiteConfig
-from overlay.plan import Node
-from overlay.security import IngressRule, scoped_source
+from multicloud_overlay.cloudinit.render import StaticNic, render_vsphere_metadata
+from multicloud_overlay.components.clouds import vsphere_traits
+from multicloud_overlay.components.clouds.base import NodeResources, NodeSpec, PlatformFactory, PlatformSite, ResolvedRule, SiteContext
+from multicloud_overlay.components.clouds.vsphere_traits import DEFAULT_SIZES, parse_size, vm_name
+from multicloud_overlay.components.limits import user_data_as_sent
+from multicloud_overlay.overlay.config import CLIENT_HOST, MAX_SITE_ID, ROUTER_HOST, SiteConfig
+from multicloud_overlay.overlay.plan import Node
+from multicloud_overlay.overlay.security import IngressRule, scoped_source
 
 TOKEN: Final = "multicloud-overlay:vsphere"
 

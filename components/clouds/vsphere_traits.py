@@ -10,11 +10,11 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Final
 
-from overlay.traits import Documented, NicNames, PlatformLimits, PlatformTraits, fullmatch
+from multicloud_overlay.overlay.traits import Documented, NicNames, PlatformLimits, PlatformTraits, fullmatch
 
 if TYPE_CHECKING:
-    from overlay.plan import Plan
-    from overlay.rules import SiteRules
+    from multicloud_overlay.overlay.plan import Plan
+    from multicloud_overlay.overlay.rules import SiteRules
 
 _VMWARE_DS = "https://github.com/canonical/cloud-init/blob/main/cloudinit/sources/DataSourceVMware.py"
 _NO_FIREWALL = (
@@ -221,7 +221,7 @@ LIMITS = PlatformLimits(
 
 TRAITS: Final = PlatformTraits(
     name="vsphere",
-    site_module="components.clouds.vsphere",
+    site_module="multicloud_overlay.components.clouds.vsphere",
     required_site_keys=("publicIp", "datacenter", "cluster", "datastore", "template", "wanNetwork", "lanNetwork", "mgmtNetwork", "mgmtCidr"),
     default_underlay_mtu=Documented(1500, "https://techdocs.broadcom.com/us/en/vmware-cis/vsphere/vsphere/8-0/vsphere-networking-8-0.html (standard switch MTU, default 1500)"),
     limits=LIMITS,

@@ -82,7 +82,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 from paramiko.common import MSG_CHANNEL_FAILURE, cMSG_CHANNEL_REQUEST
 from paramiko.message import Message
 
-from cloudinit.render import HOST_KEY_PATH, PayloadFile, payload_node_config, read_payload
+from multicloud_overlay.cloudinit.render import HOST_KEY_PATH, PayloadFile, payload_node_config, read_payload
 
 SSHD = "/usr/sbin/sshd"
 SSHD_CONFIG = Path("/etc/ssh/sshd_config")

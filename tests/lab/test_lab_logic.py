@@ -14,8 +14,6 @@ from typing import Any
 
 import pytest
 
-from cloudinit.render import NODE_CONFIG, NODE_SCRIPT, UNIT_PATH, render_user_data, unit_exec_start
-from components.stack_file import read_stack_file
 from lab import cli, nodes, power, probes, underlay
 from lab.check import endpoints, spoke_pair
 from lab.probes import parse_ping_lines, parse_ping_log, ping_script
@@ -23,8 +21,10 @@ from lab.report import PingResult, Probe, cell, matrix_text, summary, to_json, t
 from lab.state import LAB_IMAGE, LabError, lab_plan, load_raw, stack_path, stack_reference
 from lab.swap import disruption, mac_site, probe_pair, stale_fdb
 from lab.topology import build_layout, container_names, map_argv, map_path, public_addresses, transit_pair
-from overlay.config import parse_config
-from overlay.plan import bootstrap_config, build_plan, overlay_mac
+from multicloud_overlay.cloudinit.render import NODE_CONFIG, NODE_SCRIPT, UNIT_PATH, render_user_data, unit_exec_start
+from multicloud_overlay.components.stack_file import read_stack_file
+from multicloud_overlay.overlay.config import parse_config
+from multicloud_overlay.overlay.plan import bootstrap_config, build_plan, overlay_mac
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -210,7 +210,7 @@ def test_oci_vm_gets_the_image_firewall(plan) -> None:
 
 
 def test_power_off_resets_what_the_node_script_sets() -> None:
-    from cloudinit import overlay_node
+    from multicloud_overlay.cloudinit import overlay_node
 
     assert power.NODE_SYSCTLS is overlay_node.NODE_SYSCTLS
     assert power.NIC_SYSCTLS == {"net.ipv6.conf.{nic}.accept_ra": "net.ipv6.conf.default.accept_ra"}

@@ -26,11 +26,11 @@ from typing import Any
 
 import pytest
 
-from cloudinit import render
-from cloudinit.render import NODE_CONFIG, NODE_SCRIPT, unit_exec_start
-from components.clouds.base import SSH_USER
-from components.connectivity import parse_check_output
-from components.stack_file import read_stack_file
+from multicloud_overlay.cloudinit import render
+from multicloud_overlay.cloudinit.render import NODE_CONFIG, NODE_SCRIPT, unit_exec_start
+from multicloud_overlay.components.clouds.base import SSH_USER
+from multicloud_overlay.components.connectivity import parse_check_output
+from multicloud_overlay.components.stack_file import read_stack_file
 from tests import harness
 from tests.harness import ROOT, ProgramRun, run_program
 from tests.lab.sshd import (

@@ -5,6 +5,6 @@ A platform without its module here fails at import with the module's name: that 
 import importlib
 from types import ModuleType
 
-from components.clouds.registry import PLATFORMS as REGISTRY
+from multicloud_overlay.components.clouds.registry import PLATFORMS as REGISTRY
 
 PLATFORMS: tuple[ModuleType, ...] = tuple(importlib.import_module(f"tests.mockdata.{name}") for name in REGISTRY)
