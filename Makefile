@@ -5,7 +5,7 @@ STACK ?= dev
 # the encrypted overlay runs in the kernel VM: .venv/bin/python -m lab vm --encryption ipsec.
 ENCRYPTION ?= none
 
-.PHONY: test setup lint unit lab lab-down
+.PHONY: test setup lint unit lab lab-down graph
 
 ## test: install what is missing, then lint, type-check and run every test (unit, mocks, lab, VM)
 test: setup lint
@@ -31,3 +31,7 @@ lab: setup
 ## lab-down: remove everything the lab made
 lab-down:
 	$(PY) -m lab down
+
+## graph: the README's topology picture of the dev stack: docs/topology.dot, .svg, .png (needs Graphviz's dot)
+graph:
+	$(PY) -m lab graph --stack dev --out docs

@@ -10,6 +10,7 @@ APT_PACKAGES=(
   cloud-init                                             # `cloud-init schema` validates every payload
   python3 tcpdump iperf3                                 # VM userland, captures, benchmarks
   openssh-server sudo                                    # tests/lab/test_push_sshd.py: a stock sshd and sudo take the push
+  graphviz                                               # `dot`: make graph / lab graph draw the topology (docs/topology.svg)
 )
 
 if [ "$(id -u)" -ne 0 ]; then
