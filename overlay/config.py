@@ -85,7 +85,22 @@ REQUIRED_KEYS: Final = ("hub", "sites", "adminCidr", "sshPublicKey")
 # Map-valued keys (set with `pulumi config set --path`): Pulumi.yaml cannot declare them.
 MAP_KEYS: Final = ("sites", "quotas")
 TOP_KEYS: Final = frozenset((*REQUIRED_KEYS, *DEFAULTS, "quotas"))
+# Where a stack file's reader (components/stack_file.py) lists the keys of this project it found without the
+# `multicloud-overlay:` prefix (e.g. `hub: aws` instead of `multicloud-overlay:hub: aws`). Pulumi reads every key of
+# a stack file as `<namespace>:<name>`, so such a key never reaches the program: parse_config says how to write it
+# instead of reporting the key as not set. The angle brackets keep it apart from every real key.
+UNPREFIXED: Final = "<unprefixed>"
 MAX_QUOTA: Final = 1_000_000
+# How to set a required key that is missing, where `pulumi config set <key> <value>` cannot: a map is set one
+# path at a time.
+MISSING_FIX: Final[Mapping[str, str]] = {
+    "sites": (
+        "it is a map of site name -> settings, set one path at a time, e.g. `pulumi config set --path sites.aws.platform aws`, "
+        "`pulumi config set --path sites.aws.siteId 1`, `pulumi config set --path sites.aws.region eu-west-1`, and the same "
+        "for a second site, or copy the `multicloud-overlay:sites` block of an example stack: Pulumi.aws-gcp.yaml (two sites) "
+        "or Pulumi.dev.yaml (one site per platform)"
+    ),
+}
 # Keys earlier versions used, with what replaced them: a stack that still sets one is told what to do.
 RETIRED_KEYS: Final[Mapping[str, str]] = {
     "sshPrivateKey": (
@@ -174,11 +189,16 @@ class OverlayConfig:
         raise KeyError(name)
 
 
-def _closest(word: str, choices: frozenset[str] | tuple[str, ...]) -> str:
+def _close_match(word: str, choices: frozenset[str] | tuple[str, ...]) -> str | None:
     import difflib
 
-    match = difflib.get_close_matches(word, list(choices), n=1)
-    return f" (did you mean '{match[0]}'?)" if match else ""
+    match = difflib.get_close_matches(word, sorted(choices), n=1)
+    return match[0] if match else None
+
+
+def _closest(word: str, choices: frozenset[str] | tuple[str, ...]) -> str:
+    match = _close_match(word, choices)
+    return f" (did you mean '{match}'?)" if match else ""
 
 
 class _Collector:
@@ -245,13 +265,21 @@ class _Collector:
 def parse_config(raw: Mapping[str, Any]) -> OverlayConfig:
     """Validate the raw stack config; raise ConfigError listing every problem."""
     c = _Collector()
+    unprefixed = sorted(str(k) for k in cast(list[object], raw.get(UNPREFIXED) or []))
+    for key in unprefixed:
+        c.problems.append(
+            f"{key} has no project prefix in the stack file, so Pulumi does not pass it to this program: write the key as "
+            f"`{PROJECT}:{key}` (as `pulumi config set` does; keys of other namespaces such as aws:region stay as they are)"
+        )
     for key in sorted(set(raw) & set(RETIRED_KEYS)):
         c.problems.append(f"{key} is set: {RETIRED_KEYS[key]}")
-    for key in sorted(set(raw) - TOP_KEYS - set(RETIRED_KEYS)):
+    for key in sorted(set(raw) - TOP_KEYS - set(RETIRED_KEYS) - {UNPREFIXED}):
         c.add(key, raw[key], f"unknown key{_closest(key, TOP_KEYS)}: remove it (known keys: {', '.join(sorted(TOP_KEYS))})")
     for key in REQUIRED_KEYS:
-        if raw.get(key) in (None, ""):
-            c.problems.append(f"{key} is not set: run `pulumi config set {key} <value>` (see README, config reference)")
+        if raw.get(key) in (None, "") and key not in unprefixed:
+            c.problems.append(
+                f"{key} is not set: {MISSING_FIX.get(key, f'run `pulumi config set {key} <value>`')} (see README, config reference)"
+            )
 
     def get(key: str) -> Any:
         value = raw.get(key)
@@ -303,19 +331,19 @@ def parse_config(raw: Mapping[str, Any]) -> OverlayConfig:
     if ssh_key not in (None, "") and (not isinstance(ssh_key, str) or not SSH_KEY_RE.fullmatch(ssh_key.strip())):
         c.add("sshPublicKey", ssh_key, "not an OpenSSH public key: paste one line such as 'ssh-ed25519 AAAA... you@host'")
 
-    sites = _parse_sites(c, raw.get("sites"))
+    sites, names = _parse_sites(c, raw.get("sites"))
     quotas = _parse_quotas(c, raw.get("quotas"))
 
-    # Cross-key checks.
+    # Cross-key checks. They count every site the config names, a site with a problem of its own included: that
+    # problem is reported once, as itself, and not again as a missing hub or a wrong number of sites.
     hub = raw.get("hub")
-    names = [s.name for s in sites]
-    if hub not in (None, "") and sites and hub not in names:
+    if hub not in (None, "") and names and hub not in names:
         c.add("hub", hub, f"not among the sites{_closest(str(hub), tuple(names))}: set one of {', '.join(names)}")
-    if topology == "point-to-point" and sites and len(sites) != 2:
+    if topology == "point-to-point" and names and len(names) != 2:
         c.add(
             "topology",
             topology,
-            f"point-to-point joins exactly two sites, the config has {len(sites)}: use hub-and-spoke or keep two sites",
+            f"point-to-point joins exactly two sites, the config has {len(names)}: use hub-and-spoke or keep two sites",
         )
     if v4 is not None and sites:
         blocks = v4.num_addresses // SITE_BLOCK
@@ -344,12 +372,23 @@ def parse_config(raw: Mapping[str, Any]) -> OverlayConfig:
                     )
             except ValueError:
                 pass
-    # Sites may reuse each other's private ranges: tunnels run between public addresses and the overlay never
-    # routes an underlay prefix.
+    # Sites may reuse each other's private ranges (vpcCidr, wanCidr, lanCidr): each site is a network of its own,
+    # joined to the others only by the overlay; tunnels run between public addresses (every edge NATs 1:1), a client
+    # tunnels to its own router on its own LAN, and the overlay never routes an underlay prefix. The one exception is
+    # a management network: the machine running `pulumi up` pushes to a managed site's client at its management
+    # address, so it must reach every site's management network by a distinct prefix.
     for i, a in enumerate(sites):
         for b in sites[i + 1 :]:
             if a.site_id == b.site_id:
                 c.add(f"sites.{b.name}.siteId", b.site_id, f"already used by site {a.name}: give every site its own siteId")
+            mgmt_a, mgmt_b = _management_network(a), _management_network(b)
+            if mgmt_a is not None and mgmt_b is not None and mgmt_a.overlaps(mgmt_b):
+                c.add(
+                    f"sites.{b.name}.mgmtCidr",
+                    str(mgmt_b),
+                    f"overlaps sites.{a.name}.mgmtCidr {mgmt_a}: the machine running `pulumi up` reaches every site's "
+                    "management network, so give each one its own prefix",
+                )
     if sites and protocol is not None and encryption is not None:
         overhead = encapsulation_overhead(cast(Protocol, protocol), 4, cast(Encryption, encryption))
         label = f"{protocol}+ipsec" if encryption == "ipsec" else protocol
@@ -392,6 +431,14 @@ def parse_config(raw: Mapping[str, Any]) -> OverlayConfig:
     )
 
 
+def _management_network(site: SiteConfig) -> ipaddress.IPv4Network | None:
+    """The site's management network, where its platform manages nodes over one (_parse_site validated it)."""
+    mgmt = site.setting("mgmtCidr")
+    if not mgmt or not PLATFORM_TRAITS[site.platform].management_network:
+        return None
+    return ipaddress.IPv4Network(mgmt)
+
+
 def _parse_quotas(c: _Collector, raw: object) -> dict[str, int]:
     """quotas: platform -> quota name -> the account's raised value (`pulumi config set --path quotas.aws.X 20`)."""
     if raw in (None, ""):
@@ -418,15 +465,16 @@ def _parse_quotas(c: _Collector, raw: object) -> dict[str, int]:
     return out
 
 
-def _parse_sites(c: _Collector, raw_sites: object) -> list[SiteConfig]:
+def _parse_sites(c: _Collector, raw_sites: object) -> tuple[list[SiteConfig], list[str]]:
+    """The valid sites, and the name of every site the config gives (valid or not) for the cross-key checks."""
     if raw_sites in (None, ""):
-        return []  # reported as a missing required key
+        return [], []  # reported as a missing required key
     if isinstance(raw_sites, list):
         c.add("sites", "<list>", "sites is a map of site name -> settings, not a list (see Pulumi.dev.yaml)")
-        return []
+        return [], []
     if not isinstance(raw_sites, Mapping) or not raw_sites:
         c.add("sites", raw_sites, "set a map of site name -> settings with at least two sites (see Pulumi.dev.yaml)")
-        return []
+        return [], []
     sites_map = cast(Mapping[str, Any], raw_sites)
     if len(sites_map) < 2:
         c.add("sites", list(sites_map), "an overlay joins at least two sites: add another")
@@ -451,32 +499,57 @@ def _parse_sites(c: _Collector, raw_sites: object) -> list[SiteConfig]:
         site = _parse_site(c, name, cast(Mapping[str, Any], body))
         if site is not None:
             out.append(site)
-    return out
+    return out, [str(name) for name in sites_map]
 
 
 def _parse_site(c: _Collector, name: str, body: Mapping[str, Any]) -> SiteConfig | None:
     key = f"sites.{name}"
     before = len(c.problems)
+    # A misspelled setting is reported once, as itself: the setting it stands for is not reported as missing too.
+    misspelled: set[str] = set()
+    given = body.get("platform")
+    # Suggest only what the site's platform takes: a vSphere setting is no fix for an AWS site.
+    candidates = (
+        frozenset(("platform", "siteId", *OPTIONAL_SITE_KEYS, *PLATFORM_TRAITS[given].required_site_keys))
+        if isinstance(given, str) and given in PLATFORM_TRAITS
+        else SITE_KEYS
+    )
     for k in sorted(set(body) - SITE_KEYS):
-        c.add(f"{key}.{k}", body[k], f"unknown site setting{_closest(k, SITE_KEYS)}: remove it")
+        match = _close_match(k, candidates)
+        if match is None:
+            c.add(f"{key}.{k}", body[k], "unknown site setting: remove it")
+        else:
+            misspelled.add(match)
+            c.add(f"{key}.{k}", body[k], f"unknown site setting (did you mean '{match}'?): rename it to {match}")
     platform = None
     if body.get("platform") is None:
-        c.problems.append(f"{key}.platform is not set: set one of {', '.join(PLATFORMS)}")
+        if "platform" not in misspelled:
+            c.problems.append(f"{key}.platform is not set: set one of {', '.join(PLATFORMS)}")
     else:
         platform = c.choice(f"{key}.platform", body.get("platform"), PLATFORMS)
     site_id = None
     if body.get("siteId") is None:
-        c.problems.append(
-            f"{key}.siteId is not set: give the site a stable number from 1 to {MAX_SITE_ID} (it selects its overlay addresses)"
-        )
+        if "siteId" not in misspelled:
+            c.problems.append(
+                f"{key}.siteId is not set: give the site a stable number from 1 to {MAX_SITE_ID} (it selects its overlay addresses)"
+            )
     else:
         site_id = c.integer(f"{key}.siteId", body.get("siteId"), 1, MAX_SITE_ID)
     if platform is not None:
         for req in PLATFORM_TRAITS[platform].required_site_keys:
-            if body.get(req) in (None, ""):
+            if body.get(req) in (None, "") and req not in misspelled:
                 c.problems.append(
                     f"{key}.{req} is not set: a {platform} site needs it (run `pulumi config set --path {key}.{req} <value>`)"
                 )
+        naming = PLATFORM_TRAITS[platform].zone_naming
+        zone, region = body.get("zone"), body.get("region")
+        if naming is not None and zone not in (None, "") and region not in (None, "") and not naming.belongs(str(zone), str(region)):
+            c.add(
+                f"{key}.zone",
+                zone,
+                f"not a zone of {key}.region {region}: {platform} zone names are {naming.rule.format(region=region)} ({naming.source}); "
+                f"set a zone of {region}, or set {key}.region to the zone's region",
+            )
     sid = site_id if site_id is not None else 0
     nets: dict[str, ipaddress.IPv4Network | None] = {}
     defaults = {

@@ -89,6 +89,39 @@ KERNEL_NIC_NAMES: Final = NicNames(router=("eth0", "eth1"), client=("eth0",))
 
 
 @dataclass(frozen=True)
+class ZoneNaming:
+    """How a platform names its zones after their region, where the name alone tells the region (the config
+    refuses a `zone` that is not one of the site's `region`)."""
+
+    pattern: str
+    """Regex (fullmatch) of a zone of region R, with `{region}` standing for R (escaped when it is filled in)."""
+    rule: str
+    """The naming rule in words for messages, `{region}` standing for the site's region."""
+    source: str
+    """URL of the documentation that states the naming."""
+
+    def belongs(self, zone: str, region: str) -> bool:
+        return re.fullmatch(self.pattern.replace("{region}", re.escape(region)), zone) is not None
+
+
+@dataclass(frozen=True)
+class NodeDefaults:
+    """What the site settings routerSize, clientSize and image mean on a platform, and what a site gets without
+    them. The platform module reads its defaults from here (one place), the README documents them from here."""
+
+    router_size: str
+    client_size: str
+    size_format: str
+    """What routerSize / clientSize take, in the platform's own terms."""
+    image: str
+    """What an unset `image` resolves to."""
+    image_format: str
+    """What `image` takes."""
+    source: str
+    """URL(s) of the documentation of the sizes and images."""
+
+
+@dataclass(frozen=True)
 class PlatformTraits:
     """Everything the other layers must know about one platform."""
 
@@ -104,6 +137,8 @@ class PlatformTraits:
     limits: PlatformLimits
     example_site: Mapping[str, Any]
     """Settings of an example site besides platform, siteId and address ranges (bench/configs.py, tests)."""
+    nodes: NodeDefaults
+    """Default sizes and image of the router and client VMs, and the format of the settings that override them."""
     underlay_mtu_range: Documented[tuple[int, int]] | None = None
     """Underlay MTUs the platform accepts, where narrower than the generic 1280..9216."""
     payload_configures_router_lan: bool = False
@@ -118,6 +153,8 @@ class PlatformTraits:
     """Regions example stacks spread this platform's sites over, in turn (region quotas hold few sites)."""
     sites_per_region: int = 0
     """How many example sites one region takes before the next is used (0: one region for all)."""
+    zone_naming: ZoneNaming | None = None
+    """How zones are named after their region, where that is documented and checkable (None: not checked)."""
 
     def client_nics(self) -> int:
         return len(self.nic_names.client)

@@ -449,7 +449,7 @@ def test_a_multi_nic_vm_with_a_security_policy_on_its_own() -> None:
             azure.AzureSecurityPolicyArgs(
                 net.resource_group_name,
                 "westeurope",
-                [azure.NsgRule("ssh-admin", "Tcp", "198.51.100.7/32", port=22), azure.NsgRule("ping", "Icmp", "198.51.100.7/32")],
+                [azure.AzureNsgRule("ssh-admin", "Tcp", "198.51.100.7/32", port=22), azure.AzureNsgRule("ping", "Icmp", "198.51.100.7/32")],
             ),
         )
         azure.AzureMachine(
@@ -492,7 +492,7 @@ def test_a_multi_nic_vm_with_a_security_policy_on_its_own() -> None:
 def test_a_policy_refuses_an_open_source_before_registering_anything() -> None:
     def program() -> None:
         azure.AzureSecurityPolicy(
-            "open", azure.AzureSecurityPolicyArgs("rg", "westeurope", [azure.NsgRule("ssh", "Tcp", "0.0.0.0/0", port=22)])
+            "open", azure.AzureSecurityPolicyArgs("rg", "westeurope", [azure.AzureNsgRule("ssh", "Tcp", "0.0.0.0/0", port=22)])
         )
 
     with pytest.raises(Exception, match="refusing"):
@@ -595,7 +595,7 @@ def test_a_deny_rule_before_an_allow_is_refused() -> None:
         azure.AzureSecurityPolicy(
             "p",
             azure.AzureSecurityPolicyArgs(
-                "rg", "westeurope", [azure.NsgRule("late", "Tcp", "10.0.0.5/32", port=22, priority=4096)], deny_from=["10.0.0.0/16"]
+                "rg", "westeurope", [azure.AzureNsgRule("late", "Tcp", "10.0.0.5/32", port=22, priority=4096)], deny_from=["10.0.0.0/16"]
             ),
         )
 
@@ -606,7 +606,7 @@ def test_a_deny_rule_before_an_allow_is_refused() -> None:
 def test_a_rule_mixing_address_families_is_refused() -> None:
     def program() -> None:
         azure.AzureSecurityPolicy(
-            "p", azure.AzureSecurityPolicyArgs("rg", "westeurope", [azure.NsgRule("mixed", "Icmp", ["10.0.0.0/24", "fd00::/64"])])
+            "p", azure.AzureSecurityPolicyArgs("rg", "westeurope", [azure.AzureNsgRule("mixed", "Icmp", ["10.0.0.0/24", "fd00::/64"])])
         )
 
     with pytest.raises(Exception, match="mix IPv4 and IPv6"):

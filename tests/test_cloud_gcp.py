@@ -458,9 +458,9 @@ def test_building_blocks_without_the_overlay() -> None:
         wan = gcp.GcpNetwork("edge-wan", gcp.GcpNetworkArgs(cidr="192.168.10.0/24", region="europe-west4", mtu=1500))
         lan = gcp.GcpNetwork("edge-lan", gcp.GcpNetworkArgs(cidr="192.168.20.0/24", region="europe-west4", ipv6_access_type=None))
         ip = gcp.GcpPublicAddress("edge-ip", gcp.GcpPublicAddressArgs(region="europe-west4"))
-        gcp.GcpFirewall(
+        gcp.GcpSecurityPolicy(
             "edge-wan-fw",
-            gcp.GcpFirewallArgs(
+            gcp.GcpSecurityPolicyArgs(
                 network=wan.network_id,
                 target_tags=["edge"],
                 rules=[
@@ -473,8 +473,8 @@ def test_building_blocks_without_the_overlay() -> None:
             "edge",
             gcp.GcpMachineArgs(
                 nics=[
-                    gcp.GcpNic(subnetwork=wan.subnetwork_id, nat_ip=ip.address),
-                    gcp.GcpNic(subnetwork=lan.subnetwork_id, ipv6=False),
+                    gcp.GcpNicArgs(subnetwork=wan.subnetwork_id, nat_ip=ip.address),
+                    gcp.GcpNicArgs(subnetwork=lan.subnetwork_id, ipv6=False),
                 ],
                 image="ubuntu-os-cloud/ubuntu-2404-lts-amd64",
                 zone="europe-west4-a",
@@ -509,7 +509,7 @@ def test_building_blocks_without_the_overlay() -> None:
 )
 def test_firewall_refuses_open_or_mixed_rules(rule: gcp.GcpFirewallRule) -> None:
     def program() -> None:
-        gcp.GcpFirewall("bad", gcp.GcpFirewallArgs(network="net", rules=[rule]))
+        gcp.GcpSecurityPolicy("bad", gcp.GcpSecurityPolicyArgs(network="net", rules=[rule]))
 
     with pytest.raises(ValueError):
         run_standalone(program)
@@ -518,7 +518,9 @@ def test_firewall_refuses_open_or_mixed_rules(rule: gcp.GcpFirewallRule) -> None
 def test_firewall_refuses_world_source_known_only_at_run_time() -> None:
     def program() -> None:
         source = pulumi.Output.from_input("198.51.100.0/24").apply(lambda _: "0.0.0.0/0")
-        gcp.GcpFirewall("late", gcp.GcpFirewallArgs(network="net", rules=[gcp.GcpFirewallRule("late", "udp", source, ports=("4789",))]))
+        gcp.GcpSecurityPolicy(
+            "late", gcp.GcpSecurityPolicyArgs(network="net", rules=[gcp.GcpFirewallRule("late", "udp", source, ports=("4789",))])
+        )
 
     with pytest.raises(Exception, match="whole internet"):
         run_standalone(program)
@@ -594,7 +596,7 @@ def test_a_firewall_rule_with_too_many_sources_is_refused() -> None:
     rule = gcp.GcpFirewallRule("many", "udp", [f"10.0.{i // 256}.{i % 256}/32" for i in range(257)], ports=("4789",))
 
     def program() -> None:
-        gcp.GcpFirewall("big", gcp.GcpFirewallArgs(network="net", rules=[rule]))
+        gcp.GcpSecurityPolicy("big", gcp.GcpSecurityPolicyArgs(network="net", rules=[rule]))
 
     with pytest.raises(ValueError, match="257 source ranges"):
         run_standalone(program)

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from multicloud_overlay.components.stack_file import read_stack_file
 from multicloud_overlay.overlay.config import DEFAULTS, ConfigError, parse_config
@@ -268,3 +270,211 @@ def test_bad_config_registers_no_resource() -> None:
     # Values arrive as text from `pulumi config`, hence '-1'.
     assert "hub = 'mars'" in str(err.value) and "vni = '-1'" in str(err.value)
     assert run.resources == []
+
+
+def problems_of(raw: dict[str, Any]) -> list[str]:
+    with pytest.raises(ConfigError) as err:
+        parse_config(raw)
+    return err.value.problems
+
+
+def rename_site_key(site: str, key: str, new: str) -> Callable[[dict[str, Any]], None]:
+    def mutate(raw: dict[str, Any]) -> None:
+        raw["sites"][site][new] = raw["sites"][site].pop(key)
+
+    return mutate
+
+
+GCP_ZONES = "https://cloud.google.com/compute/docs/regions-zones"
+AWS_ZONES = "https://docs.aws.amazon.com/global-infrastructure/latest/regions/aws-availability-zones.html"
+ALICLOUD_ZONES = "https://www.alibabacloud.com/help/en/ecs/product-overview/regions-and-zones"
+
+# (case id, mutation, every problem the config has, word for word): each message says what is wrong and how to fix it,
+# and a problem is reported once, as itself, with no follow-on problem it causes.
+EXACT: list[tuple[str, Callable[[dict[str, Any]], None], list[str]]] = [
+    (
+        # The hub's site has a misspelled key: the site still counts for the hub (no "hub = 'aws': not among the
+        # sites"), and the misspelled siteId is not reported as missing too.
+        "misspelled-site-id-on-the-hub",
+        rename_site_key("aws", "siteId", "siteID"),
+        ["sites.aws.siteID = 1: unknown site setting (did you mean 'siteId'?): rename it to siteId"],
+    ),
+    (
+        "misspelled-required-platform-key",
+        rename_site_key("aws", "region", "regoin"),
+        ["sites.aws.regoin = 'eu-west-1': unknown site setting (did you mean 'region'?): rename it to region"],
+    ),
+    ("unknown-site-setting-unlike-any", with_site("aws", "colour", "blue"), ["sites.aws.colour = 'blue': unknown site setting: remove it"]),
+    (
+        # A point-to-point pair whose second site has a problem is still two sites.
+        "point-to-point-pair-with-a-bad-site",
+        chain(only_sites("aws", "gcp"), with_top("topology", "point-to-point"), with_site("gcp", "platform", "gce")),
+        ["sites.gcp.platform = 'gce': unknown value (did you mean 'gcp'?): use one of aws, azure, gcp, oci, alicloud, vsphere"],
+    ),
+    (
+        "hub-not-a-site",
+        with_top("hub", "mars"),
+        ["hub = 'mars': not among the sites: set one of aws, azure, gcp, oci, alicloud, vsphere"],
+    ),
+    (
+        "sites-missing",
+        without_top("sites"),
+        [
+            "sites is not set: it is a map of site name -> settings, set one path at a time, e.g. "
+            "`pulumi config set --path sites.aws.platform aws`, `pulumi config set --path sites.aws.siteId 1`, "
+            "`pulumi config set --path sites.aws.region eu-west-1`, and the same for a second site, or copy the "
+            "`multicloud-overlay:sites` block of an example stack: Pulumi.aws-gcp.yaml (two sites) or Pulumi.dev.yaml "
+            "(one site per platform) (see README, config reference)"
+        ],
+    ),
+    (
+        "hub-missing",
+        without_top("hub"),
+        ["hub is not set: run `pulumi config set hub <value>` (see README, config reference)"],
+    ),
+    (
+        "gcp-zone-of-another-region",
+        with_site("gcp", "zone", "us-central1-a"),
+        [
+            "sites.gcp.zone = 'us-central1-a': not a zone of sites.gcp.region europe-west1: gcp zone names are the region, '-' "
+            f"and a letter, e.g. europe-west1-b ({GCP_ZONES}); set a zone of europe-west1, or set sites.gcp.region to the zone's region"
+        ],
+    ),
+    (
+        "aws-zone-of-another-region",
+        with_site("aws", "zone", "us-east-1a"),
+        [
+            "sites.aws.zone = 'us-east-1a': not a zone of sites.aws.region eu-west-1: aws zone names are the region followed by "
+            f"a letter, e.g. eu-west-1a; an AZ ID such as use1-az1 is not a zone name ({AWS_ZONES}); set a zone of eu-west-1, "
+            "or set sites.aws.region to the zone's region"
+        ],
+    ),
+    (
+        # aws.py gives `zone` to the subnets' availability_zone, which takes a name; an AZ ID is another argument.
+        "aws-zone-id-instead-of-name",
+        with_site("aws", "zone", "euw1-az1"),
+        [
+            "sites.aws.zone = 'euw1-az1': not a zone of sites.aws.region eu-west-1: aws zone names are the region followed by "
+            f"a letter, e.g. eu-west-1a; an AZ ID such as use1-az1 is not a zone name ({AWS_ZONES}); set a zone of eu-west-1, "
+            "or set sites.aws.region to the zone's region"
+        ],
+    ),
+    (
+        "alicloud-zone-of-another-region",
+        with_site("alicloud", "zone", "cn-hangzhou-h"),
+        [
+            "sites.alicloud.zone = 'cn-hangzhou-h': not a zone of sites.alicloud.region eu-central-1: alicloud zone names are "
+            "the region followed by a letter, with a '-' in the cn- regions (cn-hangzhou-h) and without elsewhere "
+            f"(eu-central-1a) ({ALICLOUD_ZONES}); set a zone of eu-central-1, or set sites.alicloud.region to the zone's region"
+        ],
+    ),
+]
+
+
+@pytest.mark.parametrize(("case", "mutate", "expected"), EXACT, ids=[c[0] for c in EXACT])
+def test_config_messages_word_for_word(case: str, mutate: Callable[[dict[str, Any]], None], expected: list[str]) -> None:
+    raw = dev()
+    mutate(raw)
+    assert problems_of(raw) == expected, case
+
+
+@pytest.mark.parametrize(
+    ("site", "region", "zone"),
+    [
+        ("aws", "eu-west-1", "eu-west-1c"),
+        ("aws", "us-west-2", "us-west-2-lax-1a"),  # a Local Zone is named after its parent region
+        ("gcp", "us-central1", "us-central1-f"),
+        ("alicloud", "eu-central-1", "eu-central-1b"),
+        ("alicloud", "cn-hangzhou", "cn-hangzhou-h"),
+        # OCI availability domains do not carry the region identifier (Uocm:PHX-AD-1 in us-phoenix-1): not checked.
+        ("oci", "eu-frankfurt-1", "Uocm:PHX-AD-1"),
+    ],
+)
+def test_a_zone_of_the_sites_region_is_accepted(site: str, region: str, zone: str) -> None:
+    raw = dev()
+    raw["sites"][site].update(region=region, zone=zone)
+    assert parse_config(raw).site(site).setting("zone") == zone
+
+
+def test_sites_may_share_private_ranges() -> None:
+    """Sites are separate networks joined only by the overlay: tunnels run between public addresses and the overlay
+    routes no underlay prefix, so two sites with the same vpcCidr (and subnets) are valid."""
+    raw = dev()
+    for key in ("vpcCidr", "wanCidr", "lanCidr"):
+        raw["sites"]["gcp"][key] = raw["sites"]["aws"][key]
+    cfg = parse_config(raw)
+    assert cfg.site("gcp").vpc_cidr == cfg.site("aws").vpc_cidr
+
+
+def test_managed_sites_need_distinct_management_networks() -> None:
+    """The one range sites may not share: the machine running `pulumi up` pushes to a vSphere client at its address on
+    the management network, so two management networks must not overlap."""
+    raw = dev()
+    raw["sites"]["vs2"] = dict(raw["sites"]["vsphere"], siteId=7, publicIp="203.0.113.61")
+    assert problems_of(raw) == [
+        "sites.vs2.mgmtCidr = '10.6.3.0/24': overlaps sites.vsphere.mgmtCidr 10.6.3.0/24: the machine running `pulumi up` "
+        "reaches every site's management network, so give each one its own prefix"
+    ]
+    raw["sites"]["vs2"]["mgmtCidr"] = "10.7.3.0/24"
+    assert parse_config(raw).site("vs2").vpc_cidr == parse_config(raw).site("vsphere").vpc_cidr
+
+
+def write_stack(tmp_path: Path, mutate: Callable[[dict[str, Any]], None]) -> Path:
+    doc = yaml.safe_load((ROOT / "Pulumi.dev.yaml").read_text(encoding="utf-8"))
+    mutate(doc["config"])
+    path = tmp_path / "Pulumi.test.yaml"
+    path.write_text(yaml.safe_dump(doc), encoding="utf-8")
+    return path
+
+
+def unprefix(*keys: str) -> Callable[[dict[str, Any]], None]:
+    def mutate(config: dict[str, Any]) -> None:
+        for key in keys:
+            config[key] = config.pop(f"multicloud-overlay:{key}")
+
+    return mutate
+
+
+def test_a_key_without_the_project_prefix_is_reported_as_such(tmp_path: Path) -> None:
+    """`hub: aws` in a stack file is not `multicloud-overlay:hub`: Pulumi never passes it to the program. The message
+    says how to write it, not that hub is not set; keys of other namespaces and unknown bare keys are not ours."""
+
+    def mutate(config: dict[str, Any]) -> None:
+        unprefix("hub")(config)
+        config["aws:region"] = "eu-west-1"
+
+    assert problems_of(read_stack_file(write_stack(tmp_path, mutate))) == [
+        "hub has no project prefix in the stack file, so Pulumi does not pass it to this program: write the key as "
+        "`multicloud-overlay:hub` (as `pulumi config set` does; keys of other namespaces such as aws:region stay as they are)"
+    ]
+
+
+def test_every_unprefixed_key_of_the_project_is_reported(tmp_path: Path) -> None:
+    raw = read_stack_file(write_stack(tmp_path, unprefix("sites", "vni")))
+    assert problems_of(raw) == [
+        f"{key} has no project prefix in the stack file, so Pulumi does not pass it to this program: write the key as "
+        f"`multicloud-overlay:{key}` (as `pulumi config set` does; keys of other namespaces such as aws:region stay as they are)"
+        for key in ("sites", "vni")
+    ]
+
+
+def test_other_namespaces_and_unknown_bare_keys_are_not_the_programs(tmp_path: Path) -> None:
+    def mutate(config: dict[str, Any]) -> None:
+        config["aws:region"] = "eu-west-1"
+        config["gcp:project"] = "other"
+
+    raw = read_stack_file(write_stack(tmp_path, mutate))
+    assert raw == DEV
+    assert parse_config(raw).hub == "aws"
+
+
+def test_the_example_stacks_the_messages_name_exist_and_are_valid() -> None:
+    """The `sites is not set` message points to these files: they exist and hold a valid sites block."""
+    for name in ("Pulumi.aws-gcp.yaml", "Pulumi.dev.yaml"):
+        sites = read_stack_file(ROOT / name).get("sites")
+        assert isinstance(sites, dict) and len(sites) >= 2, name
+        raw = dev()
+        raw["sites"], raw["hub"] = sites, next(iter(sites))
+        if "project" not in sites.get("gcp", {"project": "set"}):
+            sites["gcp"]["project"] = "example-project"  # an account setting the example leaves to its user
+        assert parse_config(raw).hub == raw["hub"], name

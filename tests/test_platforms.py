@@ -101,3 +101,72 @@ def test_peer_tunnel_rules_follow_the_encryption_on_every_platform(encryption: s
     assert edge["tunnel-from-aws"]["port"] == int(want)
     keys = run.of_type("random:index/randomBytes:RandomBytes")
     assert len(keys) == (len(SITES) - 1 if encryption == "ipsec" else 0)
+
+
+# Every platform component's Pulumi type token, written out. A token is part of the URN of the component and of every
+# resource under it: a changed token replaces them on a running stack. Two classes were renamed for consistency
+# (GcpFirewall -> GcpSecurityPolicy, VsphereEdgePolicy -> VsphereSecurityPolicy) and keep their earlier tokens.
+PLATFORM_TOKENS = {
+    "multicloud-overlay:alicloud:AlicloudMachine",
+    "multicloud-overlay:alicloud:AlicloudNetwork",
+    "multicloud-overlay:alicloud:AlicloudPublicAddress",
+    "multicloud-overlay:alicloud:AlicloudSecurityPolicy",
+    "multicloud-overlay:aws:AwsMachine",
+    "multicloud-overlay:aws:AwsNetwork",
+    "multicloud-overlay:aws:AwsPublicAddress",
+    "multicloud-overlay:aws:AwsSecurityPolicy",
+    "multicloud-overlay:azure:AzureMachine",
+    "multicloud-overlay:azure:AzureNetwork",
+    "multicloud-overlay:azure:AzurePublicAddress",
+    "multicloud-overlay:azure:AzureSecurityPolicy",
+    "multicloud-overlay:gcp:GcpFirewall",
+    "multicloud-overlay:gcp:GcpMachine",
+    "multicloud-overlay:gcp:GcpNetwork",
+    "multicloud-overlay:gcp:GcpPublicAddress",
+    "multicloud-overlay:oci:OciMachine",
+    "multicloud-overlay:oci:OciNetwork",
+    "multicloud-overlay:oci:OciPublicAddress",
+    "multicloud-overlay:oci:OciSecurityPolicy",
+    "multicloud-overlay:vsphere:VsphereEdgePolicy",
+    "multicloud-overlay:vsphere:VsphereInventory",
+    "multicloud-overlay:vsphere:VsphereMachine",
+}
+
+
+def test_platform_component_type_tokens_are_unchanged() -> None:
+    run = run_cached(dev_config("aws"))
+    registered = {r.type for r in run.resources if r.type.startswith("multicloud-overlay:") and ":index:" not in r.type}
+    assert registered == PLATFORM_TOKENS
+
+
+def test_renamed_components_keep_their_earlier_tokens() -> None:
+    from multicloud_overlay.components.clouds import gcp, vsphere
+
+    assert gcp.GcpSecurityPolicy.TYPE_TOKEN == "multicloud-overlay:gcp:GcpFirewall"
+    assert vsphere.VsphereSecurityPolicy.TYPE_TOKEN == "multicloud-overlay:vsphere:VsphereEdgePolicy"
+
+
+# Where each platform's VM carries its size, as the size setting's value would appear there.
+VM_SIZES = {
+    "aws": ("aws:ec2/instance:Instance", lambda i: i["instanceType"]),
+    "azure": ("azure-native:compute:VirtualMachine", lambda i: i["hardwareProfile"]["vmSize"]),
+    "gcp": ("gcp:compute/instance:Instance", lambda i: i["machineType"]),
+    "oci": ("oci:Core/instance:Instance", lambda i: i["shape"]),
+    "alicloud": ("alicloud:ecs/instance:Instance", lambda i: i["instanceType"]),
+    "vsphere": ("vsphere:index/virtualMachine:VirtualMachine", lambda i: f"{int(i['numCpus'])}x{int(i['memory'])}"),
+}
+
+
+@pytest.mark.parametrize("platform", PLATFORMS)
+def test_default_sizes_are_the_traits_record(platform: str) -> None:
+    """A site without routerSize / clientSize gets the sizes its traits record states (the README documents them from
+    there): the record is the one place of the defaults."""
+    run, plan = run_cached(dev_config("aws")), plan_of(dev_config("aws"))
+    site = next(name for name, body in DEV["sites"].items() if body["platform"] == platform)
+    assert "routerSize" not in DEV["sites"][site] and "clientSize" not in DEV["sites"][site]
+    typ, size_of = VM_SIZES[platform]
+    nodes = REGISTRY[platform].nodes
+    for node, expected in ((plan.router(site), nodes.router_size), (plan.client(site), nodes.client_size)):
+        vm_component = run.named(node.name, f"multicloud-overlay:index:{'OverlayRouter' if node.kind == 'router' else 'OverlayClient'}")
+        (vm,) = [r for r in run.descendants_of(vm_component.urn) if r.type == typ]
+        assert size_of(vm.inputs) == expected, node.name

@@ -45,12 +45,12 @@ from multicloud_overlay.components.limits import user_data_as_sent
 from multicloud_overlay.overlay.security import IngressRule, scoped_source
 
 TOKEN = "multicloud-overlay:alicloud"
-# 2 vCPU / 8 GiB, up to 2 ENIs (primary + one secondary): enough for a router's WAN and LAN NIC.
-DEFAULT_INSTANCE_TYPE = "ecs.g6.large"
-# Canonical's x86_64 system images, e.g. ubuntu_24_04_x64_20G_alibase_20240923.vhd (name == id); not the UEFI, ARM
-# or other variants, whose names differ. name_regex is matched against ImageName with Go's regexp:
-# https://github.com/aliyun/terraform-provider-alicloud/blob/master/alicloud/data_source_alicloud_images.go
-UBUNTU_NAME_REGEX = r"^ubuntu_24_04_x64_20G_alibase_\d{8}\.vhd$"
+# Default instance types: alicloud_traits.NODES (the one place, documented in the README); override with the site
+# settings routerSize / clientSize.
+DEFAULT_ROUTER_TYPE: Final = alicloud_traits.NODES.router_size
+DEFAULT_CLIENT_TYPE: Final = alicloud_traits.NODES.client_size
+# Canonical's x86_64 system images (alicloud_traits.UBUNTU_NAME_REGEX).
+UBUNTU_NAME_REGEX: Final = alicloud_traits.UBUNTU_NAME_REGEX
 UBUNTU_OWNERS = "system"
 EIP_BANDWIDTH_MBPS = "100"
 # The client's instance public IP (management and package downloads): pay-by-traffic with this bandwidth cap, Mbit/s
@@ -284,7 +284,7 @@ class AlicloudPublicAddress(pulumi.ComponentResource):
 
 
 @dataclass
-class SecondaryNic:
+class AlicloudNicArgs:
     """An ENI created apart from the instance and attached after launch (the OS does not configure it)."""
 
     vswitch_id: pulumi.Input[str]
@@ -316,7 +316,7 @@ class AlicloudMachineArgs:
     key_pair_name: pulumi.Input[str] | None = None
     """ECS key pair installed for the image's login user (root): ImportKeyPair takes RSA, DSA and ECDSA keys only,
     no ed25519. The overlay uses none (its payload creates its own login user)."""
-    secondary_nic: SecondaryNic | None = None
+    secondary_nic: AlicloudNicArgs | None = None
     """Second ENI to attach after launch (None: one NIC)."""
     eip_allocation_id: pulumi.Input[str] | None = None
     """EIP to bind to the instance (its primary ENI), NAT mode. Excludes public_bandwidth_out."""
@@ -411,8 +411,8 @@ class AlicloudSite(PlatformSite):
         if not site.region:
             raise ValueError(f"sites.{site.name}.region is not set")
         self._provider = alicloud.Provider(f"{self.name}-provider", region=site.region, opts=pulumi.ResourceOptions(parent=ctx.parent))
-        self.router_type = site.setting("routerSize") or DEFAULT_INSTANCE_TYPE
-        self.client_type = site.setting("clientSize") or DEFAULT_INSTANCE_TYPE
+        self.router_type = site.setting("routerSize") or DEFAULT_ROUTER_TYPE
+        self.client_type = site.setting("clientSize") or DEFAULT_CLIENT_TYPE
         self._image_id: pulumi.Output[str] | None = None
         self.network: AlicloudNetwork | None = None
         self.router_address: AlicloudPublicAddress | None = None
@@ -510,7 +510,7 @@ class AlicloudSite(PlatformSite):
                 security_group_ids=list(policy.security_group_ids),
                 user_data=spec.user_data,
                 host_name=node.name,
-                secondary_nic=SecondaryNic(
+                secondary_nic=AlicloudNicArgs(
                     vswitch_id=network.lan_switch_id, private_ip=node.lan_ip, security_group_ids=list(policy.security_group_ids)
                 ),
                 eip_allocation_id=address.allocation_id,

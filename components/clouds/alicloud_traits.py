@@ -8,7 +8,17 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Final, Literal
 
-from multicloud_overlay.overlay.traits import Documented, PlatformLimits, PlatformTraits, fullmatch, quota, quota_fix, quota_words
+from multicloud_overlay.overlay.traits import (
+    Documented,
+    NodeDefaults,
+    PlatformLimits,
+    PlatformTraits,
+    ZoneNaming,
+    fullmatch,
+    quota,
+    quota_fix,
+    quota_words,
+)
 
 if TYPE_CHECKING:
     from multicloud_overlay.overlay.plan import Plan
@@ -287,6 +297,27 @@ LIMITS = PlatformLimits(
 )
 
 
+# Canonical's x86_64 system images, e.g. ubuntu_24_04_x64_20G_alibase_20240923.vhd (name == id); not the UEFI, ARM
+# or other variants, whose names differ. name_regex is matched against ImageName with Go's regexp:
+# https://github.com/aliyun/terraform-provider-alicloud/blob/master/alicloud/data_source_alicloud_images.go
+UBUNTU_NAME_REGEX: Final = r"^ubuntu_24_04_x64_20G_alibase_\d{8}\.vhd$"
+NODES: Final = NodeDefaults(
+    # ecs.g6.large: 2 vCPUs, 8 GiB, 2 ENIs (primary + one secondary): enough for a router's WAN and LAN NIC.
+    router_size="ecs.g6.large",
+    client_size="ecs.g6.large",
+    size_format="an ECS instance type, e.g. ecs.g6.large (the router's must allow 2 ENIs: checked against the region before the router is created)",
+    image=f"the newest system image of the region whose name matches {UBUNTU_NAME_REGEX} (Ubuntu 24.04 x86_64, cloud-init)",
+    image_format="an ECS image id of the site's region, e.g. ubuntu_24_04_x64_20G_alibase_20240923.vhd or m-...",
+    source="https://www.alibabacloud.com/help/en/ecs/user-guide/general-purpose-instance-families ; https://www.alibabacloud.com/help/en/ecs/user-guide/public-image-overview",
+)
+# Zone ids are the region id and a letter, with a '-' in the cn- regions (cn-hangzhou-h, cn-hongkong-b) and without
+# elsewhere (eu-central-1a, ap-southeast-1b); both forms are accepted for any region.
+ZONE_NAMING: Final = ZoneNaming(
+    pattern=r"{region}-?[a-z]",
+    rule="the region followed by a letter, with a '-' in the cn- regions (cn-hangzhou-h) and without elsewhere (eu-central-1a)",
+    source="https://www.alibabacloud.com/help/en/ecs/product-overview/regions-and-zones",
+)
+
 TRAITS: Final = PlatformTraits(
     name="alicloud",
     site_module="multicloud_overlay.components.clouds.alicloud",
@@ -294,6 +325,8 @@ TRAITS: Final = PlatformTraits(
     default_underlay_mtu=Documented(1500, "https://www.alibabacloud.com/help/en/ecs/user-guide/jumbo-frames (ENIs default to 1,500)"),
     limits=LIMITS,
     example_site={"region": "eu-central-1"},
+    nodes=NODES,
+    zone_naming=ZONE_NAMING,
     # A secondary ENI attached after boot is not configured by the image.
     payload_configures_router_lan=True,
     example_regions=("eu-central-1", "eu-west-1", "ap-southeast-1", "us-west-1", "us-east-1", "ap-northeast-1"),

@@ -28,6 +28,7 @@ from typing import Final
 import pulumi
 import pulumi_aws as aws
 
+from multicloud_overlay.components.clouds import aws_traits
 from multicloud_overlay.components.clouds.aws_traits import (
     GROUPS_PER_ENI,
     LIMITS,
@@ -45,11 +46,13 @@ from multicloud_overlay.components.limits import sent_user_data
 from multicloud_overlay.overlay.security import scoped_source
 from multicloud_overlay.overlay.traits import fullmatch
 
-# Canonical's AWS account and the name pattern of its Ubuntu 24.04 (noble) amd64 server images.
-CANONICAL_OWNER = "099720109477"
-UBUNTU_IMAGE_PATTERN = "ubuntu/images/hvm-ssd-gp3/ubuntu-noble-24.04-amd64-server-*"
-# t3.small: 2 vCPU, 2 GiB, up to 3 ENIs (router needs 2).
-DEFAULT_INSTANCE_TYPE = "t3.small"
+# Canonical's AWS account and the name pattern of its Ubuntu 24.04 (noble) amd64 server images (aws_traits).
+CANONICAL_OWNER: Final = aws_traits.CANONICAL_OWNER
+UBUNTU_IMAGE_PATTERN: Final = aws_traits.UBUNTU_IMAGE_PATTERN
+# Default sizes: aws_traits.NODES (the one place, documented in the README), overridable per site with
+# routerSize / clientSize.
+DEFAULT_ROUTER_SIZE: Final = aws_traits.NODES.router_size
+DEFAULT_CLIENT_SIZE: Final = aws_traits.NODES.client_size
 # Index of each subnet's /64 inside the VPC's Amazon-provided /56.
 WAN_IPV6_INDEX = 1
 LAN_IPV6_INDEX = 2
@@ -70,7 +73,7 @@ def ipv6_subnet(vpc_block: str, index: int) -> str:
 
 
 @dataclass(frozen=True)
-class RuleMatch:
+class AwsRuleMatch:
     """What a vpc.SecurityGroupIngressRule matches besides its source."""
 
     ip_protocol: str
@@ -78,14 +81,14 @@ class RuleMatch:
     to_port: int
 
 
-def rule_match(rule: ResolvedRule) -> RuleMatch:
+def rule_match(rule: ResolvedRule) -> AwsRuleMatch:
     """udp/tcp: exactly the rule's port; icmp/icmpv6: every type and code (-1/-1: echo and path-MTU errors)."""
     protocol = rule.rule.protocol
     if protocol in ("icmp", "icmpv6"):
-        return RuleMatch(protocol, -1, -1)
+        return AwsRuleMatch(protocol, -1, -1)
     if rule.rule.port is None:
         raise ValueError(f"rule {rule.rule.name}: {protocol} needs a port")
-    return RuleMatch(protocol, rule.rule.port, rule.rule.port)
+    return AwsRuleMatch(protocol, rule.rule.port, rule.rule.port)
 
 
 def first_zone(names: Sequence[str]) -> str:
@@ -348,7 +351,7 @@ class AwsMachineArgs:
     user_data: pulumi.Input[str]
     """Plain-text user-data; sent gzip-compressed (EC2 takes at most 16 KiB, cloud-init decompresses it). Changes
     are ignored after creation: later config is pushed in place, the instance is never replaced or restarted for it."""
-    instance_type: str = DEFAULT_INSTANCE_TYPE
+    instance_type: str = DEFAULT_ROUTER_SIZE
     """EC2 instance type; it must allow len(nics) ENIs."""
     key_name: pulumi.Input[str] | None = None
     """EC2 key pair for the image's default user (ImportKeyPair takes RSA and ED25519 only). The overlay uses none:
@@ -530,7 +533,7 @@ class AwsSite(PlatformSite):
         )
 
     def _size(self, key: str) -> str:
-        return self.ctx.site.setting(key) or DEFAULT_INSTANCE_TYPE
+        return self.ctx.site.setting(key) or (DEFAULT_ROUTER_SIZE if key == "routerSize" else DEFAULT_CLIENT_SIZE)
 
     def router(self, spec: NodeSpec) -> NodeResources:
         network, address = self._prepared()

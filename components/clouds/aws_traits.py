@@ -15,7 +15,17 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Final
 
 from multicloud_overlay.overlay.rules import IngressRule, PeerRouter
-from multicloud_overlay.overlay.traits import Documented, PlatformLimits, PlatformTraits, fullmatch, quota, quota_fix, quota_words
+from multicloud_overlay.overlay.traits import (
+    Documented,
+    NodeDefaults,
+    PlatformLimits,
+    PlatformTraits,
+    ZoneNaming,
+    fullmatch,
+    quota,
+    quota_fix,
+    quota_words,
+)
 
 if TYPE_CHECKING:
     from multicloud_overlay.overlay.plan import Plan
@@ -245,6 +255,26 @@ LIMITS = PlatformLimits(
 )
 
 
+# Canonical's AWS account and the name pattern of its Ubuntu 24.04 (noble) amd64 server images.
+CANONICAL_OWNER: Final = "099720109477"
+UBUNTU_IMAGE_PATTERN: Final = "ubuntu/images/hvm-ssd-gp3/ubuntu-noble-24.04-amd64-server-*"
+NODES: Final = NodeDefaults(
+    # t3.small: 2 vCPUs, 2 GiB, up to 3 ENIs (the router needs 2: LIMITS.max_nics).
+    router_size="t3.small",
+    client_size="t3.small",
+    size_format="an EC2 instance type, e.g. t3.small (the router's must allow 2 ENIs)",
+    image=f"the newest Canonical Ubuntu 24.04 amd64 AMI of the region (owner {CANONICAL_OWNER}, name {UBUNTU_IMAGE_PATTERN})",
+    image_format="an AMI id of the site's region, e.g. ami-0123456789abcdef0",
+    source="https://docs.aws.amazon.com/ec2/latest/instancetypes/gp.html ; https://documentation.ubuntu.com/aws/en/latest/aws-how-to/instances/find-ubuntu-images/",
+)
+# aws.py passes `zone` as the subnets' availability_zone, which takes a zone name (us-east-1a), not an AZ ID
+# (use1-az1: that is availability_zone_id). Local Zones are named after their parent region too (us-west-2-lax-1a).
+ZONE_NAMING: Final = ZoneNaming(
+    pattern=r"{region}([a-z]|-[a-z0-9-]*[a-z0-9])",
+    rule="the region followed by a letter, e.g. {region}a; an AZ ID such as use1-az1 is not a zone name",
+    source="https://docs.aws.amazon.com/global-infrastructure/latest/regions/aws-availability-zones.html",
+)
+
 TRAITS: Final = PlatformTraits(
     name="aws",
     site_module="multicloud_overlay.components.clouds.aws",
@@ -253,6 +283,8 @@ TRAITS: Final = PlatformTraits(
     default_underlay_mtu=Documented(1500, "https://docs.aws.amazon.com/AWSEC2/latest/UserGuide/network_mtu.html"),
     limits=LIMITS,
     example_site={"region": "eu-west-1"},
+    nodes=NODES,
+    zone_naming=ZONE_NAMING,
     # A secondary ENI gets its address, but Ubuntu's image configures only the primary one at boot.
     payload_configures_router_lan=True,
     example_regions=("eu-west-1", "eu-west-2", "eu-west-3", "eu-central-1", "eu-north-1", "us-east-1", "us-east-2", "us-west-1",

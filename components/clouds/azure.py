@@ -8,13 +8,14 @@ policy::
                                                         "lan": ["10.9.2.0/24", "fd12:3456:789a:2::/64"]}))
     ip = AzurePublicAddress("lab-vm-wan", AzurePublicAddressArgs(net.resource_group_name, "westeurope"))
     policy = AzureSecurityPolicy("lab-vm", AzureSecurityPolicyArgs(net.resource_group_name, "westeurope",
-                                 [NsgRule("ssh-admin", "Tcp", "198.51.100.7/32", port=22)]))
+                                 [AzureNsgRule("ssh-admin", "Tcp", "198.51.100.7/32", port=22)]))
     vm = AzureMachine("lab-vm", AzureMachineArgs(net.resource_group_name, "westeurope", ssh_public_key=key, user_data="#cloud-config\\n",
                       nics=[AzureNicArgs("wan", net.subnet_ids["wan"], "10.9.1.10", public_ip_id=ip.id, security_group_id=policy.id,
                                          ip_forwarding=True),
                             AzureNicArgs("lan", net.subnet_ids["lan"], "10.9.2.10", security_group_id=policy.id, ip_forwarding=True)]))
 
-Azure facts this module relies on (see /work/shared/CLOUDS.md):
+Azure facts this module relies on (each with its source URL in components/clouds/azure_traits.py; the review
+against Azure's documentation is docs/platform-review/azure.md):
 - All NICs of a VM are in one VNet; exactly one is primary; `enable_ip_forwarding` is per NIC.
 - Subnets are separate `Subnet` resources and `VirtualNetwork.subnets` is never set (mixing both churns).
 - NSG rules are separate `SecurityRule` resources and `NetworkSecurityGroup.security_rules` is never set.
@@ -42,6 +43,7 @@ import pulumi
 import pulumi_azure_native as azure_native
 from pulumi_azure_native import compute, network, resources
 
+from multicloud_overlay.components.clouds import azure_traits
 from multicloud_overlay.components.clouds.azure_traits import (
     HASHED_PRIORITIES,
     LIMITS,
@@ -84,12 +86,11 @@ __all__ = [  # the NSG helpers live in azure_traits (check_limits uses them too)
 
 TOKEN: Final = "multicloud-overlay:azure"
 
-# Standard_B2s (2 vCPU, 4 GiB) is the smallest size here that takes two NICs (the B-series allows 2 to 8 NICs by
-# size); override with the site settings routerSize / clientSize.
-DEFAULT_ROUTER_SIZE: Final = "Standard_B2s"
-DEFAULT_CLIENT_SIZE: Final = "Standard_B2s"
-# Marketplace URN publisher:offer:sku:version; override with the site setting `image`.
-DEFAULT_IMAGE: Final = "Canonical:ubuntu-24_04-lts:server:latest"
+# Default sizes and image: azure_traits.NODES (the one place, documented in the README); override with the site
+# settings routerSize / clientSize and `image` (a Marketplace URN publisher:offer:sku[:version]).
+DEFAULT_ROUTER_SIZE: Final = azure_traits.NODES.router_size
+DEFAULT_CLIENT_SIZE: Final = azure_traits.NODES.client_size
+DEFAULT_IMAGE: Final = azure_traits.NODES.image
 
 # ----------------------------------------------------------------------------------------------- pure helpers
 
@@ -194,7 +195,7 @@ class AzureNetwork(pulumi.ComponentResource):
 
 
 @dataclass(frozen=True)
-class NsgRule:
+class AzureNsgRule:
     """One inbound rule (allow, unless `access` says Deny)."""
 
     name: str
@@ -225,7 +226,7 @@ class AzureSecurityPolicyArgs:
     """Resource group of the NSG."""
     location: pulumi.Input[str]
     """Azure location of the NSG (the NICs it protects must be in the same one)."""
-    rules: Sequence[NsgRule]
+    rules: Sequence[AzureNsgRule]
     """Inbound rules; everything else inbound falls to Azure's default rules (VNet and load balancer in, all other
     denied) unless `deny_from` closes the VNet. Outbound is left to Azure's defaults (allowed)."""
     deny_from: Sequence[str] = ()
@@ -233,7 +234,7 @@ class AzureSecurityPolicyArgs:
     allow rule: Azure's AllowVnetInBound (65000) would otherwise admit any protocol and port from the whole VNet."""
 
 
-def _one_family(rule: NsgRule) -> None:
+def _one_family(rule: AzureNsgRule) -> None:
     literal = [s for s in rule.sources() if isinstance(s, str)]
     families = {ipaddress.ip_network(s, strict=False).version for s in literal}
     if len(families) > 1:
@@ -254,7 +255,7 @@ class AzureSecurityPolicy(pulumi.ComponentResource):
 
     def __init__(self, name: str, args: AzureSecurityPolicyArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         deny = [
-            NsgRule(
+            AzureNsgRule(
                 p.name, p.protocol, [str(s) for s in p.sources], port=p.port, priority=p.priority, description=p.description, access="Deny"
             )
             for p in vnet_deny_plans(list(args.deny_from))
@@ -507,17 +508,17 @@ def _first_private_ip(configs: Sequence[network.outputs.NetworkInterfaceIPConfig
 # ----------------------------------------------------------------------------------------------- overlay site
 
 
-def nsg_rules(rules: Iterable[ResolvedRule], site_ids: Mapping[str, int]) -> list[NsgRule]:
+def nsg_rules(rules: Iterable[ResolvedRule], site_ids: Mapping[str, int]) -> list[AzureNsgRule]:
     """The node's ingress rules as NSG rules (azure_traits.nsg_rule_plans, what check_limits checked): rules with a
     literal source one to one, the peer routers' rules folded into one augmented rule per kind."""
     rules = list(rules)
     resolved: dict[str, pulumi.Input[str]] = {r.rule.source.site: r.source for r in rules if isinstance(r.rule.source, PeerRouter)}
-    out: list[NsgRule] = []
+    out: list[AzureNsgRule] = []
     for plan in nsg_rule_plans([r.rule for r in rules], site_ids):
         sources = [resolved[s.site] if isinstance(s, PeerRouter) else s for s in plan.sources]
         folded = any(isinstance(s, PeerRouter) for s in plan.sources)
         out.append(
-            NsgRule(
+            AzureNsgRule(
                 plan.name,
                 plan.protocol,
                 sources if folded else sources[0],

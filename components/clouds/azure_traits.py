@@ -18,7 +18,16 @@ from typing import TYPE_CHECKING, Final, Literal
 
 from multicloud_overlay.cloudinit.render import LOGIN_USER
 from multicloud_overlay.overlay.rules import IngressRule, PeerRouter
-from multicloud_overlay.overlay.traits import Documented, PlatformLimits, PlatformTraits, fullmatch, quota, quota_fix, quota_words
+from multicloud_overlay.overlay.traits import (
+    Documented,
+    NodeDefaults,
+    PlatformLimits,
+    PlatformTraits,
+    fullmatch,
+    quota,
+    quota_fix,
+    quota_words,
+)
 
 if TYPE_CHECKING:
     from multicloud_overlay.overlay.plan import Plan
@@ -367,6 +376,16 @@ LIMITS = PlatformLimits(
 )
 
 
+NODES: Final = NodeDefaults(
+    # Standard_B2s (2 vCPUs, 4 GiB) is the smallest size here that takes two NICs (LIMITS.max_nics).
+    router_size="Standard_B2s",
+    client_size="Standard_B2s",
+    size_format="an Azure VM size, e.g. Standard_B2s (the router's must allow 2 NICs)",
+    image="Canonical:ubuntu-24_04-lts:server:latest",
+    image_format="a Marketplace image URN publisher:offer:sku[:version] (version defaults to latest), as `az vm image list` prints it",
+    source="https://learn.microsoft.com/en-us/azure/virtual-machines/sizes/general-purpose/bv1-series ; https://learn.microsoft.com/en-us/azure/virtual-machines/linux/cli-ps-findimage",
+)
+
 TRAITS: Final = PlatformTraits(
     name="azure",
     site_module="multicloud_overlay.components.clouds.azure",
@@ -375,6 +394,7 @@ TRAITS: Final = PlatformTraits(
     default_underlay_mtu=Documented(1400, "https://learn.microsoft.com/azure/virtual-network/virtual-network-tcpip-performance-tuning"),
     limits=LIMITS,
     example_site={"region": "westeurope"},
+    nodes=NODES,
     example_regions=("westeurope", "northeurope", "francecentral", "germanywestcentral", "uksouth", "swedencentral", "eastus", "westus2"),
     sites_per_region=5,
 )

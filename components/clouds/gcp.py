@@ -5,7 +5,7 @@ Building blocks, each usable without the overlay:
 - `GcpNetwork`: one custom-mode VPC network with one dual-stack subnet. GCP puts every NIC of a VM in a different
   VPC network, so a two-NIC router needs two of them (WAN and LAN). Each new VPC gets GCP's implicit default route
   to the internet gateway.
-- `GcpFirewall`: INGRESS allow rules of one network for the instances carrying some network tags, one
+- `GcpSecurityPolicy`: INGRESS allow rules of one network for the instances carrying some network tags, one
   `compute.Firewall` per rule, each with sources of one family (a GCP rule cannot mix IPv4 and IPv6 ranges).
   GCP's implied rules deny all other ingress and allow all egress, so no egress rule is created.
 - `GcpPublicAddress`: a reserved regional external IPv4 (`compute.Address`).
@@ -25,12 +25,13 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Final, Literal, cast
+from typing import Any, ClassVar, Final, Literal, cast
 
 import pulumi
 import pulumi_gcp as gcp
 from pulumi_gcp import compute
 
+from multicloud_overlay.components.clouds import gcp_traits
 from multicloud_overlay.components.clouds.base import (
     SSH_USER,
     NodeResources,
@@ -65,11 +66,12 @@ __all__ = [  # names and protocols live in gcp_traits (check_limits uses them to
     "gcp_name",
 ]
 
-# Machine types: shared-core e2 types (2 vCPUs or fewer) take at most 2 NICs; above that, one NIC per vCPU, up to 8.
-DEFAULT_ROUTER_MACHINE_TYPE: Final = "e2-small"
-DEFAULT_CLIENT_MACHINE_TYPE: Final = "e2-small"
-UBUNTU_IMAGE_FAMILY: Final = "ubuntu-2404-lts-amd64"
-UBUNTU_IMAGE_PROJECT: Final = "ubuntu-os-cloud"
+# Default machine types: gcp_traits.NODES (the one place, documented in the README); override with the site
+# settings routerSize / clientSize.
+DEFAULT_ROUTER_MACHINE_TYPE: Final = gcp_traits.NODES.router_size
+DEFAULT_CLIENT_MACHINE_TYPE: Final = gcp_traits.NODES.client_size
+UBUNTU_IMAGE_FAMILY: Final = gcp_traits.UBUNTU_IMAGE_FAMILY
+UBUNTU_IMAGE_PROJECT: Final = gcp_traits.UBUNTU_IMAGE_PROJECT
 NETWORK_TIER: Final = "PREMIUM"
 # VPC network MTU range GCP accepts (its default is 1460).
 VPC_MTU_MIN: Final = 1300
@@ -194,7 +196,7 @@ class GcpFirewallRule:
 
 
 @dataclass
-class GcpFirewallArgs:
+class GcpSecurityPolicyArgs:
     network: pulumi.Input[str]
     """Network (id, self link or name) the rules belong to."""
     rules: Sequence[GcpFirewallRule]
@@ -205,13 +207,17 @@ class GcpFirewallArgs:
     """Priority of every rule (0-65535, lower wins)."""
 
 
-class GcpFirewall(pulumi.ComponentResource):
+class GcpSecurityPolicy(pulumi.ComponentResource):
     """A security policy: INGRESS allow rules of one network, one `compute.Firewall` per rule."""
+
+    # The type token keeps the class's earlier name (GcpFirewall): the token is part of every child's URN, so a new
+    # one would replace the policy's firewall rules on a running stack.
+    TYPE_TOKEN: ClassVar[str] = "multicloud-overlay:gcp:GcpFirewall"
 
     firewalls: dict[str, compute.Firewall]
 
-    def __init__(self, name: str, args: GcpFirewallArgs, opts: pulumi.ResourceOptions | None = None) -> None:
-        super().__init__("multicloud-overlay:gcp:GcpFirewall", name, None, opts)
+    def __init__(self, name: str, args: GcpSecurityPolicyArgs, opts: pulumi.ResourceOptions | None = None) -> None:
+        super().__init__(self.TYPE_TOKEN, name, None, opts)
         names = [r.name for r in args.rules]
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
@@ -281,7 +287,7 @@ class GcpPublicAddress(pulumi.ComponentResource):
 
 
 @dataclass
-class GcpNic:
+class GcpNicArgs:
     """One NIC of a `GcpMachine` (the first is nic0, the primary with the default route)."""
 
     subnetwork: pulumi.Input[str]
@@ -302,7 +308,7 @@ class GcpNic:
 
 @dataclass
 class GcpMachineArgs:
-    nics: Sequence[GcpNic]
+    nics: Sequence[GcpNicArgs]
     """NICs in order (nic0 first). Fixed at creation: changing them replaces the VM."""
     image: pulumi.Input[str]
     """Boot image: self link, `project/family`, or `projects/p/global/images/family/f`."""
@@ -337,7 +343,7 @@ class GcpMachineArgs:
     """Description of the instance."""
 
 
-def _network_interface(nic: GcpNic) -> compute.InstanceNetworkInterfaceArgs:
+def _network_interface(nic: GcpNicArgs) -> compute.InstanceNetworkInterfaceArgs:
     access: list[compute.InstanceNetworkInterfaceAccessConfigArgs] | None = None
     if nic.nat_ip is not None or nic.ephemeral_public_ip:
         access = [compute.InstanceNetworkInterfaceAccessConfigArgs(nat_ip=nic.nat_ip, network_tier=nic.network_tier)]
@@ -511,10 +517,10 @@ class GcpSite(PlatformSite):
             raise RuntimeError(f"site {self.name}: prepare() must run before router() and client()")
         return self.wan, self.lan, self.router_address, self.image
 
-    def _firewall(self, spec: NodeSpec, nic: str, network: GcpNetwork, rules: list[ResolvedRule]) -> GcpFirewall:
-        return GcpFirewall(
+    def _firewall(self, spec: NodeSpec, nic: str, network: GcpNetwork, rules: list[ResolvedRule]) -> GcpSecurityPolicy:
+        return GcpSecurityPolicy(
             f"{spec.node.name}-{nic}-fw",
-            GcpFirewallArgs(
+            GcpSecurityPolicyArgs(
                 network=network.network_id,
                 rules=firewall_rules(rules, {s.name: s.site_id for s in self.ctx.plan.config.sites}),
                 target_tags=[node_tag(spec.node.name)],
@@ -534,8 +540,8 @@ class GcpSite(PlatformSite):
             node.name,
             GcpMachineArgs(
                 nics=[
-                    GcpNic(subnetwork=wan.subnetwork_id, network_ip=node.wan_ip, nat_ip=address.address, external_ipv6=True),
-                    GcpNic(subnetwork=lan.subnetwork_id, network_ip=node.lan_ip),
+                    GcpNicArgs(subnetwork=wan.subnetwork_id, network_ip=node.wan_ip, nat_ip=address.address, external_ipv6=True),
+                    GcpNicArgs(subnetwork=lan.subnetwork_id, network_ip=node.lan_ip),
                 ],
                 image=image,
                 machine_type=site.setting("routerSize") or DEFAULT_ROUTER_MACHINE_TYPE,
@@ -568,7 +574,7 @@ class GcpSite(PlatformSite):
         machine = GcpMachine(
             node.name,
             GcpMachineArgs(
-                nics=[GcpNic(subnetwork=lan.subnetwork_id, network_ip=node.lan_ip, nat_ip=address.address)],
+                nics=[GcpNicArgs(subnetwork=lan.subnetwork_id, network_ip=node.lan_ip, nat_ip=address.address)],
                 image=image,
                 machine_type=site.setting("clientSize") or DEFAULT_CLIENT_MACHINE_TYPE,
                 zone=self.zone,

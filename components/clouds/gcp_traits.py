@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final, Literal
 
 from multicloud_overlay.overlay.rules import IngressRule, PeerRouter, RuleProtocol
-from multicloud_overlay.overlay.traits import Documented, PlatformLimits, PlatformTraits, fullmatch
+from multicloud_overlay.overlay.traits import Documented, NodeDefaults, PlatformLimits, PlatformTraits, ZoneNaming, fullmatch
 
 if TYPE_CHECKING:
     from multicloud_overlay.overlay.plan import Plan
@@ -297,6 +297,23 @@ LIMITS = PlatformLimits(
 )
 
 
+UBUNTU_IMAGE_FAMILY: Final = "ubuntu-2404-lts-amd64"
+UBUNTU_IMAGE_PROJECT: Final = "ubuntu-os-cloud"
+NODES: Final = NodeDefaults(
+    # Shared-core e2 types (2 vCPUs or fewer) take at most 2 NICs; above that, one NIC per vCPU, up to 8.
+    router_size="e2-small",
+    client_size="e2-small",
+    size_format="a Compute Engine machine type of the zone, e.g. e2-small (the router's must allow 2 NICs)",
+    image=f"the newest image of the family {UBUNTU_IMAGE_FAMILY} in the project {UBUNTU_IMAGE_PROJECT}",
+    image_format=f"an image or image family as the boot disk takes it, e.g. projects/{UBUNTU_IMAGE_PROJECT}/global/images/family/{UBUNTU_IMAGE_FAMILY}",
+    source="https://cloud.google.com/compute/docs/general-purpose-machines ; https://cloud.google.com/compute/docs/images/os-details",
+)
+ZONE_NAMING: Final = ZoneNaming(
+    pattern=r"{region}-[a-z][a-z0-9]*",
+    rule="the region, '-' and a letter, e.g. {region}-b",
+    source="https://cloud.google.com/compute/docs/regions-zones",
+)
+
 TRAITS: Final = PlatformTraits(
     name="gcp",
     site_module="multicloud_overlay.components.clouds.gcp",
@@ -305,4 +322,6 @@ TRAITS: Final = PlatformTraits(
     underlay_mtu_range=Documented((1300, 8896), "https://cloud.google.com/vpc/docs/mtu (any value between 1,300 and 8,896 bytes)"),
     limits=LIMITS,
     example_site={"region": "europe-west1", "zone": "europe-west1-b", "project": "example-project"},
+    nodes=NODES,
+    zone_naming=ZONE_NAMING,
 )

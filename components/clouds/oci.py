@@ -48,14 +48,16 @@ from multicloud_overlay.components.limits import user_data_as_sent
 from multicloud_overlay.overlay.security import IngressRule, RuleProtocol, scoped_source
 
 PKG: Final = "multicloud-overlay:oci"
-DEFAULT_SHAPE: Final = "VM.Standard.E4.Flex"
+# Default shapes: oci_traits.NODES (the one place, documented in the README); override with routerSize / clientSize.
+DEFAULT_ROUTER_SHAPE: Final = oci_traits.NODES.router_size
+DEFAULT_CLIENT_SHAPE: Final = oci_traits.NODES.client_size
 # Flex VM shapes allow max(2, OCPUs) VNICs; the router needs two (WAN, LAN).
 ROUTER_OCPUS: Final = 2.0
 ROUTER_MEMORY_GBS: Final = 8.0
 CLIENT_OCPUS: Final = 1.0
 CLIENT_MEMORY_GBS: Final = 4.0
-IMAGE_OS: Final = "Canonical Ubuntu"
-IMAGE_OS_VERSION: Final = "24.04"
+IMAGE_OS: Final = oci_traits.IMAGE_OS
+IMAGE_OS_VERSION: Final = oci_traits.IMAGE_OS_VERSION
 # /64 index of each subnet inside the VCN's IPv6 /56.
 WAN_IPV6_INDEX: Final = 1
 LAN_IPV6_INDEX: Final = 2
@@ -352,7 +354,7 @@ class OciPublicAddress(pulumi.ComponentResource):
 
 
 @dataclass
-class OciVnic:
+class OciNicArgs:
     """One VNIC of a machine."""
 
     subnet_id: pulumi.Input[str]
@@ -377,17 +379,17 @@ class OciMachineArgs:
     """Availability domain name, e.g. Uocm:EU-FRANKFURT-1-AD-1."""
     image_id: pulumi.Input[str]
     """OCID of the boot image."""
-    primary_vnic: OciVnic
+    primary_vnic: OciNicArgs
     """NIC 0, created at launch."""
     user_data: pulumi.Input[str]
     """Plain-text #cloud-config; encoded to base64 here. Changes are ignored after launch (pushed in place)."""
-    shape: str = DEFAULT_SHAPE
+    shape: str = DEFAULT_CLIENT_SHAPE
     """Instance shape; flex shapes get `ocpus`/`memory_in_gbs`."""
     ocpus: float = CLIENT_OCPUS
     """OCPUs of a flex shape (flex VMs allow max(2, OCPUs) VNICs)."""
     memory_in_gbs: float = CLIENT_MEMORY_GBS
     """Memory of a flex shape."""
-    secondary_vnics: Mapping[str, OciVnic] = field(default_factory=dict)
+    secondary_vnics: Mapping[str, OciNicArgs] = field(default_factory=dict)
     """role -> VNIC attached after launch (the guest must configure it itself)."""
     ssh_public_key: str | None = None
     """OpenSSH public key for the image's default user (metadata ssh_authorized_keys); None: the user-data alone
@@ -585,14 +587,14 @@ class OciSite(PlatformSite):
             raise ValueError(f"{node.name} has no planned WAN address")
         wan_ip: str = node.wan_ip
         policy = self._policy(spec, network)
-        shape = self.ctx.site.setting("routerSize") or DEFAULT_SHAPE
+        shape = self.ctx.site.setting("routerSize") or DEFAULT_ROUTER_SHAPE
         machine = OciMachine(
             oci_traits.machine_name(node.name),
             OciMachineArgs(
                 compartment_id=self.compartment_id,
                 availability_domain=self._zone(),
                 image_id=self._image(shape),
-                primary_vnic=OciVnic(
+                primary_vnic=OciNicArgs(
                     subnet_id=network.wan_subnet.id,
                     private_ip=wan_ip,
                     nsg_ids=policy.nsg_ids,
@@ -600,7 +602,7 @@ class OciSite(PlatformSite):
                     assign_public_ip=False,  # the reserved address is assigned to this VNIC's primary private IP
                 ),
                 secondary_vnics={
-                    "lan": OciVnic(
+                    "lan": OciNicArgs(
                         subnet_id=network.lan_subnet.id, private_ip=node.lan_ip, nsg_ids=policy.nsg_ids, skip_source_dest_check=True
                     )
                 },
@@ -623,14 +625,14 @@ class OciSite(PlatformSite):
         network, _ = self._parts()
         node = spec.node
         policy = self._policy(spec, network)
-        shape = self.ctx.site.setting("clientSize") or DEFAULT_SHAPE
+        shape = self.ctx.site.setting("clientSize") or DEFAULT_CLIENT_SHAPE
         machine = OciMachine(
             oci_traits.machine_name(node.name),
             OciMachineArgs(
                 compartment_id=self.compartment_id,
                 availability_domain=self._zone(),
                 image_id=self._image(shape),
-                primary_vnic=OciVnic(
+                primary_vnic=OciNicArgs(
                     subnet_id=network.lan_subnet.id,
                     private_ip=node.lan_ip,
                     nsg_ids=policy.nsg_ids,

@@ -8,7 +8,16 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Final, Literal
 
-from multicloud_overlay.overlay.traits import Documented, PlatformLimits, PlatformTraits, fullmatch, quota, quota_fix, quota_words
+from multicloud_overlay.overlay.traits import (
+    Documented,
+    NodeDefaults,
+    PlatformLimits,
+    PlatformTraits,
+    fullmatch,
+    quota,
+    quota_fix,
+    quota_words,
+)
 
 if TYPE_CHECKING:
     from multicloud_overlay.overlay.plan import Plan
@@ -262,6 +271,18 @@ LIMITS = PlatformLimits(
 )
 
 
+IMAGE_OS: Final = "Canonical Ubuntu"
+IMAGE_OS_VERSION: Final = "24.04"
+NODES: Final = NodeDefaults(
+    # A Flex shape gets oci.ROUTER_OCPUS / oci.CLIENT_OCPUS (2 and 1) and 8 / 4 GB: a Flex VM allows max(2, OCPUs) VNICs.
+    router_size="VM.Standard.E4.Flex",
+    client_size="VM.Standard.E4.Flex",
+    size_format="a Compute shape, e.g. VM.Standard.E4.Flex (a .Flex shape gets 2 OCPUs / 8 GB for the router, 1 OCPU / 4 GB for the client; the router's must allow 2 VNICs)",
+    image=f"the newest {IMAGE_OS} {IMAGE_OS_VERSION} platform image for the node's shape (listed in the site's compartment)",
+    image_format="an image OCID of the site's region, e.g. ocid1.image.oc1.eu-frankfurt-1.aaaa...",
+    source="https://docs.oracle.com/iaas/Content/Compute/References/computeshapes.htm ; https://docs.oracle.com/iaas/images/",
+)
+
 TRAITS: Final = PlatformTraits(
     name="oci",
     site_module="multicloud_overlay.components.clouds.oci",
@@ -273,6 +294,12 @@ TRAITS: Final = PlatformTraits(
     ),
     limits=LIMITS,
     example_site={"region": "eu-frankfurt-1", "compartmentId": "ocid1.compartment.oc1..example"},
+    nodes=NODES,
+    # No zone_naming: an availability domain's name is a tenancy-specific prefix and a region label that is not the
+    # region identifier and follows no single rule (YXol:US-ASHBURN-AD-1 for us-ashburn-1, Uocm:PHX-AD-1 for
+    # us-phoenix-1, ...:EU-FRANKFURT-1-AD-1 for eu-frankfurt-1; https://docs.oracle.com/iaas/Content/General/Concepts/regions.htm ,
+    # https://docs.oracle.com/en-us/iaas/tools/terraform-provider-oci/latest/docs/d/identity_availability_domain.html):
+    # checking it would need Oracle's full region-key table, so `zone` is not checked against `region` here.
     # A secondary VNIC is not configured by the image (notes["secondary_vnic"]); the image's iptables rules reject
     # everything but SSH (notes["host_firewall"]).
     payload_configures_router_lan=True,

@@ -7,7 +7,7 @@ datacentre edge NATs a configured public address to the router. A site is theref
   per NIC role and the template to clone;
 - `VsphereMachine`: a VM cloned from the template with N NICs on static MACs, and cloud-init user-data and
   metadata (static addresses, hostname, SSH key) through `guestinfo.*` extra config (VMware datasource);
-- `VsphereEdgePolicy`: the NAT and filter rules the datacentre edge must implement for the router (no cloud
+- `VsphereSecurityPolicy`: the NAT and filter rules the datacentre edge must implement for the router (no cloud
   firewall exists here; these rules are what least privilege means on vSphere), exported for the operator.
 
 Each is usable without the overlay. `VsphereSite` wires them for an overlay site. The small functions below
@@ -26,7 +26,7 @@ import ipaddress
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Final, cast
+from typing import Any, ClassVar, Final, cast
 
 import pulumi
 import pulumi_vsphere as vsphere
@@ -35,7 +35,7 @@ import yaml
 from multicloud_overlay.cloudinit.render import StaticNic, render_vsphere_metadata
 from multicloud_overlay.components.clouds import vsphere_traits
 from multicloud_overlay.components.clouds.base import NodeResources, NodeSpec, PlatformFactory, PlatformSite, ResolvedRule, SiteContext
-from multicloud_overlay.components.clouds.vsphere_traits import DEFAULT_SIZES, parse_size, vm_name
+from multicloud_overlay.components.clouds.vsphere_traits import DEFAULT_DNS, DEFAULT_SIZES, parse_size, vm_name
 from multicloud_overlay.components.limits import user_data_as_sent
 from multicloud_overlay.overlay.config import CLIENT_HOST, MAX_SITE_ID, ROUTER_HOST, SiteConfig
 from multicloud_overlay.overlay.plan import Node
@@ -47,8 +47,6 @@ TOKEN: Final = "multicloud-overlay:vsphere"
 # clientSize (e.g. "4x8192"); vsphere_traits.parse_size checks them (check_limits too, before any resource).
 # Root disk at least this large (GiB), or the template's size if larger: the router pulls container images.
 MIN_DISK_GIB: Final = 16
-# Resolvers written to the guest's netplan when the site sets no dnsServers (packages are installed at boot).
-DEFAULT_DNS: Final[tuple[str, ...]] = ("1.1.1.1", "9.9.9.9")
 DEFAULT_ADAPTER: Final = "vmxnet3"
 
 # VMware's range for manually assigned MACs: 00:50:56:00:00:00 - 00:50:56:3F:FF:FF (vCenter generates above it).
@@ -298,7 +296,7 @@ class VsphereInventory(pulumi.ComponentResource):
 
 
 @dataclass(frozen=True)
-class VsphereNic:
+class VsphereNicArgs:
     role: str
     """NIC role (wan, lan, mgmt)."""
     network_id: pulumi.Input[str]
@@ -317,7 +315,7 @@ class VsphereMachineArgs:
     """Datastore for the disks (VsphereInventory.datastore_id)."""
     template: pulumi.Output[vsphere.GetVirtualMachineResult]
     """The template to clone (VsphereInventory.template): guest id, SCSI type, firmware, disks, NIC type."""
-    nics: list[VsphereNic]
+    nics: list[VsphereNicArgs]
     """NICs in device order (ethernet0, ethernet1, ...)."""
     user_data: pulumi.Input[str]
     """Plain-text cloud-init user-data; stored base64 in guestinfo.userdata."""
@@ -399,7 +397,7 @@ def _extra_config(values: Sequence[str]) -> dict[str, str]:
 
 
 @dataclass
-class VsphereEdgePolicyArgs:
+class VsphereSecurityPolicyArgs:
     public_ip: pulumi.Input[str]
     """The public IPv4 the edge translates to the router."""
     destination: str
@@ -410,15 +408,19 @@ class VsphereEdgePolicyArgs:
     """The site's own networks: rules from these never cross the edge."""
 
 
-class VsphereEdgePolicy(pulumi.ComponentResource):
+class VsphereSecurityPolicy(pulumi.ComponentResource):
     """What the datacentre edge must implement for a router (no API creates it: it is the operator's).
 
     `rules`: one DNAT+allow per ingress rule from outside the site (tunnel from each peer router's /32, ICMP
     from peers, SSH and ICMP from the admin range); `snat`: the router's outbound 1:1 translation.
     """
 
-    def __init__(self, name: str, args: VsphereEdgePolicyArgs, opts: pulumi.ResourceOptions | None = None) -> None:
-        super().__init__(f"{TOKEN}:VsphereEdgePolicy", name, None, opts)
+    # The type token keeps the class's earlier name (VsphereEdgePolicy): the token is part of the component's URN,
+    # so a new one would replace it (and its outputs' history) on a running stack.
+    TYPE_TOKEN: ClassVar[str] = f"{TOKEN}:VsphereEdgePolicy"
+
+    def __init__(self, name: str, args: VsphereSecurityPolicyArgs, opts: pulumi.ResourceOptions | None = None) -> None:
+        super().__init__(self.TYPE_TOKEN, name, None, opts)
         resolve = functools.partial(
             resolved_edge_rules, rules=[r.rule for r in args.rules], destination=args.destination, internal=args.internal
         )
@@ -471,7 +473,7 @@ class VsphereSite(PlatformSite):
             opts=pulumi.ResourceOptions(parent=ctx.parent),
         )
         self.inventory: VsphereInventory | None = None
-        self.edge: VsphereEdgePolicy | None = None
+        self.edge: VsphereSecurityPolicy | None = None
 
     @property
     def provider(self) -> pulumi.ProviderResource:
@@ -529,7 +531,7 @@ class VsphereSite(PlatformSite):
                 resource_pool_id=self.inventory.resource_pool_id,
                 datastore_id=self.inventory.datastore_id,
                 template=self.inventory.template,
-                nics=[VsphereNic(role, self.inventory.network_ids[role], nic.mac) for role, nic in zip(roles, nics, strict=True)],
+                nics=[VsphereNicArgs(role, self.inventory.network_ids[role], nic.mac) for role, nic in zip(roles, nics, strict=True)],
                 user_data=spec.user_data,
                 metadata=metadata,
                 num_cpus=cpus,
@@ -542,9 +544,9 @@ class VsphereSite(PlatformSite):
         node, site = spec.node, self.ctx.site
         assert node.wan_ip is not None
         machine = self._machine(spec)
-        self.edge = VsphereEdgePolicy(
+        self.edge = VsphereSecurityPolicy(
             f"{site.name}-edge",
-            VsphereEdgePolicyArgs(
+            VsphereSecurityPolicyArgs(
                 public_ip=self.public_ip,
                 destination=node.wan_ip,
                 rules=spec.rules,

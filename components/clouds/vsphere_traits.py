@@ -10,7 +10,7 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Final
 
-from multicloud_overlay.overlay.traits import Documented, NicNames, PlatformLimits, PlatformTraits, fullmatch
+from multicloud_overlay.overlay.traits import Documented, NicNames, NodeDefaults, PlatformLimits, PlatformTraits, fullmatch
 
 if TYPE_CHECKING:
     from multicloud_overlay.overlay.plan import Plan
@@ -20,7 +20,7 @@ _VMWARE_DS = "https://github.com/canonical/cloud-init/blob/main/cloudinit/source
 _NO_FIREWALL = (
     "https://www.pulumi.com/registry/packages/vsphere/api-docs/ (the vSphere provider has port groups but no "
     "firewall or security-group resource; distributed firewalls are NSX's, a separate product): the module creates "
-    "none on vSphere (VsphereEdgePolicy only exports the rules the datacentre edge must implement); the field does not apply"
+    "none on vSphere (VsphereSecurityPolicy only exports the rules the datacentre edge must implement); the field does not apply"
 )
 _CONFIG_MAX = "https://configmax.broadcom.com (vSphere Configuration Maximums: 10 virtual NICs per VM)"
 
@@ -57,6 +57,9 @@ TEMPLATE_DATASOURCE: Final = Documented(
 
 SIZE_FORMAT: Final = "<vCPUs>x<memory MiB>, e.g. 2x4096"
 DEFAULT_SIZES: Final[Mapping[str, str]] = {"router": "2x4096", "client": "1x2048"}
+# Resolvers written to the guest's netplan when the site sets no dnsServers (packages are installed at boot).
+DEFAULT_DNS: Final[tuple[str, ...]] = ("1.1.1.1", "9.9.9.9")
+DNS_FORMAT: Final = "IPv4 or IPv6 addresses, as a YAML list or one string separated by commas or spaces, e.g. 10.6.3.53,10.6.3.54"
 # This module's own bounds (a router or client VM needs neither more than 64 vCPUs nor more than 256 GiB).
 MAX_CPUS: Final = 64
 MIN_MEMORY_MIB: Final = 1024
@@ -219,6 +222,15 @@ LIMITS = PlatformLimits(
 )
 
 
+NODES: Final = NodeDefaults(
+    router_size=DEFAULT_SIZES["router"],
+    client_size=DEFAULT_SIZES["client"],
+    size_format=f"{SIZE_FORMAT} (memory a multiple of 4 MiB; checked before any resource)",
+    image="not used: every VM is a clone of the site's `template` (cloud-init with the VMware datasource)",
+    image_format="not used (set `template`)",
+    source="https://registry.terraform.io/providers/vmware/vsphere/latest/docs/resources/virtual_machine (num_cpus, memory, clone)",
+)
+
 TRAITS: Final = PlatformTraits(
     name="vsphere",
     site_module="multicloud_overlay.components.clouds.vsphere",
@@ -227,6 +239,7 @@ TRAITS: Final = PlatformTraits(
     limits=LIMITS,
     example_site={"datacenter": "dc1", "cluster": "cluster1", "datastore": "datastore1", "template": "ubuntu-24.04-server-cloudimg",
                   "wanNetwork": "wan", "lanNetwork": "overlay-lan", "mgmtNetwork": "mgmt"},
+    nodes=NODES,
     management_network=True,
     # The guest names its NICs from the guestinfo metadata (vsphere.py static_nics).
     nic_names=NicNames(router=("wan0", "lan0"), client=("mgmt0", "lan0")),
