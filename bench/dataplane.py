@@ -40,6 +40,7 @@ from typing import Any
 
 from bench.labrun import RESULTS, fmt, lab, machine, median, require_no_lab, require_root, stamp, which_or_exit, write_json
 from lab.probes import ping
+from lab.progress import Progress
 from lab.shell import in_netns
 
 NAME = "dataplane"
@@ -265,31 +266,35 @@ class Servers:
                 p.wait()
 
 
-def measure(cases: list[Case], repeat: int, seconds: int, pings: int) -> dict[str, list[dict[str, Any]]]:
+def measure(cases: list[Case], repeat: int, seconds: int, pings: int, progress: Progress | None = None) -> dict[str, list[dict[str, Any]]]:
     samples: dict[str, list[dict[str, Any]]] = {c.name: [] for c in cases}
     servers = Servers([c.dst_ns for c in cases])
+    progress = progress or Progress()
+    progress.total = (progress.total or 0) + 1 + repeat * len(cases)
     try:
-        print("warm-up pass (discarded): neighbours, FDB, path MTU", flush=True)
         for c in cases:
+            progress.status(f"warm-up: {c.name}")
             rtt_sample(c, 5, 0.05)
             w = iperf(c, 1, omit=0)
             if not w.get("ok"):
-                print(f"  {c.name}: iperf3 failed: {w.get('error')}", flush=True)
+                progress.note(f"  {c.name}: iperf3 failed: {w.get('error')}")
+        progress.step("warm-up pass (discarded): neighbours, FDB, path MTU")
         for rep in range(repeat):
             for c in cases:
+                progress.status(f"repeat {rep + 1}/{repeat}: {c.name} ({seconds} s of iperf3)")
                 p = rtt_sample(c, pings, 0.01)
                 before = tx_counters(c.src_ns)
                 t = iperf(c, seconds)
                 nic = sender_nic(before, tx_counters(c.src_ns))
                 samples[c.name].append({"rep": rep, **p, **t, **nic})
-                print(
-                    f"[{rep + 1}/{repeat}] {c.name:<38} {fmt(t.get('gbit_s'), '6.2f')} Gbit/s  "
+                progress.step(
+                    f"repeat {rep + 1}/{repeat} {c.name:<38} {fmt(t.get('gbit_s'), '6.2f')} Gbit/s  "
                     f"rtt {fmt(p['rtt_median_ms'], '.3f')} ms  retr {t.get('retransmits', '-')}"
-                    + ("" if t.get("ok") else f"  FAILED: {t.get('error')}"),
-                    flush=True,
+                    + ("" if t.get("ok") else f"  FAILED: {t.get('error')}")
                 )
     finally:
         servers.stop()
+        progress.finish()
     return samples
 
 
@@ -400,26 +405,28 @@ def main(argv: list[str] | None = None) -> int:
     log = RESULTS / NAME / "lab.log"
     started_lab = False
     started = time.monotonic()
+    progress = Progress(total=0 if args.use_running_lab else 2)  # up and down when the benchmark starts the lab
     try:
         if not args.use_running_lab:
             require_no_lab()
-            print("lab up --stack dev --protocol vxlan ...", flush=True)
+            progress.note("lab up --stack dev --protocol vxlan ...")
             started_lab = True
-            up = lab(["up", "--stack", "dev", "--protocol", "vxlan", "--encryption", "none"], log=log)
+            up = lab(["up", "--stack", "dev", "--protocol", "vxlan", "--encryption", "none"], log=log, progress=progress)
             if not up.ok:
                 print(up.output[-3000:], file=sys.stderr)
                 return 1
-            print(f"lab up in {up.seconds:.1f} s", flush=True)
+            progress.step(f"lab up in {up.seconds:.1f} s")
         pair = args.spokes.split(",") if args.spokes else []
         cases = build_cases(spokes=(pair[0], pair[1]) if len(pair) == 2 else None)
         for c in cases:
-            print(f"  {c.name}: {c.path} (path MTU {c.path_mtu})", flush=True)
-        samples = measure(cases, args.repeat, args.seconds, args.pings)
+            progress.note(f"  {c.name}: {c.path} (path MTU {c.path_mtu})")
+        samples = measure(cases, args.repeat, args.seconds, args.pings, progress)
         routes = {c.name: route_mtu(c) for c in cases}
     finally:
         if started_lab:
-            down = lab(["down"], log=log)
-            print(f"lab down ({'ok' if down.ok else 'FAILED: ' + down.output[-500:]})", flush=True)
+            down = lab(["down"], log=log, progress=progress)
+            progress.step(f"lab down ({'ok' if down.ok else 'FAILED: ' + down.output[-500:]})")
+            progress.finish()
     rows = summarise(cases, samples)
     report = {
         "benchmark": NAME,

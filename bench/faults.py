@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.labrun import RESULTS, fmt, lab, machine, median, require_no_lab, require_root, stamp, write_json
+from lab.progress import Progress
 
 NAME = "faults"
 KINDS = ("spoke router", "hub router", "client")
@@ -267,9 +268,10 @@ def main(argv: list[str] | None = None) -> int:
             "wall_seconds": round(time.monotonic() - started, 1),
         }
 
+    progress = Progress()
     try:
-        print(f"lab up --stack {args.stack} ...", flush=True)
-        up = lab(["up", "--stack", args.stack, "--encryption", "none"], log=log)
+        progress.note(f"lab up --stack {args.stack} ...")
+        up = lab(["up", "--stack", args.stack, "--encryption", "none"], log=log, progress=progress)
         if not up.ok:
             print(up.output[-3000:], file=sys.stderr)
             return 1
@@ -277,33 +279,36 @@ def main(argv: list[str] | None = None) -> int:
 
         plan = Lab().plan
         sites = [s.name for s in plan.config.sites]
-        ck = lab(["check", "--results", str(out_dir / "00-initial")], log=log)
+        # Steps: up and initial check, per round its reboots and one hub loss, then down.
+        progress.total = 2 + sum(len(fault_nodes(sites, plan.hub, r)) + 1 for r in range(args.rounds))
+        ck = lab(["check", "--results", str(out_dir / "00-initial")], log=log, progress=progress)
         initial = {"hub": plan.hub, "up_s": round(up.seconds, 1), "check_pass": ck.ok, "check_wall_s": round(ck.seconds, 1)}
-        print(f"lab up in {up.seconds:.1f} s, hub {plan.hub}; initial check {'PASS' if ck.ok else 'FAIL'} ({ck.seconds:.1f} s)", flush=True)
+        progress.step(f"lab up in {up.seconds:.1f} s, hub {plan.hub}; initial check {'PASS' if ck.ok else 'FAIL'} ({ck.seconds:.1f} s)")
         for rnd in range(args.rounds):
             for kind, node in fault_nodes(sites, plan.hub, rnd):
+                progress.status(f"round {rnd + 1}: rebooting {node}")
                 x = one_reboot(rnd, kind, node, out_dir, log)
                 reboots.append(x)
                 write_json(NAME, report())
-                print(
+                progress.step(
                     f"[round {rnd + 1}] reboot {node:<14} ({kind:<12}) boot cmd {fmt(x['boot_command_s'], '.2f')} s  "
-                    f"reachable {fmt(x['recovery_all_s'], '.2f')} s  check {tries_text(x)}",
-                    flush=True,
+                    f"reachable {fmt(x['recovery_all_s'], '.2f')} s  check {tries_text(x)}"
                 )
+            progress.status(f"round {rnd + 1}: hub loss")
             x = one_hub_loss(rnd, args.down_seconds, out_dir, log)
             losses.append(x)
             write_json(NAME, report())
-            print(
+            progress.step(
                 f"[round {rnd + 1}] hub loss {x['hub']}: down {fmt(x['down_s'], '.1f')} s, site-local {x['site_local']}, "
                 f"cross-site answered {x['cross_site_answered_while_down']}, availability >= "
                 f"{fmt(None if x['availability_min'] is None else 100 * x['availability_min'], '.1f')}%; first cross-site "
                 f"{fmt(x['first_cross_site_s'], '.2f')} s, full matrix {fmt(x['full_matrix_after_s'], '.1f')} s  "
-                f"check {tries_text(x)}",
-                flush=True,
+                f"check {tries_text(x)}"
             )
     finally:
-        down = lab(["down"], log=log)
-        print(f"lab down ({'ok' if down.ok else 'FAILED: ' + down.output[-500:]})", flush=True)
+        down = lab(["down"], log=log, progress=progress)
+        progress.step(f"lab down ({'ok' if down.ok else 'FAILED: ' + down.output[-500:]})")
+        progress.finish()
     doc = report()
     path = write_json(NAME, doc)
     m = doc["machine"]

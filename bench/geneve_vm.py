@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from lab.probes import ping
+from lab.progress import Progress
 from lab.shell import in_netns
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -121,6 +122,7 @@ def guest(rounds: int, seconds: float, results: Path) -> int:
             ("overlay-v6", src, dst, spoke.overlay_ipv6),
         ]
         current = "vxlan"
+        progress = Progress(total=rounds * 2 * len(pairs))
         for r in range(rounds):
             for protocol in ("vxlan", "geneve"):
                 if protocol != current:
@@ -130,7 +132,7 @@ def guest(rounds: int, seconds: float, results: Path) -> int:
                     mbit = throughput(src, dst, target, seconds)
                     ms = rtt(src, target)
                     samples.append({"round": r, "protocol": protocol, "pair": name, "mbit_s": mbit, "rtt_ms": ms})
-                    print(f"[{r + 1}/{rounds}] {protocol:6} {name:10} {mbit:8.1f} Mbit/s {ms:.3f} ms", flush=True)
+                    progress.step(f"round {r + 1}/{rounds} {protocol:6} {name:10} {mbit:8.1f} Mbit/s {ms:.3f} ms")
     finally:
         lab("down")
     (results / "geneve_vm_samples.json").write_text(json.dumps(samples))

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.geneve_vm import RESULTS, ROOT, SITES, lab, rtt, throughput
+from lab.progress import Progress
 from lab.shell import in_netns
 
 MODES = ("none", "ipsec")
@@ -79,6 +80,7 @@ def guest(rounds: int, seconds: float, results: Path, aes_ni: bool = False) -> i
         targets = {"underlay": running.state.public_ips[spoke.site], "overlay-v4": spoke.overlay_ipv4, "overlay-v6": spoke.overlay_ipv6}
         src, dst = running.node_ns(hub.name), running.node_ns(spoke.name)
         current = "none"
+        progress = Progress(total=rounds * len(MODES) * len(PAIRS))
         for r in range(rounds):
             for mode in MODES:
                 if mode != current:
@@ -88,11 +90,11 @@ def guest(rounds: int, seconds: float, results: Path, aes_ni: bool = False) -> i
                     mbit = throughput(src, dst, targets[pair], seconds)
                     ms = rtt(src, targets[pair])
                     samples.append({"round": r, "encryption": mode, "pair": pair, "mbit_s": mbit, "rtt_ms": ms})
-                    print(f"[{r + 1}/{rounds}] {mode:5} {pair:10} {mbit:8.1f} Mbit/s {ms:.3f} ms", flush=True)
+                    progress.step(f"round {r + 1}/{rounds} {mode:5} {pair:10} {mbit:8.1f} Mbit/s {ms:.3f} ms")
                 if r == 0:
                     wire = wire_sizes(running.layout.internet_ns, src, dst, targets["overlay-v4"], seconds, results)
                     samples.append({"round": r, "encryption": mode, "pair": "wire", **wire})
-                    print(f"[1/{rounds}] {mode:5} on the wire: {wire['datagrams']} datagrams, mean {wire['mean_bytes']:.0f} B", flush=True)
+                    progress.note(f"round 1/{rounds} {mode:5} on the wire: {wire['datagrams']} datagrams, mean {wire['mean_bytes']:.0f} B")
         driver = aead_driver()
         print(f"rfc4106(gcm(aes)) driver: {driver}", flush=True)
         (results / "ipsec_vm_driver.txt").write_text(driver + "\n")

@@ -44,6 +44,7 @@ from bench.labrun import (
     write_json,
     write_stack_file,
 )
+from lab.progress import Progress
 
 NAME = "lab_scale"
 SETTLE = 3.0
@@ -268,21 +269,22 @@ def main(argv: list[str] | None = None) -> int:
     samples: dict[int, list[dict[str, Any]]] = {n: [] for n in sizes}
     started = time.monotonic()
     stop = False
+    progress = Progress(total=args.repeat * len(sizes))
     for rep in range(args.repeat):
         for n in sizes:
+            progress.status(f"repeat {rep + 1}/{args.repeat}: {n} sites up, check, down")
             x = one(n, rep, log)
             samples[n].append(x)
             write_json(NAME, report(args, sizes, samples, started))  # partial results survive an interruption
             m = x.get("memory", {})
-            print(
-                f"[{rep + 1}/{args.repeat}] {n:>3} sites: up {fmt(x.get('up_wall_s'))} s, check {fmt(x.get('check_wall_s'))} s "
+            progress.step(
+                f"repeat {rep + 1}/{args.repeat} {n:>3} sites: up {fmt(x.get('up_wall_s'))} s, check {fmt(x.get('check_wall_s'))} s "
                 f"({'PASS' if x.get('check_pass') else 'FAIL'}: pings {x.get('check_pings', '-')}, probes {x.get('check_probes', '-')}"
                 + (f", failed: {'; '.join(x['check_failed_probes'])}" if x.get("check_failed_probes") else "")
                 + f"), down {fmt(x.get('down_wall_s'))} s; "
                 f"MemAvailable -{fmt(m.get('mem_available_delta_mib'), '.0f')} MiB, PSS {fmt(m.get('pss_mib'), '.0f')} MiB "
                 f"({m.get('processes', '-')} processes), state dir {fmt(m.get('state_dir_mib'), '.0f')} MiB"
-                + (f"; up FAILED: {x.get('error')}" if not x.get("up_ok") else ""),
-                flush=True,
+                + (f"; up FAILED: {x.get('error')}" if not x.get("up_ok") else "")
             )
             if not x.get("down_ok"):
                 print("lab down failed: stopping", file=sys.stderr)
@@ -290,6 +292,7 @@ def main(argv: list[str] | None = None) -> int:
                 break
         if stop:
             break
+    progress.finish()
     doc = report(args, sizes, samples, started)
     path = write_json(NAME, doc)
     m = doc["machine"]

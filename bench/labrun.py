@@ -24,6 +24,9 @@ from typing import Any
 
 import yaml
 
+from lab.privilege import become_root
+from lab.progress import Progress
+
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
 STACKS = RESULTS / "stacks"
@@ -41,8 +44,11 @@ class LabRun:
         return self.rc == 0
 
 
-def lab(args: Sequence[str], log: Path | None = None, timeout: float = 1800, echo: bool = False) -> LabRun:
-    """Run one lab verb (`python -m lab ARGS`) in its own process; wall time, exit code and output (appended to `log`)."""
+def lab(
+    args: Sequence[str], log: Path | None = None, timeout: float = 1800, echo: bool = False, progress: Progress | None = None
+) -> LabRun:
+    """Run one lab verb (`python -m lab ARGS`) in its own process; wall time, exit code and output (appended to `log`).
+    With `progress`, the verb's latest line is its transient status (in place on a terminal, nothing otherwise)."""
     argv = [sys.executable, "-m", "lab", *args]
     started = time.monotonic()
     lines: list[str] = []
@@ -52,6 +58,8 @@ def lab(args: Sequence[str], log: Path | None = None, timeout: float = 1800, ech
         lines.append(line)
         if echo:
             print(f"    | {line.rstrip()}", flush=True)
+        elif progress is not None and line.strip():
+            progress.status(f"lab {args[0] if args else ''}: {line.strip()[:100]}")
     rc = proc.wait(timeout=timeout)
     took = time.monotonic() - started
     output = "".join(lines)
@@ -79,8 +87,8 @@ def require_no_lab() -> None:
 
 
 def require_root() -> None:
-    if os.geteuid() != 0:
-        raise SystemExit("needs root (the lab builds network namespaces): run with sudo .venv/bin/python -m bench.<name>")
+    """Root, or this benchmark's command run again under sudo (before it has done anything)."""
+    become_root("this benchmark", "the lab builds network namespaces")
 
 
 def seconds_reported(output: str, pattern: str) -> float | None:

@@ -26,6 +26,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from lab.progress import Progress
+
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
 
@@ -93,8 +95,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     sizes = [int(s) for s in args.sizes.split(",")]
     samples: dict[int, list[dict[str, Any]]] = {n: [] for n in sizes}
+    progress = Progress(total=args.repeat * len(sizes))
     for rep in range(args.repeat):
         for n in sizes:
+            progress.status(f"repeat {rep + 1}/{args.repeat}: the program with {n} sites under mocks")
             proc = subprocess.run(
                 [sys.executable, "-m", "bench.program_scale", "--one", str(n)], cwd=ROOT, capture_output=True, text=True, check=False
             )
@@ -103,11 +107,11 @@ def main(argv: list[str] | None = None) -> int:
                 return 1
             sample = json.loads(proc.stdout.strip().splitlines()[-1])
             samples[n].append(sample)
-            print(
-                f"[{rep + 1}/{args.repeat}] {n:>3} sites: {sample['wall_s']:6.2f} s, {sample['peak_rss_mib']:6.0f} MiB, "
-                f"{sample['resources']} resources, longest chain {sample['longest_chain']}",
-                flush=True,
+            progress.step(
+                f"repeat {rep + 1}/{args.repeat} {n:>3} sites: {sample['wall_s']:6.2f} s, {sample['peak_rss_mib']:6.0f} MiB, "
+                f"{sample['resources']} resources, longest chain {sample['longest_chain']}"
             )
+    progress.finish()
     rows = []
     for n in sizes:
         s = samples[n]

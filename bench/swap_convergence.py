@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.labrun import RESULTS, fmt, lab, machine, median, require_no_lab, require_root, stamp, write_json
+from lab.progress import Progress
 
 NAME = "swap_convergence"
 
@@ -180,9 +181,10 @@ def main(argv: list[str] | None = None) -> int:
     swaps: list[dict[str, Any]] = []
     initial: dict[str, Any] = {}
     sites: list[str] = []
+    progress = Progress()
     try:
-        print(f"lab up --stack {args.stack} --protocol {args.protocol} ...", flush=True)
-        up = lab(["up", "--stack", args.stack, "--protocol", args.protocol, "--encryption", "none"], log=log)
+        progress.note(f"lab up --stack {args.stack} --protocol {args.protocol} ...")
+        up = lab(["up", "--stack", args.stack, "--protocol", args.protocol, "--encryption", "none"], log=log, progress=progress)
         if not up.ok:
             print(up.output[-3000:], file=sys.stderr)
             return 1
@@ -191,20 +193,21 @@ def main(argv: list[str] | None = None) -> int:
         plan = Lab().plan
         sites = [s.name for s in plan.config.sites]
         hub = plan.hub
-        ck = lab(["check", "--results", str(out_dir / "00-initial")], log=log)
-        initial = {"hub": hub, "up_s": round(up.seconds, 1), "check_pass": ck.ok, "check_wall_s": round(ck.seconds, 1)}
-        print(f"lab up in {up.seconds:.1f} s, hub {hub}; initial check {'PASS' if ck.ok else 'FAIL'} ({ck.seconds:.1f} s)", flush=True)
         walk = hub_walk(sites, hub, args.rounds)
+        progress.total = 2 + len(walk)  # up and initial check, each swap, down
+        ck = lab(["check", "--results", str(out_dir / "00-initial")], log=log, progress=progress)
+        initial = {"hub": hub, "up_s": round(up.seconds, 1), "check_pass": ck.ok, "check_wall_s": round(ck.seconds, 1)}
+        progress.step(f"lab up in {up.seconds:.1f} s, hub {hub}; initial check {'PASS' if ck.ok else 'FAIL'} ({ck.seconds:.1f} s)")
         per_round = len(walk) // max(1, args.rounds)
         for i, new in enumerate(walk, 1):
+            progress.status(f"swap {i}/{len(walk)}: hub {hub} -> {new}")
             x = one_swap(i, (i - 1) // per_round, hub, new, args.protocol, out_dir, log)
             swaps.append(x)
             write_json(NAME, report(args, sites, initial, swaps, started))  # partial results survive an interruption
-            print(
-                f"[{i}/{len(walk)}] {hub:>8} -> {new:<8} lost {fmt(x['lost'], '.0f'):>4}  outage {fmt(x['outage_ms'], '.0f'):>5} ms  "
+            progress.step(
+                f"{hub:>8} -> {new:<8} lost {fmt(x['lost'], '.0f'):>4}  outage {fmt(x['outage_ms'], '.0f'):>5} ms  "
                 f"flowing after {fmt(x['converged_after_s'], '.2f')} s  apply {fmt(x['apply_seconds'], '.2f')} s  "
-                f"swap {'ok' if x['swap_ok'] else 'FAILED'}  check {'PASS' if x['check_pass'] else 'FAIL'} ({x['check_wall_s']:.0f} s)",
-                flush=True,
+                f"swap {'ok' if x['swap_ok'] else 'FAILED'}  check {'PASS' if x['check_pass'] else 'FAIL'} ({x['check_wall_s']:.0f} s)"
             )
             if x["applied"]:
                 hub = new
@@ -212,8 +215,9 @@ def main(argv: list[str] | None = None) -> int:
                 print("swap failed to apply: stopping (see the lab log)", file=sys.stderr)
                 break
     finally:
-        down = lab(["down"], log=log)
-        print(f"lab down ({'ok' if down.ok else 'FAILED: ' + down.output[-500:]})", flush=True)
+        down = lab(["down"], log=log, progress=progress)
+        progress.step(f"lab down ({'ok' if down.ok else 'FAILED: ' + down.output[-500:]})")
+        progress.finish()
     doc = report(args, sites, initial, swaps, started)
     path = write_json(NAME, doc)
     m = doc["machine"]

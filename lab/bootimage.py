@@ -61,6 +61,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Final
 
+from lab.privilege import become_root
+
 ROOT: Final = Path(__file__).resolve().parent.parent
 DEFAULT_CACHE: Final = ROOT / ".cache" / "boot"
 DEFAULT_RESULTS: Final = ROOT / "lab-results" / "bootimage"
@@ -297,6 +299,18 @@ class BootImage:
 def _need_root() -> None:
     if os.geteuid() != 0:
         raise RuntimeError("needs root (debootstrap, chroot, qemu): run it with sudo")
+
+
+# What building and booting the image needs beyond `make setup` (Debian packages, installed when missing).
+BUILD_PACKAGES: Final = ("debootstrap", "qemu-utils", "e2fsprogs", "dosfstools", "mtools", "genisoimage")
+
+
+def _install_tools() -> None:
+    missing = [p for p in BUILD_PACKAGES if subprocess.run(["dpkg-query", "-W", "-f=${Status}", p], capture_output=True, text=True).stdout != "install ok installed"]
+    if missing:
+        print(f"lab.bootimage: installing Debian packages: {' '.join(missing)}", flush=True)
+        subprocess.run(["apt-get", "update", "-q"], check=True)
+        subprocess.run(["apt-get", "install", "-y", "-q", "--no-install-recommends", *missing], check=True, env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
 
 
 def _need_tools(tools: dict[str, str]) -> None:
@@ -637,6 +651,9 @@ def main(argv: list[str] | None = None) -> int:
     p_run.add_argument("--quiet", action="store_true", help="do not echo the command's console output")
     p_run.add_argument("command", nargs=argparse.REMAINDER, help="after --: the command, run by bash in /project")
     args = parser.parse_args(argv)
+    if argv is None and args.cmd in ("build", "run"):
+        become_root(f"lab.bootimage {args.cmd}", "debootstrap, chroot, loop devices, qemu")
+        _install_tools()
     try:
         if args.cmd == "build":
             img = build(args.cache, keep_rootfs=not args.drop_rootfs)

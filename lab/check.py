@@ -12,7 +12,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+from lab.invocation import lab_command
 from lab.probes import ping, ping_many
+from lab.progress import Progress
 from lab.report import PingResult, Probe, matrix_text, summary, write
 from lab.shell import Shell
 from lab.state import STATE_DIR, LabError, LabState, load, require_root
@@ -52,9 +54,9 @@ class Lab:
     def __init__(self, state_dir: Path = STATE_DIR) -> None:
         st = load(state_dir)
         if st is None:
-            raise LabError("no lab is up: run `python -m lab up` first")
+            raise LabError(f"no lab is up: run `{lab_command('up', '--encryption', 'none')}` first")
         if st.phase != "up":
-            raise LabError(f"the lab is {st.phase} (an up did not finish): run `python -m lab down`, then `up` again")
+            raise LabError(f"the lab is {st.phase} (an up did not finish): run `{lab_command('down')}`, then `up` again")
         self.state: LabState = st
         self.state_dir = state_dir
         self.plan = st.plan()
@@ -75,7 +77,7 @@ class Lab:
         return self.sh.run(argv, check=False, timeout=timeout)
 
 
-def ping_matrix(lab: Lab, eps: Sequence[Endpoint]) -> list[PingResult]:
+def ping_matrix(lab: Lab, eps: Sequence[Endpoint], progress: Progress | None = None) -> list[PingResult]:
     """Every source pings all its targets at once, a few sources at a time. Pairs that fail get a second, calmer
     pass (one source at a time, longer wait): a slow machine (the kernel VM runs under TCG) or cold neighbour
     caches must not look like a broken overlay, while a real black hole fails both passes."""
@@ -95,11 +97,22 @@ def ping_matrix(lab: Lab, eps: Sequence[Endpoint]) -> list[PingResult]:
                 targets[dst.ipv6] = (dst.name, 6)
         return targets
 
+    done: list[str] = []
+
+    def first_pass(src: Endpoint) -> list[PingResult]:
+        got = from_source(src, all_targets(src), 1)
+        done.append(src.name)
+        if progress is not None:
+            progress.status(f"ping matrix: {len(done)}/{len(eps)} sources done ({src.name})")
+        return got
+
     with ThreadPoolExecutor(max_workers=SOURCES_IN_PARALLEL) as pool:
-        results = [r for rs in pool.map(lambda e: from_source(e, all_targets(e), 1), eps) for r in rs]
+        results = [r for rs in pool.map(first_pass, eps) for r in rs]
     failed = [r for r in results if not r.ok]
     if not failed:
         return results
+    if progress is not None:
+        progress.status(f"ping matrix: {len(failed)} pairs failed the first pass, trying them again")
     by_src = {e.name: e for e in eps}
     retry: dict[str, dict[str, tuple[str, int]]] = {}
     for r in failed:
@@ -201,12 +214,22 @@ def check(results_dir: Path, state_dir: Path = STATE_DIR, stem: str = "check", o
     lab = Lab(state_dir)
     eps = endpoints(lab.plan)
     started = time.monotonic()
-    out(
+    progress = Progress(total=3, out=None if out is print else out)
+    progress.note(
         f"check: {len(eps)} endpoints x {len(eps) - 1} x 2 families = {len(eps) * (len(eps) - 1) * 2} pings "
-        f"(hub {lab.plan.hub}, {lab.plan.protocol}, {lab.plan.config.topology})"
+        f"(hub {lab.plan.hub}, {lab.plan.protocol}, {lab.plan.config.topology}, encryption {lab.plan.config.encryption})"
     )
-    results = ping_matrix(lab, eps)
-    probes = mtu_probes(lab) + hub_transit(lab)
+    results = ping_matrix(lab, eps, progress)
+    progress.step(f"ping matrix: {sum(r.ok for r in results)}/{len(results)} answered")
+    probes = mtu_probes(lab)
+    progress.step(f"MTU probes: {sum(p.ok for p in probes)}/{len(probes)} as expected")
+    transit = hub_transit(lab)
+    probes += transit
+    progress.step(
+        "hub transit: "
+        + ("not applicable (no spoke-to-spoke path)" if not transit else "proven" if all(p.ok for p in transit) else "FAILED")
+    )
+    progress.finish()
     took = time.monotonic() - started
     names = [e.name for e in eps]
     extra = {
@@ -214,6 +237,7 @@ def check(results_dir: Path, state_dir: Path = STATE_DIR, stem: str = "check", o
         "hub": lab.plan.hub,
         "protocol": lab.plan.protocol,
         "topology": lab.plan.config.topology,
+        "encryption": lab.plan.config.encryption,
         "mtu": lab.plan.mtu,
         "seconds": round(took, 2),
         "time": time.time(),

@@ -4,11 +4,17 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
+import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
+from lab import graph as lab_graph
+from lab.invocation import lab_command
+from lab.privilege import become_root
+from lab.results import describe, finish_run, start_run
 from lab.state import REPO, STATE_DIR, LabError
 from lab.vmimage import DEFAULT_CACHE
 from multicloud_overlay.overlay.config import TOPOLOGIES, ConfigError
@@ -31,7 +37,10 @@ def cmd_up(args: argparse.Namespace) -> int:
     res = lifecycle.up(args.stack, args.sites, overrides, runtime=args.containers, force=args.force, push=not args.no_push)
     print()
     print(lifecycle.summary_table(res.plan, res.layout, res.applies))
-    print(f"\nbring-up: {res.seconds:.1f} s; next: python -m lab {'push' if args.no_push else 'check'}")
+    print(
+        f"\nbring-up: {res.seconds:.1f} s; next: {lab_command('push' if args.no_push else 'check')}; "
+        f"to reach a node: {lab_command('status')}, {lab_command('exec', res.plan.nodes[0].name)} -- CMD"
+    )
     if args.check:
         from lab.check import run_check
 
@@ -92,6 +101,17 @@ def cmd_status(args: argparse.Namespace) -> int:
     return lifecycle.status()
 
 
+def cmd_exec(args: argparse.Namespace) -> int:
+    from lab.access import run_exec
+    from lab.state import require_root
+
+    require_root("exec")
+    command = list(args.exec_command)
+    if command[:1] == ["--"]:
+        command = command[1:]
+    return run_exec(args.node, command)
+
+
 def cmd_vm(args: argparse.Namespace) -> int:
     from lab.vm import run_vm
 
@@ -119,7 +139,9 @@ def parser() -> argparse.ArgumentParser:
         description="Run the stack's overlay locally: one network namespace per VM built from its cloud-init payload, "
         "emulated clouds (private subnets, 1:1 NAT, internet), Docker containers on the routers. Needs root.",
     )
-    sub = p.add_subparsers(dest="command", required=True, metavar="{up,check,swap,reboot,hub-loss,capture,down,status,vm}")
+    sub = p.add_subparsers(
+        dest="command", required=True, metavar="{up,check,swap,reboot,hub-loss,capture,down,status,exec,vm,graph,matrix}"
+    )
 
     def results(sp: argparse.ArgumentParser) -> None:
         sp.add_argument(
@@ -194,8 +216,18 @@ def parser() -> argparse.ArgumentParser:
 
     dn = sub.add_parser("down", help="remove everything the lab made")
     dn.set_defaults(func=cmd_down)
-    st = sub.add_parser("status", help="what the lab is and whether it is all there")
+    st = sub.add_parser("status", help="what the lab is, whether it is all there, and how to reach each node and container")
     st.set_defaults(func=cmd_status)
+    ex = sub.add_parser(
+        "exec",
+        help="run a command in a node (its namespace) or in a router's container (docker exec); a shell without one",
+        description="Run CMD in a lab node's network namespace (e.g. aws-router, gcp-client, aws-edge, internet) or "
+        "inside a router's Docker container (e.g. aws-c1), with stdin, stdout and the terminal attached; "
+        "exits with CMD's status. Without CMD: an interactive shell. `status` lists every name.",
+    )
+    ex.add_argument("node", help="node, container or underlay name (see `status`)")
+    ex.add_argument("exec_command", nargs=argparse.REMAINDER, metavar="-- CMD", help="the command and its arguments, after --")
+    ex.set_defaults(func=cmd_exec)
 
     vm = sub.add_parser(
         "vm",
@@ -227,14 +259,48 @@ def parser() -> argparse.ArgumentParser:
     )
     vm.add_argument("--command", dest="command_line", metavar="SHELL", help="instead of the lab: run this shell command in the VM")
     vm.set_defaults(func=cmd_vm)
+    lab_graph.register(sub)  # graph, matrix: the pictures (lab/graph.py)
     return p
+
+
+def keeps_runs(args: argparse.Namespace) -> bool:
+    """Results of this verb go to a run folder of their own: it writes results, to the default place."""
+    results = getattr(args, "results", None)
+    return results is not None and Path(results).absolute() == DEFAULT_RESULTS.absolute() and args.command != "down"
+
+
+# Commands that only read files and draw: everything else builds, changes or enters namespaces.
+USER_COMMANDS: Final = frozenset({"graph", "matrix"})
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    if argv is None and args.command not in USER_COMMANDS:
+        become_root(f"lab {args.command}", "network namespaces, Docker, iptables")
     started = time.monotonic()
+    run = start_run(DEFAULT_RESULTS, args.command) if keeps_runs(args) else None
+    if run is not None:
+        args.results = run.dir
+    try:
+        return _run(args, started)
+    finally:
+        if run is not None:
+            for line in describe(finish_run(run)):
+                print(line)
+
+
+def _run(args: argparse.Namespace, started: float) -> int:
     try:
         return int(args.func(args) or 0)
+    except subprocess.TimeoutExpired as e:
+        cmd = e.cmd if isinstance(e.cmd, str) else shlex.join(str(a) for a in e.cmd)
+        print(
+            f"lab {args.command}: a command did not finish within {e.timeout:g} s and was stopped: {cmd}\n"
+            f"lab {args.command}: the lab may be half-built or half-changed: `{lab_command('status')}` shows what is there, "
+            f"`{lab_command('down')}` removes all of it (state in {STATE_DIR})",
+            file=sys.stderr,
+        )
+        return 124
     except (LabError, ConfigError) as e:
         print(f"lab {args.command}: {e}", file=sys.stderr)
         return 2
@@ -244,7 +310,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(
             f"lab {args.command}: interrupted after {time.monotonic() - started:.1f} s; "
-            f"`python -m lab down` removes what exists (state in {STATE_DIR})",
+            f"`{lab_command('down')}` removes what exists (state in {STATE_DIR})",
             file=sys.stderr,
         )
         return 130

@@ -102,6 +102,13 @@ def availability(log: PingLog) -> float | None:
     return round(len(log.replies) / sent, 4) if sent else None
 
 
+def availability_text(avail: dict[str, float | None]) -> str:
+    """Per pinged pair, the share of its pings answered, labelled: `gcp-client -> gcp-c1 IPv4 99.8%`."""
+    if not avail:
+        return "no site-local pair pinged (no spoke router has containers)"
+    return ", ".join(f"{pair} {'no ping sent' if v is None else f'{100 * v:.1f}%'}" for pair, v in avail.items())
+
+
 def summarise_recovery(per_target: dict[str, float | None]) -> dict[str, Any]:
     values = list(per_target.values())
     return {
@@ -380,7 +387,7 @@ def hub_loss(
     down_for = time.monotonic() - down_at
     avail = {k: availability(v) for k, v in local_logs.items()}
     lost = {k: max(v.transmitted, max(v.replies, default=0)) - len(v.replies) for k, v in local_logs.items()}
-    out("site-local availability while down: " + ", ".join(f"{k} {100 * (v or 0):.1f}%" for k, v in avail.items()))
+    out(f"site-local availability while down (pings answered, every {POLL_INTERVAL * 1000:.0f} ms): {availability_text(avail)}")
     # Back up: cross-site probes start just before the boot command.
     a, b = spokes[0], spokes[1] if len(spokes) > 1 else spokes[0]
     observer = by_name[plan.client(a).name]
@@ -499,8 +506,8 @@ def run_hub_loss(results: Path, down_seconds: float, full_check: bool = True) ->
     wd = d["while_down"]
     print(
         f"\nhub {d['hub']} down {d['down_seconds']} s: site-local {wd['site_local']['answered']}/{wd['site_local']['pairs']}, "
-        f"cross-site {wd['cross_site']['answered']}/{wd['cross_site']['pairs']} answered; availability "
-        + ", ".join(f"{100 * (v or 0):.1f}%" for v in wd["availability"].values())
+        f"cross-site {wd['cross_site']['answered']}/{wd['cross_site']['pairs']} answered; "
+        f"site-local availability (pings answered): {availability_text(wd['availability'])}"
         + f"\nback: boot command {d['boot_command']['seconds']:.2f} s, first cross-site reply {d['recovery']['first_s']} s, "
         f"all {d['recovery']['all_s']} s" + ("" if d["check"] is None else f", full matrix {check_outcome(d['check'])}")
     )

@@ -15,13 +15,18 @@ from pathlib import Path
 from typing import Any, cast
 
 from lab import nodes, power, processes, underlay
+from lab.access import how_to_reach
 from lab.check import Lab
+from lab.invocation import lab_command
+from lab.progress import Progress
 from lab.shell import CommandError, Shell
 from lab.state import (
     CGROUP_PREFIX,
+    DEFAULT_STATE_DIR,
     STATE_DIR,
     LabError,
     LabState,
+    check_state_dir,
     docker_host,
     load,
     load_raw,
@@ -30,6 +35,7 @@ from lab.state import (
     require_root,
     save,
     stack_reference,
+    state_file,
 )
 from lab.topology import PREFIX, Layout, build_layout, container_names
 from multicloud_overlay.overlay.plan import Plan
@@ -78,18 +84,20 @@ def esp_supported(sh: Shell) -> bool:
         return sh.ok([*argv, "mode", "transport", "aead", "rfc4106(gcm(aes))", "0x" + "00" * 36, "128"])
 
 
-ESP_MESSAGE = (
-    "IPsec is not available on this host kernel (no ESP: CONFIG_INET_ESP is off), and the stack sets encryption ipsec "
-    "(the default). Either run the lab with the router tunnels in clear, everything else as the stack says: "
-    "`python -m lab up --encryption none`; or run the encrypted overlay in the kernel VM: "
-    "`python -m lab vm --encryption ipsec` (see python -m lab vm --help)"
-)
+def esp_message() -> str:
+    return (
+        "IPsec is not available on this host kernel (no ESP: CONFIG_INET_ESP is off), and the stack sets encryption ipsec "
+        "(the default). Either run the lab with the router tunnels in clear, everything else as the stack says: "
+        f"`{lab_command('up', '--encryption', 'none')}`; or run the encrypted overlay in the kernel VM: "
+        f"`{lab_command('vm', '--encryption', 'ipsec')}` (see {lab_command('vm', '--help')})"
+    )
 
 
-GENEVE_MESSAGE = (
-    "GENEVE is not available on this host kernel (`ip link add ... type geneve` fails: no geneve module). "
-    "Run the GENEVE overlay in the kernel VM instead: python -m lab vm --help"
-)
+def geneve_message() -> str:
+    return (
+        "GENEVE is not available on this host kernel (`ip link add ... type geneve` fails: no geneve module). "
+        f"Run the GENEVE overlay in the kernel VM instead: {lab_command('vm', '--help')}"
+    )
 
 
 # One kernel carries every VM of the lab, and its IPv4/IPv6 neighbour tables are shared by all namespaces with
@@ -144,17 +152,6 @@ def lab_exists(state_dir: Path, prefix: str = PREFIX) -> list[str]:
     return found
 
 
-class Progress:
-    def __init__(self, out: Out) -> None:
-        self.out = out
-        self.started = time.monotonic()
-        self._lock = threading.Lock()
-
-    def __call__(self, msg: str) -> None:
-        with self._lock:
-            self.out(f"[{time.monotonic() - self.started:6.1f}s] {msg}")
-
-
 @dataclass
 class UpResult:
     plan: Plan
@@ -181,8 +178,8 @@ def up(
     stack is a stack name (Pulumi.NAME.yaml in the repository root) or the path of a stack file anywhere; prefix
     starts the name of every namespace the lab makes (state_dir keeps what the later verbs need to find them)."""
     require_root("up")
+    check_state_dir(state_dir)
     check_tools(runtime)
-    progress = Progress(out)
     st = LabState(
         stack=stack_reference(stack),
         sites=list(sites or []),
@@ -191,24 +188,26 @@ def up(
         prefix=prefix,
     )
     plan = st.plan()  # config errors before anything exists
+    # One step for the internet, three per site (edge and VMs, client, router), one for the end.
+    progress = Progress(total=2 + 3 * len(plan.config.sites), out=None if out is print else out)
     if sites and not overrides.get("hub") and plan.config.topology == "hub-and-spoke":
         configured = load_raw(st.stack, None, {}).get("hub")
         if configured not in sites:
-            progress(f"the stack's hub {configured} is not among --sites: using {plan.hub} (set one with --hub)")
+            progress.note(f"the stack's hub {configured} is not among --sites: using {plan.hub} (set one with --hub)")
     sh = Shell(state_dir / "commands.log")
     if plan.protocol == "geneve" and not geneve_supported(Shell()):
-        raise LabError(GENEVE_MESSAGE)
+        raise LabError(geneve_message())
     if plan.encrypted and not esp_supported(Shell()):
-        raise LabError(ESP_MESSAGE)
+        raise LabError(esp_message())
     st.key_seed = os.urandom(32).hex()
     existing = lab_exists(state_dir, prefix)
     if existing:
         if not force:
             raise LabError(
                 f"a lab already exists ({', '.join(existing[:3])}{' ...' if len(existing) > 3 else ''}): "
-                "run `python -m lab down` first, or `python -m lab up --force` to replace it"
+                f"run `{lab_command('down')}` first, or add --force to `up` to replace it"
             )
-        progress("a lab exists: tearing it down first (--force)")
+        progress.note("a lab exists: tearing it down first (--force)")
         down(state_dir=state_dir, out=out)
     layout = build_layout(plan, prefix)
     st.namespaces = layout.namespaces()
@@ -222,13 +221,15 @@ def up(
     save(st, state_dir)
     write_host_sysctls(st.host_sysctls)
     result = UpResult(plan, layout)
-    progress(
+    progress.note(
         f"stack {stack}: {len(plan.config.sites)} sites, hub {plan.hub}, {plan.protocol}, {plan.config.topology}, "
-        f"overlay MTU {plan.mtu}, {len(plan.nodes)} VMs, {len(st.container_netns)} containers ({runtime})"
+        f"encryption {plan.config.encryption}, overlay MTU {plan.mtu}, {len(plan.nodes)} VMs, "
+        f"{len(st.container_netns)} containers ({runtime})"
     )
 
     tar = nodes.build_image_tar(state_dir) if runtime == "docker" and st.container_netns else None
     underlay.build_internet(sh, layout)
+    progress.step(f"internet {layout.internet_ns} built" + (", container image ready" if tar else ""))
     payloads = {n.name: nodes.lab_user_data(st, plan, n.name) for n in plan.nodes}
     configs = {n.name: nodes.lab_node_config(st, plan, n.name, dict(layout.public_ips)) for n in plan.nodes}
 
@@ -253,14 +254,14 @@ def up(
             nodes.write_payload(payloads[node.name], node_root(node.name, state_dir))
         # First power-on of both VMs: the router's docker.service starts while the client boots.
         on = {node.name: power.power_on(sh, layout.host(node.name), state_dir, runtime, record_dockerd) for node in (router, client)}
-        progress(f"{site}: edge {edge.public_ip} <-> {edge.router_wan_ip}, VMs {router.name} + {client.name} ready")
+        progress.step(f"{site}: edge {edge.public_ip} <-> {edge.router_wan_ip}, VMs {router.name} + {client.name} ready")
         r = boot_and_push(client.name)
         result.applies[client.name] = r
-        progress(f"{client.name}: booted and pushed ({r.changes} changes, {r.seconds:.1f} s)" if r.ok else f"{client.name}: FAILED")
+        progress.step(f"{client.name}: booted and pushed ({r.changes} changes, {r.seconds:.1f} s)" if r.ok else f"{client.name}: FAILED")
         power.docker_ready(sh, on[router.name], state_dir, image_tar=tar if router.containers else None)
         r = boot_and_push(router.name)
         result.applies[router.name] = r
-        progress(
+        progress.step(
             f"{router.name}: booted and pushed as {router.role} ({r.changes} changes, {r.seconds:.1f} s)"
             if r.ok
             else f"{router.name}: FAILED"
@@ -277,11 +278,11 @@ def up(
     failed = [r for r in result.applies.values() if not r.ok]
     if errors or failed:
         detail = errors + [f"{r.node}: {r.output.strip().splitlines()[-1] if r.output.strip() else 'no output'}" for r in failed]
-        raise LabError("up failed (the lab is half-built: run `python -m lab down`):\n  " + "\n  ".join(detail))
+        raise LabError(f"up failed (the lab is half-built: run `{lab_command('down')}`):\n  " + "\n  ".join(detail))
     st.phase = "up"
     save(st, state_dir)
-    result.seconds = time.monotonic() - progress.started
-    progress(f"lab up in {result.seconds:.1f} s")
+    result.seconds = progress.elapsed
+    progress.step(f"lab up in {result.seconds:.1f} s")
     return result
 
 
@@ -327,14 +328,17 @@ def _lab_mounts(state_dir: Path, netns_names: set[str]) -> list[str]:
     return points
 
 
-def _lab_cgroups() -> list[Path]:
-    found = []
-    base = Path("/sys/fs/cgroup")
+def _lab_cgroups(base: Path = Path("/sys/fs/cgroup")) -> list[Path]:
+    """The cgroups the lab's dockerds made (--cgroup-parent mco-lab-<router>): under each controller's hierarchy
+    with cgroup v1 (/sys/fs/cgroup/memory/mco-lab-aws-router), at the top of the unified hierarchy with cgroup v2
+    (/sys/fs/cgroup/mco-lab-aws-router), and under a hybrid host's /sys/fs/cgroup/unified."""
+    found: list[Path] = []
     if not base.is_dir():
         return found
-    for controller in base.iterdir():
-        if controller.is_dir():
-            found += [p for p in controller.glob(f"{CGROUP_PREFIX}*") if p.is_dir()]
+    found += sorted(p for p in base.glob(f"{CGROUP_PREFIX}*") if p.is_dir())
+    for controller in sorted(base.iterdir()):
+        if controller.is_dir() and not controller.name.startswith(CGROUP_PREFIX):
+            found += sorted(p for p in controller.glob(f"{CGROUP_PREFIX}*") if p.is_dir())
     return found
 
 
@@ -412,7 +416,10 @@ def down(state_dir: Path = STATE_DIR, out: Out = print) -> float:
     restore_host_sysctls(st)
     for cg in _lab_cgroups():
         _rmdir_tree(cg)
-    shutil.rmtree(state_dir, ignore_errors=True)
+    if state_file(state_dir).exists() or state_dir == DEFAULT_STATE_DIR:
+        shutil.rmtree(state_dir, ignore_errors=True)
+    elif state_dir.is_dir():
+        out(f"left {state_dir} in place: it holds no lab record (lab.json), so it is not the lab's to remove")
     took = time.monotonic() - started
     out(f"lab down in {took:.1f} s ({len(lab_ns)} namespaces, {len(containers)} container handles, {len(routers)} dockerd)")
     return took
@@ -444,13 +451,14 @@ def status(state_dir: Path = STATE_DIR, out: Out = print) -> int:
     st = load(state_dir)
     if st is None:
         left = lab_exists(state_dir)
-        out("no lab" + (f" (but leftovers: {', '.join(left)}; run `python -m lab down`)" if left else ""))
+        out("no lab" + (f" (but leftovers: {', '.join(left)}; run `{lab_command('down')}`)" if left else ""))
         return 1 if left else 0
     plan = st.plan()
     layout = build_layout(plan, st.prefix)
     out(
-        f"lab {st.phase}: stack {st.stack}, hub {plan.hub}, {plan.protocol}, {plan.config.topology}, overlay MTU {plan.mtu}, "
-        f"containers {st.containers}, up since {time.strftime('%H:%M:%S', time.localtime(st.created))}"
+        f"lab {st.phase}: stack {st.stack}, hub {plan.hub}, {plan.protocol}, {plan.config.topology}, "
+        f"encryption {plan.config.encryption}, overlay MTU {plan.mtu}, "
+        f"containers {st.containers}, up since {time.strftime('%H:%M:%S', time.localtime(st.created))}; state in {state_dir}"
     )
     missing = [n for n in st.namespaces if not os.path.exists(f"/run/netns/{n}")]
     out(
@@ -460,8 +468,14 @@ def status(state_dir: Path = STATE_DIR, out: Out = print) -> int:
     handles = [n for n in st.container_netns if os.path.exists(f"/run/netns/{n}")]
     out(f"container handles: {len(handles)}/{len(st.container_netns)}")
     for router, pid in sorted(st.dockerd.items()):
-        out(f"dockerd {router}: pid {pid} {'running' if os.path.exists(f'/proc/{pid}') else 'GONE'}")
+        out(
+            f"dockerd {router}: pid {pid} {'running' if os.path.exists(f'/proc/{pid}') else 'GONE'}, "
+            f"socket {docker_host(router, state_dir)} (DOCKER_HOST for docker commands)"
+        )
     out(summary_table(plan, layout))
+    out("")
+    for line in how_to_reach(st, state_dir):
+        out(line)
     return 0 if st.phase == "up" and not missing else 1
 
 

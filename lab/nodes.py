@@ -141,6 +141,12 @@ def build_image_tar(state_dir: Path) -> Path:
     return out
 
 
+DOCKERD_CGROUP_OPTIONS = ("--exec-opt", "native.cgroupdriver=cgroupfs")
+"""The lab's daemons manage their cgroups themselves (under /sys/fs/cgroup/mco-lab-<router>, found and removed by
+`down`): with cgroup v2 and systemd, dockerd 20.10 picks the systemd driver, which refuses a plain
+`--cgroup-parent mco-lab-<router>` (it wants a slice name)."""
+
+
 def start_dockerd(ns: str, router: str, state_dir: Path) -> int:
     """A Docker daemon in the router's namespace, configured by the payload's daemon.json; returns its pid.
 
@@ -171,6 +177,7 @@ def start_dockerd(ns: str, router: str, state_dir: Path) -> int:
             docker_host(router, state_dir),
             "--storage-driver",
             "vfs",
+            *DOCKERD_CGROUP_OPTIONS,
             "--cgroup-parent",
             f"{CGROUP_PREFIX}{router}",
         ],

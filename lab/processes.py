@@ -61,8 +61,7 @@ def pids_in_cgroups(name: str) -> set[int]:
     base = Path("/sys/fs/cgroup")
     if not base.is_dir():
         return pids
-    for controller in base.iterdir():
-        top = controller / name
+    for top in [base / name, *(controller / name for controller in base.iterdir())]:  # cgroup v2, then v1's controllers
         if top.is_dir():
             for procs in top.rglob("cgroup.procs"):
                 try:

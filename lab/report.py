@@ -118,6 +118,10 @@ def to_junit(results: Sequence[PingResult], probes: Sequence[Probe], seconds: fl
     return '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(root, encoding="unicode") + "\n"
 
 
+HEADER_KEYS = ("stack", "hub", "protocol", "topology", "encryption", "mtu")
+"""What the first line of the text report says about the lab (from the JSON's extra keys)."""
+
+
 def write(
     results_dir: Path,
     stem: str,
@@ -131,6 +135,12 @@ def write(
     paths = [results_dir / f"{stem}.json", results_dir / f"{stem}.xml", results_dir / f"{stem}.txt"]
     paths[0].write_text(to_json(names, results, probes, extra), encoding="utf-8")
     paths[1].write_text(to_junit(results, probes, seconds), encoding="utf-8")
-    text = matrix_text(names, results) + "\n\n" + "\n".join(f"{'PASS' if p.ok else 'FAIL'} {p.suite}: {p.name}: {p.detail}" for p in probes)
+    header = ", ".join(f"{k} {extra[k]}" for k in HEADER_KEYS if k in extra)
+    text = (
+        (header + "\n\n" if header else "")
+        + matrix_text(names, results)
+        + "\n\n"
+        + "\n".join(f"{'PASS' if p.ok else 'FAIL'} {p.suite}: {p.name}: {p.detail}" for p in probes)
+    )
     paths[2].write_text(text + "\n", encoding="utf-8")
     return paths

@@ -7,18 +7,24 @@ import dataclasses
 import hashlib
 import json
 import os
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
+from lab.invocation import lab_command
 from multicloud_overlay.components.stack_file import read_stack_file
 from multicloud_overlay.overlay.config import parse_config
 from multicloud_overlay.overlay.encapsulation import PAIR_KEY_BYTES
 from multicloud_overlay.overlay.plan import Plan, build_plan, pair_key_name
 
 REPO: Final = Path(__file__).resolve().parent.parent
-STATE_DIR: Final = Path(os.environ.get("MCO_LAB_STATE_DIR", "/run/multicloud-overlay-lab"))
+DEFAULT_STATE_DIR: Final = Path("/run/multicloud-overlay-lab")
+STATE_DIR_VARIABLE: Final = "MCO_LAB_STATE_DIR"
+STATE_DIR: Final = Path(os.environ.get(STATE_DIR_VARIABLE) or DEFAULT_STATE_DIR)
+"""Everything a lab keeps (its record, each node's disk, the routers' Docker data and sockets); the node script
+runs from each node's disk in there, so it must be on a mount that allows executing (MCO_LAB_STATE_DIR moves it)."""
 # The payload's container image name is a parameter the lab sets: an image imported from busybox-static.
 LAB_IMAGE: Final = "mco-lab/busybox:latest"
 CGROUP_PREFIX: Final = "mco-lab-"
@@ -31,7 +37,44 @@ class LabError(RuntimeError):
 def require_root(what: str) -> None:
     if os.geteuid() != 0:
         raise LabError(
-            f"`lab {what}` needs root (network namespaces, Docker, iptables): run it with sudo, e.g. sudo .venv/bin/python -m lab {what}"
+            f"`lab {what}` needs root (network namespaces, Docker, iptables): run it with sudo, e.g. {lab_command(what, sudo=True)}"
+        )
+
+
+def _existing(path: Path) -> Path:
+    """`path`, or while it does not exist its nearest existing parent."""
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def mount_is_noexec(path: Path) -> bool:
+    """Whether `path` (or, while it does not exist, its nearest existing parent) is on a noexec mount."""
+    return bool(os.statvfs(_existing(path)).f_flag & os.ST_NOEXEC)
+
+
+def mount_point(path: Path) -> Path:
+    """The mount point `path` lies on."""
+    probe = _existing(path.absolute())
+    while not os.path.ismount(probe) and probe != probe.parent:
+        probe = probe.parent
+    return probe
+
+
+def check_state_dir(state_dir: Path) -> None:
+    """Refuse, before anything is made, a state dir the lab cannot run from: on a noexec mount (a stock /run can
+    be one) the node script, which runs from each node's disk in the state dir, could not start."""
+    if mount_is_noexec(state_dir):
+        raise LabError(
+            f"the lab's state dir {state_dir} is on a noexec mount, and each node's script runs from there. "
+            f"Give the lab a directory on a mount that allows executing, e.g. "
+            f"`{STATE_DIR_VARIABLE}=/var/lib/multicloud-overlay-lab` in the environment of every lab command "
+            f"(up, check, ..., down), or remount: `mount -o remount,exec {mount_point(state_dir)}`"
+        )
+    if state_dir.is_dir() and any(state_dir.iterdir()) and not state_file(state_dir).exists():
+        raise LabError(
+            f"the lab's state dir {state_dir} holds files that are not a lab's (no lab.json): `lab down` removes its "
+            f"state dir, so give the lab a directory of its own ({STATE_DIR_VARIABLE})"
         )
 
 
@@ -66,7 +109,34 @@ def load_raw(stack: str, sites: list[str] | None, overrides: Mapping[str, Any]) 
         if "hub" not in overrides and raw.get("hub") not in sites:
             raw["hub"] = sites[0]
     raw.update({k: v for k, v in overrides.items() if v is not None})
+    filled = fill_account_settings(raw)
+    if filled:
+        print(f"lab: {path.name} leaves {', '.join(filled)} to you (set them before pulumi up); the lab, which reaches no cloud, uses stand-ins", file=sys.stderr)
     return raw
+
+
+# Settings that name the operator or a cloud account, which an example stack leaves for the user to set
+# (Pulumi.aws-gcp.yaml): the lab uses none of them for anything but rendering, so it stands in for them.
+LAB_OPERATOR: Final = {
+    "adminCidr": "198.51.100.7/32",
+    "sshPublicKey": "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAILbcSbHKEGQPX0jnjP+yazZw46UhQYbLdiJ8746XQirR lab-operator@example",
+}
+LAB_ACCOUNT: Final = {"gcp": {"project": "lab-project"}, "oci": {"compartmentId": "ocid1.compartment.oc1..aaaaaaaalabstandin"}}
+
+
+def fill_account_settings(raw: dict[str, Any]) -> list[str]:
+    """Fill in the operator and account settings `raw` lacks (in place); the keys filled, as `pulumi config` names them."""
+    filled = [key for key in LAB_OPERATOR if not raw.get(key)]
+    raw.update({key: LAB_OPERATOR[key] for key in filled})
+    sites = raw.get("sites")
+    if isinstance(sites, dict):
+        for name, site in sites.items():
+            if isinstance(site, dict):
+                for key, value in LAB_ACCOUNT.get(str(site.get("platform")), {}).items():
+                    if not site.get(key):
+                        sites[name] = site = {**site, key: value}
+                        filled.append(f"sites.{name}.{key}")
+    return filled
 
 
 def lab_plan(raw: Mapping[str, Any]) -> Plan:
@@ -117,7 +187,9 @@ def lab_pair_keys(seed_hex: str, plan: Plan) -> dict[str, str]:
     if not plan.encrypted:
         return {}
     if not seed_hex:
-        raise LabError("the lab has no key seed (it was built before encryption was supported): rebuild it with `python -m lab up --force`")
+        raise LabError(
+            f"the lab has no key seed (it was built before encryption was supported): rebuild it with `{lab_command('up', '--force')}`"
+        )
     seed = bytes.fromhex(seed_hex)
     return {
         pair_key_name(a, b): hashlib.shake_256(seed + pair_key_name(a, b).encode()).hexdigest(PAIR_KEY_BYTES)

@@ -15,7 +15,8 @@ from typing import Any
 
 from lab import nodes
 from lab.check import Lab
-from lab.lifecycle import ESP_MESSAGE, GENEVE_MESSAGE, esp_supported, geneve_supported
+from lab.invocation import lab_command
+from lab.lifecycle import esp_message, esp_supported, geneve_message, geneve_supported
 from lab.probes import Pinger, PingLog
 from lab.report import Probe, to_junit
 from lab.state import STATE_DIR, LabError, docker_host, lab_plan, load_raw, require_root, save
@@ -222,9 +223,9 @@ def swap(
     overrides = {**lab.state.overrides, **{k: v for k, v in changes if v is not None}}
     new = lab_plan(load_raw(lab.state.stack, lab.state.sites or None, overrides))
     if new.protocol == "geneve" and not geneve_supported(lab.sh):
-        raise LabError(GENEVE_MESSAGE)
+        raise LabError(geneve_message())
     if new.encrypted and not esp_supported(lab.sh):
-        raise LabError(ESP_MESSAGE)
+        raise LabError(esp_message())
     if new.encrypted and not lab.state.key_seed:
         lab.state.key_seed = os.urandom(32).hex()
         save(lab.state, state_dir)
@@ -348,5 +349,5 @@ def run_swap(hub: str | None, protocol: str | None, results: Path, fdb_fix: bool
         f"convergence ({p['path']}, ping every {INTERVAL * 1000:.0f} ms): lost {p['lost']} of {p['sent']}, "
         f"outage {p['outage_ms']} ms, traffic flowing {p['converged_after_s']} s after the re-apply started"
     )
-    print(f"results: {', '.join(str(f) for f in res.files)}; next: python -m lab check")
+    print(f"results: {', '.join(str(f) for f in res.files)}; next: {lab_command('check')}")
     return 0 if res.ok else 1

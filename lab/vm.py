@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from lab.guest import GUEST_COMMAND, GUEST_RESULTS, SELFTEST_CONTAINERS, SELFTEST_SITES
+from lab.progress import Progress
 from lab.qemu import run_in_vm
 from lab.vmimage import build_image
 
@@ -89,25 +90,31 @@ def run_vm(
     in-VM command's."""
     if os.geteuid() != 0:
         print("lab vm: needs root (qemu is run as root like the rest of the lab)", file=sys.stderr)
+    progress = Progress(total=3)
     image = build_image(Path(cache))
-    print(
+    progress.step(
         f"vm: kernel {image.kernel_release} ({image.kernel_package}), initramfs {image.size / 1e6:.1f} MB "
-        f"({'built' if image.built else 'cached'}, {image.seconds:.1f} s)",
-        flush=True,
+        f"({'built' if image.built else 'cached'}, {image.seconds:.1f} s)"
     )
     if command_line:
         argv = ["/bin/sh", "-c", command_line]
     elif self_test:
         argv = selftest_argv(sites or SELFTEST_SITES, hub or "aws", protocol, stack)
     else:
-        print(
-            "vm: router containers are plain network namespaces in the VM (--containers netns): there is no Docker there",
-            flush=True,
-        )
+        progress.note("vm: router containers are plain network namespaces in the VM (--containers netns): there is no Docker there")
         argv = lab_argv(stack, sites, protocol, hub, topology, warm_up=warm_up, encryption=encryption)
-    print(f"vm: running in the VM: {shlex.join(argv)}", flush=True)
-    res = run_in_vm(argv, timeout=timeout, memory_mb=memory_mb, cpus=cpus, results_dir=results, image=image)
-    where = f"; results in {res.results}" if res.results else ""
+    progress.note(f"vm: booting, then running in the VM: {shlex.join(argv)}")
+
+    def echo(line: str) -> None:
+        if " guest ready after " in line and progress.done == 1:
+            progress.step(f"vm: {line.split('| ', 1)[-1]}")
+        else:
+            progress.line(line)
+        progress.status("vm: running (console above)")
+
+    res = run_in_vm(argv, timeout=timeout, memory_mb=memory_mb, cpus=cpus, results_dir=results, image=image, echo=echo)
+    progress.finish()
+    where = f"; results in {res.results}" if res.results and any(res.results.iterdir()) else ""
     boot = f"{res.boot_seconds:.1f}" if res.boot_seconds is not None else "?"
-    print(f"vm: exit {res.exit_code} after {res.seconds:.1f} s (boot {boot} s){where}", flush=True)
+    progress.step(f"vm: exit {res.exit_code} after {res.seconds:.1f} s (boot {boot} s){where}")
     return res.exit_code

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 import time
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
@@ -16,7 +17,9 @@ import pytest
 from lab.lifecycle import geneve_supported
 from lab.shell import Shell
 from lab.state import STATE_DIR, load
-from tests.lab.conftest import CLEAR, assert_clean, host_baseline, lab
+from tests.lab.conftest import CLEAR, REPO, assert_clean, host_baseline, lab
+
+LAB_ARGV = [sys.executable, "-m", "lab"]
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 
@@ -47,6 +50,7 @@ def run_check(results: Path) -> dict:
     proc = lab("check", "--results", str(results))
     doc = json.loads((results / "check.json").read_text())
     doc["wall"] = time.monotonic() - started
+    assert doc["encryption"] == "none", "check.json names the lab's encryption"
     assert proc.returncode == 0, f"check failed: {doc['summary']}; first failures: {doc['failures'][:10]}\n{proc.stderr[-2000:]}"
     return doc
 
@@ -57,6 +61,31 @@ def test_up_reports_every_node(dev_lab: dict[str, object]) -> None:
     assert len(st.namespaces) == 1 + 6 + 12
     assert len(st.container_netns) == 18
     assert st.public_ips["vsphere"] == "203.0.113.60"  # its configured publicIp
+
+
+def test_exec_and_status_reach_nodes_and_containers(dev_lab: dict[str, object]) -> None:
+    """`lab status` says how to reach every node and container; `lab exec` runs there, stdin attached, with the
+    command's exit status; an unknown name lists the valid ones."""
+    status = lab("status")
+    assert status.returncode == 0, status.stderr
+    sock = f"unix://{STATE_DIR}/nodes/aws-router/docker.sock"
+    for part in (
+        "mco-aws-router",
+        "-m lab exec gcp-client -- CMD",
+        "ip netns exec mco-gcp-client CMD",
+        f"docker -H {sock} exec -it aws-c1 CMD",
+    ):
+        assert part in status.stdout
+    link = lab("exec", "aws-router", "--", "ip", "-br", "link", "show", "br-overlay")
+    assert link.returncode == 0 and link.stdout.startswith("br-overlay"), link.stderr
+    assert lab("exec", "aws-c1", "--", "hostname").stdout.strip() == "aws-c1"  # inside the container (docker exec)
+    assert lab("exec", "gcp-client", "--", "sh", "-c", "exit 7").returncode == 7
+    echo = subprocess.run(
+        [*LAB_ARGV, "exec", "gcp-c2", "--", "cat"], cwd=REPO, input="through stdin\n", capture_output=True, text=True, timeout=60
+    )
+    assert (echo.returncode, echo.stdout) == (0, "through stdin\n"), echo.stderr
+    unknown = lab("exec", "aws-c9", "--", "true")
+    assert unknown.returncode == 2 and "aws-router" in unknown.stderr and "vsphere-c3" in unknown.stderr
 
 
 def test_nodes_are_built_like_cloud_vms(dev_lab: dict[str, object]) -> None:
@@ -145,7 +174,7 @@ def test_swap_to_geneve_by_kernel_capability(dev_lab: dict[str, object], tmp_pat
     if not geneve_supported(Shell()):
         proc = lab("swap", "--protocol", "geneve")
         assert proc.returncode == 2
-        assert "GENEVE is not available on this host kernel" in proc.stderr and "python -m lab vm" in proc.stderr
+        assert "GENEVE is not available on this host kernel" in proc.stderr and "-m lab vm" in proc.stderr
         st = load()
         assert st is not None and st.plan().protocol == "vxlan"
         return

@@ -93,7 +93,7 @@ def test_up_ipsec_by_kernel_capability(lab_taken_down: dict[str, object], tmp_pa
     if not has_esp:
         assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
         assert "IPsec is not available on this host kernel" in proc.stderr
-        assert "--encryption none" in proc.stderr and "python -m lab vm --encryption ipsec" in proc.stderr
+        assert "--encryption none" in proc.stderr and "-m lab vm --encryption ipsec" in proc.stderr
         assert_clean(lab_taken_down, DEV_CONTAINERS)
         return
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -115,7 +115,7 @@ def test_up_geneve_by_kernel_capability(lab_taken_down: dict[str, object], tmp_p
     proc = lab("up", *CLEAR, *THREE_SITES, "--protocol", "geneve", timeout=SLOW_LAB)
     if not has_geneve:
         assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
-        assert "GENEVE is not available on this host kernel" in proc.stderr and "python -m lab vm" in proc.stderr
+        assert "GENEVE is not available on this host kernel" in proc.stderr and "-m lab vm" in proc.stderr
         assert_clean(lab_taken_down, DEV_CONTAINERS)
         return
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
