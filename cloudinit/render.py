@@ -151,7 +151,10 @@ def render_user_data(
             {"path": SSHD_DROP_IN, "permissions": "0644", "content": f"HostKey {HOST_KEY_PATH}\n"},
         ]
     files += [{"path": path, "permissions": "0644", "content": content} for path, content in sorted((extra_files or {}).items())]
-    login: dict[str, Any] = {"name": LOGIN_USER, "gecos": "multicloud-overlay", "shell": "/bin/bash", "lock_passwd": True}
+    # Group adm reads the logs a debugging operator needs and nothing else: the journal ("members of the groups
+    # systemd-journal, adm, and wheel can read all journal files", journalctl(1),
+    # https://manpages.ubuntu.com/manpages/noble/man1/journalctl.1.html) and /var/log/cloud-init-output.log (root:adm 0640).
+    login: dict[str, Any] = {"name": LOGIN_USER, "gecos": "multicloud-overlay", "shell": "/bin/bash", "lock_passwd": True, "groups": ["adm"]}
     if login_keys:
         login["ssh_authorized_keys"] = [k.strip() for k in login_keys]
     body: dict[str, Any] = {

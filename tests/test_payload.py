@@ -117,6 +117,7 @@ def test_payload_carries_bootstrap_config_script_unit_and_login(protocol: str, n
             "gecos": "multicloud-overlay",
             "shell": "/bin/bash",
             "lock_passwd": True,
+            "groups": ["adm"],  # reads the journal and cloud-init's log, for debugging
             "ssh_authorized_keys": [OPERATOR_KEY, DEPLOY_KEY],
         }
     ]
