@@ -14,9 +14,10 @@ ifneq ($(shell id -u),0)
 $(ROOT_TARGETS):
 	sudo $(MAKE) $@ STACK=$(STACK) ENCRYPTION=$(ENCRYPTION)
 else
-## test: install what is missing, then lint, type-check and run every test (unit, mocks, lab, VM)
+## test: install what is missing, then lint, type-check and run every test (unit, mocks, lab, VM): those that need
+## no root on every core, then the root ones one at a time (one lab at a time); fails if either part fails
 test: setup lint
-	$(PY) -m pytest
+	$(PY) -m pytest -m "not root" -n auto; unit=$$?; $(PY) -m pytest -m root; root=$$?; exit $$(( unit || root ))
 
 ## setup: Debian packages and the pinned virtualenv (idempotent)
 setup:
@@ -43,7 +44,7 @@ lint:
 
 ## unit: the tests that need neither root nor namespaces
 unit:
-	$(PY) -m pytest -m "not root"
+	$(PY) -m pytest -m "not root" -n auto
 
 ## graph: the README's topology picture of the dev stack: docs/topology.dot, .svg, .png (needs Graphviz's dot)
 graph:

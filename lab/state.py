@@ -110,7 +110,8 @@ def load_raw(stack: str, sites: list[str] | None, overrides: Mapping[str, Any]) 
             raw["hub"] = sites[0]
     raw.update({k: v for k, v in overrides.items() if v is not None})
     filled = fill_account_settings(raw)
-    if filled:
+    if filled and str(path) not in _TOLD:
+        _TOLD.add(str(path))
         print(f"lab: {path.name} leaves {', '.join(filled)} to you (set them before pulumi up); the lab, which reaches no cloud, uses stand-ins", file=sys.stderr)
     return raw
 
@@ -121,6 +122,7 @@ LAB_OPERATOR: Final = {
     "adminCidr": "198.51.100.7/32",
     "sshPublicKey": "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAILbcSbHKEGQPX0jnjP+yazZw46UhQYbLdiJ8746XQirR lab-operator@example",
 }
+_TOLD: set[str] = set()  # stack files whose stand-ins this process has already reported
 LAB_ACCOUNT: Final = {"gcp": {"project": "lab-project"}, "oci": {"compartmentId": "ocid1.compartment.oc1..aaaaaaaalabstandin"}}
 
 
