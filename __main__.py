@@ -20,7 +20,7 @@ deploy_key = DeployKey("deploy")
 sites = {s.name: Site(s.name, SiteArgs(s, plan, config.ssh_public_key, deploy_key.public_key)) for s in config.sites}
 tunnel_keys = TunnelKeys("ipsec", TunnelKeysArgs(plan)) if plan.encrypted else None
 deploy_sites(sites, deploy_key.private_key, tunnel_keys)
-checks = connectivity_checks(plan, sites, deploy_key.private_key) if config.connectivity_check else {}
+checks = connectivity_checks(plan, sites, deploy_key.private_key, config.connectivity_check_fails_update) if config.connectivity_check else {}
 
 for key, value in stack_outputs(plan, sites, checks).items():
     pulumi.export(key, value)

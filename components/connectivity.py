@@ -1,5 +1,6 @@
 """The connectivity check `pulumi up` ends with: from every router, over SSH with the node's host key pinned, the
-node script pings every overlay address (`overlay-node check --json`); an unreachable pair fails the update."""
+node script pings every overlay address (`overlay-node check --json`); an unreachable pair fails the update
+(unless connectivityCheckFailsUpdate is false: then a pipeline judges the exported result)."""
 
 from __future__ import annotations
 
@@ -30,6 +31,8 @@ class ConnectivityCheckArgs:
     host_key: pulumi.Input[str]
     after: list[pulumi.Resource]
     """Every node's push: the check runs once the whole overlay is configured."""
+    fails_update: bool = True
+    """An unreachable pair fails the update (False: the result is only exported, for a pipeline to judge)."""
 
 
 class ConnectivityCheck(pulumi.ComponentResource):
@@ -37,7 +40,7 @@ class ConnectivityCheck(pulumi.ComponentResource):
 
     def __init__(self, name: str, args: ConnectivityCheckArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("multicloud-overlay:index:ConnectivityCheck", name, None, opts)
-        script = check_command(args.targets)
+        script = check_command(args.targets, fail_on_unreachable=args.fails_update)
         self.command = command.remote.Command(
             f"{name}-ping",
             connection=connection(args.host, args.private_key, args.host_key),
@@ -66,7 +69,9 @@ def combined_digest(digests: list[str]) -> str:
     return config_digest({"nodes": sorted(digests)})
 
 
-def connectivity_checks(plan: Plan, sites: dict[str, Site], private_key: pulumi.Output[str]) -> dict[str, ConnectivityCheck]:
+def connectivity_checks(
+    plan: Plan, sites: dict[str, Site], private_key: pulumi.Output[str], fails_update: bool = True
+) -> dict[str, ConnectivityCheck]:
     """One check per router, after every node's push; re-run whenever any node's config changed."""
     pushes = [push for site in sites.values() for push in site.pushes.values()]
     digest = pulumi.Output.all(*[p.digest for p in pushes]).apply(combined_digest)
@@ -84,6 +89,7 @@ def connectivity_checks(plan: Plan, sites: dict[str, Site], private_key: pulumi.
                 private_key=private_key,
                 host_key=site.host_keys[router],
                 after=list(pushes),
+                fails_update=fails_update,
             ),
             pulumi.ResourceOptions(parent=site.router),
         )

@@ -80,6 +80,7 @@ DEFAULTS: Final[Mapping[str, Any]] = {
     "containersPerRouter": 3,
     "containerImage": DEFAULT_CONTAINER_IMAGE,
     "connectivityCheck": True,
+    "connectivityCheckFailsUpdate": True,
 }
 REQUIRED_KEYS: Final = ("hub", "sites", "adminCidr", "sshPublicKey")
 # Map-valued keys (set with `pulumi config set --path`): Pulumi.yaml cannot declare them.
@@ -178,6 +179,9 @@ class OverlayConfig:
     admin_cidr: ipaddress.IPv4Network | ipaddress.IPv6Network
     ssh_public_key: str
     connectivity_check: bool
+    connectivity_check_fails_update: bool = True
+    """False: the check runs and its result is exported, but an unreachable pair does not fail `pulumi up` (a
+    pipeline's test stage judges it: python -m ops)."""
     quotas: Mapping[str, int] = field(default_factory=dict)
     """Quotas the account has raised above a platform's documented default, as "<platform>.<name>" -> value (the
     names are the platforms' own: components/clouds/<platform>_limits.py; check_limits refuses an unknown one)."""
@@ -306,6 +310,7 @@ def parse_config(raw: Mapping[str, Any]) -> OverlayConfig:
         c.add("containerImage", image, f"not a container image reference: set one such as {DEFAULT_CONTAINER_IMAGE}")
         image = None
     check = c.boolean("connectivityCheck", get("connectivityCheck"))
+    check_fails = c.boolean("connectivityCheckFailsUpdate", get("connectivityCheckFailsUpdate"))
 
     v4 = c.v4("overlayIpv4", get("overlayIpv4"), "set an IPv4 prefix such as 10.250.0.0/16")
     v6net = c.network("overlayIpv6", get("overlayIpv6"), 6, "set an IPv6 /64 such as fd00:6f76:6c00::/64")
@@ -411,7 +416,7 @@ def parse_config(raw: Mapping[str, Any]) -> OverlayConfig:
     if c.problems:
         raise ConfigError(c.problems)
     assert protocol and topology and encryption and v4 and v6 and admin and vni is not None and mtu is not None
-    assert containers is not None and image is not None and check is not None and isinstance(hub, str)
+    assert containers is not None and image is not None and check is not None and check_fails is not None and isinstance(hub, str)
     return OverlayConfig(
         hub=hub,
         protocol=cast(Protocol, protocol),
@@ -427,6 +432,7 @@ def parse_config(raw: Mapping[str, Any]) -> OverlayConfig:
         admin_cidr=admin,
         ssh_public_key=cast(str, ssh_key).strip(),
         connectivity_check=check,
+        connectivity_check_fails_update=check_fails,
         quotas=quotas,
     )
 

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import copy
 import json
+import subprocess
+from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
-from multicloud_overlay.cloudinit.render import LOGIN_USER, push_command
+from multicloud_overlay.cloudinit.render import LOGIN_USER, check_command, push_command
 from multicloud_overlay.components.stack_file import read_stack_file
 from multicloud_overlay.overlay.encapsulation import ESP_KEY_BYTES
 from multicloud_overlay.overlay.plan import config_digest, node_config, pair_key_name
@@ -178,6 +180,36 @@ def test_connectivity_check_can_be_turned_off() -> None:
     run = run_program(raw)
     assert not [r for r in run.of_type(COMMAND) if r.name.endswith("-connectivity-ping")]
     assert run.outputs["connectivity"] == {}
+
+
+def test_the_check_can_leave_the_verdict_to_a_pipeline() -> None:
+    """connectivityCheckFailsUpdate false: the same check runs on every router, its exit on an unreachable pair
+    (1) counts as success, any other failure still fails; the default fails the update."""
+    def scripts(raw: dict[str, Any]) -> list[str]:
+        return [str(r.inputs["create"]) for r in run_program(raw).of_type(COMMAND) if r.name.endswith("-connectivity-ping")]
+
+    default = scripts(copy.deepcopy(DEV))
+    raw = copy.deepcopy(DEV)
+    raw["connectivityCheckFailsUpdate"] = False
+    lenient = scripts(raw)
+    assert len(default) == len(lenient) == len(DEV["sites"])
+    assert all(s.startswith("sudo -n /usr/local/sbin/overlay-node check --json ") and ";" not in s for s in default)
+    assert sorted(lenient) == sorted(f'{s}; rc=$?; [ "$rc" -le 1 ]' for s in default)
+
+
+@pytest.mark.parametrize(("exit_code", "passes"), [(0, True), (1, True), (2, False), (127, False)])
+def test_the_lenient_check_passes_an_unreachable_pair_and_nothing_else(tmp_path: Path, exit_code: int, passes: bool) -> None:
+    """The lenient script under a real shell, with a stand-in sudo that exits as the check (or sudo) would."""
+    (tmp_path / "sudo").write_text(f"#!/bin/sh\necho '{{\"reachable\": 0}}'\nexit {exit_code}\n")
+    (tmp_path / "sudo").chmod(0o755)
+    script = check_command(["10.250.1.1"], fail_on_unreachable=False)
+    proc = subprocess.run(["/bin/sh", "-c", script], env={"PATH": f"{tmp_path}:/usr/bin:/bin"}, capture_output=True, text=True, timeout=30)
+    assert (proc.returncode == 0) is passes
+    assert proc.stdout.strip() == '{"reachable": 0}'
+    strict = subprocess.run(
+        ["/bin/sh", "-c", check_command(["10.250.1.1"])], env={"PATH": f"{tmp_path}:/usr/bin:/bin"}, capture_output=True, text=True, timeout=30
+    )
+    assert strict.returncode == exit_code
 
 
 def test_a_stack_that_still_sets_the_retired_private_key_is_told_before_any_resource() -> None:
