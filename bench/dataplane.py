@@ -19,7 +19,20 @@ where the underlay path MTU is the smallest MTU on the measured path (VM NICs 15
 underlay MTU). All links are veths in one kernel, so the ratio measures encapsulation CPU cost and packet size on
 this machine's cores, not a cloud's network.
 
-    sudo .venv/bin/python -m bench.dataplane [--repeat 5] [--seconds 4]
+Two modes, each on a lab of its own, in one run:
+
+    wire     every VM NIC segments what it sends (TSO and GSO off) and coalesces what it receives (GRO on), as a
+             cloud VM's virtual NIC does: the emulated internet carries frames of at most the path MTU, and every
+             hop between two VMs handles packets, not 64 kB GSO super-packets
+    offload  the kernel's veth defaults: a TCP flow crosses the emulated internet as GSO super-packets, which a
+             real network never carries (the tunnel packets do not: the VXLAN socket segments them on receipt)
+
+The hub path (spoke client or container -> hub -> spoke) is also compared with its own underlay: the two legs
+(spoke router -> hub public address, hub router -> other spoke public address) measured at the same time, so
+the same cores carry both, and the slower of the two is the baseline. While the hub-path client run is under
+way, 10 ms pings on the same path measure its RTT under load.
+
+    .venv/bin/python -m bench.dataplane [--repeat 5] [--seconds 4] [--modes wire,offload]
 
 Writes bench/results/dataplane.json and .png.
 """
@@ -70,6 +83,11 @@ class Case:
     """The underlay case an overlay case is compared with."""
     tunnels: int = 0
     """VXLAN/GENEVE encapsulations a packet goes through on the way."""
+    legs: tuple[tuple[str, str, str], ...] = ()
+    """Underlay legs measured at the same time, (source ns, destination ns, destination): the case's throughput is
+    the slower leg's. Empty: one flow from src_ns to dst."""
+    loaded_rtt: bool = False
+    """Also ping the destination while the iperf3 run is under way (RTT under load)."""
 
 
 def tcp_payload(mtu: int, family: int) -> int:
@@ -102,6 +120,7 @@ def build_cases(hub_spoke: str | None = None, spokes: tuple[str, str] | None = N
     ns = lab_.node_ns
     u_hs = f"underlay {hub}->{s}"
     u_ss = f"underlay {a}->{b}"
+    u_legs = f"underlay {a}->{hub} + {hub}->{b} at once"
     mtu = plan.mtu
     cases = [
         Case(
@@ -123,6 +142,17 @@ def build_cases(hub_spoke: str | None = None, spokes: tuple[str, str] | None = N
             4,
             f"{ar.name} WAN -> {b} public {edges[b].public_ip} (NAT, internet)",
             underlay_mtu(a, b),
+        ),
+        Case(
+            u_legs,
+            "underlay",
+            ns(ar.name),
+            ns(hr.name),
+            edges[hub].public_ip,
+            4,
+            f"{ar.name} WAN -> {hub} public and, at the same time, {hr.name} WAN -> {b} public: the slower leg",
+            min(underlay_mtu(a, hub), underlay_mtu(hub, b)),
+            legs=((ns(ar.name), ns(hr.name), edges[hub].public_ip), (ns(hr.name), ns(br_.name), edges[b].public_ip)),
         ),
     ]
     for fam in (4, 6):
@@ -152,8 +182,9 @@ def build_cases(hub_spoke: str | None = None, spokes: tuple[str, str] | None = N
                 f"{ac.name} =lan=> {ar.name} => {hr.name} => {br_.name} =lan=> {bc.name} (spoke -> hub -> spoke; each client "
                 "reaches its router through its own LAN tunnel: 4 tunnels)",
                 mtu,
-                u_ss,
+                u_legs,
                 4,
+                loaded_rtt=fam == 4,
             )
         )
     for fam in (4, 6):
@@ -167,7 +198,7 @@ def build_cases(hub_spoke: str | None = None, spokes: tuple[str, str] | None = N
                 fam,
                 f"container {actr.name} -> {bctr.name} (Docker on {ar.name} / {br_.name}, via hub {hr.name}: 2 tunnels)",
                 mtu,
-                u_ss,
+                u_legs,
                 2,
             )
         )
@@ -190,12 +221,43 @@ def rtt_sample(case: Case, count: int, interval: float) -> dict[str, Any]:
 
 
 def iperf(case: Case, seconds: int, omit: int = 1) -> dict[str, Any]:
+    if case.legs:
+        return iperf_legs(case, seconds, omit)
     argv = in_netns(case.src_ns, ["iperf3", "-c", case.dst, "-p", str(PORT), "-t", str(seconds), "-O", str(omit), "-J"])
-    proc = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + omit + 60, check=False)
+    if not case.loaded_rtt:
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + omit + 60, check=False)
+        return iperf_result(proc.stdout, proc.stderr)
+    # RTT under load: 10 ms pings over the same path for the iperf3 run's measured seconds.
+    flow = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(omit + 0.2)
+    loaded = rtt_sample(case, max(1, int((seconds - 0.5) / 0.01)), 0.01)
+    out, err = flow.communicate(timeout=seconds + omit + 60)
+    return {**iperf_result(out, err), "loaded_rtt_median_ms": loaded["rtt_median_ms"], "loaded_rtt_p90_ms": loaded["rtt_p90_ms"]}
+
+
+def iperf_legs(case: Case, seconds: int, omit: int) -> dict[str, Any]:
+    """The case's legs at the same time, each to its own server port; the result is the slower leg's."""
+    flows = [
+        subprocess.Popen(
+            in_netns(src, ["iperf3", "-c", dst, "-p", str(PORT + i), "-t", str(seconds), "-O", str(omit), "-J"]),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i, (src, _, dst) in enumerate(case.legs)
+    ]
+    results = [iperf_result(*flow.communicate(timeout=seconds + omit + 60)) for flow in flows]
+    if not all(r.get("ok") for r in results):
+        return {"ok": False, "error": "; ".join(str(r.get("error")) for r in results if not r.get("ok"))}
+    slower = min(results, key=lambda r: r["gbit_s"])
+    return {**slower, "legs_gbit_s": [r["gbit_s"] for r in results]}
+
+
+def iperf_result(stdout: str, stderr: str) -> dict[str, Any]:
     try:
-        doc = json.loads(proc.stdout)
+        doc = json.loads(stdout)
     except ValueError:
-        return {"ok": False, "error": (proc.stderr or proc.stdout).strip()[-300:]}
+        return {"ok": False, "error": (stderr or stdout).strip()[-300:]}
     if "error" in doc or "end" not in doc:
         return {"ok": False, "error": str(doc.get("error", "no result"))}
     end = doc["end"]
@@ -230,6 +292,33 @@ def sender_nic(before: dict[str, tuple[int, int]], after: dict[str, tuple[int, i
     return {"sender_nic": nic, "sender_bytes_per_tx_packet": round(octets / packets) if packets else None}
 
 
+MODES = ("wire", "offload")
+WIRE_FEATURES = ("tso", "off", "gso", "off", "gro", "on")
+
+
+def vm_nics() -> list[tuple[str, str]]:
+    """(namespace, NIC) of every VM NIC of the running lab (not the edges' or the internet's links)."""
+    from lab.check import Lab
+
+    layout = Lab().layout
+    return [(host.ns, nic.name) for host in layout.hosts for nic in host.nics]
+
+
+def set_wire_mode(nics: Sequence[tuple[str, str]]) -> list[str]:
+    """Make every VM NIC segment what it sends and coalesce what it receives, as a cloud VM's NIC does; the
+    settings as ethtool then reports them, one line per NIC."""
+    shown = []
+    for ns, nic in nics:
+        subprocess.run(in_netns(ns, ["ethtool", "-K", nic, *WIRE_FEATURES]), check=True, capture_output=True, text=True)
+        features = subprocess.run(in_netns(ns, ["ethtool", "-k", nic]), check=True, capture_output=True, text=True).stdout
+        on = {line.split(":")[0].strip(): line.split(":")[1].split()[0] for line in features.splitlines() if ":" in line and line[0] != "F"}
+        got = {k: on.get(k) for k in ("tcp-segmentation-offload", "generic-segmentation-offload", "generic-receive-offload")}
+        if got != {"tcp-segmentation-offload": "off", "generic-segmentation-offload": "off", "generic-receive-offload": "on"}:
+            raise RuntimeError(f"{ns} {nic}: wire mode not in effect: {got}")
+        shown.append(f"{ns} {nic}: tso off, gso off, gro on")
+    return shown
+
+
 def route_mtu(case: Case) -> str:
     """What the kernel of the sender knows about the path after the runs (a learned PMTU shows as `mtu N`)."""
     proc = subprocess.run(in_netns(case.src_ns, ["ip", "route", "get", case.dst]), capture_output=True, text=True, check=False)
@@ -239,11 +328,11 @@ def route_mtu(case: Case) -> str:
 class Servers:
     """One iperf3 server per destination namespace, stopped by pid."""
 
-    def __init__(self, namespaces: Sequence[str]) -> None:
+    def __init__(self, listeners: Sequence[tuple[str, int]]) -> None:
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
-        for ns in dict.fromkeys(namespaces):
-            self.procs[ns] = subprocess.Popen(
-                in_netns(ns, ["iperf3", "-s", "-p", str(PORT)]),
+        for ns, port in dict.fromkeys(listeners):
+            self.procs[f"{ns}:{port}"] = subprocess.Popen(
+                in_netns(ns, ["iperf3", "-s", "-p", str(port)]),
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
                 start_new_session=True,
@@ -268,7 +357,7 @@ class Servers:
 
 def measure(cases: list[Case], repeat: int, seconds: int, pings: int, progress: Progress | None = None) -> dict[str, list[dict[str, Any]]]:
     samples: dict[str, list[dict[str, Any]]] = {c.name: [] for c in cases}
-    servers = Servers([c.dst_ns for c in cases])
+    servers = Servers([(c.dst_ns, PORT) for c in cases] + [(dst_ns, PORT + i) for c in cases for i, (_, dst_ns, _) in enumerate(c.legs)])
     progress = progress or Progress()
     progress.total = (progress.total or 0) + 1 + repeat * len(cases)
     try:
@@ -315,6 +404,8 @@ def summarise(cases: list[Case], samples: dict[str, list[dict[str, Any]]]) -> li
             "tcp_payload_per_packet": tcp_payload(c.path_mtu, c.family),
             "sender_nic": s[0].get("sender_nic") if s else None,
             "sender_bytes_per_tx_packet_median": median([x.get("sender_bytes_per_tx_packet") for x in s]),
+            "loaded_rtt_ms_median": median([x.get("loaded_rtt_median_ms") for x in s]),
+            "legs_gbit_s_median": [median([x["legs_gbit_s"][i] for x in s if x.get("legs_gbit_s")]) for i in range(len(c.legs))],
         }
         if c.baseline:
             base = by_name[c.baseline]
@@ -344,13 +435,16 @@ def summarise(cases: list[Case], samples: dict[str, list[dict[str, Any]]]) -> li
 
 
 def table(rows: list[dict[str, Any]]) -> str:
-    head = f"{'case':<40} {'tun':>3} {'Gbit/s':>7} {'RTT ms':>7} {'ratio':>6} {'ref':>6} {'of ref':>7} {'RTT x':>6} {'B/skb':>7}"
+    head = (
+        f"{'mode':<7} {'case':<44} {'tun':>3} {'Gbit/s':>7} {'RTT ms':>7} {'loaded':>7} {'ratio':>6} {'ref':>6} {'of ref':>7} "
+        f"{'RTT x':>6} {'B/skb':>7}"
+    )
     lines = [head, "-" * len(head)]
     for r in rows:
         lines.append(
-            f"{r['name']:<40} {r['tunnels']:>3} {fmt(r['gbit_s_median'], '7.2f')} {fmt(r['rtt_ms_median'], '7.3f')} "
-            f"{fmt(r.get('ratio'), '6.2f')} {fmt(r.get('reference'), '6.3f')} {fmt(r.get('ratio_of_reference'), '7.0%')} "
-            f"{fmt(r.get('rtt_ratio'), '6.2f')} {fmt(r.get('sender_bytes_per_tx_packet_median'), '7.0f')}"
+            f"{r.get('mode', '-'):<7} {r['name']:<44} {r['tunnels']:>3} {fmt(r['gbit_s_median'], '7.2f')} {fmt(r['rtt_ms_median'], '7.3f')} "
+            f"{fmt(r.get('loaded_rtt_ms_median'), '7.3f')} {fmt(r.get('ratio'), '6.2f')} {fmt(r.get('reference'), '6.3f')} "
+            f"{fmt(r.get('ratio_of_reference'), '7.0%')} {fmt(r.get('rtt_ratio'), '6.2f')} {fmt(r.get('sender_bytes_per_tx_packet_median'), '7.0f')}"
         )
     return "\n".join(lines)
 
@@ -361,8 +455,8 @@ def chart(rows: list[dict[str, Any]], title: str, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (a, b) = plt.subplots(1, 2, figsize=(13, 5))
-    names = [r["name"] for r in rows]
+    fig, (a, b) = plt.subplots(1, 2, figsize=(13, max(5.0, 0.32 * len(rows))))
+    names = [f"{r.get('mode', '')} {r['name']}".strip() for r in rows]
     ys = list(range(len(rows)))
     colours = ["tab:gray" if r["layer"] == "underlay" else "tab:blue" for r in rows]
     a.barh(ys, [r["gbit_s_median"] or 0 for r in rows], color=colours)
@@ -397,37 +491,54 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pings", type=int, default=50, help="pings per run at 10 ms (default 50)")
     parser.add_argument("--spokes", help="the two spokes to measure, comma-separated (default: the lab check's pair)")
     parser.add_argument(
-        "--use-running-lab", action="store_true", help="measure a lab that is already up (dev, VXLAN) and leave it up afterwards"
+        "--use-running-lab", action="store_true", help="measure a lab that is already up (dev, VXLAN) and leave it up afterwards (one mode)"
     )
+    parser.add_argument("--modes", default=",".join(MODES), help=f"comma-separated, in this order (default {','.join(MODES)})")
     args = parser.parse_args(argv)
+    modes = [m for m in args.modes.split(",") if m]
+    if not modes or set(modes) - set(MODES):
+        parser.error(f"--modes: choose among {', '.join(MODES)}")
+    if args.use_running_lab and len(modes) != 1:
+        parser.error("--use-running-lab measures one mode: give --modes wire or --modes offload")
     require_root()
     which_or_exit("iperf3", "iperf3")
+    if "wire" in modes:
+        which_or_exit("ethtool", "ethtool")
     log = RESULTS / NAME / "lab.log"
-    started_lab = False
     started = time.monotonic()
-    progress = Progress(total=0 if args.use_running_lab else 2)  # up and down when the benchmark starts the lab
-    try:
-        if not args.use_running_lab:
-            require_no_lab()
-            progress.note("lab up --stack dev --protocol vxlan ...")
-            started_lab = True
-            up = lab(["up", "--stack", "dev", "--protocol", "vxlan", "--encryption", "none"], log=log, progress=progress)
-            if not up.ok:
-                print(up.output[-3000:], file=sys.stderr)
-                return 1
-            progress.step(f"lab up in {up.seconds:.1f} s")
-        pair = args.spokes.split(",") if args.spokes else []
-        cases = build_cases(spokes=(pair[0], pair[1]) if len(pair) == 2 else None)
-        for c in cases:
-            progress.note(f"  {c.name}: {c.path} (path MTU {c.path_mtu})")
-        samples = measure(cases, args.repeat, args.seconds, args.pings, progress)
-        routes = {c.name: route_mtu(c) for c in cases}
-    finally:
-        if started_lab:
-            down = lab(["down"], log=log, progress=progress)
-            progress.step(f"lab down ({'ok' if down.ok else 'FAILED: ' + down.output[-500:]})")
-            progress.finish()
-    rows = summarise(cases, samples)
+    progress = Progress(total=0 if args.use_running_lab else 2 * len(modes))  # up and down per mode when the benchmark starts the lab
+    rows: list[dict[str, Any]] = []
+    samples_by_mode: dict[str, Any] = {}
+    routes: dict[str, dict[str, str]] = {}
+    settings: dict[str, list[str]] = {}
+    cases: list[Case] = []
+    for mode in modes:
+        started_lab = False
+        try:
+            if not args.use_running_lab:
+                require_no_lab()
+                progress.note(f"{mode} mode: lab up --stack dev --protocol vxlan ...")
+                started_lab = True
+                up = lab(["up", "--stack", "dev", "--protocol", "vxlan", "--encryption", "none"], log=log, progress=progress)
+                if not up.ok:
+                    print(up.output[-3000:], file=sys.stderr)
+                    return 1
+                progress.step(f"{mode} mode: lab up in {up.seconds:.1f} s")
+            settings[mode] = set_wire_mode(vm_nics()) if mode == "wire" else ["veth defaults (TSO, GSO on; GRO off)"]
+            progress.note(f"{mode} mode: {len(settings[mode])} VM NIC setting(s) applied" if mode == "wire" else f"{mode} mode: veth defaults")
+            pair = args.spokes.split(",") if args.spokes else []
+            cases = build_cases(spokes=(pair[0], pair[1]) if len(pair) == 2 else None)
+            for c in cases:
+                progress.note(f"  {c.name}: {c.path} (path MTU {c.path_mtu})")
+            samples = measure(cases, args.repeat, args.seconds, args.pings, progress)
+            routes[mode] = {c.name: route_mtu(c) for c in cases}
+        finally:
+            if started_lab:
+                down = lab(["down"], log=log, progress=progress)
+                progress.step(f"{mode} mode: lab down ({'ok' if down.ok else 'FAILED: ' + down.output[-500:]})")
+        samples_by_mode[mode] = samples
+        rows += [{"mode": mode, **row} for row in summarise(cases, samples)]
+    progress.finish()
     report = {
         "benchmark": NAME,
         "date": stamp(),
@@ -444,16 +555,18 @@ def main(argv: list[str] | None = None) -> int:
             "cost plus packet size, not a cloud network. 'ratio' is the median over repetitions of overlay/underlay measured "
             "back to back; 'reference' is the payload-per-packet share; 'ratio_of_reference' = ratio / reference."
         ),
+        "modes": modes,
+        "mode_settings": settings,
         "rows": rows,
         "routes_after": routes,
-        "samples": samples,
+        "samples": samples_by_mode,
         "wall_seconds": round(time.monotonic() - started, 1),
     }
     path = write_json(NAME, report)
     m = report["machine"]
     chart(
         rows,
-        f"{NAME} {report['date']} {m['host']} ({m['cpus']} CPUs, {m['kernel']}); VXLAN, overlay MTU {cases[-1].path_mtu}",
+        f"{NAME} {report['date']} {m['host']} ({m['cpus']} CPUs, {m['kernel']}); VXLAN, overlay MTU {cases[-1].path_mtu}; modes {', '.join(modes)}",
         RESULTS / f"{NAME}.png",
     )
     print()

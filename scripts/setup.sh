@@ -8,7 +8,7 @@ APT_PACKAGES=(
   docker.io                                              # router containers in the lab
   qemu-system-x86 busybox-static cpio                    # GENEVE lab in a Debian-kernel VM
   cloud-init                                             # `cloud-init schema` validates every payload
-  python3 tcpdump iperf3                                 # VM userland, captures, benchmarks
+  python3 tcpdump iperf3 ethtool                         # VM userland, captures, benchmarks (ethtool: bench.dataplane wire mode)
   openssh-server sudo                                    # tests/lab/test_push_sshd.py: a stock sshd and sudo take the push
   graphviz                                               # `dot`: make graph / lab graph draw the topology (docs/topology.svg)
 )
