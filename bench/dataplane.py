@@ -32,7 +32,7 @@ The hub path (spoke client or container -> hub -> spoke) is also compared with i
 the same cores carry both, and the slower of the two is the baseline. While the hub-path client run is under
 way, 10 ms pings on the same path measure its RTT under load.
 
-    .venv/bin/python -m bench.dataplane [--repeat 5] [--seconds 4] [--modes wire,offload]
+    .venv/bin/python -m bench.dataplane [--repeat 5] [--seconds 4] [--modes wire,offload] [--profile]
 
 Writes bench/results/dataplane.json and .png.
 """
@@ -40,7 +40,9 @@ Writes bench/results/dataplane.json and .png.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import os
 import signal
 import statistics
 import subprocess
@@ -88,6 +90,9 @@ class Case:
     the slower leg's. Empty: one flow from src_ns to dst."""
     loaded_rtt: bool = False
     """Also ping the destination while the iperf3 run is under way (RTT under load)."""
+    hub: tuple[str, str] | None = None
+    """(namespace, WAN NIC) of the hub router this case crosses: with --profile, its packet rate is counted and the
+    whole machine sampled with perf during the first repetition."""
 
 
 def tcp_payload(mtu: int, family: int) -> int:
@@ -185,6 +190,7 @@ def build_cases(hub_spoke: str | None = None, spokes: tuple[str, str] | None = N
                 u_legs,
                 4,
                 loaded_rtt=fam == 4,
+                hub=(ns(hr.name), lab_.layout.host(hr.name).nics[0].name) if fam == 4 else None,
             )
         )
     for fam in (4, 6):
@@ -355,7 +361,69 @@ class Servers:
                 p.wait()
 
 
-def measure(cases: list[Case], repeat: int, seconds: int, pings: int, progress: Progress | None = None) -> dict[str, list[dict[str, Any]]]:
+def link_packets(ns: str, nic: str) -> int:
+    """Packets received plus sent by one link so far (a GRO-merged packet counts once)."""
+    proc = subprocess.run(["ip", "-n", ns, "-s", "-j", "link", "show", "dev", nic], capture_output=True, text=True, check=True)
+    stats = json.loads(proc.stdout)[0].get("stats64", {})
+    return int(stats["rx"]["packets"]) + int(stats["tx"]["packets"])
+
+
+def cpu_busy() -> tuple[float, float]:
+    """(busy, total) jiffies of the whole machine, from /proc/stat."""
+    fields = [float(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    idle = fields[3] + fields[4]
+    return sum(fields) - idle, sum(fields)
+
+
+def perf_top(data: Path, limit: float = 1.0) -> list[tuple[float, str]]:
+    """The kernel and user symbols with at least `limit` percent of the samples."""
+    proc = subprocess.run(
+        ["perf", "report", "-i", str(data), "--stdio", "--sort", "sym", "-q", "--percent-limit", str(limit)],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=300,
+    )
+    top = []
+    for line in proc.stdout.splitlines():
+        parts = line.split()
+        if len(parts) >= 3 and parts[0].endswith("%"):
+            top.append((float(parts[0].rstrip("%")), parts[-1]))
+    return top
+
+
+def profiled_iperf(case: Case, seconds: int, work: Path) -> dict[str, Any]:
+    """One iperf3 run of a hub-path case while perf samples every CPU and the hub's WAN packets are counted: the
+    packets the hub's WAN link carries per second, per busy core of the machine, and the top of the profile."""
+    assert case.hub is not None
+    hub_ns, hub_nic = case.hub
+    data = work / "perf.data"
+    packets0, (busy0, total0) = link_packets(hub_ns, hub_nic), cpu_busy()
+    perf = subprocess.Popen(
+        ["perf", "record", "-a", "-F", "999", "-o", str(data), "--", "sleep", str(seconds)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    started = time.monotonic()
+    result = iperf(dataclasses.replace(case, loaded_rtt=False), seconds, omit=0)
+    perf.wait(timeout=seconds + 60)
+    elapsed = time.monotonic() - started
+    packets1, (busy1, total1) = link_packets(hub_ns, hub_nic), cpu_busy()
+    cores = os.cpu_count() or 1
+    busy_cores = cores * (busy1 - busy0) / max(total1 - total0, 1)
+    pps = (packets1 - packets0) / elapsed
+    return {
+        **result,
+        "hub_wan_packets_per_s": round(pps),
+        "busy_cores": round(busy_cores, 2),
+        "hub_wan_packets_per_s_per_busy_core": round(pps / busy_cores) if busy_cores else None,
+        "perf_top": perf_top(data),
+    }
+
+
+def measure(
+    cases: list[Case], repeat: int, seconds: int, pings: int, progress: Progress | None = None, profile: Path | None = None
+) -> dict[str, list[dict[str, Any]]]:
     samples: dict[str, list[dict[str, Any]]] = {c.name: [] for c in cases}
     servers = Servers([(c.dst_ns, PORT) for c in cases] + [(dst_ns, PORT + i) for c in cases for i, (_, dst_ns, _) in enumerate(c.legs)])
     progress = progress or Progress()
@@ -368,6 +436,15 @@ def measure(cases: list[Case], repeat: int, seconds: int, pings: int, progress: 
             if not w.get("ok"):
                 progress.note(f"  {c.name}: iperf3 failed: {w.get('error')}")
         progress.step("warm-up pass (discarded): neighbours, FDB, path MTU")
+        for c in cases:
+            if profile is not None and c.hub is not None:
+                progress.status(f"profile: {c.name} ({seconds} s of iperf3 under perf)")
+                got = profiled_iperf(c, seconds, profile)
+                samples.setdefault(f"profile {c.name}", []).append(got)
+                progress.note(
+                    f"profile {c.name}: {fmt(got.get('gbit_s'), '.2f')} Gbit/s, hub WAN {got['hub_wan_packets_per_s']} packets/s, "
+                    f"{got['busy_cores']} busy cores -> {got['hub_wan_packets_per_s_per_busy_core']} packets/s per busy core"
+                )
         for rep in range(repeat):
             for c in cases:
                 progress.status(f"repeat {rep + 1}/{repeat}: {c.name} ({seconds} s of iperf3)")
@@ -494,6 +571,9 @@ def main(argv: list[str] | None = None) -> int:
         "--use-running-lab", action="store_true", help="measure a lab that is already up (dev, VXLAN) and leave it up afterwards (one mode)"
     )
     parser.add_argument("--modes", default=",".join(MODES), help=f"comma-separated, in this order (default {','.join(MODES)})")
+    parser.add_argument(
+        "--profile", action="store_true", help="before the repetitions, one hub-path run under perf: hub packet rate, busy cores, top symbols"
+    )
     args = parser.parse_args(argv)
     modes = [m for m in args.modes.split(",") if m]
     if not modes or set(modes) - set(MODES):
@@ -504,6 +584,8 @@ def main(argv: list[str] | None = None) -> int:
     which_or_exit("iperf3", "iperf3")
     if "wire" in modes:
         which_or_exit("ethtool", "ethtool")
+    if args.profile:
+        which_or_exit("perf", "linux-perf")
     log = RESULTS / NAME / "lab.log"
     started = time.monotonic()
     progress = Progress(total=0 if args.use_running_lab else 2 * len(modes))  # up and down per mode when the benchmark starts the lab
@@ -511,6 +593,7 @@ def main(argv: list[str] | None = None) -> int:
     samples_by_mode: dict[str, Any] = {}
     routes: dict[str, dict[str, str]] = {}
     settings: dict[str, list[str]] = {}
+    profiles: dict[str, dict[str, Any]] = {}
     cases: list[Case] = []
     for mode in modes:
         started_lab = False
@@ -530,7 +613,10 @@ def main(argv: list[str] | None = None) -> int:
             cases = build_cases(spokes=(pair[0], pair[1]) if len(pair) == 2 else None)
             for c in cases:
                 progress.note(f"  {c.name}: {c.path} (path MTU {c.path_mtu})")
-            samples = measure(cases, args.repeat, args.seconds, args.pings, progress)
+            profile_dir = RESULTS / NAME / mode if args.profile else None
+            if profile_dir is not None:
+                profile_dir.mkdir(parents=True, exist_ok=True)
+            samples = measure(cases, args.repeat, args.seconds, args.pings, progress, profile_dir)
             routes[mode] = {c.name: route_mtu(c) for c in cases}
         finally:
             if started_lab:
@@ -538,6 +624,9 @@ def main(argv: list[str] | None = None) -> int:
                 progress.step(f"{mode} mode: lab down ({'ok' if down.ok else 'FAILED: ' + down.output[-500:]})")
         samples_by_mode[mode] = samples
         rows += [{"mode": mode, **row} for row in summarise(cases, samples)]
+        for name, got in samples.items():
+            if name.startswith("profile "):
+                profiles[mode] = {"case": name.removeprefix("profile "), **got[0]}
     progress.finish()
     report = {
         "benchmark": NAME,
@@ -558,6 +647,7 @@ def main(argv: list[str] | None = None) -> int:
         "modes": modes,
         "mode_settings": settings,
         "rows": rows,
+        "profiles": profiles,
         "routes_after": routes,
         "samples": samples_by_mode,
         "wall_seconds": round(time.monotonic() - started, 1),
@@ -571,6 +661,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     print()
     print(table(rows))
+    for mode, prof in profiles.items():
+        print(
+            f"\n{mode} profile, {prof['case']}: {fmt(prof.get('gbit_s'), '.2f')} Gbit/s; hub WAN {prof['hub_wan_packets_per_s']} packets/s; "
+            f"{prof['busy_cores']} busy cores; {prof['hub_wan_packets_per_s_per_busy_core']} packets/s per busy core"
+        )
+        for pct, sym in prof["perf_top"][:15]:
+            print(f"  {pct:5.1f}%  {sym}")
     print(f"\nreference: {REFERENCE_FORMULA}")
     print(f"took {report['wall_seconds']} s; wrote {path} and {NAME}.png")
     return 0
