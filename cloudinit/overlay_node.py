@@ -53,6 +53,17 @@ NODE_SYSCTLS = {
 # Per underlay NIC (step_sysctls): IPv6 forwarding makes the kernel ignore router advertisements on interfaces with
 # accept_ra=1, which would let the underlay's IPv6 default route expire; 2 keeps accepting them.
 NIC_ACCEPT_RA = "net.ipv6.conf.{nic}.accept_ra"
+# A router's bridged overlay frames skip iptables, ip6tables and arptables (step_sysctls), where br_netfilter is
+# loaded (Docker's bridge networks and Kubernetes load it; a new network namespace then starts with it on:
+# https://unix.stackexchange.com/questions/719112). Otherwise every frame the overlay bridge forwards crosses the
+# FORWARD chain, and conntrack keeps an entry per overlay flow crossing the router. No rule of this node filters
+# bridged frames: OVERLAY-IN guards what the node itself receives, OVERLAY-FWD what it would route. The settings
+# belong to the node's network namespace (the host's stay as they are: tests/lab/test_lab_dev.py).
+BRIDGE_NF_SYSCTLS = {
+    "net.bridge.bridge-nf-call-iptables": "0",
+    "net.bridge.bridge-nf-call-ip6tables": "0",
+    "net.bridge.bridge-nf-call-arptables": "0",
+}
 
 
 class Rejected(Exception):
@@ -370,6 +381,9 @@ def step_sysctls(r: Runner, doc: dict[str, Any]) -> None:
             pass
     for key, value in NODE_SYSCTLS.items():
         _sysctl(r, key, value)
+    if os.path.isdir("/proc/sys/net/bridge"):
+        for key, value in BRIDGE_NF_SYSCTLS.items():
+            _sysctl(r, key, value)
 
 
 def step_host_firewall(r: Runner, doc: dict[str, Any]) -> None:
@@ -390,8 +404,12 @@ def step_host_firewall(r: Runner, doc: dict[str, Any]) -> None:
             r.change(f"{tool}: accept {' '.join(rule)}", [tool, "-w", "-I", rule[0], "1", *rule[1:]])
 
 
-# This project's iptables/ip6tables chains (filter table) -> the built-in chain whose first rule jumps to it.
-OWN_CHAINS = {"OVERLAY-IN": "INPUT", "OVERLAY-FWD": "FORWARD"}
+# This project's iptables/ip6tables chains -> (table, the built-in chains whose first rule jumps to it).
+OWN_CHAINS = {
+    "OVERLAY-IN": ("filter", ("INPUT",)),
+    "OVERLAY-FWD": ("filter", ("FORWARD",)),
+    "OVERLAY-NOTRACK": ("raw", ("PREROUTING", "OUTPUT")),
+}
 
 
 def firewall_rules(doc: dict[str, Any], family: int) -> dict[str, list[str]]:
@@ -417,37 +435,52 @@ def firewall_rules(doc: dict[str, Any], family: int) -> dict[str, list[str]]:
     chains = {"OVERLAY-IN": rules + [f"{udp} {p} -j DROP" for p in ports]}
     if doc["forwarding"]:
         chains["OVERLAY-FWD"] = [f"-i {br} -o {br} -j RETURN", "-j DROP"]
+    if doc["open_host_firewall"]:
+        # Where the image's own firewall tracks connections (OCI's accepts by state: the images whose firewall the
+        # node must open), conntrack sees every packet. There tunnel datagrams, sent and received, bypass it (raw
+        # table): no rule matches them by state, and as the outer source port follows a hash of the inner flow, a
+        # hub would keep an entry per overlay flow and tunnel (bench.fastpath counts them), and drop new flows'
+        # packets once the table is full (nf_conntrack_max). Elsewhere no rule needs conntrack, so the kernel
+        # tracks nothing, and the rule would only cost an evaluation per packet.
+        chains["OVERLAY-NOTRACK"] = [f"{udp} {p} -j CT --notrack" for p in ports]
     return chains
 
 
 def step_firewall(r: Runner, doc: dict[str, Any]) -> None:
-    """Exactly our chains (see firewall_rules), each jumped to first; replaced in one iptables-restore commit."""
+    """Exactly our chains (see firewall_rules), each jumped to first; replaced in one iptables-restore commit per
+    table."""
     for tool, family in (("iptables", 4), ("ip6tables", 6)):
-        have: dict[str, list[str]] = {}
-        for line in r.run([f"{tool}-save", "-t", "filter"]).stdout.splitlines():
-            if line.startswith(":"):
-                have.setdefault(line[1:].split()[0], [])
-            elif line.startswith("-A "):
-                chain, _, rule = line[3:].partition(" ")
-                have.setdefault(chain, []).append(rule)
         want = firewall_rules(doc, family)
-        batch: list[str] = []
-        for chain, hook in OWN_CHAINS.items():
-            jumps = [i for i, rule in enumerate(have.get(hook, [])) if rule == f"-j {chain}"]
-            unhook = [f"-D {hook} -j {chain}"] * len(jumps)
-            if chain not in want:
-                batch += [*unhook, f"-F {chain}", f"-X {chain}"] if chain in have else []
-                continue
-            if chain not in have or [sorted(x.split()) for x in have[chain]] != [sorted(x.split()) for x in want[chain]]:
-                batch += [f":{chain} - [0:0]", *(f"-A {chain} {x}" for x in want[chain])]
-            if jumps != [0]:
-                batch += [*unhook, f"-I {hook} 1 -j {chain}"]
-        if batch:
-            r.change(
-                f"{tool}: set {', '.join(c for c in OWN_CHAINS if c in want)}",
-                [f"{tool}-restore", "-w", "--noflush"],
-                "*filter\n" + "\n".join(batch) + "\nCOMMIT\n",
-            )
+        for table in dict.fromkeys(t for t, _ in OWN_CHAINS.values()):
+            have: dict[str, list[str]] = {}
+            for line in r.run([f"{tool}-save", "-t", table]).stdout.splitlines():
+                if line.startswith(":"):
+                    have.setdefault(line[1:].split()[0], [])
+                elif line.startswith("-A "):
+                    chain, _, rule = line[3:].partition(" ")
+                    have.setdefault(chain, []).append(rule)
+            batch: list[str] = []
+            mine = [c for c, (t, _) in OWN_CHAINS.items() if t == table]
+            for chain in mine:
+                hooks = OWN_CHAINS[chain][1]
+                jumps = {hook: [i for i, rule in enumerate(have.get(hook, [])) if rule == f"-j {chain}"] for hook in hooks}
+                unhook = [f"-D {hook} -j {chain}" for hook in hooks for _ in jumps[hook]]
+                if chain not in want:
+                    batch += [*unhook, f"-F {chain}", f"-X {chain}"] if chain in have else []
+                    continue
+                if chain not in have or [sorted(x.split()) for x in have[chain]] != [sorted(x.split()) for x in want[chain]]:
+                    batch += [f":{chain} - [0:0]", *(f"-A {chain} {x}" for x in want[chain])]
+                for hook in hooks:
+                    if jumps[hook] != [0]:
+                        batch += [f"-D {hook} -j {chain}"] * len(jumps[hook]) + [f"-I {hook} 1 -j {chain}"]
+            if batch:
+                kept, gone = [c for c in mine if c in want], [c for c in mine if c not in want and c in have]
+                what = "; ".join(x for x in (kept and f"set {', '.join(kept)}", gone and f"removed {', '.join(gone)}") if x)
+                r.change(
+                    f"{tool}: {what}" + ("" if table == "filter" else f" ({table})"),
+                    [f"{tool}-restore", "-w", "--noflush"],
+                    f"*{table}\n" + "\n".join(batch) + "\nCOMMIT\n",
+                )
 
 
 def step_lan(r: Runner, doc: dict[str, Any]) -> None:

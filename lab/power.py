@@ -32,7 +32,7 @@ from lab.shell import Shell
 from lab.state import CGROUP_PREFIX, LabError, LabState, node_dir, node_root, save
 from lab.topology import OCI_IMAGE_IPTABLES, HostSpec, map_path
 from lab.underlay import IMAGE_SYSCTLS, scratch_namespace
-from multicloud_overlay.cloudinit.overlay_node import NIC_ACCEPT_RA, NODE_SYSCTLS
+from multicloud_overlay.cloudinit.overlay_node import BRIDGE_NF_SYSCTLS, NIC_ACCEPT_RA, NODE_SYSCTLS
 from multicloud_overlay.cloudinit.render import UNIT_PATH, unit_exec_start
 
 if TYPE_CHECKING:
@@ -172,6 +172,8 @@ def kernel_defaults(sh: Shell) -> dict[str, str]:
     image's own settings on top."""
     with scratch_namespace(sh, "power") as probe:
         keys = list(NODE_SYSCTLS) + sorted(set(NIC_SYSCTLS.values()))
+        # br_netfilter's settings exist only where the module is loaded (then a new namespace starts with them on).
+        keys += [k for k in BRIDGE_NF_SYSCTLS if sh.ns(probe, ["sysctl", "-n", k], check=False).returncode == 0]
         proc = sh.ns(probe, ["sysctl", "-n", *keys])
         return {**dict(zip(keys, proc.stdout.split(), strict=True)), **IMAGE_SYSCTLS}
 
@@ -246,7 +248,7 @@ def power_off(lab: Lab, node: str, out: Out = print) -> PowerOff:
             sh.ns(vm.ns, [tool, "-w", "-t", table, "-F"], check=False)
             sh.ns(vm.ns, [tool, "-w", "-t", table, "-X"], check=False)
     defaults = kernel_defaults(sh)
-    values = [f"{k}={defaults[k]}" for k in NODE_SYSCTLS]
+    values = [f"{k}={defaults[k]}" for k in [*NODE_SYSCTLS, *BRIDGE_NF_SYSCTLS] if k in defaults]
     for nic in nics:
         values += [f"{k.format(nic=nic)}={defaults[default]}" for k, default in NIC_SYSCTLS.items()]
     sh.ns(vm.ns, ["sysctl", "-qw", *values])

@@ -9,6 +9,7 @@ APT_PACKAGES=(
   qemu-system-x86 busybox-static cpio                    # GENEVE lab in a Debian-kernel VM
   cloud-init                                             # `cloud-init schema` validates every payload
   python3 tcpdump iperf3 ethtool                         # VM userland, captures, benchmarks (ethtool: bench.dataplane wire mode)
+  conntrack                                              # counts what the node script leaves untracked (tests, bench.fastpath)
   openssh-server sudo                                    # tests/lab/test_push_sshd.py: a stock sshd and sudo take the push
   graphviz                                               # `dot`: make graph / lab graph draw the topology (docs/topology.svg)
 )

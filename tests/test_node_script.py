@@ -210,6 +210,24 @@ def test_firewall_admits_the_tunnel_port_from_each_tunnels_peer_only() -> None:
     assert "-s 2001:db8::2/128 -p udp -m udp --dport 6081 -j RETURN" in v6 and v6[-1] == "-p udp -m udp --dport 6081 -j DROP"
 
 
+def test_tunnel_datagrams_bypass_connection_tracking_where_the_image_tracks() -> None:
+    """Where the image's firewall tracks connections (open_host_firewall: OCI), the raw table's chain (jumped to
+    from PREROUTING and OUTPUT) untracks the tunnel port and, with IPsec, the NAT-T port, both directions (both
+    ends send to the port), on routers and clients; no other traffic. Elsewhere there is no such chain."""
+    udp = "-p udp -m udp --dport"
+    assert overlay_node.OWN_CHAINS["OVERLAY-NOTRACK"] == ("raw", ("PREROUTING", "OUTPUT"))
+    for doc, ports in (
+        (three_site_doc(), [4789]),
+        (three_site_doc(node="a-client"), [4789]),
+        ({**three_site_doc(), "port": 6081, "protocol": "geneve"}, [6081]),
+        (three_site_doc("ipsec"), [4789, 4500]),
+    ):
+        for family in (4, 6):
+            assert "OVERLAY-NOTRACK" not in overlay_node.firewall_rules(doc, family)
+            stateful = {**doc, "open_host_firewall": True}
+            assert overlay_node.firewall_rules(stateful, family)["OVERLAY-NOTRACK"] == [f"{udp} {p} -j CT --notrack" for p in ports]
+
+
 def test_firewall_takes_encrypted_tunnels_only_out_of_ipsec() -> None:
     doc = three_site_doc("ipsec")
     rules = overlay_node.firewall_rules(doc, 4)["OVERLAY-IN"]
@@ -486,16 +504,33 @@ def test_firewall_chains_are_ours_idempotent_and_follow_the_config() -> None:
         assert proc.returncode == 0, proc.stderr
         return json.loads(proc.stdout)
 
-    def saved(tool: str = "iptables") -> list[str]:
-        return [line for line in sh(*inside, f"{tool}-save", "-t", "filter").stdout.splitlines() if line.startswith(("-A", ":"))]
+    def saved(tool: str = "iptables", table: str = "filter") -> list[str]:
+        return [line for line in sh(*inside, f"{tool}-save", "-t", table).stdout.splitlines() if line.startswith(("-A", ":"))]
 
     try:
         foreign = [("INPUT", "-p tcp -m tcp --dport 80 -j ACCEPT"), ("FORWARD", "-o eth9 -j ACCEPT"), ("THEIRS", "-j RETURN")]
         sh(*inside, "iptables", "-N", "THEIRS")
         for chain, rule in foreign:
             sh(*inside, "iptables", "-A", chain, *rule.split())
-        hub = three_site_doc()
-        assert step(hub) == ["iptables: set OVERLAY-IN, OVERLAY-FWD", "ip6tables: set OVERLAY-IN, OVERLAY-FWD"]
+        sh(*inside, "iptables", "-t", "raw", "-A", "PREROUTING", "-p", "tcp", "--dport", "179", "-j", "CT", "--notrack")
+
+        def oci(doc: dict[str, Any]) -> dict[str, Any]:
+            return {**doc, "open_host_firewall": True}  # an image firewall that tracks connections: tunnels untracked
+
+        hub = oci(three_site_doc())
+        assert step(hub) == [
+            "iptables: set OVERLAY-IN, OVERLAY-FWD",
+            "iptables: set OVERLAY-NOTRACK (raw)",
+            "ip6tables: set OVERLAY-IN, OVERLAY-FWD",
+            "ip6tables: set OVERLAY-NOTRACK (raw)",
+        ]
+        for tool in ("iptables", "ip6tables"):
+            assert [x for x in saved(tool, "raw") if x.startswith("-A")] == [
+                "-A PREROUTING -j OVERLAY-NOTRACK",
+                *(["-A PREROUTING -p tcp -m tcp --dport 179 -j CT --notrack"] if tool == "iptables" else []),
+                "-A OUTPUT -j OVERLAY-NOTRACK",
+                "-A OVERLAY-NOTRACK -p udp -m udp --dport 4789 -j CT --notrack",
+            ]
         rules = saved()
         assert [x for x in rules if x.startswith(("-A INPUT", "-A FORWARD"))] == [
             "-A INPUT -j OVERLAY-IN",
@@ -517,11 +552,11 @@ def test_firewall_chains_are_ours_idempotent_and_follow_the_config() -> None:
         ]
         assert step(hub) == []
         # The hub moves (other peers), the protocol changes, IPsec comes and goes: the chain follows, nothing stale.
-        spoke = three_site_doc(node="b-router")
+        spoke = oci(three_site_doc(node="b-router"))
         for doc, port, peers in (
             (spoke, 4789, {"198.51.100.1"}),
             ({**spoke, "port": 6081, "protocol": "geneve"}, 6081, {"198.51.100.1"}),
-            (three_site_doc("ipsec"), 4789, {"198.51.100.2", "198.51.100.3"}),
+            (oci(three_site_doc("ipsec")), 4789, {"198.51.100.2", "198.51.100.3"}),
             (hub, 4789, {"198.51.100.2", "198.51.100.3"}),
         ):
             assert step(doc) != [] and step(doc) == []
@@ -531,9 +566,18 @@ def test_firewall_chains_are_ours_idempotent_and_follow_the_config() -> None:
             assert all(f"--dport {port} " in x or "--dport 22 " in x or "--dport 4500 " in x for x in mine), mine
             assert any("--pol ipsec" in x for x in mine) == bool(doc.get("ipsec")), mine
             assert any("--dport 4500" in x for x in mine) == bool(doc.get("ipsec")), mine
-        # A client forwards nothing of ours: our FORWARD chain and its jump go, the rest stays.
-        assert step(three_site_doc(node="a-client")) == ["iptables: set OVERLAY-IN", "ip6tables: set OVERLAY-IN"]
+            untracked = [x.split("--dport ")[1].split()[0] for x in saved(table="raw") if x.startswith("-A OVERLAY-NOTRACK")]
+            assert untracked == [str(port), *(["4500"] if doc.get("ipsec") else [])], untracked
+        # A client forwards nothing of ours: our FORWARD chain and its jump go, the rest stays. On an image that
+        # tracks nothing, the untracking chain and its jumps go too (someone else's raw rule stays).
+        assert step(three_site_doc(node="a-client")) == [
+            "iptables: set OVERLAY-IN; removed OVERLAY-FWD",
+            "iptables: removed OVERLAY-NOTRACK (raw)",
+            "ip6tables: set OVERLAY-IN; removed OVERLAY-FWD",
+            "ip6tables: removed OVERLAY-NOTRACK (raw)",
+        ]
         assert not any("OVERLAY-FWD" in x for x in saved() + saved("ip6tables"))
+        assert [x for x in saved(table="raw") if x.startswith("-A")] == ["-A PREROUTING -p tcp -m tcp --dport 179 -j CT --notrack"]
         for chain, rule in foreign:
             assert f"-A {chain} {rule}" in saved()
     finally:
@@ -801,6 +845,69 @@ def test_second_run_changes_nothing_and_changes_converge_in_place(two_nodes: Two
     out = two_nodes.apply(swapped, two_nodes.hub)
     assert "no change" in out
     assert two_nodes.ping(two_nodes.hub, far.overlay_ipv6, 1300 - 48)
+
+
+@needs_root
+@pytest.mark.root
+def test_per_packet_savings_are_applied_and_a_re_apply_restores_them(two_nodes: TwoNodes) -> None:
+    """The tunnel path's savings (lab.fastpath) are in effect after the unit's command: bridge_nf on routers, and
+    notrack where the image's firewall tracks connections (OCI's: here the hub's config says so, and a stateful
+    rule like the image's turns conntrack on). Turned off by hand, the next apply puts each back and says so; the
+    one after changes nothing. With them, a ping across the tunnel leaves no conntrack entry for the tunnel's
+    datagrams or the bridged overlay flow; without them, it does. A node whose image tracks nothing gets no
+    untracking rule (it would only cost an evaluation per packet)."""
+    from lab import fastpath
+    from lab.shell import Shell
+
+    plan = two_nodes.plan(containersPerRouter=1)
+    shell = Shell()
+    ns = two_nodes.ns[two_nodes.hub]
+    # The hub as an OCI router: its image's stateful rule, and a config that says its firewall must be opened.
+    for tool in ("iptables", "ip6tables"):
+        sh("ip", "netns", "exec", ns, tool, "-A", "INPUT", "-m", "state", "--state", "RELATED,ESTABLISHED", "-j", "ACCEPT")
+    stateful = {**node_config(plan, f"{two_nodes.hub}-router", two_nodes.underlay, container_runtime="netns"), "open_host_firewall": True}
+
+    def apply_hub() -> str:
+        proc = two_nodes.start(stateful, two_nodes.hub)
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, out + err
+        return out
+
+    apply_hub()
+    two_nodes.apply(plan, two_nodes.spoke)
+    nf = fastpath.has_bridge_nf(shell, ns)  # br_netfilter loaded on this kernel or not: probed, both are valid
+    want = {"notrack": True, "bridge_nf": True if nf else None}
+    assert fastpath.in_effect(shell, ns, router=True, stateful_image=True) == want
+    spoke_ns = two_nodes.ns[two_nodes.spoke]
+    assert fastpath.in_effect(shell, spoke_ns, router=True, stateful_image=False) == {"notrack": None, "bridge_nf": want["bridge_nf"]}
+    assert "OVERLAY-NOTRACK" not in sh("ip", "netns", "exec", spoke_ns, "iptables-save", "-t", "raw").stdout
+    far = plan.router(two_nodes.spoke)
+    nets = [str(plan.config.overlay_ipv4), str(plan.config.overlay_ipv6)]
+    assert shutil.which("conntrack"), "conntrack is missing: scripts/setup.sh installs it"
+
+    def tracked_after_ping() -> dict[str, int]:
+        shell.ns(ns, ["conntrack", "-F"], check=False)
+        assert two_nodes.ping(two_nodes.spoke, plan.router(two_nodes.hub).containers[0].ipv4.split("/")[0])
+        return fastpath.tracked(shell, ns, plan.port, nets)
+
+    assert tracked_after_ping() == {"tunnel": 0, "overlay": 0}
+    for saving in fastpath.SAVINGS:
+        fastpath.switch(shell, ns, saving, on=False)
+    assert fastpath.in_effect(shell, ns, router=True, stateful_image=True) == {"notrack": False, "bridge_nf": False if nf else None}
+    off = tracked_after_ping()
+    # The counter-test: without the savings the same ping is tracked (the overlay flow where br_netfilter is loaded).
+    assert off["tunnel"] >= 1 and (off["overlay"] >= 1) == nf, off
+    out = apply_hub()
+    assert "iptables: set OVERLAY-NOTRACK (raw)" in out and "ip6tables: set OVERLAY-NOTRACK (raw)" in out, out
+    assert ("sysctl net.bridge.bridge-nf-call-iptables=0" in out) == nf, out
+    assert fastpath.in_effect(shell, ns, router=True, stateful_image=True) == want
+    assert tracked_after_ping() == {"tunnel": 0, "overlay": 0}
+    again = apply_hub()
+    assert "no change" in again and "changed:" not in again, again
+    # The tunnel still carries the overlay, its datagrams counted by the untracking rule.
+    assert two_nodes.ping(two_nodes.hub, far.overlay_ipv4)
+    counted = sh("ip", "netns", "exec", ns, "iptables", "-t", "raw", "-n", "-v", "-x", "-L", "OVERLAY-NOTRACK").stdout
+    assert int(counted.splitlines()[2].split()[0]) > 0, counted
 
 
 @needs_root

@@ -78,3 +78,23 @@ def no_lab() -> Iterator[dict[str, object]]:
     if existing:
         pytest.fail(f"a lab is already up ({', '.join(existing[:3])}): run `python -m lab down` before the lab tests")
     yield host_baseline()
+
+
+def savings_in_effect(nodes: list[str] | None = None) -> dict[str, dict[str, bool | None]]:
+    """The node script's per-packet savings (lab.fastpath) on the running lab's nodes, by node; each is True
+    where it applies (notrack on nodes whose image firewall tracks connections; bridge_nf on routers where
+    br_netfilter is loaded)."""
+    from lab import fastpath
+    from lab.check import Lab
+
+    running = Lab()
+    out = {}
+    for n in running.plan.nodes:
+        if nodes is None or n.name in nodes:
+            out[n.name] = fastpath.in_effect(running.sh, running.node_ns(n.name), n.kind == "router", fastpath.stateful_image(n.platform))
+    return out
+
+
+def savings_missing(states: dict[str, dict[str, bool | None]]) -> dict[str, list[str]]:
+    """Node -> the savings that apply to it but are not in effect."""
+    return {n: [k for k, v in st.items() if v is False] for n, st in states.items() if False in st.values()}

@@ -26,7 +26,7 @@ from lab.faults import (
 from lab.power import node_script_links
 from lab.probes import PingLog
 from lab.state import STATE_DIR, lab_plan, load_raw
-from tests.lab.conftest import CLEAR, assert_clean, host_baseline, lab
+from tests.lab.conftest import CLEAR, assert_clean, host_baseline, lab, savings_in_effect, savings_missing
 
 SITES = ("aws", "gcp", "azure")
 CONTAINERS = [f"{s}-c{i}" for s in SITES for i in (1, 2, 3)]
@@ -163,6 +163,8 @@ def test_reboot_heals_with_the_boot_command_only(lab3: dict[str, object], tmp_pa
     rec = doc["recovery"]
     assert rec["all_s"] is not None and rec["all_s"] < 10, rec
     assert doc["changed_elsewhere"] == []
+    # Power-off reset the sysctls and flushed the firewall; the boot command put every per-packet saving back.
+    assert savings_missing(savings_in_effect([node])) == {}
     # Once the recovery probes answer, the node has converged: the full matrix passes on its first run.
     assert doc["check"]["ok"] and doc["check"]["pairs"] == 15 * 14 * 2, doc["check"]
     assert doc["check"]["first_try_ok"] and doc["check"]["tries"] == 1, doc["check"]["runs"]

@@ -17,7 +17,7 @@ import pytest
 from lab.lifecycle import geneve_supported
 from lab.shell import Shell
 from lab.state import STATE_DIR, load
-from tests.lab.conftest import CLEAR, REPO, assert_clean, host_baseline, lab
+from tests.lab.conftest import CLEAR, REPO, assert_clean, host_baseline, lab, savings_in_effect, savings_missing
 
 LAB_ARGV = [sys.executable, "-m", "lab"]
 
@@ -116,6 +116,15 @@ def test_nodes_are_built_like_cloud_vms(dev_lab: dict[str, object]) -> None:
         check=True,
     ).stdout.split("\n")
     assert sorted(x for x in ps if x) == [f"gcp-c{i} mco-lab/busybox:latest" for i in (1, 2, 3)]
+    # The tunnel path's per-packet savings are in effect on every node where they apply (lab.fastpath).
+    states = savings_in_effect()
+    assert len(states) == 12 and savings_missing(states) == {}, states
+    # Bridged frames on the sites' segments (the cloud's fabric) cross no iptables in the edges.
+    for key in ("iptables", "ip6tables"):
+        got = subprocess.run(
+            ["ip", "netns", "exec", "mco-aws-edge", "sysctl", "-n", f"net.bridge.bridge-nf-call-{key}"], capture_output=True, text=True
+        )
+        assert got.returncode != 0 or got.stdout.strip() == "0", got.stdout
 
 
 def test_full_matrix_mtu_and_hub_transit(dev_lab: dict[str, object], tmp_path: Path) -> None:
@@ -150,6 +159,8 @@ def test_hub_swap_in_place(dev_lab: dict[str, object], tmp_path: Path, hub: str)
     assert ping["converged"], ping
     FIGURES[f"swap_{hub}"] = {k: ping[k] for k in ("lost", "sent", "outage_ms", "converged_after_s")}
     print(f"swap to {hub}: {ping}")
+    # The re-apply with the new config keeps every per-packet saving in effect.
+    assert savings_missing(savings_in_effect()) == {}
     check = run_check(tmp_path)
     assert check["hub"] == hub
     (transit,) = [p for p in check["probes"] if p["suite"] == "hub-transit"]

@@ -216,6 +216,7 @@ def test_power_off_resets_what_the_node_script_sets() -> None:
 
     assert power.NODE_SYSCTLS is overlay_node.NODE_SYSCTLS
     assert power.NIC_SYSCTLS == {"net.ipv6.conf.{nic}.accept_ra": "net.ipv6.conf.default.accept_ra"}
+    assert power.BRIDGE_NF_SYSCTLS is overlay_node.BRIDGE_NF_SYSCTLS
     links = ["lo", "eth0", "eth1", "br-overlay", "ovl-r1", "ovl-k2", "ovl-c3", "xfrm0"]
     assert power.node_script_links(links, ["eth0", "eth1"]) == ["br-overlay", "ovl-c3", "ovl-k2", "ovl-r1", "xfrm0"]
 
