@@ -188,6 +188,8 @@ def validate(doc: Any) -> list[str]:
             need("vni", _int(1, 2**24 - 1), "a VNI", t, p)
             need("local", _addr, "an address", t, p)
             need("remote", _addr, "an address", t, p)
+            if not isinstance(t.get("isolated", False), bool):
+                problems.append(f"{p}isolated: {t.get('isolated')!r} is not true or false")
         names = [t.get("name") for t in tunnels if isinstance(t, dict)]
         if len(set(names)) != len(names):
             problems.append("tunnels: duplicate tunnel names")
@@ -780,9 +782,18 @@ def step_tunnels(r: Runner, doc: dict[str, Any]) -> None:
     for name in sorted(wanted):
         ensure_link_state(r, current[name], doc["mtu"], doc["bridge"]["name"])
     for name, link in sorted(links(r).items()):
+        if name not in wanted:
+            continue
+        port = link.get("linkinfo", {}).get("info_slave_data", {})
         # Every remote MAC is pinned (step_fdb): the bridge learns nothing on a tunnel port either.
-        if name in wanted and link.get("linkinfo", {}).get("info_slave_data", {}).get("learning") is not False:
+        if port.get("learning") is not False:
             r.change(f"turned MAC learning off on {name}", ["ip", "link", "set", name, "type", "bridge_slave", "learning", "off"])
+        # Split horizon (full mesh): an isolated port forwards to no other isolated port, so a frame from one peer
+        # router never goes out to another and a flooded frame crosses each tunnel once: no loop, no duplicate.
+        isolated = bool(wanted[name].get("isolated", False))
+        if bool(port.get("isolated", False)) != isolated:
+            state = "on" if isolated else "off"
+            r.change(f"turned port isolation {state} on {name}", ["ip", "link", "set", name, "type", "bridge_slave", "isolated", state])
     if any(c.startswith(("removed tunnel", "removed outdated tunnel", "created ")) for c in r.changes[before:]):
         # The tunnels changed (e.g. a new hub): MACs learned on a tunnel that kept its peer may now sit behind
         # another one, and would stay wrong until they age out (300 s) if their owner is quiet. Relearn now.

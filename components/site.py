@@ -119,7 +119,7 @@ def site_summary(plan: Plan, site: str) -> str:
     elif router.role == "spoke":
         role = f"spoke of hub {plan.hub}"
     else:
-        role = "peer (point-to-point)"
+        role = f"peer ({cfg.topology})"
     encryption = "ESP (ipsec)" if plan.encrypted else "no encryption"
     return (
         f"site {site} ({router.platform}, siteId {cfg.site(site).site_id}): {role}; {cfg.protocol} over UDP {plan.port}, "

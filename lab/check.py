@@ -197,6 +197,70 @@ def hub_transit(lab: Lab) -> list[Probe]:
     ]
 
 
+# A tunnel of a router that a path does not cross may still carry the odd frame meanwhile (IPv6 neighbour and
+# multicast listener traffic floods to every router): fewer than this many packets counts as "did not rise".
+QUIET = 10
+
+
+def direct_path(lab: Lab) -> list[Probe]:
+    """Full mesh: two sites' clients talk over their routers' direct tunnel, and a third router's tunnels toward
+    them stay quiet (the path does not cross it)."""
+    plan = lab.plan
+    if plan.config.topology != "full-mesh" or len(plan.config.sites) < 3:
+        return []
+    a, b = spoke_pair(plan)
+    c = next(s.name for s in plan.config.sites if s.name not in (a, b))
+    ids = {s: plan.config.site(s).site_id for s in (a, b, c)}
+    direct, third = f"ovl-r{ids[b]}", [f"ovl-r{ids[a]}", f"ovl-r{ids[b]}"]
+    before_a, before_c = tunnel_counters(lab, plan.router(a).name, [direct]), tunnel_counters(lab, plan.router(c).name, third)
+    src, dst = plan.client(a), plan.client(b)
+    echo = ping(dst.overlay_ipv4, lab.node_ns(src.name), count=BURST, interval=0.005, wait=1, quiet=True, run=lab.run, timeout=60)
+    after_a, after_c = tunnel_counters(lab, plan.router(a).name, [direct]), tunnel_counters(lab, plan.router(c).name, third)
+    da = tuple(x - y for x, y in zip(after_a.get(direct, (0, 0)), before_a.get(direct, (0, 0)), strict=True))
+    dc = {d: tuple(x - y for x, y in zip(after_c.get(d, (0, 0)), before_c.get(d, (0, 0)), strict=True)) for d in third}
+    ok = echo.ok and min(da) >= BURST and all(max(v) < QUIET for v in dc.values()) and len(after_c) == 2
+    detail = (
+        f"{BURST}-ping burst {src.name} -> {dst.name}: {plan.router(a).name} {direct} ({b}) rx +{da[0]} tx +{da[1]} (>= {BURST}); "
+        f"third router {plan.router(c).name} "
+        + ", ".join(f"{d} rx +{v[0]} tx +{v[1]}" for d, v in dc.items())
+        + f" (each < {QUIET})"
+    )
+    data = {"sites": [a, b], "third": c, "direct": {"rx": da[0], "tx": da[1]}, "third_delta": {k: {"rx": v[0], "tx": v[1]} for k, v in dc.items()}}
+    return [Probe("direct-path", f"{a} -> {b} takes the direct tunnel, not {c}", ok, detail, data)]
+
+
+def no_loop(lab: Lab, count: int = 20) -> list[Probe]:
+    """Full mesh: a broadcast from one client reaches every other router exactly once, through the tunnel from
+    the sender's router, and no router passes it on to another (split horizon): no loop, no duplicate."""
+    plan = lab.plan
+    if plan.config.topology != "full-mesh" or len(plan.config.sites) < 3:
+        return []
+    a = spoke_pair(plan)[0]
+    ida = plan.config.site(a).site_id
+    others = [r for r in plan.routers() if r.site != a]
+    ports = {r.name: [t.name for t in r.tunnels if t.via == "internet"] for r in others}
+    before = {r.name: tunnel_counters(lab, r.name, ports[r.name]) for r in others}
+    bcast = str(plan.config.overlay_ipv4.broadcast_address)
+    src = plan.client(a)
+    lab.run(["nsenter", f"--net=/run/netns/{lab.node_ns(src.name)}", "--", "ping", "-b", "-q", "-c", str(count), "-i", "0.01", "-W", "1", bcast], 60)
+    time.sleep(0.5)
+    after = {r.name: tunnel_counters(lab, r.name, ports[r.name]) for r in others}
+    copies: dict[str, dict[str, int]] = {}
+    for r in others:
+        copies[r.name] = {d: after[r.name][d][0] - before[r.name][d][0] for d in ports[r.name] if d in after[r.name] and d in before[r.name]}
+    from_sender = {n: c.get(f"ovl-r{ida}", 0) for n, c in copies.items()}
+    via_others = {n: sum(v for d, v in c.items() if d != f"ovl-r{ida}") for n, c in copies.items()}
+    ok = all(count <= v < count + QUIET for v in from_sender.values()) and all(v < QUIET for v in via_others.values())
+    detail = (
+        f"{count} broadcast pings from {src.name} to {bcast}: received from {plan.router(a).name}'s tunnel "
+        + ", ".join(f"{n} +{v}" for n, v in from_sender.items())
+        + f" (each {count}..{count + QUIET - 1}); through any other router's tunnel "
+        + ", ".join(f"{n} +{v}" for n, v in via_others.items())
+        + f" (each < {QUIET})"
+    )
+    return [Probe("no-loop", f"a broadcast from {a} reaches each router once", ok, detail, {"from_sender": from_sender, "via_others": via_others})]
+
+
 @dataclass
 class CheckResult:
     names: list[str]
@@ -229,6 +293,10 @@ def check(results_dir: Path, state_dir: Path = STATE_DIR, stem: str = "check", o
         "hub transit: "
         + ("not applicable (no spoke-to-spoke path)" if not transit else "proven" if all(p.ok for p in transit) else "FAILED")
     )
+    mesh = direct_path(lab) + no_loop(lab)
+    probes += mesh
+    if mesh:
+        progress.note("full mesh: " + "; ".join(f"{p.suite} {'proven' if p.ok else 'FAILED'}" for p in mesh))
     progress.finish()
     took = time.monotonic() - started
     names = [e.name for e in eps]

@@ -63,9 +63,16 @@ def cmd_check(args: argparse.Namespace) -> int:
 def cmd_swap(args: argparse.Namespace) -> int:
     from lab.swap import run_swap
 
-    if args.hub is None and args.protocol is None and args.encryption is None:
-        raise LabError("swap: give --hub SITE, --protocol PROTOCOL and/or --encryption none|ipsec")
-    return run_swap(hub=args.hub, protocol=args.protocol, results=args.results, fdb_fix=args.remove_stale_fdb, encryption=args.encryption)
+    if args.hub is None and args.protocol is None and args.encryption is None and args.topology is None:
+        raise LabError("swap: give --hub SITE, --protocol PROTOCOL, --topology TOPOLOGY and/or --encryption none|ipsec")
+    return run_swap(
+        hub=args.hub,
+        protocol=args.protocol,
+        results=args.results,
+        fdb_fix=args.remove_stale_fdb,
+        encryption=args.encryption,
+        topology=args.topology,
+    )
 
 
 def cmd_reboot(args: argparse.Namespace) -> int:
@@ -179,6 +186,7 @@ def parser() -> argparse.ArgumentParser:
     sw.add_argument("--hub", help="new hub site")
     sw.add_argument("--protocol", choices=PROTOCOLS, help="new tunnel protocol")
     sw.add_argument("--encryption", choices=ENCRYPTIONS, help="turn IPsec on or off in place")
+    sw.add_argument("--topology", choices=TOPOLOGIES, help="new topology (hub-and-spoke <-> full-mesh)")
     sw.add_argument(
         "--remove-stale-fdb",
         action="store_true",

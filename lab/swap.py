@@ -1,4 +1,4 @@
-"""swap: change the hub and/or protocol of a running lab in place, the way the clouds get it (new node config
+"""swap: change the hub, protocol, topology and/or encryption of a running lab in place, the way the clouds get it (new node config
 installed, the unit's command run again), while a 10 ms ping across the overlay measures the disruption."""
 
 from __future__ import annotations
@@ -216,10 +216,11 @@ def swap(
     out=print,
     fdb_fix: bool = False,
     encryption: str | None = None,
+    topology: str | None = None,
 ) -> SwapResult:
     lab = Lab(state_dir)
     old = lab.plan
-    changes = (("hub", hub), ("protocol", protocol), ("encryption", encryption))
+    changes = (("hub", hub), ("protocol", protocol), ("encryption", encryption), ("topology", topology))
     overrides = {**lab.state.overrides, **{k: v for k, v in changes if v is not None}}
     new = lab_plan(load_raw(lab.state.stack, lab.state.sites or None, overrides))
     if new.protocol == "geneve" and not geneve_supported(lab.sh):
@@ -229,11 +230,11 @@ def swap(
     if new.encrypted and not lab.state.key_seed:
         lab.state.key_seed = os.urandom(32).hex()
         save(lab.state, state_dir)
-    before = {"hub": old.hub, "protocol": old.protocol, "encryption": old.config.encryption}
-    after = {"hub": new.hub, "protocol": new.protocol, "encryption": new.config.encryption}
+    before = {"hub": old.hub, "protocol": old.protocol, "encryption": old.config.encryption, "topology": old.config.topology}
+    after = {"hub": new.hub, "protocol": new.protocol, "encryption": new.config.encryption, "topology": new.config.topology}
     out(
         f"swap: hub {old.hub} -> {new.hub}, protocol {old.protocol} -> {new.protocol}, "
-        f"encryption {old.config.encryption} -> {new.config.encryption}"
+        f"encryption {old.config.encryption} -> {new.config.encryption}, topology {old.config.topology} -> {new.config.topology}"
     )
     snap_before = snapshot(lab)
     a, b = probe_pair(old, new)
@@ -340,9 +341,11 @@ def swap(
     return SwapResult(before, after, applies, apply_seconds, rebuilt, ping, (a, b), files, stale)
 
 
-def run_swap(hub: str | None, protocol: str | None, results: Path, fdb_fix: bool = False, encryption: str | None = None) -> int:
+def run_swap(
+    hub: str | None, protocol: str | None, results: Path, fdb_fix: bool = False, encryption: str | None = None, topology: str | None = None
+) -> int:
     require_root("swap")
-    res = swap(hub, protocol, results, fdb_fix=fdb_fix, encryption=encryption)
+    res = swap(hub, protocol, results, fdb_fix=fdb_fix, encryption=encryption, topology=topology)
     p = res.ping
     print(f"nothing rebuilt: {'yes' if not res.rebuilt else 'NO: ' + ', '.join(res.rebuilt)}")
     print(

@@ -21,10 +21,10 @@ PROJECT: Final = "multicloud-overlay"
 
 Platform = str
 """A name in components/clouds/registry.py (PLATFORMS): every platform's facts are its traits record."""
-Topology = Literal["hub-and-spoke", "point-to-point"]
+Topology = Literal["hub-and-spoke", "full-mesh", "point-to-point"]
 
 PLATFORMS: Final[tuple[Platform, ...]] = tuple(PLATFORM_TRAITS)
-TOPOLOGIES: Final[tuple[Topology, ...]] = ("hub-and-spoke", "point-to-point")
+TOPOLOGIES: Final[tuple[Topology, ...]] = ("hub-and-spoke", "full-mesh", "point-to-point")
 
 # Settings a site may give (in addition to the required ones).
 OPTIONAL_SITE_KEYS: Final[tuple[str, ...]] = (
@@ -348,7 +348,7 @@ def parse_config(raw: Mapping[str, Any]) -> OverlayConfig:
         c.add(
             "topology",
             topology,
-            f"point-to-point joins exactly two sites, the config has {len(names)}: use hub-and-spoke or keep two sites",
+            f"point-to-point joins exactly two sites, the config has {len(names)}: use hub-and-spoke or full-mesh, or keep two sites",
         )
     if v4 is not None and sites:
         blocks = v4.num_addresses // SITE_BLOCK

@@ -148,6 +148,23 @@ class Plan:
     def protocol(self) -> Protocol:
         return self.config.protocol
 
+    def fewer_peers_fix(self, site: str) -> str:
+        """How to give a site's router fewer peer routers (the fix of a rule limit that grows with peers)."""
+        if self.config.topology == "full-mesh":
+            return "use topology hub-and-spoke (a spoke router then has one peer, the hub), or fewer sites"
+        if self.config.topology == "point-to-point":
+            return "point-to-point has one peer: this limit is not about peers"
+        if self.router(site).role == "hub":
+            return "make another site the hub or give this hub fewer peers"
+        return "a spoke has one peer, the hub: this limit is not about peers"
+
+    @property
+    def split_horizon(self) -> bool:
+        """Router tunnels must not forward to each other (full mesh): each is an isolated bridge port, so a frame
+        that came from one peer router never goes out to another, and a flooded frame reaches every router once.
+        A hub forwards between its spokes' tunnels: there it stays off."""
+        return self.config.topology == "full-mesh"
+
     @property
     def encrypted(self) -> bool:
         return self.config.encryption == "ipsec"
@@ -225,7 +242,7 @@ def build_plan(cfg: OverlayConfig) -> Plan:
         wan_ip = _host(site.wan_cidr, 10)
         router_lan = _host(site.lan_cidr, 10)
         client_lan = _host(site.lan_cidr, 20)
-        if cfg.topology == "point-to-point":
+        if cfg.topology in ("point-to-point", "full-mesh"):
             role: Role = "peer"
             peers = [s for s in cfg.sites if s.name != site.name]
         elif site.name == hub.name:
@@ -375,6 +392,8 @@ def _node_doc(
             continue
         remote = t.remote if t.via == "lan" else public_ips[t.peer_site]
         entry: dict[str, Any] = {"name": t.name, "peer": t.peer, "vni": t.vni, "local": t.local, "remote": remote}
+        if plan.split_horizon and t.via == "internet":
+            entry["isolated"] = True
         if plan.encrypted and t.via == "internet":
             entry["esp"] = tunnel_sa(plan, node, t, pair_keys)
         tunnels.append(entry)

@@ -141,6 +141,25 @@ def test_change_touches_no_vm_and_reruns_only_changed_nodes(hub: str, protocol: 
         assert expected == {n.name for n in p_old.nodes}
 
 
+@pytest.mark.parametrize(("start", "end"), [("hub-and-spoke", "full-mesh"), ("full-mesh", "hub-and-spoke")])
+def test_topology_change_touches_no_vm_and_reruns_only_the_routers(start: str, end: str) -> None:
+    """hub-and-spoke <-> full-mesh in place: peer rules and the router pairs' keys come and go, no VM or any other
+    resource changes, and only the routers' pushes run again (a client's config names its own router only)."""
+    before, after = run_cached({**dev_config(DEV["hub"]), "topology": start}), run_cached({**dev_config(DEV["hub"]), "topology": end})
+    old, new = cloud_resources(before), cloud_resources(after)
+    for key in old.keys() & new.keys():
+        if not is_rule(key[1]):
+            assert mask_user_data(old[key].inputs) == mask_user_data(new[key].inputs), f"{key} would change"
+    for key in old.keys() ^ new.keys():
+        assert is_rule(key[1]) or key[0] == "random:index/randomBytes:RandomBytes", f"{key} added or removed"
+    keys_old = {k[1] for k in old if k[0] == "random:index/randomBytes:RandomBytes"}
+    keys_new = {k[1] for k in new if k[0] == "random:index/randomBytes:RandomBytes"}
+    # The pairs both topologies share keep their key (the hub's pairs): their tunnels stay up through the change.
+    assert len(keys_old & keys_new) == len(SITES) - 1 and len(keys_old | keys_new) == len(SITES) * (len(SITES) - 1) // 2
+    d_old, d_new = push_digests(before), push_digests(after)
+    assert {n for n in d_old if d_old[n] != d_new[n]} == {f"{s}-router" for s in SITES}
+
+
 def test_push_sends_the_node_config_and_pins_the_host_key() -> None:
     run = run_cached(dev_config(DEV["hub"]))
     plan = plan_of(dev_config(DEV["hub"]))

@@ -279,6 +279,24 @@ def test_oci_hub_over_120_rules_per_nsg_is_refused_before_any_resource() -> None
     assert run.resources == []
 
 
+def test_a_full_mesh_grows_every_routers_rules_and_is_held_to_the_limit() -> None:
+    """As a spoke of a vSphere hub, an OCI router has one peer; in a full mesh of the same 118 sites it has 117, over
+    its NSG's rule limit: refused before anything exists, with the topology as the fix."""
+    sites = {"oci": ("oci", 1), **{f"v{i}": ("vsphere", i) for i in range(2, 119)}}
+    spoke = stack_with_sites(sites, "v2")
+    assert site_problems(plan_of(spoke), "oci") == []
+    mesh = stack_with_sites(sites, "v2", topology="full-mesh")
+    assert_refused(
+        check_limits(plan_of(mesh)),
+        "oci",
+        "oci",
+        "main NSG of its router oci-router would hold 121 security rules",
+        "117 peer routers",
+        oci_traits.NSG_RULES_MAX.source,
+        "use topology hub-and-spoke (a spoke router then has one peer, the hub), or fewer sites",
+    )
+
+
 def test_oci_regional_quotas_are_refused() -> None:
     plan = plan_of(one_platform("oci", 51))  # 51 VCNs and reserved IPs in eu-frankfurt-1; the hub has 50 peers: fits
     problems = own_problems(check_limits(plan))

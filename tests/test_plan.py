@@ -13,6 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bench.configs import stack_with_sites
+from multicloud_overlay.cloudinit import overlay_node
 from multicloud_overlay.components.stack_file import read_stack_file
 from multicloud_overlay.overlay.config import PLATFORMS, parse_config
 from multicloud_overlay.overlay.encapsulation import ESP_KEY_BYTES, ESP_NATT_OVERHEAD, PAIR_KEY_BYTES, encapsulation_overhead
@@ -20,6 +21,7 @@ from multicloud_overlay.overlay.plan import (
     MissingTunnelKey,
     Plan,
     build_plan,
+    mac_table,
     node_config,
     pair_key_name,
     tunnel_vni,
@@ -108,6 +110,42 @@ def test_point_to_point_peers_each_other() -> None:
     plan = plan_of(raw)
     assert plan.router("aws").role == "peer" and plan.router("gcp").role == "peer"
     assert plan.peer_sites("aws") == ("gcp",) and plan.peer_sites("gcp") == ("aws",)
+
+
+def test_full_mesh_tunnels_every_router_pair_directly_with_split_horizon() -> None:
+    raw = copy.deepcopy(DEV)
+    raw["topology"] = "full-mesh"
+    plan = plan_of(raw)
+    sites = [s.name for s in plan.config.sites]
+    assert plan.split_horizon and not DEV_PLAN.split_horizon
+    for site in sites:
+        router = plan.router(site)
+        assert router.role == "peer" and sorted(plan.peer_sites(site)) == sorted(s for s in sites if s != site)
+        # Every remote MAC is pinned to the direct tunnel toward its site: no frame takes a detour.
+        table = {e["mac"]: e["port"] for e in mac_table(plan, router)}
+        for other in sites:
+            if other != site:
+                port = f"ovl-r{plan.config.site(other).site_id}"
+                assert table[plan.router(other).mac] == port and table[plan.client(other).mac] == port
+        doc = node_config(plan, router.name, {s: f"198.51.100.{plan.config.site(s).site_id}" for s in sites}, pair_keys=mock_pair_keys(plan))
+        # Router tunnels are isolated bridge ports (split horizon); the client tunnel is not (it must reach them all).
+        assert {t["name"]: t.get("isolated", False) for t in doc["tunnels"]} == {
+            t.name: t.via == "internet" for t in router.tunnels
+        }
+        assert overlay_node.validate(doc) == []
+    # Each pair once, the same VNI at both ends (as hub-and-spoke's pairs, so switching topology keeps them).
+    pairs = plan.router_pairs()
+    assert len(pairs) == len(sites) * (len(sites) - 1) // 2
+    hub_vnis = {frozenset((DEV_PLAN.hub, t.peer_site)): t.vni for t in DEV_PLAN.router(DEV_PLAN.hub).tunnels if t.via == "internet"}
+    mesh_vnis = {frozenset((s, t.peer_site)): t.vni for s in sites for t in plan.router(s).tunnels if t.via == "internet"}
+    assert all(mesh_vnis[k] == v for k, v in hub_vnis.items())
+    # Hub-and-spoke configs carry no isolation key: their documents (and digests) are as before.
+    hub_doc = node_config(DEV_PLAN, "aws-router", {s: "198.51.100.1" for s in sites}, pair_keys=mock_pair_keys(DEV_PLAN))
+    assert not any("isolated" in t for t in hub_doc["tunnels"])
+    # The validator refuses a malformed flag.
+    bad = node_config(plan, "aws-router", {s: "198.51.100.1" for s in sites}, pair_keys=mock_pair_keys(plan))
+    bad["tunnels"][0]["isolated"] = "yes"
+    assert any("isolated" in p for p in overlay_node.validate(bad))
 
 
 def test_node_config_uses_public_addresses_for_internet_tunnels_only() -> None:
@@ -215,8 +253,6 @@ def test_plan_is_a_pure_function_of_the_config() -> None:
 
 
 def test_mac_table_pins_every_remote_mac_to_its_tunnel() -> None:
-    from multicloud_overlay.overlay.plan import mac_table
-
     hub, spoke = DEV_PLAN.router("aws"), DEV_PLAN.router("gcp")
     hub_table = {e["mac"]: e["port"] for e in mac_table(DEV_PLAN, hub)}
     spoke_table = {e["mac"]: e["port"] for e in mac_table(DEV_PLAN, spoke)}

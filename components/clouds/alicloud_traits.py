@@ -173,7 +173,7 @@ def site_checks(plan: Plan, site: str, site_rules: SiteRules) -> list[str]:
                 problems.append(
                     f"{where}: the {kind} security group of its {node.kind} {node.name} would hold {len(members)} rules "
                     f"({len(plan.peer_sites(site))} peer routers), over Alibaba's {GROUP_RULES_MAX.value} per security group "
-                    f"({GROUP_RULES_MAX.source}): make another site the hub or give this hub fewer peers"
+                    f"({GROUP_RULES_MAX.source}): {plan.fewer_peers_fix(site)}"
                 )
         if len(packed) > GROUPS_PER_ENI.value:
             problems.append(
@@ -184,7 +184,7 @@ def site_checks(plan: Plan, site: str, site_rules: SiteRules) -> list[str]:
         if total > RULES_PER_ENI_MAX.value:
             problems.append(
                 f"{where}: the {enis} ENI(s) of {node.name} would carry {total} rules over their security groups, over "
-                f"Alibaba's {RULES_PER_ENI_MAX.value} per ENI ({RULES_PER_ENI_MAX.source}): make another site the hub"
+                f"Alibaba's {RULES_PER_ENI_MAX.value} per ENI ({RULES_PER_ENI_MAX.source}): {plan.fewer_peers_fix(site)}"
             )
     pattern = LIMITS.resource_name_pattern
     assert pattern is not None

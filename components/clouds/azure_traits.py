@@ -261,7 +261,7 @@ def site_checks(plan: Plan, site: str, site_rules: SiteRules) -> list[str]:
         if addresses > NSG_ADDRESSES.value:
             problems.append(
                 f"{where}: the NSG of {node.name} would list {addresses} source addresses, over {NSG_ADDRESSES.value} "
-                f"({NSG_ADDRESSES.source}): fewer peers per router"
+                f"({NSG_ADDRESSES.source}): {plan.fewer_peers_fix(site)}"
             )
         try:
             assign_priorities({p.name: p.priority for p in plans})

@@ -153,8 +153,8 @@ def site_checks(plan: Plan, site: str, site_rules: SiteRules) -> list[str]:
                 problems.append(
                     f"{where}: the {group} NSG of its {node.kind} {node.name} would hold {count} security rules "
                     f"({count - EGRESS_RULES[group]} ingress + {EGRESS_RULES[group]} egress; {peers} peer routers), over OCI's "
-                    f"{NSG_RULES_MAX.value} per NSG ({NSG_RULES_MAX.source}): make another site the hub, give this hub fewer "
-                    "peers (hub-and-spoke rather than point-to-point), or request a higher securityrules-per-networksecuritygroup-count"
+                    f"{NSG_RULES_MAX.value} per NSG ({NSG_RULES_MAX.source}): {plan.fewer_peers_fix(site)}, "
+                    "or request a higher securityrules-per-networksecuritygroup-count"
                 )
         if len(counts) > NSGS_PER_VNIC.value:
             problems.append(
