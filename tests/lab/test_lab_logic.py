@@ -193,7 +193,8 @@ def test_edge_does_one_to_one_nat_at_the_site_mtu(plan) -> None:
     assert "-s 10.2.1.10 -j SNAT --to-source 198.51.100.12" in text
     assert "route add 198.51.100.12/32 via" in text
     # The segments are switches: bridged frames cross no iptables in the edge (where br_netfilter is loaded).
-    assert "sysctl -e -qw net.bridge.bridge-nf-call-iptables=0 net.bridge.bridge-nf-call-ip6tables=0" in text
+    assert "/proc/sys/net/bridge/bridge-nf-call-iptables /proc/sys/net/bridge/bridge-nf-call-ip6tables" in text
+    assert 'then echo 0 > "$f"' in text
 
 
 def test_oci_vm_gets_the_image_firewall(plan) -> None:
