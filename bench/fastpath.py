@@ -14,6 +14,8 @@ variants of the same lab, in rotated order within each repetition:
     before        none of the savings (what the node script did before them)
     +notrack, +bridge_nf    one saving alone
     after         all of them (what the node script applies)
+    after+no_rp_filter    a candidate the node script does not apply: no reverse-path check on the routers' NICs
+                  (lab.fastpath.CANDIDATES), measured so that the decision stays checkable
 
 For each variant and repetition: the hub path spoke client -> hub -> spoke client (IPv4, iperf3, with 10 ms pings
 for the RTT under load), the hub's WAN packet rate during that run and the machine's busy cores (/proc/stat), so
@@ -67,6 +69,7 @@ VARIANTS: dict[str, tuple[str, ...]] = {
     "+notrack": ("notrack",),
     "+bridge_nf": ("bridge_nf",),
     "after": fastpath.SAVINGS,
+    "after+no_rp_filter": (*fastpath.SAVINGS, "no_rp_filter"),
 }
 # What each saving removes, as kernel symbols in a perf profile (regular expressions over symbol names).
 COST_SYMBOLS = {
@@ -86,6 +89,7 @@ class Nodes:
         self.nodes = [
             (n.name, self.lab.layout.host(n.name).ns, n.kind == "router", fastpath.stateful_image(n.platform)) for n in self.lab.plan.nodes
         ]
+        self.nics = {n.name: [nic.name for nic in self.lab.layout.host(n.name).nics] for n in self.lab.plan.nodes}
 
     def deployed(self) -> dict[str, dict[str, bool | None]]:
         return {name: fastpath.in_effect(self.lab.sh, ns, router, stateful) for name, ns, router, stateful in self.nodes}
@@ -104,14 +108,15 @@ class Nodes:
 
     def set(self, savings: tuple[str, ...]) -> None:
         """Each saving on or off on every node it applies to."""
-        for _, ns, router, stateful in self.nodes:
+        for name, ns, router, stateful in self.nodes:
             if stateful:
                 fastpath.switch(self.lab.sh, ns, "notrack", "notrack" in savings)
             if router:
                 fastpath.switch(self.lab.sh, ns, "bridge_nf", "bridge_nf" in savings)
+                fastpath.try_candidate(self.lab.sh, ns, "no_rp_filter", self.nics[name], "no_rp_filter" in savings)
 
     def check(self, savings: tuple[str, ...]) -> None:
-        """Every node has exactly `savings` in effect (those that apply to it)."""
+        """Every node has exactly `savings` in effect (those of the node script that apply to it)."""
         for name, states in self.deployed().items():
             wrong = [s for s, on in states.items() if on is not None and on != (s in savings)]
             if wrong:
@@ -264,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
                     for k, x in got.items():
                         samples[v].setdefault(k, []).append(x)
                     progress.step(
-                        f"repeat {rep + 1}/{args.repeat} {v:<11} clients {fmt(got['clients'].get('gbit_s'), '.2f')} Gbit/s "
+                        f"repeat {rep + 1}/{args.repeat} {v:<19} clients {fmt(got['clients'].get('gbit_s'), '.2f')} Gbit/s "
                         f"({got['clients'].get('packets_per_s_per_busy_core')} hub pps/busy core), containers "
                         f"{fmt(got['containers'].get('gbit_s'), '.2f')}, legs {fmt(got['legs'].get('gbit_s'), '.2f')}; "
                         f"hub conntrack after {FLOWS} flows: {got['tracked']}"
@@ -328,13 +333,13 @@ def main(argv: list[str] | None = None) -> int:
         RESULTS / f"{NAME}.png",
     )
     head = (
-        f"{'variant':<11} {'clients':>8} {'x before':>8} {'of legs':>7} {'ctrs':>6} {'x before':>8} {'legs':>6} {'hub pps':>8} {'busy':>5} "
+        f"{'variant':<19} {'clients':>8} {'x before':>8} {'of legs':>7} {'ctrs':>6} {'x before':>8} {'legs':>6} {'hub pps':>8} {'busy':>5} "
         f"{'pps/core':>8} {'x before':>8} {'RTT load':>8} {'ct/flow':>8}"
     )
     print("\n" + head + "\n" + "-" * len(head))
     for r in rows:
         print(
-            f"{r['variant']:<11} {fmt(r['clients_gbit_s'], '8.2f')} {fmt(r['clients_gbit_s_vs_before'], '8.2f')} {fmt(r['clients_ratio_to_legs'], '7.2f')} "
+            f"{r['variant']:<19} {fmt(r['clients_gbit_s'], '8.2f')} {fmt(r['clients_gbit_s_vs_before'], '8.2f')} {fmt(r['clients_ratio_to_legs'], '7.2f')} "
             f"{fmt(r['containers_gbit_s'], '6.2f')} {fmt(r['containers_gbit_s_vs_before'], '8.2f')} {fmt(r['legs_gbit_s'], '6.2f')} "
             f"{fmt(r['hub_wan_packets_per_s'], '8.0f')} {fmt(r['busy_cores'], '5.2f')} {fmt(r['packets_per_s_per_busy_core'], '8.0f')} "
             f"{fmt(r['packets_per_s_per_busy_core_vs_before'], '8.2f')} {fmt(r['loaded_rtt_ms'], '8.3f')} "

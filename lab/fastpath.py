@@ -80,6 +80,21 @@ def switch(sh: Shell, ns: str, saving: str, on: bool) -> None:
         raise ValueError(f"unknown saving {saving!r}: choose among {', '.join(SAVINGS)}")
 
 
+# Measured and not adopted (bench.fastpath keeps measuring it): no reverse-path check on the NICs. The node script
+# sets loose mode (2) for the whole node; with a default route loose mode refuses no source, yet costs a route
+# lookup per received packet (__fib_validate_source).
+CANDIDATES = ("no_rp_filter",)
+RP_FILTER = "net.ipv4.conf.{nic}.rp_filter"
+
+
+def try_candidate(sh: Shell, ns: str, candidate: str, nics: Sequence[str], on: bool) -> None:
+    """Apply a measured-but-not-adopted change by hand (on), or put back what the node script sets (off)."""
+    if candidate != "no_rp_filter":
+        raise ValueError(f"unknown candidate {candidate!r}: choose among {', '.join(CANDIDATES)}")
+    value = "0" if on else "2"
+    sh.ns(ns, ["sysctl", "-qw", *(f"{RP_FILTER.format(nic=n)}={value}" for n in ("all", *nics))])
+
+
 def tracked(sh: Shell, ns: str, port: int, overlay: Sequence[str]) -> dict[str, int]:
     """Connection-tracking entries in a node's namespace now (`conntrack -L`): tunnel datagrams (UDP to `port`)
     and overlay flows (first source address inside one of the `overlay` networks)."""
