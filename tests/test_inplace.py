@@ -105,18 +105,22 @@ def test_every_vm_carries_its_payload_and_ignores_later_changes() -> None:
         assert vm.ignore_changes, f"{vm.type} {vm.name} does not ignore user-data changes"
 
 
+def assert_only_rules_and_pair_keys_change(old: dict[tuple[str, str], Registered], new: dict[tuple[str, str], Registered]) -> None:
+    """Every resource present in both is identical, user-data aside (VMs ignore it), except firewall rules, which
+    may change in place (a new tunnel port): no VM, NIC, address or network is updated or replaced. Resources only
+    come or go as peer-scoped rules and (encryption ipsec) the keys of router pairs."""
+    for key in old.keys() & new.keys():
+        if not is_rule(key[1]):
+            assert mask_user_data(old[key].inputs) == mask_user_data(new[key].inputs), f"{key} would change"
+    for key in old.keys() ^ new.keys():
+        assert is_rule(key[1]) or key[0] == "random:index/randomBytes:RandomBytes", f"{key} added or removed"
+
+
 @pytest.mark.parametrize(("hub", "protocol"), CHANGES, ids=[f"{h}-{p}" for h, p in CHANGES])
 def test_change_touches_no_vm_and_reruns_only_changed_nodes(hub: str, protocol: str) -> None:
     before, after = run_cached(dev_config(DEV["hub"])), run_cached(dev_config(hub, protocol))
     old, new = cloud_resources(before), cloud_resources(after)
-    # Every resource present in both is identical, user-data aside (VMs ignore it), except firewall rules,
-    # which may change in place (a new tunnel port): no VM, NIC, address or network is updated or replaced.
-    for key in old.keys() & new.keys():
-        if not is_rule(key[1]):
-            assert mask_user_data(old[key].inputs) == mask_user_data(new[key].inputs), f"{key} would change"
-    # Resources only come or go as peer-scoped rules and (encryption ipsec) the keys of router pairs.
-    for key in old.keys() ^ new.keys():
-        assert is_rule(key[1]) or key[0] == "random:index/randomBytes:RandomBytes", f"{key} added or removed"
+    assert_only_rules_and_pair_keys_change(old, new)
     new_pairs = {pair_key_name(a, b) for a, b in plan_of(dev_config(hub, protocol)).router_pairs()}
     assert {k[1] for k in new if k[0] == "random:index/randomBytes:RandomBytes"} == {f"ipsec-{p}" for p in new_pairs}
     assert {k for k, r in old.items() if carries_user_data(r)} == {k for k, r in new.items() if carries_user_data(r)}
@@ -147,11 +151,7 @@ def test_topology_change_touches_no_vm_and_reruns_only_the_routers(start: str, e
     resource changes, and only the routers' pushes run again (a client's config names its own router only)."""
     before, after = run_cached({**dev_config(DEV["hub"]), "topology": start}), run_cached({**dev_config(DEV["hub"]), "topology": end})
     old, new = cloud_resources(before), cloud_resources(after)
-    for key in old.keys() & new.keys():
-        if not is_rule(key[1]):
-            assert mask_user_data(old[key].inputs) == mask_user_data(new[key].inputs), f"{key} would change"
-    for key in old.keys() ^ new.keys():
-        assert is_rule(key[1]) or key[0] == "random:index/randomBytes:RandomBytes", f"{key} added or removed"
+    assert_only_rules_and_pair_keys_change(old, new)
     keys_old = {k[1] for k in old if k[0] == "random:index/randomBytes:RandomBytes"}
     keys_new = {k[1] for k in new if k[0] == "random:index/randomBytes:RandomBytes"}
     # The pairs both topologies share keep their key (the hub's pairs): their tunnels stay up through the change.
