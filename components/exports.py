@@ -16,7 +16,6 @@ import pulumi
 
 from multicloud_overlay.components.connectivity import ConnectivityCheck
 from multicloud_overlay.components.site import Site
-from multicloud_overlay.overlay.picture import plan_owners
 from multicloud_overlay.overlay.plan import Plan
 
 CHECK_OFF: Final = "not run (connectivityCheck is false)"
@@ -53,7 +52,7 @@ def connectivity_summary_output(plan: Plan, checks: Mapping[str, ConnectivityChe
     if not checks:
         return CHECK_OFF
     results = pulumi.Output.all(**{router: check.result for router, check in checks.items()})
-    return results.apply(functools.partial(connectivity_summary, plan_owners(plan)))
+    return results.apply(functools.partial(connectivity_summary, plan.address_owners()))
 
 
 def site_overview(plan: Plan, site: str, public_ip: str | None) -> dict[str, Any]:

@@ -19,7 +19,7 @@ from typing import Any, Final
 from lab.state import REPO, LabError, load_raw, stack_path
 from multicloud_overlay.overlay.config import TOPOLOGIES, parse_config
 from multicloud_overlay.overlay.encapsulation import ENCRYPTIONS, PROTOCOLS
-from multicloud_overlay.overlay.picture import UnknownCheckShape, matrix_html, plan_owners, read_connectivity, stamp_svg, topology_dot
+from multicloud_overlay.overlay.picture import UnknownCheckShape, matrix_html, read_connectivity, stamp_svg, topology_dot
 from multicloud_overlay.overlay.plan import Plan, build_plan
 
 DEFAULT_GRAPH_DIR: Final = REPO / "lab-results" / "graph"
@@ -77,7 +77,7 @@ def cmd_matrix(args: argparse.Namespace) -> int:
         doc = json.loads(source.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
         raise LabError(f"{source} is not JSON: {e}") from None
-    owners = plan_owners(stack_plan(args.stack)) if args.stack else None
+    owners = stack_plan(args.stack).address_owners() if args.stack else None
     try:
         matrix = read_connectivity(doc, owners)
     except UnknownCheckShape as e:

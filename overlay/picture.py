@@ -256,11 +256,6 @@ AddressOwners = Mapping[str, str]
 """overlay address -> the name of the node or container that holds it."""
 
 
-def plan_owners(plan: Plan) -> dict[str, str]:
-    """Every overlay address of the plan (IPv4 and IPv6) -> its node's or container's name."""
-    return {address: owner for owner, v4, v6 in plan.overlay_addresses() for address in (v4, v6)}
-
-
 def output_owners(outputs: Mapping[str, Any]) -> dict[str, str]:
     """The same from a stack's full `pulumi stack output --json`: its `nodes` and `containers`."""
     owners: dict[str, str] = {}

@@ -200,6 +200,10 @@ class Plan:
         """Sites whose routers this site's router tunnels with across the internet."""
         return tuple(t.peer_site for t in self.router(site).tunnels if t.via == "internet")
 
+    def address_owners(self) -> dict[str, str]:
+        """Every overlay address (IPv4 and IPv6) -> its node's or container's name."""
+        return {address: owner for owner, v4, v6 in self.overlay_addresses() for address in (v4, v6)}
+
     def overlay_addresses(self) -> list[tuple[str, str, str]]:
         """(owner, ipv4, ipv6) of every node and container."""
         out = [(n.name, n.overlay_ipv4, n.overlay_ipv6) for n in self.nodes]

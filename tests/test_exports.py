@@ -8,7 +8,6 @@ import copy
 
 from multicloud_overlay.components.exports import CHECK_OFF, connectivity_summary, connectivity_summary_output, site_overview
 from multicloud_overlay.components.stack_file import read_stack_file
-from multicloud_overlay.overlay.picture import plan_owners
 from tests.harness import ROOT, plan_of, run_cached
 
 DEV = read_stack_file(ROOT / "Pulumi.dev.yaml")
@@ -51,7 +50,7 @@ def test_a_stack_without_the_check_says_it_was_not_run() -> None:
 
 def test_one_line_per_router_naming_what_did_not_answer() -> None:
     plan = plan_of(DEV)
-    owners = plan_owners(plan)
+    owners = plan.address_owners()
     gcp = plan.client("gcp")
     every = {a: True for a in owners}
     failing = {**every, gcp.overlay_ipv4: False}

@@ -24,7 +24,6 @@ from multicloud_overlay.overlay.config import parse_config
 from multicloud_overlay.overlay.picture import (
     UnknownCheckShape,
     matrix_html,
-    plan_owners,
     read_connectivity,
     stamp_svg,
     svg_stamp,
@@ -276,7 +275,7 @@ def test_the_stacks_connectivity_output_names_addresses_from_the_plan() -> None:
         },
         "core-router": None,
     }
-    matrix = read_connectivity(doc, plan_owners(plan))
+    matrix = read_connectivity(doc, plan.address_owners())
     assert matrix.origin == "stack output connectivity"
     assert (matrix.pings, matrix.passed, matrix.failed, matrix.ok) == (4, 3, 1, False)
     assert matrix.sources == ("core-router", "east-router")
