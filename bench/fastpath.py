@@ -50,6 +50,7 @@ from bench.dataplane import (
     cpu_busy,
     iperf,
     link_packets,
+    perf_top,
     set_wire_mode,
     vm_nics,
 )
@@ -149,18 +150,7 @@ def ratio(xs: list[dict[str, Any]], baseline: list[dict[str, Any]]) -> float | N
 
 def profile_shares(data: Path) -> dict[str, Any]:
     """Share of all samples per COST_SYMBOLS group, and the top symbols."""
-    proc = subprocess.run(
-        ["perf", "report", "-i", str(data), "--stdio", "--sort", "sym", "-q", "--percent-limit", "0.01"],
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=300,
-    )
-    symbols: list[tuple[float, str]] = []
-    for line in proc.stdout.splitlines():
-        parts = line.split()
-        if len(parts) >= 3 and parts[0].endswith("%"):
-            symbols.append((float(parts[0].rstrip("%")), parts[-1]))
+    symbols = perf_top(data, limit=0.01)
     shares = {group: round(sum(p for p, s in symbols if re.search(rx, s)), 2) for group, rx in COST_SYMBOLS.items()}
     return {"shares_pct": shares, "top": symbols[:15]}
 
