@@ -188,8 +188,9 @@ def validate(doc: Any) -> list[str]:
             need("vni", _int(1, 2**24 - 1), "a VNI", t, p)
             need("local", _addr, "an address", t, p)
             need("remote", _addr, "an address", t, p)
-            if not isinstance(t.get("isolated", False), bool):
-                problems.append(f"{p}isolated: {t.get('isolated')!r} is not true or false")
+            for flag in ("isolated", "flood"):
+                if not isinstance(t.get(flag, flag == "flood"), bool):
+                    problems.append(f"{p}{flag}: {t.get(flag)!r} is not true or false")
         names = [t.get("name") for t in tunnels if isinstance(t, dict)]
         if len(set(names)) != len(names):
             problems.append("tunnels: duplicate tunnel names")
@@ -351,7 +352,7 @@ def ensure_addresses(r: Runner, dev: str, wanted: Sequence[str], netns: str | No
 
 
 def ensure_link_state(
-    r: Runner, link: dict[str, Any], mtu: int, master: str | None, mac: str | None = None, netns: str | None = None
+    r: Runner, link: dict[str, Any], mtu: int, master: str | None, mac: str | None = None, netns: str | None = None, up: bool = True
 ) -> None:
     pre = ["ip"] + (["-n", netns] if netns else [])
     name = link["ifname"]
@@ -362,7 +363,7 @@ def ensure_link_state(
         r.change(f"set {where} mtu {mtu}", [*pre, "link", "set", name, "mtu", str(mtu)])
     if master is not None and link.get("master") != master:
         r.change(f"attached {where} to {master}", [*pre, "link", "set", name, "master", master])
-    if "UP" not in link.get("flags", []):
+    if up and "UP" not in link.get("flags", []):
         r.change(f"set {where} up", [*pre, "link", "set", name, "up"])
 
 
@@ -780,7 +781,8 @@ def step_tunnels(r: Runner, doc: dict[str, Any]) -> None:
             r.change(f"created {doc['protocol']} tunnel {name} vni {t['vni']} {t['local']} -> {t['remote']} ({t.get('peer', '?')})", argv)
     current = links(r)
     for name in sorted(wanted):
-        ensure_link_state(r, current[name], doc["mtu"], doc["bridge"]["name"])
+        # A new port joins the bridge down, and comes up only once its flags are set: no frame crosses it before.
+        ensure_link_state(r, current[name], doc["mtu"], doc["bridge"]["name"], up=False)
     for name, link in sorted(links(r).items()):
         if name not in wanted:
             continue
@@ -794,6 +796,18 @@ def step_tunnels(r: Runner, doc: dict[str, Any]) -> None:
         if bool(port.get("isolated", False)) != isolated:
             state = "on" if isolated else "off"
             r.change(f"turned port isolation {state} on {name}", ["ip", "link", "set", name, "type", "bridge_slave", "isolated", state])
+        # Flooding (broadcast, multicast, unknown unicast) goes out of a port unless its entry says "flood": false,
+        # which only a make-before-break phase does (transition): a tunnel that is not yet, or no more, on the
+        # flooding tree. A kernel without the bcast_flood flag (iproute2 shows none) still floods broadcasts out of it.
+        flood = bool(wanted[name].get("flood", True))
+        keys = [k for k in ("flood", "mcast_flood", "bcast_flood") if k in port or k != "bcast_flood"]
+        if any(bool(port.get(k, True)) != flood for k in keys):
+            state = "on" if flood else "off"
+            argv = ["ip", "link", "set", name, "type", "bridge_slave", *(x for k in keys for x in (k, state))]
+            r.change(f"turned flooding {state} on {name}", argv)
+    for name, link in sorted(links(r).items()):
+        if name in wanted:
+            ensure_link_state(r, link, doc["mtu"], doc["bridge"]["name"])
     if any(c.startswith(("removed tunnel", "removed outdated tunnel", "created ")) for c in r.changes[before:]):
         # The tunnels changed (e.g. a new hub): MACs learned on a tunnel that kept its peer may now sit behind
         # another one, and would stay wrong until they age out (300 s) if their owner is quiet. Relearn now.
@@ -973,6 +987,53 @@ def apply(
     return r.changes
 
 
+PHASES = ("prepare", "switch")
+# What a make-before-break change may not touch: with any of these different, the old and new configs cannot run
+# side by side, and the change is made in one step (the final push).
+SIDE_BY_SIDE = ("kind", "protocol", "port", "mtu", "bridge", "lan", "forwarding", "open_host_firewall", "containers", "ipsec")
+
+
+def _tunnel_core(t: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in t.items() if k not in ("isolated", "flood")}
+
+
+def transition(old: dict[str, Any] | None, new: dict[str, Any], phase: str) -> dict[str, Any] | None:
+    """The config a router runs during one phase of a make-before-break change from `old` to `new` (None: the
+    change cannot be made that way, or has nothing to move, and the phase does nothing).
+
+    A hub swap (or a topology change) moves every router's traffic from one set of tunnels to another. Made in one
+    step, a router drops its old tunnels before its peers have the new ones, and traffic stops until all have
+    converged. In phases, pushed to every router in turn:
+    - prepare: old and new tunnels side by side (their keys and firewall rules with them); the MAC table still
+      sends every frame the old way, and only the old tunnels flood;
+    - switch: the MAC table and flooding move to the new tunnels (the new hub first, then the others: any mix of
+      switched and unswitched routers still delivers, through the old hub or the new one);
+    - finish, the plain push: the new config alone; the old tunnels go, and nothing uses them any more.
+    While old and new tunnels coexist, a frame may reach a router from two hubs: only a hub (old or new) relays
+    between tunnels, every other router's tunnels are isolated ports, so the two hubs and their one tunnel are the
+    only path a frame can take twice, and there is no loop.
+    """
+    if old is None or new["kind"] != "router" or any(old.get(k) != new.get(k) for k in SIDE_BY_SIDE):
+        return None
+    old_t = {t["name"]: t for t in old["tunnels"]}
+    new_t = {t["name"]: t for t in new["tunnels"]}
+    if any(_tunnel_core(old_t[n]) != _tunnel_core(new_t[n]) for n in old_t.keys() & new_t.keys()):
+        return None
+    if old == new:
+        return None
+    relay = "hub" in (old.get("role"), new.get("role"))
+    flooding = old_t if phase == "prepare" else new_t
+    tunnels = []
+    for name in [*new_t, *(n for n in old_t if n not in new_t)]:
+        t = {k: v for k, v in (new_t.get(name) or old_t[name]).items() if k not in ("isolated", "flood")}
+        if name.startswith("ovl-r") and not relay:
+            t["isolated"] = True
+        if name not in flooding:
+            t["flood"] = False
+        tunnels.append(t)
+    return {**new, "tunnels": tunnels, "fdb": (old if phase == "prepare" else new).get("fdb", [])}
+
+
 def ping(target: str) -> bool:
     argv = ["ping", "-c", "1", "-W", "2", target]
     if ipaddress.ip_address(target).version == 6 and shutil.which("ping6") and not shutil.which("ping"):
@@ -1099,6 +1160,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for p in (ap, pp):
         p.add_argument("--config", required=True)
         p.add_argument("--state-dir", default="/var/lib/multicloud-overlay")
+    pp.add_argument("--phase", choices=PHASES, help="a make-before-break step towards the config (not installed)")
     vp = sub.add_parser("validate", help="check a config without changing anything")
     vp.add_argument("--config", required=True)
     cp = sub.add_parser("check", help="ping overlay addresses from this node (exit 1 if any is unreachable)")
@@ -1139,6 +1201,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.command != "push":
         return converge(doc, args.state_dir, log)
+    if args.phase:
+        try:
+            installed: dict[str, Any] | None = load(args.config)
+        except Rejected:
+            installed = None
+        step = transition(installed, doc, args.phase)
+        if step is None:
+            log(f"overlay-node: {args.phase}: nothing to do (a one-step change)")
+            return 0
+        problems = validate(step)
+        if problems:
+            print(f"overlay-node: {args.phase}: nothing changed: " + "; ".join(problems), file=sys.stderr)
+            return EXIT_REJECTED
+        log(f"overlay-node: {args.phase}: old and new tunnels side by side, MAC table on the {'old' if args.phase == 'prepare' else 'new'} ones")
+        return converge(step, args.state_dir, log)
     return converge(
         doc,
         args.state_dir,

@@ -29,6 +29,19 @@ DOCKER_DAEMON: Final = "/etc/docker/daemon.json"
 APPLY_COMMAND: Final = (NODE_SCRIPT, "apply", "--config", NODE_CONFIG, "--state-dir", STATE_DIR)
 PUSH_COMMAND: Final = (NODE_SCRIPT, "push", "--config", NODE_CONFIG, "--state-dir", STATE_DIR)
 """Installs the node config read on stdin (validated, atomically, mode 0600) and converges the node to it."""
+PHASES: Final = ("prepare", "switch")
+"""The make-before-break steps a router takes towards a pushed config before the push itself (overlay_node.transition)."""
+
+
+def phase_command(phase: str | None) -> tuple[str, ...]:
+    """The push command of one make-before-break phase (None: the push, which installs the config)."""
+    if phase is None:
+        return PUSH_COMMAND
+    if phase not in PHASES:
+        raise ValueError(f"unknown push phase {phase!r} (one of {', '.join(PHASES)})")
+    return (NODE_SCRIPT, "push", "--phase", phase, "--config", NODE_CONFIG, "--state-dir", STATE_DIR)
+
+
 CHECK_COMMAND: Final = (NODE_SCRIPT, "check", "--json")
 # One login user on every platform, created by the payload itself: no platform's key mechanism (and its key types,
 # its default user: ubuntu, root on Alibaba) is involved. It may run exactly the push and the check as root.
@@ -49,7 +62,8 @@ _SCRIPT_SOURCE: Final = Path(__file__).with_name("overlay_node.py")
 
 @functools.cache
 def node_script() -> str:
-    """The node script as installed: cloudinit/overlay_node.py without its docstrings and comments.
+    """The node script as installed: cloudinit/overlay_node.py without its docstrings (a function's, a class's and
+    the ones under constants: every string that stands alone as a statement) and comments.
 
     Same code (the AST round-trips), about a fifth smaller once compressed: the payload must stay under the
     16 KiB user-data limit of AWS with a hub's tunnel keys in its node config.
@@ -58,9 +72,10 @@ def node_script() -> str:
     tree = ast.parse(source)
     for node in ast.walk(tree):
         if isinstance(node, (ast.Module, ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
-            body = node.body
-            if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant) and isinstance(body[0].value.value, str):
-                node.body = body[1:] or [ast.Pass()]
+            body = [
+                s for s in node.body if not (isinstance(s, ast.Expr) and isinstance(s.value, ast.Constant) and isinstance(s.value.value, str))
+            ]
+            node.body = body or [ast.Pass()]
     return source.splitlines()[0] + "\n" + ast.unparse(tree) + "\n"
 
 
@@ -102,7 +117,8 @@ class SshHostKey:
 
 def sudoers_text() -> str:
     """The login user's sudo rights: the push and the check, nothing else (sudoers matches the arguments too)."""
-    return f"{LOGIN_USER} ALL=(root) NOPASSWD: {shlex.join(PUSH_COMMAND)}, {shlex.join(CHECK_COMMAND)} *\n"
+    pushes = ", ".join(shlex.join(phase_command(p)) for p in (*PHASES, None))
+    return f"{LOGIN_USER} ALL=(root) NOPASSWD: {pushes}, {shlex.join(CHECK_COMMAND)} *\n"
 
 
 def install_packages_command(kind: str) -> list[str]:
@@ -172,13 +188,14 @@ def render_user_data(
     return "#cloud-config\n" + yaml.safe_dump(body, sort_keys=False, width=1_000_000)
 
 
-def push_command() -> str:
+def push_command(phase: str | None = None) -> str:
     """Remote command that installs a new node config from stdin and converges the node in place.
 
     `overlay-node push` waits for cloud-init, validates the config (a refused one is never installed, the node
     keeps its previous one), installs it atomically and applies it: the same path a reboot takes afterwards.
+    With a phase, it takes that make-before-break step towards the config and installs nothing.
     """
-    return f"sudo -n {shlex.join(PUSH_COMMAND)}"
+    return f"sudo -n {shlex.join(phase_command(phase))}"
 
 
 def check_command(targets: list[str], fail_on_unreachable: bool = True) -> str:

@@ -1048,3 +1048,157 @@ def test_the_natt_socket_holder_is_a_systemd_unit_only_in_systemds_own_network_n
         ["unshare", "--net", sys.executable, "-c", PRETEND_SYSTEMD, systemd_ns], capture_output=True, text=True, check=True
     )
     assert other.stdout.strip() == "False", other.stderr
+
+
+# ---------------------------------------------------------------- make-before-break (push --phase prepare|switch)
+
+SWAP_IPS = {"a": "198.51.100.1", "b": "198.51.100.2", "c": "198.51.100.3"}
+
+
+def swap_docs(node: str, old_hub: str = "a", new_hub: str = "b", encryption: str = "none", **top: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    """One router's config before and after a hub swap in a three-site stack (all GCP: the image configures the LAN)."""
+    keys = {"a--b": "ab" * PAIR_KEY_BYTES, "a--c": "ac" * PAIR_KEY_BYTES, "b--c": "bc" * PAIR_KEY_BYTES} if encryption == "ipsec" else None
+    sites = {"a": ("gcp", 1), "b": ("gcp", 2), "c": ("gcp", 3)}
+    docs = []
+    for hub in (old_hub, new_hub):
+        plan = build_plan(parse_config(config_of(sites, hub, encryption=encryption, **top)))
+        docs.append(node_config(plan, node, SWAP_IPS, pair_keys=keys, container_runtime="netns"))
+    return docs[0], docs[1]
+
+
+def ports(doc: dict[str, Any]) -> dict[str, tuple[bool, bool]]:
+    """Tunnel -> (isolated, floods)."""
+    return {t["name"]: (t.get("isolated", False), t.get("flood", True)) for t in doc["tunnels"]}
+
+
+def test_a_spoke_runs_old_and_new_tunnels_side_by_side_and_moves_its_mac_table_at_the_switch() -> None:
+    old, new = swap_docs("c-router")
+    prepare = overlay_node.transition(old, new, "prepare")
+    switch = overlay_node.transition(old, new, "switch")
+    assert prepare is not None and switch is not None
+    assert overlay_node.validate(prepare) == [] and overlay_node.validate(switch) == []
+    # ovl-r1: the old hub a, ovl-r2: the new hub b, ovl-c3: the client. A spoke relays nothing: its router tunnels are
+    # isolated ports. Only the tunnels of the side that carries traffic flood.
+    assert ports(old) == {"ovl-c3": (False, True), "ovl-r1": (False, True)}
+    assert ports(prepare) == {"ovl-c3": (False, True), "ovl-r2": (True, False), "ovl-r1": (True, True)}
+    assert ports(switch) == {"ovl-c3": (False, True), "ovl-r2": (True, True), "ovl-r1": (True, False)}
+    assert prepare["fdb"] == old["fdb"] and switch["fdb"] == new["fdb"] and old["fdb"] != new["fdb"]
+    assert {e["port"] for e in old["fdb"]} == {"ovl-c3", "ovl-r1"} and {e["port"] for e in new["fdb"]} == {"ovl-c3", "ovl-r2"}
+    # Everything but the tunnels and the MAC table is the new config's (identical to the old one's here).
+    assert {k: v for k, v in prepare.items() if k not in ("tunnels", "fdb")} == {k: v for k, v in new.items() if k not in ("tunnels", "fdb")}
+    # The firewall admits both hubs while both tunnels exist.
+    rules = " ".join(overlay_node.firewall_rules(prepare, 4)["OVERLAY-IN"])
+    assert SWAP_IPS["a"] in rules and SWAP_IPS["b"] in rules
+
+
+def test_the_old_and_the_new_hub_relay_during_the_swap() -> None:
+    for node in ("a-router", "b-router"):
+        old, new = swap_docs(node)
+        for phase in overlay_node.PHASES:
+            step = overlay_node.transition(old, new, phase)
+            assert step is not None and overlay_node.validate(step) == []
+            assert not any(isolated for isolated, _ in ports(step).values()), (node, phase)
+    # The new hub b: its tunnels to the other spokes join without flooding, and flood from the switch on.
+    old, new = swap_docs("b-router")
+    assert ports(overlay_node.transition(old, new, "prepare") or {}) == {"ovl-c2": (False, True), "ovl-r1": (False, True), "ovl-r3": (False, False)}
+    assert ports(overlay_node.transition(old, new, "switch") or {}) == {"ovl-c2": (False, True), "ovl-r1": (False, True), "ovl-r3": (False, True)}
+
+
+def test_encrypted_tunnels_keep_their_keys_side_by_side() -> None:
+    old, new = swap_docs("c-router", encryption="ipsec")
+    step = overlay_node.transition(old, new, "prepare")
+    assert step is not None and overlay_node.validate(step) == []
+    esp = {t["name"]: t["esp"] for t in step["tunnels"] if "esp" in t}
+    assert esp == {t["name"]: t["esp"] for t in [*old["tunnels"], *new["tunnels"]] if "esp" in t} and len(esp) == 2
+    assert len(overlay_node._wanted_sas(step)[0]) == 4  # both pairs' SAs, in and out
+
+
+@pytest.mark.parametrize(
+    ("change", "why"),
+    [
+        ({"protocol": "geneve"}, "another protocol: the tunnels are replaced, not added"),
+        ({"mtu": 1300}, "another MTU"),
+        ({"encryption": "ipsec"}, "encryption switched on"),
+        ({}, "the same hub: nothing to move"),
+    ],
+)
+def test_what_cannot_run_side_by_side_is_done_in_one_step(change: dict[str, Any], why: str) -> None:
+    old, _ = swap_docs("c-router")
+    new_hub = "a" if not change else "b"
+    _, new = swap_docs("c-router", new_hub=new_hub, **change)
+    assert overlay_node.transition(old, new, "prepare") is None, why
+    assert overlay_node.transition(None, new, "prepare") is None  # nothing installed yet (a first push)
+    client_old, client_new = swap_docs("c-client")
+    assert overlay_node.transition(client_old, client_new, "prepare") is None  # a client has one tunnel: nothing to move
+
+
+def test_hub_and_spoke_to_full_mesh_goes_through_the_phases() -> None:
+    old, _ = swap_docs("c-router")
+    _, new = swap_docs("c-router", topology="full-mesh")
+    prepare, switch = (overlay_node.transition(old, new, p) for p in overlay_node.PHASES)
+    assert prepare is not None and switch is not None
+    assert ports(prepare) == {"ovl-c3": (False, True), "ovl-r1": (True, True), "ovl-r2": (True, False)}
+    assert ports(switch) == {"ovl-c3": (False, True), "ovl-r1": (True, True), "ovl-r2": (True, True)}
+    assert switch["fdb"] == new["fdb"]
+    # The hub keeps its tunnels and its MAC table either way; only its ports' isolation differs. From a mesh it must
+    # relay from the prepare step on (before any spoke switches to send through it), and into a mesh it relays until
+    # the final push (unswitched spokes still send through it).
+    mesh, hub = swap_docs("a-router", topology="full-mesh")[1], swap_docs("a-router")[0]
+    assert ports(mesh)["ovl-r2"] == (True, True) and ports(hub)["ovl-r2"] == (False, True)
+    for old_doc, new_doc in ((mesh, hub), (hub, mesh)):
+        for phase in overlay_node.PHASES:
+            step = overlay_node.transition(old_doc, new_doc, phase)
+            assert step is not None and not any(isolated for isolated, _ in ports(step).values()), (new_doc["role"], phase)
+
+
+@needs_root
+@pytest.mark.root
+def test_push_phases_add_then_switch_then_remove_and_install_only_at_the_end(tmp_path: Path) -> None:
+    """A spoke's hub swap pushed as the program pushes it, in a throw-away namespace: prepare and switch install
+    nothing and change only what their phase says (tunnels, port flags, MAC table), the final push removes the old
+    tunnel; each step again changes nothing, and a phase after the final push has nothing to do."""
+    old, new = swap_docs("c-router")
+    config, state = tmp_path / "etc" / "node.json", tmp_path / "state"
+    ns = f"t{os.getpid() % 10000}-mbb"
+    sh("ip", "netns", "add", ns)
+    inside = ("nsenter", f"--net=/run/netns/{ns}", "--")
+
+    def run(doc: dict[str, Any], phase: str | None) -> str:
+        argv = [*inside, sys.executable, str(SCRIPT), "push", *(["--phase", phase] if phase else []), "--config", str(config), "--state-dir", str(state)]
+        proc = subprocess.run(argv, input=json.dumps(doc), capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        return proc.stdout
+
+    def kernel() -> tuple[dict[str, tuple[bool, bool]], dict[str, str]]:
+        links = json.loads(sh("ip", "-n", ns, "-d", "-j", "link", "show").stdout)
+        flags = {}
+        for link in links:
+            if link["ifname"].startswith(("ovl-r", "ovl-c")):
+                port = link["linkinfo"]["info_slave_data"]
+                flags[link["ifname"]] = (port["isolated"], port["flood"] and port["mcast_flood"] and port.get("bcast_flood", True))
+        fdb = {
+            e["mac"]: e["ifname"]
+            for e in json.loads(sh("bridge", "-n", ns, "-j", "fdb", "show", "br", "br-overlay").stdout)
+            if e.get("state") == "static"
+        }
+        return flags, fdb
+
+    def planned(doc: dict[str, Any]) -> tuple[dict[str, tuple[bool, bool]], dict[str, str]]:
+        return ports(doc), {e["mac"]: e["port"] for e in doc["fdb"]}
+
+    try:
+        run(old, None)
+        installed = config.read_text()
+        assert kernel() == planned(old)
+        for phase in overlay_node.PHASES:
+            out = run(new, phase)
+            assert f"{phase}: old and new tunnels side by side" in out and "changed:" in out, out
+            assert kernel() == planned(overlay_node.transition(old, new, phase) or {}), phase
+            assert config.read_text() == installed  # the node still boots into the old config
+            assert "no change" in run(new, phase)
+        out = run(new, None)
+        assert "removed tunnel ovl-r1" in out
+        assert kernel() == planned(new) and json.loads(config.read_text()) == new
+        assert "nothing to do" in run(new, "prepare") and "no change" in run(new, None)
+    finally:
+        subprocess.run(["ip", "netns", "del", ns], capture_output=True)

@@ -123,9 +123,11 @@ def test_payload_carries_bootstrap_config_script_unit_and_login(protocol: str, n
     ]
     sudoers = by_path[SUDOERS_PATH]
     assert sudoers.mode == 0o440
+    # The push, its two make-before-break phases (exact argument lists: sudoers matches them) and the check.
+    push = "/usr/local/sbin/overlay-node push {}--config /etc/multicloud-overlay/node.json --state-dir /var/lib/multicloud-overlay"
     assert sudoers.content.decode() == (
-        "overlay ALL=(root) NOPASSWD: /usr/local/sbin/overlay-node push --config /etc/multicloud-overlay/node.json "
-        "--state-dir /var/lib/multicloud-overlay, /usr/local/sbin/overlay-node check --json *\n"
+        f"overlay ALL=(root) NOPASSWD: {push.format('--phase prepare ')}, {push.format('--phase switch ')}, {push.format('')}, "
+        "/usr/local/sbin/overlay-node check --json *\n"
     )
     install = runcmd[0]
     assert install[:2] == ["sh", "-c"] and "apt-get install" in install[2] and "retrying" in install[2]
