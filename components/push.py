@@ -4,13 +4,16 @@ VMs boot with a bootstrap config from their user-data (their own site only, no c
 user-data changes, so a hub swap, a protocol switch, an MTU or container-count change never replaces a VM.
 Each node gets a remote command whose stdin is its full node config and whose `triggers` carry that config's
 digest: it runs once the VM is up (create), and again only when the node's config changed (its `update`, the
-same command). Nothing travels as SSH environment variables: a stock Debian or Ubuntu sshd accepts only
-LANG and LC_* (AcceptEnv), and pulumi-command fails a command whose variables the server refuses.
+same command). A router's change takes two make-before-break steps first, ordered across the stack by
+`order_pushes`: every router prepares (new tunnels beside the old ones), then switches (the new hub first), then
+gets the push itself (old tunnels removed); see overlay_node.transition. Nothing travels as SSH environment
+variables: a stock Debian or Ubuntu sshd accepts only LANG and LC_* (AcceptEnv), and pulumi-command fails a command whose variables the server refuses.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,6 +41,8 @@ class NodeConfigPushArgs:
     """The node's SSH host public key (OpenSSH format): the connection is refused if the node shows another."""
     machine: pulumi.Resource
     """The VM: the push waits for it."""
+    phased: bool = False
+    """Make-before-break (routers): prepare and switch commands before the push."""
 
 
 def connection(host: pulumi.Input[str], private_key: pulumi.Output[str], host_key: pulumi.Input[str]) -> command.remote.ConnectionArgs:
@@ -52,20 +57,54 @@ def connection(host: pulumi.Input[str], private_key: pulumi.Output[str], host_ke
 
 
 class NodeConfigPush(pulumi.ComponentResource):
-    """Installs a node's config and converges the node in place, whenever (and only when) the config changes."""
+    """Installs a node's config and converges the node in place, whenever (and only when) the config changes.
+
+    Built in steps, because the phases of all routers are ordered against each other (order_pushes): the
+    constructor makes the prepare command (phased), `switch` the switch command, `finish` the push itself."""
 
     def __init__(self, name: str, args: NodeConfigPushArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("multicloud-overlay:index:NodeConfigPush", name, None, opts)
-        script = push_command()
+        self.name, self.args = name, args
         self.digest: pulumi.Output[str] = args.doc.apply(config_digest)
-        self.command = command.remote.Command(
-            f"{name}-apply",
-            connection=connection(args.host, args.private_key, args.host_key),
+        self.phases: dict[str, command.remote.Command] = {}
+        if args.phased:
+            self.phases["prepare"] = self._command("prepare", [])
+
+    def _command(self, phase: str | None, after: Sequence[pulumi.Resource]) -> command.remote.Command:
+        script = push_command(phase)
+        return command.remote.Command(
+            f"{self.name}-{phase or 'apply'}",
+            connection=connection(self.args.host, self.args.private_key, self.args.host_key),
             create=script,
             update=script,
-            stdin=args.doc.apply(node_doc_json),
+            stdin=self.args.doc.apply(node_doc_json),
             triggers=[self.digest],
             add_previous_output_in_env=False,  # a stock sshd refuses PULUMI_COMMAND_STDOUT/STDERR (AcceptEnv LANG LC_*)
-            opts=pulumi.ResourceOptions(parent=self, depends_on=[args.machine]),
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[self.args.machine, *after]),
         )
+
+    def switch(self, after: Sequence[pulumi.Resource]) -> None:
+        if self.args.phased:
+            self.phases["switch"] = self._command("switch", after)
+
+    def finish(self, after: Sequence[pulumi.Resource]) -> None:
+        """The push itself (`command`): installs the config and converges the node to it."""
+        self.command = self._command(None, after)
         self.register_outputs({"digest": self.digest, "stdout": self.command.stdout})
+
+
+def order_pushes(pushes: Mapping[str, NodeConfigPush], waves: Sequence[Sequence[str]]) -> None:
+    """Create every switch and push command in make-before-break order: a router switches once every router has
+    prepared and every router of the waves before its own has switched; its push (the last step) waits for every
+    switch. Clients (not phased) push at once. A run in which only some configs changed runs only their commands,
+    in the same order."""
+    prepares = [p.phases["prepare"] for p in pushes.values() if "prepare" in p.phases]
+    switched: list[pulumi.Resource] = []
+    for wave in waves:
+        done = []
+        for node in wave:
+            pushes[node].switch([*prepares, *switched])
+            done += [pushes[node].phases["switch"]] if "switch" in pushes[node].phases else []
+        switched += done
+    for p in pushes.values():
+        p.finish(switched if p.args.phased else [])

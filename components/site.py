@@ -21,7 +21,7 @@ from multicloud_overlay.components.clouds.base import (
 from multicloud_overlay.components.clouds.registry import PLATFORMS
 from multicloud_overlay.components.credentials import TunnelKeys, node_host_key
 from multicloud_overlay.components.limits import node_user_data
-from multicloud_overlay.components.push import NodeConfigPush, NodeConfigPushArgs
+from multicloud_overlay.components.push import NodeConfigPush, NodeConfigPushArgs, order_pushes
 from multicloud_overlay.overlay.config import SiteConfig
 from multicloud_overlay.overlay.plan import Node, Plan, node_config
 from multicloud_overlay.overlay.security import IngressRule, PeerRouter, client_rules, router_rules
@@ -215,7 +215,12 @@ class Site(pulumi.ComponentResource):
             self.pushes[node.name] = NodeConfigPush(
                 f"{node.name}-config",
                 NodeConfigPushArgs(
-                    host=vm.management_ip, doc=doc, private_key=private_key, host_key=self.host_keys[node.name], machine=vm.machine
+                    host=vm.management_ip,
+                    doc=doc,
+                    private_key=private_key,
+                    host_key=self.host_keys[node.name],
+                    machine=vm.machine,
+                    phased=node.kind == "router",
                 ),
                 pulumi.ResourceOptions(parent=vm),
             )
@@ -239,6 +244,8 @@ def deploy_sites(sites: dict[str, Site], private_key: pulumi.Output[str], tunnel
     try:
         for site in sites.values():
             site.deploy(public_ips, private_key, tunnel_keys)
+        plan = next(iter(sites.values())).args.plan
+        order_pushes({n: p for site in sites.values() for n, p in site.pushes.items()}, plan.switch_waves())
     except BaseException as error:
         for site in sites.values():
             site.platform.abandon(error)

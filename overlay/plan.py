@@ -165,6 +165,18 @@ class Plan:
         A hub forwards between its spokes' tunnels: there it stays off."""
         return self.config.topology == "full-mesh"
 
+    def switch_waves(self) -> tuple[tuple[str, ...], ...]:
+        """Routers in the order they switch to new tunnels in a make-before-break change (overlay_node.transition):
+        the hub first, then every other router at once. Any mix of switched and unswitched routers then delivers: an
+        unswitched router still sends through the old hub, which has kept its tunnels; a switched one sends through
+        the new hub, whose MAC table already points every spoke down its own tunnel. Had the old hub switched before
+        the new one, each would send the other's spokes' frames to the other. Without a hub, all at once."""
+        routers = tuple(r.name for r in self.routers())
+        if self.config.topology != "hub-and-spoke":
+            return (routers,)
+        hub = self.router(self.hub).name
+        return ((hub,), tuple(r for r in routers if r != hub))
+
     @property
     def encrypted(self) -> bool:
         return self.config.encryption == "ipsec"

@@ -179,6 +179,33 @@ def test_push_sends_the_node_config_and_pins_the_host_key() -> None:
             assert r.inputs["create"] == push_command()
 
 
+@pytest.mark.parametrize("hub", [DEV["hub"], "gcp"])
+def test_routers_are_pushed_make_before_break_in_order(hub: str) -> None:
+    """Each router gets the prepare and switch steps before its push, with the same config and trigger (they run
+    again together, only when its config changed); every router prepares before any switches, the hub switches
+    before the others, and no router's push (which removes old tunnels) starts before every router has switched."""
+    run = run_cached(dev_config(hub))
+    plan = plan_of(dev_config(hub))
+    by_name = {r.name: r for r in run.of_type(COMMAND)}
+    routers, clients = [r.name for r in plan.routers()], [n.name for n in plan.nodes if n.kind == "client"]
+    steps = {(node, phase): by_name[f"{node}-config-{phase}"] for node in routers for phase in ("prepare", "switch", "apply")}
+    for (node, phase), r in steps.items():
+        assert r.inputs["create"] == r.inputs["update"] == push_command(None if phase == "apply" else phase)
+        assert r.inputs["stdin"] == by_name[f"{node}-config-apply"].inputs["stdin"]
+        assert r.inputs["triggers"] == by_name[f"{node}-config-apply"].inputs["triggers"]
+    for node in clients:
+        assert f"{node}-config-prepare" not in by_name and f"{node}-config-switch" not in by_name
+        assert not {steps[k].urn for k in steps} & set(by_name[f"{node}-config-apply"].depends_on)
+    hub_router = plan.router(hub).name
+    prepares = {steps[(n, "prepare")].urn for n in routers}
+    switches = {steps[(n, "switch")].urn for n in routers}
+    for node in routers:
+        assert prepares <= set(steps[(node, "switch")].depends_on)
+        assert (steps[(hub_router, "switch")].urn in steps[(node, "switch")].depends_on) == (node != hub_router)
+        assert switches <= set(steps[(node, "apply")].depends_on)
+        assert not switches & set(steps[(node, "prepare")].depends_on)
+
+
 def test_connectivity_check_covers_every_address_from_every_router() -> None:
     run = run_cached(dev_config(DEV["hub"]))
     plan = plan_of(dev_config(DEV["hub"]))

@@ -355,3 +355,10 @@ def test_ipsec_rules_admit_nat_t_from_peers_instead_of_the_tunnel_port() -> None
     raw["encryption"] = "none"
     clear = {r.name: r for r in router_rules(plan_of(raw), "aws")}
     assert clear["tunnel-from-gcp"].port == 4789
+
+
+def test_the_hub_switches_first_then_every_other_router() -> None:
+    assert DEV_PLAN.switch_waves() == (("aws-router",), ("azure-router", "gcp-router", "oci-router", "alicloud-router", "vsphere-router"))
+    raw = copy.deepcopy(DEV)
+    raw["topology"] = "full-mesh"
+    assert plan_of(raw).switch_waves() == (tuple(r.name for r in DEV_PLAN.routers()),)
