@@ -72,6 +72,7 @@ def cmd_swap(args: argparse.Namespace) -> int:
         fdb_fix=args.remove_stale_fdb,
         encryption=args.encryption,
         topology=args.topology,
+        one_step=args.one_step,
     )
 
 
@@ -191,6 +192,11 @@ def parser() -> argparse.ArgumentParser:
         "--remove-stale-fdb",
         action="store_true",
         help="also remove MAC entries left pointing down the wrong tunnel (the node script flushes on tunnel changes; this reports any)",
+    )
+    sw.add_argument(
+        "--one-step",
+        action="store_true",
+        help="push every node's new config at once, without the make-before-break steps (to compare: bench.swap_convergence)",
     )
     results(sw)
     sw.set_defaults(func=cmd_swap)

@@ -18,7 +18,7 @@ from typing import Any, Literal, cast
 from lab.shell import SYSTEM_PATH, Shell, in_netns
 from lab.state import CGROUP_PREFIX, LAB_IMAGE, LabState, docker_host, node_dir, node_root
 from lab.topology import map_argv, map_path
-from multicloud_overlay.cloudinit.render import DOCKER_DAEMON, PUSH_COMMAND, read_payload, render_user_data, unit_exec_start
+from multicloud_overlay.cloudinit.render import DOCKER_DAEMON, phase_command, read_payload, render_user_data, unit_exec_start
 from multicloud_overlay.overlay.plan import Plan, bootstrap_config, node_config
 
 Runtime = Literal["docker", "netns"]
@@ -66,6 +66,8 @@ class ApplyResult:
     seconds: float
     changes: int
     output: str
+    phase: str | None = None
+    """The make-before-break phase this run took (None: the push or apply itself)."""
 
 
 def apply(sh: Shell, ns: str, node: str, payload: str, state_dir: Path, is_router: bool, runtime: Runtime) -> ApplyResult:
@@ -73,10 +75,13 @@ def apply(sh: Shell, ns: str, node: str, payload: str, state_dir: Path, is_route
     return _run_node_script(sh, ns, node, unit_exec_start(payload), None, state_dir, is_router, runtime)
 
 
-def push(sh: Shell, ns: str, node: str, doc: dict[str, Any], state_dir: Path, is_router: bool, runtime: Runtime) -> ApplyResult:
-    """The in-place push: the command the program runs over SSH (`overlay-node push`), the node config on stdin."""
+def push(
+    sh: Shell, ns: str, node: str, doc: dict[str, Any], state_dir: Path, is_router: bool, runtime: Runtime, phase: str | None = None
+) -> ApplyResult:
+    """The in-place push: the command the program runs over SSH (`overlay-node push`, or one of its make-before-break
+    phases), the node config on stdin."""
     return _run_node_script(
-        sh, ns, node, list(PUSH_COMMAND), json.dumps(doc, indent=1, sort_keys=True) + "\n", state_dir, is_router, runtime
+        sh, ns, node, list(phase_command(phase)), json.dumps(doc, indent=1, sort_keys=True) + "\n", state_dir, is_router, runtime
     )
 
 

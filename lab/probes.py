@@ -283,6 +283,8 @@ class PingLog:
     """icmp_seq -> receive timestamp (time.time())"""
     transmitted: int = 0
     received: int = 0
+    duplicates: int = 0
+    """Replies ping marked DUP! (a second copy of one echo: a frame delivered twice, or a loop)."""
 
 
 def parse_ping_log(text: str) -> PingLog:
@@ -290,7 +292,10 @@ def parse_ping_log(text: str) -> PingLog:
     log = PingLog()
     for line in text.splitlines():
         m = _REPLY.match(line.strip())
-        if m and "DUP!" not in line:
+        if m and "DUP!" in line:
+            log.duplicates += 1
+            continue
+        if m:
             log.replies.setdefault(int(m["seq"]), float(m["ts"]))
             continue
         s = _TOTALS.search(line)

@@ -9,7 +9,7 @@ import os
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +54,7 @@ def disruption(log: PingLog, interval: float = INTERVAL, apply_started: float | 
     return {
         "sent": log.transmitted,
         "answered": len(log.replies),
+        "duplicates": log.duplicates,
         "lost": len(lost),
         "lost_seqs": lost[:50],
         "outage_ms": round(outage * 1000, 1),
@@ -182,6 +183,31 @@ def snapshot(lab: Lab) -> dict[str, Any]:
     return {"netns": inodes, "containers": containers}
 
 
+Job = tuple[str, str | None]
+
+
+def push_stages(plan: Plan, one_step: bool = False) -> list[list[Job]]:
+    """(node, phase) pushes in the order the program runs them (components/push.py order_pushes), each stage in
+    parallel: the routers' prepare steps with the clients' pushes, the routers' switch steps wave by wave (the hub
+    first), then the routers' pushes. one_step: every node's push at once (the swap before make-before-break)."""
+    if one_step:
+        return [[(n.name, None) for n in plan.nodes]]
+    routers = [r.name for r in plan.routers()]
+    clients = [n.name for n in plan.nodes if n.kind == "client"]
+    return [
+        [*((r, "prepare") for r in routers), *((c, None) for c in clients)],
+        *([(r, "switch") for r in wave] for wave in plan.switch_waves()),
+        [(r, None) for r in routers],
+    ]
+
+
+def stage_name(stage: list[Job]) -> str:
+    phases = sorted({p or "push" for _, p in stage})
+    if phases == ["switch"] and len(stage) == 1:
+        return f"switch {stage[0][0]}"
+    return " + ".join(phases)
+
+
 def probe_pair(old: Plan, new: Plan) -> tuple[str, str]:
     """Two sites that are spokes before and after (their traffic crosses the old hub, then the new one)."""
     hubs = {old.hub, new.hub} if new.config.topology == "hub-and-spoke" else set()
@@ -189,6 +215,15 @@ def probe_pair(old: Plan, new: Plan) -> tuple[str, str]:
     if len(sites) < 2:
         sites = [s.name for s in new.config.sites]
     return sites[0], sites[1]
+
+
+def hub_paths(old: Plan, new: Plan, pair: tuple[str, str]) -> list[tuple[str, str]]:
+    """Besides the spokes' pair: from the old hub's site and from the new hub's site to the pair's second site, whose
+    frames cross the hub's own bridge and the tunnels that come and go (site names; none when the hub stays)."""
+    if (old.hub, old.config.topology) == (new.hub, new.config.topology):
+        return []
+    hubs = [plan.hub for plan in (old, new) if plan.config.topology == "hub-and-spoke"]
+    return [(h, pair[1]) for h in dict.fromkeys(hubs) if h not in pair]
 
 
 @dataclass
@@ -202,10 +237,13 @@ class SwapResult:
     pair: tuple[str, str]
     files: list[Path]
     stale_fdb: list[dict[str, str]] = field(default_factory=list)
+    stages: list[dict[str, Any]] = field(default_factory=list)
+    other_paths: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
-        return all(a.ok for a in self.applies) and not self.rebuilt and bool(self.ping.get("converged"))
+        converged = all(p.get("converged") for p in [self.ping, *self.other_paths])
+        return all(a.ok for a in self.applies) and not self.rebuilt and converged
 
 
 def swap(
@@ -217,6 +255,7 @@ def swap(
     fdb_fix: bool = False,
     encryption: str | None = None,
     topology: str | None = None,
+    one_step: bool = False,
 ) -> SwapResult:
     lab = Lab(state_dir)
     old = lab.plan
@@ -240,6 +279,10 @@ def swap(
     a, b = probe_pair(old, new)
     src, dst = new.client(a), new.client(b)
     pinger = Pinger(dst.overlay_ipv4, lab.node_ns(src.name), state_dir / "swap-ping.log", INTERVAL)
+    others = [(new.client(x), new.client(y)) for x, y in hub_paths(old, new, (a, b))]
+    other_pingers = [
+        Pinger(y.overlay_ipv4, lab.node_ns(x.name), state_dir / f"swap-ping-{i}.log", INTERVAL) for i, (x, y) in enumerate(others)
+    ]
     try:
         time.sleep(0.5)
         configs = {n.name: nodes.lab_node_config(lab.state, new, n.name, dict(lab.layout.public_ips)) for n in new.nodes}
@@ -249,13 +292,23 @@ def swap(
         watcher = StaleFdbWatcher(lab, new, remove=fdb_fix)
         watcher.start()
 
-        def reapply(node: str) -> nodes.ApplyResult:
+        def reapply(job: Job) -> nodes.ApplyResult:
+            node, phase = job
             vm = lab.layout.host(node)
-            return nodes.push(lab.sh, vm.ns, node, configs[node], state_dir, vm.kind == "router", lab.state.containers)  # type: ignore[arg-type]
+            res = nodes.push(lab.sh, vm.ns, node, configs[node], state_dir, vm.kind == "router", lab.state.containers, phase)  # type: ignore[arg-type]
+            return replace(res, phase=phase)
 
+        applies: list[nodes.ApplyResult] = []
+        stages: list[dict[str, Any]] = []
         try:
             with ThreadPoolExecutor(max_workers=len(new.nodes)) as pool:
-                applies = list(pool.map(reapply, [n.name for n in new.nodes]))
+                for stage in push_stages(new, one_step):
+                    s0 = time.monotonic()
+                    done = list(pool.map(reapply, stage))
+                    applies += done
+                    stages.append({"stage": stage_name(stage), "nodes": len(stage), "seconds": round(time.monotonic() - s0, 3)})
+                    if not all(a.ok for a in done):
+                        break  # as the program stops: no later step runs after a failed one
         finally:
             stale = watcher.finish()
         apply_seconds = time.monotonic() - t0
@@ -268,15 +321,23 @@ def swap(
                 f"swap: node script left {len(stale)} learned MAC entries pointing down the wrong tunnel ({', '.join(where)}): "
                 + ("removed them (--remove-stale-fdb)" if fdb_fix else "left in place")
             )
+        per_node: dict[str, int] = {}
+        for res in applies:
+            per_node[res.node] = per_node.get(res.node, 0) + res.changes
         out(
-            f"swap: re-applied {len(applies)} nodes in {apply_seconds:.1f} s "
-            f"({sum(a.changes for a in applies)} changes: " + ", ".join(f"{a.node} {a.changes}" for a in applies if a.changes) + ")"
+            f"swap: {'one step' if one_step else 'make-before-break'}: {len(applies)} pushes to {len(per_node)} nodes in {apply_seconds:.1f} s "
+            "(" + ", ".join(f"{st['stage']} {st['seconds']:.1f} s" for st in stages) + "; "
+            f"{sum(per_node.values())} changes: " + ", ".join(f"{n} {c}" for n, c in per_node.items() if c) + ")"
         )
         time.sleep(SETTLE)
     finally:
         log = pinger.stop()
+        other_logs = [p.stop() for p in other_pingers]
     ping = disruption(log, INTERVAL, apply_started)
     ping["path"] = f"{src.name} -> {dst.name} ({dst.overlay_ipv4})"
+    other_paths = []
+    for (x, y), other_log in zip(others, other_logs, strict=True):
+        other_paths.append({**disruption(other_log, INTERVAL, apply_started), "path": f"{x.name} -> {y.name} ({y.overlay_ipv4})"})
     snap_after = snapshot(lab)
     rebuilt = [f"netns {n}" for n, ino in snap_before["netns"].items() if snap_after["netns"].get(n) != ino]
     rebuilt += [f"container {n}" for n, cid in snap_before["containers"].items() if snap_after["containers"].get(n) != cid]
@@ -286,10 +347,12 @@ def swap(
             "time": time.time(),
             "before": before,
             "after": after,
+            "mode": "one-step" if one_step else "make-before-break",
             "ok": not failed and not rebuilt,
             "apply_seconds": round(apply_seconds, 2),
             "lost": ping.get("lost"),
             "outage_ms": ping.get("outage_ms"),
+            "other_paths_lost": [p.get("lost") for p in other_paths],
         }
     )
     save(lab.state, state_dir)
@@ -315,6 +378,15 @@ def swap(
             bool(ping.get("converged")),
             f"lost {ping.get('lost')} of {ping.get('sent')} pings at {INTERVAL * 1000:.0f} ms, outage {ping.get('outage_ms')} ms",
         ),
+        *(
+            Probe(
+                "swap",
+                f"overlay carries traffic again ({p['path']})",
+                bool(p.get("converged")),
+                f"lost {p.get('lost')} of {p.get('sent')} pings at {INTERVAL * 1000:.0f} ms, outage {p.get('outage_ms')} ms",
+            )
+            for p in other_paths
+        ),
     ]
     results_dir.mkdir(parents=True, exist_ok=True)
     files = [results_dir / f"{stem}.json", results_dir / f"{stem}.xml"]
@@ -323,10 +395,13 @@ def swap(
             {
                 "before": before,
                 "after": after,
+                "mode": "one-step" if one_step else "make-before-break",
+                "stages": stages,
                 "apply_seconds": round(apply_seconds, 2),
                 "applies": [{k: v for k, v in asdict(a).items() if k != "output"} for a in applies],
                 "rebuilt": rebuilt,
                 "ping": ping,
+                "other_paths": other_paths,
                 "stale_fdb_removed": stale,
                 "fdb_fix": fdb_fix,
                 "snapshot_before": snap_before,
@@ -338,19 +413,27 @@ def swap(
         encoding="utf-8",
     )
     files[1].write_text(to_junit([], probes), encoding="utf-8")
-    return SwapResult(before, after, applies, apply_seconds, rebuilt, ping, (a, b), files, stale)
+    return SwapResult(before, after, applies, apply_seconds, rebuilt, ping, (a, b), files, stale, stages, other_paths)
 
 
 def run_swap(
-    hub: str | None, protocol: str | None, results: Path, fdb_fix: bool = False, encryption: str | None = None, topology: str | None = None
+    hub: str | None,
+    protocol: str | None,
+    results: Path,
+    fdb_fix: bool = False,
+    encryption: str | None = None,
+    topology: str | None = None,
+    one_step: bool = False,
 ) -> int:
     require_root("swap")
-    res = swap(hub, protocol, results, fdb_fix=fdb_fix, encryption=encryption, topology=topology)
+    res = swap(hub, protocol, results, fdb_fix=fdb_fix, encryption=encryption, topology=topology, one_step=one_step)
     p = res.ping
     print(f"nothing rebuilt: {'yes' if not res.rebuilt else 'NO: ' + ', '.join(res.rebuilt)}")
     print(
         f"convergence ({p['path']}, ping every {INTERVAL * 1000:.0f} ms): lost {p['lost']} of {p['sent']}, "
         f"outage {p['outage_ms']} ms, traffic flowing {p['converged_after_s']} s after the re-apply started"
     )
+    for o in res.other_paths:
+        print(f"  and {o['path']}: lost {o['lost']} of {o['sent']}, outage {o['outage_ms']} ms")
     print(f"results: {', '.join(str(f) for f in res.files)}; next: {lab_command('check')}")
     return 0 if res.ok else 1

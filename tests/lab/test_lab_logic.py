@@ -19,7 +19,7 @@ from lab.check import endpoints, spoke_pair
 from lab.probes import parse_ping_lines, parse_ping_log, ping_script
 from lab.report import PingResult, Probe, cell, matrix_text, summary, to_json, to_junit
 from lab.state import LAB_IMAGE, LabError, lab_plan, load_raw, stack_path, stack_reference
-from lab.swap import disruption, mac_site, probe_pair, stale_fdb
+from lab.swap import disruption, hub_paths, mac_site, probe_pair, push_stages, stage_name, stale_fdb
 from lab.topology import build_layout, container_names, map_argv, map_path, public_addresses, transit_pair
 from multicloud_overlay.cloudinit.render import NODE_CONFIG, NODE_SCRIPT, UNIT_PATH, render_user_data, unit_exec_start
 from multicloud_overlay.components.stack_file import read_stack_file
@@ -354,8 +354,25 @@ def test_ping_log_disruption() -> None:
     assert sorted(log.replies) == [1, 2, 5, 6] and (log.transmitted, log.received) == (7, 4)
     d = disruption(log, 0.01, apply_started=1000.005)
     assert d["lost"] == 2 and d["lost_seqs"] == [3, 4]  # seq 7, unanswered when ping stopped, is not a loss
+    assert log.duplicates == 1 and d["duplicates"] == 1
     assert d["outage_ms"] == pytest.approx(35.0) and d["converged_after_s"] == pytest.approx(0.04)
     assert disruption(parse_ping_log(""))["converged"] is False
+
+
+def test_swap_pushes_in_the_programs_order_and_probes_through_both_hubs() -> None:
+    old, new = lab_plan(load_raw("dev", None, {})), lab_plan(load_raw("dev", None, {"hub": "gcp"}))
+    routers = [r.name for r in new.routers()]
+    stages = push_stages(new)
+    assert stages[0] == [*((r, "prepare") for r in routers), *((n.name, None) for n in new.nodes if n.kind == "client")]
+    assert stages[1] == [("gcp-router", "switch")]
+    assert stages[2] == [(r, "switch") for r in routers if r != "gcp-router"]
+    assert stages[3] == [(r, None) for r in routers]
+    assert [stage_name(s) for s in stages] == ["prepare + push", "switch gcp-router", "switch", "push"]
+    assert push_stages(new, one_step=True) == [[(n.name, None) for n in new.nodes]]
+    pair = probe_pair(old, new)
+    assert "aws" not in pair and "gcp" not in pair
+    assert hub_paths(old, new, pair) == [("aws", pair[1]), ("gcp", pair[1])]
+    assert hub_paths(old, old, pair) == []
 
 
 def test_stale_fdb_entries_after_a_hub_change(raw: dict[str, Any]) -> None:
