@@ -1,13 +1,16 @@
-"""How fast the overlay converges when the hub moves, per new hub site, in the lab.
+"""How much traffic a hub swap loses, make-before-break against one step, per new hub site, in the lab.
 
 Brings up the dev stack with VXLAN, then walks the hub round the sites: each swap is
-`python -m lab swap --hub X --results DIR` (the lab re-applies every node in place while a client pings another
-client every 10 ms across the overlay; its JSON gives lost pings, the outage and when traffic flowed again after the
-re-apply started), followed by a full `python -m lab check` recorded as pass/fail. A round visits every site once and
-ends back at the stack's hub; rounds alternate direction so that each site is reached from different previous hubs
-(swaps are interleaved across sites, not repeated back to back). The report gives medians per new hub.
+`python -m lab swap --hub X --results DIR` (the program's order: every router prepares, the new hub switches, then
+the others, then every router gets its push) or, alternately, the same with `--one-step` (every node's push at
+once, the swap before make-before-break), while clients ping every 10 ms across the overlay: two spokes' clients,
+and the old and the new hub's clients to the second of them. Its JSON gives lost pings, the outage, duplicate
+replies and when traffic flowed again after the re-apply started; a full `python -m lab check` follows, recorded
+as pass/fail. A round visits every site once and ends back at the stack's hub; rounds alternate direction, and the
+mode alternates swap by swap (flipping each round), so both modes see every new hub and the same noise. The report
+gives medians per mode and per new hub.
 
-    sudo .venv/bin/python -m bench.swap_convergence [--rounds 3]
+    .venv/bin/python -m bench.swap_convergence [--rounds 2]
 
 Writes bench/results/swap_convergence.json and .png (per-swap lab outputs under bench/results/swap_convergence/).
 """
@@ -45,12 +48,22 @@ def read_json(path: Path) -> dict[str, Any] | None:
         return None
 
 
-def one_swap(i: int, rnd: int, old: str, new: str, protocol: str, out_dir: Path, log: Path) -> dict[str, Any]:
-    d = out_dir / f"{i:02d}-r{rnd + 1}-{old}-to-{new}"
+MODES = ("make-before-break", "one-step")
+
+
+def swap_mode(i: int, rnd: int) -> str:
+    """Swap i (from 1) of round rnd (from 0): modes alternate, and flip each round, so that a round of an even number
+    of swaps still gives each new hub both modes over two rounds."""
+    return MODES[(i + rnd) % 2]
+
+
+def one_swap(i: int, rnd: int, old: str, new: str, protocol: str, out_dir: Path, log: Path, mode: str = MODES[0]) -> dict[str, Any]:
+    d = out_dir / f"{i:02d}-r{rnd + 1}-{old}-to-{new}-{mode}"
     shutil.rmtree(d, ignore_errors=True)
-    sw = lab(["swap", "--hub", new, "--results", str(d)], log=log)
+    sw = lab(["swap", "--hub", new, "--results", str(d), *(["--one-step"] if mode == "one-step" else [])], log=log)
     doc = read_json(d / f"swap-{new}-{protocol}.json") or {}
     ping = doc.get("ping", {})
+    paths = [ping, *doc.get("other_paths", [])]
     ck = lab(["check", "--results", str(d)], log=log)
     check_doc = read_json(d / "check.json") or {}
     summary = check_doc.get("summary", {})
@@ -59,6 +72,7 @@ def one_swap(i: int, rnd: int, old: str, new: str, protocol: str, out_dir: Path,
         "round": rnd + 1,
         "from": old,
         "to": new,
+        "mode": mode,
         "swap_ok": sw.ok,
         "swap_wall_s": round(sw.seconds, 2),
         "apply_seconds": doc.get("apply_seconds"),
@@ -69,6 +83,11 @@ def one_swap(i: int, rnd: int, old: str, new: str, protocol: str, out_dir: Path,
         "converged_after_s": ping.get("converged_after_s"),
         "converged": ping.get("converged"),
         "probe_path": ping.get("path"),
+        "paths": len(paths),
+        "lost_all_paths": sum(p.get("lost") or 0 for p in paths) if ping else None,
+        "outage_ms_worst_path": max((p.get("outage_ms") or 0 for p in paths), default=None) if ping else None,
+        "duplicates": sum(p.get("duplicates") or 0 for p in paths) if ping else None,
+        "stages": doc.get("stages"),
         "rebuilt": doc.get("rebuilt"),
         "stale_fdb": len(doc.get("stale_fdb_removed") or []),
         "applied": bool(doc.get("applies")) and all(a.get("ok") for a in doc["applies"]),
@@ -81,36 +100,63 @@ def one_swap(i: int, rnd: int, old: str, new: str, protocol: str, out_dir: Path,
 
 def summarise(sites: list[str], swaps: list[dict[str, Any]]) -> list[dict[str, Any]]:
     rows = []
-    for s in sites:
-        xs = [x for x in swaps if x["to"] == s]
-        if not xs:
-            continue
-        rows.append(
-            {
-                "new_hub": s,
-                "swaps": len(xs),
-                "from": [x["from"] for x in xs],
-                "lost_median": median([x["lost"] for x in xs]),
-                "outage_ms_median": median([x["outage_ms"] for x in xs]),
-                "outage_ms_max": max((x["outage_ms"] for x in xs if x["outage_ms"] is not None), default=None),
-                "converged_after_s_median": median([x["converged_after_s"] for x in xs]),
-                "apply_seconds_median": median([x["apply_seconds"] for x in xs]),
-                "swap_ok": sum(1 for x in xs if x["swap_ok"]),
-                "check_pass": sum(1 for x in xs if x["check_pass"]),
-                "check_wall_s_median": median([x["check_wall_s"] for x in xs]),
-            }
-        )
+    for mode in MODES:
+        for s in sites:
+            xs = [x for x in swaps if x["to"] == s and x.get("mode", MODES[0]) == mode]
+            if not xs:
+                continue
+            rows.append(
+                {
+                    "mode": mode,
+                    "new_hub": s,
+                    "swaps": len(xs),
+                    "from": [x["from"] for x in xs],
+                    "lost_median": median([x["lost"] for x in xs]),
+                    "lost_all_paths_max": max((x["lost_all_paths"] for x in xs if x.get("lost_all_paths") is not None), default=None),
+                    "outage_ms_median": median([x["outage_ms"] for x in xs]),
+                    "outage_ms_max": max((x["outage_ms_worst_path"] for x in xs if x.get("outage_ms_worst_path") is not None), default=None),
+                    "duplicates": sum(x.get("duplicates") or 0 for x in xs),
+                    "converged_after_s_median": median([x["converged_after_s"] for x in xs]),
+                    "apply_seconds_median": median([x["apply_seconds"] for x in xs]),
+                    "swap_ok": sum(1 for x in xs if x["swap_ok"]),
+                    "check_pass": sum(1 for x in xs if x["check_pass"]),
+                    "check_wall_s_median": median([x["check_wall_s"] for x in xs]),
+                }
+            )
     return rows
 
 
+def per_mode(swaps: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Every swap of a mode together: medians and worst cases over all new hubs."""
+    out = {}
+    for mode in MODES:
+        xs = [x for x in swaps if x.get("mode", MODES[0]) == mode]
+        if xs:
+            out[mode] = {
+                "swaps": len(xs),
+                "lost_median": median([x["lost"] for x in xs]),
+                "lost_all_paths_total": sum(x.get("lost_all_paths") or 0 for x in xs),
+                "outage_ms_median": median([x["outage_ms"] for x in xs]),
+                "outage_ms_worst": max((x["outage_ms_worst_path"] for x in xs if x.get("outage_ms_worst_path") is not None), default=None),
+                "duplicates": sum(x.get("duplicates") or 0 for x in xs),
+                "apply_seconds_median": median([x["apply_seconds"] for x in xs]),
+                "swap_ok": sum(1 for x in xs if x["swap_ok"]),
+                "check_pass": sum(1 for x in xs if x["check_pass"]),
+            }
+    return out
+
+
 def table(rows: list[dict[str, Any]]) -> str:
-    head = f"{'new hub':<10} {'n':>2} {'lost':>5} {'outage ms':>9} {'max ms':>7} {'flow after s':>12} {'apply s':>7} {'swap ok':>7} {'check':>6}"
+    head = (
+        f"{'mode':<17} {'new hub':<9} {'n':>2} {'lost':>5} {'all max':>7} {'outage ms':>9} {'worst ms':>8} {'dup':>4} "
+        f"{'apply s':>7} {'swap ok':>7} {'check':>6}"
+    )
     lines = [head, "-" * len(head)]
     for r in rows:
         lines.append(
-            f"{r['new_hub']:<10} {r['swaps']:>2} {fmt(r['lost_median'], '5.0f')} {fmt(r['outage_ms_median'], '9.0f')} "
-            f"{fmt(r['outage_ms_max'], '7.0f')} {fmt(r['converged_after_s_median'], '12.2f')} {fmt(r['apply_seconds_median'], '7.2f')} "
-            f"{r['swap_ok']:>4}/{r['swaps']:<2} {r['check_pass']:>3}/{r['swaps']:<2}"
+            f"{r['mode']:<17} {r['new_hub']:<9} {r['swaps']:>2} {fmt(r['lost_median'], '5.0f')} {fmt(r['lost_all_paths_max'], '7.0f')} "
+            f"{fmt(r['outage_ms_median'], '9.0f')} {fmt(r['outage_ms_max'], '8.0f')} {r['duplicates']:>4} "
+            f"{fmt(r['apply_seconds_median'], '7.2f')} {r['swap_ok']:>4}/{r['swaps']:<2} {r['check_pass']:>3}/{r['swaps']:<2}"
         )
     return "\n".join(lines)
 
@@ -122,13 +168,13 @@ def chart(rows: list[dict[str, Any]], swaps: list[dict[str, Any]], title: str, p
     import matplotlib.pyplot as plt
 
     fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
-    sites = [r["new_hub"] for r in rows]
+    sites = list(dict.fromkeys(r["new_hub"] for r in rows))
     pos = {s: i for i, s in enumerate(sites)}
-    for ax, key, label in ((a, "outage_ms", "outage (ms, 10 ms pings)"), (b, "converged_after_s", "traffic flowing again after (s)")):
-        xs = [pos[x["to"]] for x in swaps if x.get(key) is not None]
-        ys = [x[key] for x in swaps if x.get(key) is not None]
-        ax.scatter(xs, ys, alpha=0.5, label="each swap")
-        ax.plot(range(len(sites)), [r[f"{key}_median"] or 0 for r in rows], "D", color="black", label="median")
+    for ax, key, label in ((a, "outage_ms_worst_path", "worst outage of the probed paths (ms, 10 ms pings)"), (b, "apply_seconds", "pushes took (s)")):
+        for k, mode in enumerate(MODES):
+            xs = [pos[x["to"]] + (k - 0.5) * 0.2 for x in swaps if x.get(key) is not None and x.get("mode") == mode]
+            ys = [x[key] for x in swaps if x.get(key) is not None and x.get("mode") == mode]
+            ax.scatter(xs, ys, alpha=0.6, label=mode)
         ax.set_xticks(range(len(sites)), sites)
         ax.set_xlabel("new hub")
         ax.set_ylabel(label)
@@ -156,11 +202,14 @@ def report(
         "swaps_planned": planned,
         "initial": initial,
         "method": (
-            "per swap: `python -m lab swap --hub X --results DIR` (10 ms ping between two clients that are spokes before "
-            "and after; outage_ms = time between the last reply before the first loss and the first reply after the last "
-            "loss; converged_after_s = first reply after the last loss minus the start of the re-apply), then "
-            "`python -m lab check --results DIR` (all-pairs IPv4+IPv6 ping, MTU probes, hub transit) as pass/fail"
+            "per swap: `python -m lab swap --hub X --results DIR` (make-before-break) or with `--one-step`, modes "
+            "alternating; 10 ms pings between two clients that are spokes before and after (lost, outage_ms, "
+            "converged_after_s), and from the old and the new hub's clients to the second of them (lost_all_paths, "
+            "outage_ms_worst_path, duplicates: over every probed path); outage_ms = time between the last reply before the "
+            "first loss and the first reply after the last loss; then `python -m lab check --results DIR` (all-pairs "
+            "IPv4+IPv6 ping, MTU probes, hub transit) as pass/fail"
         ),
+        "modes": per_mode(swaps),
         "rows": summarise(sites, swaps),
         "swaps": swaps,
         "wall_seconds": round(time.monotonic() - started, 1),
@@ -169,7 +218,7 @@ def report(
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--rounds", type=int, default=3, help="swaps per site (default 3)")
+    parser.add_argument("--rounds", type=int, default=2, help="swaps per site, modes alternating (default 2: each site once in each mode)")
     parser.add_argument("--stack", default="dev")
     parser.add_argument("--protocol", default="vxlan", choices=("vxlan", "geneve"))
     args = parser.parse_args(argv)
@@ -200,12 +249,14 @@ def main(argv: list[str] | None = None) -> int:
         progress.step(f"lab up in {up.seconds:.1f} s, hub {hub}; initial check {'PASS' if ck.ok else 'FAIL'} ({ck.seconds:.1f} s)")
         per_round = len(walk) // max(1, args.rounds)
         for i, new in enumerate(walk, 1):
-            progress.status(f"swap {i}/{len(walk)}: hub {hub} -> {new}")
-            x = one_swap(i, (i - 1) // per_round, hub, new, args.protocol, out_dir, log)
+            rnd = (i - 1) // per_round
+            mode = swap_mode(i, rnd)
+            progress.status(f"swap {i}/{len(walk)}: hub {hub} -> {new} ({mode})")
+            x = one_swap(i, rnd, hub, new, args.protocol, out_dir, log, mode)
             swaps.append(x)
             write_json(NAME, report(args, sites, initial, swaps, started))  # partial results survive an interruption
             progress.step(
-                f"{hub:>8} -> {new:<8} lost {fmt(x['lost'], '.0f'):>4}  outage {fmt(x['outage_ms'], '.0f'):>5} ms  "
+                f"{hub:>8} -> {new:<8} {mode:<17} lost {fmt(x['lost_all_paths'], '.0f'):>4}  worst outage {fmt(x['outage_ms_worst_path'], '.0f'):>5} ms  "
                 f"flowing after {fmt(x['converged_after_s'], '.2f')} s  apply {fmt(x['apply_seconds'], '.2f')} s  "
                 f"swap {'ok' if x['swap_ok'] else 'FAILED'}  check {'PASS' if x['check_pass'] else 'FAIL'} ({x['check_wall_s']:.0f} s)"
             )
@@ -226,6 +277,12 @@ def main(argv: list[str] | None = None) -> int:
         chart(doc["rows"], swaps, title + ("" if doc["complete"] else " (PARTIAL)"), RESULTS / f"{NAME}.png")
     print()
     print(table(doc["rows"]))
+    for mode, m_ in doc["modes"].items():
+        print(
+            f"{mode}: {m_['swaps']} swaps, pings lost on all probed paths {m_['lost_all_paths_total']}, median outage "
+            f"{fmt(m_['outage_ms_median'], '.0f')} ms (worst {fmt(m_['outage_ms_worst'], '.0f')} ms), {m_['duplicates']} duplicate replies, "
+            f"pushes {fmt(m_['apply_seconds_median'], '.2f')} s"
+        )
     print(f"\ntook {doc['wall_seconds']} s ({'complete' if doc['complete'] else 'PARTIAL'}); wrote {path} and {NAME}.png")
     return 0 if doc["complete"] and all(x["swap_ok"] and x["check_pass"] for x in swaps) else 1
 

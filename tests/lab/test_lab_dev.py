@@ -144,12 +144,23 @@ def test_full_matrix_mtu_and_hub_transit(dev_lab: dict[str, object], tmp_path: P
     assert junit.get("tests") == str(1740 + 5) and junit.get("failures") == "0"
 
 
-@pytest.mark.parametrize("hub", ["gcp", "oci"])
-def test_hub_swap_in_place(dev_lab: dict[str, object], tmp_path: Path, hub: str) -> None:
-    proc = lab("swap", "--hub", hub, "--results", str(tmp_path))
+@pytest.mark.parametrize(("hub", "mode"), [("gcp", "make-before-break"), ("oci", "one-step"), ("aws", "make-before-break")])
+def test_hub_swap_in_place(dev_lab: dict[str, object], tmp_path: Path, hub: str, mode: str) -> None:
+    """A hub swap as the program pushes it (make-before-break) loses no ping on any probed path: two spokes' clients,
+    and from the old and the new hub's clients; no reply comes twice. The one-step swap (every push at once) is the
+    counter-test: the same probes see its outage."""
+    proc = lab("swap", "--hub", hub, "--results", str(tmp_path), *(["--one-step"] if mode == "one-step" else []))
     assert proc.returncode == 0, proc.stdout + proc.stderr
     doc = json.loads((tmp_path / f"swap-{hub}-vxlan.json").read_text())
-    assert doc["after"]["hub"] == hub
+    assert doc["after"]["hub"] == hub and doc["mode"] == mode
+    paths = [doc["ping"], *doc["other_paths"]]
+    assert len(paths) == 3, [p["path"] for p in paths]  # spoke to spoke, old hub's site and new hub's site to a spoke
+    if mode == "make-before-break":
+        assert [s["stage"] for s in doc["stages"]] == ["prepare + push", f"switch {hub}-router", "switch", "push"]
+        assert [(p["lost"], p["duplicates"]) for p in paths] == [(0, 0)] * 3, paths
+    else:
+        assert [s["stage"] for s in doc["stages"]] == ["push"]
+        assert all(p["lost"] > 0 for p in paths), paths
     assert doc["rebuilt"] == []
     assert doc["fdb_fix"] is False and doc["stale_fdb_removed"] == [], "the node script must leave no MAC behind a dead-end tunnel"
     assert doc["snapshot_before"]["netns"] == doc["snapshot_after"]["netns"]

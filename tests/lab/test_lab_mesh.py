@@ -83,11 +83,16 @@ def test_router_tunnels_are_isolated_ports_and_savings_hold(mesh: Path) -> None:
 
 
 def test_switch_to_hub_and_spoke_and_back_in_place(mesh: Path, tmp_path: Path) -> None:
-    """The topology changes by pushing the new configs to the running nodes (what `pulumi up` does): isolation
-    comes off for the hub, spoke-to-spoke traffic crosses it, and back to the mesh; the matrix passes each time."""
+    """The topology changes by pushing the new configs to the running nodes in the program's make-before-break
+    order (what `pulumi up` does): isolation comes off for the hub before any spoke sends through it, spoke-to-spoke
+    traffic crosses it, and back to the mesh; no probed ping is lost either way, the matrix passes each time."""
     for topology, hub_suite in (("hub-and-spoke", "hub-transit"), ("full-mesh", "direct-path")):
         proc = lab("swap", "--topology", topology, "--results", str(tmp_path / topology))
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+        (swapped,) = (tmp_path / topology).glob("swap-*.json")
+        swap_doc = json.loads(swapped.read_text())
+        pings = [(p["path"], p["lost"], p["duplicates"]) for p in [swap_doc["ping"], *swap_doc["other_paths"]]]
+        assert all(lost == 0 and dup == 0 for _, lost, dup in pings), pings
         doc = check(tmp_path / topology)
         assert doc["topology"] == topology
         (probe,) = [p for p in doc["probes"] if p["suite"] == hub_suite]
