@@ -62,11 +62,12 @@ _SCRIPT_SOURCE: Final = Path(__file__).with_name("overlay_node.py")
 
 @functools.cache
 def node_script() -> str:
-    """The node script as installed: cloudinit/overlay_node.py without its docstrings (a function's, a class's and
-    the ones under constants: every string that stands alone as a statement) and comments.
+    """The node script as installed: cloudinit/overlay_node.py without what Python does not run (comments, the
+    strings that stand alone as statements: docstrings, also under constants; type annotations of functions and of
+    local variables) and with one space per indentation level.
 
-    Same code (the AST round-trips), about a fifth smaller once compressed: the payload must stay under the
-    16 KiB user-data limit of AWS with a hub's tunnel keys in its node config.
+    The same program (the code's AST, annotations apart), about a quarter smaller once compressed: the payload must
+    stay under AWS's 16 KiB user-data limit (tests/test_limits.py, with the most containers a router may run).
     """
     source = _SCRIPT_SOURCE.read_text(encoding="utf-8")
     tree = ast.parse(source)
@@ -76,7 +77,29 @@ def node_script() -> str:
                 s for s in node.body if not (isinstance(s, ast.Expr) and isinstance(s.value, ast.Constant) and isinstance(s.value.value, str))
             ]
             node.body = body or [ast.Pass()]
-    return source.splitlines()[0] + "\n" + ast.unparse(tree) + "\n"
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            args = node.args
+            for arg in [*args.posonlyargs, *args.args, *args.kwonlyargs, *filter(None, (args.vararg, args.kwarg))]:
+                arg.annotation = None
+            node.returns = None
+    tree = _Unannotate().visit(tree)
+    # ast.unparse writes every string on one line, so each leading run of spaces is indentation (4 per level).
+    lines = ast.unparse(tree).splitlines()
+    body = "\n".join(" " * ((len(line) - len(line.lstrip(" "))) // 4) + line.lstrip(" ") for line in lines)
+    return source.splitlines()[0] + "\n" + body + "\n"
+
+
+class _Unannotate(ast.NodeTransformer):
+    """`x: T = v` -> `x = v` and a bare `x: T` -> `pass`, outside class bodies (where a dataclass would read them)."""
+
+    def visit_ClassDef(self, node: ast.ClassDef) -> ast.ClassDef:
+        node.body = [s if isinstance(s, ast.AnnAssign) else self.visit(s) for s in node.body]
+        return node
+
+    def visit_AnnAssign(self, node: ast.AnnAssign) -> ast.stmt:
+        if node.value is None:
+            return ast.copy_location(ast.Pass(), node)
+        return ast.copy_location(ast.Assign(targets=[node.target], value=node.value, lineno=node.lineno), node)
 
 
 def unit_text(kind: str) -> str:

@@ -3,12 +3,14 @@ the node config of the plan, the node script and the boot unit."""
 
 from __future__ import annotations
 
+import ast
 import copy
 import gzip
 import json
 import shutil
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -212,3 +214,50 @@ def test_payload_size_does_not_grow_with_the_overlay() -> None:
         sizes.append(len(boot_payload(plan, "s1-router")))
     assert sizes[0] == sizes[1]
     assert len(gzip.compress(boot_payload(plan, "s1-router").encode())) < 16 * 1024  # AWS's limit, the smallest
+
+
+def test_the_installed_node_script_runs_the_same_code_as_its_source() -> None:
+    """node_script() drops docstrings, annotations and comments and narrows the indentation: every function and
+    method compiles to the same bytecode as in cloudinit/overlay_node.py, and the module defines the same names."""
+    import dis
+    import types
+
+    from multicloud_overlay.cloudinit import overlay_node
+
+    installed = types.ModuleType("installed_overlay_node")
+    exec(compile(node_script(), "overlay-node", "exec"), installed.__dict__)
+    # The source without annotations (a nested function's annotations are built by the code that defines it), its
+    # docstrings, comments and layout kept: what remains must compile to the same instructions.
+    tree = ast.parse(Path(overlay_node.__file__).read_text(encoding="utf-8"))
+    for n in ast.walk(tree):
+        if isinstance(n, ast.FunctionDef):
+            n.returns = None
+            for arg in [*n.args.posonlyargs, *n.args.args, *n.args.kwonlyargs, *filter(None, (n.args.vararg, n.args.kwarg))]:
+                arg.annotation = None
+    reference = types.ModuleType(overlay_node.__name__)
+    exec(compile(tree, overlay_node.__file__, "exec"), reference.__dict__)
+
+    def functions(ns: dict[str, Any], module: str) -> dict[str, types.CodeType]:
+        out = {}
+        for name, value in ns.items():
+            if isinstance(value, types.FunctionType) and value.__module__ == module:
+                out[name] = value.__code__
+            elif isinstance(value, type) and value.__module__ == module:
+                out |= {f"{name}.{k}": v.__code__ for k, v in vars(value).items() if isinstance(v, types.FunctionType)}
+        return out
+
+    source, compact = functions(reference.__dict__, reference.__name__), functions(installed.__dict__, installed.__name__)
+    assert source.keys() == compact.keys() and len(source) > 50
+
+    def nested(code: types.CodeType) -> list[tuple[str, object]]:
+        """Instructions with their resolved arguments (constants by value: a docstring shifts their indices), inner
+        functions and comprehensions included."""
+        out: list[tuple[str, object]] = []
+        for ins in dis.get_instructions(code):
+            out.append((ins.opname, "<code>" if isinstance(ins.argval, types.CodeType) else ins.argval))
+        return out + [x for c in code.co_consts if isinstance(c, types.CodeType) for x in nested(c)]
+
+    assert {k: nested(v) for k, v in source.items()} == {k: nested(v) for k, v in compact.items()}
+    tree = ast.parse(node_script())
+    assert not [n for n in ast.walk(tree) if isinstance(n, ast.AnnAssign) or (isinstance(n, ast.arg) and n.annotation)]
+    assert not [n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.Module)) and ast.get_docstring(n)]
