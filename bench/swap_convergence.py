@@ -10,7 +10,12 @@ as pass/fail. A round visits every site once and ends back at the stack's hub; r
 mode alternates swap by swap (flipping each round), so both modes see every new hub and the same noise. The report
 gives medians per mode and per new hub.
 
-    .venv/bin/python -m bench.swap_convergence [--rounds 2]
+Then, the hub back where it started, the same spoke pair's path in both topologies: the topology switched in place
+(make-before-break) between hub-and-spoke and full mesh, --path-rounds times in alternating order, each time 100
+pings 10 ms apart (idle RTT) and a 5 s iperf3 TCP run between the two spokes' clients (IPv4). The report gives the
+medians per topology and full mesh / hub path as ratios taken in the same run.
+
+    .venv/bin/python -m bench.swap_convergence [--rounds 2] [--path-rounds 3]
 
 Writes bench/results/swap_convergence.json and .png (per-swap lab outputs under bench/results/swap_convergence/).
 """
@@ -146,6 +151,91 @@ def per_mode(swaps: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return out
 
 
+TOPOLOGIES = ("hub-and-spoke", "full-mesh")
+PATH_SECONDS = 5
+
+
+def topology_rounds(rounds: int) -> list[str]:
+    """Topologies to measure in, in order: alternating, each round reversing the previous round's order (so neither
+    topology is always measured first after a switch)."""
+    out: list[str] = []
+    for r in range(rounds):
+        out += list(TOPOLOGIES if r % 2 == 0 else reversed(TOPOLOGIES))
+    return out
+
+
+def path_sample(src_ns: str, dst: str, port: int) -> dict[str, Any]:
+    """Idle RTT (100 pings, 10 ms apart), then a PATH_SECONDS iperf3 TCP run from src_ns to dst."""
+    import subprocess
+
+    from bench.dataplane import iperf_result
+    from lab.probes import ping
+    from lab.shell import in_netns
+
+    rtts = ping(dst, src_ns, count=100, interval=0.01, wait=1, timeout=60).rtts_ms
+    argv = in_netns(src_ns, ["iperf3", "-c", dst, "-p", str(port), "-t", str(PATH_SECONDS), "-O", "1", "-J"])
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=PATH_SECONDS + 60, check=False)
+    res = iperf_result(proc.stdout, proc.stderr)
+    return {"rtt_answered": len(rtts), "rtt_median_ms": median(list(rtts)), "gbit_s": res.get("gbit_s"), "iperf_ok": res.get("ok")}
+
+
+def topology_paths(rounds: int, out_dir: Path, log: Path, progress: Progress) -> dict[str, Any]:
+    """The spoke pair's path measured in both topologies, switched in place between samples."""
+    from bench.dataplane import PORT, Servers
+    from lab.check import Lab, spoke_pair
+
+    lab_ = Lab()
+    plan = lab_.plan
+    a, b = spoke_pair(plan)
+    src, dst = plan.client(a), plan.client(b)
+    samples: list[dict[str, Any]] = []
+    switches: list[dict[str, Any]] = []
+    current = plan.config.topology
+    servers = Servers([(lab_.node_ns(dst.name), PORT)])
+    try:
+        for i, topology in enumerate(topology_rounds(rounds), 1):
+            if topology != current:
+                d = out_dir / f"paths-{i:02d}-{topology}"
+                shutil.rmtree(d, ignore_errors=True)
+                sw = lab(["swap", "--topology", topology, "--results", str(d)], log=log)
+                doc = read_json(next(iter(sorted(d.glob("swap-*.json"))), d / "none.json")) or {}
+                ping = doc.get("ping", {})
+                switches.append({"to": topology, "ok": sw.ok, "lost": ping.get("lost"), "apply_seconds": doc.get("apply_seconds")})
+                if not sw.ok:
+                    break
+                current = topology
+            x = {"topology": topology, **path_sample(lab_.node_ns(src.name), dst.overlay_ipv4, PORT)}
+            samples.append(x)
+            progress.step(
+                f"{topology:<13} {a}->{b}: {fmt(x['gbit_s'], '.2f')} Gbit/s, RTT {fmt(x['rtt_median_ms'], '.3f')} ms "
+                f"({x['rtt_answered']}/100 answered)"
+            )
+    finally:
+        servers.stop()
+    summary = {
+        t: {
+            "samples": len([x for x in samples if x["topology"] == t]),
+            "gbit_s_median": median([x["gbit_s"] for x in samples if x["topology"] == t]),
+            "rtt_median_ms": median([x["rtt_median_ms"] for x in samples if x["topology"] == t]),
+        }
+        for t in TOPOLOGIES
+    }
+    hub, mesh = summary["hub-and-spoke"], summary["full-mesh"]
+
+    def ratio(key: str) -> float | None:
+        return round(mesh[key] / hub[key], 3) if mesh[key] and hub[key] else None
+
+    return {
+        "pair": [src.name, dst.name],
+        "hub": plan.hub,
+        "seconds": PATH_SECONDS,
+        "samples": samples,
+        "switches": switches,
+        "summary": summary,
+        "full_mesh_over_hub": {"gbit_s": ratio("gbit_s_median"), "rtt": ratio("rtt_median_ms")},
+    }
+
+
 def table(rows: list[dict[str, Any]]) -> str:
     head = (
         f"{'mode':<17} {'new hub':<9} {'n':>2} {'lost':>5} {'all max':>7} {'outage ms':>9} {'worst ms':>8} {'dup':>4} "
@@ -188,7 +278,12 @@ def chart(rows: list[dict[str, Any]], swaps: list[dict[str, Any]], title: str, p
 
 
 def report(
-    args: argparse.Namespace, sites: list[str], initial: dict[str, Any], swaps: list[dict[str, Any]], started: float
+    args: argparse.Namespace,
+    sites: list[str],
+    initial: dict[str, Any],
+    swaps: list[dict[str, Any]],
+    started: float,
+    paths: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     planned = len(hub_walk(sites, initial["hub"], args.rounds)) if sites and initial.get("hub") else None
     return {
@@ -198,7 +293,7 @@ def report(
         "stack": args.stack,
         "protocol": args.protocol,
         "rounds": args.rounds,
-        "complete": planned is not None and len(swaps) == planned,
+        "complete": planned is not None and len(swaps) == planned and (args.path_rounds == 0 or paths is not None),
         "swaps_planned": planned,
         "initial": initial,
         "method": (
@@ -211,6 +306,7 @@ def report(
         ),
         "modes": per_mode(swaps),
         "rows": summarise(sites, swaps),
+        "paths": paths,
         "swaps": swaps,
         "wall_seconds": round(time.monotonic() - started, 1),
     }
@@ -219,6 +315,7 @@ def report(
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--rounds", type=int, default=2, help="swaps per site, modes alternating (default 2: each site once in each mode)")
+    parser.add_argument("--path-rounds", type=int, default=3, help="samples of the spoke pair's path per topology (0: none)")
     parser.add_argument("--stack", default="dev")
     parser.add_argument("--protocol", default="vxlan", choices=("vxlan", "geneve"))
     args = parser.parse_args(argv)
@@ -231,6 +328,7 @@ def main(argv: list[str] | None = None) -> int:
     initial: dict[str, Any] = {}
     sites: list[str] = []
     progress = Progress()
+    paths: dict[str, Any] | None = None
     try:
         progress.note(f"lab up --stack {args.stack} --protocol {args.protocol} ...")
         up = lab(["up", "--stack", args.stack, "--protocol", args.protocol, "--encryption", "none"], log=log, progress=progress)
@@ -243,7 +341,7 @@ def main(argv: list[str] | None = None) -> int:
         sites = [s.name for s in plan.config.sites]
         hub = plan.hub
         walk = hub_walk(sites, hub, args.rounds)
-        progress.total = 2 + len(walk)  # up and initial check, each swap, down
+        progress.total = 2 + len(walk) + 2 * args.path_rounds  # up and initial check, each swap, each path sample, down
         ck = lab(["check", "--results", str(out_dir / "00-initial")], log=log, progress=progress)
         initial = {"hub": hub, "up_s": round(up.seconds, 1), "check_pass": ck.ok, "check_wall_s": round(ck.seconds, 1)}
         progress.step(f"lab up in {up.seconds:.1f} s, hub {hub}; initial check {'PASS' if ck.ok else 'FAIL'} ({ck.seconds:.1f} s)")
@@ -265,11 +363,13 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 print("swap failed to apply: stopping (see the lab log)", file=sys.stderr)
                 break
+        if args.path_rounds and len(swaps) == len(walk):
+            paths = topology_paths(args.path_rounds, out_dir, log, progress)
     finally:
         down = lab(["down"], log=log, progress=progress)
         progress.step(f"lab down ({'ok' if down.ok else 'FAILED: ' + down.output[-500:]})")
         progress.finish()
-    doc = report(args, sites, initial, swaps, started)
+    doc = report(args, sites, initial, swaps, started, paths)
     path = write_json(NAME, doc)
     m = doc["machine"]
     if doc["rows"]:
@@ -283,6 +383,11 @@ def main(argv: list[str] | None = None) -> int:
             f"{fmt(m_['outage_ms_median'], '.0f')} ms (worst {fmt(m_['outage_ms_worst'], '.0f')} ms), {m_['duplicates']} duplicate replies, "
             f"pushes {fmt(m_['apply_seconds_median'], '.2f')} s"
         )
+    if paths:
+        for t, x in paths["summary"].items():
+            print(f"{t}: {' -> '.join(paths['pair'])} {fmt(x['gbit_s_median'], '.2f')} Gbit/s, RTT {fmt(x['rtt_median_ms'], '.3f')} ms (medians of {x['samples']})")
+        r = paths["full_mesh_over_hub"]
+        print(f"full mesh / hub path: throughput x{fmt(r['gbit_s'], '.2f')}, RTT x{fmt(r['rtt'], '.2f')}")
     print(f"\ntook {doc['wall_seconds']} s ({'complete' if doc['complete'] else 'PARTIAL'}); wrote {path} and {NAME}.png")
     return 0 if doc["complete"] and all(x["swap_ok"] and x["check_pass"] for x in swaps) else 1
 
