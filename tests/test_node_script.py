@@ -1201,4 +1201,5 @@ def test_push_phases_add_then_switch_then_remove_and_install_only_at_the_end(tmp
         assert kernel() == planned(new) and json.loads(config.read_text()) == new
         assert "nothing to do" in run(new, "prepare") and "no change" in run(new, None)
     finally:
-        subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+        for handle in [ns, *(c["name"] for c in new["containers"]["items"])]:  # the containers are namespaces too
+            subprocess.run(["ip", "netns", "del", handle], capture_output=True)
