@@ -13,8 +13,8 @@ from typing import Any, Final
 
 from lab import graph as lab_graph
 from lab.invocation import lab_command
-from lab.privilege import become_root
-from lab.results import describe, finish_run, start_run
+from lab.privilege import become_root, hand_back, invoking_user
+from lab.results import LATEST, describe, finish_run, start_run
 from lab.state import REPO, STATE_DIR, LabError
 from lab.vmimage import DEFAULT_CACHE
 from multicloud_overlay.overlay.config import TOPOLOGIES, ConfigError
@@ -301,6 +301,12 @@ def main(argv: list[str] | None = None) -> int:
         if run is not None:
             for line in describe(finish_run(run)):
                 print(line)
+        owner = invoking_user()
+        if owner is not None:
+            # Started as a user (sudo re-ran it): the results in their tree are theirs, not root's.
+            written = [run.base, *run.linked, run.base / LATEST] if run is not None else []
+            given = getattr(args, "results", None)
+            hand_back([*written, *([Path(given)] if given is not None else [])], owner)
 
 
 def _run(args: argparse.Namespace, started: float) -> int:

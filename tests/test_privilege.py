@@ -3,6 +3,9 @@ arguments, before doing anything), just run as root, and refuse clearly where th
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import pytest
 
 from lab import cli, privilege
@@ -46,3 +49,43 @@ def test_the_lab_cli_escalates_every_command_but_the_drawing_ones() -> None:
     commands = set(cli.parser()._subparsers._group_actions[0].choices)  # type: ignore[union-attr]
     assert {"graph", "matrix"} == cli.USER_COMMANDS <= commands
     assert {"up", "check", "down", "exec", "status", "vm"} <= commands - cli.USER_COMMANDS
+
+
+def test_the_user_who_ran_sudo_is_known_only_when_root_runs_for_someone(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(privilege.os, "geteuid", lambda: 0)
+    assert privilege.invoking_user({"SUDO_UID": "1001", "SUDO_GID": "1002"}) == (1001, 1002)
+    assert privilege.invoking_user({}) is None  # root itself
+    assert privilege.invoking_user({"SUDO_UID": "0", "SUDO_GID": "0"}) is None  # root through sudo
+    assert privilege.invoking_user({"SUDO_UID": "x", "SUDO_GID": "1"}) is None
+    monkeypatch.setattr(privilege.os, "geteuid", lambda: 1001)
+    assert privilege.invoking_user({"SUDO_UID": "1001", "SUDO_GID": "1002"}) is None  # not root: nothing to give back
+
+
+def test_results_written_as_root_go_back_to_the_user_links_and_all(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What a sudo re-run writes (a run folder, its files, the links to the latest) goes to the user; a link's target
+    outside is left alone, and what root does not own (another user's file) is not touched."""
+    calls: list[tuple[Path, int, int]] = []
+    monkeypatch.setattr(privilege.os, "lchown", lambda p, uid, gid: calls.append((Path(p), uid, gid)))
+    base = tmp_path / "lab-results"
+    run = base / "runs" / "20261129T000000Z-check"
+    run.mkdir(parents=True)
+    (run / "check.json").write_text("{}")
+    (base / "check.json").symlink_to("runs/20261129T000000Z-check/check.json")
+    outside = tmp_path / "elsewhere"
+    outside.write_text("not ours")
+    (base / "odd").symlink_to(outside)
+    mine = os.getuid()  # the files' owner plays root here; a file of someone else is left alone
+    foreign = run / "theirs.json"
+    foreign.write_text("{}")
+    real_lstat = Path.lstat
+    monkeypatch.setattr(Path, "lstat", lambda self: os.stat_result((0, 0, 0, 0, mine + 1, 0, 0, 0, 0, 0)) if self == foreign else real_lstat(self))
+    changed = privilege.hand_back([base], (1001, 1002), from_uid=mine)
+    assert {p.relative_to(tmp_path) for p, _, _ in calls} == {
+        Path("lab-results"),
+        Path("lab-results/runs"),
+        Path("lab-results/runs/20261129T000000Z-check"),
+        Path("lab-results/runs/20261129T000000Z-check/check.json"),
+        Path("lab-results/check.json"),
+        Path("lab-results/odd"),
+    }
+    assert all((u, g) == (1001, 1002) for _, u, g in calls) and len(changed) == len(calls)
