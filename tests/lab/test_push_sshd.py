@@ -226,6 +226,25 @@ def test_connectivity_check_runs_through_the_same_path(node: StockSshdNode, depl
     assert set(parsed["unreachable"]) >= set(targets) - own
 
 
+def test_the_make_before_break_steps_pass_the_sudo_rule_and_reach_the_node_script(node: StockSshdNode, deployed: Deployed) -> None:
+    """A router's prepare and switch commands, exactly as registered, through the stock sshd and sudo -n of the
+    payload's drop-in (sudoers matches their whole argument lists). On this client node, whose config has nothing
+    to move, each says so and changes nothing; the installed config stays the pushed one."""
+    assert deployed.push.stdin is not None
+    converge_by_boot_path(node, deployed.push.stdin)
+    installed = node.as_root(["cat", NODE_CONFIG], check=True).stdout
+    for phase in ("prepare", "switch"):
+        registered = RemoteCommand.from_inputs(deployed.run.named(f"{ROUTER}-config-{phase}", COMMAND).inputs)
+        assert registered.script("create") == render.push_command(phase)
+        on_client = dataclasses.replace(
+            registered, stdin=deployed.push.stdin, connection=registered.connection.replace(host_key=deployed.push.connection.host_key)
+        )
+        result = push_or_fail(node, on_client, "create")
+        assert result.ok, result.error()
+        assert f"{phase}: nothing to do" in result.stdout, result.stdout
+    assert node.as_root(["cat", NODE_CONFIG], check=True).stdout == installed
+
+
 def test_the_login_user_can_run_nothing_else_as_root(node: StockSshdNode, deployed: Deployed) -> None:
     conn = deployed.push.connection
     for argv in (
@@ -234,6 +253,8 @@ def test_the_login_user_can_run_nothing_else_as_root(node: StockSshdNode, deploy
         [NODE_SCRIPT, "apply", "--config", NODE_CONFIG, "--state-dir", "/var/lib/multicloud-overlay"],
         [NODE_SCRIPT, "push", "--config", "/tmp/other.json", "--state-dir", "/var/lib/multicloud-overlay"],
         [NODE_SCRIPT, "validate", "--config", NODE_CONFIG],
+        [NODE_SCRIPT, "push", "--phase", "prepare", "--config", "/tmp/other.json", "--state-dir", "/var/lib/multicloud-overlay"],
+        [NODE_SCRIPT, "push", "--config", NODE_CONFIG, "--state-dir", "/var/lib/multicloud-overlay", "--phase", "switch"],
     ):
         result = node.ssh(conn, "sudo -n " + shlex.join(argv))
         assert result.exit_status != 0, f"sudo -n {shlex.join(argv)} ran as root: {result.stdout}"
