@@ -10,7 +10,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, cast
 
@@ -480,17 +480,26 @@ def status(state_dir: Path = STATE_DIR, out: Out = print) -> int:
 
 
 def push_all(state_dir: Path = STATE_DIR, out: Out = print) -> int:
-    """Push every node's full config in place (what `pulumi up` does after creating the VMs); 0 if all applied."""
+    """Push every node's full config in place, in the program's order (nodes.push_stages: the routers' prepare and
+    switch steps, then their pushes; what `pulumi up` does after creating the VMs); 0 if all applied."""
     lab = Lab(state_dir)
     configs = {n.name: nodes.lab_node_config(lab.state, lab.plan, n.name, dict(lab.layout.public_ips)) for n in lab.plan.nodes}
 
-    def one(name: str) -> nodes.ApplyResult:
+    def one(job: nodes.Job) -> nodes.ApplyResult:
+        name, phase = job
         vm = lab.layout.host(name)
-        return nodes.push(lab.sh, vm.ns, name, configs[name], state_dir, vm.kind == "router", cast(nodes.Runtime, lab.state.containers))
+        runtime = cast(nodes.Runtime, lab.state.containers)
+        return replace(nodes.push(lab.sh, vm.ns, name, configs[name], state_dir, vm.kind == "router", runtime, phase), phase=phase)
 
+    results: list[nodes.ApplyResult] = []
     with ThreadPoolExecutor(max_workers=len(configs)) as pool:
-        results = list(pool.map(one, sorted(configs)))
+        for stage in nodes.push_stages(lab.plan):
+            done = list(pool.map(one, stage))
+            results += done
+            if not all(r.ok for r in done):
+                break  # as the program stops: no later step runs after a failed one
     for r in results:
         last = r.output.strip().splitlines()[-1] if r.output.strip() else "no output"
-        out(f"{'ok  ' if r.ok else 'FAIL'} {r.node}: {r.changes} change(s) in {r.seconds:.1f} s ({last})")
-    return 0 if all(r.ok for r in results) else 1
+        what = f"{r.node} ({r.phase})" if r.phase else r.node
+        out(f"{'ok  ' if r.ok else 'FAIL'} {what}: {r.changes} change(s) in {r.seconds:.1f} s ({last})")
+    return 0 if results and all(r.ok for r in results) else 1

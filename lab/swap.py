@@ -17,6 +17,7 @@ from lab import nodes
 from lab.check import Lab
 from lab.invocation import lab_command
 from lab.lifecycle import esp_message, esp_supported, geneve_message, geneve_supported
+from lab.nodes import Job, push_stages, stage_name
 from lab.probes import Pinger, PingLog
 from lab.report import Probe, to_junit
 from lab.state import STATE_DIR, LabError, docker_host, lab_plan, load_raw, require_root, save
@@ -181,31 +182,6 @@ def snapshot(lab: Lab) -> dict[str, Any]:
                 name, cid = line.split()
                 containers[name] = cid
     return {"netns": inodes, "containers": containers}
-
-
-Job = tuple[str, str | None]
-
-
-def push_stages(plan: Plan, one_step: bool = False) -> list[list[Job]]:
-    """(node, phase) pushes in the order the program runs them (components/push.py order_pushes), each stage in
-    parallel: the routers' prepare steps with the clients' pushes, the routers' switch steps wave by wave (the hub
-    first), then the routers' pushes. one_step: every node's push at once (the swap before make-before-break)."""
-    if one_step:
-        return [[(n.name, None) for n in plan.nodes]]
-    routers = [r.name for r in plan.routers()]
-    clients = [n.name for n in plan.nodes if n.kind == "client"]
-    return [
-        [*((r, "prepare") for r in routers), *((c, None) for c in clients)],
-        *([(r, "switch") for r in wave] for wave in plan.switch_waves()),
-        [(r, None) for r in routers],
-    ]
-
-
-def stage_name(stage: list[Job]) -> str:
-    phases = sorted({p or "push" for _, p in stage})
-    if phases == ["switch"] and len(stage) == 1:
-        return f"switch {stage[0][0]}"
-    return " + ".join(phases)
 
 
 def probe_pair(old: Plan, new: Plan) -> tuple[str, str]:

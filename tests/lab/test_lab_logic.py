@@ -16,10 +16,11 @@ import pytest
 
 from lab import cli, nodes, power, probes, underlay
 from lab.check import endpoints, spoke_pair
+from lab.nodes import push_stages, stage_name
 from lab.probes import parse_ping_lines, parse_ping_log, ping_script
 from lab.report import PingResult, Probe, cell, matrix_text, summary, to_json, to_junit
 from lab.state import LAB_IMAGE, LabError, lab_plan, load_raw, stack_path, stack_reference
-from lab.swap import disruption, hub_paths, mac_site, probe_pair, push_stages, stage_name, stale_fdb
+from lab.swap import disruption, hub_paths, mac_site, probe_pair, stale_fdb
 from lab.topology import build_layout, container_names, map_argv, map_path, public_addresses, transit_pair
 from multicloud_overlay.cloudinit.render import NODE_CONFIG, NODE_SCRIPT, UNIT_PATH, render_user_data, unit_exec_start
 from multicloud_overlay.components.stack_file import read_stack_file
