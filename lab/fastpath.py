@@ -98,14 +98,22 @@ def try_candidate(sh: Shell, ns: str, candidate: str, nics: Sequence[str], on: b
 def tracked(sh: Shell, ns: str, port: int, overlay: Sequence[str]) -> dict[str, int]:
     """Connection-tracking entries in a node's namespace now (`conntrack -L`): tunnel datagrams (UDP to `port`)
     and overlay flows (first source address inside one of the `overlay` networks)."""
+    return count_tracked(sh.ns(ns, ["conntrack", "-L"], check=False).stdout, port, overlay)
+
+
+def count_tracked(text: str, port: int, overlay: Sequence[str]) -> dict[str, int]:
+    """`conntrack -L` output -> tunnel and overlay-flow entries. The node's own group membership reports (IGMP, MLD:
+    to a multicast address, sent whenever its bridge comes up or joins a group) are no flow and not counted."""
     nets = [ipaddress.ip_network(n, strict=False) for n in overlay]
-    text = sh.ns(ns, ["conntrack", "-L"], check=False).stdout
     counts = {"tunnel": 0, "overlay": 0}
     for line in text.splitlines():
         fields = line.split()
         if fields and fields[0] == "udp" and f"dport={port}" in fields:
             counts["tunnel"] += 1
         src = next((f.removeprefix("src=") for f in fields if f.startswith("src=")), None)
+        dst = next((f.removeprefix("dst=") for f in fields if f.startswith("dst=")), None)
+        if dst is not None and ipaddress.ip_address(dst).is_multicast:
+            continue
         if src is not None and any(ipaddress.ip_address(src) in n for n in nets):
             counts["overlay"] += 1
     return counts

@@ -476,3 +476,16 @@ def test_matrix_retries_failures_calmly_and_keeps_real_failures(plan) -> None:
     assert sorted((c[0], c[2]) for c in calls if c[1] == "calm") == sorted(
         [(eps[0].name, tuple(sorted((dead, slow)))), (eps[1].name, (dead,))]
     )
+
+
+def test_conntrack_counts_flows_not_the_nodes_own_membership_reports() -> None:
+    from lab.fastpath import count_tracked
+
+    text = (
+        "udp      17 29 src=198.51.100.2 dst=10.1.1.10 sport=40000 dport=4789 [UNREPLIED] src=10.1.1.10 dst=198.51.100.2 "
+        "sport=4789 dport=40000 mark=0 use=1\n"
+        "icmp     1 29 src=10.250.2.1 dst=10.250.1.10 type=8 code=0 id=7 src=10.250.1.10 dst=10.250.2.1 type=0 code=0 id=7 mark=0 use=1\n"
+        "unknown  2 599 src=10.250.1.1 dst=224.0.0.22 [UNREPLIED] src=224.0.0.22 dst=10.250.1.1 mark=0 use=1\n"
+        "icmpv6   58 29 src=fd00:6f76:6c00::1:1 dst=ff02::16 type=143 code=0 [UNREPLIED] mark=0 use=1\n"
+    )
+    assert count_tracked(text, 4789, ["10.250.0.0/16", "fd00:6f76:6c00::/64"]) == {"tunnel": 1, "overlay": 1}
