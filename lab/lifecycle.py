@@ -10,7 +10,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
@@ -485,19 +485,12 @@ def push_all(state_dir: Path = STATE_DIR, out: Out = print) -> int:
     lab = Lab(state_dir)
     configs = {n.name: nodes.lab_node_config(lab.state, lab.plan, n.name, dict(lab.layout.public_ips)) for n in lab.plan.nodes}
 
-    def one(job: nodes.Job) -> nodes.ApplyResult:
-        name, phase = job
+    def one(name: str, phase: str | None) -> nodes.ApplyResult:
         vm = lab.layout.host(name)
         runtime = cast(nodes.Runtime, lab.state.containers)
-        return replace(nodes.push(lab.sh, vm.ns, name, configs[name], state_dir, vm.kind == "router", runtime, phase), phase=phase)
+        return nodes.push(lab.sh, vm.ns, name, configs[name], state_dir, vm.kind == "router", runtime, phase)
 
-    results: list[nodes.ApplyResult] = []
-    with ThreadPoolExecutor(max_workers=len(configs)) as pool:
-        for stage in nodes.push_stages(lab.plan):
-            done = list(pool.map(one, stage))
-            results += done
-            if not all(r.ok for r in done):
-                break  # as the program stops: no later step runs after a failed one
+    results, _ = nodes.run_stages(nodes.push_stages(lab.plan), one)
     for r in results:
         last = r.output.strip().splitlines()[-1] if r.output.strip() else "no output"
         what = f"{r.node} ({r.phase})" if r.phase else r.node

@@ -11,7 +11,9 @@ import shutil
 import subprocess
 import tarfile
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal, cast
 
@@ -80,9 +82,9 @@ def push(
 ) -> ApplyResult:
     """The in-place push: the command the program runs over SSH (`overlay-node push`, or one of its make-before-break
     phases), the node config on stdin."""
-    return _run_node_script(
-        sh, ns, node, list(phase_command(phase)), json.dumps(doc, indent=1, sort_keys=True) + "\n", state_dir, is_router, runtime
-    )
+    doc_text = json.dumps(doc, indent=1, sort_keys=True) + "\n"
+    result = _run_node_script(sh, ns, node, list(phase_command(phase)), doc_text, state_dir, is_router, runtime)
+    return replace(result, phase=phase)
 
 
 Job = tuple[str, str | None]
@@ -101,6 +103,22 @@ def push_stages(plan: Plan, one_step: bool = False) -> list[list[Job]]:
         *([(r, "switch") for r in wave] for wave in plan.switch_waves()),
         [(r, None) for r in routers],
     ]
+
+
+def run_stages(stages: list[list[Job]], push_one: Callable[[str, str | None], ApplyResult]) -> tuple[list[ApplyResult], list[dict[str, Any]]]:
+    """Each stage's pushes in parallel, stage after stage, stopping after a stage with a failure (as the program
+    does: no later step runs); the results, and each stage's name, size and seconds."""
+    results: list[ApplyResult] = []
+    timings: list[dict[str, Any]] = []
+    with ThreadPoolExecutor(max_workers=max((len(s) for s in stages), default=1)) as pool:
+        for stage in stages:
+            started = time.monotonic()
+            done = list(pool.map(lambda job: push_one(*job), stage))
+            results += done
+            timings.append({"stage": stage_name(stage), "nodes": len(stage), "seconds": round(time.monotonic() - started, 3)})
+            if not all(r.ok for r in done):
+                break
+    return results, timings
 
 
 def stage_name(stage: list[Job]) -> str:

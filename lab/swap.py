@@ -8,8 +8,7 @@ import json
 import os
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +16,7 @@ from lab import nodes
 from lab.check import Lab
 from lab.invocation import lab_command
 from lab.lifecycle import esp_message, esp_supported, geneve_message, geneve_supported
-from lab.nodes import Job, push_stages, stage_name
+from lab.nodes import push_stages
 from lab.probes import Pinger, PingLog
 from lab.report import Probe, to_junit
 from lab.state import STATE_DIR, LabError, docker_host, lab_plan, load_raw, require_root, save
@@ -268,23 +267,12 @@ def swap(
         watcher = StaleFdbWatcher(lab, new, remove=fdb_fix)
         watcher.start()
 
-        def reapply(job: Job) -> nodes.ApplyResult:
-            node, phase = job
+        def reapply(node: str, phase: str | None) -> nodes.ApplyResult:
             vm = lab.layout.host(node)
-            res = nodes.push(lab.sh, vm.ns, node, configs[node], state_dir, vm.kind == "router", lab.state.containers, phase)  # type: ignore[arg-type]
-            return replace(res, phase=phase)
+            return nodes.push(lab.sh, vm.ns, node, configs[node], state_dir, vm.kind == "router", lab.state.containers, phase)  # type: ignore[arg-type]
 
-        applies: list[nodes.ApplyResult] = []
-        stages: list[dict[str, Any]] = []
         try:
-            with ThreadPoolExecutor(max_workers=len(new.nodes)) as pool:
-                for stage in push_stages(new, one_step):
-                    s0 = time.monotonic()
-                    done = list(pool.map(reapply, stage))
-                    applies += done
-                    stages.append({"stage": stage_name(stage), "nodes": len(stage), "seconds": round(time.monotonic() - s0, 3)})
-                    if not all(a.ok for a in done):
-                        break  # as the program stops: no later step runs after a failed one
+            applies, stages = nodes.run_stages(push_stages(new, one_step), reapply)
         finally:
             stale = watcher.finish()
         apply_seconds = time.monotonic() - t0
