@@ -50,6 +50,9 @@ SUDOERS_PATH: Final = "/etc/sudoers.d/90-multicloud-overlay"
 HOST_KEY_PATH: Final = "/etc/ssh/multicloud-overlay/ssh_host_ed25519_key"
 SSHD_DROP_IN: Final = "/etc/ssh/sshd_config.d/00-multicloud-overlay.conf"
 PACKAGES: Final = {"router": ("iproute2", "iptables", "iputils-ping", "docker.io"), "client": ("iproute2", "iptables", "iputils-ping")}
+# Only what the node runs: docker.io's Recommends (git, needrestart, cgroupfs-mount, xz-utils on Debian; git, pigz,
+# ubuntu-fan on Ubuntu) are not used by a router, and under an emulated CPU they tripled the first boot's install.
+APT_INSTALL_OPTIONS: Final = ("-y", "-q", "--no-install-recommends")
 # A node may have no way out for a while after it boots (an OCI router until its reserved public IP is bound, any
 # node while a mirror hiccups): packages are installed with retries, for up to 15 minutes, instead of once.
 PACKAGE_TRIES: Final = 90
@@ -148,7 +151,7 @@ def install_packages_command(kind: str) -> list[str]:
     packages = " ".join(PACKAGES[kind])
     script = (
         f"for try in $(seq {PACKAGE_TRIES}); do "
-        f"apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q {packages} && exit 0; "
+        f"apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install {' '.join(APT_INSTALL_OPTIONS)} {packages} && exit 0; "
         f'echo "multicloud-overlay: package install failed (try $try of {PACKAGE_TRIES}), retrying in {PACKAGE_RETRY_SECONDS} s" >&2; '
         f"sleep {PACKAGE_RETRY_SECONDS}; done; exit 1"
     )

@@ -357,12 +357,17 @@ def _kernel_files(rootfs: Path) -> tuple[Path, Path, str]:
     return kernels[-1], initrd, release
 
 
-def build(cache: Path = DEFAULT_CACHE, out: Out = _log, keep_rootfs: bool = True) -> BootImage:
-    """Build the image (or find it in the cache); see the module docstring."""
+Steps = Callable[[Path, Path, Recipe], list[tuple[str, Callable[[], None]]]]
+"""(rootfs, cache, recipe) -> the named build steps after debootstrap and the fix-ups."""
+
+
+def build(cache: Path = DEFAULT_CACHE, out: Out = _log, keep_rootfs: bool = True, r: Recipe | None = None, steps_after: Steps | None = None) -> BootImage:
+    """Build the image (or find it in the cache); see the module docstring. Another image (lab.nodeimage) passes
+    its own recipe and steps, and its own cache: old images of other digests in `cache` are removed."""
     _need_root()
     _need_tools({"debootstrap": "debootstrap", "mkfs.ext4": "e2fsprogs", "chroot": "coreutils"})
     started = time.monotonic()
-    r = recipe()
+    r = r or recipe()
     digest = r.digest()
     cache.mkdir(parents=True, exist_ok=True)
     disk = cache / f"debian-{SUITE}-{digest}.img"
@@ -425,17 +430,18 @@ def build(cache: Path = DEFAULT_CACHE, out: Out = _log, keep_rootfs: bool = True
 
         _step(steps, "debootstrap", debootstrap, out)
         _step(steps, "fixups", fixups, out)
-        _step(steps, "venv", venv, out)
+        for name, action in steps_after(rootfs, cache, r) if steps_after else [("venv", venv)]:
+            _step(steps, name, action, out)
         done.write_text(json.dumps(asdict(r), indent=1) + "\n")
     else:
         out(f"rootfs {rootfs.name} is built")
 
     src_kernel, src_initrd, release = _kernel_files(rootfs)
-    out(f"disk image {disk.name} ({DISK_SIZE}, ext4 from the rootfs) ...")
+    out(f"disk image {disk.name} ({r.disk_size}, ext4 from the rootfs) ...")
     tmp = disk.with_suffix(".tmp")
     tmp.unlink(missing_ok=True)
     t0 = time.monotonic()
-    _run(["truncate", "-s", DISK_SIZE, str(tmp)])
+    _run(["truncate", "-s", r.disk_size, str(tmp)])
     _run(["mkfs.ext4", "-q", "-F", "-L", "mcoroot", "-E", "root_owner=0:0", "-d", str(rootfs), str(tmp)])
     shutil.copyfile(src_kernel, kernel)
     shutil.copyfile(src_initrd, initrd)

@@ -1,0 +1,576 @@
+"""`lab boot`: one qemu VM per node of a stack, booted from the node image (lab.nodeimage) by the real cloud-init,
+systemd and sshd, with the exact user-data each platform receives, and pushed and checked over real SSH.
+
+The host lab (lab up) runs the payloads in namespaces and calls the unit's command itself. Here nothing is
+emulated above the hypervisor:
+- the underlay is the host lab's (lab.underlay: an internet namespace, per site an edge namespace with the WAN,
+  LAN (and vSphere management) segments and 1:1 NAT), with prefix `mcb-` so that it can exist beside a host lab;
+- each VM's NICs are tap devices on those segments (qemu runs in the site's edge namespace);
+- its NoCloud seed holds the user-data bytes the platform's API receives once decoded (components.limits:
+  node_user_data + sent_user_data; gzip for AWS, OCI and Alibaba), a meta-data with the instance id, and a
+  network-config v2 that gives the NICs the addresses the platform gives (static here);
+- management comes from an admin namespace at the stack's adminCidr on the emulated internet: routers and
+  public-cloud clients through their public addresses (1:1 NAT; the clients' from 203.0.113.0/24), vSphere VMs
+  over a management link into the datacentre (its WAN and management networks), as on the platforms;
+- the program's in-place pushes and checks run as the program runs them: the exact command strings
+  (cloudinit.render.push_command / check_command) over OpenSSH as the login user, with the node's generated host
+  key pinned, the stack's deploy key, and the config on stdin; check output parsed by
+  components.connectivity.parse_check_output;
+- the lab looks inside the VMs as root over SSH with a key baked into the node image (lab.nodeimage: its
+  "console"), never through the payload's user.
+
+    python -m lab.boot up [--stack dev] [--sites aws,oci,vsphere] [--hub aws]   # boot, wait, push, check
+    python -m lab.boot status | check | push [--hub X] [--protocol P] | reboot NODE | ssh NODE [CMD] | down
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import dataclasses
+import ipaddress
+import json
+import os
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+import yaml
+
+from lab import nodeimage
+from lab.bootimage import QEMU_CPU
+from lab.nodes import push_stages
+from lab.shell import Shell
+from lab.state import LabError, lab_pair_keys, lab_plan, load_raw
+from lab.topology import Layout, build_layout
+from lab.underlay import add_namespace, build_edge, build_internet
+from multicloud_overlay.cloudinit.render import LOGIN_USER, NODE_SCRIPT, UNIT_NAME, check_command, push_command
+from multicloud_overlay.components.clouds.registry import PLATFORMS
+from multicloud_overlay.components.connectivity import check_targets, parse_check_output
+from multicloud_overlay.components.limits import node_user_data, platform_limits, user_data_as_sent
+from multicloud_overlay.overlay.plan import Plan, node_config
+
+PREFIX: Final = "mcb-"
+STATE_DIR: Final = Path(os.environ.get("MCO_BOOT_STATE_DIR") or "/run/multicloud-overlay-boot")
+ADMIN_NS: Final = f"{PREFIX}admin"
+DEFAULT_SITES: Final = ("aws", "oci", "vsphere")
+"""gzip user-data (AWS), OCI's host firewall and a secondary NIC the payload configures, vSphere's management NIC."""
+CLIENT_PUBLIC: Final = ipaddress.IPv4Network("203.0.113.0/24")
+CLIENT_PUBLIC_OFFSET: Final = 100
+MEMORY_MB: Final = {"router": 1024, "client": 512}
+KERNEL_APPEND: Final = "root=/dev/vda rw console=ttyS0 mitigations=off loglevel=4"
+SSH_OPTIONS: Final = ("-o", "BatchMode=yes", "-o", "ConnectTimeout=10", "-o", "ServerAliveInterval=5", "-o", "ServerAliveCountMax=6")
+
+Out = Callable[[str], None]
+
+
+# --------------------------------------------------------------------------- pure: what the VMs are
+
+
+@dataclass(frozen=True)
+class VmNic:
+    name: str
+    """Name the NIC gets in the guest (the platform's, lab.topology)."""
+    tap: str
+    """Tap device in the site's edge namespace, a port of `segment`."""
+    segment: str
+    mac: str
+    address: str | None
+    """Address/prefix the platform gives (network-config), None where the payload configures the NIC."""
+
+
+@dataclass(frozen=True)
+class VmSpec:
+    node: str
+    site: str
+    kind: str
+    platform: str
+    edge_ns: str
+    nics: tuple[VmNic, ...]
+    gateway: str
+    management_ip: str
+    """Where the program's SSH goes (the platform's management address)."""
+    public_ip: str | None
+    """The address the VM's traffic leaves with (1:1 NAT), None for a vSphere client (management network only)."""
+
+
+def client_public_ips(plan: Plan) -> dict[str, str]:
+    """site -> public address of its client on a public cloud (the clouds give clients an ephemeral one)."""
+    return {
+        s.name: str(CLIENT_PUBLIC.network_address + CLIENT_PUBLIC_OFFSET + s.site_id)
+        for s in plan.config.sites
+        if not PLATFORMS[s.platform].management_network
+    }
+
+
+def vm_specs(plan: Plan, layout: Layout) -> list[VmSpec]:
+    clients = client_public_ips(plan)
+    specs = []
+    for host in layout.hosts:
+        node = plan.node(host.node)
+        edge = next(e for e in layout.edges if e.site == host.site)
+        mgmt_net = PLATFORMS[node.platform].management_network
+        if node.kind == "router":
+            assert node.wan_ip is not None
+            management = node.wan_ip if mgmt_net else edge.public_ip
+            public: str | None = edge.public_ip
+        else:
+            management = node.mgmt_ip if mgmt_net and node.mgmt_ip else clients[host.site]
+            public = None if mgmt_net else clients[host.site]
+        nics = tuple(
+            VmNic(nic.name, f"{'r' if node.kind == 'router' else 'c'}{i}", nic.segment, f"52:54:00:{plan.site_id(host.site):02x}:{0 if node.kind == 'router' else 1:02x}:{i:02x}", nic.address)
+            for i, nic in enumerate(host.nics)
+        )
+        specs.append(VmSpec(host.node, host.site, node.kind, node.platform, edge.ns, nics, host.default_gateway, management, public))
+    return specs
+
+
+def network_config(vm: VmSpec) -> str:
+    """NoCloud network-config v2: the addresses the platform gives, the NICs named as on the platform."""
+    ethernets: dict[str, Any] = {}
+    for nic in vm.nics:
+        if nic.address is None:
+            continue
+        entry: dict[str, Any] = {"match": {"macaddress": nic.mac}, "set-name": nic.name, "addresses": [nic.address]}
+        if ipaddress.ip_address(vm.gateway) in ipaddress.ip_interface(nic.address).network:
+            entry["routes"] = [{"to": "default", "via": vm.gateway}]
+        ethernets[nic.name] = entry
+    return yaml.safe_dump({"version": 2, "ethernets": ethernets}, sort_keys=False)
+
+
+def seed_user_data(plan: Plan, node: str, host_private: str, host_public: str, deploy_public: str) -> bytes:
+    """The user-data bytes the platform hands the VM: the program's text, encoded as the platform module sends it,
+    then decoded as the platform's API does (base64): gzip bytes where the program sends gzip+base64."""
+    text = node_user_data(plan, node, plan.config.ssh_public_key, host_private, host_public, deploy_public)
+    encoding = platform_limits(plan.node(node).platform).user_data_encoding
+    sent = user_data_as_sent(text, encoding)
+    return sent.encode() if encoding == "plain" else base64.b64decode(sent)
+
+
+# --------------------------------------------------------------------------- state
+
+
+@dataclass
+class BootState:
+    stack: str
+    sites: list[str]
+    overrides: dict[str, Any]
+    key_seed: str
+    image: dict[str, str]
+    pids: dict[str, int] = dataclasses.field(default_factory=dict)
+
+    def plan(self) -> Plan:
+        return lab_plan(load_raw(self.stack, self.sites, self.overrides))
+
+
+def _state_file() -> Path:
+    return STATE_DIR / "state.json"
+
+
+def save(st: BootState) -> None:
+    STATE_DIR.mkdir(parents=True, exist_ok=True)
+    _state_file().write_text(json.dumps(dataclasses.asdict(st), indent=1) + "\n")
+
+
+def load() -> BootState:
+    f = _state_file()
+    if not f.exists():
+        raise LabError("no boot lab: python -m lab.boot up")
+    return BootState(**json.loads(f.read_text()))
+
+
+def _keygen(path: Path, comment: str) -> tuple[str, str]:
+    if not path.exists():
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", comment, "-f", str(path)], check=True)
+    return path.read_text(), Path(f"{path}.pub").read_text().strip()
+
+
+def deploy_key() -> Path:
+    return STATE_DIR / "keys" / "deploy"
+
+
+def host_key(node: str) -> tuple[str, str]:
+    """The node's SSH host key (made once per lab, as the program makes it once per VM)."""
+    (STATE_DIR / "keys").mkdir(parents=True, exist_ok=True)
+    return _keygen(STATE_DIR / "keys" / f"host-{node}", node)
+
+
+# --------------------------------------------------------------------------- SSH
+
+
+def known_hosts(vm: VmSpec, key: str | None = None) -> Path:
+    """A known_hosts file pinning the node's generated host key (or `key`) for its management address."""
+    f = STATE_DIR / "keys" / f"known-{vm.node}"
+    f.write_text(f"{vm.management_ip} {key or host_key(vm.node)[1]}\n")
+    return f
+
+
+def ssh_argv(vm: VmSpec, command: str, console: bool = False, pinned: Path | None = None) -> list[str]:
+    """OpenSSH from the admin namespace: as the login user with the deploy key and the host key pinned (the
+    program's path), or as root with the image's console key (the lab's own look inside)."""
+    if console:
+        auth = ["-i", str(nodeimage.console_key()), "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR"]
+        user = "root"
+    else:
+        auth = [
+            "-i", str(deploy_key()), "-o", "IdentitiesOnly=yes", "-o", "StrictHostKeyChecking=yes",
+            "-o", f"UserKnownHostsFile={pinned or known_hosts(vm)}", "-o", "HostKeyAlgorithms=ssh-ed25519",
+        ]  # fmt: skip
+        user = LOGIN_USER
+    return ["ip", "netns", "exec", ADMIN_NS, "ssh", *SSH_OPTIONS, *auth, f"{user}@{vm.management_ip}", command]
+
+
+def ssh(vm: VmSpec, command: str, stdin: str | None = None, console: bool = False, timeout: float = 600, pinned: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(ssh_argv(vm, command, console, pinned), input=stdin or "", capture_output=True, text=True, timeout=timeout)
+
+
+def root(vm: VmSpec, command: str, timeout: float = 600) -> str:
+    p = ssh(vm, command, console=True, timeout=timeout)
+    if p.returncode != 0:
+        raise LabError(f"{vm.node}: `{command}` exit {p.returncode}: {(p.stderr or p.stdout).strip()[-800:]}")
+    return p.stdout
+
+
+def wait_ssh(vm: VmSpec, deadline: float) -> float:
+    """Seconds until the console key gets a shell (sshd up), retrying until `deadline` (monotonic)."""
+    t0 = time.monotonic()
+    while True:
+        try:
+            if ssh(vm, "true", console=True, timeout=180).returncode == 0:
+                return time.monotonic() - t0
+        except subprocess.TimeoutExpired:
+            pass
+        if time.monotonic() > deadline:
+            raise LabError(f"{vm.node}: no SSH on {vm.management_ip} in time (console: {console_log(vm.node)})")
+        time.sleep(2)
+
+
+# --------------------------------------------------------------------------- the VMs
+
+
+def console_log(node: str) -> Path:
+    return STATE_DIR / "vm" / node / "console.log"
+
+
+def build_underlay(sh: Shell, plan: Plan, layout: Layout, specs: Sequence[VmSpec]) -> None:
+    build_internet(sh, layout)
+    for edge in layout.edges:
+        build_edge(sh, layout, edge)
+    # The operator's machine, at adminCidr on the internet.
+    admin = str(next(iter(ipaddress.IPv4Network(str(plan.config.admin_cidr)).hosts()), plan.config.admin_cidr.network_address))
+    add_namespace(sh, ADMIN_NS)
+    sh.run(["ip", "link", "add", "inet", "netns", ADMIN_NS, "type", "veth", "peer", "name", "e-admin", "netns", layout.internet_ns])
+    sh.batch(ADMIN_NS, [f"addr add {admin}/32 dev inet", "link set inet up", "route add default dev inet"])
+    sh.batch(layout.internet_ns, ["link set e-admin up", f"route add {admin}/32 dev e-admin"])
+    # The admin's default route is the link itself: the internet answers ARP for every address behind it.
+    sh.ns(layout.internet_ns, ["sysctl", "-qw", "net.ipv4.conf.e-admin.proxy_arp=1"])
+    for vm in specs:
+        edge = next(e for e in layout.edges if e.site == vm.site)
+        for nic in vm.nics:
+            sh.batch(vm.edge_ns, [f"tuntap add dev {nic.tap} mode tap", f"link set {nic.tap} master {nic.segment}", f"link set {nic.tap} up"])
+        if vm.kind == "client" and vm.public_ip is not None:
+            lan = next(n for n in vm.nics if n.address is not None).address
+            assert lan is not None
+            private = lan.split("/")[0]
+            for rule in (
+                ["PREROUTING", "-i", "inet", "-d", vm.public_ip, "-j", "DNAT", "--to-destination", private],
+                ["POSTROUTING", "-o", "inet", "-s", private, "-j", "SNAT", "--to-source", vm.public_ip],
+            ):
+                sh.ns(vm.edge_ns, ["iptables", "-w", "-t", "nat", "-A", *rule])
+            sh.batch(layout.internet_ns, [f"route add {vm.public_ip}/32 via {edge.transit_edge.split('/')[0]}"])
+    # vSphere: the admin reaches the datacentre's own networks over a management link (no NAT on that path).
+    for edge in layout.edges:
+        if not PLATFORMS[edge.platform].management_network:
+            continue
+        site = next(s for s in plan.config.sites if s.name == edge.site)
+        port = f"m-{edge.site}"[:15]
+        sh.run(["ip", "link", "add", port, "netns", ADMIN_NS, "type", "veth", "peer", "name", "admin", "netns", edge.ns])
+        link = ipaddress.IPv4Network(f"100.127.{site.site_id}.0/30")
+        a, e = list(link.hosts())
+        sh.batch(ADMIN_NS, [f"addr add {a}/30 dev {port}", f"link set {port} up", f"route add {site.vpc_cidr} via {e}"])
+        sh.batch(edge.ns, [f"addr add {e}/30 dev admin", "link set admin up", f"route add {admin}/32 via {a}"])
+
+
+def write_seed(vm: VmSpec, plan: Plan, instance_id: str) -> Path:
+    d = STATE_DIR / "vm" / vm.node
+    seed_dir = d / "seed"
+    shutil.rmtree(seed_dir, ignore_errors=True)
+    seed_dir.mkdir(parents=True)
+    priv, pub = host_key(vm.node)
+    _, deploy_pub = _keygen(deploy_key(), "mco-boot-deploy")
+    (seed_dir / "user-data").write_bytes(seed_user_data(plan, vm.node, priv, pub, deploy_pub))
+    (seed_dir / "meta-data").write_text(yaml.safe_dump({"instance-id": instance_id, "local-hostname": vm.node}))
+    (seed_dir / "network-config").write_text(network_config(vm))
+    iso = d / "seed.iso"
+    subprocess.run(["genisoimage", "-quiet", "-output", str(iso), "-volid", "cidata", "-joliet", "-rock", str(seed_dir)], check=True)
+    return iso
+
+
+def qemu_argv(vm: VmSpec, image: dict[str, str], disk: Path, seed: Path) -> list[str]:
+    d = STATE_DIR / "vm" / vm.node
+    argv = [
+        "ip", "netns", "exec", vm.edge_ns,
+        "qemu-system-x86_64", "-accel", "tcg", "-cpu", QEMU_CPU, "-m", str(MEMORY_MB[vm.kind]), "-smp", "1",
+        "-name", vm.node, "-display", "none", "-daemonize", "-pidfile", str(d / "qemu.pid"),
+        "-monitor", f"unix:{d / 'monitor.sock'},server,nowait", "-serial", f"file:{console_log(vm.node)}",
+        "-kernel", image["kernel"], "-initrd", image["initrd"], "-append", f"{KERNEL_APPEND} mco.platform={vm.platform}",
+        "-drive", f"file={disk},if=virtio,format=qcow2", "-drive", f"file={seed},if=virtio,format=raw,readonly=on",
+    ]  # fmt: skip
+    for i, nic in enumerate(vm.nics):
+        argv += ["-netdev", f"tap,id=n{i},ifname={nic.tap},script=no,downscript=no", "-device", f"virtio-net-pci,netdev=n{i},mac={nic.mac}"]
+    return argv
+
+
+def start_vm(vm: VmSpec, plan: Plan, image: dict[str, str]) -> int:
+    d = STATE_DIR / "vm" / vm.node
+    d.mkdir(parents=True, exist_ok=True)
+    disk = d / "disk.qcow2"
+    if not disk.exists():
+        subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-b", image["disk"], "-F", "raw", str(disk)], check=True)
+    seed = write_seed(vm, plan, f"i-mco-{vm.node}")
+    console_log(vm.node).unlink(missing_ok=True)
+    subprocess.run(qemu_argv(vm, image, disk, seed), check=True, capture_output=True, text=True)
+    return int((d / "qemu.pid").read_text().strip())
+
+
+@dataclass
+class NodeBoot:
+    node: str
+    ssh_s: float
+    cloud_init_s: float
+    status: str
+    detail: dict[str, Any]
+
+
+def cloud_init_status(vm: VmSpec) -> dict[str, Any]:
+    """`cloud-init status --long --format json` once cloud-init is done (it waits)."""
+    p = ssh(vm, "cloud-init status --wait >/dev/null 2>&1; cloud-init status --long --format json", console=True, timeout=1200)
+    try:
+        return dict(json.loads(p.stdout))
+    except json.JSONDecodeError as e:
+        raise LabError(f"{vm.node}: cloud-init status said: {(p.stdout + p.stderr).strip()[-800:]}") from e
+
+
+def wait_booted(vm: VmSpec, started: float, timeout: float, out: Out) -> NodeBoot:
+    wait_ssh(vm, started + timeout)
+    ssh_at = time.monotonic() - started
+    status = cloud_init_status(vm)
+    done_at = time.monotonic() - started
+    out(f"{vm.node}: sshd at {ssh_at:.0f} s, cloud-init {status.get('status')} at {done_at:.0f} s")
+    return NodeBoot(vm.node, round(ssh_at, 1), round(done_at, 1), str(status.get("status")), status)
+
+
+def push_node(vm: VmSpec, doc: dict[str, Any], phase: str | None) -> subprocess.CompletedProcess[str]:
+    """The program's push: push_command(phase) over SSH as the login user, the config on stdin."""
+    return ssh(vm, push_command(phase), stdin=json.dumps(doc, indent=1, sort_keys=True) + "\n", timeout=900)
+
+
+def push_all(st: BootState, out: Out = print) -> list[dict[str, Any]]:
+    """Every node's push in the program's order (lab.nodes.push_stages), each stage in parallel."""
+    plan = st.plan()
+    layout = build_layout(plan, PREFIX)
+    specs = {v.node: v for v in vm_specs(plan, layout)}
+    keys = lab_pair_keys(st.key_seed, plan)
+    results: list[dict[str, Any]] = []
+    with ThreadPoolExecutor(max_workers=len(specs)) as pool:
+        for stage in push_stages(plan):
+            t0 = time.monotonic()
+
+            def one(job: tuple[str, str | None]) -> dict[str, Any]:
+                node, phase = job
+                doc = node_config(plan, node, dict(layout.public_ips), container_runtime="docker", pair_keys=keys)
+                t = time.monotonic()
+                p = push_node(specs[node], doc, phase)
+                return {"node": node, "phase": phase, "ok": p.returncode == 0, "seconds": round(time.monotonic() - t, 1), "output": (p.stdout + p.stderr)[-2000:]}
+
+            done = list(pool.map(one, stage))
+            results += done
+            out(f"push stage {sorted({d['phase'] or 'push' for d in done})}: {sum(d['ok'] for d in done)}/{len(done)} ok in {time.monotonic() - t0:.1f} s")
+            bad = [d for d in done if not d["ok"]]
+            if bad:
+                raise LabError(f"push failed on {', '.join(d['node'] for d in bad)}:\n{bad[0]['output']}")
+    return results
+
+
+def check_from(vm: VmSpec, plan: Plan, fail_on_unreachable: bool = True) -> tuple[int, Any]:
+    """The program's connectivity check from one router: check_command over SSH, parsed as the stack parses it."""
+    p = ssh(vm, check_command(check_targets(plan), fail_on_unreachable), timeout=600)
+    return p.returncode, parse_check_output(p.stdout)
+
+
+def endpoints(plan: Plan) -> list[tuple[str, str, str | None]]:
+    """(name, node VM it runs on, container netns handle or None) of every overlay endpoint."""
+    out: list[tuple[str, str, str | None]] = [(n.name, n.name, None) for n in plan.nodes]
+    out += [(c.name, r.name, c.name) for r in plan.routers() for c in r.containers]
+    return out
+
+
+def matrix(st: BootState, out: Out = print) -> dict[str, Any]:
+    """Every endpoint pings every overlay address (IPv4 and IPv6), with the node script's own check: from each VM
+    through the program's path (check_command as the login user), from each container in its namespace on its
+    router (as root over the console: a container has no sshd). source -> parsed check output."""
+    plan = st.plan()
+    specs = specs_of(st)
+    targets = check_targets(plan)
+
+    def one(ep: tuple[str, str, str | None]) -> tuple[str, Any]:
+        name, vm, netns = ep
+        if netns is None:
+            p = ssh(specs[vm], check_command(targets, fail_on_unreachable=False), timeout=600)
+        else:
+            argv = ["ip", "netns", "exec", netns, NODE_SCRIPT, "check", "--json", *targets]
+            p = ssh(specs[vm], shlex.join(argv), console=True, timeout=600)
+        return name, parse_check_output(p.stdout)
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        got = dict(pool.map(one, endpoints(plan)))
+    bad = {k: v.get("unreachable") if isinstance(v, dict) else v for k, v in got.items() if not (isinstance(v, dict) and not v.get("unreachable"))}
+    out(f"matrix: {len(got)} sources x {len(targets)} addresses, {len(bad)} source(s) with unreachable targets")
+    return {"sources": got, "failed": bad}
+
+
+def reboot(vm: VmSpec, plan: Plan, checker: VmSpec | None = None, timeout: float = 900) -> dict[str, float]:
+    """A real `systemctl reboot` of the VM, then nothing but waiting: seconds until sshd answers again, until the
+    overlay unit is active, and until the program's check from `checker` (a router; the VM itself if None) passes."""
+    boot_id = root(vm, "cat /proc/sys/kernel/random/boot_id").strip()
+    t0 = time.monotonic()
+    ssh(vm, "systemctl reboot", console=True, timeout=60)
+    deadline = t0 + timeout
+    while True:
+        try:
+            p = ssh(vm, "cat /proc/sys/kernel/random/boot_id", console=True, timeout=20)
+            if p.returncode == 0 and p.stdout.strip() and p.stdout.strip() != boot_id:
+                break
+        except subprocess.TimeoutExpired:
+            pass
+        if time.monotonic() > deadline:
+            raise LabError(f"{vm.node}: not back from the reboot in {timeout:.0f} s")
+        time.sleep(2)
+    sshd = time.monotonic() - t0
+    while ssh(vm, f"systemctl is-active {UNIT_NAME}", console=True, timeout=60).stdout.strip() != "active":
+        if time.monotonic() > deadline:
+            raise LabError(f"{vm.node}: the overlay unit is not active {timeout:.0f} s after the reboot")
+        time.sleep(2)
+    unit = time.monotonic() - t0
+    checker = checker or vm
+    while check_from(checker, plan)[0] != 0:
+        if time.monotonic() > deadline:
+            raise LabError(f"{vm.node}: the check from {checker.node} still fails {timeout:.0f} s after the reboot")
+        time.sleep(2)
+    return {"sshd": round(sshd, 1), "unit_active": round(unit, 1), "check_passes": round(time.monotonic() - t0, 1)}
+
+
+def up(stack: str, sites: Sequence[str], overrides: dict[str, Any], out: Out = print, timeout: float = 1500) -> dict[str, Any]:
+    if _state_file().exists():
+        raise LabError(f"a boot lab exists ({_state_file()}): python -m lab.boot down")
+    for tool in ("qemu-system-x86_64", "qemu-img", "genisoimage", "ssh", "ssh-keygen"):
+        if shutil.which(tool) is None:
+            raise LabError(f"missing {tool}: bash scripts/setup.sh installs it")
+    t0 = time.monotonic()
+    img = nodeimage.build(lambda m: out(f"node image: {m}"))
+    image = {"disk": str(img.disk), "kernel": str(img.kernel), "initrd": str(img.initrd)}
+    st = BootState(stack, list(sites), overrides, os.urandom(32).hex(), image)
+    plan = st.plan()
+    layout = build_layout(plan, PREFIX)
+    specs = vm_specs(plan, layout)
+    save(st)
+    sh = Shell()
+    build_underlay(sh, plan, layout, specs)
+    started = time.monotonic()
+    for vm in specs:
+        st.pids[vm.node] = start_vm(vm, plan, image)
+        save(st)
+    out(f"{len(specs)} VMs started ({', '.join(v.node for v in specs)}); waiting for sshd and cloud-init")
+    with ThreadPoolExecutor(max_workers=len(specs)) as pool:
+        boots = list(pool.map(lambda v: wait_booted(v, started, timeout, out), specs))
+    pushes = push_all(st, out)
+    checks = {v.node: check_from(v, plan) for v in specs if v.kind == "router"}
+    return {"seconds": round(time.monotonic() - t0, 1), "boots": [dataclasses.asdict(b) for b in boots], "pushes": pushes, "checks": checks}
+
+
+def down(out: Out = print) -> None:
+    sh = Shell()
+    try:
+        st: BootState | None = load()
+    except LabError:
+        st = None
+    for node, pid in (st.pids if st else {}).items():
+        try:
+            os.kill(pid, signal.SIGKILL)
+            out(f"stopped {node}")
+        except ProcessLookupError:
+            pass
+    names = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout.split()
+    for ns in names:
+        if ns.startswith(PREFIX):
+            sh.run(["ip", "netns", "delete", ns], check=False)
+    shutil.rmtree(STATE_DIR, ignore_errors=True)
+
+
+def specs_of(st: BootState) -> dict[str, VmSpec]:
+    plan = st.plan()
+    return {v.node: v for v in vm_specs(plan, build_layout(plan, PREFIX))}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m lab.boot", description=(__doc__ or "").split("\n\n")[0])
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    p_up = sub.add_parser("up")
+    p_up.add_argument("--stack", default="dev")
+    p_up.add_argument("--sites", default=",".join(DEFAULT_SITES))
+    p_up.add_argument("--hub")
+    p_up.add_argument("--protocol")
+    sub.add_parser("down")
+    sub.add_parser("check")
+    p_push = sub.add_parser("push")
+    p_push.add_argument("--hub")
+    p_push.add_argument("--protocol")
+    p_ssh = sub.add_parser("ssh")
+    p_ssh.add_argument("node")
+    p_ssh.add_argument("command", nargs=argparse.REMAINDER)
+    args = parser.parse_args(argv)
+    try:
+        if args.cmd == "up":
+            res = up(args.stack, args.sites.split(","), {"hub": args.hub, "protocol": args.protocol})
+            print(json.dumps(res, indent=1))
+            return 0
+        if args.cmd == "down":
+            down()
+            return 0
+        st = load()
+        specs = specs_of(st)
+        if args.cmd == "ssh":
+            cmd = " ".join(shlex.quote(c) for c in args.command) or "bash -l"
+            argv = ssh_argv(specs[args.node], cmd, console=True)
+            return subprocess.call(argv if args.command else [*argv[:-1], "-t", cmd])
+        if args.cmd == "push":
+            st.overrides.update({k: v for k, v in {"hub": args.hub, "protocol": args.protocol}.items() if v})
+            save(st)
+            push_all(st)
+            return 0
+        if args.cmd == "check":
+            plan = st.plan()
+            bad = 0
+            for v in specs.values():
+                if v.kind == "router":
+                    rc, res = check_from(v, plan)
+                    print(v.node, rc, json.dumps(res)[:400])
+                    bad += rc != 0
+            return 1 if bad else 0
+    except LabError as e:
+        print(f"lab.boot: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+
