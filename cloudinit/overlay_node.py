@@ -27,6 +27,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 OWN_PREFIXES = ("ovl-r", "ovl-c", "ovl-k")
+LAN_NIC_WAIT = 600  # seconds a boot waits for a LAN NIC attached after launch
 CONTAINER_LABEL = "multicloud-overlay.node"
 EXIT_REJECTED = 3
 CLOUD_INIT_RUN = "/run/cloud-init"
@@ -486,26 +487,35 @@ def step_firewall(r: Runner, doc: dict[str, Any]) -> None:
                 )
 
 
-def step_lan(r: Runner, doc: dict[str, Any]) -> None:
-    """Give the LAN NIC its planned address where the platform's image does not (secondary VNIC/ENI)."""
+def step_lan(r: Runner, doc: dict[str, Any], wait: float = LAN_NIC_WAIT) -> None:
+    """Give the LAN NIC its planned address where the platform's image does not (secondary VNIC/ENI). Those NICs
+    are attached after launch, so the first boot may come before it: wait for it."""
     if not doc["lan"]["configure"]:
         return
     want = str(ipaddress.ip_interface(doc["lan"]["address"]))
-    all_links = links(r)
-    candidates = []
-    for name, link in all_links.items():
-        have = addresses(r, name)
-        if want in {str(ipaddress.ip_interface(a)) for a in have}:
-            ensure_link_state(r, link, link.get("mtu", 1500), None)
-            return
-        kind = link.get("linkinfo", {}).get("info_kind")
-        if name == "lo" or name.startswith(OWN_PREFIXES) or kind in ("bridge", "vxlan", "geneve", "tun"):
-            continue
-        if link.get("link_type") != "ether" or any(ipaddress.ip_interface(a).version == 4 for a in have):
-            continue
-        candidates.append((link.get("ifindex", 0), name))
-    if not candidates:
-        raise CommandFailed(f"no unconfigured NIC for the LAN address {want}: is the LAN NIC attached?")
+    deadline = time.monotonic() + wait
+    while True:
+        all_links = links(r)
+        candidates = []
+        for name, link in all_links.items():
+            have = addresses(r, name)
+            if want in {str(ipaddress.ip_interface(a)) for a in have}:
+                ensure_link_state(r, link, link.get("mtu", 1500), None)
+                return
+            kind = link.get("linkinfo", {}).get("info_kind")
+            if name == "lo" or name.startswith(OWN_PREFIXES) or kind in ("bridge", "vxlan", "geneve", "tun"):
+                continue
+            if link.get("link_type") != "ether" or any(ipaddress.ip_interface(a).version == 4 for a in have):
+                continue
+            candidates.append((link.get("ifindex", 0), name))
+        if candidates:
+            break
+        if time.monotonic() > deadline:
+            raise CommandFailed(f"no unconfigured NIC for the LAN address {want}: is the LAN NIC attached?")
+        if wait:
+            r.log(f"  waiting for the LAN NIC (up to {wait:.0f} s)")
+            wait = 0
+        time.sleep(2)
     _, name = min(candidates)
     r.log(f"  LAN NIC is {name}")
     ensure_link_state(r, all_links[name], all_links[name].get("mtu", 1500), None)

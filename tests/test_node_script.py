@@ -1203,3 +1203,42 @@ def test_push_phases_add_then_switch_then_remove_and_install_only_at_the_end(tmp
     finally:
         for handle in [ns, *(c["name"] for c in new["containers"]["items"])]:  # the containers are namespaces too
             subprocess.run(["ip", "netns", "del", handle], capture_output=True)
+
+
+class LateNic(overlay_node.Runner):
+    """A node whose LAN NIC is attached after launch: `ip link` lists it from the `appears_after`-th look on."""
+
+    def __init__(self, appears_after: int) -> None:
+        super().__init__(lambda _line: None)
+        self.looks = 0
+        self.appears_after = appears_after
+        self.argvs: list[list[str]] = []
+
+    def run(self, argv: Any, check: bool = True, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+        argv = list(argv)
+        self.argvs.append(argv)
+        out = ""
+        if argv[:4] == ["ip", "-d", "-j", "link"]:
+            self.looks += 1
+            nics = [{"ifname": "lo", "ifindex": 1, "link_type": "loopback"}, {"ifname": "ens5", "ifindex": 2, "link_type": "ether"}]
+            if self.looks >= self.appears_after:
+                nics.append({"ifname": "ens6", "ifindex": 3, "link_type": "ether", "mtu": 1500, "operstate": "DOWN", "flags": []})
+            out = json.dumps(nics)
+        elif argv[:3] == ["ip", "-j", "addr"]:
+            local = [{"local": "10.1.1.10", "prefixlen": 24, "scope": "global"}] if argv[-1] == "ens5" else []
+            out = json.dumps([{"addr_info": local}])
+        return subprocess.CompletedProcess(argv, 0, out, "")
+
+
+def test_a_lan_nic_attached_after_the_first_boot_started_is_waited_for(monkeypatch: pytest.MonkeyPatch) -> None:
+    """AWS, OCI and Alibaba attach the router's LAN NIC after launch: the boot may get there first."""
+    monkeypatch.setattr(overlay_node.time, "sleep", lambda _s: None)
+    doc = {"lan": {"configure": True, "address": "10.1.2.10/24"}}
+    late = LateNic(appears_after=3)
+    overlay_node.step_lan(late, doc, wait=60)
+    assert late.looks == 3
+    assert ["ip", "addr", "add", "10.1.2.10/24", "dev", "ens6"] in late.argvs
+    never = LateNic(appears_after=10**6)
+    with pytest.raises(overlay_node.CommandFailed, match="is the LAN NIC attached"):
+        overlay_node.step_lan(never, doc, wait=0)
+    assert never.looks == 1
