@@ -6,7 +6,7 @@ STACK ?= dev
 # This kind of host kernel has no ESP: `make lab` runs the router tunnels in clear (ENCRYPTION=ipsec where it has);
 # the encrypted overlay runs in the kernel VM: .venv/bin/python -m lab vm --encryption ipsec.
 ENCRYPTION ?= none
-ROOT_TARGETS := test setup lab lab-down
+ROOT_TARGETS := test test-boot setup lab lab-down
 
 .PHONY: $(ROOT_TARGETS) deploy-setup lint unit graph
 
@@ -17,7 +17,12 @@ else
 ## test: install what is missing, then lint, type-check and run every test (unit, mocks, lab, VM): those that need
 ## no root on every core, then the root ones one at a time (one lab at a time); fails if either part fails
 test: setup lint
-	$(PY) -m pytest -m "not root" -n auto; unit=$$?; $(PY) -m pytest -m root; root=$$?; exit $$(( unit || root ))
+	$(PY) -m pytest -m "not root" -n auto; unit=$$?; $(PY) -m pytest -m "root and not boot"; root=$$?; exit $$(( unit || root ))
+
+## test-boot: the stack's nodes booted as qemu VMs by the real cloud-init, systemd, sshd and Docker, pushed and
+## checked over real SSH (lab.boot; about N minutes on 2 cores, not part of `make test`)
+test-boot: setup
+	$(PY) -m pytest -m boot -s
 
 ## setup: Debian packages and the pinned virtualenv (idempotent)
 setup:

@@ -1,0 +1,178 @@
+"""Real boot (lab.boot): the payloads run by the real cloud-init, systemd, sshd and Docker in qemu VMs booted from
+the node image, and the program's push and check commands run over real SSH.
+
+One boot lab for the module (a hub and two spokes: AWS with gzip user-data, OCI with its image's firewall and a NIC
+the payload configures, vSphere with its management NIC), in the order the tests are written: what the first boot
+left, then the in-place changes (through the program's own command strings), then reboots, then teardown.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from lab import boot
+from lab.capture import verdict
+from multicloud_overlay.cloudinit.render import UNIT_NAME
+
+pytestmark = [pytest.mark.root, pytest.mark.boot, pytest.mark.timeout(5400)]
+
+RESULTS = Path(__file__).resolve().parents[2] / "lab-results" / "boot"
+
+
+def _record(name: str, data: Any) -> None:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / f"{name}.json").write_text(json.dumps(data, indent=1, default=str) + "\n")
+
+
+@pytest.fixture(scope="module")
+def booted() -> Iterator[dict[str, Any]]:
+    missing = [t for t in ("qemu-system-x86_64", "qemu-img", "genisoimage", "debootstrap", "ssh") if shutil.which(t) is None]
+    assert not missing, f"make setup installs {missing}"
+    boot.down(out=lambda _: None)
+    try:
+        res = boot.up("dev", list(boot.DEFAULT_SITES), {}, out=print)
+        _record("up", res)
+        yield res
+    finally:
+        boot.down(out=lambda _: None)
+        left = [
+            ns
+            for ns in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout.split()
+            if ns.startswith(boot.PREFIX)
+        ]
+        assert not left, f"boot lab left namespaces behind: {left}"
+
+
+def _specs() -> dict[str, boot.VmSpec]:
+    return boot.specs_of(boot.load())
+
+
+def test_cloud_init_is_done_without_errors_and_its_schema_passes(booted: dict[str, Any]) -> None:
+    for b in booted["boots"]:
+        detail = b["detail"]
+        assert detail["status"] == "done", (b["node"], detail)
+        assert detail.get("errors") == [], (b["node"], detail.get("errors"))
+        assert not detail.get("recoverable_errors"), (b["node"], detail.get("recoverable_errors"))
+    for vm in _specs().values():
+        p = boot.ssh(vm, "cloud-init schema --system", console=True)
+        assert p.returncode == 0, (vm.node, p.stdout, p.stderr)
+
+
+def test_a_lan_nic_attached_after_launch_is_waited_for_by_the_first_boot(booted: dict[str, Any]) -> None:
+    """AWS and OCI attach a router's LAN NIC to the running instance: here it came only once the first boot's
+    unit was waiting for it, and that boot still ended with cloud-init done (above) and the unit active (below)."""
+    late = {b["node"]: b["late_nic"] for b in booted["boots"] if b["late_nic"]}
+    assert set(late) == {"aws-router", "oci-router"}
+    assert all(v["unit_was_waiting"] for v in late.values()), late
+
+
+def test_the_overlay_unit_is_enabled_and_active(booted: dict[str, Any]) -> None:
+    for vm in _specs().values():
+        out = boot.root(vm, f"systemctl is-enabled {UNIT_NAME}; systemctl is-active {UNIT_NAME}").split()
+        assert out == ["enabled", "active"], (vm.node, out)
+
+
+def test_the_first_pushes_and_the_program_checks_pass(booted: dict[str, Any]) -> None:
+    assert booted["pushes"] and all(p["ok"] for p in booted["pushes"])
+    for router, (rc, result) in booted["checks"].items():
+        assert rc == 0 and result["unreachable"] == [] and result["reachable"] == result["total"] > 0, (router, result)
+
+
+def test_the_full_matrix_passes(booted: dict[str, Any]) -> None:
+    m = boot.matrix(boot.load())
+    _record("matrix", m)
+    assert m["failed"] == {}
+    assert len(m["sources"]) == 3 * (2 + 3)
+
+
+def test_a_wrong_pinned_host_key_is_refused(booted: dict[str, Any]) -> None:
+    vm = _specs()["aws-router"]
+    other = boot.host_key("oci-router")[1]
+    pinned = boot.known_hosts(vm, other)
+    p = boot.ssh(vm, "true", pinned=pinned, timeout=60)
+    assert p.returncode == 255 and "host key" in p.stderr.lower(), p.stderr
+    assert boot.ssh(vm, "true", timeout=60).returncode == 0
+
+
+def test_an_unreachable_pair_fails_the_check(booted: dict[str, Any]) -> None:
+    st = boot.load()
+    specs = _specs()
+    plan = st.plan()
+    client = plan.client("oci")
+    boot.root(specs[client.name], "ip link set br-overlay down")
+    try:
+        rc, result = boot.check_from(specs["aws-router"], plan)
+        assert rc == 1
+        assert set(result["unreachable"]) == {client.overlay_ipv4, client.overlay_ipv6}, result
+    finally:
+        boot.root(specs[client.name], f"systemctl restart {UNIT_NAME}")
+    rc, result = boot.check_from(specs["aws-router"], plan)
+    assert rc == 0, result
+
+
+def test_a_hub_swap_and_a_protocol_switch_through_ssh_converge(booted: dict[str, Any]) -> None:
+    """pulumi config set hub oci; pulumi config set protocol geneve; pulumi up: the program's make-before-break
+    pushes, over SSH, in its order. Encrypted: only ESP crosses the internet."""
+    st = boot.load()
+    st.overrides.update({"hub": "oci", "protocol": "geneve"})
+    boot.save(st)
+    t0 = time.monotonic()
+    pushes = boot.push_all(st)
+    _record("swap-and-switch", {"seconds": round(time.monotonic() - t0, 1), "pushes": pushes})
+    plan = st.plan()
+    specs = _specs()
+    hub = boot.root(specs["oci-router"], "ip -d -j link show type geneve")
+    assert {link["linkinfo"]["info_data"].get("port") for link in json.loads(hub)} == {6081}, hub
+    assert boot.root(specs["oci-router"], "ip -j link show type vxlan").strip() in ("", "[]")
+    (rc, result), summary = boot.capture(lambda: boot.check_from(specs["aws-router"], plan))
+    _record("capture-encrypted", summary)
+    assert rc == 0, result
+    assert summary["esp"] > 0 and summary["clear_tunnel"] == 0 and summary["marker"] == 0 and summary["udp_ports"] == [], summary
+    m = boot.matrix(st)
+    _record("matrix-geneve", m)
+    assert m["failed"] == {}
+
+
+def test_encryption_off_in_place_shows_only_the_protocol_port_on_the_wire(booted: dict[str, Any]) -> None:
+    st = boot.load()
+    st.overrides.update({"encryption": "none"})
+    boot.save(st)
+    boot.push_all(st)
+    plan = st.plan()
+    specs = _specs()
+    for router in ("aws-router", "oci-router", "vsphere-router"):
+        assert boot.root(specs[router], "ip xfrm state | grep -c ^src || true").strip() == "0", router
+    (ok, _), summary = boot.capture(lambda: (boot.marked_pings(specs["aws-client"], plan.client("vsphere").overlay_ipv4), None))
+    _record("capture-clear", summary)
+    passed, why = verdict(False, summary, ok, "geneve")
+    assert passed, why
+    assert summary["udp_ports"] == [6081], summary
+
+
+def test_a_reboot_brings_the_overlay_back_by_itself(booted: dict[str, Any]) -> None:
+    """A real `systemctl reboot` of the hub and of a spoke at once; nothing else is done."""
+    st = boot.load()
+    specs = _specs()
+    plan = st.plan()
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        got = dict(
+            zip(
+                ("oci-router", "aws-router"),
+                pool.map(lambda n: boot.reboot(specs[n], plan, checker=specs["vsphere-router"]), ("oci-router", "aws-router")),
+                strict=True,
+            )
+        )
+    _record("reboot", got)
+    for node in ("oci-router", "aws-router"):
+        assert boot.root(specs[node], f"systemctl is-active {UNIT_NAME}").strip() == "active", node
+    m = boot.matrix(st)
+    assert m["failed"] == {}
