@@ -7,8 +7,11 @@ emulated above the hypervisor:
   LAN (and vSphere management) segments and 1:1 NAT), with prefix `mcb-` so that it can exist beside a host lab;
 - each VM's NICs are tap devices on those segments (qemu runs in the site's edge namespace);
 - its NoCloud seed holds the user-data bytes the platform's API receives once decoded (components.limits:
-  node_user_data + sent_user_data; gzip for AWS, OCI and Alibaba), a meta-data with the instance id, and a
-  network-config v2 that gives the NICs the addresses the platform gives (static here);
+  node_user_data + user_data_as_sent; gzip for AWS, OCI and Alibaba), a meta-data with the instance id, and a
+  network-config v2 as the platform's datasource renders it: DHCP on the public clouds (a dnsmasq per site answers
+  each NIC with its planned address), static addresses on vSphere;
+- the NIC a platform attaches after launch (an AWS, OCI or Alibaba router's LAN NIC) is hot-plugged into the
+  running VM (qemu's device_add) once the first boot's overlay unit waits for it;
 - management comes from an admin namespace at the stack's adminCidr on the emulated internet: routers and
   public-cloud clients through their public addresses (1:1 NAT; the clients' from 203.0.113.0/24), vSphere VMs
   over a management link into the datacentre (its WAN and management networks), as on the platforms;
