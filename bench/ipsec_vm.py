@@ -1,10 +1,14 @@
 """IPsec against clear tunnels, side by side inside the Debian-kernel VM (the host kernel has no ESP).
 
 One VM boot: the lab (3 sites, containers as namespaces, VXLAN) comes up in clear, then encryption is switched in
-place back and forth (none, ipsec, none, …); after each switch the same pairs are measured as in
+place back and forth (none, ipsec, static, none, …); after each switch the same pairs are measured as in
 bench/geneve_vm.py: TCP throughput (1 MiB writes for a few seconds) and ping RTT, underlay router→peer public
 address and overlay hub↔spoke routers (IPv4 and IPv6). The CPU is emulated (qemu TCG, AES-GCM in software), so
 only ratios inside this one run mean anything: ipsec/none per pair, and each mode's overlay/underlay.
+
+ipsec is today's (IKEv2-keyed SAs with a 1,024-packet replay window); static is what earlier versions ran, the
+same SAs with no replay window (lab.capture.without_replay_window reinstalls the IKE SAs that way, same keys):
+"before" and "after" measured in one run.
 
     .venv/bin/python -m bench.ipsec_vm [--rounds 3] [--seconds 3] [--aes-ni]
 
@@ -30,7 +34,7 @@ from bench.geneve_vm import RESULTS, ROOT, SITES, lab, rtt, throughput
 from lab.progress import Progress
 from lab.shell import in_netns
 
-MODES = ("none", "ipsec")
+MODES = ("none", "ipsec", "static")
 PAIRS = ("underlay", "overlay-v4", "overlay-v6")
 
 
@@ -62,6 +66,7 @@ def wire_sizes(internet_ns: str, src: str, dst: str, target: str, seconds: float
 
 def guest(rounds: int, seconds: float, results: Path, aes_ni: bool = False) -> int:
     sys.path.insert(0, str(ROOT))
+    from lab.capture import without_replay_window
     from lab.check import Lab
 
     if aes_ni:
@@ -83,9 +88,12 @@ def guest(rounds: int, seconds: float, results: Path, aes_ni: bool = False) -> i
         progress = Progress(total=rounds * len(MODES) * len(PAIRS))
         for r in range(rounds):
             for mode in MODES:
-                if mode != current:
+                if mode == "static":
+                    for router in plan.routers():
+                        without_replay_window(running.sh, running.node_ns(router.name))
+                elif mode != current:
                     lab("swap", "--encryption", mode, "--results", str(results))
-                    current = mode
+                current = mode
                 for pair in PAIRS:
                     mbit = throughput(src, dst, targets[pair], seconds)
                     ms = rtt(src, targets[pair])
@@ -116,6 +124,7 @@ def summarise(samples: list[dict[str, Any]]) -> dict[str, Any]:
         for pair in ("overlay-v4", "overlay-v6"):
             rows[mode][pair]["ratio_to_underlay"] = rows[mode][pair]["mbit_s"] / rows[mode]["underlay"]["mbit_s"]
     rows["ipsec_over_none"] = {pair: rows["ipsec"][pair]["mbit_s"] / rows["none"][pair]["mbit_s"] for pair in PAIRS}
+    rows["static_over_none"] = {pair: rows["static"][pair]["mbit_s"] / rows["none"][pair]["mbit_s"] for pair in PAIRS}
     rows["wire"] = {mode: {k: wire[mode][k] for k in ("datagrams", "mean_bytes", "max_bytes")} for mode in MODES if mode in wire}
     return rows
 
@@ -175,9 +184,10 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"{mode:5} on the wire (overlay v4 transfer): {w['datagrams']} tunnel datagrams, mean {w['mean_bytes']:.0f} B, max {w['max_bytes']} B"
         )
-    g = rows["ipsec_over_none"]
+    g, b = rows["ipsec_over_none"], rows["static_over_none"]
     print(
-        f"IPsec/clear throughput: v4 {g['overlay-v4']:.2f}, v6 {g['overlay-v6']:.2f} (underlay {g['underlay']:.2f}); AES-GCM driver {report['aead_driver']}; wrote {RESULTS / f'{name}.json'}"
+        f"IPsec/clear throughput: IKEv2 (after) v4 {g['overlay-v4']:.2f}, v6 {g['overlay-v6']:.2f} (underlay {g['underlay']:.2f}); "
+        f"static keys (before) v4 {b['overlay-v4']:.2f}, v6 {b['overlay-v6']:.2f}; AES-GCM driver {report['aead_driver']}; wrote {RESULTS / f'{name}.json'}"
     )
     return 0
 

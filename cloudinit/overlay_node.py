@@ -240,50 +240,26 @@ def validate(doc: Any) -> list[str]:
     return problems
 
 
-ESP_ALGORITHMS = {"rfc4106(gcm(aes))": 36}
-"""Algorithm -> key bytes (AES-256 key + 4-byte salt)."""
-NATT_PORT = 4500
-SPI_BASE = 0x40000000
-SPI_SPAN = 1 << 26
-"""This project's SPIs (and reqids) are SPI_BASE + 2 * VNI (+1); anything else in the kernel is not ours."""
-
-
-def _spi(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and SPI_BASE <= value < SPI_BASE + SPI_SPAN
+PSK_HEX = 144  # the pair key: 72 random bytes
+PROPOSAL_RE = re.compile(r"[a-z0-9]+(?:-[a-z0-9]+)*")
 
 
 def _validate_ipsec(doc: dict[str, Any], tunnels: list[dict[str, Any]]) -> list[str]:
     ipsec = doc.get("ipsec")
-    problems: list[str] = []
     if ipsec is None:
-        problems += [f"tunnels[{i}].esp: keys given but ipsec is not set" for i, t in enumerate(tunnels) if "esp" in t]
-        return problems
-    if not isinstance(ipsec, dict):
-        return ["ipsec: not an object"]
-    alg = ipsec.get("algorithm")
-    if alg not in ESP_ALGORITHMS:
-        problems.append(f"ipsec.algorithm: {alg!r} is not one of {', '.join(ESP_ALGORITHMS)}")
-    if not _int(1, 65535)(ipsec.get("natt_port")):
-        problems.append(f"ipsec.natt_port: {ipsec.get('natt_port')!r} is not a UDP port")
-    if ipsec.get("icv_bits") not in (64, 96, 128):
-        problems.append(f"ipsec.icv_bits: {ipsec.get('icv_bits')!r} is not 64, 96 or 128")
-    key_hex = 2 * ESP_ALGORITHMS.get(str(alg), 36)
+        return [f"tunnels[{i}].psk: a key given but ipsec is not set" for i, t in enumerate(tunnels) if "psk" in t]
+    if not isinstance(ipsec, dict) or doc.get("kind") != "router":
+        return ["ipsec: not an object of a router"]
+    problems = [f"ipsec.{k}: {ipsec.get(k)!r} is not a proposal" for k in ("ike_proposals", "esp_proposals") if not PROPOSAL_RE.fullmatch(str(ipsec.get(k)))]
+    if not _addr(ipsec.get("id")) or ":" in str(ipsec.get("id")):
+        problems.append(f"ipsec.id: {ipsec.get('id')!r} is not this router's public IPv4 address")
+    for key, lo, hi in (("rekey_seconds", 60, 86400), ("rekey_packets", 1000, 1 << 31), ("replay_window", 32, 4096), ("dpd_seconds", 1, 3600)):
+        if not _int(lo, hi)(ipsec.get(key)):
+            problems.append(f"ipsec.{key}: {ipsec.get(key)!r} is not a whole number from {lo} to {hi}")
     for i, t in enumerate(tunnels):
-        if not str(t.get("name", "")).startswith("ovl-r") or doc.get("kind") != "router":
-            continue
-        esp = t.get("esp")
-        if not isinstance(esp, dict):
-            problems.append(f"tunnels[{i}].esp: missing (ipsec is set: every router-to-router tunnel needs its keys)")
-            continue
-        for key in ("spi_out", "spi_in"):
-            if not _spi(esp.get(key)):
-                problems.append(f"tunnels[{i}].esp.{key}: {esp.get(key)!r} is not an SPI of this overlay")
-        for key in ("key_out", "key_in"):
-            v = esp.get(key)
-            if not isinstance(v, str) or len(v) != key_hex or any(c not in "0123456789abcdef" for c in v):
-                problems.append(f"tunnels[{i}].esp.{key}: not {key_hex} lower-case hex digits")
-        if esp.get("spi_out") == esp.get("spi_in"):
-            problems.append(f"tunnels[{i}].esp: spi_out equals spi_in")
+        v = t.get("psk")
+        if str(t.get("name", "")).startswith("ovl-r") and not (isinstance(v, str) and len(v) == PSK_HEX and not v.strip("0123456789abcdef")):
+            problems.append(f"tunnels[{i}].psk: not {PSK_HEX} lower-case hex digits (ipsec is set: every router tunnel needs its key)")
     return problems
 
 
@@ -397,7 +373,7 @@ def step_host_firewall(r: Runner, doc: dict[str, Any]) -> None:
     bridge = doc["bridge"]["name"]
     rules = [
         ("iptables", ["INPUT", "-p", "udp", "--dport", str(doc["port"]), "-j", "ACCEPT"]),
-        *([("iptables", ["INPUT", "-p", "udp", "--dport", str(doc["ipsec"]["natt_port"]), "-j", "ACCEPT"])] if doc.get("ipsec") else []),
+        *([("iptables", ["INPUT", "-p", "udp", "--dport", str(NATT_PORT), "-j", "ACCEPT"])] if doc.get("ipsec") else []),
         ("iptables", ["FORWARD", "-i", bridge, "-o", bridge, "-j", "ACCEPT"]),
         ("ip6tables", ["FORWARD", "-i", bridge, "-o", bridge, "-j", "ACCEPT"]),
     ]
@@ -425,14 +401,14 @@ def firewall_rules(doc: dict[str, Any], family: int) -> dict[str, list[str]]:
     RETURNs: the rest of the built-in chain (an image's own firewall) still decides.
     """
     br, port = doc["bridge"]["name"], doc["port"]
-    ports = [port, *([doc["ipsec"]["natt_port"]] if doc.get("ipsec") else [])]
+    ports = [port, *([NATT_PORT, IKE_PORT] if doc.get("ipsec") else [])]
     udp = "-p udp -m udp --dport"
     rules = [f"-i {br} -p tcp -m tcp --dport 22 -j DROP", *(f"-i {br} {udp} {p} -j DROP" for p in ports)]
     for t in doc["tunnels"]:
         peer = ipaddress.ip_address(t["remote"])
         if peer.version == family:
             src = f"-s {peer}/{peer.max_prefixlen}"
-            if doc.get("ipsec") and "esp" in t:
+            if doc.get("ipsec") and "psk" in t:
                 rules += [f"{src} {udp} {ports[1]} -j RETURN", f"{src} {udp} {port} -m policy --dir in --pol ipsec -j RETURN"]
             else:
                 rules.append(f"{src} {udp} {port} -j RETURN")
@@ -522,88 +498,19 @@ def step_lan(r: Runner, doc: dict[str, Any], wait: float = LAN_NIC_WAIT) -> None
     r.change(f"added {want} to LAN NIC {name}", ["ip", "addr", "add", want, "dev", name])
 
 
-# --------------------------------------------------------------------------- IPsec (kernel XFRM, static keys)
+# --------------------------------------------------------------------------- IPsec (IKEv2: strongSwan's charon)
 
-
-def _xfrm_blocks(text: str) -> list[str]:
-    """`ip xfrm state|policy list` output split into one block per entry."""
-    blocks: list[str] = []
-    for line in text.splitlines():
-        if line and not line[0].isspace():
-            blocks.append(line)
-        elif blocks:
-            blocks[-1] += "\n" + line
-    return blocks
-
-
-def xfrm_states(r: Runner) -> dict[tuple[str, str, int], str]:
-    """This project's SAs in the kernel: (src, dst, spi) -> the block as `ip xfrm state` prints it."""
-    out: dict[tuple[str, str, int], str] = {}
-    for block in _xfrm_blocks(r.run(["ip", "xfrm", "state", "list"]).stdout):
-        head = block.split()
-        try:
-            src, dst = head[head.index("src") + 1], head[head.index("dst") + 1]
-            spi = int(head[head.index("spi") + 1], 16)
-        except (ValueError, IndexError):
-            continue
-        if "esp" in head and SPI_BASE <= spi < SPI_BASE + SPI_SPAN:
-            out[(src, dst, spi)] = block
-    return out
-
-
-def xfrm_policies(r: Runner) -> dict[tuple[str, str, str, str], int]:
-    """This project's policies: (src selector, dst selector, dport, dir) -> the reqid of their template."""
-    out: dict[tuple[str, str, str, str], int] = {}
-    for block in _xfrm_blocks(r.run(["ip", "xfrm", "policy", "list"]).stdout):
-        w = block.split()
-        try:
-            key = (w[w.index("src") + 1], w[w.index("dst") + 1], w[w.index("dport") + 1], w[w.index("dir") + 1])
-            reqid = int(w[w.index("reqid") + 1])
-        except (ValueError, IndexError):
-            continue
-        if SPI_BASE <= reqid < SPI_BASE + SPI_SPAN:
-            out[key] = reqid
-    return out
-
-
-def _wanted_sas(doc: dict[str, Any]) -> tuple[dict[tuple[str, str, int], str], dict[tuple[str, str, str, str], int]]:
-    states: dict[tuple[str, str, int], str] = {}
-    policies: dict[tuple[str, str, str, str], int] = {}
-    if not doc.get("ipsec"):
-        return states, policies
-    port = str(doc["port"])
-    for t in doc["tunnels"]:
-        esp = t.get("esp")
-        if not esp:
-            continue
-        local, remote = t["local"], t["remote"]
-        states[(local, remote, esp["spi_out"])] = esp["key_out"]
-        states[(remote, local, esp["spi_in"])] = esp["key_in"]
-        policies[(f"{local}/32", f"{remote}/32", port, "out")] = esp["spi_out"]
-        policies[(f"{remote}/32", f"{local}/32", port, "in")] = esp["spi_in"]
-    return states, policies
-
-
-def natt_listening(port: int) -> bool:
-    """True when a UDP socket of this network namespace is bound to `port` (the NAT-T socket)."""
-    try:
-        with open("/proc/net/udp", encoding="ascii") as f:
-            rows = f.read().splitlines()[1:]
-    except OSError:
-        return False
-    return any(row.split()[1].endswith(f":{port:04X}") for row in rows if len(row.split()) > 1)
-
-
-NATT_BIND_SECONDS = 60
+NATT_PORT, IKE_PORT = 4500, 500  # IKE and ESP both use 4500; 500 is admitted from nowhere
+SWANCTL_CONF = "/etc/swanctl/conf.d/multicloud-overlay.conf"
+CHARON_CONF = "/etc/strongswan.d/multicloud-overlay.conf"
+CHARON = "/usr/lib/ipsec/charon"
+IKE_WAIT = 60  # seconds the switch of a make-before-break change waits for its new tunnels' SAs
 
 
 def systemd_runs_here() -> bool:
-    """True when systemd manages this machine and its units would run in this network namespace.
-
-    A unit started with systemd-run runs in PID 1's network namespace. On a VM that is the node's own; in the lab a
-    node is a namespace of a host that may run systemd, and a socket bound there would serve the host, not the node
-    (and every node would ask for the same unit name)."""
-    if not (os.path.isdir("/run/systemd/system") and shutil.which("systemd-run")):
+    """True when systemd manages this machine and its units would run in this network namespace (a VM; in the lab a
+    node is a namespace of a host that may run systemd, whose units would serve the host, not the node)."""
+    if not (os.path.isdir("/run/systemd/system") and shutil.which("systemctl")):
         return False
     try:
         return os.readlink("/proc/self/ns/net") == os.readlink("/proc/1/ns/net")
@@ -611,139 +518,193 @@ def systemd_runs_here() -> bool:
         return False
 
 
-def ensure_natt_socket(r: Runner, port: int, state_dir: str) -> None:
-    """ESP in UDP reaches the kernel's decapsulation only through a UDP socket marked UDP_ENCAP_ESPINUDP.
+def swanctl_conf(doc: dict[str, Any]) -> str:
+    """One IKEv2 connection per encrypted tunnel, named after it, and its pre-shared key (the file is a secret).
 
-    An IKE daemon would hold it; with static keys, `overlay-node natt-listen` does (a transient systemd unit
-    with Restart=always on a VM, a detached process where no systemd runs this network namespace, e.g. a lab node).
+    IKE and ESP both on UDP 4500 from the first packet (RFC 7296 2.23: an initiator may use port 4500 from the start):
+    only 4500 is open between routers. Transport mode, every UDP datagram between the pair's addresses: the tunnel's
+    own, whatever its protocol. Trap policies on both sides: a datagram before the SA exists starts the exchange,
+    and none leaves in clear; a peer that stops answering dead-peer detection is forgotten, and traffic keys it anew.
     """
-    if natt_listening(port):
-        return
-    argv = [sys.executable, os.path.abspath(__file__), "natt-listen", "--port", str(port)]
-    if systemd_runs_here():
-        r.run(["systemctl", "reset-failed", "overlay-natt.service"], check=False)
-        r.change(
-            f"started the NAT-T socket on UDP {port} (overlay-natt.service)",
-            ["systemd-run", "--unit", "overlay-natt", "--collect", "-p", "Restart=always", *argv],
+    ipsec, conns, secrets = doc["ipsec"], [], []
+    for t in doc["tunnels"]:
+        if "psk" not in t:
+            continue
+        n, ids = t["name"], f"id-1 = {ipsec['id']}\n  id-2 = {t['remote']}"
+        conns.append(
+            f"{n} {{\n version = 2\n local_addrs = {t['local']}\n remote_addrs = {t['remote']}\n local_port = 4500\n remote_port = 4500\n"
+            f" encap = yes\n mobike = no\n keyingtries = 0\n proposals = {ipsec['ike_proposals']}\n dpd_delay = {ipsec['dpd_seconds']}s\n"
+            f" local {{\n  auth = psk\n  id = {ipsec['id']}\n }}\n remote {{\n  auth = psk\n  id = {t['remote']}\n }}\n"
+            f" children {{\n  {n} {{\n   mode = transport\n   local_ts = dynamic[udp]\n   remote_ts = dynamic[udp]\n"
+            f"   esp_proposals = {ipsec['esp_proposals']}\n   rekey_time = {ipsec['rekey_seconds']}s\n   rekey_packets = {ipsec['rekey_packets']}\n"
+            f"   replay_window = {ipsec['replay_window']}\n   start_action = trap\n   dpd_action = trap\n   close_action = trap\n  }}\n }}\n}}\n"
         )
-    else:
-        with open(os.path.join(state_dir, "natt.log"), "ab") as log:
-            child = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True, close_fds=True)
-        with open(os.path.join(state_dir, "natt.pid"), "w", encoding="ascii") as f:
-            f.write(f"{child.pid}\n")
-        r.changes.append(f"started the NAT-T socket on UDP {port}")
-        r.log(f"  changed: started the NAT-T socket on UDP {port}")
-    # A fresh interpreter binds in well under a second on a VM; an emulated CPU shared by several guests took more
-    # than 10 s. Waiting longer costs nothing when it binds, and a node with no socket has no encrypted tunnel.
-    deadline = time.monotonic() + NATT_BIND_SECONDS
-    while not natt_listening(port):
-        if time.monotonic() > deadline:
-            raise CommandFailed(f"the NAT-T socket on UDP {port} did not come up (see {state_dir}/natt.log)")
-        time.sleep(0.05)
+        secrets.append(f"ike-{n} {{\n  {ids}\n  secret = 0x{t['psk']}\n}}\n")
+    return "connections {\n" + "".join(conns) + "}\nsecrets {\n" + "".join(secrets) + "}\n"
 
 
-def stop_natt_socket(r: Runner, port: int, state_dir: str) -> None:
-    """Encryption turned off: our NAT-T socket holder goes too (a socket on the port that is not ours stays)."""
-    stopped = False
-    if systemd_runs_here() and r.run(["systemctl", "is-active", "--quiet", "overlay-natt.service"], check=False).returncode == 0:
-        r.run(["systemctl", "stop", "overlay-natt.service"], check=False)
-        stopped = True
-    pid_file = os.path.join(state_dir, "natt.pid")
+def charon_conf(own: bool) -> str:
+    """The daemon's settings: retransmissions that give up on a dead peer in about 15 s. A charon of its own (a lab
+    node, see Ike) also gets its plugins, and its control socket and log in its directory, which it sees as /run."""
+    extra = (
+        "  load = random nonce openssl kdf kernel-netlink socket-default vici\n  plugins {\n    vici {\n      socket = unix:///run/charon.vici\n    }\n  }\n"
+        "  filelog {\n    ike {\n      path = /run/charon.log\n      default = 1\n      flush_line = yes\n    }\n  }\n"
+        if own
+        else ""
+    )
+    head = "swanctl {\n  load = random openssl\n}\n" if own else ""
+    return head + f"charon {{\n  retransmit_tries = 3\n  retransmit_timeout = 2\n  retransmit_base = 1.4\n  install_routes = no\n{extra}}}\n"
+
+
+def _write_if_changed(path: str, text: str) -> bool:
     try:
-        with open(pid_file, encoding="ascii") as f:
-            pid = int(f.read().strip())
-        os.unlink(pid_file)
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            if b"natt-listen" in f.read():
-                os.kill(pid, 15)
-                stopped = True
-    except (OSError, ValueError):
+        with open(path, encoding="utf-8") as f:
+            if f.read() == text:
+                return False
+    except OSError:
         pass
-    if not stopped:
+    install(path, text)
+    return True
+
+
+class Ike:
+    """strongSwan on this node: charon-systemd's unit on a VM, else (a lab node) a charon of its own. That one runs in a
+    mount namespace where STATE_DIR/ike is /run (charon's pid file is /run/charon.pid, one per machine otherwise),
+    and is controlled through the socket it makes there."""
+
+    def __init__(self, r: Runner, state_dir: str) -> None:
+        self.r, self.unit, self.dir = r, systemd_runs_here(), os.path.join(state_dir, "ike")
+        self.conf = SWANCTL_CONF if self.unit else os.path.join(self.dir, "swanctl", "swanctl.conf")
+        self.settings = CHARON_CONF if self.unit else os.path.join(self.dir, "strongswan.conf")
+        self.pid_file, self.sock = os.path.join(self.dir, "daemon.pid"), os.path.join(self.dir, "charon.vici")
+        self.env = None if self.unit else {**os.environ, "STRONGSWAN_CONF": self.settings}
+
+    def swanctl(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        argv = ["swanctl", *args, *([] if self.unit else ["--uri", f"unix://{self.sock}"])]
+        proc = subprocess.run(argv, capture_output=True, text=True, env=self.env, stdin=subprocess.DEVNULL)
+        if check and proc.returncode:
+            raise CommandFailed(f"{' '.join(argv)}: exit {proc.returncode}: {(proc.stderr or proc.stdout).strip()[-300:]}")
+        return proc
+
+    def running(self) -> bool:
+        if self.unit:
+            return self.r.run(["systemctl", "is-active", "--quiet", "strongswan.service"], check=False).returncode == 0
+        try:
+            with open(self.pid_file, encoding="ascii") as f:
+                pid = int(f.read())
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                return b"charon" in f.read() and os.path.exists(self.sock)
+        except (OSError, ValueError):
+            return False
+
+    def start(self) -> None:
+        if self.unit:
+            self.r.change("started strongSwan (strongswan.service)", ["systemctl", "enable", "--now", "strongswan.service"])
+            return
+        os.makedirs(os.path.dirname(self.conf), exist_ok=True)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.sock)
+        argv = ["unshare", "-m", "sh", "-c", f"mount --bind '{self.dir}' /run && exec {CHARON}"]
+        env = {**os.environ, "STRONGSWAN_CONF": "/run/strongswan.conf"}
+        with open(os.devnull, "ab") as null:
+            child = subprocess.Popen(argv, env=env, stdin=null, stdout=null, stderr=null, start_new_session=True)
+        with open(self.pid_file, "w", encoding="ascii") as f:
+            f.write(f"{child.pid}\n")
+        deadline = time.monotonic() + 30
+        while not os.path.exists(self.sock):
+            if child.poll() is not None or time.monotonic() > deadline:
+                raise CommandFailed(f"charon did not start (see {self.dir}/charon.log)")
+            time.sleep(0.05)
+        self.r.changes.append("started charon")
+        self.r.log("  changed: started charon")
+
+    def stop(self) -> None:
+        if self.unit:
+            self.r.change("stopped strongSwan (strongswan.service)", ["systemctl", "disable", "--now", "strongswan.service"])
+            return
+        with open(self.pid_file, encoding="ascii") as f:
+            pid = int(f.read())
+        os.kill(pid, 15)
+        deadline = time.monotonic() + 10
+        while os.path.exists(f"/proc/{pid}") and time.monotonic() < deadline:
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, os.WNOHANG)
+            time.sleep(0.05)
+        os.unlink(self.pid_file)
+        self.r.changes.append("stopped charon")
+        self.r.log("  changed: stopped charon")
+
+    def sas(self) -> dict[str, bool]:
+        """IKE_SA name -> whether its CHILD_SA of the same name is installed."""
+        out: dict[str, bool] = {}
+        name = ""
+        for line in self.swanctl("--list-sas").stdout.splitlines():
+            m = re.match(r"(\s*)(\S+): #\d+, (.*)", line)
+            if m and not m.group(1):
+                name = m.group(2)
+                out.setdefault(name, False)
+            elif m and m.group(2) == name and "INSTALLED" in m.group(3):
+                out[name] = True
+        return out
+
+
+def step_ipsec(r: Runner, doc: dict[str, Any], state_dir: str, wait: float = 0) -> None:
+    """This router's IKEv2 connections: exactly one per encrypted tunnel (see swanctl_conf); with `wait`, until each
+    has its SA. Encryption off: the connections, their SAs and the daemon go."""
+    if doc["kind"] != "router":
         return
-    deadline = time.monotonic() + 5
-    while natt_listening(port) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    r.changes.append(f"stopped the NAT-T socket on UDP {port}")
-    r.log(f"  changed: stopped the NAT-T socket on UDP {port}")
-
-
-def natt_listen(port: int) -> int:
-    """Hold a UDP socket on `port` with ESP-in-UDP decapsulation on; drain what is not ESP (keepalives)."""
-    import socket
-
-    udp_encap, udp_encap_espinudp = 100, 2  # linux/udp.h
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    s.bind(("0.0.0.0", port))
-    s.setsockopt(socket.IPPROTO_UDP, udp_encap, udp_encap_espinudp)
-    while True:
-        s.recv(65535)
-
-
-def step_ipsec(r: Runner, doc: dict[str, Any], state_dir: str) -> None:
-    """Exactly the planned ESP security associations and policies of this router's internet tunnels.
-
-    Transport mode: the tunnel's own UDP datagrams (VXLAN/GENEVE port, between the router's private WAN
-    address and the peer's public one, as each side sees them through the 1:1 NATs) are encrypted; the "in"
-    policies make the kernel drop any such datagram from a peer that did not arrive inside ESP. SAs are keyed
-    statically from the per-pair secret, so there is no replay window (a rebooted peer restarts its sequence
-    numbers) and no rekeying; SPIs and reqids are derived from the tunnel's VNI.
-    """
-    want_states, want_policies = _wanted_sas(doc)
-    if not doc.get("ipsec") and r.run(["ip", "xfrm", "policy", "list"], check=False).returncode != 0:
-        return  # a kernel without XFRM: nothing of ours can be there, and clear tunnels need none
-    have_policies = xfrm_policies(r)
-    have_states = xfrm_states(r)
-    # Policies first out, SAs last out: no window where a policy requires an SA that does not exist yet.
-    for key, reqid in sorted(have_policies.items()):
-        if want_policies.get(key) != reqid:
-            src, dst, dport, direction = key
-            r.change(
-                f"removed IPsec policy {direction} {src} -> {dst}",
-                ["ip", "xfrm", "policy", "delete", "src", src, "dst", dst, "proto", "udp", "dport", dport, "dir", direction],
-            )
-    if doc.get("ipsec"):
-        ipsec = doc["ipsec"]
-        natt = str(ipsec["natt_port"])
-        for (src, dst, spi), key in sorted(want_states.items()):
-            block = have_states.get((src, dst, spi))
-            if block is not None and f"0x{key}" in block and "espinudp" in block:
-                continue
-            if block is not None:
-                r.run(["ip", "xfrm", "state", "delete", "src", src, "dst", dst, "proto", "esp", "spi", hex(spi)])
-            # The key goes on stdin: a command line is readable by every user (/proc/PID/cmdline).
-            line = f"xfrm state add src {src} dst {dst} proto esp spi {hex(spi)} reqid {spi} mode transport replay-window 0 "
-            line += f"aead {ipsec['algorithm']} 0x{key} {ipsec['icv_bits']} encap espinudp {natt} {natt} 0.0.0.0\n"
-            try:
-                r.change(f"installed ESP SA {src} -> {dst} spi {hex(spi)}", ["ip", "-batch", "-"], line)
-            except CommandFailed as e:
-                if any(m in str(e) for m in ("Protocol not supported", "algorithm not found", "No such file")):
-                    reason = str(e).rsplit(": ", 1)[-1]
-                    raise CommandFailed(
-                        f"this kernel cannot do ESP with {ipsec['algorithm']} ({reason}): encryption ipsec needs the esp4 module "
-                        "(CONFIG_INET_ESP) and AES-GCM"
-                    ) from None
-                raise
-        for (src, dst, dport, direction), reqid in sorted(want_policies.items()):
-            if have_policies.get((src, dst, dport, direction)) == reqid:
-                continue
-            r.change(
-                f"installed IPsec policy {direction} {src} -> {dst} udp {dport}",
-                [
-                    "ip", "xfrm", "policy", "update", "src", src, "dst", dst, "proto", "udp", "dport", dport, "dir", direction,
-                    "tmpl", "src", src.split("/")[0], "dst", dst.split("/")[0], "proto", "esp", "reqid", str(reqid), "mode", "transport",
-                ],
-            )  # fmt: skip
-        ensure_natt_socket(r, int(natt), state_dir)
-    for (src, dst, spi), _ in sorted(have_states.items()):
-        if (src, dst, spi) not in want_states:
-            r.change(
-                f"removed ESP SA {src} -> {dst} spi {hex(spi)}",
-                ["ip", "xfrm", "state", "delete", "src", src, "dst", dst, "proto", "esp", "spi", hex(spi)],
-            )
-    if not doc.get("ipsec") and doc["kind"] == "router":
-        stop_natt_socket(r, NATT_PORT, state_dir)
+    ike = Ike(r, state_dir)
+    want = {t["name"] for t in doc["tunnels"] if "psk" in t}
+    if not doc.get("ipsec"):
+        if ike.running():
+            for name in ike.sas():
+                ike.swanctl("--terminate", "--ike", name, "--force", "--timeout", "5", check=False)
+                r.changes.append(f"closed IPsec {name}")
+                r.log(f"  changed: closed IPsec {name}")
+            ike.stop()
+            # What the daemon did not take with it (a pending exchange's larval SA, an SA it lost track of): every ESP
+            # SA of the router's tunnel address goes too.
+            for local in {t["local"] for t in doc["tunnels"] if t["name"].startswith("ovl-r")}:
+                for end in ("src", "dst"):
+                    r.run(["ip", "xfrm", "state", "deleteall", end, local, "proto", "esp"], check=False)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(ike.conf)
+        return
+    probe = ["ip", "xfrm", "state", "add", "src", "192.0.2.1", "dst", "192.0.2.2", "proto", "esp", "spi", "0x3fffffff", "mode", "transport"]
+    failed = r.run([*probe, "aead", "rfc4106(gcm(aes))", "0x" + "00" * 36, "128"], check=False)
+    if failed.returncode:  # a throw-away SA with documentation addresses: can this kernel do what IKE will install?
+        raise CommandFailed(f"this kernel cannot do ESP with AES-GCM ({failed.stderr.strip()}): encryption ipsec needs the esp4 module (CONFIG_INET_ESP)")
+    r.run(["ip", "xfrm", "state", "delete", "src", "192.0.2.1", "dst", "192.0.2.2", "proto", "esp", "spi", "0x3fffffff"])
+    if shutil.which("swanctl") is None:
+        raise CommandFailed("swanctl is not installed: encryption ipsec needs strongSwan (apt-get install charon-systemd libstrongswan-standard-plugins)")
+    if _write_if_changed(ike.settings, charon_conf(not ike.unit)) and ike.running():
+        ike.stop()
+    conf_changed = _write_if_changed(ike.conf, swanctl_conf(doc))
+    if not ike.running():
+        ike.start()
+    loaded = {m.group(1) for m in re.finditer(r"(?m)^(\S+): IKEv2", ike.swanctl("--list-conns").stdout)}
+    if conf_changed or loaded != want:
+        try:
+            # A VM's swanctl.conf includes conf.d/*.conf (connections of others there stay loaded); a lab node's is ours.
+            ike.swanctl("--load-all", "--noprompt", *([] if ike.unit else ["--file", ike.conf]))
+        except CommandFailed as e:
+            raise CommandFailed(f"strongSwan refused the IPsec config: {KEYISH.sub('<key>', str(e))}") from None
+        r.changes.append("loaded the IPsec connections")
+        r.log(f"  changed: loaded the IPsec connections ({', '.join(sorted(want))})")
+    sas = ike.sas()
+    for name in sorted(set(sas) - want):
+        ike.swanctl("--terminate", "--ike", name, "--force", "--timeout", "5", check=False)
+        r.changes.append(f"closed IPsec {name}")
+        r.log(f"  changed: closed IPsec {name}")
+    for name in sorted(want - {n for n, up in sas.items() if up}):
+        # Whichever side is pushed second finds its peer ready: the exchange starts now, not at the first datagram.
+        ike.swanctl("--initiate", "--child", name, "--timeout", "1", check=False)
+    deadline = time.monotonic() + wait
+    while wait and not all(ike.sas().get(n) for n in want):
+        if time.monotonic() > deadline:
+            missing = sorted(n for n in want if not ike.sas().get(n))
+            raise CommandFailed(f"no IPsec SA with the peer of {', '.join(missing)} after {wait:.0f} s (is its push done, its key the same?)")
+        time.sleep(0.5)
 
 
 def step_bridge(r: Runner, doc: dict[str, Any]) -> None:
@@ -983,13 +944,13 @@ def step_containers(r: Runner, doc: dict[str, Any], previous: dict[str, Any] | N
 
 
 def apply(
-    doc: dict[str, Any], r: Runner, previous: dict[str, Any] | None = None, state_dir: str = "/var/lib/multicloud-overlay"
+    doc: dict[str, Any], r: Runner, previous: dict[str, Any] | None = None, state_dir: str = "/var/lib/multicloud-overlay", ike_wait: float = 0
 ) -> list[str]:
     step_sysctls(r, doc)
     step_host_firewall(r, doc)
     step_firewall(r, doc)
     step_lan(r, doc)
-    step_ipsec(r, doc, state_dir)
+    step_ipsec(r, doc, state_dir, ike_wait)
     step_bridge(r, doc)
     step_tunnels(r, doc)
     step_containers(r, doc, previous)
@@ -1116,6 +1077,7 @@ def converge(
     log: Callable[[str], None],
     before: Callable[[], None] | None = None,
     restore: Callable[[dict[str, Any]], None] | None = None,
+    ike_wait: float = 0,
 ) -> int:
     """Apply doc under the node's lock (running `before` first, under it too); roll back to the last applied config on
     failure, and hand that config to `restore` (a push reinstalls it: the disk says what runs, credentials included)."""
@@ -1136,7 +1098,7 @@ def converge(
         log(f"overlay-node: applying {doc['protocol']} config of {doc['node']} ({doc['role'] if 'role' in doc else doc['kind']})")
         started = time.monotonic()
         try:
-            changes = apply(doc, r, previous, state_dir)
+            changes = apply(doc, r, previous, state_dir, ike_wait)
         except CommandFailed as e:
             print(f"overlay-node: failed: {e}", file=sys.stderr)
             if previous is not None and previous != doc:
@@ -1176,13 +1138,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     cp = sub.add_parser("check", help="ping overlay addresses from this node (exit 1 if any is unreachable)")
     cp.add_argument("--json", action="store_true", help="print the results as one JSON object")
     cp.add_argument("targets", nargs="+")
-    np_ = sub.add_parser("natt-listen", help="hold the UDP socket that hands ESP-in-UDP to the kernel (started by apply)")
-    np_.add_argument("--port", type=int, default=4500)
     args = parser.parse_args(argv)
     if args.command == "check":
         return check(args.targets, args.json)
-    if args.command == "natt-listen":
-        return natt_listen(args.port)
 
     def log(line: str) -> None:
         print(line, flush=True)
@@ -1225,7 +1183,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"overlay-node: {args.phase}: nothing changed: " + "; ".join(problems), file=sys.stderr)
             return EXIT_REJECTED
         log(f"overlay-node: {args.phase}: old and new tunnels side by side, MAC table on the {'old' if args.phase == 'prepare' else 'new'} ones")
-        return converge(step, args.state_dir, log)
+        # The switch moves traffic onto the new tunnels: only once each has its SA (every peer prepared them).
+        return converge(step, args.state_dir, log, ike_wait=IKE_WAIT if args.phase == "switch" else 0)
     return converge(
         doc,
         args.state_dir,

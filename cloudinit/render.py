@@ -49,7 +49,13 @@ LOGIN_USER: Final = "overlay"
 SUDOERS_PATH: Final = "/etc/sudoers.d/90-multicloud-overlay"
 HOST_KEY_PATH: Final = "/etc/ssh/multicloud-overlay/ssh_host_ed25519_key"
 SSHD_DROP_IN: Final = "/etc/ssh/sshd_config.d/00-multicloud-overlay.conf"
-PACKAGES: Final = {"router": ("iproute2", "iptables", "iputils-ping", "docker.io"), "client": ("iproute2", "iptables", "iputils-ping")}
+# Routers get strongSwan whatever the encryption, so that turning IPsec on is a push: charon-systemd (its
+# strongswan.service, swanctl) and the standard plugins (openssl: AES-GCM and X25519 for IKE), both in Ubuntu's main
+# (https://packages.ubuntu.com/noble/charon-systemd, https://packages.ubuntu.com/noble/libstrongswan-standard-plugins).
+PACKAGES: Final = {
+    "router": ("iproute2", "iptables", "iputils-ping", "docker.io", "charon-systemd", "libstrongswan-standard-plugins"),
+    "client": ("iproute2", "iptables", "iputils-ping"),
+}
 # Only what the node runs: docker.io's Recommends (git, needrestart, cgroupfs-mount, xz-utils on Debian; git, pigz,
 # ubuntu-fan on Ubuntu) are not used by a router, and under an emulated CPU they tripled the first boot's install.
 APT_INSTALL_OPTIONS: Final = ("-y", "-q", "--no-install-recommends")
@@ -106,7 +112,8 @@ class _Unannotate(ast.NodeTransformer):
 
 
 def unit_text(kind: str) -> str:
-    after = "network-online.target docker.service" if kind == "router" else "network-online.target"
+    # A router's IKE daemon (encryption ipsec) has loaded the installed connections before the unit looks at them.
+    after = "network-online.target docker.service strongswan.service" if kind == "router" else "network-online.target"
     wants = "network-online.target docker.service" if kind == "router" else "network-online.target"
     return (
         "[Unit]\n"

@@ -33,7 +33,13 @@ def _sites(value: str) -> list[str]:
 def cmd_up(args: argparse.Namespace) -> int:
     from lab import lifecycle
 
-    overrides: dict[str, Any] = {"hub": args.hub, "protocol": args.protocol, "topology": args.topology, "encryption": args.encryption}
+    overrides: dict[str, Any] = {
+        "hub": args.hub,
+        "protocol": args.protocol,
+        "topology": args.topology,
+        "encryption": args.encryption,
+        "ipsecRekeySeconds": args.ipsec_rekey_seconds,
+    }
     res = lifecycle.up(args.stack, args.sites, overrides, runtime=args.containers, force=args.force, push=not args.no_push)
     print()
     print(lifecycle.summary_table(res.plan, res.layout, res.applies))
@@ -166,6 +172,7 @@ def parser() -> argparse.ArgumentParser:
     up.add_argument("--protocol", choices=PROTOCOLS, help="override the tunnel protocol")
     up.add_argument("--topology", choices=TOPOLOGIES, help="override the topology")
     up.add_argument("--encryption", choices=ENCRYPTIONS, help="override the encryption (ipsec needs ESP in the kernel: see `vm`)")
+    up.add_argument("--ipsec-rekey-seconds", type=int, metavar="N", help="override ipsecRekeySeconds (e.g. 60 to watch rekeying)")
     up.add_argument(
         "--containers", choices=("docker", "netns"), default="docker", help="router containers: real Docker (default) or plain namespaces"
     )

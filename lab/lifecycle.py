@@ -38,6 +38,7 @@ from lab.state import (
     state_file,
 )
 from lab.topology import PREFIX, Layout, build_layout, container_names
+from multicloud_overlay.cloudinit import overlay_node
 from multicloud_overlay.overlay.plan import Plan
 
 Out = Callable[[str], None]
@@ -90,6 +91,18 @@ def esp_message() -> str:
         "(the default). Either run the lab with the router tunnels in clear, everything else as the stack says: "
         f"`{lab_command('up', '--encryption', 'none')}`; or run the encrypted overlay in the kernel VM: "
         f"`{lab_command('vm', '--encryption', 'ipsec')}` (see {lab_command('vm', '--help')})"
+    )
+
+
+def strongswan_installed() -> bool:
+    """The IKE daemon each encrypted lab router runs (the node script starts it in the router's namespace)."""
+    return os.path.exists(overlay_node.CHARON) and shutil.which("swanctl") is not None
+
+
+def strongswan_message() -> str:
+    return (
+        "encryption ipsec needs strongSwan on this host: each lab router runs its own IKE daemon. Install it with "
+        "`apt-get install strongswan-charon strongswan-swanctl libstrongswan-standard-plugins` (scripts/setup.sh does)"
     )
 
 
@@ -199,6 +212,8 @@ def up(
         raise LabError(geneve_message())
     if plan.encrypted and not esp_supported(Shell()):
         raise LabError(esp_message())
+    if plan.encrypted and not strongswan_installed():
+        raise LabError(strongswan_message())
     st.key_seed = os.urandom(32).hex()
     existing = lab_exists(state_dir, prefix)
     if existing:

@@ -15,7 +15,7 @@ from typing import Any
 from lab import nodes
 from lab.check import Lab
 from lab.invocation import lab_command
-from lab.lifecycle import esp_message, esp_supported, geneve_message, geneve_supported
+from lab.lifecycle import esp_message, esp_supported, geneve_message, geneve_supported, strongswan_installed, strongswan_message
 from lab.nodes import push_stages
 from lab.probes import Pinger, PingLog
 from lab.report import Probe, to_junit
@@ -241,6 +241,8 @@ def swap(
         raise LabError(geneve_message())
     if new.encrypted and not esp_supported(lab.sh):
         raise LabError(esp_message())
+    if new.encrypted and not strongswan_installed():
+        raise LabError(strongswan_message())
     if new.encrypted and not lab.state.key_seed:
         lab.state.key_seed = os.urandom(32).hex()
         save(lab.state, state_dir)

@@ -52,7 +52,16 @@ BINARIES: Final = {
     # /bin/sh is dash, as on Debian and Ubuntu cloud images: busybox's shell would run its applets (ip, ping)
     # instead of the real tools for every `sh -c` the lab or the node script runs. Busybox's shell stays as ash.
     "/bin/sh": "/usr/bin/dash",
+    # strongSwan (encryption ipsec): the IKE daemon a lab node runs in its namespace, and its control tool.
+    "/usr/lib/ipsec/charon": "/usr/lib/ipsec/charon",
+    "/usr/sbin/swanctl": "/usr/sbin/swanctl",
 }
+# The charon plugins a lab node loads (the node script's charon_conf), opened at run time: ldd does not see them.
+STRONGSWAN_PLUGINS: Final = tuple(
+    f"/usr/lib/ipsec/plugins/libstrongswan-{name}.so" for name in ("random", "nonce", "openssl", "kdf", "kernel-netlink", "socket-default", "vici")
+)
+# glibc opens libgcc_s when a thread is cancelled (charon cancels its worker threads when it stops).
+DLOPENED: Final = ("/lib/x86_64-linux-gnu/libgcc_s.so.1",)
 SYMLINKS: Final = {
     "/usr/sbin/ip": "/sbin/ip",
     "/usr/sbin/bridge": "/sbin/bridge",
@@ -224,7 +233,7 @@ def inputs_digest(package: str) -> str:
     for p in sorted(ASSETS.rglob("*")):
         if p.is_file() and "__pycache__" not in p.parts:
             h.update(str(p.relative_to(ASSETS)).encode() + p.read_bytes())
-    system = [*BINARIES.values(), "/bin/busybox", *HOST_FILES]
+    system = [*BINARIES.values(), *STRONGSWAN_PLUGINS, *DLOPENED, "/bin/busybox", *HOST_FILES]
     for top in (Path(XTABLES_PLUGINS), Path(f"/usr/lib/python{PYTHON_VERSION}"), _yaml_dir()):
         system += [str(p) for p in sorted(top.rglob("*.py" if top.name != "xtables" else "*.so"))]
         if top.name.startswith("python"):
@@ -257,9 +266,12 @@ def _busybox_applets() -> list[str]:
 
 def system_archive(tree: Path, release: str, out: Out = _log) -> bytes:
     """The initramfs' system part (cpio, uncompressed): busybox, tools, libraries, python, kernel modules, init."""
-    for tool in ("/bin/busybox", *BINARIES.values()):
+    for tool in ("/bin/busybox", *BINARIES.values(), *STRONGSWAN_PLUGINS, *DLOPENED):
         if not os.path.exists(tool):
-            raise RuntimeError(f"{tool} is missing (apt-get install busybox-static iproute2 iputils-ping iptables python3.11)")
+            raise RuntimeError(
+                f"{tool} is missing (apt-get install busybox-static iproute2 iputils-ping iptables python3.11 "
+                "strongswan-charon strongswan-swanctl libstrongswan-standard-plugins)"
+            )
     c = Cpio()
     for d in ("bin", "sbin", "usr/bin", "usr/sbin", "lib", "lib64", "etc", "proc", "sys", "dev", "run", "tmp", "root", "var", "mnt"):
         c.dir(d, 0o1777 if d == "tmp" else 0o755)
@@ -288,7 +300,7 @@ def system_archive(tree: Path, release: str, out: Out = _log) -> bytes:
     stdlib = Path(f"/usr/lib/python{PYTHON_VERSION}")
     skip = _stdlib_skip(stdlib)
     dynload = sorted(str(p) for p in (stdlib / "lib-dynload").glob("*.so") if not skip(p))
-    for lib in sorted(_ldd([*elves, *plugins, *dynload])):
+    for lib in sorted(_ldd([*elves, *plugins, *dynload, *STRONGSWAN_PLUGINS]) | set(DLOPENED)):
         c.copy(lib, lib)
         if lib.startswith("/lib64/") or lib.endswith("ld-linux-x86-64.so.2"):
             c.symlink("lib64/ld-linux-x86-64.so.2", lib)
@@ -296,7 +308,7 @@ def system_archive(tree: Path, release: str, out: Out = _log) -> bytes:
         c.copy(guest, host)
     for guest, target in SYMLINKS.items():
         c.symlink(guest, target)
-    for p in plugins:
+    for p in [*plugins, *STRONGSWAN_PLUGINS]:
         c.copy(p, p)
 
     # python: a byte-compiled copy of the trimmed stdlib, PyYAML's pure-Python part

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final, Literal, cast
 
 from multicloud_overlay.components.clouds.registry import PLATFORMS as PLATFORM_TRAITS
-from multicloud_overlay.overlay.encapsulation import ENCRYPTIONS, PROTOCOLS, Encryption, Protocol, encapsulation_overhead
+from multicloud_overlay.overlay.encapsulation import ENCRYPTIONS, PROTOCOLS, REKEY_SECONDS, Encryption, Protocol, encapsulation_overhead
 
 PROJECT: Final = "multicloud-overlay"
 
@@ -81,6 +81,7 @@ DEFAULTS: Final[Mapping[str, Any]] = {
     "containerImage": DEFAULT_CONTAINER_IMAGE,
     "connectivityCheck": True,
     "connectivityCheckFailsUpdate": True,
+    "ipsecRekeySeconds": REKEY_SECONDS,
 }
 REQUIRED_KEYS: Final = ("hub", "sites", "adminCidr", "sshPublicKey")
 # Map-valued keys (set with `pulumi config set --path`): Pulumi.yaml cannot declare them.
@@ -92,6 +93,10 @@ TOP_KEYS: Final = frozenset((*REQUIRED_KEYS, *DEFAULTS, "quotas"))
 # instead of reporting the key as not set. The angle brackets keep it apart from every real key.
 UNPREFIXED: Final = "<unprefixed>"
 MAX_QUOTA: Final = 1_000_000
+# ipsecRekeySeconds: strongSwan rekeys a CHILD_SA up to 10 % (rand_time) before rekey_time and deletes it at
+# 110 % (life_time); under a minute, a rekeying would hardly finish before the next one is due.
+MIN_REKEY_SECONDS: Final = 60
+MAX_REKEY_SECONDS: Final = 86_400
 # How to set a required key that is missing, where `pulumi config set <key> <value>` cannot: a map is set one
 # path at a time.
 MISSING_FIX: Final[Mapping[str, str]] = {
@@ -185,6 +190,9 @@ class OverlayConfig:
     quotas: Mapping[str, int] = field(default_factory=dict)
     """Quotas the account has raised above a platform's documented default, as "<platform>.<name>" -> value (the
     names are the platforms' own: components/clouds/<platform>_limits.py; check_limits refuses an unknown one)."""
+
+    ipsec_rekey_seconds: int = REKEY_SECONDS
+    """encryption ipsec: seconds between CHILD_SA rekeyings (new keys, a new X25519 exchange)."""
 
     def site(self, name: str) -> SiteConfig:
         for s in self.sites:
@@ -311,6 +319,7 @@ def parse_config(raw: Mapping[str, Any]) -> OverlayConfig:
         image = None
     check = c.boolean("connectivityCheck", get("connectivityCheck"))
     check_fails = c.boolean("connectivityCheckFailsUpdate", get("connectivityCheckFailsUpdate"))
+    rekey = c.integer("ipsecRekeySeconds", get("ipsecRekeySeconds"), MIN_REKEY_SECONDS, MAX_REKEY_SECONDS)
 
     v4 = c.v4("overlayIpv4", get("overlayIpv4"), "set an IPv4 prefix such as 10.250.0.0/16")
     v6net = c.network("overlayIpv6", get("overlayIpv6"), 6, "set an IPv6 /64 such as fd00:6f76:6c00::/64")
@@ -417,6 +426,7 @@ def parse_config(raw: Mapping[str, Any]) -> OverlayConfig:
         raise ConfigError(c.problems)
     assert protocol and topology and encryption and v4 and v6 and admin and vni is not None and mtu is not None
     assert containers is not None and image is not None and check is not None and check_fails is not None and isinstance(hub, str)
+    assert rekey is not None
     return OverlayConfig(
         hub=hub,
         protocol=cast(Protocol, protocol),
@@ -434,6 +444,7 @@ def parse_config(raw: Mapping[str, Any]) -> OverlayConfig:
         connectivity_check=check,
         connectivity_check_fails_update=check_fails,
         quotas=quotas,
+        ipsec_rekey_seconds=rekey,
     )
 
 

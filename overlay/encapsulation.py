@@ -21,18 +21,27 @@ GENEVE_OPTIONS_BYTES: Final = 0
 
 # IPsec (encryption: ipsec): ESP in transport mode, carried in UDP 4500 (NAT traversal, RFC 3948) because every
 # router sits behind its platform's 1:1 NAT, which passes UDP everywhere and ESP (IP protocol 50) not everywhere.
-# AES-256-GCM with a 16-byte ICV (RFC 4106): 36 bytes of key material per direction (32 key + 4 salt).
+# Keyed by IKEv2 (strongSwan's charon, configured with swanctl): AES-256-GCM with a 16-byte ICV (RFC 4106) for
+# IKE and ESP, X25519 for the key exchange of the IKE SA and of every CHILD_SA rekeying (perfect forward secrecy).
 NATT_PORT: Final = 4500
-ESP_ALGORITHM: Final = "rfc4106(gcm(aes))"
+IKE_PORT: Final = 500
 ESP_ICV_BITS: Final = 128
-ESP_KEY_BYTES: Final = 36
-PAIR_KEY_BYTES: Final = 2 * ESP_KEY_BYTES
-"""One random secret per router pair: the first half keys the lower site id's direction, the second the other."""
+IKE_PROPOSALS: Final = "aes256gcm16-prfsha384-x25519"
+ESP_PROPOSALS: Final = "aes256gcm16-x25519"
+PAIR_KEY_BYTES: Final = 72
+"""One random pre-shared key per router pair, authenticating IKEv2 (it keys no ESP traffic itself)."""
+REKEY_SECONDS: Final = 3600
+"""Default CHILD_SA rekeying interval (config key ipsecRekeySeconds); the IKE_SA rekeys every 4 hours."""
+REKEY_PACKETS: Final = 1 << 30
+"""A CHILD_SA rekeys after 2^30 packets, a quarter of the 32-bit sequence number space (no extended sequence
+numbers): the kernel refuses to send once it is exhausted."""
+REPLAY_WINDOW: Final = 1024
+"""Packets of reordering the receiver accepts; a packet older than the window, or seen before, is dropped."""
+DPD_SECONDS: Final = 10
+"""Dead-peer detection: a peer silent this long is probed; one that stays silent is removed and re-keyed."""
 # UDP encapsulation 8 + ESP header (SPI, sequence) 8 + GCM IV 8 + padding to 4 bytes (at most 3) + pad length
 # and next header 2 + ICV 16: at most 45 bytes on top of the tunnel's own overhead.
 ESP_NATT_OVERHEAD: Final = 8 + 8 + 8 + 3 + 2 + ESP_ICV_BITS // 8
-SPI_BASE: Final = 0x40000000
-"""Every SPI this project installs is SPI_BASE + 2 * VNI (+1): the node script recognises its own SAs by it."""
 
 
 def encapsulation_overhead(protocol: Protocol, family: int, encryption: Encryption = "none") -> int:

@@ -25,12 +25,12 @@ from multicloud_overlay.overlay.config import (
     SiteConfig,
 )
 from multicloud_overlay.overlay.encapsulation import (
-    ESP_ALGORITHM,
-    ESP_ICV_BITS,
-    ESP_KEY_BYTES,
-    NATT_PORT,
+    DPD_SECONDS,
+    ESP_PROPOSALS,
+    IKE_PROPOSALS,
     PAIR_KEY_BYTES,
-    SPI_BASE,
+    REKEY_PACKETS,
+    REPLAY_WINDOW,
     TUNNEL_PORT,
     Protocol,
     encapsulation_overhead,
@@ -47,11 +47,6 @@ def pair_key_name(site_a: str, site_b: str) -> str:
     """Name of the secret shared by the routers of two sites (order-free)."""
     low, high = sorted((site_a, site_b))
     return f"{low}--{high}"
-
-
-def esp_spi(vni: int, from_lower: bool) -> int:
-    """SPI of one direction of a router pair's tunnel (from the lower or the higher site id)."""
-    return SPI_BASE + 2 * vni + (0 if from_lower else 1)
 
 
 def tunnel_vni(base: int, site_a: int, site_b: int | None = None) -> int:
@@ -411,7 +406,7 @@ def _node_doc(
         if plan.split_horizon and t.via == "internet":
             entry["isolated"] = True
         if plan.encrypted and t.via == "internet":
-            entry["esp"] = tunnel_sa(plan, node, t, pair_keys)
+            entry["psk"] = tunnel_psk(node, t, pair_keys)
         tunnels.append(entry)
     ports = {t["name"] for t in tunnels}
     cfg = plan.config
@@ -440,27 +435,27 @@ def _node_doc(
         },
     }
     if plan.encrypted and node.kind == "router" and not bootstrap:
-        doc["ipsec"] = {"natt_port": NATT_PORT, "algorithm": ESP_ALGORITHM, "icv_bits": ESP_ICV_BITS}
+        doc["ipsec"] = {
+            "id": public_ips[node.site],
+            "ike_proposals": IKE_PROPOSALS,
+            "esp_proposals": ESP_PROPOSALS,
+            "rekey_seconds": cfg.ipsec_rekey_seconds,
+            "rekey_packets": REKEY_PACKETS,
+            "replay_window": REPLAY_WINDOW,
+            "dpd_seconds": DPD_SECONDS,
+        }
     return doc
 
 
-def tunnel_sa(plan: Plan, node: Node, t: Tunnel, pair_keys: Mapping[str, str]) -> dict[str, Any]:
-    """The two security associations (out and in) of one encrypted router tunnel, as the node script installs them."""
+def tunnel_psk(node: Node, t: Tunnel, pair_keys: Mapping[str, str]) -> str:
+    """The pre-shared key (hex) that authenticates IKEv2 between the routers of one encrypted tunnel."""
     name = pair_key_name(node.site, t.peer_site)
     material = pair_keys.get(name)
     if material is None:
         raise MissingTunnelKey(f"no IPsec key for the router pair {name}")
-    raw = bytes.fromhex(material)
-    if len(raw) != PAIR_KEY_BYTES:
-        raise ValueError(f"the IPsec key of {name} has {len(raw)} bytes, expected {PAIR_KEY_BYTES}")
-    lower = plan.site_id(node.site) < plan.site_id(t.peer_site)
-    low_key, high_key = raw[:ESP_KEY_BYTES].hex(), raw[ESP_KEY_BYTES:].hex()
-    return {
-        "spi_out": esp_spi(t.vni, lower),
-        "spi_in": esp_spi(t.vni, not lower),
-        "key_out": low_key if lower else high_key,
-        "key_in": high_key if lower else low_key,
-    }
+    if len(bytes.fromhex(material)) != PAIR_KEY_BYTES:
+        raise ValueError(f"the IPsec key of {name} has {len(material) // 2} bytes, expected {PAIR_KEY_BYTES}")
+    return material.lower()
 
 
 def mac_table(plan: Plan, node: Node) -> list[dict[str, str]]:

@@ -13,6 +13,7 @@ APT_PACKAGES=(
   openssh-server sudo                                    # tests/lab/test_push_sshd.py: a stock sshd and sudo take the push
   graphviz                                               # `dot`: make graph / lab graph draw the topology (docs/topology.svg)
   debootstrap qemu-utils e2fsprogs genisoimage dpkg-dev openssh-client dnsmasq-base  # lab boot: node image, seeds, DHCP, SSH
+  strongswan-charon strongswan-swanctl libstrongswan-standard-plugins  # encryption ipsec: the IKE daemon of each lab router
 )
 
 if [ "$(id -u)" -ne 0 ]; then

@@ -14,7 +14,6 @@ import yaml
 
 from multicloud_overlay.cloudinit.render import LOGIN_USER, check_command, push_command
 from multicloud_overlay.components.stack_file import read_stack_file
-from multicloud_overlay.overlay.encapsulation import ESP_KEY_BYTES
 from multicloud_overlay.overlay.plan import config_digest, node_config, pair_key_name
 from tests.harness import (
     ROOT,
@@ -270,14 +269,14 @@ def test_a_stack_that_still_sets_the_retired_private_key_is_told_before_any_reso
 
 def stack_secrets(run: ProgramRun) -> dict[str, list[str]]:
     """The credentials this run's stack generated, as its providers computed them (not a pattern): the deploy
-    key, every host private key, and (encryption ipsec) every tunnel key, each direction as a node config has it."""
+    key, every host private key, and (encryption ipsec) every tunnel key (a pair's pre-shared key)."""
     generated = run.provider_outputs
     pair_hex = [out["hex"] for (typ, _), out in generated.items() if typ == "random:index/randomBytes:RandomBytes"]
     private = {name: out["privateKeyOpenssh"] for (typ, name), out in generated.items() if typ == "tls:index/privateKey:PrivateKey"}
     return {
         "deploy": [private.pop("deploy-key")],
         "host": list(private.values()),
-        "tunnel": [k[: 2 * ESP_KEY_BYTES] for k in pair_hex] + [k[2 * ESP_KEY_BYTES :] for k in pair_hex],
+        "tunnel": pair_hex,
     }
 
 
@@ -294,7 +293,7 @@ def test_secrets_never_appear_in_plain_outputs_or_logs() -> None:
     run = run_cached(dev_config(DEV["hub"], encryption="ipsec"))
     plan = plan_of(dev_config(DEV["hub"], encryption="ipsec"))
     found = stack_secrets(run)
-    assert len(found["tunnel"]) == 2 * len(plan.router_pairs()) == 2 * (len(SITES) - 1)
+    assert len(found["tunnel"]) == len(plan.router_pairs()) == len(SITES) - 1
     assert len(found["host"]) == 2 * len(SITES)
     secrets = [s for values in found.values() for s in values]
     # The secrets do travel where they must: the deploy key and tunnel keys in the pushes, host keys in user-data.

@@ -6,13 +6,14 @@ from __future__ import annotations
 import copy
 import json
 import os
+import re
 import shutil
 import stat
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 
@@ -45,13 +46,14 @@ def test_good_config_validates() -> None:
 @pytest.mark.parametrize(
     ("damage", "expected"),
     [
-        (lambda d: d["tunnels"][0].pop("esp"), "tunnels[0].esp: missing"),
-        (lambda d: d["tunnels"][0]["esp"].update(key_out="ab" * 35), "tunnels[0].esp.key_out"),
-        (lambda d: d["tunnels"][0]["esp"].update(key_in="XY" * 36), "tunnels[0].esp.key_in"),
-        (lambda d: d["tunnels"][0]["esp"].update(spi_out=5), "tunnels[0].esp.spi_out"),
-        (lambda d: d["tunnels"][0]["esp"].update(spi_in=d["tunnels"][0]["esp"]["spi_out"]), "spi_out equals spi_in"),
-        (lambda d: d["ipsec"].update(algorithm="cbc(des)"), "ipsec.algorithm"),
-        (lambda d: d.pop("ipsec"), "keys given but ipsec is not set"),
+        (lambda d: d["tunnels"][0].pop("psk"), "tunnels[0].psk: not 144 lower-case hex digits"),
+        (lambda d: d["tunnels"][0].update(psk="ab" * 35), "tunnels[0].psk"),
+        (lambda d: d["tunnels"][0].update(psk="AB" * 72), "tunnels[0].psk"),
+        (lambda d: d["ipsec"].update(id="2001:db8::1"), "ipsec.id"),
+        (lambda d: d["ipsec"].update(rekey_seconds=5), "ipsec.rekey_seconds: 5 is not a whole number from 60"),
+        (lambda d: d["ipsec"].update(replay_window=0), "ipsec.replay_window"),
+        (lambda d: d["ipsec"].update(esp_proposals="aes256gcm16; rm -rf /"), "ipsec.esp_proposals"),
+        (lambda d: d.pop("ipsec"), "a key given but ipsec is not set"),
     ],
 )
 def test_bad_ipsec_config_is_listed(damage: Any, expected: str) -> None:
@@ -59,74 +61,6 @@ def test_bad_ipsec_config_is_listed(damage: Any, expected: str) -> None:
     damage(doc)
     problems = overlay_node.validate(doc)
     assert any(expected in p for p in problems), problems
-
-
-class FakeXfrm(overlay_node.Runner):
-    """`ip xfrm ... list` answers as iproute2 prints them (captured in the kernel VM); records every command."""
-
-    STATES = (
-        "src 198.51.100.13 dst 10.1.1.10\n\tproto esp spi 0x40002717 reqid 1073751831 mode transport\n\treplay-window 0 \n"
-        "\taead rfc4106(gcm(aes)) 0x{key} 128\n\tencap type espinudp sport 4500 dport 4500 addr 0.0.0.0\n"
-        "\tanti-replay context: seq 0x0, oseq 0x0, bitmap 0x00000000\n\tsel src 0.0.0.0/0 dst 0.0.0.0/0 \n"
-        "src 192.0.2.1 dst 192.0.2.2\n\tproto esp spi 0x00001000 reqid 0 mode transport\n\treplay-window 0 \n"
-    )
-    POLICIES = (
-        "src 10.1.1.10/32 dst 198.51.100.13/32 proto udp dport 4789 \n\tdir out priority 0 \n"
-        "\ttmpl src 10.1.1.10 dst 198.51.100.13\n\t\tproto esp reqid 1073751830 mode transport\n"
-        "src 10.9.9.9/32 dst 10.9.9.8/32 \n\tdir out priority 0 \n\ttmpl src 0.0.0.0 dst 0.0.0.0\n\t\tproto esp reqid 7 mode transport\n"
-    )
-
-    def __init__(self, key: str) -> None:
-        super().__init__(lambda _line: None)
-        self.key = key
-        self.argvs: list[list[str]] = []
-
-    def run(self, argv: Any, check: bool = True, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-        self.argvs.append(list(argv))
-        if list(argv) == ["ip", "-batch", "-"] and stdin:  # a batch's lines count as the commands they are
-            self.argvs += [["ip", *line.split()] for line in stdin.splitlines()]
-        out = ""
-        if list(argv[:4]) == ["ip", "xfrm", "state", "list"]:
-            out = self.STATES.format(key=self.key)
-        elif list(argv[:4]) == ["ip", "xfrm", "policy", "list"]:
-            out = self.POLICIES
-        return subprocess.CompletedProcess(list(argv), 0, out, "")
-
-
-def test_xfrm_listings_are_read_and_only_own_entries_count() -> None:
-    key = "0123456789abcdef" * 4 + "01234567"  # 36 bytes, as the kernel prints an rfc4106 key
-    r = FakeXfrm(key)
-    # The whole entry, continuation lines included (step_ipsec looks for the key and espinudp in it), and nothing
-    # of the next entry.
-    assert overlay_node.xfrm_states(r) == {
-        ("198.51.100.13", "10.1.1.10", 0x40002717): (
-            "src 198.51.100.13 dst 10.1.1.10\n\tproto esp spi 0x40002717 reqid 1073751831 mode transport\n\treplay-window 0 \n"
-            f"\taead rfc4106(gcm(aes)) 0x{key} 128\n\tencap type espinudp sport 4500 dport 4500 addr 0.0.0.0\n"
-            "\tanti-replay context: seq 0x0, oseq 0x0, bitmap 0x00000000\n\tsel src 0.0.0.0/0 dst 0.0.0.0/0 "
-        )
-    }
-    # Another program's SA (SPI 0x1000) and policy (reqid 7) are not ours: never touched.
-    assert overlay_node.xfrm_policies(r) == {("10.1.1.10/32", "198.51.100.13/32", "4789", "out"): 0x40002716}
-
-
-def test_ipsec_step_replaces_only_what_differs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    doc = good_doc("ipsec")
-    t = doc["tunnels"][0]
-    # Pretend the kernel holds this tunnel's inbound SA with the right key and a stale outbound policy.
-    t.update(local="10.1.1.10", remote="198.51.100.13")
-    t["esp"].update(spi_in=0x40002717)
-    r = FakeXfrm(t["esp"]["key_in"])
-    sockets: list[int] = []
-    monkeypatch.setattr(overlay_node, "ensure_natt_socket", lambda _r, port, _d: sockets.append(port))
-    overlay_node.step_ipsec(r, doc, str(tmp_path))
-    assert sockets == [4500]
-    adds = [a for a in r.argvs if a[:4] == ["ip", "xfrm", "state", "add"]]
-    assert [a[a.index("spi") + 1] for a in adds] == [hex(t["esp"]["spi_out"])]  # the matching inbound SA is kept
-    assert ["ip", "xfrm", "state", "delete"] not in [a[:4] for a in r.argvs if "0x1000" in a]
-    policy_updates = [a for a in r.argvs if a[:4] == ["ip", "xfrm", "policy", "update"]]
-    assert {a[a.index("dir") + 1] for a in policy_updates} == {"in", "out"}
-    deleted = [a for a in r.argvs if a[:4] == ["ip", "xfrm", "policy", "delete"]]
-    assert [a[a.index("src") + 1] for a in deleted] == ["10.1.1.10/32"]  # the stale own policy, not the foreign one
 
 
 @pytest.mark.parametrize(
@@ -220,7 +154,7 @@ def test_tunnel_datagrams_bypass_connection_tracking_where_the_image_tracks() ->
         (three_site_doc(), [4789]),
         (three_site_doc(node="a-client"), [4789]),
         ({**three_site_doc(), "port": 6081, "protocol": "geneve"}, [6081]),
-        (three_site_doc("ipsec"), [4789, 4500]),
+        (three_site_doc("ipsec"), [4789, 4500, 500]),
     ):
         for family in (4, 6):
             assert "OVERLAY-NOTRACK" not in overlay_node.firewall_rules(doc, family)
@@ -232,20 +166,23 @@ def test_firewall_takes_encrypted_tunnels_only_out_of_ipsec() -> None:
     doc = three_site_doc("ipsec")
     rules = overlay_node.firewall_rules(doc, 4)["OVERLAY-IN"]
     udp = "-p udp -m udp --dport"
-    assert rules[:3] == [
+    assert rules[:4] == [
         "-i br-overlay -p tcp -m tcp --dport 22 -j DROP",
         f"-i br-overlay {udp} 4789 -j DROP",
         f"-i br-overlay {udp} 4500 -j DROP",
+        f"-i br-overlay {udp} 500 -j DROP",
     ]
     for t in doc["tunnels"]:
         src = f"-s {t['remote']}/32"
-        if "esp" in t:  # the spokes: ESP in UDP 4500 from the peer, the tunnel port only once decrypted
+        if "psk" in t:  # the spokes: IKE and ESP in UDP 4500 from the peer, the tunnel port only once decrypted
             assert f"{src} {udp} 4500 -j RETURN" in rules
             assert f"{src} {udp} 4789 -m policy --dir in --pol ipsec -j RETURN" in rules
             assert f"{src} {udp} 4789 -j RETURN" not in rules
         else:  # the client's tunnel stays on the site LAN, in clear
             assert f"{src} {udp} 4789 -j RETURN" in rules and f"{src} {udp} 4500 -j RETURN" not in rules
-    assert rules[-2:] == [f"{udp} 4789 -j DROP", f"{udp} 4500 -j DROP"]
+    # UDP 500 is admitted from no one: IKE starts on 4500 (RFC 7296 2.23).
+    assert not any(f"{udp} 500 -j RETURN" in rule for rule in rules)
+    assert rules[-3:] == [f"{udp} 4789 -j DROP", f"{udp} 4500 -j DROP", f"{udp} 500 -j DROP"]
 
 
 @pytest.mark.parametrize(
@@ -370,111 +307,149 @@ def test_containers_run_without_capabilities_read_only_and_image_after_double_da
     assert not any(a[:2] in (["docker", "run"], ["docker", "rm"]) for a in r.argvs)
 
 
-class Recorder:
-    """Stands in for subprocess.run under the node script's Runner: records argv and stdin, answers `ip xfrm ... list`
-    with nothing and fails the commands `fail` matches with its stderr."""
+class EspKernel(overlay_node.Runner):
+    """A kernel that takes ESP SAs (step_ipsec's probe): every command succeeds and is recorded."""
 
-    def __init__(self, fail: Callable[[list[str], str], str | None] = lambda _argv, _stdin: None) -> None:
-        self.calls: list[tuple[list[str], str]] = []
-        self.fail = fail
+    def __init__(self) -> None:
+        super().__init__(lambda _line: None)
+        self.argvs: list[list[str]] = []
 
-    def __call__(self, argv: list[str], input: str | None = None, **_kw: Any) -> subprocess.CompletedProcess[str]:
-        self.calls.append((list(argv), input or ""))
-        err = self.fail(list(argv), input or "")
-        return subprocess.CompletedProcess(argv, 2 if err is not None else 0, "", err or "")
+    def run(self, argv: Any, check: bool = True, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+        self.argvs.append(list(argv))
+        return subprocess.CompletedProcess(list(argv), 0, "", "")
 
 
-def keys_of(doc: dict[str, Any]) -> list[str]:
-    return [t["esp"][k] for t in doc["tunnels"] if "esp" in t for k in ("key_out", "key_in")]
-
-
-def test_xfrm_keys_never_reach_a_command_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_swanctl_conf_holds_one_ikev2_connection_per_encrypted_tunnel() -> None:
     doc = three_site_doc("ipsec")
-    keys = keys_of(doc)
-    assert len(keys) == 4
-    rec = Recorder()
-    monkeypatch.setattr(overlay_node.subprocess, "run", rec)
-    monkeypatch.setattr(overlay_node, "ensure_natt_socket", lambda *_a: None)
-    r = overlay_node.Runner(lambda _line: None)
+    conf = overlay_node.swanctl_conf(doc)
+    encrypted = [t for t in doc["tunnels"] if "psk" in t]
+    assert [t["name"] for t in encrypted] == ["ovl-r2", "ovl-r3"]  # the two spokes; the client's LAN tunnel has none
+    for t in encrypted:
+        block = conf[conf.index(f"{t['name']} {{") :]
+        block = block[: block.index("close_action")]
+        for line in (
+            "version = 2",
+            f"local_addrs = {t['local']}",
+            f"remote_addrs = {t['remote']}",
+            "local_port = 4500",
+            "remote_port = 4500",
+            "encap = yes",
+            "proposals = aes256gcm16-prfsha384-x25519",
+            "dpd_delay = 10s",
+            "auth = psk",
+            f"id = {doc['ipsec']['id']}",
+            f"id = {t['remote']}",
+            "mode = transport",
+            "local_ts = dynamic[udp]",
+            "remote_ts = dynamic[udp]",
+            "esp_proposals = aes256gcm16-x25519",
+            "rekey_time = 3600s",
+            f"rekey_packets = {2**30}",
+            "replay_window = 1024",
+            "start_action = trap",
+            "dpd_action = trap",
+        ):
+            assert any(x.strip() == line for x in block.splitlines()), (t["name"], line)
+        assert f"id-1 = {doc['ipsec']['id']}\n  id-2 = {t['remote']}\n  secret = 0x{t['psk']}\n" in conf
+    assert conf.count("secret = 0x") == 2 and conf.count("version = 2") == 2
+
+
+class FakeIke(overlay_node.Ike):
+    """strongSwan as the node script sees it through swanctl: connections loaded, SAs up once loaded (`up`), calls
+    recorded. Files are really written (under the state dir, as a lab node's)."""
+
+    up: ClassVar[bool] = True
+    calls: ClassVar[list[tuple[str, ...]]] = []
+    sa_names: ClassVar[dict[str, bool]] = {}
+    loaded: ClassVar[list[str]] = []
+    alive: ClassVar[bool] = False
+
+    def __init__(self, r: overlay_node.Runner, state_dir: str) -> None:
+        super().__init__(r, state_dir)
+        self.unit = False
+
+    def swanctl(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        FakeIke.calls.append(args)
+        out = ""
+        if args[0] == "--list-conns":
+            out = "".join(f"{n}: IKEv2, no reauthentication, rekeying every 14400s\n" for n in FakeIke.loaded)
+        elif args[0] == "--load-all":
+            FakeIke.loaded = re.findall(r"(?m)^(ovl-r\d+) \{", Path(args[-1]).read_text())
+            FakeIke.sa_names = {n: FakeIke.up for n in FakeIke.loaded} | {n: v for n, v in FakeIke.sa_names.items() if n not in FakeIke.loaded}
+        elif args[0] == "--terminate":
+            FakeIke.sa_names.pop(args[2], None)
+        return subprocess.CompletedProcess(["swanctl", *args], 0, out, "")
+
+    def running(self) -> bool:
+        return FakeIke.alive
+
+    def start(self) -> None:
+        FakeIke.alive = True
+        self.r.changes.append("started charon")
+
+    def stop(self) -> None:
+        FakeIke.alive = False
+        self.r.changes.append("stopped charon")
+
+    def sas(self) -> dict[str, bool]:
+        return dict(FakeIke.sa_names)
+
+
+@pytest.fixture
+def fake_ike(monkeypatch: pytest.MonkeyPatch) -> type[FakeIke]:
+    monkeypatch.setattr(overlay_node, "Ike", FakeIke)
+    monkeypatch.setattr(overlay_node.shutil, "which", lambda name: f"/usr/sbin/{name}")
+    FakeIke.up, FakeIke.calls, FakeIke.sa_names, FakeIke.alive, FakeIke.loaded = True, [], {}, False, []
+    return FakeIke
+
+
+def test_ipsec_step_loads_once_closes_what_went_and_stops_when_encryption_goes(tmp_path: Path, fake_ike: type[FakeIke]) -> None:
+    doc = three_site_doc("ipsec")
+    r = EspKernel()
     overlay_node.step_ipsec(r, doc, str(tmp_path))
-    argvs = " ".join(" ".join(argv) for argv, _ in rec.calls)
-    stdins = "".join(stdin for _, stdin in rec.calls)
-    assert not any(k in argvs for k in keys)  # no process's /proc/PID/cmdline ever holds a key
-    assert all(f"0x{k} 128" in stdins for k in keys)  # each SA was installed, its key through stdin
-    assert sum(c.startswith("installed ESP SA") for c in r.changes) == 4
+    assert r.changes == ["started charon", "loaded the IPsec connections"]
+    conf = tmp_path / "ike" / "swanctl" / "swanctl.conf"
+    assert conf.stat().st_mode & 0o777 == 0o600 and conf.read_text() == overlay_node.swanctl_conf(doc)  # the keys' file
+    assert "charon.vici" in (tmp_path / "ike" / "strongswan.conf").read_text()
+    # Again, same config, SAs up: nothing loaded, nothing initiated.
+    fake_ike.calls.clear()
+    r = EspKernel()
+    overlay_node.step_ipsec(r, doc, str(tmp_path))
+    assert r.changes == [] and [c[0] for c in fake_ike.calls] == ["--list-conns"]
+    # A hub swap leaves this router one peer: the other's connection is unloaded and its SA closed.
+    fewer = {**doc, "tunnels": [t for t in doc["tunnels"] if t["name"] != "ovl-r3"]}
+    r = EspKernel()
+    overlay_node.step_ipsec(r, fewer, str(tmp_path))
+    assert r.changes == ["loaded the IPsec connections", "closed IPsec ovl-r3"] and fake_ike.sa_names == {"ovl-r2": True}
+    # Encryption off: SAs closed, daemon stopped, the keys' file gone.
+    clear = {k: v for k, v in three_site_doc().items()}
+    r = EspKernel()
+    overlay_node.step_ipsec(r, clear, str(tmp_path))
+    assert r.changes == ["closed IPsec ovl-r2", "stopped charon"] and not conf.exists()
 
 
-@pytest.mark.parametrize(
-    ("stderr", "expected"),
-    [
-        (
-            "Error: Requested AEAD algorithm not found.\n",
-            "this kernel cannot do ESP with rfc4106(gcm(aes)) (Requested AEAD algorithm not found.)",
-        ),
-        ("RTNETLINK answers: Protocol not supported\nCommand failed -:1\n", "this kernel cannot do ESP"),
-        # An iproute2 that does not know a word prints the rest of the line, key included: never shown.
-        (
-            'Error: either "to" is duplicate, or "0x{key}" is a garbage.\n',
-            "<<< xfrm state add src 10.1.1.10 dst 198.51.100.2 proto esp spi",
-        ),
-    ],
-)
-def test_a_failed_xfrm_batch_says_what_failed_without_the_key(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, stderr: str, expected: str
-) -> None:
+def test_a_tunnel_without_its_sa_is_initiated_and_the_switch_waits_for_it(tmp_path: Path, fake_ike: type[FakeIke]) -> None:
     doc = three_site_doc("ipsec")
-    doc["tunnels"][0]["local"] = "10.1.1.10"
-    keys = keys_of(doc)
-    # "aead <algorithm> 0x<key> <icv bits>": the key, as iproute2 would echo it.
-    rec = Recorder(lambda argv, stdin: stderr.format(key=stdin.split(" aead ")[1].split()[1][2:]) if argv[1:] == ["-batch", "-"] else None)
-    monkeypatch.setattr(overlay_node.subprocess, "run", rec)
-    r = overlay_node.Runner(lambda _line: None)
-    with pytest.raises(overlay_node.CommandFailed) as failed:
-        overlay_node.step_ipsec(r, doc, str(tmp_path))
-    message = str(failed.value)
-    assert expected in message, message
-    assert not any(k[:16] in message for k in keys), message
-    if "{key}" in stderr:  # iproute2 echoed the key: the message quotes it, masked
-        assert '"<key>" is a garbage' in message, message
+    fake_ike.up = False  # the peers do not answer
+    overlay_node.step_ipsec(EspKernel(), doc, str(tmp_path))
+    assert [c[:3] for c in fake_ike.calls if c[0] == "--initiate"] == [("--initiate", "--child", "ovl-r2"), ("--initiate", "--child", "ovl-r3")]
+    with pytest.raises(overlay_node.CommandFailed, match="no IPsec SA with the peer of ovl-r2, ovl-r3 after 1 s") as failed:
+        overlay_node.step_ipsec(EspKernel(), doc, str(tmp_path), wait=1)
+    assert not any(t["psk"][:16] in str(failed.value) for t in doc["tunnels"] if "psk" in t)
 
 
-def test_a_failed_command_carrying_a_key_is_reported_and_logged_with_the_key_masked(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
-    """The key of an SA goes to `ip -batch -` on stdin; when that fails, the message (what the push prints, hence
-    Pulumi's output and the journal) names the command with `<key>` where the key was, never the key itself, also
-    when iproute2 echoes the key back on stderr."""
-    doc = good_doc("ipsec")
-    esp = doc["tunnels"][0]["esp"]
-    # Two different keys that share no 16-digit run with anything else of the message (not a repeated "ab").
-    esp["key_out"] = "3f9a1c77e2b04d6581a9f0c3d5e7b21904c6e8a0b2d4f61835a7c9e1b3d5f7092e4c6a8b"
-    esp["key_in"] = "c4e1a9037b5d2f8e6a0c4b9d3e7f1a5c8e2b6d0f4a9c3e7b1d5f9a2c6e0b4d8f3a7c1e5b"
-    keys = (esp["key_out"], esp["key_in"])
+def test_a_refused_ipsec_config_is_reported_without_the_key(tmp_path: Path, fake_ike: type[FakeIke], monkeypatch: pytest.MonkeyPatch) -> None:
+    doc = three_site_doc("ipsec")
 
-    def iproute2(argv: list[str], stdin: str) -> str | None:
-        if argv[1:] != ["-batch", "-"]:
-            return None
-        key = stdin.split(" aead ", 1)[1].split()[1].removeprefix("0x")  # aead <algorithm> 0x<key> <icv bits>
-        return f'Error: either "to" is duplicate, or "0x{key}" is a garbage.\nCommand failed -:1\n'
+    def refuse(self: FakeIke, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        if args[0] == "--load-all":  # as if swanctl quoted the offending line back
+            raise overlay_node.CommandFailed(f"swanctl --load-all: exit 1: parsing 'secret = 0x{doc['tunnels'][0]['psk']}' failed")
+        return subprocess.CompletedProcess(["swanctl"], 0, "", "")
 
-    rec = Recorder(iproute2)
-    monkeypatch.setattr(overlay_node.subprocess, "run", rec)
-    monkeypatch.setattr(overlay_node, "ensure_natt_socket", lambda *_a: None)
-    monkeypatch.setattr(overlay_node, "apply", lambda d, r, _previous, state_dir: overlay_node.step_ipsec(r, d, state_dir))
-    logged: list[str] = []
-    assert overlay_node.converge(doc, str(tmp_path), logged.append) == 1
-    # The command that failed did carry a key (so there was one to hide).
-    [failed_stdin] = [stdin for argv, stdin in rec.calls if argv[1:] == ["-batch", "-"]]
-    assert any(f" 0x{k} 128 " in failed_stdin for k in keys), failed_stdin
-    out = capsys.readouterr()
-    shown = "\n".join([out.out, out.err, *logged])
-    for key in keys:
-        assert not any(key[i : i + 16] in shown.lower() for i in range(len(key) - 15)), shown
-    # ... and the message still says which SA failed, with the key masked in the command and in iproute2's words.
-    assert "overlay-node: failed: " in out.err
-    assert " -batch - <<< xfrm state add src " in out.err
-    assert " aead rfc4106(gcm(aes)) <key> 128 encap espinudp 4500 4500 0.0.0.0: exit 2: " in out.err
-    assert 'or "<key>" is a garbage.' in out.err
+    monkeypatch.setattr(FakeIke, "swanctl", refuse)
+    with pytest.raises(overlay_node.CommandFailed, match="strongSwan refused the IPsec config") as failed:
+        overlay_node.step_ipsec(EspKernel(), doc, str(tmp_path))
+    assert doc["tunnels"][0]["psk"][:16] not in str(failed.value) and "<key>" in str(failed.value)
 
 
 FIREWALL_STEP = """
@@ -563,11 +538,11 @@ def test_firewall_chains_are_ours_idempotent_and_follow_the_config() -> None:
             mine = [x for x in saved() if x.startswith("-A OVERLAY-IN")]
             admitted = {x.split()[3].removesuffix("/32") for x in mine if x.startswith("-A OVERLAY-IN -s") and f"--dport {port} " in x}
             assert admitted - {t["remote"] for t in doc["tunnels"]} == set() and peers <= admitted, mine
-            assert all(f"--dport {port} " in x or "--dport 22 " in x or "--dport 4500 " in x for x in mine), mine
+            assert all(any(f"--dport {p} " in x for p in (port, 22, 4500, 500)) for x in mine), mine
             assert any("--pol ipsec" in x for x in mine) == bool(doc.get("ipsec")), mine
             assert any("--dport 4500" in x for x in mine) == bool(doc.get("ipsec")), mine
             untracked = [x.split("--dport ")[1].split()[0] for x in saved(table="raw") if x.startswith("-A OVERLAY-NOTRACK")]
-            assert untracked == [str(port), *(["4500"] if doc.get("ipsec") else [])], untracked
+            assert untracked == [str(port), *(["4500", "500"] if doc.get("ipsec") else [])], untracked
         # A client forwards nothing of ours: our FORWARD chain and its jump go, the rest stays. On an image that
         # tracks nothing, the untracking chain and its jumps go too (someone else's raw rule stays).
         assert step(three_site_doc(node="a-client")) == [
@@ -1014,7 +989,7 @@ def test_ipsec_on_a_kernel_without_esp_is_refused_and_rolled_back(two_nodes: Two
     proc = two_nodes.start(doc, two_nodes.hub)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 1
-    assert "cannot do ESP" in err and "rolled back" in out
+    assert "this kernel cannot do ESP with AES-GCM" in err and "rolled back" in out
     ns = two_nodes.ns[two_nodes.hub]
     assert sh("ip", "-n", ns, "xfrm", "policy", "list").stdout.strip() == ""
     assert sh("ip", "-n", ns, "xfrm", "state", "list").stdout.strip() == ""
@@ -1108,9 +1083,9 @@ def test_encrypted_tunnels_keep_their_keys_side_by_side() -> None:
     old, new = swap_docs("c-router", encryption="ipsec")
     step = overlay_node.transition(old, new, "prepare")
     assert step is not None and overlay_node.validate(step) == []
-    esp = {t["name"]: t["esp"] for t in step["tunnels"] if "esp" in t}
-    assert esp == {t["name"]: t["esp"] for t in [*old["tunnels"], *new["tunnels"]] if "esp" in t} and len(esp) == 2
-    assert len(overlay_node._wanted_sas(step)[0]) == 4  # both pairs' SAs, in and out
+    psk = {t["name"]: t["psk"] for t in step["tunnels"] if "psk" in t}
+    assert psk == {t["name"]: t["psk"] for t in [*old["tunnels"], *new["tunnels"]] if "psk" in t} and len(psk) == 2
+    assert overlay_node.swanctl_conf(step).count("version = 2") == 2  # both pairs' IKE connections, side by side
 
 
 @pytest.mark.parametrize(

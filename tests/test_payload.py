@@ -135,11 +135,12 @@ def test_payload_carries_bootstrap_config_script_unit_and_login(protocol: str, n
     assert install[:2] == ["sh", "-c"] and "apt-get install" in install[2] and "retrying" in install[2]
     assert "packages" not in body and "package_update" not in body  # installed with retries by runcmd instead
     if plan.node(node).kind == "router":
-        assert "docker.io" in install[2]
+        # strongSwan whatever the encryption: turning IPsec on later is a push, not a rebuild.
+        assert "docker.io" in install[2] and "charon-systemd libstrongswan-standard-plugins" in install[2]
         assert json.loads(by_path[DOCKER_DAEMON].content) == {"bridge": "none", "iptables": False, "ip6tables": False}
         assert "docker.service" in by_path[UNIT_PATH].content.decode()
     else:
-        assert "docker.io" not in install[2] and DOCKER_DAEMON not in by_path
+        assert "docker.io" not in install[2] and "charon" not in install[2] and DOCKER_DAEMON not in by_path
     assert by_path[NODE_CONFIG].mode == 0o600  # the pushed config that replaces it carries tunnel keys
 
 

@@ -16,7 +16,7 @@ from bench.configs import stack_with_sites
 from multicloud_overlay.cloudinit import overlay_node
 from multicloud_overlay.components.stack_file import read_stack_file
 from multicloud_overlay.overlay.config import PLATFORMS, parse_config
-from multicloud_overlay.overlay.encapsulation import ESP_KEY_BYTES, ESP_NATT_OVERHEAD, PAIR_KEY_BYTES, encapsulation_overhead
+from multicloud_overlay.overlay.encapsulation import ESP_NATT_OVERHEAD, PAIR_KEY_BYTES, REKEY_PACKETS, encapsulation_overhead
 from multicloud_overlay.overlay.plan import (
     MissingTunnelKey,
     Plan,
@@ -300,26 +300,43 @@ def test_ipsec_pairs_are_the_router_tunnels_each_once() -> None:
     assert len(ipsec_plan("aws", "point-to-point").router_pairs()) == 1
 
 
-def test_both_ends_of_a_pair_hold_matching_security_associations() -> None:
+def test_both_ends_of_a_pair_share_one_key_and_name_each_other() -> None:
     plan = ipsec_plan()
     keys = pair_keys(plan)
     ips = {s.name: f"203.0.113.{s.site_id}" for s in plan.config.sites}
     docs = {r.site: node_config(plan, r.name, ips, pair_keys=keys) for r in plan.routers()}
-    spis: list[int] = []
+    psks: list[str] = []
     for a, b in plan.router_pairs():
         ta = next(t for t in docs[a]["tunnels"] if t["peer"] == f"{b}-router")
         tb = next(t for t in docs[b]["tunnels"] if t["peer"] == f"{a}-router")
-        assert ta["esp"]["spi_out"] == tb["esp"]["spi_in"] and ta["esp"]["key_out"] == tb["esp"]["key_in"]
-        assert ta["esp"]["spi_in"] == tb["esp"]["spi_out"] and ta["esp"]["key_in"] == tb["esp"]["key_out"]
-        assert ta["esp"]["key_out"] != ta["esp"]["key_in"]  # one key per direction
-        assert len(bytes.fromhex(ta["esp"]["key_out"])) == ESP_KEY_BYTES
-        spis += [ta["esp"]["spi_out"], ta["esp"]["spi_in"]]
-    assert len(spis) == len(set(spis))
+        assert ta["psk"] == tb["psk"] and len(bytes.fromhex(ta["psk"])) == PAIR_KEY_BYTES
+        # Each side's IKE identity is its public address, the one the other side dials.
+        assert docs[a]["ipsec"]["id"] == tb["remote"] == ips[a] and docs[b]["ipsec"]["id"] == ta["remote"] == ips[b]
+        psks.append(ta["psk"])
+    assert len(psks) == len(set(psks))  # one key per pair
     for doc in docs.values():
-        assert doc["ipsec"] == {"natt_port": 4500, "algorithm": "rfc4106(gcm(aes))", "icv_bits": 128}
-        assert all("esp" not in t for t in doc["tunnels"] if t["name"].startswith("ovl-c"))  # the LAN tunnel stays clear
+        assert doc["ipsec"] == {
+            "id": ips[doc["site"]],
+            "ike_proposals": "aes256gcm16-prfsha384-x25519",
+            "esp_proposals": "aes256gcm16-x25519",
+            "rekey_seconds": 3600,
+            "rekey_packets": REKEY_PACKETS,
+            "replay_window": 1024,
+            "dpd_seconds": 10,
+        }
+        assert all("psk" not in t for t in doc["tunnels"] if t["name"].startswith("ovl-c"))  # the LAN tunnel stays clear
     client = node_config(plan, "aws-client", ips, pair_keys=keys)
-    assert "ipsec" not in client and all("esp" not in t for t in client["tunnels"])
+    assert "ipsec" not in client and all("psk" not in t for t in client["tunnels"])
+
+
+def test_rekeying_comes_well_before_the_sequence_numbers_run_out() -> None:
+    # 32-bit ESP sequence numbers (no ESN): the kernel stops sending on an SA after 2^32 - 1 packets; strongSwan's
+    # hard packet limit is 110 % of rekey_packets.
+    assert REKEY_PACKETS * 1.1 < 2**32 / 2
+    raw = copy.deepcopy(DEV)
+    raw["ipsecRekeySeconds"] = 120
+    doc = node_config(plan_of(raw), "aws-router", {s.name: "203.0.113.1" for s in DEV_PLAN.config.sites}, pair_keys=pair_keys(plan_of(raw)))
+    assert doc["ipsec"]["rekey_seconds"] == 120
 
 
 def test_unencrypted_plans_carry_no_key_material() -> None:
@@ -327,7 +344,7 @@ def test_unencrypted_plans_carry_no_key_material() -> None:
     raw["encryption"] = "none"
     clear = plan_of(raw)
     doc = node_config(clear, "aws-router", {s.name: "203.0.113.1" for s in clear.config.sites})
-    assert "ipsec" not in doc and all("esp" not in t for t in doc["tunnels"])
+    assert "ipsec" not in doc and all("psk" not in t for t in doc["tunnels"])
     assert clear.router_pairs() and not clear.encrypted and clear.mtu == DEV_PLAN.mtu + 45
     assert DEV_PLAN.encrypted  # the default
 

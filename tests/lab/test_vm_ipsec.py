@@ -1,22 +1,31 @@
-"""encryption: ipsec proven in the Debian cloud-kernel VM (the host kernel has no ESP), in one VM boot:
+"""encryption ipsec (IKEv2: strongSwan's charon in each router) proven in the Debian cloud-kernel VM (the host kernel
+has no ESP), in one VM boot:
 
 0. tunnel credentials arrive only by the push: every node booted from its user-data alone (`lab up --no-push`)
    has no SA and no tunnel across sites (its site works, nothing crosses); `lab push` brings the encrypted
-   tunnels up (spoke to spoke through the hub); a spoke router rebooted afterwards comes back encrypted from its
-   disk, with no push;
-1. the real lab (3 sites, aws hub, 1:1 NAT, emulated internet) comes up with VXLAN in clear; a capture on the
-   internet sees the marked pings in clear VXLAN datagrams (so the capture can see what it looks for);
+   tunnels up (spoke to spoke through the hub);
+   - rekeying under traffic (ipsecRekeySeconds 60): every SA of the hub is replaced while 5 pings a second cross
+     two encrypted tunnels, and none is lost;
+   - replay: the ESP datagrams of a marked ping, recorded on the internet and sent again, are dropped by the
+     hub's SA (its replay counter rises by as many, the tunnel delivers none of them); the control, the same SA
+     reinstalled with the same keys and no replay window (what the static keys of earlier versions had),
+     delivers them;
+   - a spoke router rebooted comes back encrypted from its disk, with no push (recovery timed);
+   - wrong credentials: the spoke given other pair keys and rebooted gets no SA (IKE authentication fails on
+     both sides) and nothing crosses; the right keys pushed again bring it back;
+1. the same lab (3 sites, aws hub, 1:1 NAT, emulated internet) switched to VXLAN in clear in place; a capture on
+   the internet sees the marked pings in clear VXLAN datagrams (so the capture can see what it looks for);
 2. `lab swap --encryption ipsec` turns IPsec on in place; the full check matrix passes (v4+v6, DF at the smaller
    MTU); the capture sees only ESP in UDP 4500 between routers, no clear frame, no marker, no fragment; the hub's
-   unit command run again changes nothing; the hub rebooted (its SAs, policies and NAT-T socket gone, its
-   sequence numbers starting over) comes back from its unit command alone and the matrix passes again;
+   unit command run again changes nothing; the hub rebooted (its SAs, policies and IKE daemon gone) comes back
+   from its unit command alone and the matrix passes again;
    forged clear tunnel datagrams from a spoke's public address reach the hub's tunnel in clear mode (the control),
    and with IPsec are dropped by the node's chain, and with that chain flushed by the kernel's "in" policy alone;
 3. `lab swap --protocol geneve`: the same with GENEVE inside ESP; then the hub moved to gcp, make-before-break,
    with no ping lost on any probed path, the matrix passing with gcp as hub, the spoke holding the SAs of its one
    new tunnel only;
 4. `lab swap --encryption none`: back to clear GENEVE in place (the capture reads GENEVE headers on UDP 6081 and
-   nothing else), no SA, policy or NAT-T socket left.
+   nothing else), no SA, policy, IKE daemon or socket on UDP 4500 left.
 """
 
 from __future__ import annotations
@@ -32,6 +41,7 @@ import pytest
 
 from lab.guest import GUEST_RESULTS
 from lab.qemu import run_in_vm
+from lab.state import DEFAULT_STATE_DIR
 from lab.vmimage import build_image
 
 pytestmark = [
@@ -50,19 +60,40 @@ def script() -> str:
     r = GUEST_RESULTS
     lab = "python3 -m lab"
     ping = "ip netns exec mco-azure-client ping -c 1 -W 2"
-    state = (
-        "xfrm $(ip -n mco-azure-router xfrm state list | grep -c ^src) tunnels $(ip -n mco-azure-router -o link show | grep -c ' ovl-r')"
-    )
+    # Directions (src, dst) of the spoke's ESP SAs (a larval SA of a pending key exchange, SPI 0, is not one), and
+    # its router tunnels.
+    sas = "ip -n mco-azure-router xfrm state list | awk '/^src/ {p = $0} /proto esp spi 0x/ && !/spi 0x00000000/ {print p}' | sort -u | wc -l"
+    state = f"xfrm $({sas}) tunnels $(ip -n mco-azure-router -o link show | grep -c ' ovl-r')"
+    hub_spis = "ip -n mco-aws-router xfrm state list | grep -o 'spi 0x[0-9a-f]*' | grep -v 0x00000000 | sort -u | tr '\\n' ' '"
+    # The routers' charon logs, named through the environment: `lab down` stops every process whose command line
+    # names the lab's state dir, this script's included.
+    ike_log = "$IKE_LOGS"
     steps = [
-        f"{lab} up --containers netns --sites {SITES} --hub aws --protocol vxlan --encryption ipsec --no-push > {r}/boot-only.txt",
+        f"{lab} up --containers netns --sites {SITES} --hub aws --protocol vxlan --encryption ipsec --ipsec-rekey-seconds 60 --no-push"
+        f" > {r}/boot-only.txt",
         f"echo boot-only {state} local $({ping} 10.250.2.1 >/dev/null && echo ok || echo fail)"
         f" cross $({ping} 10.250.3.2 >/dev/null && echo ok || echo fail)",
         f"{lab} push",
         f"echo pushed {state} cross $({ping} 10.250.3.2 >/dev/null && echo ok || echo fail)",
+        # Rekeying under traffic: 80 s of pings across both of the hub's tunnels, each SA due after 54-60 s.
+        f"echo spis-before $({hub_spis})",
+        f"ip netns exec mco-azure-client ping -i 0.2 -c 400 -q 10.250.3.2 > {r}/rekey-ping.txt",
+        f"echo spis-after $({hub_spis})",
+        f"echo rekey-ping $(grep -o '[0-9]* packets transmitted, [0-9]* received' {r}/rekey-ping.txt)",
+        f"python3 -m lab.capture --replay ike --results {r}",
+        f"python3 -m lab.capture --replay static --window-zero --results {r}",
         f"{lab} reboot azure-router --no-check --results {r}",
         f"echo rebooted {state} cross $({ping} 10.250.3.2 >/dev/null && echo ok || echo fail)",
-        f"{lab} down",
-        f"{lab} up --containers netns --sites {SITES} --hub aws --protocol vxlan --encryption none > {r}/up.txt",
+        # Wrong credentials: other pair keys on the spoke, its IKE SAs closed (every exchange then uses them).
+        "python3 -m lab.capture --wrong-key azure-router",
+        f"{ping} 10.250.3.2 > /dev/null; true",  # traffic (unanswered): the trap policies start an exchange
+        "sleep 15",
+        f"echo wrong-key {state} cross $({ping} 10.250.3.2 >/dev/null && echo ok || echo fail)"
+        f" auth-failed $(cat {ike_log} | grep -c 'AUTHENTICATION_FAILED')",
+        f"{lab} push",
+        f"echo right-key {state} cross $({ping} 10.250.3.2 >/dev/null && echo ok || echo fail)",
+        # The same lab in clear, in place (its nodes' SAs, policies and charon go: see the end).
+        f"{lab} swap --encryption none --results {r}/to-clear",
         f"{lab} capture --results {r}",
         f"python3 -m lab.capture --inject clear --results {r}",
         f"{lab} swap --encryption ipsec --results {r}",
@@ -83,29 +114,48 @@ def script() -> str:
         f"echo hub-gcp {state}",
         f"{lab} swap --encryption none --results {r}",
         f"{lab} capture --results {r}",
-        # Left on the hub after turning IPsec off: SAs, policies, sockets on UDP 4500 (0x1194); all must be 0.
+        # Left on the hub after turning IPsec off: SAs, policies, sockets on UDP 4500 (0x1194), charon; all must be 0.
         "echo leftovers $(ip -n mco-aws-router xfrm state list | grep -c ^src) $(ip -n mco-aws-router xfrm policy list | grep -c ^src)"
-        " $(ip netns exec mco-aws-router cat /proc/net/udp | grep -c ':1194 ')",
+        " $(ip netns exec mco-aws-router cat /proc/net/udp | grep -c ':1194 ')"
+        " $(ip netns pids mco-aws-router | xargs -r -n1 -I{} cat /proc/{}/comm | grep -c charon)",
     ]
     # Every step runs even after a failure (the report shows all of them); the exit code is the first failure's.
     body = "; ".join(f"{s} || rc=${{rc:-$?}}" for s in steps)
     return f"mkdir -p {r}; rc=; {body}; {lab} down; exit ${{rc:-0}}"
 
 
+@pytest.mark.timeout(1400)
 def test_ipsec_lab_encrypts_every_router_tunnel_for_vxlan_and_geneve(tmp_path: Path) -> None:
     image = build_image()
-    res = run_in_vm(["/bin/sh", "-c", script()], timeout=900, results_dir=tmp_path, image=image)
+    logs = f"{DEFAULT_STATE_DIR}/nodes/*-router/root/var/lib/multicloud-overlay/ike/charon.log"
+    res = run_in_vm(["/bin/sh", "-c", script()], timeout=1300, results_dir=tmp_path, image=image, env={"IKE_LOGS": logs})
     log = res.output
-    assert not res.timed_out, f"the VM did not finish in 900 s:\n{log[-4000:]}"
+    assert not res.timed_out, f"the VM did not finish in 1300 s:\n{log[-4000:]}"
 
     # User-data alone: no SA, no tunnel to another site; the site itself works and nothing crosses.
     assert "boot-only xfrm 0 tunnels 0 local ok cross fail" in log, log[-3000:]
-    # The push brings the keys: one SA per direction of the spoke's one tunnel; spoke-to-spoke crosses two of them.
-    # After a reboot with no push, the unit brings the same back from the node's disk.
+    # The push brings the keys: IKE makes an SA for each direction of the spoke's one tunnel; spoke-to-spoke crosses
+    # two of them. After a reboot with no push, the unit brings the same back from the node's disk.
     assert "pushed xfrm 2 tunnels 1 cross ok" in log, log[-3000:]
     assert "rebooted xfrm 2 tunnels 1 cross ok" in log, log[-3000:]
     spoke = json.loads((tmp_path / "reboot-azure-router.json").read_text())
     assert spoke["boot_command"]["ok"] and spoke["power_off"]["killed"] >= 1, json.dumps(spoke)[:2000]
+    assert spoke["recovery"]["all_s"] is not None, spoke["recovery"]  # back, encrypted, with nothing done
+    # Rekeying under traffic: every SA of the hub replaced by a new one, no ping lost.
+    before = set(re.search(r"spis-before (.*)", log).group(1).split("spi")) - {"", " "}  # type: ignore[union-attr]
+    after = set(re.search(r"spis-after (.*)", log).group(1).split("spi")) - {"", " "}  # type: ignore[union-attr]
+    assert len(before) >= 4 and len(after) >= 4 and not before & after, (before, after)
+    assert "rekey-ping 400 packets transmitted, 400 received" in log, log[-3000:]
+    # A replayed ESP datagram is dropped, the SA counting it; without a replay window (static keys) it is delivered.
+    ike = json.loads((tmp_path / "replay-ike.json").read_text())
+    assert ike["recorded"] >= 1 and ike["delivered_first"] >= 1 and ike["delivered_again"] == 0, ike
+    assert [after - before for before, after in ike["sa_replay_counter"].values()] == [ike["replayed"]], ike
+    static = json.loads((tmp_path / "replay-static.json").read_text())
+    assert static["recorded"] >= 1 and static["delivered_again"] >= static["delivered_first"] >= 1, static
+    # Wrong credentials: IKE authentication refused, no SA, nothing crosses; the right keys bring the tunnel back.
+    m = re.search(r"wrong-key xfrm (\d+) tunnels 1 cross (\w+) auth-failed (\d+)", log)
+    assert m is not None and m.group(1) == "0" and m.group(2) == "fail" and int(m.group(3)) >= 1, log[-3000:]
+    assert "right-key xfrm 2 tunnels 1 cross ok" in log, log[-3000:]
 
     clear = json.loads((tmp_path / "capture-none-vxlan.json").read_text())
     assert clear["passed"], clear["verdict"]
@@ -149,8 +199,8 @@ def test_ipsec_lab_encrypts_every_router_tunnel_for_vxlan_and_geneve(tmp_path: P
     hub_gcp = json.loads((tmp_path / "hub-gcp" / "check.json").read_text())
     assert hub_gcp["hub"] == "gcp" and hub_gcp["summary"]["ok"] and hub_gcp["summary"]["passed"] == 420, hub_gcp["summary"]
     assert "hub-gcp xfrm 2 tunnels 1" in log, log[-3000:]
-    assert "leftovers 0 0 0" in log, f"SAs, policies or the NAT-T socket left after turning IPsec off:\n{log[-2000:]}"
+    assert "leftovers 0 0 0 0" in log, f"SAs, policies, the NAT-T socket or charon left after turning IPsec off:\n{log[-2000:]}"
     reboot = json.loads((tmp_path / "reboot-aws-router.json").read_text())
     assert reboot["boot_command"]["ok"] and reboot["check"]["ok"], json.dumps(reboot)[:2000]
-    assert reboot["power_off"]["killed"] >= 1  # the NAT-T socket holder went down with the node
+    assert reboot["power_off"]["killed"] >= 1  # charon went down with the node
     assert res.exit_code == 0, f"exit {res.exit_code}: {shlex.quote(log[-3000:])}"
