@@ -656,17 +656,23 @@ def step_ipsec(r: Runner, doc: dict[str, Any], state_dir: str, wait: float = 0) 
     ike = Ike(r, state_dir)
     want = {t["name"] for t in doc["tunnels"] if "psk" in t}
     if not doc.get("ipsec"):
+        locals_ = {t["local"] for t in doc["tunnels"] if t["name"].startswith("ovl-r")}
         if ike.running():
+            # The connections go first, and their trap policies with them: a datagram that meets a trap policy whose
+            # SA is gone makes the kernel add a larval SA (SPI 0, an "acquire") that nothing can delete and that
+            # stays net.core.xfrm_acq_expires seconds (30 by default).
+            _write_if_changed(ike.conf, "")
+            ike.swanctl("--load-all", "--noprompt", *([] if ike.unit else ["--file", ike.conf]), check=False)
             for name in ike.sas():
                 ike.swanctl("--terminate", "--ike", name, "--force", "--timeout", "5", check=False)
                 r.changes.append(f"closed IPsec {name}")
                 r.log(f"  changed: closed IPsec {name}")
             ike.stop()
-            # What the daemon did not take with it (a pending exchange's larval SA, an SA it lost track of): every ESP
-            # SA of the router's tunnel address goes too.
-            for local in {t["local"] for t in doc["tunnels"] if t["name"].startswith("ovl-r")}:
-                for end in ("src", "dst"):
-                    r.run(["ip", "xfrm", "state", "deleteall", end, local, "proto", "esp"], check=False)
+            # charon takes its SAs with it. A larval one left from before (SPI 0) can be deleted by nobody: the kernel
+            # drops it after net.core.xfrm_acq_expires seconds (30 by default). Done means none is left.
+            deadline = time.monotonic() + 32
+            while time.monotonic() < deadline and locals_ & set(re.findall(r"(?m)(?:^src|dst) (\S+)", r.run(["ip", "xfrm", "state"]).stdout)):
+                time.sleep(1)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(ike.conf)
         return

@@ -426,6 +426,38 @@ def test_ipsec_step_loads_once_closes_what_went_and_stops_when_encryption_goes(t
     r = EspKernel()
     overlay_node.step_ipsec(r, clear, str(tmp_path))
     assert r.changes == ["closed IPsec ovl-r2", "stopped charon"] and not conf.exists()
+    # The connections (and their trap policies) went before the SA: no datagram could raise a new acquire meanwhile.
+    off = [c[0] for c in fake_ike.calls if c[0] in ("--load-all", "--terminate")][-2:]
+    assert off == ["--load-all", "--terminate"]
+
+
+class LarvalSa(EspKernel):
+    """A kernel still holding a larval SA (SPI 0, the acquire of a datagram that met a trap policy) of the tunnel
+    address for its first `left` listings, as the kernel does until net.core.xfrm_acq_expires."""
+
+    def __init__(self, local: str, left: int) -> None:
+        super().__init__()
+        self.local, self.left = local, left
+
+    def run(self, argv: Any, check: bool = True, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+        done = super().run(argv, check, stdin)
+        if list(argv) == ["ip", "xfrm", "state"] and self.left:
+            self.left -= 1
+            return subprocess.CompletedProcess(list(argv), 0, f"src {self.local} dst 198.51.100.2\n\tproto esp spi 0x00000000 reqid 1 mode transport\n", "")
+        return done
+
+
+def test_encryption_off_returns_once_no_larval_sa_of_the_tunnel_address_is_left(
+    tmp_path: Path, fake_ike: type[FakeIke], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    overlay_node.step_ipsec(EspKernel(), three_site_doc("ipsec"), str(tmp_path))
+    slept: list[float] = []
+    monkeypatch.setattr(overlay_node.time, "sleep", slept.append)
+    clear = three_site_doc()
+    local = next(t["local"] for t in clear["tunnels"] if t["name"].startswith("ovl-r"))
+    r = LarvalSa(local, 3)
+    overlay_node.step_ipsec(r, clear, str(tmp_path))
+    assert r.left == 0 and len(slept) == 3 and r.argvs.count(["ip", "xfrm", "state"]) == 4
 
 
 def test_a_tunnel_without_its_sa_is_initiated_and_the_switch_waits_for_it(tmp_path: Path, fake_ike: type[FakeIke]) -> None:

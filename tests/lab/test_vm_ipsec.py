@@ -118,6 +118,8 @@ def script() -> str:
         "echo leftovers $(ip -n mco-aws-router xfrm state list | grep -c ^src) $(ip -n mco-aws-router xfrm policy list | grep -c ^src)"
         " $(ip netns exec mco-aws-router cat /proc/net/udp | grep -c ':1194 ')"
         " $(ip netns pids mco-aws-router | xargs -r -n1 -I{} cat /proc/{}/comm | grep -c charon)",
+        # What is left, if anything, without its keys (the assertion's message shows it).
+        "ip -n mco-aws-router xfrm state list | grep -v -e aead -e enc -e auth || true",
     ]
     # Every step runs even after a failure (the report shows all of them); the exit code is the first failure's.
     body = "; ".join(f"{s} || rc=${{rc:-$?}}" for s in steps)
