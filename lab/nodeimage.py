@@ -217,12 +217,6 @@ def console_key() -> Path:
     return CACHE / "console-key"
 
 
-def repo_packages() -> list[str]:
-    """Names of the packages in the built image's local repository (from its manifest)."""
-    manifest = CACHE / f"image-{recipe().digest()}.json"
-    return json.loads(manifest.read_text()).get("repo", []) if manifest.exists() else []
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m lab.nodeimage", description=(__doc__ or "").split("\n\n")[0])
     sub = parser.add_subparsers(dest="cmd", required=True)
