@@ -469,12 +469,14 @@ def step_lan(r: Runner, doc: dict[str, Any], wait: float = LAN_NIC_WAIT) -> None
     if not doc["lan"]["configure"]:
         return
     want = str(ipaddress.ip_interface(doc["lan"]["address"]))
-    deadline = time.monotonic() + wait
+    deadline, settled = time.monotonic() + wait, False
     while True:
-        all_links = links(r)
+        # One look at every link and its addresses: udev renames a NIC the kernel just added (eth1 becomes ens6), so
+        # nothing is asked by a name seen a command before.
+        all_links = {link["ifname"]: link for link in r.json(["ip", "-d", "-j", "addr", "show"])}
         candidates = []
         for name, link in all_links.items():
-            have = addresses(r, name)
+            have = [f"{a['local']}/{a['prefixlen']}" for a in link.get("addr_info", []) if a.get("scope") == "global"]
             if want in {str(ipaddress.ip_interface(a)) for a in have}:
                 ensure_link_state(r, link, link.get("mtu", 1500), None)
                 return
@@ -484,6 +486,11 @@ def step_lan(r: Runner, doc: dict[str, Any], wait: float = LAN_NIC_WAIT) -> None
             if link.get("link_type") != "ether" or any(ipaddress.ip_interface(a).version == 4 for a in have):
                 continue
             candidates.append((link.get("ifindex", 0), name))
+        if candidates and not settled and systemd_runs_here():
+            # A NIC hot-plugged a moment ago may not have its final name yet: udev's queue done, look again.
+            r.run(["udevadm", "settle", "--timeout", "30"], check=False)
+            settled = True
+            continue
         if candidates:
             break
         if time.monotonic() > deadline:

@@ -1213,39 +1213,57 @@ def test_push_phases_add_then_switch_then_remove_and_install_only_at_the_end(tmp
 
 
 class LateNic(overlay_node.Runner):
-    """A node whose LAN NIC is attached after launch: `ip link` lists it from the `appears_after`-th look on."""
+    """A node whose LAN NIC is attached after launch: `ip addr` lists it from the `appears_after`-th look on, first
+    under the kernel's name (eth1) and, once udev's queue is settled, under udev's (ens6)."""
 
     def __init__(self, appears_after: int) -> None:
         super().__init__(lambda _line: None)
         self.looks = 0
         self.appears_after = appears_after
+        self.settled = False
         self.argvs: list[list[str]] = []
 
     def run(self, argv: Any, check: bool = True, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
         argv = list(argv)
         self.argvs.append(argv)
         out = ""
-        if argv[:4] == ["ip", "-d", "-j", "link"]:
+        if argv[:4] == ["ip", "-d", "-j", "addr"]:
             self.looks += 1
-            nics = [{"ifname": "lo", "ifindex": 1, "link_type": "loopback"}, {"ifname": "ens5", "ifindex": 2, "link_type": "ether"}]
+            nics = [
+                {"ifname": "lo", "ifindex": 1, "link_type": "loopback", "addr_info": [{"local": "127.0.0.1", "prefixlen": 8, "scope": "host"}]},
+                {"ifname": "ens5", "ifindex": 2, "link_type": "ether", "addr_info": [{"local": "10.1.1.10", "prefixlen": 24, "scope": "global"}]},
+            ]
             if self.looks >= self.appears_after:
-                nics.append({"ifname": "ens6", "ifindex": 3, "link_type": "ether", "mtu": 1500, "operstate": "DOWN", "flags": []})
+                name = "ens6" if self.settled else "eth1"
+                nics.append({"ifname": name, "ifindex": 3, "link_type": "ether", "mtu": 1500, "operstate": "DOWN", "flags": [], "addr_info": []})
             out = json.dumps(nics)
-        elif argv[:3] == ["ip", "-j", "addr"]:
-            local = [{"local": "10.1.1.10", "prefixlen": 24, "scope": "global"}] if argv[-1] == "ens5" else []
-            out = json.dumps([{"addr_info": local}])
+        elif argv[:2] == ["udevadm", "settle"]:
+            self.settled = self.looks >= self.appears_after
         return subprocess.CompletedProcess(argv, 0, out, "")
 
 
 def test_a_lan_nic_attached_after_the_first_boot_started_is_waited_for(monkeypatch: pytest.MonkeyPatch) -> None:
     """AWS, OCI and Alibaba attach the router's LAN NIC after launch: the boot may get there first."""
     monkeypatch.setattr(overlay_node.time, "sleep", lambda _s: None)
+    monkeypatch.setattr(overlay_node, "systemd_runs_here", lambda: False)
     doc = {"lan": {"configure": True, "address": "10.1.2.10/24"}}
     late = LateNic(appears_after=3)
     overlay_node.step_lan(late, doc, wait=60)
     assert late.looks == 3
-    assert ["ip", "addr", "add", "10.1.2.10/24", "dev", "ens6"] in late.argvs
+    assert ["ip", "addr", "add", "10.1.2.10/24", "dev", "eth1"] in late.argvs  # a lab node: no udev renames its links
     never = LateNic(appears_after=10**6)
     with pytest.raises(overlay_node.CommandFailed, match="is the LAN NIC attached"):
         overlay_node.step_lan(never, doc, wait=0)
     assert never.looks == 1
+
+
+def test_a_hot_plugged_lan_nic_gets_its_address_under_the_name_udev_gave_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Seen in a booted VM: the kernel adds the NIC as eth1 and udev renames it ens6 a moment later; an address added
+    by the first name fails ("Device eth1 does not exist"). On a VM the step waits for udev, then looks again."""
+    monkeypatch.setattr(overlay_node.time, "sleep", lambda _s: None)
+    monkeypatch.setattr(overlay_node, "systemd_runs_here", lambda: True)
+    late = LateNic(appears_after=2)
+    overlay_node.step_lan(late, {"lan": {"configure": True, "address": "10.1.2.10/24"}}, wait=60)
+    assert ["udevadm", "settle", "--timeout", "30"] in late.argvs and late.looks == 3
+    assert ["ip", "addr", "add", "10.1.2.10/24", "dev", "ens6"] in late.argvs
+    assert not any("eth1" in argv for argv in late.argvs)
