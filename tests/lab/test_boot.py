@@ -145,6 +145,27 @@ def test_a_hub_swap_and_a_protocol_switch_through_ssh_converge(booted: dict[str,
     assert m["failed"] == {}
 
 
+def test_a_reboot_brings_the_overlay_back_by_itself(booted: dict[str, Any]) -> None:
+    """A real `systemctl reboot` of the hub and of a spoke at once, with IPsec (the default) on: strongswan.service
+    and the overlay unit come back at boot and the pairs re-key; nothing else is done."""
+    st = boot.load()
+    specs = _specs()
+    plan = st.plan()
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        got = dict(
+            zip(
+                ("oci-router", "aws-router"),
+                pool.map(lambda n: boot.reboot(specs[n], plan, checker=specs["vsphere-router"]), ("oci-router", "aws-router")),
+                strict=True,
+            )
+        )
+    _record("reboot", got)
+    for node in ("oci-router", "aws-router"):
+        assert boot.root(specs[node], f"systemctl is-active {UNIT_NAME} strongswan.service").split() == ["active", "active"], node
+    m = boot.matrix(st)
+    assert m["failed"] == {}
+
+
 def test_encryption_off_in_place_shows_only_the_protocol_port_on_the_wire(booted: dict[str, Any]) -> None:
     st = boot.load()
     st.overrides.update({"encryption": "none"})
@@ -159,23 +180,3 @@ def test_encryption_off_in_place_shows_only_the_protocol_port_on_the_wire(booted
     passed, why = verdict(False, summary, ok, "geneve")
     assert passed, why
     assert summary["udp_ports"] == [6081], summary
-
-
-def test_a_reboot_brings_the_overlay_back_by_itself(booted: dict[str, Any]) -> None:
-    """A real `systemctl reboot` of the hub and of a spoke at once; nothing else is done."""
-    st = boot.load()
-    specs = _specs()
-    plan = st.plan()
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        got = dict(
-            zip(
-                ("oci-router", "aws-router"),
-                pool.map(lambda n: boot.reboot(specs[n], plan, checker=specs["vsphere-router"]), ("oci-router", "aws-router")),
-                strict=True,
-            )
-        )
-    _record("reboot", got)
-    for node in ("oci-router", "aws-router"):
-        assert boot.root(specs[node], f"systemctl is-active {UNIT_NAME}").strip() == "active", node
-    m = boot.matrix(st)
-    assert m["failed"] == {}
