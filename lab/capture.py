@@ -351,7 +351,8 @@ def inject(label: str, results: Path, count: int = 5) -> dict[str, Any]:
 
 
 # Collects, for a while, every IPv4 datagram from argv[1] to argv[2] on UDP 4500 that is ESP (not IKE: the first four
-# bytes of its payload are an SPI, never the non-ESP marker 0): what a recorder on the internet can keep.
+# bytes of its payload are an SPI, never the non-ESP marker 0; not a NAT-keepalive, whose payload is the one byte
+# 0xFF, RFC 3948 section 2.3, https://www.rfc-editor.org/rfc/rfc3948#section-2.3): what a recorder on the internet can keep.
 _RECORD = (
     "import socket, struct, sys, time\n"
     "s = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM, socket.htons(0x0800))\n"
@@ -368,7 +369,7 @@ _RECORD = (
     "    ip = frame\n"
     "    ihl = (ip[0] & 15) * 4\n"
     "    if ip[9] == 17 and ip[12:16] == src and ip[16:20] == dst and struct.unpack('!H', ip[ihl + 2 : ihl + 4])[0] == 4500:\n"
-    "        if ip[ihl + 8 : ihl + 12] != b'\\0\\0\\0\\0':\n"
+    "        if ip[ihl + 8 : ihl + 12] != b'\\0\\0\\0\\0' and struct.unpack('!H', ip[2:4])[0] - ihl - 8 > 8:\n"
     "            print(ip[: struct.unpack('!H', ip[2:4])[0]].hex(), flush=True)\n"
 )
 
