@@ -11,6 +11,7 @@ import shutil
 import stat
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, ClassVar
@@ -460,14 +461,23 @@ def test_encryption_off_returns_once_no_larval_sa_of_the_tunnel_address_is_left(
     assert r.left == 0 and len(slept) == 3 and r.argvs.count(["ip", "xfrm", "state"]) == 4
 
 
-def test_a_tunnel_without_its_sa_is_initiated_and_the_switch_waits_for_it(tmp_path: Path, fake_ike: type[FakeIke]) -> None:
+def test_a_tunnel_without_its_sa_is_initiated_and_the_switch_waits_for_it(
+    tmp_path: Path, fake_ike: type[FakeIke], monkeypatch: pytest.MonkeyPatch
+) -> None:
     doc = three_site_doc("ipsec")
     fake_ike.up = False  # the peers do not answer
     overlay_node.step_ipsec(EspKernel(), doc, str(tmp_path))
     assert [c[:3] for c in fake_ike.calls if c[0] == "--initiate"] == [("--initiate", "--child", "ovl-r2"), ("--initiate", "--child", "ovl-r3")]
+    listings: list[int] = []
+    monkeypatch.setattr(FakeIke, "sas", lambda self: listings.append(1) or dict(FakeIke.sa_names))
+    slept: list[float] = []
+    real_sleep = time.sleep
+    monkeypatch.setattr(overlay_node.time, "sleep", lambda s: (slept.append(s), real_sleep(s)))
     with pytest.raises(overlay_node.CommandFailed, match="no IPsec SA with the peer of ovl-r2, ovl-r3 after 1 s") as failed:
         overlay_node.step_ipsec(EspKernel(), doc, str(tmp_path), wait=1)
     assert not any(t["psk"][:16] in str(failed.value) for t in doc["tunnels"] if "psk" in t)
+    # One `swanctl --list-sas` before initiating, then one per round of the wait (not one per tunnel).
+    assert slept and len(listings) == 1 + len(slept) + 1
 
 
 def test_a_refused_ipsec_config_is_reported_without_the_key(tmp_path: Path, fake_ike: type[FakeIke], monkeypatch: pytest.MonkeyPatch) -> None:
