@@ -305,14 +305,14 @@ def links(r: Runner) -> dict[str, dict[str, Any]]:
     return {link["ifname"]: link for link in r.json(["ip", "-d", "-j", "link", "show"])}
 
 
+def global_addresses(link: dict[str, Any]) -> list[str]:
+    """The global addresses (address/prefix) of one link as `ip -j addr show` lists it."""
+    return [f"{a['local']}/{a['prefixlen']}" for a in link.get("addr_info", []) if a.get("scope") == "global"]
+
+
 def addresses(r: Runner, dev: str, netns: str | None = None) -> list[str]:
     argv = ["ip"] + (["-n", netns] if netns else []) + ["-j", "addr", "show", "dev", dev]
-    out: list[str] = []
-    for link in r.json(argv):
-        for a in link.get("addr_info", []):
-            if a.get("scope") == "global":
-                out.append(f"{a['local']}/{a['prefixlen']}")
-    return out
+    return [a for link in r.json(argv) for a in global_addresses(link)]
 
 
 def ensure_addresses(r: Runner, dev: str, wanted: Sequence[str], netns: str | None = None) -> None:
@@ -476,7 +476,7 @@ def step_lan(r: Runner, doc: dict[str, Any], wait: float = LAN_NIC_WAIT) -> None
         all_links = {link["ifname"]: link for link in r.json(["ip", "-d", "-j", "addr", "show"])}
         candidates = []
         for name, link in all_links.items():
-            have = [f"{a['local']}/{a['prefixlen']}" for a in link.get("addr_info", []) if a.get("scope") == "global"]
+            have = global_addresses(link)
             if want in {str(ipaddress.ip_interface(a)) for a in have}:
                 ensure_link_state(r, link, link.get("mtu", 1500), None)
                 return
