@@ -1166,9 +1166,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "push":
             raw = sys.stdin.buffer.read()
-            if shutil.which("cloud-init") and os.path.isdir(CLOUD_INIT_RUN):
+            if shutil.which("cloud-init") and os.path.isdir(CLOUD_INIT_RUN) and not os.path.exists(f"{CLOUD_INIT_RUN}/result.json"):
                 # A push right after creation: cloud-init may still be installing packages (its status does not matter).
                 # Installed but not in use on this boot (no /run/cloud-init), its `status --wait` would never return.
+                # Done on this boot (every later push): it has linked result.json into /run/cloud-init at the end of
+                # its last stage, and reports "running" until then (cloudinit/cmd/main.py status_wrapper,
+                # cloudinit/cmd/status.py get_status_details,
+                # https://github.com/canonical/cloud-init/blob/22.4.2/cloudinit/cmd/status.py), so the wait is
+                # skipped: `cloud-init status` itself takes seconds of CPU on a small VM.
                 with contextlib.suppress(subprocess.TimeoutExpired):
                     subprocess.run(["cloud-init", "status", "--wait"], stdin=subprocess.DEVNULL, capture_output=True, timeout=1800)
             try:

@@ -694,6 +694,12 @@ def test_push_waits_for_cloud_init_then_validates_installs_and_applies_under_the
     assert overlay_node.main(["push", "--config", str(config), "--state-dir", str(tmp_path / "state")]) == 0
     assert (tmp_path / "cloud-init.calls").read_text() == "status --wait\n"
     assert events == ["lock taken, installed before: False", "installed: True; applying a-router"]
+    # cloud-init done on this boot (its result linked into /run/cloud-init): nothing to wait for, no call.
+    (tmp_path / "result.json").write_text("{}")
+    monkeypatch.setattr(sys, "stdin", type("In", (), {"buffer": __import__("io").BytesIO(text.encode())})())
+    assert overlay_node.main(["push", "--config", str(config), "--state-dir", str(tmp_path / "state")]) == 0
+    assert (tmp_path / "cloud-init.calls").read_text() == "status --wait\n"
+    (tmp_path / "result.json").unlink()
     # cloud-init installed but not in use on this boot (the lab's host): no wait, which would never end.
     monkeypatch.setattr(overlay_node, "CLOUD_INIT_RUN", str(tmp_path / "absent"))
     monkeypatch.setattr(sys, "stdin", type("In", (), {"buffer": __import__("io").BytesIO(text.encode())})())
