@@ -696,9 +696,42 @@ def up(stack: str, sites: Sequence[str], overrides: dict[str, Any], out: Out = p
     order = sorted(specs, key=lambda v: v.kind != "router")
     with ThreadPoolExecutor(max_workers=max(1, min(len(specs), os.cpu_count() or 1))) as pool:
         boots = list(pool.map(boot_one, order))
+    before = before_push(plan, {v.node: v for v in specs})
+    out(f"before the first push (user-data alone): {json.dumps(before, sort_keys=True)}")
     pushes = push_all(st, out)
     checks = {v.node: check_from(v, plan) for v in specs if v.kind == "router"}
-    return {"seconds": round(time.monotonic() - t0, 1), "boots": [dataclasses.asdict(b) for b in boots], "pushes": pushes, "checks": checks}
+    return {
+        "seconds": round(time.monotonic() - t0, 1),
+        "boots": [dataclasses.asdict(b) for b in boots],
+        "before_push": before,
+        "pushes": pushes,
+        "checks": checks,
+    }
+
+
+def before_push(plan: Plan, specs: dict[str, VmSpec]) -> dict[str, Any]:
+    """What the user-data alone set up, before any push: per router its ESP SAs and tunnels to other routers (it has
+    no peer address nor key yet), and whether one client reaches its own router and another site's client."""
+    looks = "ip xfrm state | grep -c ^src; ip -o link show | grep -c ' ovl-r'"
+
+    def router(node: str) -> tuple[str, dict[str, int]]:
+        sas, tunnels = (int(n) for n in ssh(specs[node], looks, console=True, timeout=120).stdout.split())
+        return node, {"sas": sas, "router_tunnels": tunnels}
+
+    with ThreadPoolExecutor(max_workers=len(plan.routers())) as pool:
+        routers = dict(pool.map(router, [r.name for r in plan.routers()]))
+    first, other = plan.routers()[0].site, plan.routers()[1].site
+    client = specs[plan.client(first).name]
+
+    def reaches(target: str) -> bool:
+        return ssh(client, f"ping -c 2 -W 2 {target.split('/')[0]}", console=True, timeout=60).returncode == 0
+
+    return {
+        "routers": routers,
+        "client": client.node,
+        "own_router": reaches(plan.router(first).overlay_ipv4),
+        "other_site": reaches(plan.client(other).overlay_ipv4),
+    }
 
 
 def down(out: Out = print) -> None:

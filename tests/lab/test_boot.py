@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
 import shutil
 import subprocess
 import time
@@ -22,7 +23,7 @@ import pytest
 
 from lab import boot
 from lab.capture import verdict
-from multicloud_overlay.cloudinit.render import UNIT_NAME
+from multicloud_overlay.cloudinit.render import APPLY_COMMAND, UNIT_NAME
 
 pytestmark = [pytest.mark.root, pytest.mark.boot, pytest.mark.timeout(5400)]
 
@@ -85,6 +86,14 @@ def test_a_lan_nic_attached_after_launch_is_waited_for_by_the_first_boot(booted:
     assert all(v["unit_was_waiting"] for v in late.values()), late
 
 
+def test_user_data_alone_brings_up_the_site_and_no_tunnel_to_another(booted: dict[str, Any]) -> None:
+    """The tunnels' credentials and peers come only with the push: before it, no router has an SA or a tunnel to
+    another router, and a client reaches its own router but not another site."""
+    before = booted["before_push"]
+    assert before["routers"] and all(r == {"sas": 0, "router_tunnels": 0} for r in before["routers"].values()), before
+    assert before["own_router"] and not before["other_site"], before
+
+
 def test_the_overlay_unit_is_enabled_and_active(booted: dict[str, Any]) -> None:
     for vm, p in _on_every_vm(f"systemctl is-enabled {UNIT_NAME}; systemctl is-active {UNIT_NAME}"):
         assert p.stdout.split() == ["enabled", "active"], (vm.node, p.stdout, p.stderr)
@@ -94,6 +103,13 @@ def test_the_first_pushes_and_the_program_checks_pass(booted: dict[str, Any]) ->
     assert booted["pushes"] and all(p["ok"] for p in booted["pushes"])
     for router, (rc, result) in booted["checks"].items():
         assert rc == 0 and result["unreachable"] == [] and result["reachable"] == result["total"] > 0, (router, result)
+
+
+def test_the_units_command_run_again_changes_nothing(booted: dict[str, Any]) -> None:
+    """The unit's own command on every converged VM, once more: idempotent on the real system (Docker, strongSwan,
+    systemd-networkd's links), not only in the lab's namespaces."""
+    for vm, p in _on_every_vm(shlex.join(APPLY_COMMAND)):
+        assert p.returncode == 0 and "no change" in p.stdout and "changed:" not in p.stdout, (vm.node, p.stdout, p.stderr)
 
 
 def test_the_full_matrix_passes(booted: dict[str, Any]) -> None:
