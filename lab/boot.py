@@ -515,12 +515,18 @@ def push_node(vm: VmSpec, doc: dict[str, Any], phase: str | None) -> subprocess.
     return ssh(vm, push_command(phase), stdin=json.dumps(doc, indent=1, sort_keys=True) + "\n", timeout=900)
 
 
+def node_doc(st: BootState, node: str) -> dict[str, Any]:
+    """The config the program pushes to `node`: its node_config with the lab's public addresses and pair keys."""
+    plan = st.plan()
+    public_ips = dict(build_layout(plan, PREFIX).public_ips)
+    return node_config(plan, node, public_ips, container_runtime="docker", pair_keys=lab_pair_keys(st.key_seed, plan))
+
+
 def push_all(st: BootState, out: Out = print) -> list[dict[str, Any]]:
     """Every node's push in the program's order (lab.nodes.push_stages), each stage in parallel."""
     plan = st.plan()
-    layout = build_layout(plan, PREFIX)
-    specs = {v.node: v for v in vm_specs(plan, layout)}
-    keys = lab_pair_keys(st.key_seed, plan)
+    specs = specs_of(st)
+    docs = {node: node_doc(st, node) for node in specs}
     results: list[dict[str, Any]] = []
     with ThreadPoolExecutor(max_workers=len(specs)) as pool:
         for stage in push_stages(plan):
@@ -528,7 +534,7 @@ def push_all(st: BootState, out: Out = print) -> list[dict[str, Any]]:
 
             def one(job: tuple[str, str | None]) -> dict[str, Any]:
                 node, phase = job
-                doc = node_config(plan, node, dict(layout.public_ips), container_runtime="docker", pair_keys=keys)
+                doc = docs[node]
                 t = time.monotonic()
                 p = push_node(specs[node], doc, phase)
                 return {

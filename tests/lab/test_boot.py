@@ -8,7 +8,9 @@ left, then the in-place changes (through the program's own command strings), the
 
 from __future__ import annotations
 
+import copy
 import json
+import os
 import re
 import shlex
 import shutil
@@ -23,6 +25,7 @@ import pytest
 
 from lab import boot
 from lab.capture import verdict
+from multicloud_overlay.cloudinit.overlay_node import SWANCTL_CONF
 from multicloud_overlay.cloudinit.render import APPLY_COMMAND, UNIT_NAME
 
 pytestmark = [pytest.mark.root, pytest.mark.boot, pytest.mark.timeout(5400)]
@@ -58,9 +61,9 @@ def _specs() -> dict[str, boot.VmSpec]:
     return boot.specs_of(boot.load())
 
 
-def _on_every_vm(command: str) -> list[tuple[boot.VmSpec, subprocess.CompletedProcess[str]]]:
-    """`command` as root on every VM at once (each VM has its own emulated CPU)."""
-    vms = list(_specs().values())
+def _on_every_vm(command: str, kind: str | None = None) -> list[tuple[boot.VmSpec, subprocess.CompletedProcess[str]]]:
+    """`command` as root on every VM (of `kind`, router or client) at once: each VM has its own emulated CPU."""
+    vms = [vm for vm in _specs().values() if kind in (None, vm.kind)]
     with ThreadPoolExecutor(max_workers=len(vms)) as pool:
         return list(zip(vms, pool.map(lambda vm: boot.ssh(vm, command, console=True), vms), strict=True))
 
@@ -144,6 +147,45 @@ def test_an_unreachable_pair_fails_the_check(booted: dict[str, Any]) -> None:
     assert rc == 0, result
 
 
+def test_wrong_pair_keys_get_no_sa_and_the_right_ones_bring_the_tunnel_back(booted: dict[str, Any]) -> None:
+    """A spoke router pushed other pair keys through the program's path (a router holding wrong credentials), its IKE
+    SAs closed: IKEv2 authentication fails, no ESP SA comes up and nothing crosses; the right keys pushed again
+    bring the tunnel back by themselves."""
+    st, specs = boot.load(), _specs()
+    plan = st.plan()
+    spoke, hub = specs["oci-router"], specs["aws-router"]
+    right = boot.node_doc(st, spoke.node)
+    wrong = copy.deepcopy(right)
+    names = [t["name"] for t in wrong["tunnels"] if "psk" in t]
+    for t in wrong["tunnels"]:
+        if "psk" in t:
+            t["psk"] = os.urandom(len(t["psk"]) // 2).hex()
+    assert names and wrong != right
+    esp_sas = "ip xfrm state | grep -o 'spi 0x[0-9a-f]*' | grep -v 0x00000000 | sort -u | wc -l"  # not the larval SPI 0
+    refused = "journalctl -u strongswan.service -o cat --no-pager | grep -c AUTHENTICATION_FAILED || true"
+    before = sum(int(boot.root(vm, refused)) for vm in (spoke, hub))
+    cross = f"ping -c 2 -W 2 {plan.client('aws').overlay_ipv4}"
+    try:
+        p = boot.push_node(spoke, wrong, None)
+        assert p.returncode == 0, p.stdout + p.stderr
+        boot.root(spoke, "; ".join(f"swanctl --terminate --ike {n} --force --timeout 5 || true" for n in names))
+        boot.ssh(specs["oci-client"], cross, console=True, timeout=60)  # traffic: the trap policies start an exchange
+        time.sleep(15)
+        assert boot.root(spoke, esp_sas).strip() == "0"
+        assert boot.ssh(specs["oci-client"], cross, console=True, timeout=60).returncode != 0
+        assert sum(int(boot.root(vm, refused)) for vm in (spoke, hub)) > before
+    finally:
+        p = boot.push_node(spoke, right, None)
+    assert p.returncode == 0, p.stdout + p.stderr
+    deadline = time.monotonic() + 120
+    while boot.ssh(specs["oci-client"], cross, console=True, timeout=60).returncode != 0 and time.monotonic() < deadline:
+        time.sleep(2)
+    # One SA each way (two of each if both ends started an exchange at once: harmless).
+    assert int(boot.root(spoke, esp_sas)) in (2, 4), boot.root(spoke, "ip xfrm state")
+    rc, result = boot.check_from(hub, plan)
+    assert rc == 0, result
+
+
 def test_a_hub_swap_and_a_protocol_switch_through_ssh_converge(booted: dict[str, Any]) -> None:
     """pulumi config set hub oci; pulumi config set protocol geneve; pulumi up: the program's make-before-break
     pushes, over SSH, in its order. Encrypted: only ESP crosses the internet."""
@@ -195,8 +237,14 @@ def test_encryption_off_in_place_shows_only_the_protocol_port_on_the_wire(booted
     boot.push_all(st)
     plan = st.plan()
     specs = _specs()
-    for router in ("aws-router", "oci-router", "vsphere-router"):
-        assert boot.root(specs[router], "ip xfrm state | grep -c ^src || true").strip() == "0", router
+    # Nothing of IPsec left on a router, nor anything that a reboot would bring back: no SA, no policy, no socket on
+    # UDP 4500, strongswan.service stopped and disabled, its connections file gone.
+    left = (
+        "ip xfrm state | grep -c ^src; ip xfrm policy | grep -c ^src; ss -Hlun 'sport = :4500' | wc -l; "
+        f"systemctl is-enabled strongswan.service; systemctl is-active strongswan.service; ls {SWANCTL_CONF} 2>/dev/null | wc -l"
+    )
+    for vm, p in _on_every_vm(left, kind="router"):
+        assert p.stdout.split() == ["0", "0", "0", "disabled", "inactive", "0"], (vm.node, p.stdout, p.stderr)
     (ok, _), summary = boot.capture(lambda: (boot.marked_pings(specs["aws-client"], plan.client("vsphere").overlay_ipv4), None))
     _record("capture-clear", summary)
     passed, why = verdict(False, summary, ok, "geneve")
