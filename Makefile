@@ -20,7 +20,7 @@ test: setup lint
 	$(PY) -m pytest -m "not root" -n auto; unit=$$?; $(PY) -m pytest -m "root and not boot"; root=$$?; exit $$(( unit || root ))
 
 ## test-boot: the stack's nodes booted as qemu VMs by the real cloud-init, systemd, sshd and Docker, pushed and
-## checked over real SSH (lab.boot; about 17 minutes on 2 cores, not part of `make test`)
+## checked over real SSH (lab.boot; about 20 minutes on 2 cores, not part of `make test`)
 test-boot: setup
 	$(PY) -m pytest -m boot -s
 
