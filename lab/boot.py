@@ -730,7 +730,7 @@ def before_push(plan: Plan, specs: dict[str, VmSpec]) -> dict[str, Any]:
     client = specs[plan.client(first).name]
 
     def reaches(target: str) -> bool:
-        return ssh(client, f"ping -c 2 -W 2 {target.split('/')[0]}", console=True, timeout=60).returncode == 0
+        return ssh(client, f"ping -c 2 -W 2 {target}", console=True, timeout=60).returncode == 0
 
     return {
         "routers": routers,
