@@ -58,6 +58,7 @@ from lab.shell import Shell
 from lab.state import LabError, lab_pair_keys, lab_plan, load_raw
 from lab.topology import Layout, build_layout
 from lab.underlay import add_namespace, build_edge, build_internet
+from multicloud_overlay.cloudinit.overlay_node import CLOUD_INIT_RUN
 from multicloud_overlay.cloudinit.render import LOGIN_USER, NODE_SCRIPT, UNIT_NAME, check_command, push_command
 from multicloud_overlay.components.clouds.registry import PLATFORMS
 from multicloud_overlay.components.connectivity import check_targets, parse_check_output
@@ -281,9 +282,10 @@ def root(vm: VmSpec, command: str, timeout: float = 600) -> str:
 # Waits that run inside a VM, in one SSH session: a login costs the emulated CPU about 1.4 s (key exchange, PAM,
 # a session), and a poll by login every few seconds took a large share of a booting VM's CPU. Each loop checks with
 # a shell builtin or one systemctl call (about 0.15 s) every 2 s and prints what it found.
-CLOUD_INIT_DONE: Final = "until [ -e /run/cloud-init/result.json ]; do sleep 2; done"
-"""cloud-init links result.json into /run/cloud-init at the end of its last stage (cloudinit/cmd/main.py)."""
-UNIT_ACTIVE: Final = f"until [ \"$(systemctl is-active {UNIT_NAME})\" = active ]; do sleep 2; done"
+CLOUD_INIT_DONE: Final = f"until [ -e {CLOUD_INIT_RUN}/result.json ]; do sleep 2; done"
+"""cloud-init links result.json into its run directory at the end of its last stage (cloudinit/cmd/main.py); the
+node script's push reads the same file."""
+UNIT_ACTIVE: Final = f'until [ "$(systemctl is-active {UNIT_NAME})" = active ]; do sleep 2; done'
 UNIT_WAITING_FOR_LAN: Final = (
     f"while :; do s=$(systemctl show -p ActiveState --value {UNIT_NAME}); w=0; "
     f"[ \"$s\" = activating ] && w=$(journalctl -b -u {UNIT_NAME} -o cat --no-pager | grep -c 'waiting for the LAN NIC'); "
@@ -515,18 +517,20 @@ def push_node(vm: VmSpec, doc: dict[str, Any], phase: str | None) -> subprocess.
     return ssh(vm, push_command(phase), stdin=json.dumps(doc, indent=1, sort_keys=True) + "\n", timeout=900)
 
 
-def node_doc(st: BootState, node: str) -> dict[str, Any]:
-    """The config the program pushes to `node`: its node_config with the lab's public addresses and pair keys."""
+def node_docs(st: BootState) -> dict[str, dict[str, Any]]:
+    """The config the program pushes to each node: its node_config with the lab's public addresses and pair keys
+    (the plan, the addresses and the keys made once for all nodes)."""
     plan = st.plan()
     public_ips = dict(build_layout(plan, PREFIX).public_ips)
-    return node_config(plan, node, public_ips, container_runtime="docker", pair_keys=lab_pair_keys(st.key_seed, plan))
+    keys = lab_pair_keys(st.key_seed, plan)
+    return {node.name: node_config(plan, node.name, public_ips, container_runtime="docker", pair_keys=keys) for node in plan.nodes}
 
 
 def push_all(st: BootState, out: Out = print) -> list[dict[str, Any]]:
     """Every node's push in the program's order (lab.nodes.push_stages), each stage in parallel."""
     plan = st.plan()
     specs = specs_of(st)
-    docs = {node: node_doc(st, node) for node in specs}
+    docs = node_docs(st)
     results: list[dict[str, Any]] = []
     with ThreadPoolExecutor(max_workers=len(specs)) as pool:
         for stage in push_stages(plan):

@@ -154,7 +154,7 @@ def test_wrong_pair_keys_get_no_sa_and_the_right_ones_bring_the_tunnel_back(boot
     st, specs = boot.load(), _specs()
     plan = st.plan()
     spoke, hub = specs["oci-router"], specs["aws-router"]
-    right = boot.node_doc(st, spoke.node)
+    right = boot.node_docs(st)[spoke.node]
     wrong = copy.deepcopy(right)
     names = [t["name"] for t in wrong["tunnels"] if "psk" in t]
     for t in wrong["tunnels"]:
