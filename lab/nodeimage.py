@@ -8,8 +8,9 @@ step skipped when done, outputs named by a digest of the recipe), into its own c
   then, /work/shared/LAB-NOTES.md), the cloud kernel (GENEVE, ESP);
 - no Docker: the payload's own `apt-get install` installs it at first boot, from a **local file repository** in the
   image (/opt/mco-repo, apt's only source), which holds exactly what that command downloads on this suite (the
-  same package list, with Recommends, as the payload runs it). So cloud-init's package step really runs apt-get,
-  offline;
+  same package list, with Recommends, as the payload runs it), recompressed with zstd as Ubuntu's archive ships
+  its packages (same members, same tar streams; Debian's are xz, slower to unpack). So cloud-init's package step
+  really runs apt-get, offline;
 - what the lab stands in for, and nothing else:
   - the container image: the lab's stacks name `mco-lab/busybox:latest` (lab.state.LAB_IMAGE, as the host lab
     does); with no registry to pull from, a drop-in makes docker.service import it from a tar in the image once
@@ -29,6 +30,7 @@ import json
 import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Final
@@ -42,7 +44,7 @@ from multicloud_overlay.cloudinit.render import APT_INSTALL_OPTIONS
 from multicloud_overlay.cloudinit.render import PACKAGES as PAYLOAD_PACKAGES
 
 CACHE: Final = bootimage.ROOT / ".cache" / "node"
-RECIPE_VERSION: Final = 1
+RECIPE_VERSION: Final = 2
 DISK_SIZE: Final = "3G"
 REPO: Final = "/opt/mco-repo"
 IMAGE_TAR: Final = "/var/lib/mco-lab/busybox-rootfs.tar"
@@ -143,6 +145,35 @@ rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin
 """
 
 
+# Ubuntu's archive builds its .debs with zstd since 21.10 (Debian's use xz):
+# https://www.phoronix.com/news/Ubuntu-21.10-Zstd-Debs. At level 19, as Canonical's developers chose it
+# (https://www.phoronix.com/scan.php?page=news_item&px=Ubuntu-Zstd-Deb-Packages); zstd unpacks at about the same
+# speed at any level, and the unpacking is what a first boot pays for.
+ZSTD_LEVEL: Final = 19
+
+
+def recompress_zstd(deb: Path) -> bool:
+    """Rewrite `deb` with its xz members as zstd: the same members in the same order, each tar stream byte for byte
+    (binutils' ar, xz and zstd). Returns whether anything was xz."""
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        members = _run(["ar", "t", str(deb.resolve())]).split()
+        if not any(m.endswith(".xz") for m in members):
+            return False
+        _run(["ar", "x", str(deb.resolve())], cwd=tmp)
+        out: list[str] = []
+        for m in members:
+            if m.endswith(".xz"):
+                _run(["xz", "-d", m], cwd=tmp)
+                _run(["zstd", "-q", f"-{ZSTD_LEVEL}", "-T0", "--rm", m[: -len(".xz")]], cwd=tmp)
+                m = m[: -len(".xz")] + ".zst"
+            out.append(m)
+        new = work / deb.name
+        _run(["ar", "rc", str(new), *out], cwd=tmp)
+        shutil.move(str(new), deb)
+    return True
+
+
 def payload_packages() -> str:
     return " ".join(sorted({p for kind in PAYLOAD_PACKAGES.values() for p in kind}))
 
@@ -191,6 +222,7 @@ def _steps(rootfs: Path, cache: Path, r: Recipe) -> list[tuple[str, Callable[[],
             raise RuntimeError("the payload's packages downloaded nothing: is everything already in the image?")
         for deb in debs:
             shutil.move(str(deb), target / deb.name)
+            recompress_zstd(target / deb.name)
         packages = _run(["dpkg-scanpackages", "--multiversion", "."], cwd=str(target))
         (target / "Packages").write_text(packages)
         _chroot(rootfs, FINISH_SCRIPT, {"REPO": REPO})

@@ -12,7 +12,7 @@ APT_PACKAGES=(
   conntrack                                              # counts what the node script leaves untracked (tests, bench.fastpath)
   openssh-server sudo                                    # tests/lab/test_push_sshd.py: a stock sshd and sudo take the push
   graphviz                                               # `dot`: make graph / lab graph draw the topology (docs/topology.svg)
-  debootstrap qemu-utils e2fsprogs genisoimage dpkg-dev openssh-client dnsmasq-base  # lab boot: node image, seeds, DHCP, SSH
+  debootstrap qemu-utils e2fsprogs genisoimage dpkg-dev binutils xz-utils zstd openssh-client dnsmasq-base  # lab boot: node image (its repository recompressed), seeds, DHCP, SSH
   strongswan-charon strongswan-swanctl libstrongswan-standard-plugins  # encryption ipsec: the IKE daemon of each lab router
 )
 

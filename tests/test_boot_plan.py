@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import gzip
+import os
+import shutil
+import subprocess
+from pathlib import Path
 
 import yaml
 
@@ -68,3 +72,38 @@ def test_dhcp_answers_each_public_cloud_nic_with_its_address_and_vsphere_has_non
     assert "--dhcp-option=tag:wan,option:router,10.1.1.1" in argv and "--dhcp-option=tag:lan,option:router,10.1.2.1" in argv
     assert any(a.startswith("--dhcp-range=set:wan,10.1.1.0,static,255.255.255.0") for a in argv)
     assert boot.dhcp_argv("mcb-vsphere-edge", "vsphere", list(specs.values()), {"br-wan": "10.6.1.1/24", "br-lan": "10.6.2.1/24"}) is None
+
+
+def test_the_node_images_repository_holds_the_same_packages_recompressed_with_zstd(tmp_path: Path) -> None:
+    """lab.nodeimage rewrites each xz .deb of its local repository with zstd, as Ubuntu's archive ships them: the
+    result is a .deb that dpkg reads, with the same control data and the same tar stream byte for byte."""
+    from lab import nodeimage
+
+    for tool in ("ar", "xz", "zstd", "dpkg-deb"):
+        assert shutil.which(tool), f"{tool} is missing: scripts/setup.sh installs it"
+    pkg = tmp_path / "pkg"
+    (pkg / "DEBIAN").mkdir(parents=True)
+    (pkg / "DEBIAN" / "control").write_text(
+        "Package: mco-probe\nVersion: 1.0\nArchitecture: all\nMaintainer: lab <lab@example.invalid>\nDescription: probe\n"
+    )
+    (pkg / "usr/share/mco-probe").mkdir(parents=True)
+    (pkg / "usr/share/mco-probe/data").write_bytes(os.urandom(200_000) + b"x" * 300_000)
+    deb = tmp_path / "mco-probe_1.0_all.deb"
+    subprocess.run(["dpkg-deb", "-Zxz", "--root-owner-group", "-b", str(pkg), str(deb)], check=True, capture_output=True)
+
+    def members() -> list[str]:
+        return subprocess.run(["ar", "t", str(deb)], check=True, capture_output=True, text=True).stdout.split()
+
+    def tar() -> bytes:
+        return subprocess.run(["dpkg-deb", "--fsys-tarfile", str(deb)], check=True, capture_output=True).stdout
+
+    def info() -> str:
+        return subprocess.run(["dpkg-deb", "-f", str(deb)], check=True, capture_output=True, text=True).stdout
+
+    assert members() == ["debian-binary", "control.tar.xz", "data.tar.xz"]
+    before_tar, before_info = tar(), info()
+    assert nodeimage.recompress_zstd(deb) is True
+    assert members() == ["debian-binary", "control.tar.zst", "data.tar.zst"]
+    assert tar() == before_tar and info() == before_info
+    assert nodeimage.recompress_zstd(deb) is False  # nothing left in xz: a re-run changes nothing
+    assert members() == ["debian-binary", "control.tar.zst", "data.tar.zst"]
