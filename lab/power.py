@@ -33,6 +33,7 @@ from lab.state import CGROUP_PREFIX, LabError, LabState, node_dir, node_root, sa
 from lab.topology import OCI_IMAGE_IPTABLES, HostSpec, map_path
 from lab.underlay import IMAGE_SYSCTLS, scratch_namespace
 from multicloud_overlay.cloudinit.overlay_node import BRIDGE_NF_SYSCTLS, NIC_ACCEPT_RA, NODE_SYSCTLS
+from multicloud_overlay.cloudinit.overlay_node import global_addresses as link_addresses
 from multicloud_overlay.cloudinit.render import UNIT_PATH, unit_exec_start
 
 if TYPE_CHECKING:
@@ -184,9 +185,7 @@ def link_names(sh: Shell, ns: str) -> list[str]:
 
 def global_addresses(sh: Shell, ns: str) -> dict[str, list[str]]:
     doc = json.loads(sh.run(["ip", "-n", ns, "-j", "addr", "show"], timeout=20).stdout or "[]")
-    return {
-        link["ifname"]: [f"{a['local']}/{a['prefixlen']}" for a in link.get("addr_info", []) if a.get("scope") == "global"] for link in doc
-    }
+    return {link["ifname"]: link_addresses(link) for link in doc}
 
 
 def docker_pids(router: str, state_dir: Path) -> set[int]:
