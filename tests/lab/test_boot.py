@@ -232,6 +232,10 @@ def test_a_hub_swap_through_ssh_is_make_before_break_and_loses_no_ping(booted: d
         text = boot.root(source, f"pkill -INT -x ping; sleep 1; cat {log}")
     probe = disruption(parse_ping_log(text), interval=0.1)
     _record("hub-swap", {"seconds": seconds, "ping": probe, "pushes": pushes})
+    # The make-before-break path itself: every router ran its new tunnels beside the old ones, then moved to them.
+    routers = {vm.node for vm in specs.values() if vm.kind == "router"}
+    side_by_side = {(p["node"], p["phase"]) for p in pushes if "old and new tunnels side by side" in p["output"]}
+    assert side_by_side == {(r, phase) for r in routers for phase in ("prepare", "switch")}, pushes
     assert probe["converged"] and probe["answered"] >= 5 * seconds, probe  # it pinged all through (an emulated CPU may send late)
     assert (probe["lost"], probe["duplicates"]) == (0, 0), probe
     rc, result = boot.check_from(specs["oci-router"], plan)
