@@ -517,20 +517,20 @@ def push_node(vm: VmSpec, doc: dict[str, Any], phase: str | None) -> subprocess.
     return ssh(vm, push_command(phase), stdin=json.dumps(doc, indent=1, sort_keys=True) + "\n", timeout=900)
 
 
-def node_docs(st: BootState) -> dict[str, dict[str, Any]]:
+def node_docs(plan: Plan, layout: Layout, key_seed: str) -> dict[str, dict[str, Any]]:
     """The config the program pushes to each node: its node_config with the lab's public addresses and pair keys
-    (the plan, the addresses and the keys made once for all nodes)."""
-    plan = st.plan()
-    public_ips = dict(build_layout(plan, PREFIX).public_ips)
-    keys = lab_pair_keys(st.key_seed, plan)
+    (the keys made once for all nodes)."""
+    public_ips = dict(layout.public_ips)
+    keys = lab_pair_keys(key_seed, plan)
     return {node.name: node_config(plan, node.name, public_ips, container_runtime="docker", pair_keys=keys) for node in plan.nodes}
 
 
 def push_all(st: BootState, out: Out = print) -> list[dict[str, Any]]:
     """Every node's push in the program's order (lab.nodes.push_stages), each stage in parallel."""
     plan = st.plan()
-    specs = specs_of(st)
-    docs = node_docs(st)
+    layout = build_layout(plan, PREFIX)
+    specs = {v.node: v for v in vm_specs(plan, layout)}
+    docs = node_docs(plan, layout, st.key_seed)
     results: list[dict[str, Any]] = []
     with ThreadPoolExecutor(max_workers=len(specs)) as pool:
         for stage in push_stages(plan):

@@ -27,6 +27,7 @@ from lab import boot
 from lab.capture import verdict
 from lab.probes import parse_ping_log
 from lab.swap import disruption
+from lab.topology import build_layout
 from multicloud_overlay.cloudinit.overlay_node import SWANCTL_CONF
 from multicloud_overlay.cloudinit.render import APPLY_COMMAND, UNIT_NAME
 
@@ -175,7 +176,7 @@ def test_wrong_pair_keys_get_no_sa_and_the_right_ones_bring_the_tunnel_back(boot
     st, specs = boot.load(), _specs()
     plan = st.plan()
     spoke, hub = specs["oci-router"], specs["aws-router"]
-    right = boot.node_docs(st)[spoke.node]
+    right = boot.node_docs(plan, build_layout(plan, boot.PREFIX), st.key_seed)[spoke.node]
     wrong = copy.deepcopy(right)
     names = [t["name"] for t in wrong["tunnels"] if "psk" in t]
     for t in wrong["tunnels"]:
