@@ -7,7 +7,7 @@ address and overlay hub↔spoke routers (IPv4 and IPv6). The CPU is emulated (qe
 only ratios inside this one run mean anything: ipsec/none per pair, and each mode's overlay/underlay.
 
 ipsec is today's (IKEv2-keyed SAs with a 1,024-packet replay window); static is what earlier versions ran, the
-same SAs with no replay window (lab.capture.without_replay_window reinstalls the IKE SAs that way, same keys):
+same SAs with no replay window (lab.forgery.without_replay_window reinstalls the IKE SAs that way, same keys):
 "before" and "after" measured in one run.
 
     .venv/bin/python -m bench.ipsec_vm [--rounds 3] [--seconds 3] [--aes-ni]
@@ -66,8 +66,8 @@ def wire_sizes(internet_ns: str, src: str, dst: str, target: str, seconds: float
 
 def guest(rounds: int, seconds: float, results: Path, aes_ni: bool = False) -> int:
     sys.path.insert(0, str(ROOT))
-    from lab.capture import without_replay_window
     from lab.check import Lab
+    from lab.forgery import without_replay_window
 
     if aes_ni:
         from lab.kernel_modules import CPU_CRYPTO_MODULES
@@ -90,7 +90,8 @@ def guest(rounds: int, seconds: float, results: Path, aes_ni: bool = False) -> i
             for mode in MODES:
                 if mode == "static":
                     for router in plan.routers():
-                        without_replay_window(running.sh, running.node_ns(router.name))
+                        ns = running.node_ns(router.name)
+                        without_replay_window(lambda argv, ns=ns: in_netns(ns, argv))
                 elif mode != current:
                     lab("swap", "--encryption", mode, "--results", str(results))
                 current = mode

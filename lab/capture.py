@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import signal
 import socket
 import struct
@@ -29,10 +28,13 @@ import sys
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from lab.probes import ping
 from lab.shell import in_netns
+
+if TYPE_CHECKING:
+    from lab.forgery import Aim
 
 PATTERN: Final = b"mco-overlay-mark"  # 16 bytes: the most iputils `ping -p` repeats
 TUNNEL_PORTS: Final = {4789: "vxlan", 6081: "geneve"}
@@ -251,215 +253,31 @@ def reapply(node: str | None = None) -> int:
     return 0 if res.ok else 1
 
 
-def forged_datagram(src: str, dst: str, port: int, vni: int, mark: bytes = PATTERN) -> bytes:
-    """An IPv4/UDP datagram with a clear VXLAN header and an inner broadcast frame carrying `mark` (pure)."""
-    inner = b"\xff" * 6 + b"\x02\x00\x5e\x00\x53\x01" + b"\x88\xb5" + mark * 4  # local experimental ethertype
-    payload = struct.pack("!B3s3sB", 0x08, b"\0\0\0", vni.to_bytes(3, "big"), 0) + inner
-    udp = struct.pack("!HHHH", 40000, port, 8 + len(payload), 0) + payload
-    header = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 0x1234, 0, 64, 17, 0, socket.inet_aton(src), socket.inet_aton(dst))
-    return header + udp
-
-
-def _xfrm_stat(sh: Any, ns: str) -> dict[str, int]:
-    text = sh.run(["ip", "netns", "exec", ns, "cat", "/proc/net/xfrm_stat"], check=False).stdout
-    return {k: int(v) for k, v in (line.split() for line in text.splitlines() if len(line.split()) == 2)}
-
-
-def _rx_packets(sh: Any, ns: str, dev: str) -> int:
-    doc = json.loads(sh.run(["ip", "-n", ns, "-s", "-j", "link", "show", dev]).stdout)
-    return int(doc[0]["stats64"]["rx"]["packets"])
-
-
-def _input_drops(sh: Any, ns: str) -> int:
-    """Packets the node's own OVERLAY-IN chain dropped (IPv4)."""
-    text = sh.run(["ip", "netns", "exec", ns, "iptables", "-w", "-n", "-v", "-x", "-L", "OVERLAY-IN"], check=False).stdout
-    return sum(int(line.split()[0]) for line in text.splitlines()[2:] if line.split()[2:3] == ["DROP"])
-
-
-_SEND = (
-    "import socket, sys\n"
-    "s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)\n"
-    "for _ in range(int(sys.argv[3])): s.sendto(bytes.fromhex(sys.argv[2]), (sys.argv[1], 0))\n"
-)
-
-
-# Counts the frames that carry `mark` on one device of a namespace, until its deadline: what "received" means for
-# forged datagrams (a device counter would also count the overlay's own traffic).
-_COUNT = (
-    "import socket, sys, time\n"
-    "s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(3))\n"
-    "s.bind((sys.argv[1], 0))\n"
-    "s.settimeout(0.2)\n"
-    "mark, end, n = bytes.fromhex(sys.argv[2]), time.monotonic() + float(sys.argv[3]), 0\n"
-    "print('ready', flush=True)\n"
-    "while time.monotonic() < end:\n"
-    "    try:\n"
-    "        n += mark in s.recv(65535)\n"
-    "    except socket.timeout:\n"
-    "        pass\n"
-    "print(n, flush=True)\n"
-)
-
-
-def _hub_tunnel() -> tuple[Any, str, Any, tuple[str, str, str]]:
-    """The running lab, its first spoke, the hub's tunnel to it, and (spoke's public address, hub's, hub's namespace)."""
+def lab_aim() -> Aim:
+    """The running lab's hub router's tunnel to its first spoke, for lab.forgery (run as root where the lab runs)."""
     from lab.check import Lab
+    from lab.forgery import Aim
 
     lab = Lab()
     plan = lab.plan
     hub = plan.router(plan.hub)
-    spoke = next(s for s in plan.peer_sites(plan.hub))
+    spoke = next(iter(plan.peer_sites(plan.hub)))
     tunnel = next(t for t in hub.tunnels if t.peer_site == spoke and t.via == "internet")
-    return lab, spoke, tunnel, (lab.layout.public_ips[spoke], lab.layout.public_ips[plan.hub], lab.layout.host(hub.name).ns)
-
-
-def inject(label: str, results: Path, count: int = 5) -> dict[str, Any]:
-    """Forge clear tunnel datagrams from a spoke router's public address to the hub's, on the emulated internet,
-    and report whether the hub's tunnel device received them and what dropped them (firewall chain, XFRM)."""
-    lab, _, tunnel, (src, dst, ns) = _hub_tunnel()
-    plan = lab.plan
-    mark = f"forged-{label}".encode()[:32].ljust(16, b".")
-    before = (_rx_packets(lab.sh, ns, tunnel.name), _xfrm_stat(lab.sh, ns), _input_drops(lab.sh, ns))
-    counter = subprocess.Popen(
-        ["ip", "netns", "exec", ns, sys.executable, "-c", _COUNT, tunnel.name, mark.hex(), "8"], stdout=subprocess.PIPE, text=True
-    )
-    assert counter.stdout is not None
-    counter.stdout.readline()  # ready: the socket is bound before anything is sent
-    # Sent from the emulated internet (where a forger sits), with a raw socket: the source address is the spoke's.
-    datagram = forged_datagram(src, dst, plan.port, tunnel.vni, mark)
-    lab.sh.run(["ip", "netns", "exec", lab.layout.internet_ns, sys.executable, "-c", _SEND, dst, datagram.hex(), str(count)])
-    seen = int(counter.stdout.readline() or 0)
-    counter.wait(timeout=30)
-    after = (_rx_packets(lab.sh, ns, tunnel.name), _xfrm_stat(lab.sh, ns), _input_drops(lab.sh, ns))
-    xfrm = {k: after[1][k] - before[1].get(k, 0) for k in after[1] if after[1][k] != before[1].get(k, 0)}
-    report = {
-        "label": label,
-        "encryption": plan.config.encryption,
-        "sent": count,
-        "from": src,
-        "to": dst,
-        "device": tunnel.name,
-        "received": seen,
-        "device_rx": after[0] - before[0],
-        "firewall_drops": after[2] - before[2],
-        "xfrm": xfrm,
-    }
-    results.mkdir(parents=True, exist_ok=True)
-    (results / f"inject-{label}.json").write_text(json.dumps(report, indent=1))
-    print(f"inject {label}: {json.dumps(report)}", flush=True)
-    return report
-
-
-# Collects, for a while, every IPv4 datagram from argv[1] to argv[2] on UDP 4500 that is ESP (not IKE: the first four
-# bytes of its payload are an SPI, never the non-ESP marker 0; not a NAT-keepalive, whose payload is the one byte
-# 0xFF, RFC 3948 section 2.3, https://www.rfc-editor.org/rfc/rfc3948#section-2.3): what a recorder on the internet can keep.
-_RECORD = (
-    "import socket, struct, sys, time\n"
-    "s = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM, socket.htons(0x0800))\n"
-    "s.settimeout(0.2)\n"
-    "src, dst, end = socket.inet_aton(sys.argv[1]), socket.inet_aton(sys.argv[2]), time.monotonic() + float(sys.argv[3])\n"
-    "print('ready', flush=True)\n"
-    "while time.monotonic() < end:\n"
-    "    try:\n"
-    "        frame, addr = s.recvfrom(65535)\n"
-    "    except socket.timeout:\n"
-    "        continue\n"
-    "    if addr[2] == socket.PACKET_OUTGOING:\n"
-    "        continue\n"
-    "    ip = frame\n"
-    "    ihl = (ip[0] & 15) * 4\n"
-    "    if ip[9] == 17 and ip[12:16] == src and ip[16:20] == dst and struct.unpack('!H', ip[ihl + 2 : ihl + 4])[0] == 4500:\n"
-    "        if ip[ihl + 8 : ihl + 12] != b'\\0\\0\\0\\0' and struct.unpack('!H', ip[2:4])[0] - ihl - 8 > 8:\n"
-    "            print(ip[: struct.unpack('!H', ip[2:4])[0]].hex(), flush=True)\n"
-)
-
-
-def _sa_block(sh: Any, ns: str, spi: int) -> str:
-    out = sh.run(["ip", "-n", ns, "-s", "xfrm", "state", "list"]).stdout
-    for block in re.split(r"(?m)^(?=src )", out):
-        if f"spi 0x{spi:08x}" in block:
-            return block
-    return ""
-
-
-def without_replay_window(sh: Any, ns: str, spis: list[int] | None = None) -> int:
-    """Reinstall ESP SAs of a namespace (those of `spis`, or every one with a replay window) with the same keys and
-    no replay window: the inbound SAs the static keys of earlier versions installed. Returns how many."""
-    out = sh.run(["ip", "-n", ns, "xfrm", "state", "list"]).stdout
-    done = 0
-    for block in re.split(r"(?m)^(?=src )", out):
-        m = re.search(r"proto esp spi (0x[0-9a-f]+) reqid (\d+)", block)
-        aead = re.search(r"aead (\S+) (0x[0-9a-f]+) (?:\(\d+ bits\) )?(\d+)", block)
-        if not m or not aead or int(m.group(1), 16) == 0:
-            continue
-        window = re.search(r"replay[-_]window (\d+)", block)
-        if (spis is not None and int(m.group(1), 16) not in spis) or (spis is None and not (window and int(window.group(1)))):
-            continue
-        head = block.split()
-        sa = ["src", head[head.index("src") + 1], "dst", head[head.index("dst") + 1], "proto", "esp", "spi", m.group(1)]
-        sh.run(["ip", "-n", ns, "xfrm", "state", "delete", *sa])
-        add = [*sa, "reqid", m.group(2), "mode", "transport", "replay-window", "0", "aead", *aead.groups()]
-        sh.run(["ip", "-n", ns, "xfrm", "state", "add", *add, "encap", "espinudp", "4500", "4500", "0.0.0.0"])
-        done += 1
-    return done
-
-
-def replay(label: str, results: Path, window_zero: bool = False) -> dict[str, Any]:
-    """Record the ESP datagrams that carry one marked ping from a spoke's client to the hub's, then send them again
-    from the emulated internet, as a recorder could: report whether the hub's tunnel delivered the replayed frames
-    and what its SA's replay counter said. `window_zero` first reinstalls the hub's inbound SA with the same keys and
-    no replay window (what static keys gave: the control)."""
-    lab, spoke, tunnel, (src, dst, ns) = _hub_tunnel()
-    plan, inet = lab.plan, lab.layout.internet_ns
-    mark = f"replay-{label}".encode()[:16].ljust(16, b".")
-
-    def count(seconds: float) -> subprocess.Popen[str]:
-        proc = subprocess.Popen(
-            ["ip", "netns", "exec", ns, sys.executable, "-c", _COUNT, tunnel.name, mark.hex(), str(seconds)], stdout=subprocess.PIPE, text=True
-        )
-        assert proc.stdout is not None
-        proc.stdout.readline()
-        return proc
-
-    recorder = subprocess.Popen(["ip", "netns", "exec", inet, sys.executable, "-c", _RECORD, src, dst, "6"], stdout=subprocess.PIPE, text=True)
-    assert recorder.stdout is not None
-    recorder.stdout.readline()
-    first = count(6)
-    client_ns = lab.node_ns(plan.client(spoke).name)
+    hub_ns, client_ns = lab.layout.host(hub.name).ns, lab.node_ns(plan.client(spoke).name)
     target = plan.client(plan.hub).overlay_ipv4
-    lab.sh.run(["ip", "netns", "exec", client_ns, "ping", "-c", "1", "-W", "2", "-p", mark.hex(), target], check=False)
-    recorded = [bytes.fromhex(line.strip()) for line in recorder.communicate(timeout=30)[0].splitlines() if line.strip()]
-    delivered_first = int((first.communicate(timeout=30)[0] or "0").strip() or 0)
-    spis = sorted({int.from_bytes(p[28:32], "big") for p in recorded})
-    if window_zero:
-        without_replay_window(lab.sh, ns, spis)
-    before = {spi: _sa_block(lab.sh, ns, spi) for spi in spis}
-    stat_before = _xfrm_stat(lab.sh, ns)
-    second = count(4)
-    for packet in recorded:
-        lab.sh.run(["ip", "netns", "exec", inet, sys.executable, "-c", _SEND, dst, packet.hex(), "1"])
-    delivered_again = int((second.communicate(timeout=30)[0] or "0").strip() or 0)
-    stat_after = _xfrm_stat(lab.sh, ns)
-
-    def replays(block: str) -> int:
-        m = re.search(r"replay-window \d+ replay (\d+) failed", block)
-        return int(m.group(1)) if m else -1
-
-    report = {
-        "label": label,
-        "window_zero": window_zero,
-        "recorded": len(recorded),
-        "spis": [hex(s) for s in spis],
-        "delivered_first": delivered_first,
-        "replayed": len(recorded),
-        "delivered_again": delivered_again,
-        "sa_replay_counter": {hex(s): [replays(before[s]), replays(_sa_block(lab.sh, ns, s))] for s in spis},
-        "xfrm": {k: stat_after[k] - stat_before.get(k, 0) for k in stat_after if stat_after[k] != stat_before.get(k, 0)},
-    }
-    results.mkdir(parents=True, exist_ok=True)
-    (results / f"replay-{label}.json").write_text(json.dumps(report, indent=1))
-    print(f"replay {label}: {json.dumps(report)}", flush=True)
-    return report
+    return Aim(
+        on_router=lambda argv: in_netns(hub_ns, argv),
+        python=sys.executable,
+        device=tunnel.name,
+        vni=tunnel.vni,
+        port=plan.port,
+        protocol=plan.protocol,
+        peer_public=lab.layout.public_ips[spoke],
+        router_public=lab.layout.public_ips[plan.hub],
+        internet_ns=lab.layout.internet_ns,
+        ping=lambda mark: ping(target, client_ns, count=1, wait=2, pattern=mark, timeout=30),
+        window=8.0,
+    )
 
 
 def wrong_key(node: str) -> int:
@@ -495,7 +313,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m lab.capture")
     p.add_argument("--listen", type=Path, help="capture until SIGTERM and write the packets here")
     p.add_argument("--reapply", metavar="NODE", nargs="?", const="", help="re-run a node's unit command (default: the hub router)")
-    p.add_argument("--inject", metavar="LABEL", help="forge clear tunnel datagrams from a spoke to the hub (run in the internet namespace)")
+    p.add_argument("--inject", metavar="LABEL", help="forge clear tunnel datagrams from a spoke to the hub (lab.forgery)")
     p.add_argument("--replay", metavar="LABEL", help="record a marked ping's ESP from a spoke to the hub and send it again")
     p.add_argument("--window-zero", action="store_true", help="with --replay: first reinstall the hub's SA without a replay window")
     p.add_argument("--wrong-key", metavar="ROUTER", help="push a router its config with other (wrong) pair keys")
@@ -503,16 +321,19 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.wrong_key:
         return wrong_key(args.wrong_key)
-    if args.replay:
-        replay(args.replay, args.results, args.window_zero)
-        return 0
-    if args.inject:
-        inject(args.inject, args.results)
+    if args.replay or args.inject:
+        from lab import forgery
+
+        if args.replay:
+            report = forgery.replay(lab_aim(), args.replay, args.results, args.window_zero)
+        else:
+            report = forgery.inject(lab_aim(), args.inject, args.results)
+        print(f"{'replay' if args.replay else 'inject'} {report['label']}: {json.dumps(report)}", flush=True)
         return 0
     if args.reapply is not None:
         return reapply(args.reapply or None)
     if args.listen is None:
-        p.error("give --listen FILE or --reapply [NODE]")
+        p.error("give --listen FILE, --reapply [NODE], --inject LABEL, --replay LABEL or --wrong-key ROUTER")
     return listen(args.listen)
 
 

@@ -7,6 +7,7 @@ import socket
 import struct
 
 from lab.capture import PATTERN, classify, summarise, verdict
+from lab.forgery import forged_datagram
 
 INNER = b"\x02" * 6 + b"\x02\x01" + b"\x00" * 4 + b"\x08\x00" + b"inner frame " + PATTERN
 
@@ -45,3 +46,13 @@ def test_a_geneve_overlay_passes_only_with_geneve_on_its_port() -> None:
     assert not ok and "vxlan" in why
     wrong_port = summarise([p for p in (classify(frame(4789, GENEVE + INNER)),) if p])
     assert not verdict(False, wrong_port, True, "geneve")[0]
+
+
+def test_forged_datagrams_carry_the_protocols_header_the_vni_and_the_mark() -> None:
+    for protocol, port, header in (("vxlan", 4789, VXLAN), ("geneve", 6081, GENEVE)):
+        datagram = forged_datagram("198.51.100.1", "203.0.113.2", port, 1001, PATTERN, protocol)
+        info = classify(b"\x02" * 12 + b"\x08\x00" + datagram)
+        assert info is not None
+        assert (info["kind"], info["header"], info["port"], info["marker"]) == ("clear_tunnel", protocol, port, True)
+        assert (info["src"], info["dst"], info["length"]) == ("198.51.100.1", "203.0.113.2", len(datagram))
+        assert datagram[28:36] == header  # after the IPv4 (20) and UDP (8) headers
