@@ -52,6 +52,7 @@ import yaml
 
 from lab import nodeimage
 from lab.bootimage import QEMU_CPU
+from lab.forgery import Aim
 from lab.nodes import push_stages
 from lab.privilege import become_root
 from lab.shell import Shell
@@ -638,6 +639,31 @@ def marked_pings(vm: VmSpec, target: str, count: int = 5) -> bool:
     return ssh(vm, shlex.join(argv), console=True, timeout=120).returncode == 0
 
 
+def aim(st: BootState, router: str, peer: str) -> Aim:
+    """The tunnel of `router`'s router (a site) to `peer`'s, for lab.forgery's forger and recorder on the emulated
+    internet: the router reached as root over SSH, the marked ping sent from the peer's client to the router's."""
+    from lab.probes import ping_argv
+
+    plan = st.plan()
+    layout = build_layout(plan, PREFIX)
+    specs = {v.node: v for v in vm_specs(plan, layout)}
+    node = plan.router(router)
+    tunnel = next(t for t in node.tunnels if t.peer_site == peer and t.via == "internet")
+    source, target = specs[plan.client(peer).name], plan.client(router).overlay_ipv4
+    return Aim(
+        on_router=lambda argv: ssh_argv(specs[node.name], shlex.join(argv), console=True),
+        python="python3",
+        device=tunnel.name,
+        vni=tunnel.vni,
+        port=plan.port,
+        protocol=plan.protocol,
+        peer_public=layout.public_ips[peer],
+        router_public=layout.public_ips[router],
+        internet_ns=layout.internet_ns,
+        ping=lambda mark: ssh(source, shlex.join(ping_argv(target, count=1, wait=2, pattern=mark)), console=True, timeout=60),
+    )
+
+
 def reboot(vm: VmSpec, plan: Plan, checker: VmSpec | None = None, timeout: float = 900) -> dict[str, float]:
     """A real `systemctl reboot` of the VM, then nothing but waiting: seconds until sshd answers again, until the
     overlay unit is active, and until the program's check from `checker` (a router; the VM itself if None) passes."""
@@ -709,7 +735,9 @@ def up(stack: str, sites: Sequence[str], overrides: dict[str, Any], out: Out = p
     before = before_push(plan, {v.node: v for v in specs})
     out(f"before the first push (user-data alone): {json.dumps(before, sort_keys=True)}")
     pushes = push_all(st, out)
-    checks = {v.node: check_from(v, plan) for v in specs if v.kind == "router"}
+    routers = [v for v in specs if v.kind == "router"]
+    with ThreadPoolExecutor(max_workers=len(routers)) as pool:
+        checks = dict(zip((v.node for v in routers), pool.map(lambda v: check_from(v, plan), routers), strict=True))
     return {
         "seconds": round(time.monotonic() - t0, 1),
         "boots": [dataclasses.asdict(b) for b in boots],

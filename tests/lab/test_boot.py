@@ -23,9 +23,9 @@ from typing import Any
 
 import pytest
 
-from lab import boot
-from lab.capture import verdict
-from lab.probes import parse_ping_log
+from lab import boot, forgery
+from lab.capture import PATTERN, verdict
+from lab.probes import parse_ping_log, ping_argv
 from lab.swap import disruption
 from lab.topology import build_layout
 from multicloud_overlay.cloudinit.overlay_node import SWANCTL_CONF
@@ -122,11 +122,32 @@ def test_the_units_command_run_again_changes_nothing(booted: dict[str, Any]) -> 
         assert p.returncode == 0 and "no change" in p.stdout and "changed:" not in p.stdout, (vm.node, p.stdout, p.stderr)
 
 
-def test_the_full_matrix_passes(booted: dict[str, Any]) -> None:
-    m = boot.matrix(boot.load())
+def test_the_full_matrix_passes_and_only_esp_crosses_the_internet(booted: dict[str, Any]) -> None:
+    """Every endpoint reaches every other over IPv4 and IPv6 (VXLAN in ESP, the stack's defaults), while a capture on
+    the emulated internet sees ESP only: no clear tunnel datagram, no marked ping in clear, no fragment, even for a
+    ping with don't-fragment at the overlay MTU, whose ESP datagram fills the narrowest underlay exactly."""
+    st = boot.load()
+    plan, specs = st.plan(), _specs()
+    source, target = specs["oci-client"], plan.client("vsphere").overlay_ipv4  # spoke to spoke: both hub pairs
+
+    def during() -> tuple[dict[str, Any], dict[str, bool]]:
+        m = boot.matrix(st)
+        df = ping_argv(target, count=3, interval=0.2, wait=2, size=plan.mtu - 28, df=True, pattern=PATTERN, quiet=True)
+        pings = {"marked": boot.marked_pings(source, target), "df_at_mtu": boot.ssh(source, shlex.join(df), console=True).returncode == 0}
+        return m, pings
+
+    (m, pings), summary = boot.capture(during)
     _record("matrix", m)
+    _record("capture-esp-vxlan", {"mtu": plan.mtu, "path_mtu": plan.path_mtu, "pings": pings, **summary})
     assert m["failed"] == {}
     assert len(m["sources"]) == 3 * (2 + 3)
+    passed, why = verdict(True, summary, all(pings.values()))
+    assert passed, (why, pings)
+    assert summary["udp_ports"] == [], summary
+    # Both spoke-hub pairs carried ESP both ways (public to public addresses on the internet).
+    assert len(summary["esp_pairs"]) == 4, summary["esp_pairs"]
+    # 45 bytes of ESP in UDP and 50 of VXLAN: the MTU ping's datagram is exactly the narrowest underlay's MTU.
+    assert summary["esp_max_length"] == plan.path_mtu, (summary["esp_max_length"], plan.path_mtu, plan.mtu)
 
 
 def test_every_sa_of_the_hub_is_rekeyed_under_traffic_and_no_ping_is_lost(booted: dict[str, Any]) -> None:
@@ -142,6 +163,53 @@ def test_every_sa_of_the_hub_is_rekeyed_under_traffic_and_no_ping_is_lost(booted
     _record("rekey", {"before": sorted(before), "after": sorted(after), "ping": out.strip().splitlines()[-2:]})
     assert len(before) >= 4 and len(after) >= 4 and not before & after, (before, after)
     assert "400 packets transmitted, 400 received" in out, out
+
+
+def test_a_replayed_esp_datagram_is_dropped_and_delivered_only_without_a_replay_window(booted: dict[str, Any]) -> None:
+    """The ESP datagram of a marked ping from oci to the hub, recorded on the internet and sent again: the hub's SA
+    drops it (its replay counter rises by one) and its tunnel delivers nothing more. The control: the same SA
+    reinstalled with the same keys and no replay window (the static keys of earlier versions) delivers it again.
+    The SAs are rekeyed every minute here: a run whose SA was replaced meanwhile proves nothing and is run again."""
+    st = boot.load()
+    aim = boot.aim(st, "aws", "oci")
+    hub = _specs()["aws-router"]
+
+    def replay(label: str, window_zero: bool) -> dict[str, Any]:
+        reports: list[dict[str, Any]] = []
+        while len(reports) < 3 and not (reports and reports[-1]["sa_gone"] == []):
+            # From a fresh SA (the IKE daemon rekeys the pair now): a proof takes about half of the minute an SA lives.
+            boot.root(hub, f"swanctl --rekey --child {aim.device} && sleep 3")
+            reports.append(forgery.replay(aim, label, RESULTS, window_zero))
+        return reports[-1]
+
+    ike = replay("ike", False)
+    assert ike["sa_gone"] == [] and ike["recorded"] >= 1 and ike["delivered_first"] >= 1, ike
+    assert ike["delivered_again"] == 0, ike
+    assert [after - before for before, after in ike["sa_replay_counter"].values()] == [ike["replayed"]], ike
+    static = replay("static", True)
+    assert static["sa_gone"] == [] and static["recorded"] >= 1, static
+    assert static["delivered_again"] >= static["delivered_first"] >= 1, static
+
+
+def test_forged_clear_tunnel_datagrams_are_dropped_by_the_chain_and_by_the_in_policy_alone(booted: dict[str, Any]) -> None:
+    """Clear VXLAN datagrams forged on the internet with the oci router's public address, to the hub's tunnel port:
+    with IPsec the hub's OVERLAY-IN chain drops them; with that chain flushed, the kernel's "in" policy alone still
+    drops them (XFRM counters), and none reaches the tunnel. The unit's command puts the chain back. (The control,
+    the same forgery from oci to aws's tunnel delivered in clear, is in the last test.)"""
+    st = boot.load()
+    plan, specs = st.plan(), _specs()
+    hub = specs["aws-router"]
+    walled = forgery.inject(boot.aim(st, "aws", "oci"), "ipsec-firewall", RESULTS)
+    assert walled["received"] == 0 and walled["firewall_drops"] >= walled["sent"], walled
+    boot.root(hub, "iptables -w -F OVERLAY-IN")
+    try:
+        policy = forgery.inject(boot.aim(st, "aws", "oci"), "ipsec-policy", RESULTS)
+    finally:
+        again = boot.ssh(hub, shlex.join(APPLY_COMMAND), console=True)
+    assert policy["received"] == 0 and policy["firewall_drops"] == 0 and sum(policy["xfrm"].values()) >= policy["sent"], policy
+    assert again.returncode == 0 and "changed:" in again.stdout, (again.stdout, again.stderr)
+    rc, result = boot.check_from(hub, plan)
+    assert rc == 0, result
 
 
 def test_a_wrong_pinned_host_key_is_refused(booted: dict[str, Any]) -> None:
@@ -307,3 +375,23 @@ def test_encryption_off_in_place_shows_only_the_protocol_port_on_the_wire(booted
     passed, why = verdict(False, summary, ok, "geneve")
     assert passed, why
     assert summary["udp_ports"] == [6081], summary
+    # The control of the forgery test: forged clear datagrams (GENEVE now) from the oci router's public address to the
+    # aws router's tunnel port reach that tunnel, now that nothing but the peer rule guards it.
+    control = forgery.inject(boot.aim(st, "aws", "oci"), "clear", RESULTS)
+    assert control["received"] == control["sent"] == 5, control
+
+
+def test_encryption_on_in_place_brings_ipsec_back(booted: dict[str, Any]) -> None:
+    """pulumi config set encryption ipsec; pulumi up: the pushes alone enable and start strongswan.service on every
+    router, the pairs key again, the check passes and only ESP crosses the internet."""
+    st = boot.load()
+    st.overrides.update({"encryption": "ipsec"})
+    boot.save(st)
+    boot.push_all(st)
+    plan, specs = st.plan(), _specs()
+    for vm, p in _on_every_vm("systemctl is-enabled strongswan.service; systemctl is-active strongswan.service", kind="router"):
+        assert p.stdout.split() == ["enabled", "active"], (vm.node, p.stdout, p.stderr)
+    (rc, result), summary = boot.capture(lambda: boot.check_from(specs["aws-router"], plan))
+    _record("capture-encrypted-again", summary)
+    assert rc == 0, result
+    assert summary["esp"] > 0 and summary["clear_tunnel"] == 0 and summary["marker"] == 0 and summary["udp_ports"] == [], summary
