@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from lab.check import Lab
 from lab.lifecycle import esp_supported, geneve_supported
 from lab.shell import Shell
 from lab.state import load
@@ -43,12 +44,23 @@ def lab_taken_down(no_lab: dict[str, object]) -> Iterator[dict[str, object]]:
 
 @pytest.mark.slow
 def test_point_to_point_two_sites(lab_taken_down: dict[str, object], tmp_path: Path) -> None:
-    proc = lab("up", *CLEAR, "--sites", "aws,gcp", "--topology", "point-to-point")
+    # Up from the user-data alone first (no peer, no tunnel across sites): each site works and nothing crosses; the
+    # push of every node's full config, as `pulumi up` does after the boots, joins them.
+    proc = lab("up", *CLEAR, "--sites", "aws,gcp", "--topology", "point-to-point", "--no-push")
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     st = load()
     assert st is not None
     plan = st.plan()
     assert {n.role for n in plan.routers()} == {"peer"}
+    ns = Lab().node_ns(plan.client("aws").name)
+
+    def reaches(target: str) -> bool:
+        return subprocess.run(["ip", "netns", "exec", ns, "ping", "-n", "-c", "2", "-W", "2", target], capture_output=True).returncode == 0
+
+    assert reaches(plan.router("aws").overlay_ipv4) and not reaches(plan.client("gcp").overlay_ipv4)
+    proc = lab("push")
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert reaches(plan.client("gcp").overlay_ipv4)
     proc = lab("check", "--results", str(tmp_path))
     doc = json.loads((tmp_path / "check.json").read_text())
     assert proc.returncode == 0, doc["failures"][:10]
