@@ -198,12 +198,12 @@ def test_forged_clear_tunnel_datagrams_are_dropped_by_the_chain_and_by_the_in_po
     the same forgery from oci to aws's tunnel delivered in clear, is in the last test.)"""
     st = boot.load()
     plan, specs = st.plan(), _specs()
-    hub = specs["aws-router"]
-    walled = forgery.inject(boot.aim(st, "aws", "oci"), "ipsec-firewall", RESULTS)
+    hub, aim = specs["aws-router"], boot.aim(st, "aws", "oci")
+    walled = forgery.inject(aim, "ipsec-firewall", RESULTS)
     assert walled["received"] == 0 and walled["firewall_drops"] >= walled["sent"], walled
     boot.root(hub, "iptables -w -F OVERLAY-IN")
     try:
-        policy = forgery.inject(boot.aim(st, "aws", "oci"), "ipsec-policy", RESULTS)
+        policy = forgery.inject(aim, "ipsec-policy", RESULTS)
     finally:
         again = boot.ssh(hub, shlex.join(APPLY_COMMAND), console=True)
     assert policy["received"] == 0 and policy["firewall_drops"] == 0 and sum(policy["xfrm"].values()) >= policy["sent"], policy
