@@ -630,12 +630,13 @@ def capture(during: Callable[[], Any]) -> tuple[Any, dict[str, Any]]:
     return result, summary
 
 
-def marked_pings(vm: VmSpec, target: str, count: int = 5) -> bool:
-    """Pings carrying lab.capture's marker from the VM (as root), so that a capture can find them in clear."""
+def marked_pings(vm: VmSpec, target: str, count: int = 5, size: int | None = None, df: bool = False) -> bool:
+    """Pings carrying lab.capture's marker from the VM (as root), so that a capture can find them in clear; `size`
+    and `df` as ping's -s and -M do."""
     from lab.capture import PATTERN
     from lab.probes import ping_argv
 
-    argv = ping_argv(target, count=count, interval=0.2, wait=2, pattern=PATTERN, quiet=True)
+    argv = ping_argv(target, count=count, interval=0.2, wait=2, size=size, df=df, pattern=PATTERN, quiet=True)
     return ssh(vm, shlex.join(argv), console=True, timeout=120).returncode == 0
 
 

@@ -24,8 +24,8 @@ from typing import Any
 import pytest
 
 from lab import boot, forgery
-from lab.capture import PATTERN, verdict
-from lab.probes import parse_ping_log, ping_argv
+from lab.capture import verdict
+from lab.probes import parse_ping_log
 from lab.swap import disruption
 from lab.topology import build_layout
 from multicloud_overlay.cloudinit.overlay_node import SWANCTL_CONF
@@ -132,8 +132,7 @@ def test_the_full_matrix_passes_and_only_esp_crosses_the_internet(booted: dict[s
 
     def during() -> tuple[dict[str, Any], dict[str, bool]]:
         m = boot.matrix(st)
-        df = ping_argv(target, count=3, interval=0.2, wait=2, size=plan.mtu - 28, df=True, pattern=PATTERN, quiet=True)
-        pings = {"marked": boot.marked_pings(source, target), "df_at_mtu": boot.ssh(source, shlex.join(df), console=True).returncode == 0}
+        pings = {"marked": boot.marked_pings(source, target), "df_at_mtu": boot.marked_pings(source, target, 3, plan.mtu - 28, df=True)}
         return m, pings
 
     (m, pings), summary = boot.capture(during)

@@ -15,6 +15,7 @@ import pytest
 
 from lab.check import Lab
 from lab.lifecycle import esp_supported, geneve_supported
+from lab.probes import ping
 from lab.shell import Shell
 from lab.state import load
 from tests.lab.conftest import CLEAR, REPO, assert_clean, lab
@@ -55,7 +56,7 @@ def test_point_to_point_two_sites(lab_taken_down: dict[str, object], tmp_path: P
     ns = Lab().node_ns(plan.client("aws").name)
 
     def reaches(target: str) -> bool:
-        return subprocess.run(["ip", "netns", "exec", ns, "ping", "-n", "-c", "2", "-W", "2", target], capture_output=True).returncode == 0
+        return ping(target, ns, count=2, wait=2).ok
 
     assert reaches(plan.router("aws").overlay_ipv4) and not reaches(plan.client("gcp").overlay_ipv4)
     proc = lab("push")
