@@ -827,14 +827,16 @@ def _docker(r: Runner, argv: Sequence[str], check: bool = True) -> subprocess.Co
     return r.run(["docker", *argv], check=check)
 
 
-def wait_for_docker(r: Runner, timeout: float = 120.0) -> None:
+def node_containers(r: Runner, timeout: float = 120.0) -> list[str]:
+    """Names of the node's containers, once the Docker daemon answers (each docker call costs a CPU half a second)."""
     if shutil.which("docker") is None:
         raise CommandFailed("docker is not installed (apt-get install docker.io)")
     deadline = time.monotonic() + timeout
-    while _docker(r, ["info", "--format", "{{.ServerVersion}}"], check=False).returncode != 0:
+    while (p := _docker(r, ["ps", "-a", "--filter", f"label={CONTAINER_LABEL}", "--format", "{{.Names}}"], check=False)).returncode:
         if time.monotonic() > deadline:
             raise CommandFailed("the Docker daemon did not answer within 120 s (systemctl status docker)")
         time.sleep(2)
+    return p.stdout.split()
 
 
 def _netns_of(r: Runner, name: str, pid: int) -> bool:
@@ -895,7 +897,7 @@ def container_netns(r: Runner, doc: dict[str, Any], c: dict[str, Any], node: str
     elif not state["State"]["Running"]:
         r.change(f"restarted container {name}", ["docker", "start", name])
         remade = True
-    pid = int(_docker(r, ["inspect", "--format", "{{.State.Pid}}", name]).stdout.strip())
+    pid = state["State"]["Pid"] if state and not remade else int(_docker(r, ["inspect", "--format", "{{.State.Pid}}", name]).stdout)
     if not _netns_of(r, name, pid):
         if os.path.exists(f"/run/netns/{name}"):
             r.run(["ip", "netns", "delete", name], check=False)
@@ -909,9 +911,7 @@ def step_containers(r: Runner, doc: dict[str, Any], previous: dict[str, Any] | N
     items = spec["items"]
     wanted = {c["name"] for c in items}
     if spec["runtime"] == "docker" and (items or (previous and previous["containers"]["items"])):
-        wait_for_docker(r)
-        listed = _docker(r, ["ps", "-a", "--filter", f"label={CONTAINER_LABEL}", "--format", "{{.Names}}"]).stdout.split()
-        for name in sorted(set(listed) - wanted):
+        for name in sorted(set(node_containers(r)) - wanted):
             r.change(f"removed container {name}", ["docker", "rm", "-f", name])
             if os.path.exists(f"/run/netns/{name}"):
                 r.run(["ip", "netns", "delete", name], check=False)

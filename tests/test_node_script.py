@@ -298,7 +298,7 @@ def test_containers_run_without_capabilities_read_only_and_image_after_double_da
     assert {"--cap-drop", "ALL", "--security-opt", "no-new-privileges", "--read-only", "--tmpfs", "/tmp"} <= set(flags)
     assert run[run.index("--") + 1 :] == ["mco-lab/busybox:latest", "sleep", "2147483647"]
     # A container of an earlier node script (not hardened) is made again; a hardened one is kept.
-    old = {"Config": {"Image": "mco-lab/busybox:latest"}, "State": {"Running": True}, "HostConfig": {"CapDrop": None}}
+    old = {"Config": {"Image": "mco-lab/busybox:latest"}, "State": {"Running": True, "Pid": 4242}, "HostConfig": {"CapDrop": None}}
     r = FakeDocker(old)
     overlay_node.container_netns(r, doc, c, "a-router")
     assert ["docker", "rm", "-f", "zz-test-c1"] in r.argvs and any(a[:2] == ["docker", "run"] for a in r.argvs)
@@ -306,6 +306,9 @@ def test_containers_run_without_capabilities_read_only_and_image_after_double_da
     r = FakeDocker(hardened)
     overlay_node.container_netns(r, doc, c, "a-router")
     assert not any(a[:2] in (["docker", "run"], ["docker", "rm"]) for a in r.argvs)
+    # A running container kept as it is costs one docker call: its inspect gives the pid of its namespace too.
+    assert [a for a in r.argvs if a[0] == "docker"] == [["docker", "inspect", "--type", "container", "zz-test-c1"]]
+    assert ["ip", "netns", "identify", "4242"] in r.argvs or ["ip", "netns", "attach", "zz-test-c1", "4242"] in r.argvs
 
 
 class EspKernel(overlay_node.Runner):
