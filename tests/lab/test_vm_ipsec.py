@@ -47,6 +47,7 @@ from lab.vmimage import build_image
 pytestmark = [
     pytest.mark.root,
     pytest.mark.slow,
+    pytest.mark.ipsec_vm,
     pytest.mark.skipif(os.geteuid() != 0, reason="needs root: the VM test runs qemu and the lab as root"),
     pytest.mark.skipif(
         shutil.which("qemu-system-x86_64") is None, reason="qemu-system-x86_64 is missing (apt-get install qemu-system-x86)"
