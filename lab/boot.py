@@ -773,18 +773,37 @@ def before_push(plan: Plan, specs: dict[str, VmSpec]) -> dict[str, Any]:
     }
 
 
+def _is_vm(pid: int, node: str) -> bool:
+    """Whether `pid` is (still) the qemu of `node`, alive (a zombie or a pid reused by another process is not)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    state = stat.rsplit(")", 1)[-1].split()[:1]
+    return state not in (["Z"], ["X"]) and b"-name" in argv and node.encode() in argv and any(b"qemu-system" in a for a in argv[:1])
+
+
 def down(out: Out = print) -> None:
     sh = Shell()
     try:
         st: BootState | None = load()
     except LabError:
         st = None
+    killed: dict[str, int] = {}
     for node, pid in (st.pids if st else {}).items():
-        try:
+        if not _is_vm(pid, node):  # gone already, or its pid since reused by another process
+            continue
+        with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
-            out(f"stopped {node}")
-        except ProcessLookupError:
-            pass
+            killed[node] = pid
+    # SIGKILL only asks: a VM's qemu takes a moment to release its memory and tap devices. Wait for it, so that
+    # nothing of this lab runs once `down` returns.
+    deadline = time.monotonic() + 30
+    while (running := [node for node, pid in killed.items() if _is_vm(pid, node)]) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    for node in killed:
+        out(f"{node}: still running 30 s after SIGKILL" if node in running else f"stopped {node}")
     for pidfile in STATE_DIR.glob("dnsmasq-*.pid"):
         with contextlib.suppress(ProcessLookupError, ValueError):
             os.kill(int(pidfile.read_text().strip()), signal.SIGTERM)

@@ -64,6 +64,8 @@ def booted() -> Iterator[dict[str, Any]]:
             if ns.startswith(boot.PREFIX)
         ]
         assert not left, f"boot lab left namespaces behind: {left}"
+        qemu = subprocess.run(["pgrep", "-a", "-f", f"qemu-system.*{boot.STATE_DIR}"], capture_output=True, text=True).stdout
+        assert not qemu.strip(), f"boot lab left VMs running: {qemu}"
 
 
 def _specs() -> dict[str, boot.VmSpec]:
