@@ -7,7 +7,6 @@ import json
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -73,16 +72,25 @@ def test_point_to_point_two_sites(lab_taken_down: dict[str, object], tmp_path: P
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("after", [2.0, 6.0])
-def test_interrupted_up_then_down_leaves_nothing(lab_taken_down: dict[str, object], after: float) -> None:
+@pytest.mark.parametrize("at", ["internet ", "-client: booted and pushed"], ids=["internet-built", "first-client-pushed"])
+def test_interrupted_up_then_down_leaves_nothing(lab_taken_down: dict[str, object], at: str) -> None:
+    """`lab up` killed at a progress line (the internet built, so sites half made; or a first site pushed while
+    others are still being made), not after a fixed time, which a fast host can outrun. `lab down` then removes
+    everything it made."""
     up = subprocess.Popen(
         [sys.executable, "-m", "lab", "up", *CLEAR], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
-    time.sleep(after)
-    up.send_signal(signal.SIGKILL)
-    out, _ = up.communicate(timeout=30)
+    assert up.stdout is not None
+    seen: list[str] = []
+    for line in up.stdout:
+        seen.append(line)
+        if at in line:
+            up.send_signal(signal.SIGKILL)
+            break
+    rest, _ = up.communicate(timeout=30)
+    out = "".join(seen) + rest
     print(out)
-    assert up.returncode == -signal.SIGKILL, f"up finished before it could be interrupted:\n{out}"
+    assert up.returncode == -signal.SIGKILL, f"up finished before a line with {at!r}:\n{out}"
     proc = lab("down")
     assert proc.returncode == 0, proc.stderr
     assert_clean(lab_taken_down, DEV_CONTAINERS)
