@@ -8,6 +8,11 @@ run with the same config changes nothing and says so. Standard library only (clo
     overlay-node apply --config /etc/multicloud-overlay/node.json --state-dir /var/lib/multicloud-overlay
     overlay-node push --config /etc/multicloud-overlay/node.json --state-dir DIR < new.json   # install + apply
     overlay-node validate --config FILE
+    overlay-node install-script --pin /etc/multicloud-overlay/node-script.sha256 --to PATH < script   # see below
+
+User-data carries this script without what only a push uses (IPsec, make-before-break, the check: render.PUSH_ONLY,
+cloudinit/overlay_node_boot.py), which keeps the payload under AWS's 16 KiB. The program installs the whole script
+before a node's first push; `install-script` takes only the script whose SHA-256 the node's user-data pins.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import fcntl
+import hashlib
 import ipaddress
 import json
 import os
@@ -1070,13 +1076,13 @@ class Lock:
         os.close(self.fd)
 
 
-def install(path: str, text: str) -> None:
-    """PATH atomically (PATH.new, mode 0600, fsync, rename): a reader sees the old config or the new one."""
+def install(path: str, text: str, mode: int = 0o600) -> None:
+    """PATH atomically (PATH.new, MODE, fsync, rename): a reader sees the old file or the new one."""
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, mode=0o700, exist_ok=True)
-    fd = os.open(path + ".new", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    fd = os.open(path + ".new", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
     with os.fdopen(fd, "w", encoding="utf-8") as f:
-        os.fchmod(fd, 0o600)
+        os.fchmod(fd, mode)
         f.write(text)
         f.flush()
         os.fsync(fd)
@@ -1086,6 +1092,48 @@ def install(path: str, text: str) -> None:
         os.fsync(dfd)
     finally:
         os.close(dfd)
+
+
+def _sha256_of(path: str) -> str:
+    try:
+        with open(path, "rb") as f:
+            return hashlib.sha256(f.read()).hexdigest()
+    except OSError:
+        return ""
+
+
+def install_script(pin_path: str, to: str, data: bytes, log: Callable[[str], None]) -> int:
+    """Install DATA as the node script TO when its SHA-256 is the one PIN_PATH (written from user-data) holds.
+
+    The login user may run this as root, so it installs nothing else: not even the script of a newer program, whose
+    pin a VM made earlier does not hold (user-data changes are ignored). Such a node keeps the full script it has,
+    and says so; one that has only its boot script refuses, since a push would then have no code to run."""
+    got = hashlib.sha256(data).hexdigest()
+    try:
+        with open(pin_path, encoding="ascii") as f:
+            pin = f.read().strip()
+    except OSError as e:
+        print(f"overlay-node: no node script installed: cannot read the pin {pin_path}: {e.strerror}", file=sys.stderr)
+        return EXIT_REJECTED
+    have = _sha256_of(to)
+    if got != pin:
+        why = f"the pushed node script (sha256 {got[:16]}) is not the one this node's user-data pins ({pin[:16]})"
+        if have == pin:
+            log(f"overlay-node: kept the installed node script: {why}; a VM gets another script when it is replaced")
+            return 0
+        print(f"overlay-node: no node script installed: {why}, and this node has only its boot script", file=sys.stderr)
+        return EXIT_REJECTED
+    if have == got:
+        log("overlay-node: the node script is installed already")
+        return 0
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        print("overlay-node: the pinned node script is not UTF-8 text", file=sys.stderr)
+        return EXIT_REJECTED
+    install(to, text, 0o755)
+    log(f"  changed: installed the node script (sha256 {got[:16]})")
+    return 0
 
 
 def converge(
@@ -1141,6 +1189,56 @@ def converge(
     return 0
 
 
+def push(args: argparse.Namespace, log: Callable[[str], None]) -> int:
+    """`overlay-node push`: the config on stdin, validated, installed and applied; with --phase, a make-before-break
+    step towards it (nothing installed)."""
+    raw = sys.stdin.buffer.read()
+    if shutil.which("cloud-init") and os.path.isdir(CLOUD_INIT_RUN) and not os.path.exists(f"{CLOUD_INIT_RUN}/result.json"):
+        # A push right after creation: cloud-init may still be installing packages (its status does not matter).
+        # Installed but not in use on this boot (no /run/cloud-init), its `status --wait` would never return.
+        # Done on this boot (every later push): it has linked result.json into /run/cloud-init at the end of
+        # its last stage, and reports "running" until then (cloudinit/cmd/main.py status_wrapper,
+        # cloudinit/cmd/status.py get_status_details,
+        # https://github.com/canonical/cloud-init/blob/22.4.2/cloudinit/cmd/status.py), so the wait is
+        # skipped: `cloud-init status` itself takes seconds of CPU on a small VM.
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            subprocess.run(["cloud-init", "status", "--wait"], stdin=subprocess.DEVNULL, capture_output=True, timeout=1800)
+    try:
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise Rejected("the pushed config is not UTF-8 text") from None
+        doc = parse(text, "the pushed config")
+    except Rejected as e:
+        print(f"overlay-node: config rejected, nothing changed (the previous config stays in place): {e}", file=sys.stderr)
+        return EXIT_REJECTED
+    if args.phase:
+        try:
+            installed: dict[str, Any] | None = load(args.config)
+        except Rejected:
+            installed = None
+        step = transition(installed, doc, args.phase)
+        if step is None:
+            log(f"overlay-node: {args.phase}: nothing to do (a one-step change)")
+            return 0
+        problems = validate(step)
+        if problems:
+            print(f"overlay-node: {args.phase}: nothing changed: " + "; ".join(problems), file=sys.stderr)
+            return EXIT_REJECTED
+        log(
+            f"overlay-node: {args.phase}: old and new tunnels side by side, MAC table on the {'old' if args.phase == 'prepare' else 'new'} ones"
+        )
+        # The switch moves traffic onto the new tunnels: only once each has its SA (every peer prepared them).
+        return converge(step, args.state_dir, log, ike_wait=IKE_WAIT if args.phase == "switch" else 0)
+    return converge(
+        doc,
+        args.state_dir,
+        log,
+        lambda: install(args.config, text),
+        lambda previous: install(args.config, json.dumps(previous, indent=1, sort_keys=True) + "\n"),
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="overlay-node", description="converge this machine to its multicloud-overlay node config")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -1155,6 +1253,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     cp = sub.add_parser("check", help="ping overlay addresses from this node (exit 1 if any is unreachable)")
     cp.add_argument("--json", action="store_true", help="print the results as one JSON object")
     cp.add_argument("targets", nargs="+")
+    ip = sub.add_parser("install-script", help="read the node script on stdin and install it as --to if --pin holds its SHA-256")
+    ip.add_argument("--pin", required=True)
+    ip.add_argument("--to", required=True)
     args = parser.parse_args(argv)
     if args.command == "check":
         return check(args.targets, args.json)
@@ -1162,58 +1263,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     def log(line: str) -> None:
         print(line, flush=True)
 
-    text = ""
+    if args.command == "install-script":
+        return install_script(args.pin, args.to, sys.stdin.buffer.read(), log)
+    if args.command == "push":
+        return push(args, log)
     try:
-        if args.command == "push":
-            raw = sys.stdin.buffer.read()
-            if shutil.which("cloud-init") and os.path.isdir(CLOUD_INIT_RUN) and not os.path.exists(f"{CLOUD_INIT_RUN}/result.json"):
-                # A push right after creation: cloud-init may still be installing packages (its status does not matter).
-                # Installed but not in use on this boot (no /run/cloud-init), its `status --wait` would never return.
-                # Done on this boot (every later push): it has linked result.json into /run/cloud-init at the end of
-                # its last stage, and reports "running" until then (cloudinit/cmd/main.py status_wrapper,
-                # cloudinit/cmd/status.py get_status_details,
-                # https://github.com/canonical/cloud-init/blob/22.4.2/cloudinit/cmd/status.py), so the wait is
-                # skipped: `cloud-init status` itself takes seconds of CPU on a small VM.
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    subprocess.run(["cloud-init", "status", "--wait"], stdin=subprocess.DEVNULL, capture_output=True, timeout=1800)
-            try:
-                text = raw.decode("utf-8")
-            except UnicodeDecodeError:
-                raise Rejected("the pushed config is not UTF-8 text") from None
-            doc = parse(text, "the pushed config")
-        else:
-            doc = load(args.config)
+        doc = load(args.config)
     except Rejected as e:
         print(f"overlay-node: config rejected, nothing changed (the previous config stays in place): {e}", file=sys.stderr)
         return EXIT_REJECTED
     if args.command == "validate":
         log(f"{args.config}: valid config for {doc['node']}")
         return 0
-    if args.command != "push":
-        return converge(doc, args.state_dir, log)
-    if args.phase:
-        try:
-            installed: dict[str, Any] | None = load(args.config)
-        except Rejected:
-            installed = None
-        step = transition(installed, doc, args.phase)
-        if step is None:
-            log(f"overlay-node: {args.phase}: nothing to do (a one-step change)")
-            return 0
-        problems = validate(step)
-        if problems:
-            print(f"overlay-node: {args.phase}: nothing changed: " + "; ".join(problems), file=sys.stderr)
-            return EXIT_REJECTED
-        log(f"overlay-node: {args.phase}: old and new tunnels side by side, MAC table on the {'old' if args.phase == 'prepare' else 'new'} ones")
-        # The switch moves traffic onto the new tunnels: only once each has its SA (every peer prepared them).
-        return converge(step, args.state_dir, log, ike_wait=IKE_WAIT if args.phase == "switch" else 0)
-    return converge(
-        doc,
-        args.state_dir,
-        log,
-        lambda: install(args.config, text),
-        lambda previous: install(args.config, json.dumps(previous, indent=1, sort_keys=True) + "\n"),
-    )
+    return converge(doc, args.state_dir, log)
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ import ast
 import base64
 import functools
 import gzip
+import hashlib
 import json
 import shlex
 from collections.abc import Mapping, Sequence
@@ -67,23 +68,58 @@ PACKAGE_RETRY_SECONDS: Final = 10
 # How each platform sends the payload itself, and its limit, is the platform's: components/clouds/<platform>_limits.py.
 
 _SCRIPT_SOURCE: Final = Path(__file__).with_name("overlay_node.py")
+_BOOT_SOURCE: Final = Path(__file__).with_name("overlay_node_boot.py")
+SCRIPT_PIN: Final = "/etc/multicloud-overlay/node-script.sha256"
+"""The SHA-256 (hex) of node_script(), from user-data: `overlay-node install-script` installs only that script."""
+INSTALL_SCRIPT_COMMAND: Final = (NODE_SCRIPT, "install-script", "--pin", SCRIPT_PIN, "--to", NODE_SCRIPT)
+PUSH_ONLY: Final = frozenset(
+    {
+        # IPsec: a bootstrap config has no peer, so no key.
+        "PSK_HEX",
+        "PROPOSAL_RE",
+        "_validate_ipsec",
+        "SWANCTL_CONF",
+        "CHARON_CONF",
+        "CHARON",
+        "IKE_WAIT",
+        "swanctl_conf",
+        "charon_conf",
+        "_write_if_changed",
+        "Ike",
+        "step_ipsec",
+        # Make-before-break steps, the push itself and the connectivity check: only the program runs them.
+        "SIDE_BY_SIDE",
+        "_tunnel_core",
+        "transition",
+        "ping",
+        "check",
+        "push",
+    }
+)
+"""Top-level definitions of overlay_node.py that boot_script() leaves out (those overlay_node_boot.py defines are
+replaced by its stand-ins)."""
 
 
-@functools.cache
-def node_script() -> str:
-    """The node script as installed: cloudinit/overlay_node.py without what Python does not run (comments, the
-    strings that stand alone as statements: docstrings, also under constants; type annotations of functions and of
-    local variables) and with one space per indentation level.
+def _defined(stmt: ast.stmt) -> str | None:
+    if isinstance(stmt, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+        return stmt.name
+    if isinstance(stmt, (ast.Assign, ast.AnnAssign)):
+        targets = stmt.targets if isinstance(stmt, ast.Assign) else [stmt.target]
+        if len(targets) == 1 and isinstance(targets[0], ast.Name):
+            return targets[0].id
+    return None
 
-    The same program (the code's AST, annotations apart), about a quarter smaller once compressed: the payload must
-    stay under AWS's 16 KiB user-data limit (tests/test_limits.py, with the most containers a router may run).
-    """
-    source = _SCRIPT_SOURCE.read_text(encoding="utf-8")
-    tree = ast.parse(source)
+
+def _compact(tree: ast.Module, first_line: str) -> str:
+    """The module without what Python does not run (comments, the strings that stand alone as statements:
+    docstrings, also under constants; type annotations of functions and of local variables) and with one space per
+    indentation level: the same program (the code's AST, annotations apart), about a quarter smaller compressed."""
     for node in ast.walk(tree):
         if isinstance(node, (ast.Module, ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
             body = [
-                s for s in node.body if not (isinstance(s, ast.Expr) and isinstance(s.value, ast.Constant) and isinstance(s.value.value, str))
+                s
+                for s in node.body
+                if not (isinstance(s, ast.Expr) and isinstance(s.value, ast.Constant) and isinstance(s.value.value, str))
             ]
             node.body = body or [ast.Pass()]
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
@@ -95,7 +131,50 @@ def node_script() -> str:
     # ast.unparse writes every string on one line, so each leading run of spaces is indentation (4 per level).
     lines = ast.unparse(tree).splitlines()
     body = "\n".join(" " * ((len(line) - len(line.lstrip(" "))) // 4) + line.lstrip(" ") for line in lines)
-    return source.splitlines()[0] + "\n" + body + "\n"
+    return first_line + "\n" + body + "\n"
+
+
+@functools.cache
+def node_script() -> str:
+    """The node script as a push installs it: cloudinit/overlay_node.py, compacted (_compact)."""
+    source = _SCRIPT_SOURCE.read_text(encoding="utf-8")
+    return _compact(ast.parse(source), source.splitlines()[0])
+
+
+@functools.cache
+def boot_script() -> str:
+    """The node script as user-data carries it: node_script() without the PUSH_ONLY definitions, and with the
+    stand-ins of overlay_node_boot.py (refusals, and no IPsec step) in place of those it defines.
+
+    A VM runs it only before the program's first push, on its bootstrap config; that push installs node_script().
+    What it leaves out (about a quarter of the compressed script) is what keeps the payload under AWS's 16 KiB
+    user-data limit (tests/test_limits.py, with the most containers a router may run)."""
+    source = _SCRIPT_SOURCE.read_text(encoding="utf-8")
+    tree = ast.parse(source)
+    boot = ast.parse(_BOOT_SOURCE.read_text(encoding="utf-8")).body
+    stand_ins = [s for s in boot if isinstance(s, (ast.FunctionDef, ast.ClassDef))]
+    constants = [s for s in boot if isinstance(s, (ast.Assign, ast.AnnAssign))]
+    missing = sorted(s.name for s in stand_ins if s.name not in PUSH_ONLY)
+    defined = {_defined(s) for s in tree.body}
+    if missing or not defined >= PUSH_ONLY:
+        raise ValueError(
+            f"boot script: stand-ins {missing} are not in PUSH_ONLY, or {sorted(PUSH_ONLY - defined)} are not in overlay_node.py"
+        )
+    body: list[ast.stmt] = []
+    for stmt in tree.body:
+        name = _defined(stmt)
+        if name in PUSH_ONLY:
+            body += [s for s in stand_ins if _defined(s) == name]
+        else:
+            body.append(stmt)
+    # The stand-ins' own constants (their messages) go before the first function, so every stand-in sees them.
+    first_def = next(i for i, s in enumerate(body) if isinstance(s, (ast.FunctionDef, ast.ClassDef)))
+    body[first_def:first_def] = constants
+    return _compact(ast.Module(body=body, type_ignores=[]), source.splitlines()[0])
+
+
+def script_sha256(script: str) -> str:
+    return hashlib.sha256(script.encode("utf-8")).hexdigest()
 
 
 class _Unannotate(ast.NodeTransformer):
@@ -149,9 +228,10 @@ class SshHostKey:
 
 
 def sudoers_text() -> str:
-    """The login user's sudo rights: the push and the check, nothing else (sudoers matches the arguments too)."""
+    """The login user's sudo rights: the pushes, the pinned node script's install and the check, nothing else
+    (sudoers matches the arguments too)."""
     pushes = ", ".join(shlex.join(phase_command(p)) for p in (*PHASES, None))
-    return f"{LOGIN_USER} ALL=(root) NOPASSWD: {pushes}, {shlex.join(CHECK_COMMAND)} *\n"
+    return f"{LOGIN_USER} ALL=(root) NOPASSWD: {pushes}, {shlex.join(INSTALL_SCRIPT_COMMAND)}, {shlex.join(CHECK_COMMAND)} *\n"
 
 
 def install_packages_command(kind: str) -> list[str]:
@@ -178,7 +258,8 @@ def render_user_data(
     """
     kind = doc["kind"]
     files: list[dict[str, Any]] = [
-        {"path": NODE_SCRIPT, "permissions": "0755", "encoding": "gz+b64", "content": _gz_b64(node_script())},
+        {"path": NODE_SCRIPT, "permissions": "0755", "encoding": "gz+b64", "content": _gz_b64(boot_script())},
+        {"path": SCRIPT_PIN, "permissions": "0644", "content": script_sha256(node_script()) + "\n"},
         {
             "path": NODE_CONFIG,
             "permissions": "0600",  # once pushed, the config carries the router's tunnel keys
@@ -203,7 +284,13 @@ def render_user_data(
     # Group adm reads the logs a debugging operator needs and nothing else: the journal ("members of the groups
     # systemd-journal, adm, and wheel can read all journal files", journalctl(1),
     # https://manpages.ubuntu.com/manpages/noble/man1/journalctl.1.html) and /var/log/cloud-init-output.log (root:adm 0640).
-    login: dict[str, Any] = {"name": LOGIN_USER, "gecos": "multicloud-overlay", "shell": "/bin/bash", "lock_passwd": True, "groups": ["adm"]}
+    login: dict[str, Any] = {
+        "name": LOGIN_USER,
+        "gecos": "multicloud-overlay",
+        "shell": "/bin/bash",
+        "lock_passwd": True,
+        "groups": ["adm"],
+    }
     if login_keys:
         login["ssh_authorized_keys"] = [k.strip() for k in login_keys]
     body: dict[str, Any] = {
@@ -219,6 +306,12 @@ def render_user_data(
         ],
     }
     return "#cloud-config\n" + yaml.safe_dump(body, sort_keys=False, width=1_000_000)
+
+
+def install_script_command() -> str:
+    """Remote command that installs the whole node script (node_script(), on stdin) in place of the boot script:
+    before a node's first push, and again when the script changes (a node keeps its own if its pin differs)."""
+    return f"sudo -n {shlex.join(INSTALL_SCRIPT_COMMAND)}"
 
 
 def push_command(phase: str | None = None) -> str:

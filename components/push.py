@@ -2,7 +2,8 @@
 
 VMs boot with a bootstrap config from their user-data (their own site only, no credential) and ignore later
 user-data changes, so a hub swap, a protocol switch, an MTU or container-count change never replaces a VM.
-Each node gets a remote command whose stdin is its full node config and whose `triggers` carry that config's
+Each node gets a remote command that installs the whole node script (`<node>-script`: user-data carries only the
+part that applies the bootstrap config, pinned by its SHA-256), then one whose stdin is its full node config and whose `triggers` carry that config's
 digest: it runs once the VM is up (create), and again only when the node's config changed (its `update`, the
 same command). A router's change takes two make-before-break steps first, ordered across the stack by
 `order_pushes`: every router prepares (new tunnels beside the old ones), then switches (the new hub first), then
@@ -20,7 +21,7 @@ from typing import Any
 import pulumi
 import pulumi_command as command
 
-from multicloud_overlay.cloudinit.render import push_command
+from multicloud_overlay.cloudinit.render import install_script_command, node_script, push_command, script_sha256
 from multicloud_overlay.components.clouds.base import SSH_USER
 from multicloud_overlay.overlay.plan import config_digest
 
@@ -67,6 +68,19 @@ class NodeConfigPush(pulumi.ComponentResource):
         self.name, self.args = name, args
         self.digest: pulumi.Output[str] = args.doc.apply(config_digest)
         self.phases: dict[str, command.remote.Command] = {}
+        # The whole node script first (user-data carries only what applies the bootstrap config): whenever the
+        # config changes, so that a replaced VM gets it too, and whenever the script does.
+        script = install_script_command()
+        self.script = command.remote.Command(
+            f"{name}-script",
+            connection=connection(args.host, args.private_key, args.host_key),
+            create=script,
+            update=script,
+            stdin=node_script(),
+            triggers=[self.digest, script_sha256(node_script())],
+            add_previous_output_in_env=False,
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[args.machine]),
+        )
         if args.phased:
             self.phases["prepare"] = self._command("prepare", [])
 
@@ -80,7 +94,7 @@ class NodeConfigPush(pulumi.ComponentResource):
             stdin=self.args.doc.apply(node_doc_json),
             triggers=[self.digest],
             add_previous_output_in_env=False,  # a stock sshd refuses PULUMI_COMMAND_STDOUT/STDERR (AcceptEnv LANG LC_*)
-            opts=pulumi.ResourceOptions(parent=self, depends_on=[self.args.machine, *after]),
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[self.args.machine, self.script, *after]),
         )
 
     def switch(self, after: Sequence[pulumi.Resource]) -> None:

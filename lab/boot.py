@@ -60,7 +60,15 @@ from lab.state import LabError, lab_pair_keys, lab_plan, load_raw
 from lab.topology import Layout, build_layout
 from lab.underlay import add_namespace, build_edge, build_internet
 from multicloud_overlay.cloudinit.overlay_node import CLOUD_INIT_RUN
-from multicloud_overlay.cloudinit.render import LOGIN_USER, NODE_SCRIPT, UNIT_NAME, check_command, push_command
+from multicloud_overlay.cloudinit.render import (
+    LOGIN_USER,
+    NODE_SCRIPT,
+    UNIT_NAME,
+    check_command,
+    install_script_command,
+    node_script,
+    push_command,
+)
 from multicloud_overlay.components.clouds.registry import PLATFORMS
 from multicloud_overlay.components.connectivity import check_targets, parse_check_output
 from multicloud_overlay.components.limits import node_user_data, platform_limits, user_data_as_sent
@@ -513,8 +521,18 @@ def wait_booted(vm: VmSpec, started: float, timeout: float, out: Out) -> NodeBoo
     return NodeBoot(vm.node, round(ssh_at, 1), round(done_at, 1), str(status.get("status")), status, attached)
 
 
-def push_node(vm: VmSpec, doc: dict[str, Any], phase: str | None) -> subprocess.CompletedProcess[str]:
-    """The program's push: push_command(phase) over SSH as the login user, the config on stdin."""
+def install_node_script(vm: VmSpec) -> subprocess.CompletedProcess[str]:
+    """The program's install of the whole node script (install_script_command) over SSH, the script on stdin."""
+    return ssh(vm, install_script_command(), stdin=node_script(), timeout=900)
+
+
+def push_node(vm: VmSpec, doc: dict[str, Any], phase: str | None, install: bool = False) -> subprocess.CompletedProcess[str]:
+    """The program's push: push_command(phase) over SSH as the login user, the config on stdin; with `install`, the
+    node script's install first, as the program runs it before a node's first push."""
+    if install:
+        done = install_node_script(vm)
+        if done.returncode:
+            return done
     return ssh(vm, push_command(phase), stdin=json.dumps(doc, indent=1, sort_keys=True) + "\n", timeout=900)
 
 
@@ -534,14 +552,16 @@ def push_all(st: BootState, out: Out = print) -> list[dict[str, Any]]:
     docs = node_docs(plan, layout, st.key_seed)
     results: list[dict[str, Any]] = []
     with ThreadPoolExecutor(max_workers=len(specs)) as pool:
-        for stage in push_stages(plan):
+        stages = push_stages(plan)
+        for stage in stages:
             t0 = time.monotonic()
+            first = stage is stages[0]  # every node's first command of the run: the node script's install before it
 
-            def one(job: tuple[str, str | None]) -> dict[str, Any]:
+            def one(job: tuple[str, str | None], first: bool = first) -> dict[str, Any]:
                 node, phase = job
                 doc = docs[node]
                 t = time.monotonic()
-                p = push_node(specs[node], doc, phase)
+                p = push_node(specs[node], doc, phase, install=first)
                 return {
                     "node": node,
                     "phase": phase,

@@ -107,10 +107,18 @@ class SelfTest:
 
     def apply(self, plan: Any, node: str) -> str:
         """The node's payload files under its root, the payload unit's ExecStart in the node's namespace (its
-        bootstrap config), then the push of its full config (`overlay-node push`, the config on stdin)."""
+        bootstrap config), then the whole node script's install and the push of its full config (`overlay-node push`,
+        the config on stdin), as the program runs them."""
         import json
 
-        from multicloud_overlay.cloudinit.render import PUSH_COMMAND, read_payload, render_user_data, unit_exec_start
+        from multicloud_overlay.cloudinit.render import (
+            INSTALL_SCRIPT_COMMAND,
+            PUSH_COMMAND,
+            node_script,
+            read_payload,
+            render_user_data,
+            unit_exec_start,
+        )
         from multicloud_overlay.overlay.plan import bootstrap_config, node_config
 
         public = {r.site: r.wan_ip for r in plan.routers()}
@@ -128,7 +136,8 @@ class SelfTest:
             target.write_bytes(f.content)
             target.chmod(f.mode)
         output = ""
-        for command, stdin in ((unit_exec_start(payload), None), (list(PUSH_COMMAND), json.dumps(doc) + "\n")):
+        steps = ((unit_exec_start(payload), None), (list(INSTALL_SCRIPT_COMMAND), node_script()), (list(PUSH_COMMAND), json.dumps(doc) + "\n"))
+        for command, stdin in steps:
             argv = [str(root / a.lstrip("/")) if a.startswith(("/etc/", "/var/", "/usr/local/")) else a for a in command]
             proc = _sh(["nsenter", f"--net=/run/netns/{self.ns(node)}", "--", *argv], check=False, input=stdin)
             if proc.returncode != 0:

@@ -20,7 +20,15 @@ from typing import Any, Literal, cast
 from lab.shell import SYSTEM_PATH, Shell, in_netns
 from lab.state import CGROUP_PREFIX, LAB_IMAGE, LabState, docker_host, node_dir, node_root
 from lab.topology import map_argv, map_path
-from multicloud_overlay.cloudinit.render import DOCKER_DAEMON, phase_command, read_payload, render_user_data, unit_exec_start
+from multicloud_overlay.cloudinit.render import (
+    DOCKER_DAEMON,
+    INSTALL_SCRIPT_COMMAND,
+    node_script,
+    phase_command,
+    read_payload,
+    render_user_data,
+    unit_exec_start,
+)
 from multicloud_overlay.overlay.plan import Plan, bootstrap_config, node_config
 
 Runtime = Literal["docker", "netns"]
@@ -80,11 +88,21 @@ def apply(sh: Shell, ns: str, node: str, payload: str, state_dir: Path, is_route
 def push(
     sh: Shell, ns: str, node: str, doc: dict[str, Any], state_dir: Path, is_router: bool, runtime: Runtime, phase: str | None = None
 ) -> ApplyResult:
-    """The in-place push: the command the program runs over SSH (`overlay-node push`, or one of its make-before-break
-    phases), the node config on stdin."""
+    """The in-place push: the commands the program runs over SSH, the whole node script's install (on stdin;
+    nothing changes once it is there) and `overlay-node push` or one of its make-before-break phases, the node
+    config on stdin."""
+    installed = _run_node_script(sh, ns, node, list(INSTALL_SCRIPT_COMMAND), node_script(), state_dir, is_router, runtime)
+    if not installed.ok:
+        return replace(installed, phase=phase)
     doc_text = json.dumps(doc, indent=1, sort_keys=True) + "\n"
     result = _run_node_script(sh, ns, node, list(phase_command(phase)), doc_text, state_dir, is_router, runtime)
-    return replace(result, phase=phase)
+    return replace(
+        result,
+        phase=phase,
+        seconds=installed.seconds + result.seconds,
+        changes=installed.changes + result.changes,
+        output=installed.output + result.output,
+    )
 
 
 Job = tuple[str, str | None]

@@ -19,7 +19,17 @@ from typing import Any, ClassVar
 import pytest
 
 from multicloud_overlay.cloudinit import overlay_node
-from multicloud_overlay.cloudinit.render import NODE_CONFIG, PUSH_COMMAND, read_payload, render_user_data, unit_exec_start
+from multicloud_overlay.cloudinit.render import (
+    INSTALL_SCRIPT_COMMAND,
+    NODE_CONFIG,
+    PUSH_COMMAND,
+    boot_script,
+    node_script,
+    read_payload,
+    render_user_data,
+    script_sha256,
+    unit_exec_start,
+)
 from multicloud_overlay.overlay.config import parse_config
 from multicloud_overlay.overlay.encapsulation import PAIR_KEY_BYTES
 from multicloud_overlay.overlay.plan import Plan, build_plan, node_config
@@ -710,6 +720,69 @@ def test_push_waits_for_cloud_init_then_validates_installs_and_applies_under_the
     assert (tmp_path / "cloud-init.calls").read_text() == "status --wait\n"
 
 
+# ---------------------------------------------------------------- the boot script and the whole script's install
+
+
+def install_script(pin: Path, to: Path, stdin: str, script: Path = SCRIPT) -> subprocess.CompletedProcess[str]:
+    argv = [sys.executable, str(script), "install-script", "--pin", str(pin), "--to", str(to)]
+    return subprocess.run(argv, input=stdin, capture_output=True, text=True)
+
+
+def test_install_script_installs_only_the_pinned_script(tmp_path: Path) -> None:
+    """The login user may run this as root: it installs exactly the script whose SHA-256 user-data pinned, atomically
+    and executable; any other is refused and the node keeps its boot script untouched."""
+    full, boot = node_script(), boot_script()
+    pin, to = tmp_path / "node-script.sha256", tmp_path / "sbin" / "overlay-node"
+    pin.write_text(script_sha256(full) + "\n")
+    to.parent.mkdir()
+    to.write_text(boot)
+    to.chmod(0o755)
+    # The boot script itself runs the install, as on a VM before its first push.
+    other = full.replace("overlay-node", "overlay-nodf")
+    proc = install_script(pin, to, other, script=to)
+    assert proc.returncode == overlay_node.EXIT_REJECTED and "has only its boot script" in proc.stderr, proc.stderr
+    assert to.read_text() == boot and sorted(p.name for p in to.parent.iterdir()) == ["overlay-node"]
+    proc = install_script(pin, to, full, script=to)
+    assert proc.returncode == 0 and "changed: installed the node script" in proc.stdout, proc.stdout + proc.stderr
+    assert to.read_text() == full and to.stat().st_mode & 0o777 == 0o755
+    assert sorted(p.name for p in to.parent.iterdir()) == ["overlay-node"]
+    proc = install_script(pin, to, full, script=to)
+    assert proc.returncode == 0 and "installed already" in proc.stdout and "changed" not in proc.stdout
+    # A newer program's script on a VM made before it (its pin is the old one): the node keeps what it has.
+    proc = install_script(pin, to, other, script=to)
+    assert proc.returncode == 0 and "kept the installed node script" in proc.stdout, proc.stdout + proc.stderr
+    assert to.read_text() == full
+    # No pin (user-data not written): nothing is installed.
+    proc = install_script(tmp_path / "absent", to, other, script=to)
+    assert proc.returncode == overlay_node.EXIT_REJECTED and "cannot read the pin" in proc.stderr
+    assert to.read_text() == full
+
+
+def test_the_boot_script_applies_only_a_bootstrap_config_and_refuses_the_rest(tmp_path: Path) -> None:
+    """Before its first push a node has only its boot script: it validates a config without IPsec as the whole
+    script does, and refuses IPsec, a push and a check, each saying that the whole script comes with the push."""
+    boot = tmp_path / "overlay-node"
+    boot.write_text(boot_script())
+    config = tmp_path / "node.json"
+    config.write_text(json.dumps(good_doc()))
+    proc = subprocess.run([sys.executable, str(boot), "validate", "--config", str(config)], capture_output=True, text=True)
+    assert proc.returncode == 0 and "valid config for a-router" in proc.stdout, proc.stderr
+    config.write_text(json.dumps(good_doc("ipsec")))
+    whole = subprocess.run([sys.executable, str(SCRIPT), "validate", "--config", str(config)], capture_output=True, text=True)
+    assert whole.returncode == 0, whole.stderr
+    proc = subprocess.run([sys.executable, str(boot), "validate", "--config", str(config)], capture_output=True, text=True)
+    assert proc.returncode == overlay_node.EXIT_REJECTED and "ipsec: this node runs its boot script" in proc.stderr
+    for argv, stdin in (
+        (["push", "--config", str(config), "--state-dir", str(tmp_path / "state")], json.dumps(good_doc())),
+        (["push", "--phase", "prepare", "--config", str(config), "--state-dir", str(tmp_path / "state")], json.dumps(good_doc())),
+        (["check", "--json", "192.0.2.1"], ""),
+    ):
+        proc = subprocess.run([sys.executable, str(boot), *argv], input=stdin, capture_output=True, text=True)
+        assert proc.returncode == overlay_node.EXIT_REJECTED, proc.stdout + proc.stderr
+        assert "the program installs the whole node script before its first push" in proc.stderr
+    assert not (tmp_path / "state").exists()
+
+
 # ---------------------------------------------------------------- dataplane in namespaces (root)
 
 
@@ -781,6 +854,19 @@ class TwoNodes:
             stderr=subprocess.PIPE,
             text=True,
         )
+
+    def push(self, doc: dict[str, Any], site: str) -> subprocess.CompletedProcess[str]:
+        """As the program pushes to a node that booted from its payload (`start`): the whole node script's install in
+        place of the boot script, then `overlay-node push` with the config on stdin; the push's result."""
+        root = self.tmp / site
+        for command, stdin in ((INSTALL_SCRIPT_COMMAND, node_script()), (PUSH_COMMAND, json.dumps(doc))):
+            argv = [str(root / a.lstrip("/")) if a.startswith(("/etc/", "/var/", "/usr/local/")) else a for a in command]
+            proc = subprocess.run(
+                ["nsenter", f"--net=/run/netns/{self.ns[site]}", "--", sys.executable, *argv], input=stdin, capture_output=True, text=True, timeout=120
+            )
+            if proc.returncode and command is INSTALL_SCRIPT_COMMAND:
+                raise AssertionError(f"install-script {site}: {proc.stdout}{proc.stderr}")
+        return proc
 
     def tunnels(self, site: str) -> dict[str, str]:
         links = json.loads(sh("ip", "-n", self.ns[site], "-d", "-j", "link", "show").stdout)
@@ -970,14 +1056,7 @@ def test_a_failed_push_leaves_the_previous_config_running_and_installed(two_node
     previous = json.loads(installed.read_text())
     doc = node_config(plan, f"{two_nodes.hub}-router", two_nodes.underlay, container_runtime="netns")
     doc["tunnels"].append({"name": "ovl-r9", "peer": "x-router", "vni": 9999, "local": "10.1.1.10", "remote": "2001:db8::9"})
-    argv = [str(root / a.lstrip("/")) if a.startswith(("/etc/", "/var/", "/usr/local/")) else a for a in PUSH_COMMAND]
-    proc = subprocess.run(
-        ["nsenter", f"--net=/run/netns/{two_nodes.ns[two_nodes.hub]}", "--", sys.executable, *argv],
-        input=json.dumps(doc),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    proc = two_nodes.push(doc, two_nodes.hub)
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert "rolled back" in proc.stdout
     assert two_nodes.tunnels(two_nodes.hub) == before
@@ -1037,10 +1116,9 @@ def test_ipsec_on_a_kernel_without_esp_is_refused_and_rolled_back(two_nodes: Two
 
     if esp_supported(Shell()):
         pytest.skip("this kernel has ESP: the refusal cannot be provoked here (the VM tests run IPsec)")
-    proc = two_nodes.start(doc, two_nodes.hub)
-    out, err = proc.communicate(timeout=120)
-    assert proc.returncode == 1
-    assert "this kernel cannot do ESP with AES-GCM" in err and "rolled back" in out
+    proc = two_nodes.push(doc, two_nodes.hub)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "this kernel cannot do ESP with AES-GCM" in proc.stderr and "rolled back" in proc.stdout
     ns = two_nodes.ns[two_nodes.hub]
     assert sh("ip", "-n", ns, "xfrm", "policy", "list").stdout.strip() == ""
     assert sh("ip", "-n", ns, "xfrm", "state", "list").stdout.strip() == ""

@@ -4,13 +4,16 @@ the node config of the plan, the node script and the boot unit."""
 from __future__ import annotations
 
 import ast
+import builtins
 import copy
+import dis
 import gzip
+import hashlib
 import json
 import shutil
 import subprocess
+import types
 from pathlib import Path
-from typing import Any
 
 import pytest
 import yaml
@@ -23,10 +26,13 @@ from multicloud_overlay.cloudinit.render import (
     LOGIN_USER,
     NODE_CONFIG,
     NODE_SCRIPT,
+    PUSH_ONLY,
+    SCRIPT_PIN,
     SUDOERS_PATH,
     UNIT_PATH,
     SshHostKey,
     StaticNic,
+    boot_script,
     node_script,
     payload_node_config,
     read_payload,
@@ -106,7 +112,10 @@ def test_payload_carries_bootstrap_config_script_unit_and_login(protocol: str, n
     assert payload_node_config(text) == bootstrap_config(plan, node)
     files, runcmd = read_payload(text)
     by_path = {f.path: f for f in files}
-    assert by_path[NODE_SCRIPT].content.decode() == node_script() and by_path[NODE_SCRIPT].mode == 0o755
+    # The boot script, and the pin of the whole script that the program's first push installs.
+    assert by_path[NODE_SCRIPT].content.decode() == boot_script() and by_path[NODE_SCRIPT].mode == 0o755
+    pin = by_path[SCRIPT_PIN]
+    assert pin.content.decode() == hashlib.sha256(node_script().encode()).hexdigest() + "\n" and pin.mode == 0o644
     assert unit_exec_start(text) == list(APPLY_COMMAND)
     assert "WantedBy=multi-user.target" in by_path[UNIT_PATH].content.decode()
     assert ["systemctl", "enable", "--now", "multicloud-overlay.service"] in runcmd
@@ -129,6 +138,7 @@ def test_payload_carries_bootstrap_config_script_unit_and_login(protocol: str, n
     push = "/usr/local/sbin/overlay-node push {}--config /etc/multicloud-overlay/node.json --state-dir /var/lib/multicloud-overlay"
     assert sudoers.content.decode() == (
         f"overlay ALL=(root) NOPASSWD: {push.format('--phase prepare ')}, {push.format('--phase switch ')}, {push.format('')}, "
+        "/usr/local/sbin/overlay-node install-script --pin /etc/multicloud-overlay/node-script.sha256 --to /usr/local/sbin/overlay-node, "
         "/usr/local/sbin/overlay-node check --json *\n"
     )
     install = runcmd[0]
@@ -217,48 +227,84 @@ def test_payload_size_does_not_grow_with_the_overlay() -> None:
     assert len(gzip.compress(boot_payload(plan, "s1-router").encode())) < 16 * 1024  # AWS's limit, the smallest
 
 
-def test_the_installed_node_script_runs_the_same_code_as_its_source() -> None:
-    """node_script() drops docstrings, annotations and comments and narrows the indentation: every function and
-    method compiles to the same bytecode as in cloudinit/overlay_node.py, and the module defines the same names."""
-    import dis
-    import types
-
-    from multicloud_overlay.cloudinit import overlay_node
-
-    installed = types.ModuleType("installed_overlay_node")
-    exec(compile(node_script(), "overlay-node", "exec"), installed.__dict__)
-    # The source without annotations (a nested function's annotations are built by the code that defines it), its
-    # docstrings, comments and layout kept: what remains must compile to the same instructions.
-    tree = ast.parse(Path(overlay_node.__file__).read_text(encoding="utf-8"))
+def _reference(path: Path, name: str) -> types.ModuleType:
+    """The source without annotations (a nested function's annotations are built by the code that defines it), its
+    docstrings, comments and layout kept: what the compacted script must compile to, instruction by instruction."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
     for n in ast.walk(tree):
         if isinstance(n, ast.FunctionDef):
             n.returns = None
             for arg in [*n.args.posonlyargs, *n.args.args, *n.args.kwonlyargs, *filter(None, (n.args.vararg, n.args.kwarg))]:
                 arg.annotation = None
-    reference = types.ModuleType(overlay_node.__name__)
-    exec(compile(tree, overlay_node.__file__, "exec"), reference.__dict__)
+    tree.body = [s for s in tree.body if not (isinstance(s, ast.ImportFrom) and s.module == "overlay_node")]
+    module = types.ModuleType(name)
+    exec(compile(tree, str(path), "exec"), module.__dict__)
+    return module
 
-    def functions(ns: dict[str, Any], module: str) -> dict[str, types.CodeType]:
-        out = {}
-        for name, value in ns.items():
-            if isinstance(value, types.FunctionType) and value.__module__ == module:
-                out[name] = value.__code__
-            elif isinstance(value, type) and value.__module__ == module:
-                out |= {f"{name}.{k}": v.__code__ for k, v in vars(value).items() if isinstance(v, types.FunctionType)}
-        return out
 
-    source, compact = functions(reference.__dict__, reference.__name__), functions(installed.__dict__, installed.__name__)
+def _script(text: str, name: str) -> types.ModuleType:
+    module = types.ModuleType(name)
+    exec(compile(text, "overlay-node", "exec"), module.__dict__)
+    return module
+
+
+def _functions(module: types.ModuleType) -> dict[str, types.CodeType]:
+    out = {}
+    for name, value in vars(module).items():
+        if isinstance(value, types.FunctionType) and value.__module__ == module.__name__:
+            out[name] = value.__code__
+        elif isinstance(value, type) and value.__module__ == module.__name__:
+            out |= {f"{name}.{k}": v.__code__ for k, v in vars(value).items() if isinstance(v, types.FunctionType)}
+    return out
+
+
+def _nested(code: types.CodeType) -> list[tuple[str, object]]:
+    """Instructions with their resolved arguments (constants by value: a docstring shifts their indices), inner
+    functions and comprehensions included."""
+    out: list[tuple[str, object]] = []
+    for ins in dis.get_instructions(code):
+        out.append((ins.opname, "<code>" if isinstance(ins.argval, types.CodeType) else ins.argval))
+    return out + [x for c in code.co_consts if isinstance(c, types.CodeType) for x in _nested(c)]
+
+
+def _globals_used(code: types.CodeType) -> set[str]:
+    used = {str(ins.argval) for ins in dis.get_instructions(code) if ins.opname in ("LOAD_GLOBAL", "LOAD_NAME")}
+    return used.union(*(_globals_used(c) for c in code.co_consts if isinstance(c, types.CodeType)))
+
+
+SOURCE = ROOT / "cloudinit" / "overlay_node.py"
+BOOT_SOURCE = ROOT / "cloudinit" / "overlay_node_boot.py"
+
+
+def test_the_installed_node_script_runs_the_same_code_as_its_source() -> None:
+    """node_script() drops docstrings, annotations and comments and narrows the indentation: every function and
+    method compiles to the same bytecode as in cloudinit/overlay_node.py, and the module defines the same names."""
+    source, compact = _functions(_reference(SOURCE, "reference")), _functions(_script(node_script(), "installed"))
     assert source.keys() == compact.keys() and len(source) > 50
-
-    def nested(code: types.CodeType) -> list[tuple[str, object]]:
-        """Instructions with their resolved arguments (constants by value: a docstring shifts their indices), inner
-        functions and comprehensions included."""
-        out: list[tuple[str, object]] = []
-        for ins in dis.get_instructions(code):
-            out.append((ins.opname, "<code>" if isinstance(ins.argval, types.CodeType) else ins.argval))
-        return out + [x for c in code.co_consts if isinstance(c, types.CodeType) for x in nested(c)]
-
-    assert {k: nested(v) for k, v in source.items()} == {k: nested(v) for k, v in compact.items()}
+    assert {k: _nested(v) for k, v in source.items()} == {k: _nested(v) for k, v in compact.items()}
     tree = ast.parse(node_script())
     assert not [n for n in ast.walk(tree) if isinstance(n, ast.AnnAssign) or (isinstance(n, ast.arg) and n.annotation)]
     assert not [n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.Module)) and ast.get_docstring(n)]
+
+
+def test_the_boot_script_is_the_node_script_without_the_push_only_code() -> None:
+    """What user-data carries: every function of the node script but those of PUSH_ONLY, compiled as in its source;
+    the stand-ins of overlay_node_boot.py in place of the PUSH_ONLY names the kept code still calls; and no name
+    that it uses and does not define (it would fail only when a VM runs that path)."""
+    source = _functions(_reference(SOURCE, "reference"))
+    stand_ins = _functions(_reference(BOOT_SOURCE, "stand_ins"))
+    boot_module = _script(boot_script(), "boot")
+    boot = _functions(boot_module)
+    kept = {k: v for k, v in source.items() if k.split(".")[0] not in PUSH_ONLY}
+    assert stand_ins and set(stand_ins) <= PUSH_ONLY
+    assert boot.keys() == kept.keys() | stand_ins.keys()
+    assert {k: _nested(boot[k]) for k in kept} == {k: _nested(v) for k, v in kept.items()}
+    assert {k: _nested(boot[k]) for k in stand_ins} == {k: _nested(v) for k, v in stand_ins.items()}
+    assert not (PUSH_ONLY - stand_ins.keys()) & set(vars(boot_module))  # the rest is gone
+    undefined = _globals_used(compile(boot_script(), "overlay-node", "exec")) - set(vars(boot_module)) - set(dir(builtins))
+    assert not undefined, f"the boot script uses {sorted(undefined)} and does not define them"
+    # And the check sees a missing name: the boot script without one of the stand-ins.
+    broken = boot_script().replace("def step_ipsec(", "def step_ipsec_gone(")
+    assert "step_ipsec" in _globals_used(compile(broken, "broken", "exec")) - set(vars(_script(broken, "broken")))
+    # What it saves is what keeps the payload under AWS's limit: about a quarter of the compressed script.
+    assert len(gzip.compress(boot_script().encode())) < 0.8 * len(gzip.compress(node_script().encode()))

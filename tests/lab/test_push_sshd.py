@@ -92,6 +92,7 @@ def node_user_data(run: ProgramRun, node: str) -> str:
 class Deployed:
     run: ProgramRun
     payload: NodePayload
+    script: RemoteCommand
     push: RemoteCommand
     check: RemoteCommand
 
@@ -100,11 +101,13 @@ class Deployed:
 def deployed() -> Deployed:
     with real_tls_keys():
         run = run_program(copy.deepcopy(DEV))
+    script = run.named(f"{CLIENT}-config-script", COMMAND)
     push = run.named(f"{CLIENT}-config-apply", COMMAND)
     check = run.named(f"{ROUTER}-connectivity-ping", COMMAND)
     return Deployed(
         run,
         NodePayload.from_user_data(node_user_data(run, CLIENT)),
+        RemoteCommand.from_inputs(script.inputs),
         RemoteCommand.from_inputs(push.inputs),
         RemoteCommand.from_inputs(check.inputs),
     )
@@ -123,6 +126,12 @@ def converge_by_boot_path(node: StockSshdNode, doc_json: str) -> None:
     node.as_root(["install", "-m", "0600", "/dev/stdin", NODE_CONFIG], input=doc_json, check=True)
     applied = node.as_root(unit_exec_start(node.payload.user_data), timeout=120)
     assert applied.returncode == 0, applied.stdout + applied.stderr
+
+
+def install_whole_script(node: StockSshdNode, deployed: Deployed) -> None:
+    """The program's first command on a node: the whole node script in place of the boot script (idempotent)."""
+    done = push_or_fail(node, deployed.script, "create")
+    assert done.ok, done.error()
 
 
 def push_or_fail(node: StockSshdNode, command: RemoteCommand, operation: str, previous: CommandResult | None = None) -> CommandResult:
@@ -169,9 +178,32 @@ def test_stock_sshd_refuses_any_variable_but_lang_and_lc(node: StockSshdNode, de
     assert node.as_root(["test", "-e", marker]).returncode == 1, "the command ran although its environment was refused"
 
 
+def test_the_whole_node_script_is_installed_through_the_sudo_rule_and_only_the_pinned_one(node: StockSshdNode, deployed: Deployed) -> None:
+    """The node boots with the boot script, which refuses a push; the program's script command (the stock sshd, sudo -n
+    of the payload's drop-in) installs the whole script, whose SHA-256 user-data pinned, and a second run changes
+    nothing. A script that is not the pinned one, sent the same way, is refused and installs nothing."""
+    script = deployed.script
+    assert script.stdin == render.node_script() and script.script("create") == render.install_script_command()
+    installed = node.as_root(["cat", NODE_SCRIPT], check=True).stdout
+    if installed == render.boot_script():
+        refused = push_or_fail(node, deployed.push, "create")
+        assert refused.exit_status == 3 and "runs its boot script" in refused.stderr, refused.error()
+        forged = dataclasses.replace(script, stdin=render.node_script().replace("overlay-node", "overlay-nodf"))
+        result = push_or_fail(node, forged, "create")
+        assert result.exit_status == 3 and "has only its boot script" in result.stderr, result.error()
+        assert node.as_root(["cat", NODE_SCRIPT], check=True).stdout == render.boot_script()
+    first = push_or_fail(node, script, "create")
+    assert first.ok, first.error()
+    assert node.as_root(["cat", NODE_SCRIPT], check=True).stdout == render.node_script()
+    assert node.as_root(["stat", "-c", "%a %U %G", NODE_SCRIPT], check=True).stdout.split() == ["755", "root", "root"]
+    second = push_or_fail(node, script, "update", previous=first)
+    assert second.ok and "installed already" in second.stdout, second.error()
+
+
 def test_client_push_applies_over_stock_sshd_and_a_second_identical_push_changes_nothing(node: StockSshdNode, deployed: Deployed) -> None:
     push = deployed.push
     assert push.stdin, "the push sends the node config on stdin"
+    install_whole_script(node, deployed)
     first = push_or_fail(node, push, "create")
     assert first.ok, first.error()
     installed = node.as_root(["stat", "-c", "%a %U %G", NODE_CONFIG], check=True).stdout.split()
@@ -204,6 +236,7 @@ def test_connectivity_check_runs_through_the_same_path(node: StockSshdNode, depl
     assert check.stdin is None
     assert deployed.push.stdin is not None
     converge_by_boot_path(node, deployed.push.stdin)
+    install_whole_script(node, deployed)
     doc = json.loads(deployed.push.stdin)
     own = {str(ipaddress.ip_interface(doc["bridge"][k]).ip) for k in ("ipv4", "ipv6")}
     targets = shlex.split(check.script("create"))[shlex.split(check.script("create")).index("--json") + 1 :]
@@ -232,6 +265,7 @@ def test_the_make_before_break_steps_pass_the_sudo_rule_and_reach_the_node_scrip
     to move, each says so and changes nothing; the installed config stays the pushed one."""
     assert deployed.push.stdin is not None
     converge_by_boot_path(node, deployed.push.stdin)
+    install_whole_script(node, deployed)
     installed = node.as_root(["cat", NODE_CONFIG], check=True).stdout
     for phase in ("prepare", "switch"):
         registered = RemoteCommand.from_inputs(deployed.run.named(f"{ROUTER}-config-{phase}", COMMAND).inputs)
@@ -255,6 +289,8 @@ def test_the_login_user_can_run_nothing_else_as_root(node: StockSshdNode, deploy
         [NODE_SCRIPT, "validate", "--config", NODE_CONFIG],
         [NODE_SCRIPT, "push", "--phase", "prepare", "--config", "/tmp/other.json", "--state-dir", "/var/lib/multicloud-overlay"],
         [NODE_SCRIPT, "push", "--config", NODE_CONFIG, "--state-dir", "/var/lib/multicloud-overlay", "--phase", "switch"],
+        [NODE_SCRIPT, "install-script", "--pin", "/tmp/pin", "--to", NODE_SCRIPT],
+        [NODE_SCRIPT, "install-script", "--pin", render.SCRIPT_PIN, "--to", "/etc/sudoers.d/zz"],
     ):
         result = node.ssh(conn, "sudo -n " + shlex.join(argv))
         assert result.exit_status != 0, f"sudo -n {shlex.join(argv)} ran as root: {result.stdout}"
