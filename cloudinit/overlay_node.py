@@ -205,6 +205,7 @@ def validate(doc: Any) -> list[str]:
         if len(set(vnis)) != len(vnis):
             problems.append("tunnels: two tunnels share a VNI (the kernel demultiplexes VXLAN by VNI)")
         problems += _validate_ipsec(doc, [t for t in tunnels if isinstance(t, dict)])
+        problems += _validate_failover(doc, [t for t in tunnels if isinstance(t, dict)])
     fdb = doc.get("fdb", [])
     if not isinstance(fdb, list):
         problems.append("fdb: not a list")
@@ -963,11 +964,357 @@ def step_containers(r: Runner, doc: dict[str, Any], previous: dict[str, Any] | N
         ensure_addresses(r, "eth0", [c["ipv4"], c["ipv6"]], netns=ns)
 
 
+# --------------------------------------------------------------------------- two hubs: BFD (FRR's bfdd) and failover
+
+
+def failover_view(doc: dict[str, Any], down: set[str] | frozenset[str]) -> dict[str, Any]:
+    """The config as the bridge runs it while BFD finds the tunnels `down` down. A MAC entry goes to its backup
+    tunnel while its own is down and the backup is not. A tunnel that stands in for another (`standby_for`) floods
+    instead of it, only while that one is down and it is not: a broadcast takes one tree at any time."""
+    active = {t["name"] for t in doc["tunnels"] if t.get("standby_for") in down and t["name"] not in down}
+    if not active and not down and not any("standby_for" in t for t in doc["tunnels"]):
+        return doc
+    replaced = {t["standby_for"] for t in doc["tunnels"] if t["name"] in active}
+    tunnels = [
+        {**t, "flood": t.get("flood", True) and t["name"] not in replaced and ("standby_for" not in t or t["name"] in active)}
+        for t in doc["tunnels"]
+    ]
+    fdb = [
+        {"mac": e["mac"], "port": e["backup"] if e.get("backup") and e["port"] in down and e["backup"] not in down else e["port"]}
+        for e in doc.get("fdb", [])
+    ]
+    return {**doc, "tunnels": tunnels, "fdb": fdb}
+
+
+PROBE = "ovl-b0"  # the BFD probe: a veth pair, ovl-b0 a bridge port
+PROBE_HOST_END = "ovl-b1"  # and ovl-b1, with its address and MAC
+FRR = "/usr/lib/frr"
+FRR_DAEMONS = "/etc/frr/daemons"
+BFD_DOWN = "bfd-down.json"  # in the state dir: the router tunnels BFD finds down, kept by `bfd-watch`
+BFD_GRACE = 5.0  # seconds a new session may take to come up before its "down" counts
+WATCH_UNIT = "multicloud-overlay-bfd-watch"
+
+
+def _validate_failover(doc: dict[str, Any], tunnels: list[dict[str, Any]]) -> list[str]:
+    router_tunnels = {t.get("name") for t in tunnels if str(t.get("name", "")).startswith("ovl-r")}
+    problems = []
+    for i, t in enumerate(tunnels):
+        if "standby_for" in t and (t["standby_for"] not in router_tunnels or t["standby_for"] == t.get("name")):
+            problems.append(f"tunnels[{i}].standby_for: {t['standby_for']!r} is not another router tunnel of this node")
+    fdb = doc.get("fdb", [])
+    for i, e in enumerate(fdb if isinstance(fdb, list) else []):
+        if isinstance(e, dict) and "backup" in e and (e["backup"] not in router_tunnels or e["backup"] == e.get("port")):
+            problems.append(f"fdb[{i}].backup: {e['backup']!r} is not another router tunnel of this node")
+    bfd = doc.get("bfd")
+    if bfd is None:
+        return problems
+    if not isinstance(bfd, dict) or doc.get("kind") != "router":
+        return [*problems, "bfd: not an object of a router"]
+    if not (_mac(bfd.get("mac")) and str(bfd.get("address", "")).startswith("fe80:") and _addr(bfd.get("address"))):
+        problems.append("bfd: mac and a link-local address (fe80::) are needed")
+    for key, lo, hi in (("interval_ms", 10, 10000), ("multiplier", 2, 255)):
+        if not _int(lo, hi)(bfd.get(key)):
+            problems.append(f"bfd.{key}: {bfd.get(key)!r} is not a whole number from {lo} to {hi}")
+    peers = bfd.get("peers")
+    if not isinstance(peers, list):
+        return [*problems, "bfd.peers: not a list"]
+    for i, p in enumerate(peers):
+        if not (isinstance(p, dict) and p.get("tunnel") in router_tunnels and _mac(p.get("mac"))):
+            problems.append(f"bfd.peers[{i}]: {p!r} is not a router tunnel with the peer's probe MAC")
+        elif not (str(p.get("address", "")).startswith("fe80:") and _addr(p.get("address"))):
+            problems.append(f"bfd.peers[{i}].address: {p.get('address')!r} is not a link-local address")
+    return problems
+
+
+def bfd_down(state_dir: str, doc: dict[str, Any]) -> set[str]:
+    """The router tunnels that `bfd-watch` last found down (none without BFD, or before it wrote anything)."""
+    if not doc.get("bfd"):
+        return set()
+    try:
+        with open(os.path.join(state_dir, BFD_DOWN), encoding="utf-8") as f:
+            down = json.load(f)
+    except (OSError, ValueError):
+        return set()
+    return {t for t in down if isinstance(t, str)} & {t["name"] for t in doc["tunnels"]}
+
+
+class Frr:
+    """FRR's zebra and bfdd on this node: FRR's own unit on a VM (bfdd enabled in its daemons file), else (a lab node)
+    daemons of its own, their sockets and pid files in STATE_DIR/frr. Configured through vtysh."""
+
+    def __init__(self, r: Runner, state_dir: str) -> None:
+        self.r, self.unit = r, systemd_runs_here()
+        self.dir = "/var/run/frr" if self.unit else os.path.join(state_dir, "frr")
+        self.sock = os.path.join(self.dir, "bfdd.sock")
+        self.vty = [] if self.unit else ["--vty_socket", self.dir]
+
+    def vtysh(self, *commands: str) -> str:
+        argv = ["vtysh", *self.vty]
+        for c in commands:
+            argv += ["-c", c]
+        return self.r.run(argv).stdout
+
+    def running(self) -> bool:
+        if self.unit:
+            return self.r.run(["systemctl", "is-active", "--quiet", "frr.service"], check=False).returncode == 0 and os.path.exists(self.sock)
+        return all(_pid_alive(os.path.join(self.dir, f"{d}.pid"), d) for d in ("zebra", "bfdd")) and os.path.exists(self.sock)
+
+    def start(self) -> None:
+        if self.unit:
+            # The package's daemons file (bfdd=no, bfdd_options="-A 127.0.0.1"): bfdd on, its control socket named.
+            with open(FRR_DAEMONS, encoding="utf-8") as f:
+                text = f.read()
+            want = re.sub(r"(?m)^bfdd=.*$", "bfdd=yes", text)
+            want = re.sub(r"(?m)^bfdd_options=.*$", f'bfdd_options="-A 127.0.0.1 --bfdctl {self.sock}"', want)
+            if want != text:
+                install(FRR_DAEMONS, want, 0o640)
+            self.r.change("started FRR's bfdd (frr.service)", ["systemctl", "enable", "--now", "frr.service"])
+            self.r.run(["systemctl", "restart", "frr.service"])
+        else:
+            # FRR's daemons drop to its user (the package makes it, in group frrvty that may use the vty sockets).
+            os.makedirs(self.dir, exist_ok=True)
+            shutil.chown(self.dir, "frr", "frr")
+            common = ["-d", "-u", "frr", "-g", "frr", "--vty_socket", self.dir, "-z", os.path.join(self.dir, "zserv.api"), "-f", "/dev/null"]
+            self.r.run([f"{FRR}/zebra", *common, "-i", os.path.join(self.dir, "zebra.pid")])
+            self.r.run([f"{FRR}/bfdd", *common, "-i", os.path.join(self.dir, "bfdd.pid"), "--bfdctl", self.sock])
+            self.r.changes.append("started zebra and bfdd")
+            self.r.log("  changed: started zebra and bfdd")
+        deadline = time.monotonic() + 30
+        while not os.path.exists(self.sock):
+            if time.monotonic() > deadline:
+                raise CommandFailed(f"bfdd did not start (no {self.sock})")
+            time.sleep(0.1)
+
+    def stop(self) -> None:
+        if self.unit:
+            self.r.change("stopped FRR (frr.service)", ["systemctl", "disable", "--now", "frr.service"])
+            return
+        for d in ("bfdd", "zebra"):
+            _kill_pidfile(os.path.join(self.dir, f"{d}.pid"), d)
+        shutil.rmtree(self.dir, ignore_errors=True)
+        self.r.changes.append("stopped zebra and bfdd")
+        self.r.log("  changed: stopped zebra and bfdd")
+
+
+def _pid_of(path: str, name: str) -> int:
+    try:
+        with open(path, encoding="ascii") as f:
+            pid = int(f.read().split()[0])
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return pid if name.encode() in f.read() else 0
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def _pid_alive(path: str, name: str) -> bool:
+    return _pid_of(path, name) > 0
+
+
+def _kill_pidfile(path: str, name: str) -> None:
+    pid = _pid_of(path, name)
+    if pid:
+        os.kill(pid, 15)
+        deadline = time.monotonic() + 10
+        while os.path.exists(f"/proc/{pid}") and time.monotonic() < deadline:
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, os.WNOHANG)
+            time.sleep(0.05)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+
+
+def _bfd_peers(frr: Frr) -> dict[str, dict[str, Any]]:
+    out = frr.vtysh("show bfd peers json").strip()
+    return {p["peer"]: p for p in (json.loads(out) if out else []) if not p.get("multihop")}
+
+
+def _watch_argv(state_dir: str, config: str, sock: str) -> list[str]:
+    return [os.path.abspath(sys.argv[0]), "bfd-watch", "--config", config, "--state-dir", state_dir, "--socket", sock]
+
+
+def step_bfd(r: Runner, doc: dict[str, Any], state_dir: str, config: str = "/etc/multicloud-overlay/node.json") -> set[str]:
+    """Two hubs: a BFD session per router tunnel, which tests that tunnel and nothing else, and `bfd-watch`, which
+    moves MAC entries and flooding when a session goes down or up. Each router has a probe (a veth pair: ovl-b0 a
+    bridge port, ovl-b1 with a link-local address and a planned MAC); a peer's probe MAC is pinned to the direct
+    tunnel with no backup, and its address is a permanent neighbour, so no probe takes another path or needs a
+    flood. Without `bfd`, all of it goes. Returns the tunnels BFD finds down."""
+    if doc["kind"] != "router":
+        return set()
+    bfd = doc.get("bfd")
+    marker = os.path.join(state_dir, "bfd")  # this node has run BFD: what to take away when it no longer does
+    if not bfd and not os.path.exists(marker):
+        return set()
+    frr = Frr(r, state_dir)
+    current = links(r)
+    if not bfd:
+        _stop_watch(r, state_dir, frr)
+        if frr.running():
+            frr.stop()
+        if PROBE in current:
+            r.change(f"removed the BFD probe {PROBE}", ["ip", "link", "del", PROBE])
+        for f in (BFD_DOWN, "bfd"):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(os.path.join(state_dir, f))
+        return set()
+    if not os.path.exists(marker):
+        install(marker, "")
+    if shutil.which("vtysh") is None or not os.path.exists(f"{FRR}/bfdd"):
+        raise CommandFailed("FRR is not installed: two hubs need its bfdd (apt-get install frr)")
+    if PROBE not in current:
+        r.change(f"created the BFD probe {PROBE}", ["ip", "link", "add", PROBE, "type", "veth", "peer", "name", PROBE_HOST_END])
+        current = links(r)
+    ensure_link_state(r, current[PROBE], doc["mtu"], doc["bridge"]["name"])
+    end = current[PROBE_HOST_END]
+    if end.get("address") != bfd["mac"].lower() or end.get("operstate") == "DOWN":
+        r.change(f"set the probe {PROBE_HOST_END} {bfd['mac']}", ["ip", "link", "set", PROBE_HOST_END, "addrgenmode", "none", "address", bfd["mac"], "up"])
+    if f"{bfd['address']}/64" not in [f"{a['local']}/{a['prefixlen']}" for a in end.get("addr_info", [])]:
+        r.change(f"added {bfd['address']} to {PROBE_HOST_END}", ["ip", "addr", "replace", f"{bfd['address']}/64", "dev", PROBE_HOST_END, "nodad"])
+    # The probe's own MAC pinned to its port: a peer's probe reaching this bridge is never flooded.
+    r.run(["bridge", "fdb", "replace", bfd["mac"], "dev", PROBE, "master", "static"])
+    neigh = "".join(f"neigh replace {p['address']} lladdr {p['mac']} dev {PROBE_HOST_END} nud permanent\n" for p in bfd["peers"])
+    if neigh:
+        r.run(["ip", "-6", "-batch", "-"], stdin=neigh)
+    if not frr.running():
+        frr.start()
+    want = {p["address"]: p for p in bfd["peers"]}
+    have = _bfd_peers(frr)
+    timers = [f"receive-interval {bfd['interval_ms']}", f"transmit-interval {bfd['interval_ms']}", f"detect-multiplier {bfd['multiplier']}"]
+    for address in sorted(set(have) - set(want)):
+        frr.vtysh("configure terminal", "bfd", f"no peer {address} interface {PROBE_HOST_END}")
+        r.changes.append(f"removed BFD peer {address}")
+        r.log(f"  changed: removed BFD peer {address}")
+    for address in sorted(want):
+        h = have.get(address, {})
+        if h.get("receive-interval") != bfd["interval_ms"] or h.get("detect-multiplier") != bfd["multiplier"]:
+            frr.vtysh("configure terminal", "bfd", f"peer {address} interface {PROBE_HOST_END}", *timers)
+            r.changes.append(f"BFD peer {address}")
+            r.log(f"  changed: BFD peer {address} ({want[address]['tunnel']}, {bfd['interval_ms']} ms x {bfd['multiplier']})")
+    _start_watch(r, state_dir, config, frr)
+    return bfd_down(state_dir, doc)
+
+
+def _start_watch(r: Runner, state_dir: str, config: str, frr: Frr) -> None:
+    pid_file = os.path.join(state_dir, "bfd-watch.pid")
+    if frr.unit:
+        if r.run(["systemctl", "is-active", "--quiet", f"{WATCH_UNIT}.service"], check=False).returncode == 0:
+            return
+        argv = ["systemd-run", f"--unit={WATCH_UNIT}", "--property=Restart=always", "--property=RestartSec=1", *_watch_argv(state_dir, config, frr.sock)]
+        r.change("started bfd-watch", argv)
+        return
+    if _pid_alive(pid_file, "bfd-watch"):
+        return
+    with open(os.devnull, "ab") as null, open(os.path.join(state_dir, "bfd-watch.log"), "ab") as log:
+        child = subprocess.Popen([sys.executable, *_watch_argv(state_dir, config, frr.sock)], stdin=null, stdout=log, stderr=log, start_new_session=True)
+    with open(pid_file, "w", encoding="ascii") as f:
+        f.write(f"{child.pid}\n")
+    r.changes.append("started bfd-watch")
+    r.log("  changed: started bfd-watch")
+
+
+def _stop_watch(r: Runner, state_dir: str, frr: Frr) -> None:
+    if frr.unit:
+        r.run(["systemctl", "stop", f"{WATCH_UNIT}.service"], check=False)
+    else:
+        _kill_pidfile(os.path.join(state_dir, "bfd-watch.pid"), "bfd-watch")
+    r.changes.append("stopped bfd-watch")
+    r.log("  changed: stopped bfd-watch")
+
+
+def _failover_batch(old: dict[str, Any], new: dict[str, Any]) -> str:
+    """`bridge -batch` lines from one failover view to another: flooding on where it starts, the MAC entries, then
+    flooding off where it stops (make before break)."""
+    flood_old = {t["name"]: t.get("flood", True) for t in old["tunnels"]}
+    lines_on, lines_off = [], []
+    for t in new["tunnels"]:
+        on = t.get("flood", True)
+        if flood_old.get(t["name"]) != on:
+            state = "on" if on else "off"
+            (lines_on if on else lines_off).append(f"link set dev {t['name']} flood {state} mcast_flood {state} bcast_flood {state}\n")
+    port_old = {e["mac"]: e["port"] for e in old["fdb"]}
+    moves = [f"fdb replace {e['mac']} dev {e['port']} master static sticky\n" for e in new["fdb"] if port_old.get(e["mac"]) != e["port"]]
+    return "".join(lines_on + moves + lines_off)
+
+
+def bfd_watch(config: str, state_dir: str, sock: str, log: Callable[[str], None]) -> int:
+    """Follow bfdd's sessions through its control socket (FRR's bfdctl.h: a BMT_NOTIFY request, then one JSON
+    message per session state, every session's at once first) and, under the node's lock, move MAC entries and
+    flooding to what the sessions say (failover_view). No polling: the notification arrives as the state changes."""
+    import socket
+    import struct
+
+    states: dict[str, tuple[str, float]] = {}
+    seen_up: set[str] = set()
+    started: dict[str, float] = {}
+    down: set[str] = set()
+    while not os.path.exists(sock):
+        time.sleep(0.2)
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.connect(sock)
+    s.sendall(struct.pack("!IHBB", 8, 1, 4, 1) + struct.pack("=Q", 1))  # BMT_NOTIFY, BCM_NOTIFY_PEER_STATE
+    buf = b""
+
+    def settle() -> None:
+        nonlocal down
+        try:
+            doc = load(config)
+        except Rejected:
+            return
+        peers = {p["address"]: p["tunnel"] for p in (doc.get("bfd") or {}).get("peers", [])}
+        now = time.monotonic()
+        new = {
+            peers[a]
+            for a, (state, _) in states.items()
+            if a in peers and state != "up" and (a in seen_up or now - started.get(a, now) > BFD_GRACE)
+        }
+        if new == down:
+            return
+        with Lock(os.path.join(state_dir, "lock")).acquire(log):
+            old_view, new_view = failover_view(doc, down), failover_view(doc, new)
+            batch = _failover_batch(old_view, new_view)
+            if batch:
+                Runner(log).run(["bridge", "-batch", "-"], stdin=batch)
+            install(os.path.join(state_dir, BFD_DOWN), json.dumps(sorted(new)) + "\n")
+        log(f"bfd-watch: down {sorted(new) or 'none'} (was {sorted(down) or 'none'}): {batch.count(chr(10))} change(s)")
+        down = new
+
+    while True:
+        s.settimeout(1.0)
+        try:
+            chunk = s.recv(65536)
+        except TimeoutError:
+            settle()
+            continue
+        if not chunk:
+            log("bfd-watch: bfdd closed its control socket")
+            return 1
+        buf += chunk
+        while len(buf) >= 8:
+            length, _, kind, _ = struct.unpack("!IHBB", buf[:8])
+            if len(buf) < 8 + length:
+                break
+            body, buf = buf[8 : 8 + length], buf[8 + length :]
+            if kind != 4:
+                continue
+            msg = json.loads(body.rstrip(b"\0") or b"{}")
+            if msg.get("op") == "status" and "peer-address" in msg:
+                a = str(ipaddress.ip_address(msg["peer-address"].split("%")[0]))
+                started.setdefault(a, time.monotonic())
+                if msg.get("state") == "up":
+                    seen_up.add(a)
+                states[a] = (str(msg.get("state")), time.monotonic())
+        settle()
+
+
 # --------------------------------------------------------------------------- entry points
 
 
 def apply(
-    doc: dict[str, Any], r: Runner, previous: dict[str, Any] | None = None, state_dir: str = "/var/lib/multicloud-overlay", ike_wait: float = 0
+    doc: dict[str, Any],
+    r: Runner,
+    previous: dict[str, Any] | None = None,
+    state_dir: str = "/var/lib/multicloud-overlay",
+    ike_wait: float = 0,
+    config: str = "/etc/multicloud-overlay/node.json",
 ) -> list[str]:
     step_sysctls(r, doc)
     step_host_firewall(r, doc)
@@ -975,9 +1322,10 @@ def apply(
     step_lan(r, doc)
     step_ipsec(r, doc, state_dir, ike_wait)
     step_bridge(r, doc)
-    step_tunnels(r, doc)
+    view = failover_view(doc, step_bfd(r, doc, state_dir, config))
+    step_tunnels(r, view)
     step_containers(r, doc, previous)
-    step_fdb(r, doc)
+    step_fdb(r, view)
     return r.changes
 
 
@@ -1143,6 +1491,7 @@ def converge(
     before: Callable[[], None] | None = None,
     restore: Callable[[dict[str, Any]], None] | None = None,
     ike_wait: float = 0,
+    config: str = "/etc/multicloud-overlay/node.json",
 ) -> int:
     """Apply doc under the node's lock (running `before` first, under it too); roll back to the last applied config on
     failure, and hand that config to `restore` (a push reinstalls it: the disk says what runs, credentials included)."""
@@ -1163,14 +1512,14 @@ def converge(
         log(f"overlay-node: applying {doc['protocol']} config of {doc['node']} ({doc['role'] if 'role' in doc else doc['kind']})")
         started = time.monotonic()
         try:
-            changes = apply(doc, r, previous, state_dir, ike_wait)
+            changes = apply(doc, r, previous, state_dir, ike_wait, config)
         except CommandFailed as e:
             print(f"overlay-node: failed: {e}", file=sys.stderr)
             if previous is not None and previous != doc:
                 # Never leave the node half-way between two configs: converge back to the last one that applied.
                 log("overlay-node: rolling back to the previous config")
                 try:
-                    apply(previous, Runner(log), doc, state_dir)
+                    apply(previous, Runner(log), doc, state_dir, config=config)
                     if restore is not None:
                         restore(previous)
                     log("overlay-node: rolled back: the node runs its previous config")
@@ -1229,13 +1578,14 @@ def push(args: argparse.Namespace, log: Callable[[str], None]) -> int:
             f"overlay-node: {args.phase}: old and new tunnels side by side, MAC table on the {'old' if args.phase == 'prepare' else 'new'} ones"
         )
         # The switch moves traffic onto the new tunnels: only once each has its SA (every peer prepared them).
-        return converge(step, args.state_dir, log, ike_wait=IKE_WAIT if args.phase == "switch" else 0)
+        return converge(step, args.state_dir, log, ike_wait=IKE_WAIT if args.phase == "switch" else 0, config=args.config)
     return converge(
         doc,
         args.state_dir,
         log,
         lambda: install(args.config, text),
         lambda previous: install(args.config, json.dumps(previous, indent=1, sort_keys=True) + "\n"),
+        config=args.config,
     )
 
 
@@ -1253,6 +1603,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     cp = sub.add_parser("check", help="ping overlay addresses from this node (exit 1 if any is unreachable)")
     cp.add_argument("--json", action="store_true", help="print the results as one JSON object")
     cp.add_argument("targets", nargs="+")
+    wp = sub.add_parser("bfd-watch", help="follow bfdd's sessions and fail MAC entries and flooding over (two hubs)")
+    wp.add_argument("--config", required=True)
+    wp.add_argument("--state-dir", required=True)
+    wp.add_argument("--socket", required=True)
     ip = sub.add_parser("install-script", help="read the node script on stdin and install it as --to if --pin holds its SHA-256")
     ip.add_argument("--pin", required=True)
     ip.add_argument("--to", required=True)
@@ -1263,6 +1617,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     def log(line: str) -> None:
         print(line, flush=True)
 
+    if args.command == "bfd-watch":
+        return bfd_watch(args.config, args.state_dir, args.socket, log)
     if args.command == "install-script":
         return install_script(args.pin, args.to, sys.stdin.buffer.read(), log)
     if args.command == "push":
@@ -1275,7 +1631,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "validate":
         log(f"{args.config}: valid config for {doc['node']}")
         return 0
-    return converge(doc, args.state_dir, log)
+    return converge(doc, args.state_dir, log, config=args.config)
 
 
 if __name__ == "__main__":

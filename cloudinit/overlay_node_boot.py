@@ -34,3 +34,23 @@ def push(args: argparse.Namespace, log: Callable[[str], None]) -> int:
 def check(targets: Sequence[str], as_json: bool) -> int:
     print(f"overlay-node: check refused: {FULL_SCRIPT}", file=sys.stderr)
     return EXIT_REJECTED
+
+
+def _validate_failover(doc: dict[str, Any], tunnels: list[dict[str, Any]]) -> list[str]:
+    backups = any(isinstance(e, dict) and "backup" in e for e in doc.get("fdb", []) if isinstance(doc.get("fdb"), list))
+    return [f"bfd: {FULL_SCRIPT}"] if "bfd" in doc or backups or any("standby_for" in t for t in tunnels) else []
+
+
+def step_bfd(r: Runner, doc: dict[str, Any], state_dir: str, config: str = "") -> set[str]:
+    """Nothing to do: validation refuses a config with BFD, and before the first push no daemon was started."""
+    return set()
+
+
+def bfd_watch(config: str, state_dir: str, sock: str, log: Callable[[str], None]) -> int:
+    print(f"overlay-node: bfd-watch refused: {FULL_SCRIPT}", file=sys.stderr)
+    return EXIT_REJECTED
+
+
+def failover_view(doc: dict[str, Any], down: set[str] | frozenset[str]) -> dict[str, Any]:
+    """The config itself: validation refuses backups and stand-in tunnels in the boot script."""
+    return doc

@@ -94,6 +94,28 @@ PUSH_ONLY: Final = frozenset(
         "ping",
         "check",
         "push",
+        # Two hubs: BFD sessions and the failover they drive run only with a pushed config.
+        "PROBE",
+        "PROBE_HOST_END",
+        "FRR",
+        "FRR_DAEMONS",
+        "BFD_DOWN",
+        "BFD_GRACE",
+        "WATCH_UNIT",
+        "_validate_failover",
+        "failover_view",
+        "bfd_down",
+        "Frr",
+        "_pid_of",
+        "_pid_alive",
+        "_kill_pidfile",
+        "_bfd_peers",
+        "_watch_argv",
+        "step_bfd",
+        "_start_watch",
+        "_stop_watch",
+        "_failover_batch",
+        "bfd_watch",
     }
 )
 """Top-level definitions of overlay_node.py that boot_script() leaves out (those overlay_node_boot.py defines are

@@ -122,9 +122,11 @@ def ping_matrix(lab: Lab, eps: Sequence[Endpoint], progress: Progress | None = N
 
 
 def spoke_pair(plan: Plan) -> tuple[str, str]:
-    """Two sites whose traffic crosses the internet (via the hub if there is one), narrowest underlay first."""
+    """Two sites whose traffic crosses the internet (via the hub if there is one: two spokes, not the standby hub,
+    which spokes reach directly), narrowest underlay first."""
     cfg = plan.config
-    candidates = [s for s in cfg.sites if s.name != plan.hub] if cfg.topology == "hub-and-spoke" else list(cfg.sites)
+    hubs = (plan.hub, plan.standby)
+    candidates = [s for s in cfg.sites if s.name not in hubs] if cfg.topology == "hub-and-spoke" else list(cfg.sites)
     if len(candidates) < 2:
         candidates = list(cfg.sites)
     ordered = sorted(candidates, key=lambda s: (s.underlay_mtu, s.site_id))
@@ -170,7 +172,8 @@ def tunnel_counters(lab: Lab, node: str, devs: Sequence[str]) -> dict[str, tuple
 
 def hub_transit(lab: Lab) -> list[Probe]:
     plan = lab.plan
-    if plan.config.topology != "hub-and-spoke" or len(plan.config.sites) < 3:
+    spokes = [s for s in plan.config.sites if s.name not in (plan.hub, plan.standby)]
+    if plan.config.topology != "hub-and-spoke" or len(spokes) < 2:
         return []  # no spoke-to-spoke path: point-to-point, or a hub with a single spoke
     a, b = spoke_pair(plan)
     hub = plan.router(plan.hub)

@@ -35,6 +35,7 @@ def cmd_up(args: argparse.Namespace) -> int:
 
     overrides: dict[str, Any] = {
         "hub": args.hub,
+        "standbyHub": args.standby_hub,
         "protocol": args.protocol,
         "topology": args.topology,
         "encryption": args.encryption,
@@ -169,6 +170,7 @@ def parser() -> argparse.ArgumentParser:
     up.add_argument("--stack", default="dev", help="stack name: reads Pulumi.NAME.yaml (default dev)")
     up.add_argument("--sites", type=_sites, help="use only these sites, comma-separated (e.g. aws,gcp)")
     up.add_argument("--hub", help="override the hub site")
+    up.add_argument("--standby-hub", metavar="SITE", help="override standbyHub: a second hub that spokes fail over to (BFD)")
     up.add_argument("--protocol", choices=PROTOCOLS, help="override the tunnel protocol")
     up.add_argument("--topology", choices=TOPOLOGIES, help="override the topology")
     up.add_argument("--encryption", choices=ENCRYPTIONS, help="override the encryption (ipsec needs ESP in the kernel: see `vm`)")

@@ -14,6 +14,7 @@ observer re-resolving the neighbour (ARP/ND retries every second while a target 
 
 from __future__ import annotations
 
+import itertools
 import json
 import time
 from collections.abc import Callable, Sequence
@@ -469,6 +470,121 @@ def hub_loss(
     return res
 
 
+def gaps(log: PingLog) -> list[tuple[int, int]]:
+    """Runs of echo requests that got no reply: (first icmp_seq, how many), in the order they were sent."""
+    out: list[tuple[int, int]] = []
+    first, n = 0, 0
+    for seq in range(1, log.transmitted + 1):
+        if seq in log.replies:
+            if n:
+                out.append((first, n))
+            n = 0
+        else:
+            first, n = (seq, 1) if n == 0 else (first, n + 1)
+    if n:
+        out.append((first, n))
+    return out
+
+
+def outage_around(log: PingLog, t: float, window: float = 3.0) -> float:
+    """The longest silence between two consecutive replies of which the first came between 0.5 s before wall-clock
+    time t and `window` s after it: an upper bound of the outage a fault at t caused (the pings' own spacing apart).
+    Infinite if no reply came after it at all."""
+    ts = sorted(log.replies.values())
+    if not ts or ts[-1] < t:
+        return float("inf")
+    longest = 0.0
+    for prev, nxt in itertools.pairwise(ts):
+        if t - 0.5 <= prev <= t + window:
+            longest = max(longest, nxt - prev)
+    return round(longest, 3)
+
+
+def cut_off(lab: Lab, site: str, on: bool) -> None:
+    """Drop (or stop dropping) every datagram to or from a site's public address on the lab's internet."""
+    ip = dict(lab.layout.public_ips)[site]
+    for match in (["-s", ip], ["-d", ip]):
+        lab.sh.ns(lab.layout.internet_ns, ["iptables", "-w", "-I" if on else "-D", "FORWARD", *match, "-j", "DROP"])
+
+
+def hub_loss_two_hubs(results_dir: Path, down_seconds: float = 5.0, state_dir: Path = STATE_DIR, out: Out = print) -> FaultResult:
+    """The hub of a two-hub lab powered off and back, with pings every 10 ms between two spokes' clients (which cross
+    a hub) and to the standby's client: the outage when the spokes fail over to the standby hub (BFD), and when they
+    move back once the hub returns; duplicate replies (a frame delivered twice, or a loop) counted all through."""
+    lab = Lab(state_dir)
+    plan = lab.plan
+    if plan.standby is None:
+        raise LabError("hub-loss --two-hubs needs a standby hub: lab up --standby-hub SITE")
+    hub = plan.router(plan.hub)
+    spokes = [s.name for s in plan.config.sites if s.name not in (plan.hub, plan.standby)]
+    if len(spokes) < 2:
+        raise LabError("hub-loss --two-hubs needs two spokes")
+    eps = {e.name: e for e in endpoints(plan)}
+    text = payload_on_disk(lab, hub.name)
+    a, b = spokes[0], spokes[1]
+    observer = eps[plan.client(a).name]
+    far, standby_client = plan.client(b), plan.client(plan.standby)
+    targets = [
+        Target(f"{far.name} IPv4", far.overlay_ipv4),
+        Target(f"{far.name} IPv6", far.overlay_ipv6),
+        Target(f"{standby_client.name} IPv4", standby_client.overlay_ipv4),
+    ]
+    interval = 0.01
+    logs = state_dir / "faults" / "hub-loss-two-hubs"
+    out(f"two hubs: {hub.name} powered off for {down_seconds:.0f} s; pings every {interval * 1000:.0f} ms from {observer.name}")
+    pingers = [Pinger(t.address, lab.endpoint_ns(observer), logs / f"{i}.log", interval, label=t.label) for i, t in enumerate(targets)]
+    try:
+        time.sleep(2.0)
+        # A VM that dies stops forwarding and answering BFD at the same instant: the hub is cut off the internet
+        # first (every datagram to or from its public address dropped), then powered off.
+        off_at = time.time()
+        cut_off(lab, plan.hub, True)
+        try:
+            off = power_off(lab, hub.name, out)
+        finally:
+            cut_off(lab, plan.hub, False)
+        time.sleep(down_seconds)
+        back_at = time.time()
+        bt = boot(lab, hub.name, text, out=out)
+        time.sleep(4.0)
+    finally:
+        results = stop_all(pingers)
+    doc: dict[str, Any] = {
+        "fault": "hub-loss-two-hubs",
+        "hub": hub.name,
+        "standby": plan.router(plan.standby).name,
+        "observer": observer.name,
+        "interval_ms": interval * 1000,
+        "down_seconds": down_seconds,
+        "power_off_seconds": round(off.seconds, 3),
+        "boot_command": {"ok": bt.apply.ok, "seconds": round(bt.apply.seconds, 3), "changes": bt.apply.changes},
+        "targets": {
+            label: {
+                "sent": log.transmitted,
+                "answered": len(log.replies),
+                "duplicates": log.duplicates,
+                "failover_outage_s": outage_around(log, off_at),
+                "failback_outage_s": outage_around(log, back_at, 3.0 + bt.apply.seconds),
+                "gaps": [(f, n) for f, n in gaps(log) if n > 1][:20],
+            }
+            for label, log in results.items()
+        },
+    }
+    worst_over = max(v["failover_outage_s"] for v in doc["targets"].values())
+    worst_back = max(v["failback_outage_s"] for v in doc["targets"].values())
+    dups = sum(v["duplicates"] for v in doc["targets"].values())
+    out(f"failover outage (longest, any target): {worst_over} s; failback: {worst_back} s; duplicate replies: {dups}")
+    probes = [
+        Probe("hub-loss-two-hubs", "cross-site traffic moves to the standby in under 1 s", worst_over < 1.0, json.dumps(doc["targets"])),
+        Probe("hub-loss-two-hubs", "and back to the hub in under 1 s once it returns", worst_back < 1.0, json.dumps(doc["targets"])),
+        Probe("hub-loss-two-hubs", "no duplicate reply (no frame delivered twice, no loop)", dups == 0, f"{dups} duplicates"),
+        Probe("hub-loss-two-hubs", "hub boot command", bt.apply.ok, f"{bt.apply.changes} changes in {bt.apply.seconds:.2f} s"),
+    ]
+    res = FaultResult(doc, probes)
+    res.files = _write(results_dir, "hub-loss-two-hubs", doc, probes)
+    return res
+
+
 # --------------------------------------------------------------------------- CLI entry points
 
 
@@ -501,6 +617,10 @@ def run_reboot(node: str, results: Path, full_check: bool = True) -> int:
 
 def run_hub_loss(results: Path, down_seconds: float, full_check: bool = True) -> int:
     require_root("hub-loss")
+    if Lab(STATE_DIR).plan.standby is not None:
+        res = hub_loss_two_hubs(results, down_seconds)
+        _print_probes(res)
+        return 0 if res.ok else 1
     res = hub_loss(results, down_seconds, full_check=full_check)
     d = res.doc
     wd = d["while_down"]

@@ -214,6 +214,11 @@ def up(
         raise LabError(esp_message())
     if plan.encrypted and not strongswan_installed():
         raise LabError(strongswan_message())
+    if plan.standby is not None and not (shutil.which("vtysh") and os.path.exists("/usr/lib/frr/bfdd")):
+        raise LabError(
+            "two hubs (standbyHub) need FRR's bfdd on each lab router, and FRR is not installed: "
+            "`apt-get install frr` (scripts/setup.sh does, without starting its service), or drop --standby-hub"
+        )
     st.key_seed = os.urandom(32).hex()
     existing = lab_exists(state_dir, prefix)
     if existing:

@@ -82,6 +82,7 @@ DEFAULTS: Final[Mapping[str, Any]] = {
     "connectivityCheck": True,
     "connectivityCheckFailsUpdate": True,
     "ipsecRekeySeconds": REKEY_SECONDS,
+    "standbyHub": "",
 }
 REQUIRED_KEYS: Final = ("hub", "sites", "adminCidr", "sshPublicKey")
 # Map-valued keys (set with `pulumi config set --path`): Pulumi.yaml cannot declare them.
@@ -193,6 +194,9 @@ class OverlayConfig:
 
     ipsec_rekey_seconds: int = REKEY_SECONDS
     """encryption ipsec: seconds between CHILD_SA rekeyings (new keys, a new X25519 exchange)."""
+    standby_hub: str = ""
+    """hub-and-spoke: the site whose router takes over from the hub's when the hub is lost ("": none). Every spoke
+    tunnels to both; each spoke moves to the standby by itself when BFD finds the hub gone, and back when it returns."""
 
     def site(self, name: str) -> SiteConfig:
         for s in self.sites:
@@ -353,6 +357,16 @@ def parse_config(raw: Mapping[str, Any]) -> OverlayConfig:
     hub = raw.get("hub")
     if hub not in (None, "") and names and hub not in names:
         c.add("hub", hub, f"not among the sites{_closest(str(hub), tuple(names))}: set one of {', '.join(names)}")
+    standby = get("standbyHub")
+    if standby not in (None, ""):
+        if not isinstance(standby, str) or (names and standby not in names):
+            c.add("standbyHub", standby, f"not among the sites{_closest(str(standby), tuple(names))}: set one of {', '.join(names)}, or \"\" for none")
+        elif standby == hub:
+            c.add("standbyHub", standby, "is the hub itself: set another site, or \"\" for none")
+        elif topology is not None and topology != "hub-and-spoke":
+            c.add("standbyHub", standby, f"a standby hub takes over from the hub of a hub-and-spoke overlay, and the topology is {topology}: set topology hub-and-spoke, or standbyHub \"\"")
+        elif names and len(names) < 3:
+            c.add("standbyHub", standby, f"the config has {len(names)} sites, so no spoke would fail over: add a site, or set standbyHub \"\"")
     if topology == "point-to-point" and names and len(names) != 2:
         c.add(
             "topology",
@@ -428,6 +442,7 @@ def parse_config(raw: Mapping[str, Any]) -> OverlayConfig:
     assert containers is not None and image is not None and check is not None and check_fails is not None and isinstance(hub, str)
     assert rekey is not None
     return OverlayConfig(
+        standby_hub=str(standby or ""),
         hub=hub,
         protocol=cast(Protocol, protocol),
         topology=cast(Topology, topology),

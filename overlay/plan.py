@@ -37,7 +37,7 @@ from multicloud_overlay.overlay.encapsulation import (
 )
 
 Kind = Literal["router", "client"]
-Role = Literal["hub", "spoke", "peer", "client"]
+Role = Literal["hub", "standby", "spoke", "peer", "client"]
 Via = Literal["internet", "lan"]
 
 BRIDGE: Final = "br-overlay"
@@ -61,6 +61,18 @@ def tunnel_vni(base: int, site_a: int, site_b: int | None = None) -> int:
         return base + site_a
     low, high = sorted((site_a, site_b))
     return base + 1000 * low + high
+
+
+PROBE_HOST: Final = 3
+"""The BFD probe of a router (two hubs): its MAC is overlay_mac(site, PROBE_HOST); no overlay address uses the host."""
+BFD_INTERVAL_MS: Final = 100
+BFD_MULTIPLIER: Final = 3
+"""A session is down after 3 missed packets at 100 ms: a lost hub is noticed in about 0.3 s."""
+
+
+def probe_address(site_id: int) -> str:
+    """The link-local IPv6 address of a router's BFD probe: never routed, and no overlay or cloud address."""
+    return f"fe80::6f:{site_id:x}"
 
 
 def overlay_mac(site_id: int, host: int) -> str:
@@ -95,6 +107,10 @@ class Tunnel:
     remote: str | None
     """Peer's underlay address for via=lan; None for via=internet (the peer's public address is known
     only once reserved: see node_config)."""
+    standby_for: str | None = None
+    """Two hubs: the tunnel this one stands in for. It floods only while that one is down (BFD), so that a broadcast
+    takes one tree at any time: a spoke's tunnel to the standby hub stands in for its tunnel to the hub, and the
+    standby hub's tunnels to spokes stand in for its tunnel to the hub."""
 
 
 @dataclass(frozen=True)
@@ -149,16 +165,23 @@ class Plan:
             return "use topology hub-and-spoke (a spoke router then has one peer, the hub), or fewer sites"
         if self.config.topology == "point-to-point":
             return "point-to-point has one peer: this limit is not about peers"
-        if self.router(site).role == "hub":
-            return "make another site the hub or give this hub fewer peers"
+        if self.router(site).role in ("hub", "standby"):
+            return "make another site the hub (or the standby hub) or give this hub fewer peers"
+        if self.standby is not None:
+            return "a spoke has two peers, the hubs: this limit is not about peers"
         return "a spoke has one peer, the hub: this limit is not about peers"
 
     @property
-    def split_horizon(self) -> bool:
-        """Router tunnels must not forward to each other (full mesh): each is an isolated bridge port, so a frame
-        that came from one peer router never goes out to another, and a flooded frame reaches every router once.
-        A hub forwards between its spokes' tunnels: there it stays off."""
-        return self.config.topology == "full-mesh"
+    def standby(self) -> str | None:
+        """The standby hub's site (None: one hub)."""
+        return self.config.standby_hub or None
+
+    def split_horizon(self, node: Node) -> bool:
+        """Whether this router's tunnels must not forward to each other: each is then an isolated bridge port, so a
+        frame that came from one peer router never goes out to another. In a full mesh, so that a flooded frame
+        reaches every router once; with two hubs, on every spoke, so that a spoke never relays between the hubs.
+        A hub (and a standby hub) forwards between its spokes' tunnels: there it stays off."""
+        return self.config.topology == "full-mesh" or (self.standby is not None and node.role == "spoke")
 
     def switch_waves(self) -> tuple[tuple[str, ...], ...]:
         """Routers in the order they switch to new tunnels in a make-before-break change (overlay_node.transition):
@@ -249,6 +272,7 @@ def build_plan(cfg: OverlayConfig) -> Plan:
     by_name = {s.name: s for s in cfg.sites}
     hub = by_name[cfg.hub]
     nodes: list[Node] = []
+    hub_tunnel = f"ovl-r{hub.site_id}"
     for site in cfg.sites:
         wan_ip = _host(site.wan_cidr, 10)
         router_lan = _host(site.lan_cidr, 10)
@@ -259,9 +283,20 @@ def build_plan(cfg: OverlayConfig) -> Plan:
         elif site.name == hub.name:
             role = "hub"
             peers = [s for s in cfg.sites if s.name != hub.name]
+        elif site.name == cfg.standby_hub:
+            role = "standby"
+            peers = [s for s in cfg.sites if s.name != site.name]
         else:
             role = "spoke"
-            peers = [hub]
+            peers = [hub, *(s for s in cfg.sites if s.name == cfg.standby_hub)]
+
+        def stands_in(p: SiteConfig, role: Role = role) -> str | None:
+            if role == "spoke" and p.name == cfg.standby_hub:
+                return hub_tunnel
+            if role == "standby" and p.name != hub.name:
+                return hub_tunnel
+            return None
+
         tunnels = [
             Tunnel(
                 name=f"ovl-r{p.site_id}",
@@ -271,6 +306,7 @@ def build_plan(cfg: OverlayConfig) -> Plan:
                 via="internet",
                 local=wan_ip,
                 remote=None,
+                standby_for=stands_in(p),
             )
             for p in peers
         ]
@@ -403,8 +439,10 @@ def _node_doc(
             continue
         remote = t.remote if t.via == "lan" else public_ips[t.peer_site]
         entry: dict[str, Any] = {"name": t.name, "peer": t.peer, "vni": t.vni, "local": t.local, "remote": remote}
-        if plan.split_horizon and t.via == "internet":
+        if plan.split_horizon(node) and t.via == "internet":
             entry["isolated"] = True
+        if t.standby_for is not None:
+            entry["standby_for"] = t.standby_for
         if plan.encrypted and t.via == "internet":
             entry["psk"] = tunnel_psk(node, t, pair_keys)
         tunnels.append(entry)
@@ -427,13 +465,25 @@ def _node_doc(
         "forwarding": node.kind == "router",
         "open_host_firewall": PLATFORMS[node.platform].closed_host_firewall,
         "tunnels": tunnels,
-        "fdb": [e for e in mac_table(plan, node) if e["port"] in ports],
+        "fdb": [e if e.get("backup") in ports else {"mac": e["mac"], "port": e["port"]} for e in mac_table(plan, node) if e["port"] in ports],
         "containers": {
             "runtime": container_runtime,
             "image": cfg.container_image,
             "items": [{"name": c.name, "link": c.link, "ipv4": c.ipv4, "ipv6": c.ipv6, "mac": c.mac} for c in node.containers],
         },
     }
+    if plan.standby is not None and node.kind == "router" and not bootstrap:
+        doc["bfd"] = {
+            "mac": overlay_mac(plan.site_id(node.site), PROBE_HOST),
+            "address": probe_address(plan.site_id(node.site)),
+            "interval_ms": BFD_INTERVAL_MS,
+            "multiplier": BFD_MULTIPLIER,
+            "peers": [
+                {"tunnel": t.name, "address": probe_address(plan.site_id(t.peer_site)), "mac": overlay_mac(plan.site_id(t.peer_site), PROBE_HOST)}
+                for t in node.tunnels
+                if t.via == "internet"
+            ],
+        }
     if plan.encrypted and node.kind == "router" and not bootstrap:
         doc["ipsec"] = {
             "id": public_ips[node.site],
@@ -465,11 +515,16 @@ def mac_table(plan: Plan, node: Node) -> list[dict[str, str]]:
     swap: while the nodes converge one by one, the new hub hears a spoke's frames through the old hub and learns
     them on that tunnel, and a quiet host stays unreachable until the entry ages out (300 s). The entries are
     "sticky": traffic can never move them. Clients have a single tunnel and need none.
+
+    With two hubs an entry may have a `backup` tunnel, which the node moves it to while BFD finds its own tunnel
+    down and the backup up: on a spoke, whatever lies behind one hub has the other hub's tunnel as backup; on a hub,
+    a spoke's MACs have the other hub's tunnel as backup (a spoke that lost this hub is reached through the other).
     """
     if node.kind != "router":
         return []
     ports = {t.peer_site: t.name for t in node.tunnels if t.via == "internet"}
     client_port = next(t.name for t in node.tunnels if t.via == "lan")
+    hubs = [h for h in (plan.hub, plan.standby) if h is not None]
     out: list[dict[str, str]] = []
     for other in plan.nodes:
         if other.site == node.site:
@@ -479,8 +534,16 @@ def mac_table(plan: Plan, node: Node) -> list[dict[str, str]]:
         port = ports.get(other.site) or ports.get(plan.hub)
         if port is None:
             continue  # not reachable from this router in this topology
-        out.append({"mac": other.mac, "port": port})
-        out += [{"mac": c.mac, "port": port} for c in other.containers]
+        backup = None
+        if plan.standby is not None and node.role == "spoke":
+            backup = ports[plan.standby] if port == ports[plan.hub] else ports[plan.hub]
+        elif plan.standby is not None and node.role in ("hub", "standby") and other.site not in hubs:
+            backup = ports[plan.standby if node.role == "hub" else plan.hub]
+        for mac in (other.mac, *(c.mac for c in other.containers)):
+            out.append({"mac": mac, "port": port, **({"backup": backup} if backup else {})})
+    if plan.standby is not None:
+        # A peer's BFD probe only down the direct tunnel: a session tests that tunnel and nothing else.
+        out += [{"mac": overlay_mac(plan.site_id(site), PROBE_HOST), "port": port} for site, port in ports.items()]
     return out
 
 

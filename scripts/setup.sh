@@ -14,6 +14,7 @@ APT_PACKAGES=(
   graphviz                                               # `dot`: make graph / lab graph draw the topology (docs/topology.svg)
   debootstrap qemu-utils e2fsprogs genisoimage dpkg-dev binutils xz-utils zstd openssh-client dnsmasq-base  # lab boot: node image (its repository recompressed), seeds, DHCP, SSH
   strongswan-charon strongswan-swanctl libstrongswan-standard-plugins  # encryption ipsec: the IKE daemon of each lab router
+  frr                                                    # two hubs: FRR's bfdd and zebra, started per lab router, not as a service
 )
 
 if [ "$(id -u)" -ne 0 ]; then
@@ -28,7 +29,15 @@ done
 if [ "${#missing[@]}" -gt 0 ]; then
   echo "setup: installing Debian packages: ${missing[*]}"
   apt-get update -q
+  # FRR's package would start its daemons in the host's own network namespace: the lab starts its own per router.
+  policy=""
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    policy=/usr/sbin/policy-rc.d
+    printf '#!/bin/sh\ncase "$1" in frr) exit 101 ;; esac\nexit 0\n' > "$policy"
+    chmod 755 "$policy"
+  fi
   DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
+  [ -z "$policy" ] || rm -f "$policy"
 else
   echo "setup: Debian packages present"
 fi

@@ -696,7 +696,7 @@ def test_push_waits_for_cloud_init_then_validates_installs_and_applies_under_the
     text = json.dumps(doc)
     config = tmp_path / "etc" / "node.json"
 
-    def converge(d: dict[str, Any], state_dir: str, _log: Any, before: Any = None, restore: Any = None) -> int:
+    def converge(d: dict[str, Any], state_dir: str, _log: Any, before: Any = None, restore: Any = None, **_: Any) -> int:
         events.append(f"lock taken, installed before: {config.exists()}")
         before()
         events.append(f"installed: {config.read_text() == text}; applying {d['node']}")

@@ -117,7 +117,7 @@ def test_full_mesh_tunnels_every_router_pair_directly_with_split_horizon() -> No
     raw["topology"] = "full-mesh"
     plan = plan_of(raw)
     sites = [s.name for s in plan.config.sites]
-    assert plan.split_horizon and not DEV_PLAN.split_horizon
+    assert all(plan.split_horizon(r) for r in plan.routers()) and not any(DEV_PLAN.split_horizon(r) for r in DEV_PLAN.routers())
     for site in sites:
         router = plan.router(site)
         assert router.role == "peer" and sorted(plan.peer_sites(site)) == sorted(s for s in sites if s != site)

@@ -1,0 +1,110 @@
+"""Two hubs in the lab (`standbyHub`): four sites, the hub on AWS, the standby on GCP, two spokes. The full matrix;
+the hub lost and back (the spokes move to the standby by BFD, and back); the standby lost (nothing moves); the two
+hubs cut from each other; one spoke cut from the hub alone. Duplicate replies are counted everywhere: a frame
+delivered twice, or a loop, would show as one."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from bench.configs import stack_with_sites
+from bench.labrun import write_stack_file
+from lab.check import Lab
+from lab.probes import ping
+from lab.state import STATE_DIR
+from tests.lab.conftest import CLEAR, assert_clean, host_baseline, lab
+
+pytestmark = [pytest.mark.root, pytest.mark.slow]
+
+SITES = {"aws": ("aws", 1), "azure": ("azure", 2), "gcp": ("gcp", 3), "oci": ("oci", 4)}
+CONTAINERS = [f"{s}-c1" for s in SITES]
+
+
+@pytest.fixture(scope="module")
+def two_hubs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    from lab.lifecycle import lab_exists
+
+    existing = lab_exists(STATE_DIR)
+    if existing:
+        pytest.fail(f"a lab is already up ({', '.join(existing[:3])}): run `python -m lab down` before the lab tests")
+    raw = stack_with_sites(SITES, "aws", containersPerRouter=1, standbyHub="gcp")
+    stack = write_stack_file(raw, "two-hubs", tmp_path_factory.mktemp("stacks"))
+    baseline = host_baseline()
+    proc = lab("up", "--stack", str(stack), *CLEAR)
+    try:
+        if proc.returncode != 0:
+            pytest.fail(f"lab up failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+        yield stack
+    finally:
+        lab("down")
+    assert_clean(baseline, CONTAINERS)
+
+
+def check(results: Path) -> dict:
+    proc = lab("check", "--results", str(results))
+    doc = json.loads((results / "check.json").read_text())
+    assert proc.returncode == 0, f"{doc['summary']}; {doc['failures'][:10]}\n{proc.stdout[-2000:]}"
+    return doc
+
+
+def reaches(lab_: Lab, src: str, dst: str) -> tuple[bool, int]:
+    """Whether a node answers pings from another, on IPv4 and IPv6, and how many replies came twice (ping's DUP!)."""
+    ns = lab_.node_ns(src)
+    node = lab_.plan.node(dst)
+    echoes = [ping(a, ns, count=3, interval=0.2, wait=1) for a in (node.overlay_ipv4, node.overlay_ipv6)]
+    return all(e.ok for e in echoes), sum(e.output.count("DUP!") for e in echoes)
+
+
+def cut(lab_: Lab, a: str, b: str, on: bool) -> None:
+    """Drop (or stop dropping) every datagram between two sites' public addresses on the emulated internet."""
+    ips = dict(lab_.layout.public_ips)
+    for src, dst in ((ips[a], ips[b]), (ips[b], ips[a])):
+        lab_.sh.ns(lab_.layout.internet_ns, ["iptables", "-w", "-I" if on else "-D", "FORWARD", "-s", src, "-d", dst, "-j", "DROP"])
+
+
+def test_the_full_matrix_passes_with_two_hubs(two_hubs: Path, tmp_path: Path) -> None:
+    doc = check(tmp_path)
+    assert doc["summary"]["pairs"] == doc["summary"]["passed"]
+
+
+def test_the_spokes_move_to_the_standby_when_the_hub_is_lost_and_back_when_it_returns(two_hubs: Path, tmp_path: Path) -> None:
+    proc = lab("hub-loss", "--results", str(tmp_path), "--down-seconds", "5", timeout=600)
+    doc = json.loads((tmp_path / "hub-loss-two-hubs.json").read_text())
+    print(json.dumps(doc, indent=1))
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+    for target in doc["targets"].values():
+        assert target["failover_outage_s"] < 1.0 and target["failback_outage_s"] < 1.0 and target["duplicates"] == 0
+    check(tmp_path / "after")
+
+
+def test_the_hubs_cut_from_each_other_keep_every_spoke_path(two_hubs: Path, tmp_path: Path) -> None:
+    lab_ = Lab(STATE_DIR)
+    cut(lab_, "aws", "gcp", True)
+    try:
+        time.sleep(1.5)
+        for src, dst in (("azure-client", "oci-client"), ("azure-client", "gcp-client"), ("oci-client", "aws-client"), ("azure-client", "aws-client")):
+            ok, dups = reaches(lab_, src, dst)
+            assert ok and dups == 0, (src, dst, dups)
+    finally:
+        cut(lab_, "aws", "gcp", False)
+    time.sleep(1.5)
+    check(tmp_path)
+
+
+def test_a_spoke_cut_from_the_hub_alone_goes_through_the_standby(two_hubs: Path, tmp_path: Path) -> None:
+    lab_ = Lab(STATE_DIR)
+    cut(lab_, "azure", "aws", True)
+    try:
+        time.sleep(1.5)
+        for src, dst in (("azure-client", "oci-client"), ("oci-client", "azure-client"), ("azure-client", "aws-client"), ("aws-client", "azure-client")):
+            ok, dups = reaches(lab_, src, dst)
+            assert ok and dups == 0, (src, dst, dups)
+    finally:
+        cut(lab_, "azure", "aws", False)
+    time.sleep(1.5)
+    check(tmp_path)
