@@ -9,7 +9,13 @@ start of the boot command) and whether the full check matrix passed afterwards, 
 later one (the lab runs it up to 3 times; both are reported); hub-loss also gives the site-local availability
 while the hub was down.
 
-    sudo .venv/bin/python -m bench.faults [--rounds 3] [--down-seconds 5]
+Then the same stack again with a standby hub (`--standby-hub`, default the first site that is not the hub), and
+`lab hub-loss` once per round: with two hubs the spokes move to the standby by themselves (BFD), so the JSON gives
+the cross-site outage when the hub goes (10 ms pings between two spokes' clients and to the standby's client) and
+when it returns. The summary sets it against one hub's cross-site outage (the hub's down time plus the first
+cross-site reply after its boot command started), measured in the same run.
+
+    sudo .venv/bin/python -m bench.faults [--rounds 3] [--down-seconds 5] [--standby-hub gcp]
 
 Writes bench/results/faults.json and .png (per-fault lab outputs under bench/results/faults/).
 """
@@ -121,13 +127,34 @@ def one_hub_loss(rnd: int, down_seconds: float, out_dir: Path, log: Path) -> dic
     }
 
 
+def one_two_hub_loss(rnd: int, down_seconds: float, out_dir: Path, log: Path) -> dict[str, Any]:
+    d = out_dir / f"r{rnd + 1}-hub-loss-two-hubs"
+    shutil.rmtree(d, ignore_errors=True)
+    run = lab(["hub-loss", "--down-seconds", str(down_seconds), "--results", str(d)], log=log)
+    doc = read_json(d / "hub-loss-two-hubs.json") or {}
+    targets = doc.get("targets") or {}
+    return {
+        "round": rnd + 1,
+        "fault": "hub-loss-two-hubs",
+        "hub": doc.get("hub"),
+        "standby": doc.get("standby"),
+        "ok": run.ok,
+        "wall_s": round(run.seconds, 2),
+        "failover_outage_s": max((t["failover_outage_s"] for t in targets.values()), default=None),
+        "failback_outage_s": max((t["failback_outage_s"] for t in targets.values()), default=None),
+        "duplicates": sum(t["duplicates"] for t in targets.values()),
+        "targets": targets,
+        "results_dir": str(d.relative_to(RESULTS)),
+    }
+
+
 def tries_text(x: dict[str, Any]) -> str:
     if not x["check_pass"]:
         return f"FAIL ({x['check_runs']} tries)"
     return "PASS (first try)" if x["check_first_try_pass"] else f"PASS (try {x['check_tries']}: first try FAILED)"
 
 
-def summarise(reboots: list[dict[str, Any]], losses: list[dict[str, Any]]) -> dict[str, Any]:
+def summarise(reboots: list[dict[str, Any]], losses: list[dict[str, Any]], two: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     rows = []
     for kind in KINDS:
         xs = [x for x in reboots if x["kind"] == kind]
@@ -162,7 +189,19 @@ def summarise(reboots: list[dict[str, Any]], losses: list[dict[str, Any]]) -> di
             "check_pass": sum(1 for x in losses if x["check_pass"]),
             "check_first_try_pass": sum(1 for x in losses if x["check_first_try_pass"]),
         }
-    return {"reboot": rows, "hub_loss": hub}
+    pair = None
+    if losses and two:
+        one_outage = median([None if x["down_s"] is None or x["first_cross_site_s"] is None else x["down_s"] + x["first_cross_site_s"] for x in losses])
+        over = median([x["failover_outage_s"] for x in two])
+        pair = {
+            "n": len(two),
+            "one_hub_cross_site_outage_s_median": None if one_outage is None else round(one_outage, 3),
+            "two_hubs_failover_outage_s_median": over,
+            "two_hubs_failback_outage_s_median": median([x["failback_outage_s"] for x in two]),
+            "two_hubs_duplicates": sum(x["duplicates"] for x in two),
+            "ratio": None if not one_outage or over is None else round(over / one_outage, 4),
+        }
+    return {"reboot": rows, "hub_loss": hub, "two_hubs": pair}
 
 
 def table(summary: dict[str, Any]) -> str:
@@ -186,6 +225,14 @@ def table(summary: dict[str, Any]) -> str:
             f"  back: boot command {fmt(h['boot_command_s_median'], '.2f')} s, first cross-site reply {fmt(h['first_cross_site_s_median'], '.2f')} s, "
             f"all probed cross-site targets {fmt(h['all_cross_site_s_median'], '.2f')} s, full matrix passed {fmt(h['full_matrix_after_s_median'], '.1f')} s "
             f"after the boot command started (medians); check {h['check_pass']}/{h['n']}, on the first try {h['check_first_try_pass']}/{h['n']}",
+        ]
+    t = summary.get("two_hubs")
+    if t:
+        lines += [
+            "",
+            f"hub loss, cross-site outage: one hub {fmt(t['one_hub_cross_site_outage_s_median'], '.2f')} s (down time + first reply after "
+            f"boot), two hubs {fmt(t['two_hubs_failover_outage_s_median'], '.3f')} s (x{fmt(t['ratio'], '.4f')}); the hub's return "
+            f"{fmt(t['two_hubs_failback_outage_s_median'], '.3f')} s; duplicate replies {t['two_hubs_duplicates']} (medians of {t['n']})",
         ]
     return "\n".join(lines)
 
@@ -228,6 +275,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3, help="rounds of (3 reboots + 1 hub loss) (default 3)")
     parser.add_argument("--down-seconds", type=float, default=5.0, help="how long the hub stays down at least (default 5)")
     parser.add_argument("--stack", default="dev")
+    parser.add_argument("--standby-hub", help="the standby hub of the two-hub rounds (default: the first site that is not the hub)")
     args = parser.parse_args(argv)
     require_root()
     require_no_lab()
@@ -236,6 +284,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     reboots: list[dict[str, Any]] = []
     losses: list[dict[str, Any]] = []
+    two: list[dict[str, Any]] = []
     initial: dict[str, Any] = {}
 
     def report() -> dict[str, Any]:
@@ -246,7 +295,7 @@ def main(argv: list[str] | None = None) -> int:
             "stack": args.stack,
             "rounds": args.rounds,
             "down_seconds": args.down_seconds,
-            "complete": len(reboots) == 3 * args.rounds and len(losses) == args.rounds,
+            "complete": len(reboots) == 3 * args.rounds and len(losses) == args.rounds and len(two) == args.rounds,
             "initial": initial,
             "method": (
                 "reboot: power-off kills every process of the node (dockerd, containerd, shims, containers), removes its "
@@ -262,9 +311,10 @@ def main(argv: list[str] | None = None) -> int:
                 "check up to 3 times: check_first_try_pass says whether its first run passed, check_tries how many "
                 "runs it took, check_failed_runs what the failed runs missed"
             ),
-            "summary": summarise(reboots, losses),
+            "summary": summarise(reboots, losses, two),
             "reboots": reboots,
             "hub_losses": losses,
+            "two_hub_losses": two,
             "wall_seconds": round(time.monotonic() - started, 1),
         }
 
@@ -280,7 +330,7 @@ def main(argv: list[str] | None = None) -> int:
         plan = Lab().plan
         sites = [s.name for s in plan.config.sites]
         # Steps: up and initial check, per round its reboots and one hub loss, then down.
-        progress.total = 2 + sum(len(fault_nodes(sites, plan.hub, r)) + 1 for r in range(args.rounds))
+        progress.total = 4 + sum(len(fault_nodes(sites, plan.hub, r)) + 2 for r in range(args.rounds))
         ck = lab(["check", "--results", str(out_dir / "00-initial")], log=log, progress=progress)
         initial = {"hub": plan.hub, "up_s": round(up.seconds, 1), "check_pass": ck.ok, "check_wall_s": round(ck.seconds, 1)}
         progress.step(f"lab up in {up.seconds:.1f} s, hub {plan.hub}; initial check {'PASS' if ck.ok else 'FAIL'} ({ck.seconds:.1f} s)")
@@ -305,6 +355,23 @@ def main(argv: list[str] | None = None) -> int:
                 f"{fmt(x['first_cross_site_s'], '.2f')} s, full matrix {fmt(x['full_matrix_after_s'], '.1f')} s  "
                 f"check {tries_text(x)}"
             )
+        standby = args.standby_hub or next(s for s in sites if s != plan.hub)
+        down = lab(["down"], log=log, progress=progress)
+        progress.step(f"lab down ({'ok' if down.ok else 'FAILED'}); up again with standby hub {standby}")
+        up = lab(["up", "--stack", args.stack, "--encryption", "none", "--standby-hub", standby], log=log, progress=progress)
+        if not up.ok:
+            print(up.output[-3000:], file=sys.stderr)
+            return 1
+        progress.step(f"lab up in {up.seconds:.1f} s, hub {plan.hub}, standby {standby}")
+        for rnd in range(args.rounds):
+            progress.status(f"round {rnd + 1}: hub loss with two hubs")
+            x = one_two_hub_loss(rnd, args.down_seconds, out_dir, log)
+            two.append(x)
+            write_json(NAME, report())
+            progress.step(
+                f"[round {rnd + 1}] hub loss {x['hub']} with standby {x['standby']}: cross-site outage {fmt(x['failover_outage_s'], '.3f')} s, "
+                f"back {fmt(x['failback_outage_s'], '.3f')} s, duplicates {x['duplicates']}"
+            )
     finally:
         down = lab(["down"], log=log, progress=progress)
         progress.step(f"lab down ({'ok' if down.ok else 'FAILED: ' + down.output[-500:]})")
@@ -318,7 +385,7 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(table(doc["summary"]))
     print(f"\ntook {doc['wall_seconds']} s ({'complete' if doc['complete'] else 'PARTIAL'}); wrote {path} and {NAME}.png")
-    ok = all(x["ok"] and x["check_pass"] for x in reboots + losses)
+    ok = all(x["ok"] and x["check_pass"] for x in reboots + losses) and all(x["ok"] for x in two)
     return 0 if doc["complete"] and ok else 1
 
 
