@@ -33,11 +33,12 @@ if [ "${#missing[@]}" -gt 0 ]; then
   policy=""
   if [ ! -e /usr/sbin/policy-rc.d ]; then
     policy=/usr/sbin/policy-rc.d
+    trap 'rm -f "$policy"' EXIT
     printf '#!/bin/sh\ncase "$1" in frr) exit 101 ;; esac\nexit 0\n' > "$policy"
     chmod 755 "$policy"
   fi
   DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
-  [ -z "$policy" ] || rm -f "$policy"
+  if [ -n "$policy" ]; then rm -f "$policy"; trap - EXIT; fi
 else
   echo "setup: Debian packages present"
 fi
