@@ -8,6 +8,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -98,3 +99,35 @@ def savings_in_effect(nodes: list[str] | None = None) -> dict[str, dict[str, boo
 def savings_missing(states: dict[str, dict[str, bool | None]]) -> dict[str, list[str]]:
     """Node -> the savings that apply to it but are not in effect."""
     return {n: [k for k, v in st.items() if v is False] for n, st in states.items() if False in st.values()}
+
+
+def lab_of_stack(raw: dict[str, Any], name: str, folder: Path, containers: list[str]) -> Iterator[Path]:
+    """A module's lab: `lab up` of this stack config (written as a stack file), in clear; `lab down` after, and
+    nothing left on the host. Fails at once if a lab is already up."""
+    from bench.labrun import write_stack_file
+    from lab.lifecycle import lab_exists
+    from lab.state import STATE_DIR
+
+    existing = lab_exists(STATE_DIR)
+    if existing:
+        pytest.fail(f"a lab is already up ({', '.join(existing[:3])}): run `python -m lab down` before the lab tests")
+    stack = write_stack_file(raw, name, folder)
+    baseline = host_baseline()
+    proc = lab("up", "--stack", str(stack), *CLEAR)
+    try:
+        if proc.returncode != 0:
+            pytest.fail(f"lab up failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+        yield stack
+    finally:
+        lab("down")
+    assert_clean(baseline, containers)
+
+
+def check_passes(results: Path) -> dict[str, Any]:
+    """`lab check`, which must pass; its JSON."""
+    import json
+
+    proc = lab("check", "--results", str(results))
+    doc = json.loads((results / "check.json").read_text())
+    assert proc.returncode == 0, f"{doc['summary']}; {doc['failures'][:10]}\n{proc.stdout[-2000:]}"
+    return doc

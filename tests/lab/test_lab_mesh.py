@@ -12,9 +12,7 @@ from pathlib import Path
 import pytest
 
 from bench.configs import stack_with_sites
-from bench.labrun import write_stack_file
-from lab.state import STATE_DIR
-from tests.lab.conftest import CLEAR, assert_clean, host_baseline, lab, savings_in_effect, savings_missing
+from tests.lab.conftest import check_passes, lab, lab_of_stack, savings_in_effect, savings_missing
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 
@@ -24,30 +22,12 @@ CONTAINERS = [f"{s}-c{i}" for s in SITES for i in (1, 2)]
 
 @pytest.fixture(scope="module")
 def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    from lab.lifecycle import lab_exists
-
-    existing = lab_exists(STATE_DIR)
-    if existing:
-        pytest.fail(f"a lab is already up ({', '.join(existing[:3])}): run `python -m lab down` before the lab tests")
     raw = stack_with_sites(SITES, "awseast", topology="full-mesh", containersPerRouter=2)
     raw["sites"]["awseast"]["region"], raw["sites"]["awswest"]["region"] = "us-east-1", "us-west-2"  # two regions of one cloud
-    stack = write_stack_file(raw, "mesh", tmp_path_factory.mktemp("stacks"))
-    baseline = host_baseline()
-    proc = lab("up", "--stack", str(stack), *CLEAR)
-    try:
-        if proc.returncode != 0:
-            pytest.fail(f"lab up failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
-        yield stack
-    finally:
-        lab("down")
-    assert_clean(baseline, CONTAINERS)
+    yield from lab_of_stack(raw, "mesh", tmp_path_factory.mktemp("stacks"), CONTAINERS)
 
 
-def check(results: Path) -> dict:
-    proc = lab("check", "--results", str(results))
-    doc = json.loads((results / "check.json").read_text())
-    assert proc.returncode == 0, f"{doc['summary']}; {doc['failures'][:10]}\n{proc.stdout[-2000:]}"
-    return doc
+check = check_passes
 
 
 def test_two_regions_of_one_platform_in_a_full_mesh(mesh: Path, tmp_path: Path) -> None:
