@@ -8,7 +8,7 @@ run with the same config changes nothing and says so. Standard library only (clo
     overlay-node apply --config /etc/multicloud-overlay/node.json --state-dir /var/lib/multicloud-overlay
     overlay-node push --config /etc/multicloud-overlay/node.json --state-dir DIR < new.json   # install + apply
     overlay-node validate --config FILE
-    overlay-node install-script --pin /etc/multicloud-overlay/node-script.sha256 --to PATH < script   # see below
+    overlay-node install-script --pin /etc/multicloud-overlay/node-script.sha256 --to PATH < packed   # see below
 
 User-data carries this script without what only a push uses (IPsec, make-before-break, the check: render.PUSH_ONLY,
 cloudinit/overlay_node_boot.py), which keeps the payload under AWS's 16 KiB. The program installs the whole script
@@ -18,6 +18,7 @@ before a node's first push; `install-script` takes only the script whose SHA-256
 from __future__ import annotations
 
 import argparse
+import base64
 import contextlib
 import fcntl
 import hashlib
@@ -29,6 +30,7 @@ import shutil
 import subprocess
 import sys
 import time
+import zlib
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -1450,12 +1452,25 @@ def _sha256_of(path: str) -> str:
         return ""
 
 
-def install_script(pin_path: str, to: str, data: bytes, log: Callable[[str], None]) -> int:
-    """Install DATA as the node script TO when its SHA-256 is the one PIN_PATH (written from user-data) holds.
+SCRIPT_MAX_BYTES = 4 << 20
+"""The most bytes install-script unpacks: the node script is about 60 KB; a larger stream is refused, and not unpacked further."""
+
+
+def install_script(pin_path: str, to: str, packed: bytes, log: Callable[[str], None]) -> int:
+    """Install the node script PACKED holds (base64 of its gzip: render.packed_node_script) as TO when its SHA-256 is
+    the one PIN_PATH (written from user-data) holds.
 
     The login user may run this as root, so it installs nothing else: not even the script of a newer program, whose
     pin a VM made earlier does not hold (user-data changes are ignored). Such a node keeps the full script it has,
     and says so; one that has only its boot script refuses, since a push would then have no code to run."""
+    try:
+        unzip = zlib.decompressobj(wbits=31)
+        data = unzip.decompress(base64.b64decode(packed.strip(), validate=True), SCRIPT_MAX_BYTES)
+        if unzip.unconsumed_tail or unzip.unused_data or not unzip.eof:
+            raise ValueError("too large, cut short, or more after it")
+    except (ValueError, zlib.error) as e:  # binascii.Error is a ValueError
+        print(f"overlay-node: no node script installed: stdin is not the packed node script (base64 of gzip, {SCRIPT_MAX_BYTES} bytes at most): {e}", file=sys.stderr)
+        return EXIT_REJECTED
     got = hashlib.sha256(data).hexdigest()
     try:
         with open(pin_path, encoding="ascii") as f:
@@ -1474,12 +1489,7 @@ def install_script(pin_path: str, to: str, data: bytes, log: Callable[[str], Non
     if have == got:
         log("overlay-node: the node script is installed already")
         return 0
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError:
-        print("overlay-node: the pinned node script is not UTF-8 text", file=sys.stderr)
-        return EXIT_REJECTED
-    install(to, text, 0o755)
+    install(to, data.decode(), 0o755)  # the pinned script: UTF-8 text
     log(f"  changed: installed the node script (sha256 {got[:16]})")
     return 0
 
@@ -1607,7 +1617,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     wp.add_argument("--config", required=True)
     wp.add_argument("--state-dir", required=True)
     wp.add_argument("--socket", required=True)
-    ip = sub.add_parser("install-script", help="read the node script on stdin and install it as --to if --pin holds its SHA-256")
+    ip = sub.add_parser("install-script", help="install the packed node script on stdin as --to if --pin holds its SHA-256")
     ip.add_argument("--pin", required=True)
     ip.add_argument("--to", required=True)
     args = parser.parse_args(argv)

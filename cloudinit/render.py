@@ -199,6 +199,20 @@ def script_sha256(script: str) -> str:
     return hashlib.sha256(script.encode("utf-8")).hexdigest()
 
 
+@functools.cache
+def node_script_sha256() -> str:
+    """The SHA-256 of node_script(): the pin user-data writes (SCRIPT_PIN), and the install's trigger."""
+    return script_sha256(node_script())
+
+
+@functools.cache
+def packed_node_script() -> str:
+    """node_script() as `overlay-node install-script` reads it on stdin: gzip, then base64 (a remote command's
+    stdin is text). A third of the script's size: the stdin travels once per node and stays in the stack's state,
+    as one of the command's outputs."""
+    return _gz_b64(node_script())
+
+
 class _Unannotate(ast.NodeTransformer):
     """`x: T = v` -> `x = v` and a bare `x: T` -> `pass`, outside class bodies (where a dataclass would read them)."""
 
@@ -281,7 +295,7 @@ def render_user_data(
     kind = doc["kind"]
     files: list[dict[str, Any]] = [
         {"path": NODE_SCRIPT, "permissions": "0755", "encoding": "gz+b64", "content": _gz_b64(boot_script())},
-        {"path": SCRIPT_PIN, "permissions": "0644", "content": script_sha256(node_script()) + "\n"},
+        {"path": SCRIPT_PIN, "permissions": "0644", "content": node_script_sha256() + "\n"},
         {
             "path": NODE_CONFIG,
             "permissions": "0600",  # once pushed, the config carries the router's tunnel keys
@@ -331,7 +345,7 @@ def render_user_data(
 
 
 def install_script_command() -> str:
-    """Remote command that installs the whole node script (node_script(), on stdin) in place of the boot script:
+    """Remote command that installs the whole node script (packed_node_script(), on stdin) in place of the boot script:
     before a node's first push, and again when the script changes (a node keeps its own if its pin differs)."""
     return f"sudo -n {shlex.join(INSTALL_SCRIPT_COMMAND)}"
 

@@ -2,10 +2,10 @@
 
 VMs boot with a bootstrap config from their user-data (their own site only, no credential) and ignore later
 user-data changes, so a hub swap, a protocol switch, an MTU or container-count change never replaces a VM.
-Each node gets a remote command that installs the whole node script (`<node>-script`: user-data carries only the
-part that applies the bootstrap config, pinned by its SHA-256), then one whose stdin is its full node config and whose `triggers` carry that config's
-digest: it runs once the VM is up (create), and again only when the node's config changed (its `update`, the
-same command). A router's change takes two make-before-break steps first, ordered across the stack by
+Each node gets a remote command that installs the whole node script (`<node>-config-script`: user-data carries only
+the part that applies the bootstrap config, pinned by its SHA-256), once per VM and script, then one whose stdin is
+its full node config and whose `triggers` carry that config's digest and the VM's id: it runs once the VM is up
+(create), and again only when the node's config changed or the VM was replaced (its `update`, the same command). A router's change takes two make-before-break steps first, ordered across the stack by
 `order_pushes`: every router prepares (new tunnels beside the old ones), then switches (the new hub first), then
 gets the push itself (old tunnels removed); see overlay_node.transition. Nothing travels as SSH environment
 variables: a stock Debian or Ubuntu sshd accepts only LANG and LC_* (AcceptEnv), and pulumi-command fails a command whose variables the server refuses.
@@ -21,7 +21,7 @@ from typing import Any
 import pulumi
 import pulumi_command as command
 
-from multicloud_overlay.cloudinit.render import install_script_command, node_script, push_command, script_sha256
+from multicloud_overlay.cloudinit.render import install_script_command, node_script_sha256, packed_node_script, push_command
 from multicloud_overlay.components.clouds.base import SSH_USER
 from multicloud_overlay.overlay.plan import config_digest
 
@@ -42,6 +42,8 @@ class NodeConfigPushArgs:
     """The node's SSH host public key (OpenSSH format): the connection is refused if the node shows another."""
     machine: pulumi.Resource
     """The VM: the push waits for it."""
+    vm_id: pulumi.Input[str]
+    """The VM's provider id: a new one (the VM was replaced) installs the node script and pushes the config again."""
     phased: bool = False
     """Make-before-break (routers): prepare and switch commands before the push."""
 
@@ -68,16 +70,16 @@ class NodeConfigPush(pulumi.ComponentResource):
         self.name, self.args = name, args
         self.digest: pulumi.Output[str] = args.doc.apply(config_digest)
         self.phases: dict[str, command.remote.Command] = {}
-        # The whole node script first (user-data carries only what applies the bootstrap config): whenever the
-        # config changes, so that a replaced VM gets it too, and whenever the script does.
+        # The whole node script first (user-data carries only what applies the bootstrap config): once per VM (a
+        # replaced VM has a new id) and whenever the script changes, not on every config change.
         script = install_script_command()
         self.script = command.remote.Command(
             f"{name}-script",
             connection=connection(args.host, args.private_key, args.host_key),
             create=script,
             update=script,
-            stdin=node_script(),
-            triggers=[self.digest, script_sha256(node_script())],
+            stdin=packed_node_script(),
+            triggers=[args.vm_id, node_script_sha256()],
             add_previous_output_in_env=False,
             opts=pulumi.ResourceOptions(parent=self, depends_on=[args.machine]),
         )
@@ -92,7 +94,7 @@ class NodeConfigPush(pulumi.ComponentResource):
             create=script,
             update=script,
             stdin=self.args.doc.apply(node_doc_json),
-            triggers=[self.digest],
+            triggers=[self.digest, self.args.vm_id],  # a replaced VM boots its bootstrap config: push it the full one
             add_previous_output_in_env=False,  # a stock sshd refuses PULUMI_COMMAND_STDOUT/STDERR (AcceptEnv LANG LC_*)
             opts=pulumi.ResourceOptions(parent=self, depends_on=[self.args.machine, self.script, *after]),
         )

@@ -82,6 +82,7 @@ class _OverlayNode(pulumi.ComponentResource):
         res: NodeResources = self._build(args.platform, spec)
         node = args.node
         self.machine = res.machine
+        self.vm_id = res.vm_id
         self.management_ip = res.management_ip
         self.private_ips = res.private_ips
         self.summary: pulumi.Output[dict[str, Any]] = pulumi.Output.all(res.management_ip, res.private_ips).apply(
@@ -220,6 +221,7 @@ class Site(pulumi.ComponentResource):
                     private_key=private_key,
                     host_key=self.host_keys[node.name],
                     machine=vm.machine,
+                    vm_id=vm.vm_id,
                     phased=node.kind == "router",
                 ),
                 pulumi.ResourceOptions(parent=vm),

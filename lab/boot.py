@@ -66,7 +66,8 @@ from multicloud_overlay.cloudinit.render import (
     UNIT_NAME,
     check_command,
     install_script_command,
-    node_script,
+    node_script_sha256,
+    packed_node_script,
     push_command,
 )
 from multicloud_overlay.components.clouds.registry import PLATFORMS
@@ -203,6 +204,9 @@ class BootState:
     key_seed: str
     image: dict[str, str]
     pids: dict[str, int] = dataclasses.field(default_factory=dict)
+    installed: dict[str, str] = dataclasses.field(default_factory=dict)
+    """node -> SHA-256 of the node script installed on its disk: installed again only when the script changes, as
+    the program's install runs once per VM and script (components.push)."""
 
     def plan(self) -> Plan:
         return lab_plan(load_raw(self.stack, self.sites, self.overrides))
@@ -522,8 +526,8 @@ def wait_booted(vm: VmSpec, started: float, timeout: float, out: Out) -> NodeBoo
 
 
 def install_node_script(vm: VmSpec) -> subprocess.CompletedProcess[str]:
-    """The program's install of the whole node script (install_script_command) over SSH, the script on stdin."""
-    return ssh(vm, install_script_command(), stdin=node_script(), timeout=900)
+    """The program's install of the whole node script (install_script_command) over SSH, the packed script on stdin."""
+    return ssh(vm, install_script_command(), stdin=packed_node_script(), timeout=900)
 
 
 def push_node(vm: VmSpec, doc: dict[str, Any], phase: str | None, install: bool = False) -> subprocess.CompletedProcess[str]:
@@ -550,18 +554,19 @@ def push_all(st: BootState, out: Out = print) -> list[dict[str, Any]]:
     layout = build_layout(plan, PREFIX)
     specs = {v.node: v for v in vm_specs(plan, layout)}
     docs = node_docs(plan, layout, st.key_seed)
+    script = node_script_sha256()
     results: list[dict[str, Any]] = []
     with ThreadPoolExecutor(max_workers=len(specs)) as pool:
         stages = push_stages(plan)
         for stage in stages:
             t0 = time.monotonic()
-            first = stage is stages[0]  # every node's first command of the run: the node script's install before it
+            first = stage is stages[0]  # a node's first command of the run: the node script's install, if it needs one
 
             def one(job: tuple[str, str | None], first: bool = first) -> dict[str, Any]:
                 node, phase = job
                 doc = docs[node]
                 t = time.monotonic()
-                p = push_node(specs[node], doc, phase, install=first)
+                p = push_node(specs[node], doc, phase, install=first and st.installed.get(node) != script)
                 return {
                     "node": node,
                     "phase": phase,
@@ -572,6 +577,9 @@ def push_all(st: BootState, out: Out = print) -> list[dict[str, Any]]:
 
             done = list(pool.map(one, stage))
             results += done
+            if first:
+                st.installed.update({d["node"]: script for d in done if d["ok"]})
+                save(st)
             out(
                 f"push stage {sorted({d['phase'] or 'push' for d in done})}: {sum(d['ok'] for d in done)}/{len(done)} ok in {time.monotonic() - t0:.1f} s"
             )

@@ -114,7 +114,7 @@ class SelfTest:
         from multicloud_overlay.cloudinit.render import (
             INSTALL_SCRIPT_COMMAND,
             PUSH_COMMAND,
-            node_script,
+            packed_node_script,
             read_payload,
             render_user_data,
             unit_exec_start,
@@ -136,7 +136,7 @@ class SelfTest:
             target.write_bytes(f.content)
             target.chmod(f.mode)
         output = ""
-        steps = ((unit_exec_start(payload), None), (list(INSTALL_SCRIPT_COMMAND), node_script()), (list(PUSH_COMMAND), json.dumps(doc) + "\n"))
+        steps = ((unit_exec_start(payload), None), (list(INSTALL_SCRIPT_COMMAND), packed_node_script()), (list(PUSH_COMMAND), json.dumps(doc) + "\n"))
         for command, stdin in steps:
             argv = [str(root / a.lstrip("/")) if a.startswith(("/etc/", "/var/", "/usr/local/")) else a for a in command]
             proc = _sh(["nsenter", f"--net=/run/netns/{self.ns(node)}", "--", *argv], check=False, input=stdin)

@@ -23,7 +23,7 @@ from lab.topology import map_argv, map_path
 from multicloud_overlay.cloudinit.render import (
     DOCKER_DAEMON,
     INSTALL_SCRIPT_COMMAND,
-    node_script,
+    packed_node_script,
     phase_command,
     read_payload,
     render_user_data,
@@ -91,7 +91,7 @@ def push(
     """The in-place push: the commands the program runs over SSH, the whole node script's install (on stdin;
     nothing changes once it is there) and `overlay-node push` or one of its make-before-break phases, the node
     config on stdin."""
-    installed = _run_node_script(sh, ns, node, list(INSTALL_SCRIPT_COMMAND), node_script(), state_dir, is_router, runtime)
+    installed = _run_node_script(sh, ns, node, list(INSTALL_SCRIPT_COMMAND), packed_node_script(), state_dir, is_router, runtime)
     if not installed.ok:
         return replace(installed, phase=phase)
     doc_text = json.dumps(doc, indent=1, sort_keys=True) + "\n"

@@ -12,7 +12,14 @@ from typing import Any
 import pytest
 import yaml
 
-from multicloud_overlay.cloudinit.render import LOGIN_USER, check_command, push_command
+from multicloud_overlay.cloudinit.render import (
+    LOGIN_USER,
+    check_command,
+    install_script_command,
+    node_script_sha256,
+    packed_node_script,
+    push_command,
+)
 from multicloud_overlay.components.stack_file import read_stack_file
 from multicloud_overlay.overlay.plan import config_digest, node_config, pair_key_name
 from tests.harness import (
@@ -163,6 +170,15 @@ def test_push_sends_the_node_config_and_pins_the_host_key() -> None:
     run = run_cached(dev_config(DEV["hub"]))
     plan = plan_of(dev_config(DEV["hub"]))
     ips = run.outputs["publicIps"]
+    # The mocks give every resource the id "<name>-id": each node's push and install carry its VM's id, so a
+    # replaced VM (a new id) gets the whole script and its config again.
+    vm_ids = {n.name: next(f"{name}-id" for _, name in DEV_VMS if name.startswith(f"{n.name}-")) for n in plan.nodes}
+    scripts = {r.name.removesuffix("-config-script"): r for r in run.of_type(COMMAND) if r.name.endswith("-config-script")}
+    assert set(scripts) == set(vm_ids)
+    for node, r in scripts.items():
+        assert r.inputs["stdin"] == packed_node_script() and r.inputs["create"] == install_script_command()
+        # Once per VM and script: not on a config change, which the config's digest would bring.
+        assert unsecret(r.inputs["triggers"]) == [vm_ids[node], node_script_sha256()]
     for r in run.of_type(COMMAND):
         conn = unsecret(r.inputs["connection"])
         assert conn["user"] == LOGIN_USER and conn["hostKey"].startswith("ssh-ed25519 ") and conn["privateKey"]
@@ -174,7 +190,7 @@ def test_push_sends_the_node_config_and_pins_the_host_key() -> None:
             node = r.name.removesuffix("-config-apply")
             doc = node_config(plan, node, ips, pair_keys=mock_pair_keys(plan))
             assert json.loads(unsecret(r.inputs["stdin"])) == doc
-            assert unsecret(r.inputs["triggers"]) == [config_digest(doc)]
+            assert unsecret(r.inputs["triggers"]) == [config_digest(doc), vm_ids[node]]
             assert r.inputs["create"] == push_command()
 
 

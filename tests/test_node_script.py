@@ -3,7 +3,9 @@ from their rendered payloads into a working VXLAN overlay, idempotently, and in 
 
 from __future__ import annotations
 
+import base64
 import copy
+import gzip
 import json
 import os
 import re
@@ -25,6 +27,7 @@ from multicloud_overlay.cloudinit.render import (
     PUSH_COMMAND,
     boot_script,
     node_script,
+    packed_node_script,
     read_payload,
     render_user_data,
     script_sha256,
@@ -723,8 +726,10 @@ def test_push_waits_for_cloud_init_then_validates_installs_and_applies_under_the
 # ---------------------------------------------------------------- the boot script and the whole script's install
 
 
-def install_script(pin: Path, to: Path, stdin: str, script: Path = SCRIPT) -> subprocess.CompletedProcess[str]:
+def install_script(pin: Path, to: Path, script_text: str, script: Path = SCRIPT, packed: str | None = None) -> subprocess.CompletedProcess[str]:
+    """`overlay-node install-script` with SCRIPT_TEXT packed as the program sends it (gzip, base64), or PACKED as is."""
     argv = [sys.executable, str(script), "install-script", "--pin", str(pin), "--to", str(to)]
+    stdin = packed if packed is not None else base64.b64encode(gzip.compress(script_text.encode())).decode()
     return subprocess.run(argv, input=stdin, capture_output=True, text=True)
 
 
@@ -756,6 +761,29 @@ def test_install_script_installs_only_the_pinned_script(tmp_path: Path) -> None:
     proc = install_script(tmp_path / "absent", to, other, script=to)
     assert proc.returncode == overlay_node.EXIT_REJECTED and "cannot read the pin" in proc.stderr
     assert to.read_text() == full
+
+
+def test_install_script_reads_only_the_packed_script_and_unpacks_no_more_than_its_cap(tmp_path: Path) -> None:
+    """What the program sends is packed_node_script(); the plain script, a stream cut short, one with bytes after the
+    gzip, and one that unpacks to more than SCRIPT_MAX_BYTES are refused before the pin is read."""
+    pin, to = tmp_path / "node-script.sha256", tmp_path / "overlay-node"
+    pin.write_text(script_sha256(node_script()) + "\n")
+    assert base64.b64decode(packed_node_script()) == gzip.compress(node_script().encode(), mtime=0)
+    assert len(packed_node_script()) < len(node_script().encode()) / 2  # the README's "under half"
+    proc = install_script(pin, to, "", packed=packed_node_script())
+    assert proc.returncode == 0 and to.read_text() == node_script(), proc.stderr
+    to.unlink()
+    packed = base64.b64decode(packed_node_script())
+    big = gzip.compress(b"#" * (overlay_node.SCRIPT_MAX_BYTES + 1), mtime=0)
+    for bad, why in (
+        (node_script(), "Only base64 data is allowed"),  # the plain script
+        (base64.b64encode(packed[:-100]).decode(), "too large, cut short, or more after it"),
+        (base64.b64encode(packed + b"x").decode(), "too large, cut short, or more after it"),
+        (base64.b64encode(big).decode(), "too large, cut short, or more after it"),
+    ):
+        proc = install_script(pin, to, "", packed=bad)
+        assert proc.returncode == overlay_node.EXIT_REJECTED and "stdin is not the packed node script" in proc.stderr and why in proc.stderr, (why, proc.stderr)
+        assert not to.exists()
 
 
 def test_the_boot_script_applies_only_a_bootstrap_config_and_refuses_the_rest(tmp_path: Path) -> None:
@@ -859,7 +887,7 @@ class TwoNodes:
         """As the program pushes to a node that booted from its payload (`start`): the whole node script's install in
         place of the boot script, then `overlay-node push` with the config on stdin; the push's result."""
         root = self.tmp / site
-        for command, stdin in ((INSTALL_SCRIPT_COMMAND, node_script()), (PUSH_COMMAND, json.dumps(doc))):
+        for command, stdin in ((INSTALL_SCRIPT_COMMAND, packed_node_script()), (PUSH_COMMAND, json.dumps(doc))):
             argv = [str(root / a.lstrip("/")) if a.startswith(("/etc/", "/var/", "/usr/local/")) else a for a in command]
             proc = subprocess.run(
                 ["nsenter", f"--net=/run/netns/{self.ns[site]}", "--", sys.executable, *argv], input=stdin, capture_output=True, text=True, timeout=120

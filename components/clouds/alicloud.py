@@ -523,6 +523,7 @@ class AlicloudSite(PlatformSite):
             management_ip=address.ip_address,
             private_ips={"wan": machine.private_ip, "lan": machine.secondary_ip},
             machine=machine,
+            vm_id=machine.instance_id,
             extra={"instanceId": machine.instance_id},
         )
 
@@ -549,6 +550,7 @@ class AlicloudSite(PlatformSite):
             management_ip=machine.public_ip,
             private_ips={"lan": machine.private_ip},
             machine=machine,
+            vm_id=machine.instance_id,
             extra={"instanceId": machine.instance_id},
         )
 

@@ -563,6 +563,7 @@ class AwsSite(PlatformSite):
             # The whole machine: the push needs the LAN ENI attached (overlay-node configures it) and the Elastic IP
             # associated (it dials that address), not only the instance.
             machine=machine,
+            vm_id=machine.instance_id,
             extra={"instanceId": machine.instance_id},
         )
 
@@ -589,6 +590,7 @@ class AwsSite(PlatformSite):
             management_ip=address.public_ip,
             private_ips={"lan": machine.private_ips["lan"]},
             machine=machine,  # the instance and its Elastic IP association (the push dials that address)
+            vm_id=machine.instance_id,
             extra={"instanceId": machine.instance_id},
         )
 

@@ -632,6 +632,7 @@ class AzureSite(PlatformSite):
             management_ip=self.router_address.ip_address,
             private_ips={"wan": node.wan_ip, "lan": node.lan_ip},
             machine=machine,  # NICs and VM (which waited for the NSG's rules)
+            vm_id=machine.vm.id,
             extra={"vmId": machine.vm.id},
         )
 
@@ -652,6 +653,7 @@ class AzureSite(PlatformSite):
             management_ip=mgmt.ip_address,
             private_ips={"lan": node.lan_ip},
             machine=machine,
+            vm_id=machine.vm.id,
             extra={"vmId": machine.vm.id},
         )
 

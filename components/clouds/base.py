@@ -74,6 +74,8 @@ class NodeResources:
     machine: pulumi.Resource
     """What later steps (the config push) must wait for: the VM, or a component holding the VM and the
     resources it needs to be reachable (NIC attachment, address association)."""
+    vm_id: pulumi.Output[str]
+    """The VM's provider id. A replaced VM has a new one: the push installs the node script and the config again."""
     extra: dict[str, pulumi.Input[str]] = field(default_factory=dict)
     """Platform-specific outputs worth exporting (instance id, ...)."""
 

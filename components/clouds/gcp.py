@@ -559,6 +559,7 @@ class GcpSite(PlatformSite):
             management_ip=address.address,
             private_ips={"wan": node.wan_ip, "lan": node.lan_ip},
             machine=machine.instance,
+            vm_id=machine.instance.id,
         )
 
     def client(self, spec: NodeSpec) -> NodeResources:
@@ -585,7 +586,7 @@ class GcpSite(PlatformSite):
             ),
             self.child_opts(spec.parent, depends_on=[firewall]),
         )
-        return NodeResources(management_ip=address.address, private_ips={"lan": node.lan_ip}, machine=machine.instance)
+        return NodeResources(management_ip=address.address, private_ips={"lan": node.lan_ip}, machine=machine.instance, vm_id=machine.instance.id)
 
 
 PLATFORM_SITE: Final[PlatformFactory] = GcpSite

@@ -577,6 +577,7 @@ class OciSite(PlatformSite):
             # The component: the push waits for the instance and the LAN VNIC attachment (and, through the
             # management address, for the reserved address's assignment).
             machine=machine,
+            vm_id=machine.instance.id,
             extra={"instanceId": machine.instance.id, "publicIpId": reserved.public_ip.id, "privateIpId": private_ip_id},
         )
 
@@ -649,6 +650,7 @@ class OciSite(PlatformSite):
             management_ip=machine.public_ip,
             private_ips={"lan": machine.private_ip},
             machine=machine,
+            vm_id=machine.instance.id,
             extra={"instanceId": machine.instance.id},
         )
 

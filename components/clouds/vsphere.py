@@ -558,6 +558,7 @@ class VsphereSite(PlatformSite):
             management_ip=pulumi.Output.from_input(node.wan_ip),
             private_ips={"wan": node.wan_ip, "lan": node.lan_ip},
             machine=machine.vm,
+            vm_id=machine.vm.id,
             extra={"uuid": machine.uuid, "moid": machine.moid, "wanMac": machine.macs["wan"], "lanMac": machine.macs["lan"]},
         )
 
@@ -569,6 +570,7 @@ class VsphereSite(PlatformSite):
             management_ip=pulumi.Output.from_input(node.mgmt_ip),
             private_ips={"mgmt": node.mgmt_ip, "lan": node.lan_ip},
             machine=machine.vm,
+            vm_id=machine.vm.id,
             extra={"uuid": machine.uuid, "moid": machine.moid, "mgmtMac": machine.macs["mgmt"], "lanMac": machine.macs["lan"]},
         )
 

@@ -13,8 +13,10 @@ consistent exactly as the program wires them.
 
 from __future__ import annotations
 
+import base64
 import copy
 import dataclasses
+import gzip
 import ipaddress
 import json
 import shlex
@@ -183,12 +185,13 @@ def test_the_whole_node_script_is_installed_through_the_sudo_rule_and_only_the_p
     of the payload's drop-in) installs the whole script, whose SHA-256 user-data pinned, and a second run changes
     nothing. A script that is not the pinned one, sent the same way, is refused and installs nothing."""
     script = deployed.script
-    assert script.stdin == render.node_script() and script.script("create") == render.install_script_command()
+    assert script.stdin == render.packed_node_script() and script.script("create") == render.install_script_command()
     installed = node.as_root(["cat", NODE_SCRIPT], check=True).stdout
     if installed == render.boot_script():
         refused = push_or_fail(node, deployed.push, "create")
         assert refused.exit_status == 3 and "runs its boot script" in refused.stderr, refused.error()
-        forged = dataclasses.replace(script, stdin=render.node_script().replace("overlay-node", "overlay-nodf"))
+        forged_text = render.node_script().replace("overlay-node", "overlay-nodf")
+        forged = dataclasses.replace(script, stdin=base64.b64encode(gzip.compress(forged_text.encode())).decode())
         result = push_or_fail(node, forged, "create")
         assert result.exit_status == 3 and "has only its boot script" in result.stderr, result.error()
         assert node.as_root(["cat", NODE_SCRIPT], check=True).stdout == render.boot_script()
