@@ -605,13 +605,7 @@ class Ike:
     def running(self) -> bool:
         if self.unit:
             return self.r.run(["systemctl", "is-active", "--quiet", "strongswan.service"], check=False).returncode == 0
-        try:
-            with open(self.pid_file, encoding="ascii") as f:
-                pid = int(f.read())
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                return b"charon" in f.read() and os.path.exists(self.sock)
-        except (OSError, ValueError):
-            return False
+        return _pid_alive(self.pid_file, "charon") and os.path.exists(self.sock)
 
     def start(self) -> None:
         if self.unit:
@@ -638,15 +632,7 @@ class Ike:
         if self.unit:
             self.r.change("stopped strongSwan (strongswan.service)", ["systemctl", "disable", "--now", "strongswan.service"])
             return
-        with open(self.pid_file, encoding="ascii") as f:
-            pid = int(f.read())
-        os.kill(pid, 15)
-        deadline = time.monotonic() + 10
-        while os.path.exists(f"/proc/{pid}") and time.monotonic() < deadline:
-            with contextlib.suppress(ChildProcessError):
-                os.waitpid(pid, os.WNOHANG)
-            time.sleep(0.05)
-        os.unlink(self.pid_file)
+        _kill_pidfile(self.pid_file, "charon")
         self.r.changes.append("stopped charon")
         self.r.log("  changed: stopped charon")
 
@@ -974,7 +960,7 @@ def failover_view(doc: dict[str, Any], down: set[str] | frozenset[str]) -> dict[
     tunnel while its own is down and the backup is not. A tunnel that stands in for another (`standby_for`) floods
     instead of it, only while that one is down and it is not: a broadcast takes one tree at any time."""
     active = {t["name"] for t in doc["tunnels"] if t.get("standby_for") in down and t["name"] not in down}
-    if not active and not down and not any("standby_for" in t for t in doc["tunnels"]):
+    if not down and not any("standby_for" in t for t in doc["tunnels"]):
         return doc
     replaced = {t["standby_for"] for t in doc["tunnels"] if t["name"] in active}
     tunnels = [
