@@ -29,7 +29,7 @@ from lab.power import boot, node_script_links, payload_on_disk, power_off
 from lab.probes import Pinger, PingLog, ping_many
 from lab.report import Probe, to_junit
 from lab.state import STATE_DIR, LabError, require_root, save
-from multicloud_overlay.overlay.plan import Node, Plan
+from multicloud_overlay.overlay.plan import BRIDGE, Node, Plan
 
 Out = Callable[[str], None]
 
@@ -507,10 +507,86 @@ def cut_off(lab: Lab, site: str, on: bool) -> None:
         lab.sh.ns(lab.layout.internet_ns, ["iptables", "-w", "-I" if on else "-D", "FORWARD", *match, "-j", "DROP"])
 
 
-def hub_loss_two_hubs(results_dir: Path, down_seconds: float = 5.0, state_dir: Path = STATE_DIR, out: Out = print) -> FaultResult:
-    """The hub of a two-hub lab powered off and back, with pings every 10 ms between two spokes' clients (which cross
-    a hub) and to the standby's client: the outage when the spokes fail over to the standby hub (BFD), and when they
-    move back once the hub returns; duplicate replies (a frame delivered twice, or a loop) counted all through."""
+def bridge_frames(lab: Lab, node: str) -> int:
+    """Frames that entered a node's overlay bridge: the sum of its ports' receive counters (every tunnel, the
+    client's, each container's veth, BFD's probe). A loop or a broadcast storm makes it climb by the hundred
+    thousand a second."""
+    proc = lab.sh.ns(lab.node_ns(node), ["ip", "-s", "-j", "link", "show", "master", BRIDGE])
+    return sum(int(link["stats64"]["rx"]["packets"]) for link in json.loads(proc.stdout or "[]"))
+
+
+FRAME_SLACK_PER_SECOND = 100
+"""Frames a second a bridge may take beyond the pings it forwards and BFD's: ARP, ND and the like."""
+
+
+def frame_bound(pings: int, bfd_peers: int, seconds: float) -> int:
+    """The most frames one bridge can take in a window with no loop: each ping (echo and reply) enters it at most
+    once per direction, each BFD session sends 10 packets a second each way (100 ms), plus FRAME_SLACK_PER_SECOND."""
+    return 2 * pings + 2 * 10 * bfd_peers * round(seconds + 1) + FRAME_SLACK_PER_SECOND * round(seconds + 1)
+
+
+def sent_between(log: PingLog, t0: float, t1: float) -> range:
+    """The icmp_seq numbers sent between wall-clock times t0 and t1, as the replies around them bound them: after the
+    last echo answered before t0, before the first answered after t1."""
+    lo = max((q for q, ts in log.replies.items() if ts < t0), default=0)
+    hi = min((q for q, ts in log.replies.items() if ts > t1), default=log.transmitted + 1)
+    return range(lo + 1, hi)
+
+
+def lost_between(log: PingLog, t0: float, t1: float) -> int:
+    return sum(1 for q in sent_between(log, t0, t1) if q not in log.replies)
+
+
+def _lose_router(lab: Lab, site: str, down_seconds: float, out: Out) -> dict[str, Any]:
+    """Cut a router off the internet, power it off (a VM that dies stops forwarding and answering BFD at the same
+    instant), keep it down, boot it again; the frames every other router's bridge took meanwhile."""
+    node = lab.plan.router(site).name
+    others = [r.name for r in lab.plan.routers() if r.name != node]
+    before = {r: bridge_frames(lab, r) for r in others}
+    t0 = time.time()
+    cut_off(lab, site, True)
+    try:
+        off = power_off(lab, node, out)
+    finally:
+        cut_off(lab, site, False)
+    time.sleep(down_seconds)
+    back_at = time.time()
+    bt = boot(lab, node, payload_on_disk(lab, node), out=out)
+    time.sleep(4.0)
+    frames = {r: bridge_frames(lab, r) - before[r] for r in others}
+    return {
+        "node": node,
+        "t0": t0,
+        "back_at": back_at,
+        "t1": time.time(),
+        "power_off_seconds": round(off.seconds, 3),
+        "boot_command": {"ok": bt.apply.ok, "seconds": round(bt.apply.seconds, 3), "changes": bt.apply.changes},
+        "bridge_frames": frames,
+    }
+
+
+def _window(phase: dict[str, Any], logs: dict[str, PingLog], bfd_peers: int) -> dict[str, Any]:
+    """A loss's figures once the pings have stopped: pings sent and lost in its window, and the frame bound."""
+    t0, t1 = phase["t0"], phase["t1"]
+    pings = sum(len(sent_between(log, t0, t1)) for log in logs.values())
+    return {
+        **{k: v for k, v in phase.items() if k not in ("t0", "t1", "back_at")},
+        "window_s": round(t1 - t0, 1),
+        "pings": pings,
+        "lost": {label: lost_between(log, t0, t1) for label, log in logs.items()},
+        "frame_bound": frame_bound(pings, bfd_peers, t1 - t0),
+    }
+
+
+def two_hub_loss(results_dir: Path, down_seconds: float = 5.0, state_dir: Path = STATE_DIR, out: Out = print) -> FaultResult:
+    """In a two-hub lab, the standby lost and back, then the hub lost and back, with pings every 10 ms between two
+    spokes' clients (which cross a hub) and to the standby's client.
+
+    - Standby: nothing moves. The spokes' path through the hub loses nothing; the standby's client is unreachable
+      only while it is down.
+    - Hub: the spokes fail over to the standby (BFD), and move back once the hub returns; each outage is measured.
+    Duplicate replies (a frame delivered twice, or a loop) are counted all through, and every router that stays up
+    has its bridge's frame counters read around each loss: a loop would exceed frame_bound many times over."""
     lab = Lab(state_dir)
     plan = lab.plan
     if plan.standby is None:
@@ -520,7 +596,6 @@ def hub_loss_two_hubs(results_dir: Path, down_seconds: float = 5.0, state_dir: P
     if len(spokes) < 2:
         raise LabError("hub-loss --two-hubs needs two spokes")
     eps = {e.name: e for e in endpoints(plan)}
-    text = payload_on_disk(lab, hub.name)
     a, b = spokes[0], spokes[1]
     observer = eps[plan.client(a).name]
     far, standby_client = plan.client(b), plan.client(plan.standby)
@@ -531,24 +606,17 @@ def hub_loss_two_hubs(results_dir: Path, down_seconds: float = 5.0, state_dir: P
     ]
     interval = 0.01
     logs = state_dir / "faults" / "hub-loss-two-hubs"
-    out(f"two hubs: {hub.name} powered off for {down_seconds:.0f} s; pings every {interval * 1000:.0f} ms from {observer.name}")
+    out(f"two hubs: the standby, then the hub, each powered off for {down_seconds:.0f} s; pings every {interval * 1000:.0f} ms from {observer.name}")
     pingers = [Pinger(t.address, lab.endpoint_ns(observer), logs / f"{i}.log", interval, label=t.label) for i, t in enumerate(targets)]
     try:
         time.sleep(2.0)
-        # A VM that dies stops forwarding and answering BFD at the same instant: the hub is cut off the internet
-        # first (every datagram to or from its public address dropped), then powered off.
-        off_at = time.time()
-        cut_off(lab, plan.hub, True)
-        try:
-            off = power_off(lab, hub.name, out)
-        finally:
-            cut_off(lab, plan.hub, False)
-        time.sleep(down_seconds)
-        back_at = time.time()
-        bt = boot(lab, hub.name, text, out=out)
-        time.sleep(4.0)
+        standby = _lose_router(lab, plan.standby, down_seconds, out)
+        time.sleep(2.0)
+        lost = _lose_router(lab, plan.hub, down_seconds, out)
     finally:
         results = stop_all(pingers)
+    spoke_pair = [t.label for t in targets if t.label.startswith(far.name)]
+    peers = len(plan.config.sites) - 1  # BFD sessions of the hub, the most any router has
     doc: dict[str, Any] = {
         "fault": "hub-loss-two-hubs",
         "hub": hub.name,
@@ -556,15 +624,15 @@ def hub_loss_two_hubs(results_dir: Path, down_seconds: float = 5.0, state_dir: P
         "observer": observer.name,
         "interval_ms": interval * 1000,
         "down_seconds": down_seconds,
-        "power_off_seconds": round(off.seconds, 3),
-        "boot_command": {"ok": bt.apply.ok, "seconds": round(bt.apply.seconds, 3), "changes": bt.apply.changes},
+        "standby_loss": _window(standby, results, peers),
+        "hub_loss": _window(lost, results, peers),
         "targets": {
             label: {
                 "sent": log.transmitted,
                 "answered": len(log.replies),
                 "duplicates": log.duplicates,
-                "failover_outage_s": outage_around(log, off_at),
-                "failback_outage_s": outage_around(log, back_at, 3.0 + bt.apply.seconds),
+                "failover_outage_s": outage_around(log, lost["t0"]),
+                "failback_outage_s": outage_around(log, lost["back_at"], 3.0 + lost["boot_command"]["seconds"]),
                 "gaps": [(f, n) for f, n in gaps(log) if n > 1][:20],
             }
             for label, log in results.items()
@@ -573,12 +641,21 @@ def hub_loss_two_hubs(results_dir: Path, down_seconds: float = 5.0, state_dir: P
     worst_over = max(v["failover_outage_s"] for v in doc["targets"].values())
     worst_back = max(v["failback_outage_s"] for v in doc["targets"].values())
     dups = sum(v["duplicates"] for v in doc["targets"].values())
-    out(f"failover outage (longest, any target): {worst_over} s; failback: {worst_back} s; duplicate replies: {dups}")
+    sb, hl = doc["standby_loss"], doc["hub_loss"]
+    quiet = sum(sb["lost"][label] for label in spoke_pair)
+    storms = {phase: {r: n for r, n in d["bridge_frames"].items() if n > d["frame_bound"]} for phase, d in (("standby", sb), ("hub", hl))}
+    out(
+        f"standby lost: {quiet} of the spokes' pings lost; hub lost: failover {worst_over} s, failback {worst_back} s; "
+        f"duplicate replies: {dups}; frames per bridge: standby lost {sb['bridge_frames']} (bound {sb['frame_bound']}), "
+        f"hub lost {hl['bridge_frames']} (bound {hl['frame_bound']})"
+    )
     probes = [
+        Probe("hub-loss-two-hubs", "the standby's loss and return move nothing: no ping between the spokes is lost", quiet == 0, json.dumps(sb)),
         Probe("hub-loss-two-hubs", "cross-site traffic moves to the standby in under 1 s", worst_over < 1.0, json.dumps(doc["targets"])),
         Probe("hub-loss-two-hubs", "and back to the hub in under 1 s once it returns", worst_back < 1.0, json.dumps(doc["targets"])),
         Probe("hub-loss-two-hubs", "no duplicate reply (no frame delivered twice, no loop)", dups == 0, f"{dups} duplicates"),
-        Probe("hub-loss-two-hubs", "hub boot command", bt.apply.ok, f"{bt.apply.changes} changes in {bt.apply.seconds:.2f} s"),
+        Probe("hub-loss-two-hubs", "no bridge takes more frames than the pings and BFD explain (no loop, no storm)", not any(storms.values()), json.dumps(storms)),
+        Probe("hub-loss-two-hubs", "boot commands", sb["boot_command"]["ok"] and hl["boot_command"]["ok"], json.dumps([sb["boot_command"], hl["boot_command"]])),
     ]
     res = FaultResult(doc, probes)
     res.files = _write(results_dir, "hub-loss-two-hubs", doc, probes)
@@ -618,7 +695,7 @@ def run_reboot(node: str, results: Path, full_check: bool = True) -> int:
 def run_hub_loss(results: Path, down_seconds: float, full_check: bool = True) -> int:
     require_root("hub-loss")
     if Lab(STATE_DIR).plan.standby is not None:
-        res = hub_loss_two_hubs(results, down_seconds)
+        res = two_hub_loss(results, down_seconds)
         _print_probes(res)
         return 0 if res.ok else 1
     res = hub_loss(results, down_seconds, full_check=full_check)

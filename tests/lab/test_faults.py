@@ -18,8 +18,11 @@ from lab.faults import (
     check_outcome,
     cross_site_pairs,
     first_reply_after,
+    frame_bound,
+    lost_between,
     other_site,
     recovery_probe,
+    sent_between,
     site_pairs,
     summarise_recovery,
 )
@@ -79,6 +82,22 @@ def test_reply_timing_and_availability() -> None:
     assert availability(PingLog()) is None
     assert summarise_recovery({"a": 0.2, "b": 0.5}) == {"per_target_s": {"a": 0.2, "b": 0.5}, "first_s": 0.2, "all_s": 0.5}
     assert summarise_recovery({"a": 0.2, "b": None})["all_s"] is None
+
+
+def test_a_window_of_pings_is_bounded_by_the_replies_around_it() -> None:
+    """The live log has no count of the echoes sent: a window's are those after the last reply before it and
+    before the first reply after it; what was not answered among them is lost."""
+    log = PingLog(replies={1: 9.9, 2: 10.1, 5: 11.5, 6: 12.2, 7: 13.0}, transmitted=9, received=5)
+    assert sent_between(log, 10.0, 12.0) == range(2, 6) and lost_between(log, 10.0, 12.0) == 2  # 3 and 4
+    assert lost_between(log, 12.1, 12.5) == 0  # only 6, answered
+    assert sent_between(log, 12.5, 14.0) == range(7, 10) and lost_between(log, 12.5, 14.0) == 2  # 8, 9: nothing after
+    assert sent_between(log, 0.0, 9.95) == range(1, 2)
+
+
+def test_the_frame_bound_counts_each_ping_twice_bfd_and_a_slack() -> None:
+    # 500 pings (echo and reply), 3 BFD sessions at 10 a second each way, 100 frames a second, over 10 (+1) s.
+    assert frame_bound(500, 3, 10.0) == 1000 + 660 + 1100
+    assert frame_bound(0, 0, 0.2) == 100
 
 
 def test_check_outcome_says_which_try_passed() -> None:

@@ -1,7 +1,7 @@
 """Two hubs in the lab (`standbyHub`): four sites, the hub on AWS, the standby on GCP, two spokes. The full matrix;
-the hub lost and back (the spokes move to the standby by BFD, and back); the standby lost (nothing moves); the two
+the standby lost and back (nothing moves), then the hub (the spokes move to the standby by BFD, and back); the two
 hubs cut from each other; one spoke cut from the hub alone. Duplicate replies are counted everywhere: a frame
-delivered twice, or a loop, would show as one."""
+delivered twice, or a loop, would show as one; around each loss, so are the frames each bridge took."""
 
 from __future__ import annotations
 
@@ -53,13 +53,25 @@ def test_the_full_matrix_passes_with_two_hubs(two_hubs: Path, tmp_path: Path) ->
     assert doc["summary"]["pairs"] == doc["summary"]["passed"]
 
 
-def test_the_spokes_move_to_the_standby_when_the_hub_is_lost_and_back_when_it_returns(two_hubs: Path, tmp_path: Path) -> None:
+def test_the_standby_then_the_hub_lost_and_back_moves_only_what_it_must_with_no_loop(two_hubs: Path, tmp_path: Path) -> None:
+    """`lab hub-loss` with two hubs: the standby lost and back (the spokes lose no ping between them), then the hub
+    (they move to the standby and back, each outage under 1 s). No duplicate reply, and no bridge of a router that
+    stayed up took more frames than the pings and BFD account for."""
     proc = lab("hub-loss", "--results", str(tmp_path), "--down-seconds", "5", timeout=600)
     doc = json.loads((tmp_path / "hub-loss-two-hubs.json").read_text())
     print(json.dumps(doc, indent=1))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+    standby, hub = doc["standby_loss"], doc["hub_loss"]
+    assert standby["node"] == "gcp-router" and hub["node"] == "aws-router"
+    assert standby["lost"]["oci-client IPv4"] == standby["lost"]["oci-client IPv6"] == 0
+    assert standby["lost"]["gcp-client IPv4"] > 0  # the standby's own client was down: the window saw the loss
     for target in doc["targets"].values():
         assert target["failover_outage_s"] < 1.0 and target["failback_outage_s"] < 1.0 and target["duplicates"] == 0
+    for phase in (standby, hub):
+        assert set(phase["bridge_frames"]) == {"aws-router", "azure-router", "gcp-router", "oci-router"} - {phase["node"]}
+        # Each bridge took the pings it forwards (at least a third of them, echo and reply: the standby's own client's,
+        # or the spokes'): a counter that did not move would prove nothing.
+        assert all(phase["pings"] // 2 < n <= phase["frame_bound"] for n in phase["bridge_frames"].values()), phase
     check(tmp_path / "after")
 
 
