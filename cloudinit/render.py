@@ -53,8 +53,10 @@ SSHD_DROP_IN: Final = "/etc/ssh/sshd_config.d/00-multicloud-overlay.conf"
 # Routers get strongSwan whatever the encryption, so that turning IPsec on is a push: charon-systemd (its
 # strongswan.service, swanctl) and the standard plugins (openssl: AES-GCM and X25519 for IKE), both in Ubuntu's main
 # (https://packages.ubuntu.com/noble/charon-systemd, https://packages.ubuntu.com/noble/libstrongswan-standard-plugins).
+# And FRR, whose bfdd detects a lost hub when a standby hub is set (https://packages.ubuntu.com/noble/frr), so that
+# setting one is a push too.
 PACKAGES: Final = {
-    "router": ("iproute2", "iptables", "iputils-ping", "docker.io", "charon-systemd", "libstrongswan-standard-plugins"),
+    "router": ("iproute2", "iptables", "iputils-ping", "docker.io", "charon-systemd", "libstrongswan-standard-plugins", "frr"),
     "client": ("iproute2", "iptables", "iputils-ping"),
 }
 # Only what the node runs: docker.io's Recommends (git, needrestart, cgroupfs-mount, xz-utils on Debian; git, pigz,
@@ -335,6 +337,8 @@ def render_user_data(
         "write_files": files,
         "runcmd": [
             install_packages_command(kind),
+            # The package starts FRR's daemons; they run only on a router that has a standby hub (step_bfd starts them).
+            *([["systemctl", "disable", "--now", "frr.service"]] if kind == "router" else []),
             # sshd may have started before write_files (Debian starts it at boot): make it offer the pinned key.
             ["systemctl", "try-reload-or-restart", "ssh.service"],
             ["systemctl", "daemon-reload"],

@@ -149,13 +149,6 @@ def checked_plan(cfg: OverlayConfig) -> Plan:
     """The plan of a validated config, refused (ConfigError, before any resource exists) if it breaks a limit."""
     plan = build_plan(cfg)
     problems = check_limits(plan)
-    if plan.standby is not None:
-        # Two hubs are proven in the lab (tests/lab/test_lab_two_hubs.py), not yet on booted VMs: the router payload
-        # does not install FRR, whose bfdd the failover needs.
-        problems.append(
-            f"standbyHub = {plan.standby!r}: two hubs run in the lab only for now (python -m lab up --standby-hub {plan.standby}); "
-            "router VMs do not install FRR's bfdd yet: unset it for a cloud deployment (pulumi config rm standbyHub)"
-        )
     if problems:
         raise ConfigError(problems)
     return plan

@@ -693,6 +693,15 @@ def aim(st: BootState, router: str, peer: str) -> Aim:
     )
 
 
+def cut_off(st: BootState, site: str, on: bool) -> None:
+    """Drop (or stop dropping) every datagram to or from a site's public address on the lab's internet: to its peers,
+    its router is gone at once, forwarding and BFD alike, as a VM that dies."""
+    layout = build_layout(st.plan(), PREFIX)
+    ip = layout.public_ips[site]
+    for match in (["-s", ip], ["-d", ip]):
+        Shell().ns(layout.internet_ns, ["iptables", "-w", "-I" if on else "-D", "FORWARD", *match, "-j", "DROP"])
+
+
 def reboot(vm: VmSpec, plan: Plan, checker: VmSpec | None = None, timeout: float = 900) -> dict[str, float]:
     """A real `systemctl reboot` of the VM, then nothing but waiting: seconds until sshd answers again, until the
     overlay unit is active, and until the program's check from `checker` (a router; the VM itself if None) passes."""

@@ -166,6 +166,22 @@ def test_topology_change_touches_no_vm_and_reruns_only_the_routers(start: str, e
     assert {n for n in d_old if d_old[n] != d_new[n]} == {f"{s}-router" for s in SITES}
 
 
+@pytest.mark.parametrize(("start", "end"), [("", "gcp"), ("gcp", "")], ids=["standby-set", "standby-unset"])
+def test_a_standby_hub_set_or_unset_touches_no_vm_and_reruns_only_the_routers(start: str, end: str) -> None:
+    """standbyHub in place: the rules and keys of the spokes' pairs with the standby come or go, no VM or any other
+    resource changes, and only the routers' pushes run again (FRR is installed on every router from its first boot)."""
+    before = run_cached({**dev_config(DEV["hub"]), "standbyHub": start})
+    after = run_cached({**dev_config(DEV["hub"]), "standbyHub": end})
+    old, new = cloud_resources(before), cloud_resources(after)
+    assert_only_rules_and_pair_keys_change(old, new)
+    two = plan_of({**dev_config(DEV["hub"]), "standbyHub": "gcp"})
+    spokes = [s for s in SITES if s not in (two.hub, "gcp")]
+    keys = {k[1] for k in (new if end else old) if k[0] == "random:index/randomBytes:RandomBytes"}
+    assert {f"ipsec-{pair_key_name(s, 'gcp')}" for s in spokes} <= keys
+    d_old, d_new = push_digests(before), push_digests(after)
+    assert {n for n in d_old if d_old[n] != d_new[n]} == {f"{s}-router" for s in SITES}
+
+
 def test_push_sends_the_node_config_and_pins_the_host_key() -> None:
     run = run_cached(dev_config(DEV["hub"]))
     plan = plan_of(dev_config(DEV["hub"]))

@@ -185,8 +185,9 @@ def test_a_hundred_site_stack_payload_fits_every_platform(containers: int) -> No
         if node.platform == "aws":
             largest_aws = max(largest_aws, measured_size(text, limits))
     # What user-data carries of the node script is the boot script (render.boot_script): the push-only code travels
-    # with the program's first push, and the room it left is kept for more of it (the README's figure).
-    assert largest_aws <= 16_384 - 3_000, f"the largest AWS user-data is {largest_aws} gzip bytes"
+    # with the program's first push. A tripwire, not the limit: a change that eats most of the room left (about 3,000
+    # bytes, the README's figure) should be a decision, taken here.
+    assert largest_aws <= 16_384 - 2_500, f"the largest AWS user-data is {largest_aws} gzip bytes"
 
 
 def three_aws_sites_in_one_region() -> dict[str, object]:

@@ -119,6 +119,12 @@ def test_payload_carries_bootstrap_config_script_unit_and_login(protocol: str, n
     assert unit_exec_start(text) == list(APPLY_COMMAND)
     assert "WantedBy=multi-user.target" in by_path[UNIT_PATH].content.decode()
     assert ["systemctl", "enable", "--now", "multicloud-overlay.service"] in runcmd
+    # FRR is installed on routers (a standby hub is a push), and stopped until one is set.
+    frr_off = ["systemctl", "disable", "--now", "frr.service"]
+    if node.endswith("-router"):
+        assert "frr" in runcmd[0][2].split() and runcmd.index(frr_off) == 1
+    else:
+        assert "frr" not in runcmd[0][2].split() and frr_off not in runcmd
     body = yaml.safe_load(text)
     # One login user, with the operator's and the deploy key, no password; no `default` user: the image's own
     # (ubuntu, root's keys on Alibaba) gets no key.

@@ -225,13 +225,12 @@ def test_bfd_watch_follows_bfdds_notifications_and_fails_over_under_the_lock(tmp
     assert (state / "lock").exists()
 
 
-def test_a_cloud_deployment_refuses_two_hubs_before_any_resource() -> None:
-    """Router VMs do not install FRR yet: the program (checked_plan, before any resource) refuses standbyHub and says
-    where two hubs run; the lab, which starts its own bfdd, takes it."""
-    with pytest.raises(ConfigError) as e:
-        checked_plan(parse_config(raw(standbyHub="gcp")))
-    assert e.value.problems == [
-        "standbyHub = 'gcp': two hubs run in the lab only for now (python -m lab up --standby-hub gcp); "
-        "router VMs do not install FRR's bfdd yet: unset it for a cloud deployment (pulumi config rm standbyHub)"
-    ]
+def test_a_cloud_deployment_takes_two_hubs_and_every_spoke_gets_rules_for_both() -> None:
+    """Router VMs install FRR (tests/lab/test_boot.py boots the failover): checked_plan takes standbyHub, and the
+    plan pairs each spoke with both hubs, so the peer rules admit the standby's tunnels too."""
+    plan = checked_plan(parse_config(raw(standbyHub="gcp")))
+    assert plan.standby == "gcp"
+    spokes = [s.name for s in plan.config.sites if s.name not in (plan.hub, "gcp")]
+    pairs = {frozenset(p) for p in plan.router_pairs()}
+    assert all({frozenset((s, plan.hub)), frozenset((s, "gcp"))} <= pairs for s in spokes)
     assert checked_plan(parse_config(raw())).standby is None

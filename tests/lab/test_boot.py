@@ -28,7 +28,7 @@ from lab.capture import verdict
 from lab.probes import parse_ping_log
 from lab.swap import disruption
 from lab.topology import build_layout
-from multicloud_overlay.cloudinit.overlay_node import SWANCTL_CONF
+from multicloud_overlay.cloudinit.overlay_node import SWANCTL_CONF, WATCH_UNIT
 from multicloud_overlay.cloudinit.render import APPLY_COMMAND, UNIT_NAME
 from multicloud_overlay.components.connectivity import check_targets
 
@@ -422,3 +422,85 @@ def test_encryption_on_in_place_brings_ipsec_back(booted: dict[str, Any]) -> Non
     _record("capture-encrypted-again", summary)
     assert rc == 0, result
     assert summary["esp"] > 0 and summary["clear_tunnel"] == 0 and summary["marker"] == 0 and summary["udp_ports"] == [], summary
+
+
+def _bfd_sessions(vm: boot.VmSpec) -> dict[str, str]:
+    """The BFD sessions of a router, peer address -> status, from FRR's own vtysh (run as root)."""
+    out = boot.root(vm, "vtysh -c 'show bfd peers json'").strip()
+    return {p["peer"]: p["status"] for p in (json.loads(out) if out else [])}
+
+
+def test_two_hubs_fail_over_by_bfd_and_back_and_go_in_place(booted: dict[str, Any]) -> None:
+    """pulumi config set standbyHub aws; pulumi up: the pushes alone start FRR's bfdd (frr.service) on every router,
+    one session per router tunnel, and the watcher (a transient unit). The hub is then cut off the internet, as a VM
+    that dies is to its peers: the spoke's watcher records the hub's tunnel down and floods on its tunnel to the
+    standby instead, and back once the hub returns. With three sites no spoke-to-spoke path crosses the hub (the
+    host lab's four-site test times that failover): the spoke's client keeps reaching the standby's client, directly,
+    with no ping lost and no duplicate. Unset again, the pushes stop FRR and the watcher and remove the probe."""
+    st = boot.load()
+    hub, standby, spoke = st.plan().hub, "aws", "vsphere"
+    assert hub == "oci", "the hub swap test runs first"
+    st.overrides.update({"standbyHub": standby})
+    boot.save(st)
+    pushes = boot.push_all(st)
+    plan, specs = st.plan(), _specs()
+    routers = [specs[r.name] for r in plan.routers()]
+    for vm in routers:
+        assert boot.root(vm, f"systemctl is-active frr.service {WATCH_UNIT}.service").split() == ["active", "active"], vm.node
+    deadline = time.monotonic() + 60
+    while True:
+        sessions = {vm.node: _bfd_sessions(vm) for vm in routers}
+        if all(len(s) == 2 and set(s.values()) == {"up"} for s in sessions.values()) or time.monotonic() > deadline:
+            break
+        time.sleep(2)
+    assert all(len(s) == 2 and set(s.values()) == {"up"} for s in sessions.values()), sessions
+    router = specs[f"{spoke}-router"]
+    doc = boot.node_docs(plan, build_layout(plan, boot.PREFIX), st.key_seed)[router.node]
+    ((to_standby, to_hub),) = [(t["name"], t["standby_for"]) for t in doc["tunnels"] if "standby_for" in t]
+
+    def moved() -> tuple[bool, list[str]]:
+        """Whether the spoke floods on its tunnel to the standby, and the tunnels its watcher records down."""
+        out = boot.root(router, f"bridge -d -j link show dev {to_standby}; echo; cat /var/lib/multicloud-overlay/bfd-down.json 2>/dev/null || echo []")
+        link, down = out.strip().split("\n", 1)
+        return bool(json.loads(link)[0]["flood"]), json.loads(down)
+
+    def until(want: tuple[bool, list[str]], timeout: float) -> float | None:
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < timeout:
+            if moved() == want:
+                return round(time.monotonic() - t0, 1)
+        return None
+
+    assert moved() == (False, [])
+    source, target = specs[f"{spoke}-client"], plan.client(standby).overlay_ipv4
+    log = "/run/mco-two-hubs-ping.txt"
+    interval = 0.05
+    boot.root(source, f"setsid ping -D -O -n -i {interval} -W 1 {target} > {log} 2>&1 < /dev/null & sleep 3")
+    try:
+        boot.cut_off(st, hub, True)
+        try:
+            over = until((True, [to_hub]), 20)
+        finally:
+            boot.cut_off(st, hub, False)
+        back = until((False, []), 30)
+        time.sleep(2)
+    finally:
+        text = boot.root(source, f"pkill -INT -x ping; sleep 1; cat {log}")
+    ping = parse_ping_log(text)
+    probe = disruption(ping, interval)
+    # over/back: seconds until a login saw the move (each look is an SSH login to an emulated CPU: an upper bound).
+    _record("two-hubs", {"pushes": pushes, "sessions": sessions, "moved_over_s": over, "moved_back_s": back, "ping": probe})
+    assert over is not None, "the spoke did not move to the standby while the hub was cut off"
+    assert back is not None, f"the spoke did not move back once the hub returned: {moved()}"
+    assert probe["converged"] and (probe["lost"], probe["duplicates"]) == (0, 0), probe
+    rc, result = boot.check_from(specs[f"{hub}-router"], plan)
+    assert rc == 0, result
+    # And away again in place.
+    del st.overrides["standbyHub"]
+    boot.save(st)
+    boot.push_all(st)
+    for vm in routers:
+        state = boot.root(vm, f"systemctl is-active frr.service {WATCH_UNIT}.service; ip -br link show ovl-b0 2>/dev/null | wc -l")
+        assert state.split() == ["inactive", "inactive", "0"], (vm.node, state)
+    rc, result = boot.check_from(specs[f"{hub}-router"], plan)
+    assert rc == 0, result
