@@ -210,7 +210,7 @@ def node_script_sha256() -> str:
 @functools.cache
 def packed_node_script() -> str:
     """node_script() as `overlay-node install-script` reads it on stdin: gzip, then base64 (a remote command's
-    stdin is text). A third of the script's size: the stdin travels once per node and stays in the stack's state,
+    stdin is text). Under half the script's size: the stdin travels once per node and stays in the stack's state,
     as one of the command's outputs."""
     return _gz_b64(node_script())
 

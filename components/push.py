@@ -5,10 +5,12 @@ user-data changes, so a hub swap, a protocol switch, an MTU or container-count c
 Each node gets a remote command that installs the whole node script (`<node>-config-script`: user-data carries only
 the part that applies the bootstrap config, pinned by its SHA-256), once per VM and script, then one whose stdin is
 its full node config and whose `triggers` carry that config's digest and the VM's id: it runs once the VM is up
-(create), and again only when the node's config changed or the VM was replaced (its `update`, the same command). A router's change takes two make-before-break steps first, ordered across the stack by
-`order_pushes`: every router prepares (new tunnels beside the old ones), then switches (the new hub first), then
-gets the push itself (old tunnels removed); see overlay_node.transition. Nothing travels as SSH environment
-variables: a stock Debian or Ubuntu sshd accepts only LANG and LC_* (AcceptEnv), and pulumi-command fails a command whose variables the server refuses.
+(create), and again only when the node's config changed or the VM was replaced (its `update`, the same command).
+A router's change takes two make-before-break steps first, ordered across the stack by `order_pushes`: every
+router prepares (new tunnels beside the old ones), then switches (the new hub first), then gets the push itself
+(old tunnels removed); see overlay_node.transition. Nothing travels as SSH environment variables: a stock Debian or
+Ubuntu sshd accepts only LANG and LC_* (AcceptEnv), and pulumi-command fails a command whose variables the server
+refuses.
 """
 
 from __future__ import annotations

@@ -58,7 +58,7 @@ from lab.privilege import become_root
 from lab.shell import Shell
 from lab.state import LabError, lab_pair_keys, lab_plan, load_raw
 from lab.topology import Layout, build_layout
-from lab.underlay import add_namespace, build_edge, build_internet
+from lab.underlay import add_namespace, build_edge, build_internet, drop_on_internet, site_matches
 from multicloud_overlay.cloudinit.overlay_node import CLOUD_INIT_RUN
 from multicloud_overlay.cloudinit.render import (
     LOGIN_USER,
@@ -697,9 +697,7 @@ def cut_off(st: BootState, site: str, on: bool) -> None:
     """Drop (or stop dropping) every datagram to or from a site's public address on the lab's internet: to its peers,
     its router is gone at once, forwarding and BFD alike, as a VM that dies."""
     layout = build_layout(st.plan(), PREFIX)
-    ip = layout.public_ips[site]
-    for match in (["-s", ip], ["-d", ip]):
-        Shell().ns(layout.internet_ns, ["iptables", "-w", "-I" if on else "-D", "FORWARD", *match, "-j", "DROP"])
+    drop_on_internet(Shell(), layout.internet_ns, site_matches(layout.public_ips[site]), on)
 
 
 def reboot(vm: VmSpec, plan: Plan, checker: VmSpec | None = None, timeout: float = 900) -> dict[str, float]:

@@ -29,6 +29,7 @@ from lab.power import boot, node_script_links, payload_on_disk, power_off
 from lab.probes import Pinger, PingLog, ping_many
 from lab.report import Probe, to_junit
 from lab.state import STATE_DIR, LabError, require_root, save
+from lab.underlay import drop_on_internet, site_matches
 from multicloud_overlay.overlay.plan import BRIDGE, Node, Plan
 
 Out = Callable[[str], None]
@@ -502,9 +503,7 @@ def outage_around(log: PingLog, t: float, window: float = 3.0) -> float:
 
 def cut_off(lab: Lab, site: str, on: bool) -> None:
     """Drop (or stop dropping) every datagram to or from a site's public address on the lab's internet."""
-    ip = dict(lab.layout.public_ips)[site]
-    for match in (["-s", ip], ["-d", ip]):
-        lab.sh.ns(lab.layout.internet_ns, ["iptables", "-w", "-I" if on else "-D", "FORWARD", *match, "-j", "DROP"])
+    drop_on_internet(lab.sh, lab.layout.internet_ns, site_matches(dict(lab.layout.public_ips)[site]), on)
 
 
 def bridge_frames(lab: Lab, node: str) -> int:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 from lab.shell import Shell
 from lab.topology import NIC_MTU, PREFIX, EdgeSpec, HostSpec, Layout
@@ -36,6 +36,18 @@ EDGE_BRIDGE_NF = ("net.bridge.bridge-nf-call-iptables", "net.bridge.bridge-nf-ca
 def build_internet(sh: Shell, layout: Layout) -> None:
     add_namespace(sh, layout.internet_ns)
     _sysctl(sh, layout.internet_ns, "net.ipv4.ip_forward", "1")
+
+
+def drop_on_internet(sh: Shell, internet_ns: str, matches: Sequence[Sequence[str]], on: bool) -> None:
+    """Drop (or stop dropping) the datagrams each iptables match selects where the lab's internet forwards them: how
+    a fault test cuts a site, or a path between two sites, off the internet."""
+    for match in matches:
+        sh.ns(internet_ns, ["iptables", "-w", "-I" if on else "-D", "FORWARD", *match, "-j", "DROP"])
+
+
+def site_matches(public_ip: str) -> list[list[str]]:
+    """Every datagram to or from a site's public address: to its peers, its router is gone."""
+    return [["-s", public_ip], ["-d", public_ip]]
 
 
 def build_edge(sh: Shell, layout: Layout, edge: EdgeSpec) -> None:

@@ -28,8 +28,8 @@ from lab.capture import verdict
 from lab.probes import parse_ping_log
 from lab.swap import disruption
 from lab.topology import build_layout
-from multicloud_overlay.cloudinit.overlay_node import SWANCTL_CONF, WATCH_UNIT
-from multicloud_overlay.cloudinit.render import APPLY_COMMAND, UNIT_NAME
+from multicloud_overlay.cloudinit.overlay_node import BFD_DOWN, SWANCTL_CONF, WATCH_UNIT
+from multicloud_overlay.cloudinit.render import APPLY_COMMAND, STATE_DIR, UNIT_NAME
 from multicloud_overlay.components.connectivity import check_targets
 
 pytestmark = [pytest.mark.root, pytest.mark.boot, pytest.mark.timeout(5400)]
@@ -460,7 +460,7 @@ def test_two_hubs_fail_over_by_bfd_and_back_and_go_in_place(booted: dict[str, An
 
     def moved() -> tuple[bool, list[str]]:
         """Whether the spoke floods on its tunnel to the standby, and the tunnels its watcher records down."""
-        out = boot.root(router, f"bridge -d -j link show dev {to_standby}; echo; cat /var/lib/multicloud-overlay/bfd-down.json 2>/dev/null || echo []")
+        out = boot.root(router, f"bridge -d -j link show dev {to_standby}; echo; cat {STATE_DIR}/{BFD_DOWN} 2>/dev/null || echo []")
         link, down = out.strip().split("\n", 1)
         return bool(json.loads(link)[0]["flood"]), json.loads(down)
 

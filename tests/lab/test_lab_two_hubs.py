@@ -16,6 +16,7 @@ from bench.configs import stack_with_sites
 from lab.check import Lab
 from lab.probes import ping
 from lab.state import STATE_DIR
+from lab.underlay import drop_on_internet
 from tests.lab.conftest import check_passes, lab, lab_of_stack
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
@@ -44,8 +45,7 @@ def reaches(lab_: Lab, src: str, dst: str) -> tuple[bool, int]:
 def cut(lab_: Lab, a: str, b: str, on: bool) -> None:
     """Drop (or stop dropping) every datagram between two sites' public addresses on the emulated internet."""
     ips = dict(lab_.layout.public_ips)
-    for src, dst in ((ips[a], ips[b]), (ips[b], ips[a])):
-        lab_.sh.ns(lab_.layout.internet_ns, ["iptables", "-w", "-I" if on else "-D", "FORWARD", "-s", src, "-d", dst, "-j", "DROP"])
+    drop_on_internet(lab_.sh, lab_.layout.internet_ns, [["-s", ips[a], "-d", ips[b]], ["-s", ips[b], "-d", ips[a]]], on)
 
 
 def test_the_full_matrix_passes_with_two_hubs(two_hubs: Path, tmp_path: Path) -> None:
