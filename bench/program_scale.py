@@ -6,7 +6,10 @@ parallel, so it must not grow with the number of sites). Sizes are interleaved o
 so that the machine's noise spreads over all of them; the report gives medians and the fitted exponent of time
 against sites (1.0 = linear).
 
-    .venv/bin/python -m bench.program_scale [--sizes 2,6,25,50,100] [--repeat 3]
+    .venv/bin/python -m bench.program_scale [--sizes 2,6,25,50,100] [--repeat 3] [--against DIR]
+
+--against DIR also runs another checkout of the project (`git worktree add DIR <commit>`) at each size, interleaved
+with this one, and reports this one's time as a ratio of that one's: a change measured in one run.
 
 Writes bench/results/program_scale.json and .png.
 """
@@ -88,43 +91,52 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--sizes", default="2,6,25,50,100")
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--against", type=Path, help="another checkout of the project to time at each size, interleaved")
     parser.add_argument("--one", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.one:
         print(json.dumps(one(args.one)))
         return 0
     sizes = [int(s) for s in args.sizes.split(",")]
-    samples: dict[int, list[dict[str, Any]]] = {n: [] for n in sizes}
-    progress = Progress(total=args.repeat * len(sizes))
+    roots = {"this": ROOT} | ({"against": args.against.resolve()} if args.against else {})
+    for root in roots.values():
+        if not (root / "bench" / "program_scale.py").is_file():
+            print(f"--against {root}: not a checkout of this project (no bench/program_scale.py there)", file=sys.stderr)
+            return 2
+    samples: dict[str, dict[int, list[dict[str, Any]]]] = {name: {n: [] for n in sizes} for name in roots}
+    progress = Progress(total=args.repeat * len(sizes) * len(roots))
     for rep in range(args.repeat):
         for n in sizes:
-            progress.status(f"repeat {rep + 1}/{args.repeat}: the program with {n} sites under mocks")
-            proc = subprocess.run(
-                [sys.executable, "-m", "bench.program_scale", "--one", str(n)], cwd=ROOT, capture_output=True, text=True, check=False
-            )
-            if proc.returncode != 0:
-                print(proc.stdout, proc.stderr, file=sys.stderr)
-                return 1
-            sample = json.loads(proc.stdout.strip().splitlines()[-1])
-            samples[n].append(sample)
-            progress.step(
-                f"repeat {rep + 1}/{args.repeat} {n:>3} sites: {sample['wall_s']:6.2f} s, {sample['peak_rss_mib']:6.0f} MiB, "
-                f"{sample['resources']} resources, longest chain {sample['longest_chain']}"
-            )
+            for name, root in roots.items():
+                progress.status(f"repeat {rep + 1}/{args.repeat}: the program ({name}) with {n} sites under mocks")
+                proc = subprocess.run(
+                    [sys.executable, "-m", "bench.program_scale", "--one", str(n)], cwd=root, capture_output=True, text=True, check=False
+                )
+                if proc.returncode != 0:
+                    print(proc.stdout, proc.stderr, file=sys.stderr)
+                    return 1
+                sample = json.loads(proc.stdout.strip().splitlines()[-1])
+                samples[name][n].append(sample)
+                progress.step(
+                    f"repeat {rep + 1}/{args.repeat} {name:>7} {n:>3} sites: {sample['wall_s']:6.2f} s, "
+                    f"{sample['peak_rss_mib']:6.0f} MiB, {sample['resources']} resources, longest chain {sample['longest_chain']}"
+                )
     progress.finish()
     rows = []
     for n in sizes:
-        s = samples[n]
-        rows.append(
-            {
-                "sites": n,
-                "wall_s_median": statistics.median(x["wall_s"] for x in s),
-                "peak_rss_mib_median": statistics.median(x["peak_rss_mib"] for x in s),
-                "resources": s[0]["resources"],
-                "resources_per_site": s[0]["resources"] / n,
-                "longest_chain": s[0]["longest_chain"],
-            }
-        )
+        s = samples["this"][n]
+        row: dict[str, Any] = {
+            "sites": n,
+            "wall_s_median": statistics.median(x["wall_s"] for x in s),
+            "peak_rss_mib_median": statistics.median(x["peak_rss_mib"] for x in s),
+            "resources": s[0]["resources"],
+            "resources_per_site": s[0]["resources"] / n,
+            "longest_chain": s[0]["longest_chain"],
+        }
+        if "against" in samples:
+            other = statistics.median(x["wall_s"] for x in samples["against"][n])
+            row |= {"against_wall_s_median": other, "time_ratio": row["wall_s_median"] / other}
+        rows.append(row)
     large = [(r["sites"], r["wall_s_median"]) for r in rows if r["sites"] >= 6]
     report = {
         "benchmark": "program_scale",
@@ -133,16 +145,19 @@ def main(argv: list[str] | None = None) -> int:
         "rows": rows,
         "time_exponent_6_plus": exponent(large) if len(large) >= 2 else None,
         "longest_chain_constant": len({r["longest_chain"] for r in rows}) == 1,
+        "against": str(roots["against"]) if "against" in roots else None,
         "samples": samples,
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "program_scale.json").write_text(json.dumps(report, indent=1))
     chart(rows)
-    print(f"\n{'sites':>5} {'time s':>8} {'MiB':>6} {'resources':>9} {'per site':>8} {'chain':>5}")
+    against = "against" in roots
+    print(f"\n{'sites':>5} {'time s':>8} {'MiB':>6} {'resources':>9} {'per site':>8} {'chain':>5}" + ("  against s  ratio" if against else ""))
     for r in rows:
         print(
             f"{r['sites']:>5} {r['wall_s_median']:8.2f} {r['peak_rss_mib_median']:6.0f} {r['resources']:>9} "
             f"{r['resources_per_site']:8.1f} {r['longest_chain']:>5}"
+            + (f"  {r['against_wall_s_median']:9.2f}  {r['time_ratio']:5.2f}" if against else "")
         )
     print(f"time ~ sites^{report['time_exponent_6_plus']:.2f}; longest dependency chain constant: {report['longest_chain_constant']}")
     print(f"wrote {RESULTS / 'program_scale.json'} and .png")

@@ -12,7 +12,7 @@ import pulumi
 import pulumi_command as command
 
 from multicloud_overlay.cloudinit.render import check_command
-from multicloud_overlay.components.push import connection
+from multicloud_overlay.components.push import barrier, connection
 from multicloud_overlay.overlay.plan import Plan, config_digest
 
 if TYPE_CHECKING:
@@ -74,6 +74,7 @@ def connectivity_checks(
 ) -> dict[str, ConnectivityCheck]:
     """One check per router, after every node's push; re-run whenever any node's config changed."""
     pushes = [push for site in sites.values() for push in site.pushes.values()]
+    pushed = barrier("overlay-pushed", pushes)
     digest = pulumi.Output.all(*[p.digest for p in pushes]).apply(combined_digest)
     targets = check_targets(plan)
     checks: dict[str, ConnectivityCheck] = {}
@@ -88,7 +89,7 @@ def connectivity_checks(
                 overlay_digest=digest,
                 private_key=private_key,
                 host_key=site.host_keys[router],
-                after=list(pushes),
+                after=[pushed],
                 fails_update=fails_update,
             ),
             pulumi.ResourceOptions(parent=site.router),

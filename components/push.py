@@ -111,18 +111,28 @@ class NodeConfigPush(pulumi.ComponentResource):
         self.register_outputs({"digest": self.digest, "stdout": self.command.stdout})
 
 
+def barrier(name: str, after: Sequence[pulumi.Resource]) -> pulumi.Resource:
+    """One resource that is created (or left as it is) once every resource in `after` is: m resources that wait for it
+    list one dependency each instead of all n, and the program states n + m dependencies instead of n × m.
+
+    The Pulumi SDK checks every dependency a program states for a cycle by walking the graph declared so far, so
+    n × m of them made a 100-site program (its every router's switch and push waiting for every router's earlier
+    steps) spend most of its time there. The barrier is the engine's built-in Stash resource, which needs no
+    provider plugin and holds only its name: https://www.pulumi.com/docs/iac/concepts/stash/ (an engine from before
+    https://github.com/pulumi/pulumi/pull/20819 refuses it as an unrecognized resource type; README: a CLI no older
+    than the pinned SDK)."""
+    return pulumi.Stash(name, input=name, opts=pulumi.ResourceOptions(depends_on=list(after)))
+
+
 def order_pushes(pushes: Mapping[str, NodeConfigPush], waves: Sequence[Sequence[str]]) -> None:
     """Create every switch and push command in make-before-break order: a router switches once every router has
     prepared and every router of the waves before its own has switched; its push (the last step) waits for every
     switch. Clients (not phased) push at once. A run in which only some configs changed runs only their commands,
-    in the same order."""
-    prepares = [p.phases["prepare"] for p in pushes.values() if "prepare" in p.phases]
-    switched: list[pulumi.Resource] = []
-    for wave in waves:
-        done = []
+    in the same order. Each stage ends in a `barrier` that the next stage waits for."""
+    ready = barrier("overlay-prepared", [p.phases["prepare"] for p in pushes.values() if "prepare" in p.phases])
+    for i, wave in enumerate(waves, 1):
         for node in wave:
-            pushes[node].switch([*prepares, *switched])
-            done += [pushes[node].phases["switch"]] if "switch" in pushes[node].phases else []
-        switched += done
+            pushes[node].switch([ready])
+        ready = barrier(f"overlay-switched-{i}", [ready, *(pushes[n].phases["switch"] for n in wave if "switch" in pushes[n].phases)])
     for p in pushes.values():
-        p.finish(switched if p.args.phased else [])
+        p.finish([ready] if p.args.phased else [])

@@ -116,6 +116,18 @@ class ProgramRun:
         assert len(found) == 1, f"{len(found)} resources named {name}"
         return found[0]
 
+    def waits_for(self, urn: str) -> set[str]:
+        """Every resource the engine finishes before it starts this one: its dependencies, theirs, and so on."""
+        deps = {r.urn: r.depends_on for r in self.resources}
+        seen: set[str] = set()
+        todo = list(deps[urn])
+        while todo:
+            u = todo.pop()
+            if u not in seen:
+                seen.add(u)
+                todo += deps.get(u, ())
+        return seen
+
     def children_of(self, urn: str) -> list[Registered]:
         return [r for r in self.resources if r.parent == urn]
 

@@ -46,6 +46,7 @@ WORDS = {
     "tls:index/privateKey:PrivateKey": "TLS private keys",
     "random:index/randomBytes:RandomBytes": "RandomBytes",
     "command:remote:Command": "remote commands",
+    "pulumi:index:Stash": "Stash barriers",
     "pulumi:providers:aws": "aws provider",
     "pulumi:providers:gcp": "gcp provider",
 }
