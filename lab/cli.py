@@ -70,8 +70,10 @@ def cmd_check(args: argparse.Namespace) -> int:
 def cmd_swap(args: argparse.Namespace) -> int:
     from lab.swap import run_swap
 
-    if args.hub is None and args.protocol is None and args.encryption is None and args.topology is None:
-        raise LabError("swap: give --hub SITE, --protocol PROTOCOL, --topology TOPOLOGY and/or --encryption none|ipsec")
+    if all(v is None for v in (args.hub, args.protocol, args.encryption, args.topology, args.standby_hub)):
+        raise LabError(
+            "swap: give --hub SITE, --standby-hub SITE, --protocol PROTOCOL, --topology TOPOLOGY and/or --encryption none|ipsec"
+        )
     return run_swap(
         hub=args.hub,
         protocol=args.protocol,
@@ -80,6 +82,7 @@ def cmd_swap(args: argparse.Namespace) -> int:
         encryption=args.encryption,
         topology=args.topology,
         one_step=args.one_step,
+        standby_hub=args.standby_hub,
     )
 
 
@@ -194,6 +197,9 @@ def parser() -> argparse.ArgumentParser:
 
     sw = sub.add_parser("swap", help="re-render every node config and re-apply it in place, measuring convergence")
     sw.add_argument("--hub", help="new hub site")
+    sw.add_argument(
+        "--standby-hub", metavar="SITE", help='new standby hub ("" for none; with --hub, the hub and the standby trade places)'
+    )
     sw.add_argument("--protocol", choices=PROTOCOLS, help="new tunnel protocol")
     sw.add_argument("--encryption", choices=ENCRYPTIONS, help="turn IPsec on or off in place")
     sw.add_argument("--topology", choices=TOPOLOGIES, help="new topology (hub-and-spoke <-> full-mesh)")

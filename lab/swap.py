@@ -184,8 +184,9 @@ def snapshot(lab: Lab) -> dict[str, Any]:
 
 
 def probe_pair(old: Plan, new: Plan) -> tuple[str, str]:
-    """Two sites that are spokes before and after (their traffic crosses the old hub, then the new one)."""
-    hubs = {old.hub, new.hub} if new.config.topology == "hub-and-spoke" else set()
+    """Two sites that are spokes before and after (their traffic crosses the old hub, then the new one): neither is a
+    hub or a standby hub, before or after."""
+    hubs = {old.hub, new.hub, old.config.standby_hub, new.config.standby_hub} - {""} if new.config.topology == "hub-and-spoke" else set()
     sites = [s.name for s in new.config.sites if s.name not in hubs]
     if len(sites) < 2:
         sites = [s.name for s in new.config.sites]
@@ -231,10 +232,11 @@ def swap(
     encryption: str | None = None,
     topology: str | None = None,
     one_step: bool = False,
+    standby_hub: str | None = None,
 ) -> SwapResult:
     lab = Lab(state_dir)
     old = lab.plan
-    changes = (("hub", hub), ("protocol", protocol), ("encryption", encryption), ("topology", topology))
+    changes = (("hub", hub), ("protocol", protocol), ("encryption", encryption), ("topology", topology), ("standbyHub", standby_hub))
     overrides = {**lab.state.overrides, **{k: v for k, v in changes if v is not None}}
     new = lab_plan(load_raw(lab.state.stack, lab.state.sites or None, overrides))
     if new.protocol == "geneve" and not geneve_supported(lab.sh):
@@ -246,10 +248,11 @@ def swap(
     if new.encrypted and not lab.state.key_seed:
         lab.state.key_seed = os.urandom(32).hex()
         save(lab.state, state_dir)
-    before = {"hub": old.hub, "protocol": old.protocol, "encryption": old.config.encryption, "topology": old.config.topology}
-    after = {"hub": new.hub, "protocol": new.protocol, "encryption": new.config.encryption, "topology": new.config.topology}
+    before, after = ({"hub": p.hub, "protocol": p.protocol, "encryption": p.config.encryption, "topology": p.config.topology,
+                      "standbyHub": p.config.standby_hub} for p in (old, new))
     out(
-        f"swap: hub {old.hub} -> {new.hub}, protocol {old.protocol} -> {new.protocol}, "
+        f"swap: hub {old.hub} -> {new.hub}, standby hub {old.config.standby_hub or '-'} -> {new.config.standby_hub or '-'}, "
+        f"protocol {old.protocol} -> {new.protocol}, "
         f"encryption {old.config.encryption} -> {new.config.encryption}, topology {old.config.topology} -> {new.config.topology}"
     )
     snap_before = snapshot(lab)
@@ -390,9 +393,12 @@ def run_swap(
     encryption: str | None = None,
     topology: str | None = None,
     one_step: bool = False,
+    standby_hub: str | None = None,
 ) -> int:
     require_root("swap")
-    res = swap(hub, protocol, results, fdb_fix=fdb_fix, encryption=encryption, topology=topology, one_step=one_step)
+    res = swap(
+        hub, protocol, results, fdb_fix=fdb_fix, encryption=encryption, topology=topology, one_step=one_step, standby_hub=standby_hub
+    )
     p = res.ping
     print(f"nothing rebuilt: {'yes' if not res.rebuilt else 'NO: ' + ', '.join(res.rebuilt)}")
     print(

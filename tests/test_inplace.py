@@ -186,6 +186,18 @@ def test_a_standby_hub_set_or_unset_touches_no_vm_and_reruns_only_the_routers(st
     assert {n for n in d_old if d_old[n] != d_new[n]} == {f"{s}-router" for s in SITES}
 
 
+def test_the_hub_and_the_standby_trading_places_touches_no_vm_and_keeps_every_key() -> None:
+    """hub and standbyHub swapped in place: every spoke already tunnels to both, so no rule or key comes or goes, no VM
+    changes, and only the routers' pushes run again."""
+    before = run_cached({**dev_config(DEV["hub"]), "standbyHub": "gcp"})
+    after = run_cached({**dev_config("gcp"), "standbyHub": DEV["hub"]})
+    old, new = cloud_resources(before), cloud_resources(after)
+    assert set(old) == set(new)
+    assert_only_rules_and_pair_keys_change(old, new)
+    d_old, d_new = push_digests(before), push_digests(after)
+    assert {n for n in d_old if d_old[n] != d_new[n]} == {f"{s}-router" for s in SITES}
+
+
 def test_push_sends_the_node_config_and_pins_the_host_key() -> None:
     run = run_cached(dev_config(DEV["hub"]))
     plan = plan_of(dev_config(DEV["hub"]))

@@ -14,9 +14,10 @@ import pytest
 
 from bench.configs import stack_with_sites
 from lab.check import Lab
+from lab.faults import bridge_frames
 from lab.probes import ping
 from lab.state import STATE_DIR
-from lab.underlay import drop_on_internet
+from lab.underlay import drop_on_internet, site_matches
 from tests.lab.conftest import check_passes, lab, lab_of_stack
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
@@ -99,3 +100,42 @@ def test_a_cut_path_keeps_every_spoke_path_without_duplicates(
         cut(lab_, *cut_sites, False)
     time.sleep(1.5)
     check(tmp_path)
+
+
+def test_the_hub_and_the_standby_trade_places_in_place_and_the_new_standby_takes_over(two_hubs: Path, tmp_path: Path) -> None:
+    """`lab swap --hub gcp --standby-hub aws`: the hub and the standby trade places in place, make-before-break,
+    while 10 ms pings cross the hub between the spokes' clients and from each hub's client to a spoke's. Then the new
+    hub is cut off: the spokes still reach each other, through the new standby (their BFD watchers follow the roles)."""
+    proc = lab("swap", "--hub", "gcp", "--standby-hub", "aws", "--results", str(tmp_path), timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+    (result,) = tmp_path.glob("swap-gcp-*.json")
+    doc = json.loads(result.read_text())
+    print(json.dumps({k: doc[k] for k in ("before", "after", "stages", "ping", "other_paths")}, indent=1))
+    assert (doc["before"]["hub"], doc["before"]["standbyHub"], doc["after"]["hub"], doc["after"]["standbyHub"]) == ("aws", "gcp", "gcp", "aws")
+    assert doc["rebuilt"] == []
+    paths = [doc["ping"], *doc["other_paths"]]
+    assert {p["path"].split(" (")[0] for p in paths} == {"azure-client -> oci-client", "aws-client -> oci-client", "gcp-client -> oci-client"}
+    for p in paths:
+        assert p["converged"] and p["sent"] > 100 and p["duplicates"] == 0, p
+        assert p["lost"] == 0, p
+    check(tmp_path / "after-swap")
+    lab_ = Lab(STATE_DIR)
+    # The spokes' traffic now crosses gcp's bridge, not aws's: 300 echoes and 300 replies through the new hub, while
+    # the new standby's bridge takes only BFD and the like (under a second of it at 100 frames a second).
+    hubs = ("aws-router", "gcp-router")
+    frames = {n: bridge_frames(lab_, n) for n in hubs}
+    echo = ping(lab_.plan.node("oci-client").overlay_ipv4, lab_.node_ns("azure-client"), count=300, interval=0.005, quiet=True)
+    took = {n: bridge_frames(lab_, n) - frames[n] for n in hubs}
+    print("frames each hub's bridge took over 300 spoke-to-spoke pings:", took)
+    assert echo.ok and took["gcp-router"] >= 600 > 200 >= took["aws-router"], took
+    gcp = dict(lab_.layout.public_ips)["gcp"]
+    drop_on_internet(lab_.sh, lab_.layout.internet_ns, site_matches(gcp), True)
+    try:
+        time.sleep(1.5)
+        for src, dst in [("azure-client", "oci-client"), ("oci-client", "aws-client"), ("aws-client", "azure-client")]:
+            ok, dups = reaches(lab_, src, dst)
+            assert ok and dups == 0, (src, dst, dups)
+    finally:
+        drop_on_internet(lab_.sh, lab_.layout.internet_ns, site_matches(gcp), False)
+    time.sleep(1.5)
+    check(tmp_path / "after-cut")
