@@ -1241,22 +1241,35 @@ def bfd_watch(config: str, state_dir: str, sock: str, log: Callable[[str], None]
     s.sendall(struct.pack("!IHBB", 8, 1, 4, 1) + struct.pack("=Q", 1))  # BMT_NOTIFY, BCM_NOTIFY_PEER_STATE
     buf = b""
 
-    def settle() -> None:
-        nonlocal down
-        try:
-            doc = load(config)
-        except Rejected:
-            return
+    def running() -> dict[str, Any] | None:
+        # What the node runs: the last config applied, which during a make-before-break change is a phase's
+        # (transition), not yet the installed one; the installed one before the first apply.
+        for path in (os.path.join(state_dir, "applied.json"), config):
+            with contextlib.suppress(Rejected):
+                return load(path)
+        return None
+
+    def found_down(doc: dict[str, Any]) -> set[str]:
         peers = {p["address"]: p["tunnel"] for p in (doc.get("bfd") or {}).get("peers", [])}
         now = time.monotonic()
-        new = {
+        return {
             peers[a]
             for a, (state, _) in states.items()
             if a in peers and state != "up" and (a in seen_up or now - started.get(a, now) > BFD_GRACE)
         }
-        if new == down:
+
+    def settle() -> None:
+        nonlocal down
+        doc = running()
+        if doc is None or found_down(doc) == down:
             return
         with Lock(os.path.join(state_dir, "lock")).acquire(log):
+            doc = running()  # a push may have applied another config while this waited for the lock
+            if doc is None:
+                return
+            new = found_down(doc)
+            if new == down:
+                return
             old_view, new_view = failover_view(doc, down), failover_view(doc, new)
             batch = _failover_batch(old_view, new_view)
             if batch:
@@ -1323,8 +1336,12 @@ PHASES = ("prepare", "switch")
 SIDE_BY_SIDE = ("kind", "protocol", "port", "mtu", "bridge", "lan", "forwarding", "open_host_firewall", "containers", "ipsec")
 
 
+FORWARDING = ("isolated", "flood", "standby_for")
+"""What a tunnel's entry says about forwarding, not about the tunnel: a phase sets it (transition)."""
+
+
 def _tunnel_core(t: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in t.items() if k not in ("isolated", "flood")}
+    return {k: v for k, v in t.items() if k not in FORWARDING}
 
 
 def transition(old: dict[str, Any] | None, new: dict[str, Any], phase: str) -> dict[str, Any] | None:
@@ -1341,7 +1358,11 @@ def transition(old: dict[str, Any] | None, new: dict[str, Any], phase: str) -> d
     - finish, the plain push: the new config alone; the old tunnels go, and nothing uses them any more.
     While old and new tunnels coexist, a frame may reach a router from two hubs: only a hub (old or new) relays
     between tunnels, every other router's tunnels are isolated ports, so the two hubs and their one tunnel are the
-    only path a frame can take twice, and there is no loop.
+    only path a frame can take twice, and there is no loop. A standby hub that is neither relays nothing for those
+    few seconds either (a third relay would close a triangle with the two hubs); it carries no traffic while the
+    hub is up. With two hubs, each phase follows one side whole: which tunnel stands in for which
+    (`standby_for`), the MAC entries and their backups, and the BFD sessions are the old config's in prepare and the
+    new one's from the switch on, so the flooding tree, the MAC table and BFD's failover always agree.
     """
     if old is None or new["kind"] != "router" or any(old.get(k) != new.get(k) for k in SIDE_BY_SIDE):
         return None
@@ -1352,16 +1373,21 @@ def transition(old: dict[str, Any] | None, new: dict[str, Any], phase: str) -> d
     if old == new:
         return None
     relay = "hub" in (old.get("role"), new.get("role"))
+    side = old if phase == "prepare" else new
     flooding = old_t if phase == "prepare" else new_t
     tunnels = []
     for name in [*new_t, *(n for n in old_t if n not in new_t)]:
-        t = {k: v for k, v in (new_t.get(name) or old_t[name]).items() if k not in ("isolated", "flood")}
+        t = _tunnel_core(new_t.get(name) or old_t[name])
         if name.startswith("ovl-r") and not relay:
             t["isolated"] = True
         if name not in flooding:
             t["flood"] = False
+        elif "standby_for" in flooding[name]:
+            t["standby_for"] = flooding[name]["standby_for"]
         tunnels.append(t)
-    return {**new, "tunnels": tunnels, "fdb": (old if phase == "prepare" else new).get("fdb", [])}
+    step = {**new, "tunnels": tunnels, "fdb": side.get("fdb", [])}
+    step.pop("bfd", None)
+    return {**step, **({"bfd": side["bfd"]} if "bfd" in side else {})}
 
 
 def ping(target: str) -> bool:

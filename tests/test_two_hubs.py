@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import itertools
 from typing import Any
 
 import pytest
@@ -234,3 +235,165 @@ def test_a_cloud_deployment_takes_two_hubs_and_every_spoke_gets_rules_for_both()
     pairs = {frozenset(p) for p in plan.router_pairs()}
     assert all({frozenset((s, plan.hub)), frozenset((s, "gcp"))} <= pairs for s in spokes)
     assert checked_plan(parse_config(raw())).standby is None
+
+
+# --------------------------------------------------------------------------- a hub change with a standby set: the phases
+
+Docs = dict[str, dict[str, Any]]
+
+
+def router_docs(hub: str, standby: str | None) -> Docs:
+    plan = build_plan(parse_config(raw(hub=hub, **({"standbyHub": standby} if standby else {}))))
+    return {r.name: node_config(plan, r.name, PUBLIC) for r in plan.routers()}
+
+
+def forward(views: Docs, src: str, mac: str | None) -> tuple[dict[str, int], bool]:
+    """A model of the routers' bridges: a frame from `src`'s own host to `mac` (None: a broadcast), forwarded by each
+    bridge as the kernel does (a known MAC down its pinned tunnel, else out of every tunnel that floods; never back
+    where it came from, never from one isolated port to another), carried by a tunnel only to a peer that has the
+    tunnel's other end. Returns how many times the frame reached each router's own hosts, and whether it was still
+    going after more hops than the overlay has routers (a loop)."""
+    delivered = dict.fromkeys(views, 0)
+    frames: list[tuple[str, str | None]] = [(src, None)]
+    for _ in range(len(views) + 2):
+        after: list[tuple[str, str | None]] = []
+        for router, ingress in frames:
+            view = views[router]
+            tunnels = {t["name"]: t for t in view["tunnels"] if t["name"].startswith("ovl-r")}
+            fdb = {e["mac"]: e["port"] for e in view["fdb"]}
+            if mac is None or mac == view["bridge"]["mac"]:
+                delivered[router] += ingress is not None
+                if mac is not None:
+                    continue
+            outs = [fdb[mac]] if mac is not None and mac in fdb else [n for n, t in tunnels.items() if t.get("flood", True)]
+            for out in outs:
+                if out == ingress or (ingress is not None and tunnels[ingress].get("isolated") and tunnels[out].get("isolated")):
+                    continue
+                peer = tunnels[out]["peer"]
+                back = [t["name"] for t in views[peer]["tunnels"] if t.get("peer") == router]
+                after += [(peer, back[0])] if back else []
+        if not after:
+            return delivered, False
+        frames = after
+    return delivered, True
+
+
+def swap_states(old: Docs, new: Docs, waves: tuple[tuple[str, ...], ...]) -> list[Docs]:
+    """Every config mix the routers can run through while the program pushes a change in stages (components/push.py):
+    the prepare steps in parallel, the switch steps wave by wave (each wave in parallel), the final pushes in
+    parallel. A step that has nothing to do leaves what runs."""
+
+    def phase(name: str, p: str) -> dict[str, Any]:
+        return overlay_node.transition(old[name], new[name], p) or (old[name] if p == "prepare" else phase(name, "prepare"))
+
+    stages: list[list[tuple[str, str]]] = [[(n, "old"), (n, "prepare")] for n in old]  # type: ignore[misc]
+    states: list[dict[str, str]] = [{n: lvl for n, lvl in combo} for combo in itertools.product(*stages)]
+    for i, wave in enumerate(waves):
+        done = {n for w in waves[:i] for n in w}
+        base = {n: "switch" if n in done else "prepare" for n in old}
+        states += [{**base, **dict(combo)} for combo in itertools.product(*[[(n, "prepare"), (n, "switch")] for n in wave])]
+    states += [dict(combo) for combo in itertools.product(*[[(n, "switch"), (n, "new")] for n in old])]
+    docs = {"old": lambda n: old[n], "new": lambda n: new[n], "prepare": lambda n: phase(n, "prepare"), "switch": lambda n: phase(n, "switch")}
+    return [{n: overlay_node.failover_view(docs[lvl](n), set()) for n, lvl in s.items()} for s in states]
+
+
+HUB_CHANGES = [
+    pytest.param(("aws", "gcp"), ("oci", "gcp"), id="a-spoke-becomes-the-hub-the-standby-stays"),
+    pytest.param(("aws", "gcp"), ("gcp", "aws"), id="the-hub-and-the-standby-trade"),
+    pytest.param(("aws", "gcp"), ("oci", "aws"), id="the-hub-becomes-the-standby-a-spoke-the-hub"),
+    pytest.param(("aws", "gcp"), ("gcp", "oci"), id="the-standby-becomes-the-hub-a-spoke-the-standby"),
+    pytest.param(("aws", None), ("oci", "gcp"), id="a-standby-set-with-the-swap"),
+    pytest.param(("aws", "gcp"), ("oci", None), id="the-standby-unset-with-the-swap"),
+    pytest.param(("aws", None), ("oci", None), id="one-hub"),
+]
+
+
+@pytest.mark.parametrize(("before", "after"), HUB_CHANGES)
+def test_a_hub_change_with_a_standby_goes_make_before_break(before: tuple[str, str | None], after: tuple[str, str | None]) -> None:
+    """Every router whose config changes runs the phases (a standby set makes no change a one-step one), each phase is
+    a valid config, and each follows one side whole: the old config's standby tunnels, MAC entries and BFD sessions in
+    prepare, the new one's from the switch on."""
+    old, new = router_docs(*before), router_docs(*after)
+    for name in old:
+        steps = {p: overlay_node.transition(old[name], new[name], p) for p in overlay_node.PHASES}
+        assert steps["prepare"] is not None and steps["switch"] is not None, name
+        for p, side in (("prepare", old[name]), ("switch", new[name])):
+            step = steps[p]
+            assert step is not None and overlay_node.validate(step) == [], (name, p)
+            assert step["fdb"] == side["fdb"] and step.get("bfd") == side.get("bfd"), (name, p)
+            flooding = {t["name"]: t.get("standby_for") for t in step["tunnels"] if t.get("flood", True)}
+            assert flooding == {t["name"]: t.get("standby_for") for t in side["tunnels"]}, (name, p)
+            relay = "hub" in (old[name]["role"], new[name]["role"])
+            assert all(t.get("isolated", False) != relay for t in step["tunnels"] if t["name"].startswith("ovl-r")), (name, p)
+
+
+@pytest.mark.parametrize(("before", "after"), HUB_CHANGES)
+def test_every_mix_of_phases_delivers_every_frame_with_no_loop(before: tuple[str, str | None], after: tuple[str, str | None]) -> None:
+    """Through every mix of configs the routers can run while a hub change is pushed (swap_states), a broadcast from
+    any router reaches every other one without going round, and a frame to any router's own MAC arrives exactly once;
+    before and after, a broadcast arrives exactly once too."""
+    old, new = router_docs(*before), router_docs(*after)
+    plan = build_plan(parse_config(raw(hub=after[0], **({"standbyHub": after[1]} if after[1] else {}))))
+    states = swap_states(old, new, plan.switch_waves())
+    assert len(states) > 100
+    for i, views in enumerate(states):
+        for src in views:
+            delivered, looped = forward(views, src, None)
+            assert not looped and all(delivered[r] >= 1 for r in views if r != src), (i, src, delivered)
+            if i in (0, len(states) - 1):
+                assert all(delivered[r] == 1 for r in views if r != src), (i, src, delivered)
+            for dst in views:
+                if dst != src:
+                    got, looped = forward(views, src, views[dst]["bridge"]["mac"])
+                    assert not looped and got[dst] == 1, (i, src, dst, got)
+
+
+def test_bfd_watch_follows_the_config_that_runs_not_the_one_installed(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """During a make-before-break change the node runs a phase's config (applied.json) while the installed one is still
+    the old: a session the phase has dropped (the old hub's) going down moves nothing, while one the phase has (the
+    standby's) does."""
+    import json
+    import socket
+    import struct
+    import threading
+    import time
+
+    old = spoke_doc()  # hub aws (ovl-r1), standby gcp (ovl-r3)
+    new = node_config(build_plan(parse_config(raw(hub="oci", standbyHub="gcp"))), "azure-router", PUBLIC)
+    switch = overlay_node.transition(old, new, "switch")
+    assert switch is not None and [p["tunnel"] for p in switch["bfd"]["peers"]] == ["ovl-r4", "ovl-r3"]
+    config, state = tmp_path / "node.json", tmp_path / "state"
+    config.write_text(json.dumps(old))
+    state.mkdir()
+    (state / "applied.json").write_text(json.dumps(switch))
+    sock_path = str(tmp_path / "bfdd.sock")
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(sock_path)
+    server.listen(1)
+    batches: list[str] = []
+    monkeypatch.setattr(overlay_node.Runner, "run", lambda self, argv, check=True, stdin=None: batches.append(stdin or ""))
+
+    def status(peer: str, up: bool) -> bytes:
+        body = json.dumps({"op": "status", "peer-address": peer, "state": "up" if up else "down"}).encode()
+        return struct.pack("!IHBB", len(body), 0, 4, 1) + body
+
+    def bfdd() -> None:
+        conn, _ = server.accept()
+        conn.recv(16)
+        conn.sendall(status("fe80::6f:1", True) + status("fe80::6f:3", True) + status("fe80::6f:4", True))
+        conn.sendall(status("fe80::6f:1", False))  # the old hub's session, which the phase no longer has
+        time.sleep(1.5)
+        quiet.append((state / overlay_node.BFD_DOWN).exists() or bool(batches))
+        conn.sendall(status("fe80::6f:4", False))  # the new hub's
+        deadline = time.monotonic() + 10
+        while not (state / overlay_node.BFD_DOWN).exists() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        conn.close()
+
+    quiet: list[bool] = []
+    threading.Thread(target=bfdd, daemon=True).start()
+    assert overlay_node.bfd_watch(str(config), str(state), sock_path, lambda line: None) == 1
+    assert quiet == [False]
+    assert json.loads((state / overlay_node.BFD_DOWN).read_text()) == ["ovl-r4"]
+    (batch,) = batches
+    assert batch.startswith("link set dev ovl-r3 flood on") and batch.rstrip().endswith("link set dev ovl-r4 flood off mcast_flood off bcast_flood off")

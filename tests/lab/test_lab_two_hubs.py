@@ -139,3 +139,35 @@ def test_the_hub_and_the_standby_trade_places_in_place_and_the_new_standby_takes
         drop_on_internet(lab_.sh, lab_.layout.internet_ns, site_matches(gcp), False)
     time.sleep(1.5)
     check(tmp_path / "after-cut")
+
+
+def test_the_hub_moves_to_a_spoke_with_a_standby_set_and_the_standby_still_takes_over(two_hubs: Path, tmp_path: Path) -> None:
+    """After the trade (hub gcp, standby aws): `lab swap --hub oci`, a spoke becomes the hub and the old hub a spoke,
+    the standby staying. 10 ms pings from the old and the new hub's clients to a spoke's: under 100 ms lost, no
+    duplicate. Then the new hub is cut off, and the spokes (azure and the old hub, gcp) reach each other through the
+    standby."""
+    proc = lab("swap", "--hub", "oci", "--results", str(tmp_path), timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+    (result,) = tmp_path.glob("swap-oci-*.json")
+    doc = json.loads(result.read_text())
+    print(json.dumps({k: doc[k] for k in ("before", "after", "stages", "ping", "other_paths")}, indent=1))
+    assert (doc["before"]["hub"], doc["after"]["hub"], doc["after"]["standbyHub"]) == ("gcp", "oci", "aws")
+    assert doc["rebuilt"] == []
+    paths = [doc["ping"], *doc["other_paths"]]
+    assert {p["path"].split(" (")[0] for p in doc["other_paths"]} == {"gcp-client -> azure-client", "oci-client -> azure-client"}
+    for p in paths:
+        assert p["converged"] and p["sent"] > 100 and p["duplicates"] == 0, p
+        assert p["outage_ms"] < 100, p
+    check(tmp_path / "after-swap")
+    lab_ = Lab(STATE_DIR)
+    oci = dict(lab_.layout.public_ips)["oci"]
+    drop_on_internet(lab_.sh, lab_.layout.internet_ns, site_matches(oci), True)
+    try:
+        time.sleep(1.5)
+        for src, dst in [("azure-client", "gcp-client"), ("gcp-client", "azure-client"), ("gcp-client", "aws-client")]:
+            ok, dups = reaches(lab_, src, dst)
+            assert ok and dups == 0, (src, dst, dups)
+    finally:
+        drop_on_internet(lab_.sh, lab_.layout.internet_ns, site_matches(oci), False)
+    time.sleep(1.5)
+    check(tmp_path / "after-cut")
