@@ -1249,9 +1249,22 @@ def bfd_watch(config: str, state_dir: str, sock: str, log: Callable[[str], None]
                 return load(path)
         return None
 
+    known: set[str] = set()
+
     def found_down(doc: dict[str, Any]) -> set[str]:
         peers = {p["address"]: p["tunnel"] for p in (doc.get("bfd") or {}).get("peers", [])}
         now = time.monotonic()
+        # A session that left the config is forgotten, and one that joins it gets its grace from then: a peer
+        # removed by one change and added again by a later one (a hub swap and back) starts as a new session, not
+        # as one that was up and went down.
+        for a in known - peers.keys():
+            states.pop(a, None)
+            seen_up.discard(a)
+            started.pop(a, None)
+        for a in peers.keys() - known:
+            started[a] = now
+        known.clear()
+        known.update(peers)
         return {
             peers[a]
             for a, (state, _) in states.items()
@@ -1387,7 +1400,12 @@ def transition(old: dict[str, Any] | None, new: dict[str, Any], phase: str) -> d
         tunnels.append(t)
     step = {**new, "tunnels": tunnels, "fdb": side.get("fdb", [])}
     step.pop("bfd", None)
-    return {**step, **({"bfd": side["bfd"]} if "bfd" in side else {})}
+    bfd = side.get("bfd")
+    if phase == "prepare" and "bfd" in new:
+        # FRR starts here, beside the old tunnels (its start takes seconds: not in a switch, one wave after another),
+        # with the old config's sessions only: the new ones come with the switch.
+        bfd = {**new["bfd"], "peers": (old.get("bfd") or {}).get("peers", [])}
+    return {**step, **({"bfd": bfd} if bfd else {})}
 
 
 def ping(target: str) -> bool:

@@ -320,7 +320,10 @@ def test_a_hub_change_with_a_standby_goes_make_before_break(before: tuple[str, s
         for p, side in (("prepare", old[name]), ("switch", new[name])):
             step = steps[p]
             assert step is not None and overlay_node.validate(step) == [], (name, p)
-            assert step["fdb"] == side["fdb"] and step.get("bfd") == side.get("bfd"), (name, p)
+            assert step["fdb"] == side["fdb"], (name, p)
+            assert [x["tunnel"] for x in (step.get("bfd") or {}).get("peers", [])] == [x["tunnel"] for x in (side.get("bfd") or {}).get("peers", [])]
+            # FRR runs from prepare on when the new config has BFD (its start is slow), and until the switch otherwise.
+            assert ("bfd" in step) == ("bfd" in new[name] or "bfd" in side), (name, p)
             flooding = {t["name"]: t.get("standby_for") for t in step["tunnels"] if t.get("flood", True)}
             assert flooding == {t["name"]: t.get("standby_for") for t in side["tunnels"]}, (name, p)
             relay = "hub" in (old[name]["role"], new[name]["role"])
@@ -397,3 +400,52 @@ def test_bfd_watch_follows_the_config_that_runs_not_the_one_installed(tmp_path: 
     assert json.loads((state / overlay_node.BFD_DOWN).read_text()) == ["ovl-r4"]
     (batch,) = batches
     assert batch.startswith("link set dev ovl-r3 flood on") and batch.rstrip().endswith("link set dev ovl-r4 flood off mcast_flood off bcast_flood off")
+
+
+def test_bfd_watch_takes_a_session_added_again_as_a_new_one(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A hub swap and back removes the spoke's session with a router and adds it again. The new session starts down;
+    within its grace that is not a lost hub, even though the watcher saw the old session up."""
+    import json
+    import socket
+    import struct
+    import threading
+    import time
+
+    doc = spoke_doc()  # hub aws (ovl-r1, fe80::6f:1), standby gcp (ovl-r3)
+    without = {**doc, "bfd": {**doc["bfd"], "peers": [p for p in doc["bfd"]["peers"] if p["tunnel"] != "ovl-r1"]}}
+    config, state = tmp_path / "node.json", tmp_path / "state"
+    config.write_text(json.dumps(doc))
+    state.mkdir()
+    applied = state / "applied.json"
+    applied.write_text(json.dumps(doc))
+    sock_path = str(tmp_path / "bfdd.sock")
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(sock_path)
+    server.listen(1)
+    batches: list[str] = []
+    monkeypatch.setattr(overlay_node.Runner, "run", lambda self, argv, check=True, stdin=None: batches.append(stdin or ""))
+
+    def status(peer: str, up: bool) -> bytes:
+        body = json.dumps({"op": "status", "peer-address": peer, "state": "up" if up else "down"}).encode()
+        return struct.pack("!IHBB", len(body), 0, 4, 1) + body
+
+    seen: list[bool] = []
+
+    def bfdd() -> None:
+        conn, _ = server.accept()
+        conn.recv(16)
+        conn.sendall(status("fe80::6f:1", True) + status("fe80::6f:3", True))
+        time.sleep(1.2)
+        applied.write_text(json.dumps(without))  # a push removed the session
+        time.sleep(1.2)
+        applied.write_text(json.dumps(doc))  # the next one adds it again: it starts down
+        conn.sendall(status("fe80::6f:1", False))
+        time.sleep(2.5)
+        seen.append((state / overlay_node.BFD_DOWN).exists() or bool(batches))
+        conn.sendall(status("fe80::6f:1", True))
+        time.sleep(0.3)
+        conn.close()
+
+    threading.Thread(target=bfdd, daemon=True).start()
+    assert overlay_node.bfd_watch(str(config), str(state), sock_path, lambda line: None) == 1
+    assert seen == [False] and batches == []
