@@ -15,9 +15,13 @@ Then, the hub back where it started, the same spoke pair's path in both topologi
 pings 10 ms apart (idle RTT) and a 5 s iperf3 TCP run between the two spokes' clients (IPv4). The report gives the
 medians per topology and full mesh / hub path as ratios taken in the same run.
 
-    .venv/bin/python -m bench.swap_convergence [--rounds 2] [--path-rounds 3]
+With --standby-hub SITE, the same walk with two hubs: the lab comes up with that standby, the hub walks every other
+site, and the standby stays (a full mesh has no standby: no path rounds then).
 
-Writes bench/results/swap_convergence.json and .png (per-swap lab outputs under bench/results/swap_convergence/).
+    .venv/bin/python -m bench.swap_convergence [--rounds 2] [--path-rounds 3] [--standby-hub SITE]
+
+Writes bench/results/swap_convergence.json and .png (per-swap lab outputs under bench/results/swap_convergence/);
+with --standby-hub, swap_convergence_two_hubs.*.
 """
 
 from __future__ import annotations
@@ -292,6 +296,7 @@ def report(
         "machine": machine(),
         "stack": args.stack,
         "protocol": args.protocol,
+        "standby_hub": args.standby_hub,
         "rounds": args.rounds,
         "complete": planned is not None and len(swaps) == planned and (args.path_rounds == 0 or paths is not None),
         "swaps_planned": planned,
@@ -318,10 +323,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--path-rounds", type=int, default=3, help="samples of the spoke pair's path per topology (0: none)")
     parser.add_argument("--stack", default="dev")
     parser.add_argument("--protocol", default="vxlan", choices=("vxlan", "geneve"))
+    parser.add_argument("--standby-hub", help="two hubs: this site stays the standby while the hub walks the others (no path rounds)")
     args = parser.parse_args(argv)
+    if args.standby_hub and args.path_rounds:
+        print(f"--standby-hub {args.standby_hub}: a full mesh has no standby hub, so the path rounds need --path-rounds 0", file=sys.stderr)
+        return 2
     require_root()
     require_no_lab()
-    out_dir = RESULTS / NAME
+    name = f"{NAME}_two_hubs" if args.standby_hub else NAME  # its own results: the one-hub ones stay
+    out_dir = RESULTS / name
     log = out_dir / "lab.log"
     started = time.monotonic()
     swaps: list[dict[str, Any]] = []
@@ -330,15 +340,16 @@ def main(argv: list[str] | None = None) -> int:
     progress = Progress()
     paths: dict[str, Any] | None = None
     try:
-        progress.note(f"lab up --stack {args.stack} --protocol {args.protocol} ...")
-        up = lab(["up", "--stack", args.stack, "--protocol", args.protocol, "--encryption", "none"], log=log, progress=progress)
+        two = ["--standby-hub", args.standby_hub] if args.standby_hub else []
+        progress.note(f"lab up --stack {args.stack} --protocol {args.protocol} {' '.join(two)}...")
+        up = lab(["up", "--stack", args.stack, "--protocol", args.protocol, "--encryption", "none", *two], log=log, progress=progress)
         if not up.ok:
             print(up.output[-3000:], file=sys.stderr)
             return 1
         from lab.check import Lab
 
         plan = Lab().plan
-        sites = [s.name for s in plan.config.sites]
+        sites = [s.name for s in plan.config.sites if s.name != plan.standby]
         hub = plan.hub
         walk = hub_walk(sites, hub, args.rounds)
         progress.total = 2 + len(walk) + 2 * args.path_rounds  # up and initial check, each swap, each path sample, down
@@ -352,7 +363,7 @@ def main(argv: list[str] | None = None) -> int:
             progress.status(f"swap {i}/{len(walk)}: hub {hub} -> {new} ({mode})")
             x = one_swap(i, rnd, hub, new, args.protocol, out_dir, log, mode)
             swaps.append(x)
-            write_json(NAME, report(args, sites, initial, swaps, started))  # partial results survive an interruption
+            write_json(name, report(args, sites, initial, swaps, started))  # partial results survive an interruption
             progress.step(
                 f"{hub:>8} -> {new:<8} {mode:<17} lost {fmt(x['lost_all_paths'], '.0f'):>4}  worst outage {fmt(x['outage_ms_worst_path'], '.0f'):>5} ms  "
                 f"flowing after {fmt(x['converged_after_s'], '.2f')} s  apply {fmt(x['apply_seconds'], '.2f')} s  "
@@ -370,11 +381,13 @@ def main(argv: list[str] | None = None) -> int:
         progress.step(f"lab down ({'ok' if down.ok else 'FAILED: ' + down.output[-500:]})")
         progress.finish()
     doc = report(args, sites, initial, swaps, started, paths)
-    path = write_json(NAME, doc)
+    path = write_json(name, doc)
     m = doc["machine"]
     if doc["rows"]:
-        title = f"{NAME} {doc['date']} {m['host']} ({m['cpus']} CPUs); {args.stack}, {args.protocol}"
-        chart(doc["rows"], swaps, title + ("" if doc["complete"] else " (PARTIAL)"), RESULTS / f"{NAME}.png")
+        title = f"{NAME} {doc['date']} {m['host']} ({m['cpus']} CPUs); {args.stack}, {args.protocol}" + (
+            f", standby hub {args.standby_hub}" if args.standby_hub else ""
+        )
+        chart(doc["rows"], swaps, title + ("" if doc["complete"] else " (PARTIAL)"), RESULTS / f"{name}.png")
     print()
     print(table(doc["rows"]))
     for mode, m_ in doc["modes"].items():
@@ -388,7 +401,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{t}: {' -> '.join(paths['pair'])} {fmt(x['gbit_s_median'], '.2f')} Gbit/s, RTT {fmt(x['rtt_median_ms'], '.3f')} ms (medians of {x['samples']})")
         r = paths["full_mesh_over_hub"]
         print(f"full mesh / hub path: throughput x{fmt(r['gbit_s'], '.2f')}, RTT x{fmt(r['rtt'], '.2f')}")
-    print(f"\ntook {doc['wall_seconds']} s ({'complete' if doc['complete'] else 'PARTIAL'}); wrote {path} and {NAME}.png")
+    print(f"\ntook {doc['wall_seconds']} s ({'complete' if doc['complete'] else 'PARTIAL'}); wrote {path} and {name}.png")
     return 0 if doc["complete"] and all(x["swap_ok"] and x["check_pass"] for x in swaps) else 1
 
 
