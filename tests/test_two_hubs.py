@@ -351,13 +351,33 @@ def test_every_mix_of_phases_delivers_every_frame_with_no_loop(before: tuple[str
                     assert not looped and got[dst] == 1, (i, src, dst, got)
 
 
+def stand_in_bfdd(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> tuple[str, Any, list[str]]:
+    """A socket where a stand-in bfdd listens, and the list that collects the bridge batches the watcher runs."""
+    import socket
+
+    sock_path = str(tmp_path / "bfdd.sock")
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(sock_path)
+    server.listen(1)
+    batches: list[str] = []
+    monkeypatch.setattr(overlay_node.Runner, "run", lambda self, argv, check=True, stdin=None: batches.append(stdin or ""))
+    return sock_path, server, batches
+
+
+def status(peer: str, up: bool) -> bytes:
+    """bfdd's notification of a session's state (a BMT_NOTIFY message)."""
+    import json
+    import struct
+
+    body = json.dumps({"op": "status", "peer-address": peer, "state": "up" if up else "down"}).encode()
+    return struct.pack("!IHBB", len(body), 0, 4, 1) + body
+
+
 def test_bfd_watch_follows_the_config_that_runs_not_the_one_installed(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     """During a make-before-break change the node runs a phase's config (applied.json) while the installed one is still
     the old: a session the phase has dropped (the old hub's) going down moves nothing, while one the phase has (the
     standby's) does."""
     import json
-    import socket
-    import struct
     import threading
     import time
 
@@ -369,16 +389,7 @@ def test_bfd_watch_follows_the_config_that_runs_not_the_one_installed(tmp_path: 
     config.write_text(json.dumps(old))
     state.mkdir()
     (state / "applied.json").write_text(json.dumps(switch))
-    sock_path = str(tmp_path / "bfdd.sock")
-    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    server.bind(sock_path)
-    server.listen(1)
-    batches: list[str] = []
-    monkeypatch.setattr(overlay_node.Runner, "run", lambda self, argv, check=True, stdin=None: batches.append(stdin or ""))
-
-    def status(peer: str, up: bool) -> bytes:
-        body = json.dumps({"op": "status", "peer-address": peer, "state": "up" if up else "down"}).encode()
-        return struct.pack("!IHBB", len(body), 0, 4, 1) + body
+    sock_path, server, batches = stand_in_bfdd(tmp_path, monkeypatch)
 
     def bfdd() -> None:
         conn, _ = server.accept()
@@ -406,8 +417,6 @@ def test_bfd_watch_takes_a_session_added_again_as_a_new_one(tmp_path: Any, monke
     """A hub swap and back removes the spoke's session with a router and adds it again. The new session starts down;
     within its grace that is not a lost hub, even though the watcher saw the old session up."""
     import json
-    import socket
-    import struct
     import threading
     import time
 
@@ -418,16 +427,7 @@ def test_bfd_watch_takes_a_session_added_again_as_a_new_one(tmp_path: Any, monke
     state.mkdir()
     applied = state / "applied.json"
     applied.write_text(json.dumps(doc))
-    sock_path = str(tmp_path / "bfdd.sock")
-    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    server.bind(sock_path)
-    server.listen(1)
-    batches: list[str] = []
-    monkeypatch.setattr(overlay_node.Runner, "run", lambda self, argv, check=True, stdin=None: batches.append(stdin or ""))
-
-    def status(peer: str, up: bool) -> bytes:
-        body = json.dumps({"op": "status", "peer-address": peer, "state": "up" if up else "down"}).encode()
-        return struct.pack("!IHBB", len(body), 0, 4, 1) + body
+    sock_path, server, batches = stand_in_bfdd(tmp_path, monkeypatch)
 
     seen: list[bool] = []
 
@@ -449,3 +449,4 @@ def test_bfd_watch_takes_a_session_added_again_as_a_new_one(tmp_path: Any, monke
     threading.Thread(target=bfdd, daemon=True).start()
     assert overlay_node.bfd_watch(str(config), str(state), sock_path, lambda line: None) == 1
     assert seen == [False] and batches == []
+
