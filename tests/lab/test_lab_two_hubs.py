@@ -43,25 +43,29 @@ def reaches(lab_: Lab, src: str, dst: str) -> tuple[bool, int]:
     return all(e.ok for e in echoes), sum(e.output.count("DUP!") for e in echoes)
 
 
-def cut(lab_: Lab, a: str, b: str, on: bool) -> None:
-    """Drop (or stop dropping) every datagram between two sites' public addresses on the emulated internet."""
-    ips = dict(lab_.layout.public_ips)
-    drop_on_internet(lab_.sh, lab_.layout.internet_ns, [["-s", ips[a], "-d", ips[b]], ["-s", ips[b], "-d", ips[a]]], on)
-
-
-def reach_with_a_site_cut_off(lab_: Lab, site: str, paths: list[tuple[str, str]]) -> None:
-    """With `site` cut off the emulated internet, each path answers on both families with no duplicate; then the cut
-    heals."""
-    public = dict(lab_.layout.public_ips)[site]
-    drop_on_internet(lab_.sh, lab_.layout.internet_ns, site_matches(public), True)
+def reach_while_dropped(lab_: Lab, matches: list[list[str]], paths: list[tuple[str, str]]) -> None:
+    """While the emulated internet drops what `matches` names, each path answers on both families with no duplicate;
+    then the drop is lifted."""
+    drop_on_internet(lab_.sh, lab_.layout.internet_ns, matches, True)
     try:
         time.sleep(1.5)
         for src, dst in paths:
             ok, dups = reaches(lab_, src, dst)
             assert ok and dups == 0, (src, dst, dups)
     finally:
-        drop_on_internet(lab_.sh, lab_.layout.internet_ns, site_matches(public), False)
+        drop_on_internet(lab_.sh, lab_.layout.internet_ns, matches, False)
     time.sleep(1.5)
+
+
+def cut_matches(lab_: Lab, a: str, b: str) -> list[list[str]]:
+    """Every datagram between two sites' public addresses on the emulated internet."""
+    ips = dict(lab_.layout.public_ips)
+    return [["-s", ips[a], "-d", ips[b]], ["-s", ips[b], "-d", ips[a]]]
+
+
+def reach_with_a_site_cut_off(lab_: Lab, site: str, paths: list[tuple[str, str]]) -> None:
+    """With `site` cut off the emulated internet, each path answers on both families with no duplicate."""
+    reach_while_dropped(lab_, site_matches(dict(lab_.layout.public_ips)[site]), paths)
 
 
 def test_the_full_matrix_passes_with_two_hubs(two_hubs: Path, tmp_path: Path) -> None:
@@ -105,15 +109,7 @@ def test_a_cut_path_keeps_every_spoke_path_without_duplicates(
     two_hubs: Path, tmp_path: Path, cut_sites: tuple[str, str], paths: list[tuple[str, str]]
 ) -> None:
     lab_ = Lab(STATE_DIR)
-    cut(lab_, *cut_sites, True)
-    try:
-        time.sleep(1.5)
-        for src, dst in paths:
-            ok, dups = reaches(lab_, src, dst)
-            assert ok and dups == 0, (src, dst, dups)
-    finally:
-        cut(lab_, *cut_sites, False)
-    time.sleep(1.5)
+    reach_while_dropped(lab_, cut_matches(lab_, *cut_sites), paths)
     check(tmp_path)
 
 
