@@ -978,8 +978,13 @@ PROBE = "ovl-b0"  # the BFD probe: a veth pair, ovl-b0 a bridge port
 PROBE_HOST_END = "ovl-b1"  # and ovl-b1, with its address and MAC
 FRR = "/usr/lib/frr"
 FRR_DAEMONS = "/etc/frr/daemons"
+FRR_CONF = "/etc/frr/frr.conf"  # what frr.service loads when it starts (vtysh -b): the sessions survive its restarts
 BFD_DOWN = "bfd-down.json"  # in the state dir: the router tunnels BFD finds down, kept by `bfd-watch`
-BFD_GRACE = 5.0  # seconds a new session may take to come up before its "down" counts
+# Seconds a session that has never come up may take before it counts as down, whether bfdd reported it down or never
+# reported it at all (bfdd notifies state changes: a session whose peer is gone from the start never changes). Longer
+# than a push stage takes: in a make-before-break change, the two ends of a new session are configured one wave
+# apart, and a shorter grace would move traffic off a peer that is merely a wave behind.
+BFD_GRACE = 30.0
 WATCH_UNIT = "multicloud-overlay-bfd-watch"
 
 
@@ -1167,6 +1172,7 @@ def step_bfd(r: Runner, doc: dict[str, Any], state_dir: str, config: str = "/etc
     want = {p["address"]: p for p in bfd["peers"]}
     have = _bfd_peers(frr)
     timers = [f"receive-interval {bfd['interval_ms']}", f"transmit-interval {bfd['interval_ms']}", f"detect-multiplier {bfd['multiplier']}"]
+    before = len(r.changes)
     for address in sorted(set(have) - set(want)):
         frr.vtysh("configure terminal", "bfd", f"no peer {address} interface {PROBE_HOST_END}")
         r.changes.append(f"removed BFD peer {address}")
@@ -1177,8 +1183,22 @@ def step_bfd(r: Runner, doc: dict[str, Any], state_dir: str, config: str = "/etc
             frr.vtysh("configure terminal", "bfd", f"peer {address} interface {PROBE_HOST_END}", *timers)
             r.changes.append(f"BFD peer {address}")
             r.log(f"  changed: BFD peer {address} ({want[address]['tunnel']}, {bfd['interval_ms']} ms x {bfd['multiplier']})")
+    if frr.unit and (len(r.changes) > before or not _frr_conf_has(want)):
+        # FRR's own copy of its running config: a restart of frr.service (an upgrade, an operator) brings the
+        # sessions back without waiting for the next push.
+        r.change(f"saved the BFD sessions to {FRR_CONF}", ["vtysh", "-c", "write memory"])
     _start_watch(r, state_dir, config, frr)
     return bfd_down(state_dir, doc)
+
+
+def _frr_conf_has(peers: dict[str, Any]) -> bool:
+    """Whether FRR's saved config holds exactly these BFD sessions."""
+    try:
+        with open(FRR_CONF, encoding="utf-8") as f:
+            saved = re.findall(r"(?m)^\s*peer (\S+) interface (\S+)\s*$", f.read())
+    except OSError:
+        return False
+    return sorted(saved) == sorted((a, PROBE_HOST_END) for a in peers)
 
 
 def _start_watch(r: Runner, state_dir: str, config: str, frr: Frr) -> None:
@@ -1230,17 +1250,6 @@ def bfd_watch(config: str, state_dir: str, sock: str, log: Callable[[str], None]
     import socket
     import struct
 
-    states: dict[str, tuple[str, float]] = {}
-    seen_up: set[str] = set()
-    started: dict[str, float] = {}
-    down: set[str] = set()
-    while not os.path.exists(sock):
-        time.sleep(0.2)
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    s.connect(sock)
-    s.sendall(struct.pack("!IHBB", 8, 1, 4, 1) + struct.pack("=Q", 1))  # BMT_NOTIFY, BCM_NOTIFY_PEER_STATE
-    buf = b""
-
     def running() -> dict[str, Any] | None:
         # What the node runs: the last config applied, which during a make-before-break change is a phase's
         # (transition), not yet the installed one; the installed one before the first apply.
@@ -1249,6 +1258,20 @@ def bfd_watch(config: str, state_dir: str, sock: str, log: Callable[[str], None]
                 return load(path)
         return None
 
+    # A watcher that starts again (bfdd restarted, a reboot) takes over what the last one recorded, and what the
+    # bridge was set to from it: a tunnel recorded down stays down until its session comes up, as if it had been
+    # seen up and lost, and moves back then.
+    start = running() or {"tunnels": []}
+    down: set[str] = bfd_down(state_dir, start)
+    seen_up: set[str] = {p["address"] for p in (start.get("bfd") or {}).get("peers", []) if p["tunnel"] in down}
+    states: dict[str, tuple[str, float]] = {}
+    started: dict[str, float] = {}
+    while not os.path.exists(sock):
+        time.sleep(0.2)
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.connect(sock)
+    s.sendall(struct.pack("!IHBB", 8, 1, 4, 1) + struct.pack("=Q", 1))  # BMT_NOTIFY, BCM_NOTIFY_PEER_STATE
+    buf = b""
     known: set[str] = set()
 
     def found_down(doc: dict[str, Any]) -> set[str]:
@@ -1265,10 +1288,12 @@ def bfd_watch(config: str, state_dir: str, sock: str, log: Callable[[str], None]
             started[a] = now
         known.clear()
         known.update(peers)
+        # Every session of the config, those bfdd has said nothing about too: a spoke that boots while its hub is
+        # gone hears nothing from that session, and must still move to the standby.
         return {
-            peers[a]
-            for a, (state, _) in states.items()
-            if a in peers and state != "up" and (a in seen_up or now - started.get(a, now) > BFD_GRACE)
+            tunnel
+            for a, tunnel in peers.items()
+            if states.get(a, ("unreported", 0.0))[0] != "up" and (a in seen_up or now - started.get(a, now) > BFD_GRACE)
         }
 
     def settle() -> None:

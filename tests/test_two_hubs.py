@@ -450,3 +450,100 @@ def test_bfd_watch_takes_a_session_added_again_as_a_new_one(tmp_path: Any, monke
     assert overlay_node.bfd_watch(str(config), str(state), sock_path, lambda line: None) == 1
     assert seen == [False] and batches == []
 
+
+
+def test_bfd_watch_counts_a_session_bfdd_never_reports_as_down_once_its_grace_is_over(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A spoke that boots while its hub is gone: bfdd reports the standby's session up and never says anything about
+    the hub's (it never changes state). Within the grace nothing moves; after it the hub's tunnel counts as down and
+    the spoke floods to the standby instead; when the hub's session comes up, it moves back."""
+    import json
+    import threading
+    import time
+
+    monkeypatch.setattr(overlay_node, "BFD_GRACE", 2.0)
+    doc = spoke_doc()  # hub aws (ovl-r1, fe80::6f:1), standby gcp (ovl-r3, fe80::6f:3)
+    config, state = tmp_path / "node.json", tmp_path / "state"
+    config.write_text(json.dumps(doc))
+    state.mkdir()
+    sock_path, server, batches = stand_in_bfdd(tmp_path, monkeypatch)
+    within_grace: list[bool] = []
+    down_file = state / overlay_node.BFD_DOWN
+
+    def wait_for(pred: Any) -> None:
+        deadline = time.monotonic() + 10
+        while not pred() and time.monotonic() < deadline:
+            time.sleep(0.02)
+
+    def bfdd() -> None:
+        conn, _ = server.accept()
+        conn.recv(16)
+        conn.sendall(status("fe80::6f:3", True))
+        time.sleep(1.0)
+        within_grace.append(down_file.exists() or bool(batches))
+        wait_for(lambda: down_file.exists())
+        conn.sendall(status("fe80::6f:1", True))  # the hub is back
+        wait_for(lambda: down_file.exists() and json.loads(down_file.read_text()) == [])
+        conn.close()
+
+    threading.Thread(target=bfdd, daemon=True).start()
+    assert overlay_node.bfd_watch(str(config), str(state), sock_path, lambda line: None) == 1
+    assert within_grace == [False]
+    assert json.loads(down_file.read_text()) == []
+    failover, back = batches
+    assert failover.startswith("link set dev ovl-r3 flood on") and "link set dev ovl-r1 flood off" in failover
+    assert back.startswith("link set dev ovl-r1 flood on") and "link set dev ovl-r3 flood off" in back
+
+
+def test_bfd_watch_started_again_keeps_what_the_last_one_recorded_until_the_session_comes_up(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """frr.service restarted (or the spoke rebooted) while its hub is gone: the new watcher starts from the recorded
+    state, which the bridge already shows. bfdd's sessions start down, and that is the hub's tunnel staying down, not
+    a change: nothing moves, however long the grace. When the hub's session comes up, the spoke moves back."""
+    import json
+    import threading
+    import time
+
+    doc = spoke_doc()  # hub aws (ovl-r1, fe80::6f:1), standby gcp (ovl-r3, fe80::6f:3)
+    config, state = tmp_path / "node.json", tmp_path / "state"
+    config.write_text(json.dumps(doc))
+    state.mkdir()
+    down_file = state / overlay_node.BFD_DOWN
+    down_file.write_text('["ovl-r1"]\n')
+    sock_path, server, batches = stand_in_bfdd(tmp_path, monkeypatch)
+    while_down: list[tuple[bool, list[str]]] = []
+
+    def bfdd() -> None:
+        conn, _ = server.accept()
+        conn.recv(16)
+        conn.sendall(status("fe80::6f:1", False) + status("fe80::6f:3", True))
+        time.sleep(1.5)
+        while_down.append((bool(batches), json.loads(down_file.read_text())))
+        conn.sendall(status("fe80::6f:1", True))
+        deadline = time.monotonic() + 10
+        while json.loads(down_file.read_text()) != [] and time.monotonic() < deadline:
+            time.sleep(0.02)
+        conn.close()
+
+    threading.Thread(target=bfdd, daemon=True).start()
+    assert overlay_node.bfd_watch(str(config), str(state), sock_path, lambda line: None) == 1
+    assert while_down == [(False, ["ovl-r1"])]
+    (back,) = batches
+    assert back.startswith("link set dev ovl-r1 flood on") and "link set dev ovl-r3 flood off" in back
+
+
+def test_the_saved_frr_config_is_checked_for_exactly_the_sessions_of_the_config(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """frr.service loads its saved config when it starts: a push saves it when it holds other sessions than the
+    config's (as FRR 8.4's `write memory` writes them)."""
+    saved = tmp_path / "frr.conf"
+    monkeypatch.setattr(overlay_node, "FRR_CONF", str(saved))
+    peers = {"fe80::6f:1": {}, "fe80::6f:3": {}}
+    assert not overlay_node._frr_conf_has(peers)  # no file yet
+    text = "frr version 8.4.4\nfrr defaults traditional\nhostname spoke\n!\nbfd\n peer fe80::6f:1 interface ovl-b1\n  detect-multiplier 3\n exit\n !\n{}exit\n!\n"
+    saved.write_text(text.format(""))
+    assert not overlay_node._frr_conf_has(peers)
+    saved.write_text(text.format(" peer fe80::6f:3 interface ovl-b1\n exit\n !\n"))
+    assert overlay_node._frr_conf_has(peers)
+    assert not overlay_node._frr_conf_has({"fe80::6f:3": {}})

@@ -434,7 +434,8 @@ def test_two_hubs_fail_over_by_bfd_and_back_and_go_in_place(booted: dict[str, An
     """pulumi config set standbyHub aws; pulumi up: the pushes alone start FRR's bfdd (frr.service) on every router,
     one session per router tunnel, and the watcher (a transient unit). The hub is then cut off the internet, as a VM
     that dies is to its peers: the spoke's watcher records the hub's tunnel down and floods on its tunnel to the
-    standby instead, and back once the hub returns. With three sites no spoke-to-spoke path crosses the hub (the
+    standby instead; frr.service restarted meanwhile keeps it there (the sessions come back from FRR's saved config,
+    the watcher from what it recorded); and it moves back once the hub returns. With three sites no spoke-to-spoke path crosses the hub (the
     host lab's four-site test times that failover): the spoke's client keeps reaching the standby's client, directly,
     with no ping lost and no duplicate. Unset again, the pushes stop FRR and the watcher and remove the probe."""
     st = boot.load()
@@ -480,6 +481,18 @@ def test_two_hubs_fail_over_by_bfd_and_back_and_go_in_place(booted: dict[str, An
         boot.cut_off(st, hub, True)
         try:
             over = until((True, [to_hub]), 20)
+            # frr.service restarted while the hub is gone (an upgrade, an operator): bfdd loads the sessions the push
+            # saved, and the watcher, started again by its unit, keeps what the last one recorded.
+            boot.root(router, "systemctl restart frr.service")
+            restart, after_restart = time.monotonic(), {}
+            while time.monotonic() - restart < 60:
+                after_restart = _bfd_sessions(router)
+                if len(after_restart) == 2 and "up" in after_restart.values():
+                    break
+                time.sleep(1)
+            shown = boot.root(router, f"sleep 3; systemctl show -p ActiveState,NRestarts {WATCH_UNIT}.service").split()
+            watcher = dict(line.split("=", 1) for line in shown)
+            kept = moved()
         finally:
             boot.cut_off(st, hub, False)
         back = until((False, []), 30)
@@ -489,8 +502,14 @@ def test_two_hubs_fail_over_by_bfd_and_back_and_go_in_place(booted: dict[str, An
     ping = parse_ping_log(text)
     probe = disruption(ping, interval)
     # over/back: seconds until a login saw the move (each look is an SSH login to an emulated CPU: an upper bound).
-    _record("two-hubs", {"pushes": pushes, "sessions": sessions, "moved_over_s": over, "moved_back_s": back, "ping": probe})
+    _record(
+        "two-hubs",
+        {"pushes": pushes, "sessions": sessions, "after_restart": after_restart, "moved_over_s": over, "moved_back_s": back, "ping": probe},
+    )
     assert over is not None, "the spoke did not move to the standby while the hub was cut off"
+    assert sorted(after_restart.values()) == ["down", "up"], after_restart  # both sessions back, from the saved config
+    assert watcher["ActiveState"] == "active" and int(watcher["NRestarts"]) > 0, watcher  # it ended with bfdd, and came back
+    assert kept == (True, [to_hub]), kept
     assert back is not None, f"the spoke did not move back once the hub returned: {moved()}"
     assert probe["converged"] and (probe["lost"], probe["duplicates"]) == (0, 0), probe
     rc, result = boot.check_from(specs[f"{hub}-router"], plan)
