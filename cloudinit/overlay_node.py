@@ -34,7 +34,7 @@ import zlib
 from collections.abc import Callable, Sequence
 from typing import Any
 
-OWN_PREFIXES = ("ovl-r", "ovl-c", "ovl-k")
+OWN_PREFIXES = ("ovl-r", "ovl-c", "ovl-k", "ovl-b")  # links the node makes: tunnels, container veths, the BFD probe
 LAN_NIC_WAIT = 600  # seconds a boot waits for a LAN NIC attached after launch
 CONTAINER_LABEL = "multicloud-overlay.node"
 EXIT_REJECTED = 3
@@ -1160,7 +1160,9 @@ def step_bfd(r: Runner, doc: dict[str, Any], state_dir: str, config: str = "/etc
     end = current[PROBE_HOST_END]
     if end.get("address") != bfd["mac"].lower() or end.get("operstate") == "DOWN":
         r.change(f"set the probe {PROBE_HOST_END} {bfd['mac']}", ["ip", "link", "set", PROBE_HOST_END, "addrgenmode", "none", "address", bfd["mac"], "up"])
-    if f"{bfd['address']}/64" not in [f"{a['local']}/{a['prefixlen']}" for a in end.get("addr_info", [])]:
+    # `ip link` lists no addresses: the probe's own come from `ip addr`.
+    addresses = [f"{a['local']}/{a['prefixlen']}" for link in r.json(["ip", "-j", "addr", "show", "dev", PROBE_HOST_END]) for a in link.get("addr_info", [])]
+    if f"{bfd['address']}/64" not in addresses:
         r.change(f"added {bfd['address']} to {PROBE_HOST_END}", ["ip", "addr", "replace", f"{bfd['address']}/64", "dev", PROBE_HOST_END, "nodad"])
     # The probe's own MAC pinned to its port: a peer's probe reaching this bridge is never flooded.
     r.run(["bridge", "fdb", "replace", bfd["mac"], "dev", PROBE, "master", "static"])

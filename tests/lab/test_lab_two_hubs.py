@@ -73,6 +73,15 @@ def test_the_full_matrix_passes_with_two_hubs(two_hubs: Path, tmp_path: Path) ->
     assert doc["summary"]["pairs"] == doc["summary"]["passed"]
 
 
+def test_a_push_right_after_up_changes_nothing(two_hubs: Path) -> None:
+    """The first apply with a standby hub converges whole: the probe, FRR's sessions, the neighbours and the sysctls
+    are all in place, so pushing the same config again changes nothing on any node."""
+    proc = lab("push")
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    lines = [ln for ln in proc.stdout.splitlines() if " change(s) in " in ln]
+    assert len(lines) == 8 + 4 * 2 and all(" 0 change(s) in " in ln for ln in lines), proc.stdout
+
+
 def test_the_standby_then_the_hub_lost_and_back_moves_only_what_it_must_with_no_loop(two_hubs: Path, tmp_path: Path) -> None:
     """`lab hub-loss` with two hubs: the standby lost and back (the spokes lose no ping between them), then the hub
     (they move to the standby and back, each outage under 1 s). No duplicate reply, and no bridge of a router that
