@@ -216,6 +216,8 @@ def validate(doc: Any) -> list[str]:
         for i, e in enumerate(fdb):
             if not isinstance(e, dict) or not _mac(e.get("mac")) or e.get("port") not in ports:
                 problems.append(f"fdb[{i}]: {e!r} is not a MAC on one of this node's tunnels")
+            elif not (isinstance(e.get("ips", []), list) and all(_addr(a) for a in e.get("ips", []))):
+                problems.append(f"fdb[{i}].ips: {e.get('ips')!r} is not a list of addresses")
     containers = doc.get("containers")
     if not isinstance(containers, dict):
         problems.append("containers: missing or not an object")
@@ -779,6 +781,13 @@ def step_tunnels(r: Runner, doc: dict[str, Any]) -> None:
         if bool(port.get("isolated", False)) != isolated:
             state = "on" if isolated else "off"
             r.change(f"turned port isolation {state} on {name}", ["ip", "link", "set", name, "type", "bridge_slave", "isolated", state])
+        # ARP and neighbour discovery for a planned address behind a router tunnel are answered by this bridge
+        # (step_neighbours) and not flooded there: they need no flooding tree, so a site that cannot hear one (a
+        # partial cut with two hubs) still resolves every planned address.
+        suppress = doc["kind"] == "router" and name.startswith("ovl-r")
+        if bool(port.get("neigh_suppress", False)) != suppress:
+            state = "on" if suppress else "off"
+            r.change(f"turned neighbour suppression {state} on {name}", ["ip", "link", "set", name, "type", "bridge_slave", "neigh_suppress", state])
         # Flooding (broadcast, multicast, unknown unicast) goes out of a port unless its entry says "flood": false,
         # which only a make-before-break phase does (transition): a tunnel that is not yet, or no more, on the
         # flooding tree. A kernel without the bcast_flood flag (iproute2 shows none) still floods broadcasts out of it.
@@ -816,6 +825,26 @@ def step_fdb(r: Runner, doc: dict[str, Any]) -> None:
         r.run(["bridge", "-batch", "-"], stdin=batch)
         r.changes.append(f"set {len(changed)} MAC entries")
         r.log(f"  changed: pinned {len(changed)} planned MAC(s) to their tunnels")
+
+
+def step_neighbours(r: Runner, doc: dict[str, Any]) -> None:
+    """Exactly the planned addresses of the hosts behind this router's tunnels as permanent neighbours of the bridge,
+    with their planned MACs: the bridge answers ARP and neighbour solicitations for them from its own ports (tunnel
+    ports suppress them: step_tunnels), and the router itself never asks."""
+    if doc["kind"] != "router":
+        return
+    bridge = doc["bridge"]["name"]
+    want = {str(ipaddress.ip_address(a)): e["mac"].lower() for e in doc.get("fdb", []) for a in e.get("ips", [])}
+    have = {
+        str(ipaddress.ip_address(n["dst"])): str(n.get("lladdr", "")).lower()
+        for n in r.json(["ip", "-j", "neigh", "show", "dev", bridge, "nud", "permanent"])
+    }
+    lines = [f"neigh del {a} dev {bridge}\n" for a in sorted(have.keys() - want.keys())]
+    lines += [f"neigh replace {a} lladdr {want[a]} dev {bridge} nud permanent\n" for a in sorted(want) if have.get(a) != want[a]]
+    if lines:
+        r.run(["ip", "-batch", "-"], stdin="".join(lines))
+        r.changes.append(f"set {len(lines)} neighbour entries")
+        r.log(f"  changed: {len(lines)} planned neighbour(s) of {bridge} set or removed")
 
 
 def _docker(r: Runner, argv: Sequence[str], check: bool = True) -> subprocess.CompletedProcess:
@@ -1367,6 +1396,7 @@ def apply(
     step_tunnels(r, view)
     step_containers(r, doc, previous)
     step_fdb(r, view)
+    step_neighbours(r, doc)
     return r.changes
 
 

@@ -465,7 +465,7 @@ def _node_doc(
         "forwarding": node.kind == "router",
         "open_host_firewall": PLATFORMS[node.platform].closed_host_firewall,
         "tunnels": tunnels,
-        "fdb": [e if e.get("backup") in ports else {"mac": e["mac"], "port": e["port"]} for e in mac_table(plan, node) if e["port"] in ports],
+        "fdb": [e if e.get("backup") in ports else {k: v for k, v in e.items() if k != "backup"} for e in mac_table(plan, node) if e["port"] in ports],
         "containers": {
             "runtime": container_runtime,
             "image": cfg.container_image,
@@ -508,8 +508,9 @@ def tunnel_psk(node: Node, t: Tunnel, pair_keys: Mapping[str, str]) -> str:
     return material.lower()
 
 
-def mac_table(plan: Plan, node: Node) -> list[dict[str, str]]:
-    """Static bridge entries of a router: every planned MAC of another site -> the tunnel toward it.
+def mac_table(plan: Plan, node: Node) -> list[dict[str, Any]]:
+    """Static bridge entries of a router: every planned MAC of another site -> the tunnel toward it, with the
+    planned addresses of the host that owns it (`ips`: the router answers ARP and neighbour discovery for them).
 
     Every overlay MAC is planned, so no router has to learn where one lives. Learning alone goes wrong on a hub
     swap: while the nodes converge one by one, the new hub hears a spoke's frames through the old hub and learns
@@ -525,7 +526,7 @@ def mac_table(plan: Plan, node: Node) -> list[dict[str, str]]:
     ports = {t.peer_site: t.name for t in node.tunnels if t.via == "internet"}
     client_port = next(t.name for t in node.tunnels if t.via == "lan")
     hubs = [h for h in (plan.hub, plan.standby) if h is not None]
-    out: list[dict[str, str]] = []
+    out: list[dict[str, Any]] = []
     for other in plan.nodes:
         if other.site == node.site:
             if other.kind == "client":
@@ -539,8 +540,10 @@ def mac_table(plan: Plan, node: Node) -> list[dict[str, str]]:
             backup = ports[plan.standby] if port == ports[plan.hub] else ports[plan.hub]
         elif plan.standby is not None and node.role in ("hub", "standby") and other.site not in hubs:
             backup = ports[plan.standby if node.role == "hub" else plan.hub]
-        for mac in (other.mac, *(c.mac for c in other.containers)):
-            out.append({"mac": mac, "port": port, **({"backup": backup} if backup else {})})
+        hosts = [(other.mac, other.ipv4, other.ipv6), *((c.mac, c.ipv4, c.ipv6) for c in other.containers)]
+        for mac, ipv4, ipv6 in hosts:
+            ips = [ipv4.split("/")[0], ipv6.split("/")[0]]
+            out.append({"mac": mac, "port": port, "ips": ips, **({"backup": backup} if backup else {})})
     if plan.standby is not None:
         # A peer's BFD probe only down the direct tunnel: a session tests that tunnel and nothing else.
         out += [{"mac": overlay_mac(plan.site_id(site), PROBE_HOST), "port": port} for site, port in ports.items()]

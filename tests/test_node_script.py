@@ -282,6 +282,52 @@ def test_other_holes_of_the_validator_are_closed() -> None:
         assert overlay_node.validate(doc), doc
 
 
+def test_a_router_holds_exactly_the_planned_neighbours_of_its_fdb_entries() -> None:
+    """step_neighbours: the addresses of its fdb entries become permanent neighbours of the bridge with the entry's
+    MAC (one batch: a missing one added, a wrong MAC replaced, one no entry names removed); a client holds none."""
+
+    class Neighbours(overlay_node.Runner):
+        def __init__(self) -> None:
+            super().__init__(lambda _line: None)
+            self.batches: list[str] = []
+
+        def run(self, argv: Any, check: bool = True, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+            if list(argv[:3]) == ["ip", "-j", "neigh"]:
+                have = [
+                    {"dst": "10.250.2.1", "lladdr": "02:6f:00:02:00:01", "state": ["PERMANENT"]},
+                    {"dst": "fd00:6f76:6c00:0::2:1", "lladdr": "02:6f:00:02:00:09", "state": ["PERMANENT"]},
+                    {"dst": "10.250.9.9", "lladdr": "02:6f:00:09:00:09", "state": ["PERMANENT"]},
+                ]
+                return subprocess.CompletedProcess(argv, 0, json.dumps(have), "")
+            self.batches.append(stdin or "")
+            return subprocess.CompletedProcess(argv, 0, "", "")
+
+    doc = good_doc()
+    doc["kind"] = "router"
+    port = doc["tunnels"][0]["name"]
+    doc["fdb"] = [
+        {"mac": "02:6f:00:02:00:01", "port": port, "ips": ["10.250.2.1", "fd00:6f76:6c00::2:1"]},
+        {"mac": "02:6f:00:02:00:02", "port": port, "ips": ["10.250.2.2", "fd00:6f76:6c00::2:2"]},
+        {"mac": "02:6f:00:03:00:03", "port": port},
+    ]
+    assert overlay_node.validate(doc) == []
+    r = Neighbours()
+    overlay_node.step_neighbours(r, doc)
+    (batch,) = r.batches
+    assert batch.splitlines() == [
+        "neigh del 10.250.9.9 dev br-overlay",
+        "neigh replace 10.250.2.2 lladdr 02:6f:00:02:00:02 dev br-overlay nud permanent",
+        "neigh replace fd00:6f76:6c00::2:1 lladdr 02:6f:00:02:00:01 dev br-overlay nud permanent",
+        "neigh replace fd00:6f76:6c00::2:2 lladdr 02:6f:00:02:00:02 dev br-overlay nud permanent",
+    ]
+    doc["fdb"][0]["ips"] = ["10.250.2.1", "not-an-address"]
+    assert any(p.startswith("fdb[0].ips") for p in overlay_node.validate(doc))
+    doc["kind"] = "client"
+    r = Neighbours()
+    overlay_node.step_neighbours(r, doc)
+    assert r.batches == []
+
+
 class FakeDocker(overlay_node.Runner):
     """Docker as a node has it: `inspect` answers from `state` (None: no such container); records every command."""
 

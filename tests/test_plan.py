@@ -267,6 +267,20 @@ def test_mac_table_pins_every_remote_mac_to_its_tunnel() -> None:
     assert mac_table(DEV_PLAN, DEV_PLAN.client("gcp")) == []
 
 
+def test_every_remote_host_entry_carries_its_planned_addresses_for_the_router_to_answer_for() -> None:
+    """The router answers ARP and neighbour discovery for the hosts behind its router tunnels: each of their entries
+    names both overlay addresses of the host that owns the MAC; its own client's entry (not behind a router tunnel)
+    names none."""
+    spoke = DEV_PLAN.router("gcp")
+    table = {e["mac"]: e for e in mac_table(DEV_PLAN, spoke)}
+    hosts = [n for n in DEV_PLAN.nodes if n.site != "gcp"]
+    owners = {n.mac: (n.ipv4, n.ipv6) for n in hosts} | {c.mac: (c.ipv4, c.ipv6) for n in hosts for c in n.containers}
+    assert len(owners) == 30 - 5
+    for mac, (ipv4, ipv6) in owners.items():
+        assert table[mac]["ips"] == [ipv4.split("/")[0], ipv6.split("/")[0]]
+    assert "ips" not in table[DEV_PLAN.client("gcp").mac]
+
+
 # ---------------------------------------------------------------- encryption: ipsec
 
 

@@ -143,9 +143,11 @@ def test_full_matrix_mtu_and_hub_transit(dev_lab: dict[str, object], tmp_path: P
     junit = ET.parse(tmp_path / "check.xml").getroot()
     assert junit.get("tests") == str(1740 + 5) and junit.get("failures") == "0"
     # The emulated internet delivered every tunnel datagram of the matrix intact, the vSphere site's too (its public
-    # address is outside the others' /24): no router dropped one for a bad UDP checksum.
+    # address is outside the others' /24): no router dropped one for a bad UDP checksum. Each router took at least
+    # its site's share of the matrix through its tunnels: 25 remote endpoints x its 5 x 2 families, requests in and
+    # replies in, 500 datagrams.
     received = {site: udp_counters(f"mco-{site}-router") for site in ("aws", "azure", "gcp", "oci", "alicloud", "vsphere")}
-    assert all(c["InDatagrams"] > 1000 and c["InCsumErrors"] == 0 for c in received.values()), received
+    assert all(c["InDatagrams"] >= 500 and c["InCsumErrors"] == 0 for c in received.values()), received
 
 
 def udp_counters(ns: str) -> dict[str, int]:

@@ -44,11 +44,15 @@ def reaches(lab_: Lab, src: str, dst: str) -> tuple[bool, int]:
 
 
 def reach_while_dropped(lab_: Lab, matches: list[list[str]], paths: list[tuple[str, str]]) -> None:
-    """While the emulated internet drops what `matches` names, each path answers on both families with no duplicate;
-    then the drop is lifted."""
+    """While the emulated internet drops what `matches` names, each path answers on both families with no duplicate,
+    its two ends having forgotten every neighbour first (ARP and neighbour discovery must work across the cut, not
+    only what they had resolved before it); then the drop is lifted."""
     drop_on_internet(lab_.sh, lab_.layout.internet_ns, matches, True)
     try:
         time.sleep(1.5)
+        for node in sorted({n for path in paths for n in path}):
+            for family in ("-4", "-6"):
+                lab_.sh.ns(lab_.node_ns(node), ["ip", family, "neigh", "flush", "all"])
         for src, dst in paths:
             ok, dups = reaches(lab_, src, dst)
             assert ok and dups == 0, (src, dst, dups)
