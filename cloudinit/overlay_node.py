@@ -1011,7 +1011,7 @@ FRR_CONF = "/etc/frr/frr.conf"  # what frr.service loads when it starts (vtysh -
 BFD_DOWN = "bfd-down.json"  # in the state dir: the router tunnels BFD finds down, kept by `bfd-watch`
 # Seconds a session that has never come up may take before it counts as down, whether bfdd reported it down or never
 # reported it at all (bfdd notifies state changes: a session whose peer is gone from the start never changes). Longer
-# than a push stage takes: in a make-before-break change, the two ends of a new session are configured one wave
+# than a switch wave takes (at most 12 s on emulated VMs): new sessions come with the switch, their two ends one wave
 # apart, and a shorter grace would move traffic off a peer that is merely a wave behind.
 BFD_GRACE = 30.0
 WATCH_UNIT = "multicloud-overlay-bfd-watch"
