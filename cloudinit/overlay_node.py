@@ -746,6 +746,13 @@ def _tunnel_matches(link: dict[str, Any], t: dict[str, Any], doc: dict[str, Any]
     return doc["protocol"] != "vxlan" or (data.get("local") == t["local"] and data.get("learning") is False)
 
 
+def _port_flag(r: Runner, name: str, port: dict[str, Any], flag: str, on: bool, what: str, default: bool = False) -> None:
+    """One on/off flag of a bridge port as `ip -d link` shows it (`default` where it shows none), set if it differs."""
+    if bool(port.get(flag, default)) != on:
+        state = "on" if on else "off"
+        r.change(f"turned {what} {state} on {name}", ["ip", "link", "set", name, "type", "bridge_slave", flag, state])
+
+
 def step_tunnels(r: Runner, doc: dict[str, Any]) -> None:
     before = len(r.changes)
     current = links(r)
@@ -773,21 +780,14 @@ def step_tunnels(r: Runner, doc: dict[str, Any]) -> None:
             continue
         port = link.get("linkinfo", {}).get("info_slave_data", {})
         # Every remote MAC is pinned (step_fdb): the bridge learns nothing on a tunnel port either.
-        if port.get("learning") is not False:
-            r.change(f"turned MAC learning off on {name}", ["ip", "link", "set", name, "type", "bridge_slave", "learning", "off"])
+        _port_flag(r, name, port, "learning", False, "MAC learning", default=True)
         # Split horizon (full mesh): an isolated port forwards to no other isolated port, so a frame from one peer
         # router never goes out to another and a flooded frame crosses each tunnel once: no loop, no duplicate.
-        isolated = bool(wanted[name].get("isolated", False))
-        if bool(port.get("isolated", False)) != isolated:
-            state = "on" if isolated else "off"
-            r.change(f"turned port isolation {state} on {name}", ["ip", "link", "set", name, "type", "bridge_slave", "isolated", state])
+        _port_flag(r, name, port, "isolated", bool(wanted[name].get("isolated", False)), "port isolation")
         # ARP and neighbour discovery for a planned address behind a router tunnel are answered by this bridge
         # (step_neighbours) and not flooded there: they need no flooding tree, so a site that cannot hear one (a
         # partial cut with two hubs) still resolves every planned address.
-        suppress = doc["kind"] == "router" and name.startswith("ovl-r")
-        if bool(port.get("neigh_suppress", False)) != suppress:
-            state = "on" if suppress else "off"
-            r.change(f"turned neighbour suppression {state} on {name}", ["ip", "link", "set", name, "type", "bridge_slave", "neigh_suppress", state])
+        _port_flag(r, name, port, "neigh_suppress", doc["kind"] == "router" and name.startswith("ovl-r"), "neighbour suppression")
         # Flooding (broadcast, multicast, unknown unicast) goes out of a port unless its entry says "flood": false,
         # which only a make-before-break phase does (transition): a tunnel that is not yet, or no more, on the
         # flooding tree. A kernel without the bcast_flood flag (iproute2 shows none) still floods broadcasts out of it.
