@@ -163,7 +163,6 @@ def test_bfd_watch_follows_bfdds_notifications_and_fails_over_under_the_lock(tmp
     takes every session's state at once, and on each change moves MAC entries and flooding with one bridge batch and
     records the tunnels found down (which a later apply keeps)."""
     import json
-    import socket
     import struct
     import threading
     import time
@@ -172,34 +171,24 @@ def test_bfd_watch_follows_bfdds_notifications_and_fails_over_under_the_lock(tmp
     config, state = tmp_path / "node.json", tmp_path / "state"
     config.write_text(json.dumps(doc))
     state.mkdir()
-    sock_path = str(tmp_path / "bfdd.sock")
-    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    server.bind(sock_path)
-    server.listen(1)
-    batches: list[str] = []
-
-    def run(self: Any, argv: Any, check: bool = True, stdin: str | None = None) -> Any:
-        batches.append(stdin or "")
-        return None
-
-    monkeypatch.setattr(overlay_node.Runner, "run", run)
+    sock_path, server, batches = stand_in_bfdd(tmp_path, monkeypatch)
     got: list[bytes] = []
 
     def message(kind: int, body: dict[str, Any]) -> bytes:
         data = json.dumps(body).encode()
         return struct.pack("!IHBB", len(data), 0 if kind == 4 else 1, kind, 1) + data
 
-    def status(peer: str, up: bool) -> bytes:
+    def frr_status(peer: str, up: bool) -> bytes:  # with every field bfdd sends
         return message(4, {"op": "status", "ipv6": True, "peer-address": peer, "local-interface": "ovl-b1", "state": "up" if up else "down"})
 
     def bfdd() -> None:
         conn, _ = server.accept()
         got.append(conn.recv(16))
-        conn.sendall(message(1, {"status": "ok"}) + status("fe80::6f:1", True) + status("fe80::6f:3", True))
+        conn.sendall(message(1, {"status": "ok"}) + frr_status("fe80::6f:1", True) + frr_status("fe80::6f:3", True))
         time.sleep(0.3)
-        conn.sendall(status("fe80::6f:1", False))
+        conn.sendall(frr_status("fe80::6f:1", False))
         wait_for(lambda: down() == ["ovl-r1"])
-        conn.sendall(status("fe80::6f:1", True))
+        conn.sendall(frr_status("fe80::6f:1", True))
         wait_for(lambda: down() == [])
         conn.close()
 
@@ -208,11 +197,6 @@ def test_bfd_watch_follows_bfdds_notifications_and_fails_over_under_the_lock(tmp
             return json.loads((state / overlay_node.BFD_DOWN).read_text())
         except (OSError, ValueError):
             return None
-
-    def wait_for(cond: Any) -> None:
-        deadline = time.monotonic() + 10
-        while not cond() and time.monotonic() < deadline:
-            time.sleep(0.02)
 
     threading.Thread(target=bfdd, daemon=True).start()
     assert overlay_node.bfd_watch(str(config), str(state), sock_path, lambda line: None) == 1  # bfdd went away
@@ -352,6 +336,15 @@ def test_every_mix_of_phases_delivers_every_frame_with_no_loop(before: tuple[str
                     assert not looped and got[dst] == 1, (i, src, dst, got)
 
 
+def wait_for(cond: Any, timeout: float = 10.0) -> None:
+    """Poll until `cond()` holds, for at most `timeout` seconds (the watcher's thread does the work meanwhile)."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not cond() and time.monotonic() < deadline:
+        time.sleep(0.02)
+
+
 def stand_in_bfdd(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> tuple[str, Any, list[str]]:
     """A socket where a stand-in bfdd listens, and the list that collects the bridge batches the watcher runs."""
     import socket
@@ -400,9 +393,7 @@ def test_bfd_watch_follows_the_config_that_runs_not_the_one_installed(tmp_path: 
         time.sleep(1.5)
         quiet.append((state / overlay_node.BFD_DOWN).exists() or bool(batches))
         conn.sendall(status("fe80::6f:4", False))  # the new hub's
-        deadline = time.monotonic() + 10
-        while not (state / overlay_node.BFD_DOWN).exists() and time.monotonic() < deadline:
-            time.sleep(0.02)
+        wait_for((state / overlay_node.BFD_DOWN).exists)
         conn.close()
 
     quiet: list[bool] = []
@@ -452,7 +443,6 @@ def test_bfd_watch_takes_a_session_added_again_as_a_new_one(tmp_path: Any, monke
     assert seen == [False] and batches == []
 
 
-
 def test_bfd_watch_counts_a_session_bfdd_never_reports_as_down_once_its_grace_is_over(
     tmp_path: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -472,18 +462,13 @@ def test_bfd_watch_counts_a_session_bfdd_never_reports_as_down_once_its_grace_is
     within_grace: list[bool] = []
     down_file = state / overlay_node.BFD_DOWN
 
-    def wait_for(pred: Any) -> None:
-        deadline = time.monotonic() + 10
-        while not pred() and time.monotonic() < deadline:
-            time.sleep(0.02)
-
     def bfdd() -> None:
         conn, _ = server.accept()
         conn.recv(16)
         conn.sendall(status("fe80::6f:3", True))
         time.sleep(1.0)
         within_grace.append(down_file.exists() or bool(batches))
-        wait_for(lambda: down_file.exists())
+        wait_for(down_file.exists)
         conn.sendall(status("fe80::6f:1", True))  # the hub is back
         wait_for(lambda: down_file.exists() and json.loads(down_file.read_text()) == [])
         conn.close()
@@ -523,9 +508,7 @@ def test_bfd_watch_started_again_keeps_what_the_last_one_recorded_until_the_sess
         time.sleep(1.5)
         while_down.append((bool(batches), json.loads(down_file.read_text())))
         conn.sendall(status("fe80::6f:1", True))
-        deadline = time.monotonic() + 10
-        while json.loads(down_file.read_text()) != [] and time.monotonic() < deadline:
-            time.sleep(0.02)
+        wait_for(lambda: json.loads(down_file.read_text()) == [])
         conn.close()
 
     threading.Thread(target=bfdd, daemon=True).start()

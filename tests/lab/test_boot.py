@@ -435,9 +435,9 @@ def test_two_hubs_fail_over_by_bfd_and_back_and_go_in_place(booted: dict[str, An
     one session per router tunnel, and the watcher (a transient unit). The hub is then cut off the internet, as a VM
     that dies is to its peers: the spoke's watcher records the hub's tunnel down and floods on its tunnel to the
     standby instead; frr.service restarted meanwhile keeps it there (the sessions come back from FRR's saved config,
-    the watcher from what it recorded); and it moves back once the hub returns. With three sites no spoke-to-spoke path crosses the hub (the
-    host lab's four-site test times that failover): the spoke's client keeps reaching the standby's client, directly,
-    with no ping lost and no duplicate. Unset again, the pushes stop FRR and the watcher and remove the probe."""
+    the watcher from what it recorded); and it moves back once the hub returns. With three sites no spoke-to-spoke
+    path crosses the hub (the host lab's four-site test times that failover): the spoke's client keeps reaching the
+    standby's client, directly, with no ping lost and no duplicate. Unset again, the pushes stop FRR and the watcher and remove the probe."""
     st = boot.load()
     hub, standby, spoke = st.plan().hub, "aws", "vsphere"
     assert hub == "oci", "the hub swap test runs first"
